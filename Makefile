@@ -1,0 +1,80 @@
+# wsserver build. `make test` installs what is missing and runs every test.
+CC ?= cc
+BUILD ?= build
+SAN ?=
+LUA_PKG ?= lua5.4
+PYTHON ?= /usr/bin/python3
+BUSTED ?= lua5.4 /usr/bin/busted
+
+WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SAN) -Iinclude \
+             $(shell pkg-config --cflags $(LUA_PKG) 2>/dev/null) -MMD -MP
+LDLIBS = -lev $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null || echo -llua5.4) -lssl -lcrypto -lz -lm
+LDFLAGS ?=
+
+SRC = $(wildcard src/*.c)
+LIB_SRC = $(filter-out src/main.c,$(SRC))
+LIB_OBJ = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
+UNIT_SRC = $(wildcard tests/unit/test_*.c)
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
+        check-build
+
+all: $(BUILD)/wsserver
+
+$(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libws.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/wsserver: $(BUILD)/obj/main.o $(BUILD)/libws.a
+	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libws.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< $(BUILD)/libws.a $(LDFLAGS) $(LDLIBS) -lcmocka
+
+deps:
+	@bash scripts/install-deps.sh
+
+run: all
+	$(BUILD)/wsserver --static examples/chat/public examples/chat/chat.lua
+
+test-unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+test-lua:
+	@if ls tests/lua/*_spec.lua >/dev/null 2>&1; then \
+	    LUA_PATH="lua/?.lua;lua/?/init.lua;;" $(BUSTED) --lpath="lua/?.lua" tests/lua; \
+	fi
+
+test-integration: all
+	WSSERVER=$(abspath $(BUILD)/wsserver) $(PYTHON) -m pytest -q -x tests/integration
+
+test: deps
+	$(MAKE) all test-unit test-lua test-integration format-check
+	$(MAKE) BUILD=build/asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-unit
+
+asan:
+	$(MAKE) BUILD=build/asan SAN="-fsanitize=address -fno-omit-frame-pointer" all test-unit test-integration
+
+ubsan:
+	$(MAKE) BUILD=build/ubsan SAN="-fsanitize=undefined -fno-sanitize-recover=all" all test-unit test-integration
+
+FORMAT_FILES = $(wildcard src/*.c include/ws/*.h tests/unit/*.c bench/*.c tests/fuzz/*.c)
+
+format:
+	clang-format -i $(FORMAT_FILES)
+
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_FILES)
+
+clean:
+	rm -rf build
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/obj/main.d

@@ -1,0 +1,67 @@
+/* The server side of the WebSocket opening handshake (RFC 6455 §4.2): checks a parsed request,
+ * computes Sec-WebSocket-Accept, picks a subprotocol, parses permessage-deflate offers
+ * (RFC 7692 §7) and writes the 101 or the rejection response. Pure: no I/O. */
+#ifndef WS_HANDSHAKE_H
+#define WS_HANDSHAKE_H
+
+#include "ws/http.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define WS_HANDSHAKE_ACCEPT_LEN 28 /* base64 of a 20-byte SHA-1 */
+#define WS_HANDSHAKE_MAX_OFFERS 8
+
+/* One permessage-deflate offer from Sec-WebSocket-Extensions (RFC 7692 §7.1). */
+struct ws_deflate_offer {
+    bool server_no_context_takeover;
+    bool client_no_context_takeover;
+    int server_max_window_bits; /* 0: absent, else 8..15 */
+    int client_max_window_bits; /* 0: absent, -1: present without a value, else 8..15 */
+};
+
+struct ws_handshake {
+    int status;          /* 101 when acceptable, else the status to answer */
+    const char *reason;  /* static one-line reason for a rejection, NULL on success */
+    char accept[WS_HANDSHAKE_ACCEPT_LEN + 1]; /* NUL-terminated */
+    struct ws_span key;
+    struct ws_deflate_offer offers[WS_HANDSHAKE_MAX_OFFERS]; /* valid offers, client's order */
+    size_t noffers;
+};
+
+/* Checks req against RFC 6455 §4.2.1 and SPEC §3. Returns 0 with hs->status 101 and hs->accept
+ * set, or a WS_E_* with hs->status (400 malformed/missing headers, 405 not GET, 426 wrong
+ * Sec-WebSocket-Version, 505 not HTTP/1.1+) and hs->reason. Also parses permessage-deflate offers
+ * (invalid offers are skipped, not fatal). hs may point into req's buffer. */
+int ws_handshake_check(const struct ws_http_request *req, struct ws_handshake *hs);
+
+/* True when req asks for a WebSocket upgrade at all (Upgrade: websocket present), so a plain
+ * GET can be routed elsewhere. */
+bool ws_handshake_is_upgrade(const struct ws_http_request *req);
+
+/* Writes base64(SHA-1(key + GUID)) and a NUL into out (RFC 6455 §4.2.2 step 5.4). */
+void ws_handshake_accept_key(const char *key, size_t key_len,
+                             char out[WS_HANDSHAKE_ACCEPT_LEN + 1]);
+
+/* Picks the subprotocol: the first of supported[0..n) (server preference order) that the client
+ * offered in any Sec-WebSocket-Protocol field. Returns its index, or -1 when none matches. */
+int ws_handshake_select_protocol(const struct ws_http_request *req, const char *const *supported,
+                                 size_t n);
+
+/* True when the client offered protocol (exact, case-sensitive match, RFC 6455 §4.1). */
+bool ws_handshake_offers_protocol(const struct ws_http_request *req, const char *protocol,
+                                  size_t len);
+
+/* Writes the 101 response into out (cap bytes). protocol (may be NULL) and extensions (may be
+ * NULL: the Sec-WebSocket-Extensions value) are added when set. Returns the length, or 0 when
+ * cap is too small. */
+size_t ws_handshake_response(char *out, size_t cap, const struct ws_handshake *hs,
+                             const char *protocol, size_t protocol_len, const char *extensions);
+
+/* Writes an error response with a text/plain one-line body and Connection: close; 426 adds
+ * Sec-WebSocket-Version: 13, 503 adds Retry-After. extra_headers (may be NULL) is inserted
+ * verbatim (each line CRLF-terminated). Returns the length, or 0 when cap is too small. */
+size_t ws_handshake_error_response(char *out, size_t cap, int status, const char *body,
+                                   size_t body_len, const char *extra_headers);
+
+#endif

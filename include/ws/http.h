@@ -1,0 +1,63 @@
+/* Bounded HTTP/1.1 request-head parser (RFC 9112 §2-5): finds the end of the head across split
+ * reads, then parses the request line and header fields into spans of the caller's buffer. It
+ * never allocates and never reads a body; bytes after the head are the caller's. */
+#ifndef WS_HTTP_H
+#define WS_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define WS_HTTP_MAX_HEADERS 64
+
+/* A span of wire bytes: not NUL-terminated. */
+struct ws_span {
+    const char *p;
+    size_t n;
+};
+
+struct ws_http_header {
+    struct ws_span name; /* as sent; compare case-insensitively */
+    struct ws_span value; /* surrounding whitespace stripped */
+};
+
+struct ws_http_request {
+    struct ws_span method;
+    struct ws_span target; /* request-target as sent: path and query */
+    int version_minor;     /* HTTP/1.x */
+    struct ws_http_header headers[WS_HTTP_MAX_HEADERS];
+    size_t nheaders;
+    size_t head_len; /* bytes of the head including the final CRLF CRLF */
+};
+
+/* Parses the request head at buf[0..len). *scanned carries how far an earlier call already
+ * searched for the end of the head (start it at 0), so feeding a head one byte at a time costs
+ * linear time. Returns:
+ *   0                    complete: *req filled, req->head_len bytes used;
+ *   WS_E_AGAIN           incomplete and still within max_head_bytes;
+ *   WS_E_HTTP_TOO_LARGE  the head is longer than max_head_bytes or has too many fields (431);
+ *   WS_E_HTTP_BAD        malformed request line or field, obs-fold, bare LF, NUL, bad name (400);
+ *   WS_E_HTTP_VERSION    not HTTP/1.x (505). */
+int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
+                  struct ws_http_request *req);
+
+/* The value of the first field named name (case-insensitive), or NULL. */
+const struct ws_span *ws_http_header(const struct ws_http_request *req, const char *name);
+
+/* Number of fields named name (case-insensitive). */
+size_t ws_http_header_count(const struct ws_http_request *req, const char *name);
+
+/* True when any field named name holds token in its comma-separated list (case-insensitive). */
+bool ws_http_header_has_token(const struct ws_http_request *req, const char *name,
+                              const char *token);
+
+/* Iterates a comma-separated list: takes the next element off *list (trimmed of whitespace,
+ * empty elements skipped) into *token. False when the list is exhausted. */
+bool ws_http_next_token(struct ws_span *list, struct ws_span *token);
+
+/* True when span equals the NUL-terminated s, ignoring ASCII case. */
+bool ws_span_ieq(struct ws_span span, const char *s);
+
+/* Reason phrase for an HTTP status ("Bad Request"), "Unknown" for others. */
+const char *ws_http_reason(int status);
+
+#endif

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything wsserver needs to build, test and benchmark on Debian 12.
+# Idempotent: packages already present are skipped; safe to run again.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+SUDO=
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+fi
+
+PACKAGES=(
+    build-essential pkg-config clang clang-format
+    liblua5.4-dev lua5.4 libev-dev libssl-dev zlib1g-dev
+    libcmocka-dev lua-busted lua-cjson
+    python3 python3-websockets
+    nodejs npm
+    openssl procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "install-deps: Debian packages present"
+fi
+
+# Node peers used by the integration tests, installed locally under tests/node_modules.
+if [ ! -d "$here/tests/node_modules/ws" ]; then
+    echo "install-deps: installing node packages"
+    (cd "$here/tests" && npm install --no-audit --no-fund --loglevel=error)
+else
+    echo "install-deps: node packages present"
+fi

@@ -1,0 +1,95 @@
+"""Starts the real wsserver binary on 127.0.0.1 for integration tests.
+
+`wsserver_factory(app=..., args=[...], app_source=...)` starts one server on a free port and
+returns a handle with .port, .url, .pid, .log() and .stop(); every server started in a test is
+stopped (by its PID) when the test ends.
+"""
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
+EXAMPLES = ROOT / "examples"
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, app, args, cwd):
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.url = f"ws://{self.host}:{self.port}/"
+        self.app = str(app)
+        self.logfile = tempfile.NamedTemporaryFile(prefix="wsserver-", suffix=".log", delete=False)
+        cmd = [BINARY, "-l", f"{self.host}:{self.port}", *args, self.app]
+        self.proc = subprocess.Popen(cmd, stdout=self.logfile, stderr=subprocess.STDOUT, cwd=cwd)
+        self.pid = self.proc.pid
+        self._wait_ready()
+
+    def _wait_ready(self, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"wsserver exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"wsserver did not start listening:\n{self.log()}")
+
+    def log(self):
+        with open(self.logfile.name, "r", errors="replace") as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=15.0):
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def wsserver_factory(tmp_path):
+    started = []
+
+    def start(app=EXAMPLES / "echo.lua", args=(), app_source=None):
+        if app_source is not None:
+            app = tmp_path / f"app{len(started)}.lua"
+            app.write_text(app_source)
+        server = Server(app, list(args), cwd=str(ROOT))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        code = server.stop()
+        # A crash (negative code: killed by a signal) is always a failure.
+        assert code is not None and code >= 0, f"wsserver died with {code}:\n{server.log()}"
+
+
+@pytest.fixture
+def echo_server(wsserver_factory):
+    return wsserver_factory()
