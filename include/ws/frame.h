@@ -21,7 +21,7 @@ enum ws_opcode {
 #define WS_FRAME_RSV1 0x4 /* permessage-deflate (RFC 7692 §6) */
 #define WS_FRAME_RSV2 0x2
 #define WS_FRAME_RSV3 0x1
-#define WS_FRAME_MAX_HEADER 14       /* 2 + 8 extended length + 4 mask */
+#define WS_FRAME_MAX_HEADER 14           /* 2 + 8 extended length + 4 mask */
 #define WS_FRAME_MAX_CONTROL_PAYLOAD 125 /* RFC 6455 §5.5 */
 
 struct ws_frame_header {
@@ -70,11 +70,13 @@ void ws_frame_decoder_init(struct ws_frame_decoder *d, bool require_mask, uint8_
 
 /* Decodes from data[0..len). Sets *used to the bytes consumed and returns:
  *   0            one event in *ev (payload unmasked in place inside data; zero-length frames
- *                give one WS_FRAME_PAYLOAD event with len 0 and last set);
- *   WS_E_AGAIN   all len bytes consumed without completing an event;
+ *                give one WS_FRAME_PAYLOAD event with len 0 and last set, which needs no bytes:
+ *                it comes even from a call with len 0, right after the header event);
+ *   WS_E_AGAIN   all len bytes consumed without completing an event (len 0: *used is 0);
  *   WS_E_*       a protocol violation (RSV, OPCODE, UNMASKED, MASKED, CONTROL_FRAGMENTED,
  *                CONTROL_TOO_BIG, LENGTH_NOT_MINIMAL, LENGTH_TOP_BIT); sticky until init.
- * Any split of a byte stream into calls yields the same header events and the same payload bytes. */
+ * Any split of a byte stream into calls yields the same header events and the same payload
+ * bytes. A payload event covers min(payload remaining, len) bytes: nothing is buffered. */
 int ws_frame_decode(struct ws_frame_decoder *d, uint8_t *data, size_t len, size_t *used,
                     struct ws_frame_event *ev);
 

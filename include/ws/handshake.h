@@ -21,8 +21,8 @@ struct ws_deflate_offer {
 };
 
 struct ws_handshake {
-    int status;          /* 101 when acceptable, else the status to answer */
-    const char *reason;  /* static one-line reason for a rejection, NULL on success */
+    int status;         /* 101 when acceptable, else the status to answer */
+    const char *reason; /* static one-line reason for a rejection, NULL on success */
     char accept[WS_HANDSHAKE_ACCEPT_LEN + 1]; /* NUL-terminated */
     struct ws_span key;
     struct ws_deflate_offer offers[WS_HANDSHAKE_MAX_OFFERS]; /* valid offers, client's order */
@@ -30,8 +30,9 @@ struct ws_handshake {
 };
 
 /* Checks req against RFC 6455 §4.2.1 and SPEC §3. Returns 0 with hs->status 101 and hs->accept
- * set, or a WS_E_* with hs->status (400 malformed/missing headers, 405 not GET, 426 wrong
- * Sec-WebSocket-Version, 505 not HTTP/1.1+) and hs->reason. Also parses permessage-deflate offers
+ * set, or a WS_E_* with hs->status and hs->reason: WS_E_HTTP_METHOD (405, not GET),
+ * WS_E_HANDSHAKE (400: not HTTP/1.1+, malformed, missing or repeated headers, bad key) or
+ * WS_E_WS_VERSION (426, Sec-WebSocket-Version other than 13). Also parses permessage-deflate offers
  * (invalid offers are skipped, not fatal). hs may point into req's buffer. */
 int ws_handshake_check(const struct ws_http_request *req, struct ws_handshake *hs);
 
@@ -52,15 +53,18 @@ int ws_handshake_select_protocol(const struct ws_http_request *req, const char *
 bool ws_handshake_offers_protocol(const struct ws_http_request *req, const char *protocol,
                                   size_t len);
 
-/* Writes the 101 response into out (cap bytes). protocol (may be NULL) and extensions (may be
- * NULL: the Sec-WebSocket-Extensions value) are added when set. Returns the length, or 0 when
- * cap is too small. */
+/* Writes the 101 response into out (cap bytes; not NUL-terminated) for an accepted hs. protocol
+ * (NULL or empty: none) and extensions (NULL or "": none; the Sec-WebSocket-Extensions value)
+ * are added when set. Returns the length, or 0 when cap is too small, protocol is not a token or
+ * extensions holds control characters (either would split the response). */
 size_t ws_handshake_response(char *out, size_t cap, const struct ws_handshake *hs,
                              const char *protocol, size_t protocol_len, const char *extensions);
 
-/* Writes an error response with a text/plain one-line body and Connection: close; 426 adds
- * Sec-WebSocket-Version: 13, 503 adds Retry-After. extra_headers (may be NULL) is inserted
- * verbatim (each line CRLF-terminated). Returns the length, or 0 when cap is too small. */
+/* Writes an error response (not NUL-terminated) with body as its text/plain body and
+ * Connection: close; 426 adds Sec-WebSocket-Version: 13, 405 adds Allow: GET and 503 adds
+ * Retry-After: 5 unless extra_headers has that field. extra_headers (may be NULL) is inserted
+ * verbatim (each line CRLF-terminated). Returns the length, or 0 when cap is too small or
+ * status is not three digits. */
 size_t ws_handshake_error_response(char *out, size_t cap, int status, const char *body,
                                    size_t body_len, const char *extra_headers);
 

@@ -16,7 +16,7 @@ struct ws_span {
 };
 
 struct ws_http_header {
-    struct ws_span name; /* as sent; compare case-insensitively */
+    struct ws_span name;  /* as sent; compare case-insensitively */
     struct ws_span value; /* surrounding whitespace stripped */
 };
 
@@ -56,6 +56,9 @@ bool ws_http_next_token(struct ws_span *list, struct ws_span *token);
 
 /* True when span equals the NUL-terminated s, ignoring ASCII case. */
 bool ws_span_ieq(struct ws_span span, const char *s);
+
+/* True when c may appear in a token (RFC 9110 §5.6.2 tchar): method, field name, list element. */
+bool ws_http_is_tchar(unsigned char c);
 
 /* Reason phrase for an HTTP status ("Bad Request"), "Unknown" for others. */
 const char *ws_http_reason(int status);

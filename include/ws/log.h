@@ -1,0 +1,49 @@
+/* Structured logging to stderr: one line per event, as key=value text or as JSON, with stable keys
+ * (event, conn, peer, code, reason, ms). Peer-provided strings are escaped; message payloads are
+ * never logged. Not thread-safe (one loop per process). */
+#ifndef WS_LOG_H
+#define WS_LOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum ws_log_level { WS_LOG_DEBUG, WS_LOG_INFO, WS_LOG_WARN, WS_LOG_ERROR };
+enum ws_log_format { WS_LOG_TEXT, WS_LOG_JSON };
+
+#define WS_LOG_LINE_MAX 2048
+
+/* A line being built: ws_log_begin, fields, ws_log_end. Fields past the line size are cut. */
+struct ws_log_line {
+    char buf[WS_LOG_LINE_MAX];
+    size_t len;
+    bool active; /* false when the level is filtered out: the field calls do nothing */
+};
+
+/* Sets the minimum level written and the format. */
+void ws_log_setup(enum ws_log_level level, enum ws_log_format format);
+
+/* True when a line at level would be written. */
+bool ws_log_enabled(enum ws_log_level level);
+
+/* Parses "debug|info|warn|error" / "text|json"; -1 when unknown. */
+int ws_log_level_parse(const char *s);
+int ws_log_format_parse(const char *s);
+
+/* Starts a line with a timestamp, the level and event=<event>. */
+void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *event);
+
+/* Adds key=value; strings are escaped (control bytes, quotes, non-UTF-8 as \xNN). */
+void ws_log_str(struct ws_log_line *l, const char *key, const char *s, size_t n);
+void ws_log_cstr(struct ws_log_line *l, const char *key, const char *s);
+void ws_log_u64(struct ws_log_line *l, const char *key, uint64_t v);
+void ws_log_i64(struct ws_log_line *l, const char *key, int64_t v);
+void ws_log_ms(struct ws_log_line *l, const char *key, double seconds);
+
+/* Writes the line (one write(2) call) and resets it. */
+void ws_log_end(struct ws_log_line *l);
+
+/* One-call form for messages without fields: event plus msg=<text>. */
+void ws_log_msg(enum ws_log_level level, const char *event, const char *msg);
+
+#endif

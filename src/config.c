@@ -1,0 +1,304 @@
+/* The option table and its setters. All range checks live here so the command line, the app's
+ * config table and reloads report the same message for the same mistake. */
+#include "ws/config.h"
+
+#include "ws/buf.h"
+#include "ws/err.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OFF(field) offsetof(struct ws_config, field)
+#define SECONDS_MAX 86400.0
+#define SIZE_LIMIT 4294967296.0 /* 4 GiB: the largest size any byte option accepts */
+
+static const char *const backpressure_choices[] = {"close", "drop", NULL};
+static const char *const compression_choices[] = {"off", "on", NULL};
+static const char *const log_level_choices[] = {"debug", "info", "warn", "error", NULL};
+static const char *const log_format_choices[] = {"text", "json", NULL};
+
+const struct ws_option ws_options[] = {
+    {"listen", WS_OPT_LIST, OFF(listen), 0, 0, NULL, false, "ADDR",
+     "host:port, [v6]:port or unix:/path (repeatable; default 0.0.0.0:8080)"},
+    {"tls_cert", WS_OPT_STRING, OFF(tls_cert), 0, 0, NULL, false, "FILE",
+     "certificate chain (PEM) for wss://"},
+    {"tls_key", WS_OPT_STRING, OFF(tls_key), 0, 0, NULL, false, "FILE", "private key (PEM)"},
+    {"static", WS_OPT_STRING, OFF(static_dir), 0, 0, NULL, false, "DIR",
+     "serve files from DIR for plain HTTP GET/HEAD"},
+    {"max_connections", WS_OPT_INT, OFF(max_connections), 1, 10000000, NULL, true, "N",
+     "open connections at most (default 10000); 503 beyond"},
+    {"max_connections_per_ip", WS_OPT_INT, OFF(max_connections_per_ip), 0, 10000000, NULL, true,
+     "N", "connections per client address (default 0: off)"},
+    {"max_header_size", WS_OPT_INT, OFF(max_header_size), 256, 1048576, NULL, true, "BYTES",
+     "request head bytes (default 8192); 431 beyond"},
+    {"max_message_size", WS_OPT_INT, OFF(max_message_size), 1, SIZE_LIMIT, NULL, true, "BYTES",
+     "reassembled message bytes (default 1048576); 1009 beyond"},
+    {"max_buffered", WS_OPT_INT, OFF(max_buffered), 1024, SIZE_LIMIT, NULL, true, "BYTES",
+     "queued output bytes per connection (default 1048576)"},
+    {"backpressure", WS_OPT_CHOICE, OFF(backpressure), 0, 0, backpressure_choices, true, "MODE",
+     "close (1008 to a slow consumer) or drop (data messages dropped); default close"},
+    {"handshake_timeout", WS_OPT_SECONDS, OFF(handshake_timeout), 0.01, SECONDS_MAX, NULL, true,
+     "S", "seconds to complete the opening handshake (default 10)"},
+    {"close_timeout", WS_OPT_SECONDS, OFF(close_timeout), 0.01, SECONDS_MAX, NULL, true, "S",
+     "seconds to wait for the peer's close reply (default 5)"},
+    {"shutdown_timeout", WS_OPT_SECONDS, OFF(shutdown_timeout), 0, SECONDS_MAX, NULL, true, "S",
+     "seconds a graceful shutdown waits for connections (default 10)"},
+    {"ping_interval", WS_OPT_SECONDS, OFF(ping_interval), 0, SECONDS_MAX, NULL, true, "S",
+     "ping a connection idle this long, 0 off (default 30)"},
+    {"pong_timeout", WS_OPT_SECONDS, OFF(pong_timeout), 0.01, SECONDS_MAX, NULL, true, "S",
+     "seconds to wait for the pong before closing with 1001 (default 10)"},
+    {"idle_timeout", WS_OPT_SECONDS, OFF(idle_timeout), 0, SECONDS_MAX, NULL, true, "S",
+     "close after this long without a data message, 0 off (default 0)"},
+    {"handler_timeout", WS_OPT_SECONDS, OFF(handler_timeout), 0.001, 3600, NULL, true, "S",
+     "a Lua callback running longer is interrupted (default 1)"},
+    {"lua_memory_limit", WS_OPT_INT, OFF(lua_memory_limit), 1048576, 1099511627776.0, NULL, true,
+     "BYTES", "Lua heap cap (default 536870912)"},
+    {"protocols", WS_OPT_LIST, OFF(protocols), 0, 0, NULL, true, "NAME",
+     "subprotocol the server speaks, in preference order (repeatable)"},
+    {"compression", WS_OPT_CHOICE, OFF(compression), 0, 0, compression_choices, false, "MODE",
+     "permessage-deflate: off or on (default off)"},
+    {"compress_min_size", WS_OPT_INT, OFF(compress_min_size), 0, SIZE_LIMIT, NULL, true, "BYTES",
+     "smallest message compressed (default 128)"},
+    {"fragment_size", WS_OPT_INT, OFF(fragment_size), 0, SIZE_LIMIT, NULL, true, "BYTES",
+     "split outgoing messages larger than this into fragments, 0 never (default 0)"},
+    {"metrics", WS_OPT_BOOL, OFF(metrics), 0, 0, NULL, true, NULL, "serve /metrics"},
+    {"workers", WS_OPT_INT, OFF(workers), 1, 1024, NULL, false, "N",
+     "worker processes (default 1)"},
+    {"redis", WS_OPT_STRING, OFF(redis), 0, 0, NULL, false, "URL", "Redis for scale-out"},
+    {"log_level", WS_OPT_CHOICE, OFF(log_level), 0, 0, log_level_choices, true, "L",
+     "debug|info|warn|error (default info)"},
+    {"log_format", WS_OPT_CHOICE, OFF(log_format), 0, 0, log_format_choices, true, "F",
+     "text|json (default text)"},
+    {"watch", WS_OPT_BOOL, OFF(watch), 0, 0, NULL, false, NULL,
+     "reload the app when its file or a module under its folder changes"},
+    {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
+};
+
+#define FIELD(cfg, opt, type) ((type *)((char *)(cfg) + (opt)->offset))
+
+size_t ws_config_index(const struct ws_option *opt)
+{
+    return (size_t)(opt - ws_options);
+}
+
+static void set_string(char **slot, const char *value)
+{
+    free(*slot);
+    *slot = value ? ws_xstrndup(value, strlen(value)) : NULL;
+}
+
+void ws_config_init(struct ws_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->max_connections = 10000;
+    cfg->max_header_size = 8192;
+    cfg->max_message_size = 1048576;
+    cfg->max_buffered = 1048576;
+    set_string(&cfg->backpressure, "close");
+    cfg->handshake_timeout = 10;
+    cfg->close_timeout = 5;
+    cfg->shutdown_timeout = 10;
+    cfg->ping_interval = 30;
+    cfg->pong_timeout = 10;
+    cfg->handler_timeout = 1;
+    cfg->lua_memory_limit = 536870912;
+    set_string(&cfg->compression, "off");
+    cfg->compress_min_size = 128;
+    cfg->workers = 1;
+    set_string(&cfg->log_level, "info");
+    set_string(&cfg->log_format, "text");
+}
+
+static void list_clear(struct ws_string_list *list)
+{
+    for (size_t i = 0; i < list->n; i++)
+        free(list->items[i]);
+    list->n = 0;
+}
+
+void ws_config_free(struct ws_config *cfg)
+{
+    for (const struct ws_option *opt = ws_options; opt->name; opt++) {
+        if (opt->type == WS_OPT_STRING || opt->type == WS_OPT_CHOICE)
+            set_string(FIELD(cfg, opt, char *), NULL);
+        else if (opt->type == WS_OPT_LIST)
+            list_clear(FIELD(cfg, opt, struct ws_string_list));
+    }
+}
+
+void ws_config_copy(struct ws_config *dst, const struct ws_config *src)
+{
+    memcpy(dst, src, sizeof(*dst));
+    for (const struct ws_option *opt = ws_options; opt->name; opt++) {
+        if (opt->type == WS_OPT_STRING || opt->type == WS_OPT_CHOICE) {
+            char **slot = FIELD(dst, opt, char *);
+            *slot = NULL;
+            set_string(slot, *FIELD(src, opt, char *const));
+        } else if (opt->type == WS_OPT_LIST) {
+            struct ws_string_list *list = FIELD(dst, opt, struct ws_string_list);
+            for (size_t i = 0; i < list->n; i++)
+                list->items[i] = ws_xstrndup(list->items[i], strlen(list->items[i]));
+        }
+    }
+}
+
+const struct ws_option *ws_config_find(const char *name, bool kebab)
+{
+    for (const struct ws_option *opt = ws_options; opt->name; opt++) {
+        size_t i = 0;
+        for (; opt->name[i] && name[i]; i++) {
+            char want = opt->name[i] == '_' && kebab ? '-' : opt->name[i];
+            if (name[i] != want)
+                break;
+        }
+        if (!opt->name[i] && !name[i])
+            return opt;
+    }
+    return NULL;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, const char *name, const char *detail)
+{
+    snprintf(err, errlen, fmt, name, detail);
+    return WS_E_INVAL;
+}
+
+static bool mark(struct ws_config *cfg, const struct ws_option *opt, bool from_cli)
+{
+    uint64_t bit = 1ull << ws_config_index(opt);
+    if (!from_cli && (cfg->cli_mask & bit))
+        return false; /* the command line wins */
+    cfg->set_mask |= bit;
+    if (from_cli)
+        cfg->cli_mask |= bit;
+    return true;
+}
+
+static int range_error(const struct ws_option *opt, char *err, size_t errlen)
+{
+    if (opt->type == WS_OPT_INT)
+        snprintf(err, errlen, "invalid value for %s: must be a whole number from %.0f to %.0f",
+                 opt->name, opt->min, opt->max);
+    else
+        snprintf(err, errlen, "invalid value for %s: must be a number of seconds from %g to %g",
+                 opt->name, opt->min, opt->max);
+    return WS_E_INVAL;
+}
+
+static int set_number(struct ws_config *cfg, const struct ws_option *opt, double v, bool from_cli,
+                      char *err, size_t errlen)
+{
+    if (isnan(v) || v < opt->min || v > opt->max)
+        return range_error(opt, err, errlen);
+    if (opt->type == WS_OPT_INT && v != floor(v))
+        return range_error(opt, err, errlen);
+    if (!mark(cfg, opt, from_cli))
+        return 0;
+    if (opt->type == WS_OPT_INT)
+        *FIELD(cfg, opt, int64_t) = (int64_t)v;
+    else
+        *FIELD(cfg, opt, double) = v;
+    return 0;
+}
+
+static int set_bool(struct ws_config *cfg, const struct ws_option *opt, bool value, bool from_cli,
+                    char *err, size_t errlen)
+{
+    if (opt->type != WS_OPT_BOOL)
+        return fail(err, errlen, "invalid value for %s: %s", opt->name,
+                    "a boolean is not allowed");
+    if (mark(cfg, opt, from_cli))
+        *FIELD(cfg, opt, bool) = value;
+    return 0;
+}
+
+int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char *value,
+                  bool from_cli, char *err, size_t errlen)
+{
+    switch (opt->type) {
+    case WS_OPT_INT:
+    case WS_OPT_SECONDS: {
+        char *end;
+        errno = 0;
+        double v = strtod(value, &end);
+        if (end == value || *end || errno)
+            return range_error(opt, err, errlen);
+        return set_number(cfg, opt, v, from_cli, err, errlen);
+    }
+    case WS_OPT_BOOL:
+        if (strcmp(value, "true") == 0 || strcmp(value, "1") == 0)
+            return set_bool(cfg, opt, true, from_cli, err, errlen);
+        if (strcmp(value, "false") == 0 || strcmp(value, "0") == 0)
+            return set_bool(cfg, opt, false, from_cli, err, errlen);
+        return fail(err, errlen, "invalid value for %s: must be %s", opt->name, "true or false");
+    case WS_OPT_STRING:
+        if (!*value)
+            return fail(err, errlen, "invalid value for %s: %s", opt->name, "must not be empty");
+        if (mark(cfg, opt, from_cli))
+            set_string(FIELD(cfg, opt, char *), value);
+        return 0;
+    case WS_OPT_CHOICE:
+        for (const char *const *c = opt->choices; *c; c++) {
+            if (strcmp(*c, value) == 0) {
+                if (mark(cfg, opt, from_cli))
+                    set_string(FIELD(cfg, opt, char *), value);
+                return 0;
+            }
+        }
+        {
+            char allowed[128] = "";
+            for (const char *const *c = opt->choices; *c; c++) {
+                if (c != opt->choices)
+                    strncat(allowed, ", ", sizeof(allowed) - strlen(allowed) - 1);
+                strncat(allowed, *c, sizeof(allowed) - strlen(allowed) - 1);
+            }
+            return fail(err, errlen, "invalid value for %s: must be one of %s", opt->name,
+                        allowed);
+        }
+    case WS_OPT_LIST: {
+        struct ws_string_list *list = FIELD(cfg, opt, struct ws_string_list);
+        if (!*value)
+            return fail(err, errlen, "invalid value for %s: %s", opt->name, "must not be empty");
+        if (list->n == WS_CONFIG_MAX_LIST)
+            return fail(err, errlen, "too many values for %s: %s", opt->name, "at most 16");
+        if (!mark(cfg, opt, from_cli))
+            return 0;
+        list->items[list->n++] = ws_xstrndup(value, strlen(value));
+        return 0;
+    }
+    }
+    return WS_E_INVAL;
+}
+
+int ws_config_set_number(struct ws_config *cfg, const struct ws_option *opt, double value,
+                         char *err, size_t errlen)
+{
+    if (opt->type != WS_OPT_INT && opt->type != WS_OPT_SECONDS)
+        return fail(err, errlen, "invalid value for %s: %s", opt->name, "a number is not allowed");
+    return set_number(cfg, opt, value, false, err, errlen);
+}
+
+int ws_config_set_bool(struct ws_config *cfg, const struct ws_option *opt, bool value, char *err,
+                       size_t errlen)
+{
+    return set_bool(cfg, opt, value, false, err, errlen);
+}
+
+void ws_config_clear_list(struct ws_config *cfg, const struct ws_option *opt)
+{
+    if (!(cfg->cli_mask & (1ull << ws_config_index(opt))))
+        list_clear(FIELD(cfg, opt, struct ws_string_list));
+}
+
+int ws_config_validate(const struct ws_config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->tls_cert != !cfg->tls_key)
+        return fail(err, errlen, "invalid configuration: %s %s", "tls_cert and tls_key",
+                    "must be given together");
+    if (cfg->max_buffered < 1024)
+        return fail(err, errlen, "invalid value for %s: %s", "max_buffered", "at least 1024");
+    return 0;
+}

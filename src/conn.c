@@ -1,0 +1,771 @@
+/* Connection I/O and lifecycle on libev. Every state change goes through set_state(), which
+ * refuses illegal transitions; reads are parsed straight out of the server's shared buffer and
+ * replies are queued and written once per wake-up. Freeing is left to the server's sweep. */
+#include "ws/conn.h"
+
+#include "ws/err.h"
+#include "ws/frame.h"
+#include "ws/handshake.h"
+#include "ws/http.h"
+#include "ws/log.h"
+#include "ws/server.h"
+#include "ws/static.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define IOV_BATCH 64
+#define RESPONSE_HEAD_MAX 1024
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
+
+static const struct ws_config *cfg(const struct ws_conn *c)
+{
+    return &c->srv->cfg;
+}
+
+static size_t low_water(const struct ws_conn *c)
+{
+    size_t half = (size_t)cfg(c)->max_buffered / 2;
+    return half < 65536 ? half : 65536;
+}
+
+static void set_state(struct ws_conn *c, enum ws_conn_state to)
+{
+    enum ws_conn_state from = c->state;
+    bool legal = (from == WS_CONN_CONNECTING && to != WS_CONN_CONNECTING) ||
+                 (from == WS_CONN_OPEN && (to == WS_CONN_CLOSING || to == WS_CONN_CLOSED)) ||
+                 (from == WS_CONN_CLOSING && to == WS_CONN_CLOSED);
+    assert(legal);
+    (void)legal;
+    c->state = to;
+    if (to == WS_CONN_CLOSING)
+        c->closing_since = ev_now(c->srv->loop);
+}
+
+/* Watch for reading unless paused or closed, and for writing while the queue is stuck. */
+static void update_events(struct ws_conn *c, bool want_write)
+{
+    if (c->state == WS_CONN_CLOSED)
+        return;
+    int events = (c->reading_paused ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
+    if (events == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
+        return;
+    ev_io_stop(c->srv->loop, &c->io);
+    ev_io_set(&c->io, c->fd, events);
+    if (events)
+        ev_io_start(c->srv->loop, &c->io);
+}
+
+/* The earliest deadline for the current state; 0 when none. */
+static ev_tstamp next_deadline(const struct ws_conn *c)
+{
+    const struct ws_config *o = cfg(c);
+    switch (c->state) {
+    case WS_CONN_CONNECTING:
+        return c->started + o->handshake_timeout;
+    case WS_CONN_CLOSING:
+        return c->closing_since + o->close_timeout;
+    case WS_CONN_OPEN: {
+        ev_tstamp t = 0;
+        if (c->ping_sent > 0)
+            t = c->ping_sent + o->pong_timeout;
+        else if (o->ping_interval > 0)
+            t = c->last_read + o->ping_interval;
+        if (o->idle_timeout > 0) {
+            ev_tstamp idle = c->last_message + o->idle_timeout;
+            if (!t || idle < t)
+                t = idle;
+        }
+        return t;
+    }
+    case WS_CONN_CLOSED:
+        break;
+    }
+    return 0;
+}
+
+static void rearm(struct ws_conn *c)
+{
+    struct ev_loop *loop = c->srv->loop;
+    ev_timer_stop(loop, &c->timer);
+    ev_tstamp at = next_deadline(c);
+    if (!at)
+        return;
+    ev_tstamp in = at - ev_now(loop);
+    ev_timer_set(&c->timer, in > 0.001 ? in : 0.001, 0);
+    ev_timer_start(loop, &c->timer);
+}
+
+const char *ws_conn_peer(const struct ws_conn *c, char *out, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN];
+    switch (c->peer.sa.sa_family) {
+    case AF_INET:
+        inet_ntop(AF_INET, &c->peer.in4.sin_addr, ip, sizeof(ip));
+        snprintf(out, cap, "%s:%u", ip, ntohs(c->peer.in4.sin_port));
+        break;
+    case AF_INET6:
+        inet_ntop(AF_INET6, &c->peer.in6.sin6_addr, ip, sizeof(ip));
+        snprintf(out, cap, "[%s]:%u", ip, ntohs(c->peer.in6.sin6_port));
+        break;
+    default:
+        snprintf(out, cap, "unix");
+    }
+    return out;
+}
+
+static void log_conn(struct ws_conn *c, enum ws_log_level level, const char *event, int code,
+                     const char *reason)
+{
+    if (!ws_log_enabled(level))
+        return;
+    char peer[64];
+    struct ws_log_line l;
+    ws_log_begin(&l, level, event);
+    ws_log_u64(&l, "conn", c->node.id);
+    ws_log_cstr(&l, "peer", ws_conn_peer(c, peer, sizeof(peer)));
+    if (code)
+        ws_log_i64(&l, "code", code);
+    if (reason)
+        ws_log_cstr(&l, "reason", reason);
+    ws_log_ms(&l, "ms", ev_now(c->srv->loop) - c->started);
+    ws_log_end(&l);
+}
+
+/* Per-IP accounting key: the address without the port. */
+static uint64_t ip_key(const struct ws_conn *c)
+{
+    if (c->peer.sa.sa_family == AF_INET)
+        return ws_hash_bytes(&c->peer.in4.sin_addr, sizeof(c->peer.in4.sin_addr));
+    if (c->peer.sa.sa_family == AF_INET6)
+        return ws_hash_bytes(&c->peer.in6.sin6_addr, sizeof(c->peer.in6.sin6_addr));
+    return 0;
+}
+
+static uintptr_t ip_count(struct ws_conn *c, int delta)
+{
+    struct ws_map *m = &c->srv->per_ip;
+    uint64_t key = ip_key(c);
+    uintptr_t n = (uintptr_t)ws_map_get(m, key) + (uintptr_t)(intptr_t)delta;
+    if (n)
+        ws_map_put(m, key, (void *)n);
+    else
+        ws_map_del(m, key);
+    return n;
+}
+
+struct ws_conn *ws_conn_new(struct ws_server *srv, int fd, const struct sockaddr *sa,
+                            socklen_t salen)
+{
+    struct ws_conn *c = ws_xcalloc(1, sizeof(*c));
+    c->srv = srv;
+    c->fd = fd;
+    c->node.id = ++srv->next_id;
+    c->sub.id = c->node.id;
+    if (salen > sizeof(c->peer))
+        salen = sizeof(c->peer);
+    memcpy(&c->peer, sa, salen);
+    c->state = WS_CONN_CONNECTING;
+    c->started = c->last_read = c->last_message = ev_now(srv->loop);
+    ws_session_init(&c->session, (size_t)srv->cfg.max_message_size);
+    ws_outq_init(&c->out);
+    ws_buf_init(&c->in);
+    ev_io_init(&c->io, on_io, fd, EV_READ);
+    c->io.data = c;
+    ev_init(&c->timer, on_timer);
+    c->timer.data = c;
+    ev_io_start(srv->loop, &c->io);
+    ws_registry_add(&srv->conns, &c->node);
+    srv->stats.connections_total++;
+    rearm(c);
+    return c;
+}
+
+/* Closes the socket now; the app hears of it in the sweep. code is reported unless a close
+ * frame already settled it. */
+static void kill_conn(struct ws_conn *c, int code, const char *reason)
+{
+    if (c->state == WS_CONN_CLOSED)
+        return;
+    if (!c->close_code) {
+        c->close_code = (uint16_t)code;
+        if (reason && !c->close_reason)
+            c->close_reason = ws_xstrndup(reason, strlen(reason));
+    }
+    set_state(c, WS_CONN_CLOSED);
+    ev_io_stop(c->srv->loop, &c->io);
+    ev_timer_stop(c->srv->loop, &c->timer);
+    close(c->fd);
+    c->fd = -1;
+    ws_outq_clear(&c->out, &c->srv->pool);
+    ws_server_bury(c->srv, c);
+}
+
+void ws_conn_abort(struct ws_conn *c, int code, const char *reason)
+{
+    kill_conn(c, code, reason);
+}
+
+size_t ws_conn_buffered(const struct ws_conn *c)
+{
+    return c->out.bytes;
+}
+
+static void queue_frame(struct ws_conn *c, uint8_t opcode, bool fin, const void *data, size_t len)
+{
+    uint8_t hdr[WS_FRAME_MAX_HEADER];
+    size_t n = ws_frame_encode_header(hdr, fin, 0, opcode, len, NULL);
+    ws_outq_append(&c->out, &c->srv->pool, hdr, n);
+    ws_outq_append(&c->out, &c->srv->pool, data, len);
+}
+
+/* Queues our close frame and enters CLOSING: nothing is sent after it. */
+static void start_close(struct ws_conn *c, int code, const char *reason, size_t len)
+{
+    uint8_t payload[WS_FRAME_MAX_CONTROL_PAYLOAD];
+    size_t n = ws_close_payload(payload, code, reason, len);
+    queue_frame(c, WS_OP_CLOSE, true, payload, n);
+    ws_session_close_sent(&c->session);
+    if (c->session.close_state != WS_CLOSE_DONE) {
+        c->close_code = (uint16_t)(code ? code : 1005);
+        free(c->close_reason);
+        c->close_reason = reason && len ? ws_xstrndup(reason, len) : NULL;
+    }
+    set_state(c, WS_CONN_CLOSING);
+    rearm(c);
+    ws_server_want_flush(c->srv, c);
+}
+
+int ws_conn_close(struct ws_conn *c, int code, const char *reason, size_t len)
+{
+    if (c->state != WS_CONN_OPEN)
+        return WS_E_CLOSED;
+    start_close(c, code, reason, len);
+    return 0;
+}
+
+static int accept_data(struct ws_conn *c, size_t len)
+{
+    if (c->out.bytes + len <= (size_t)cfg(c)->max_buffered)
+        return 0;
+    if (strcmp(cfg(c)->backpressure, "drop") == 0) {
+        c->srv->stats.dropped++;
+        return WS_E_LIMIT;
+    }
+    log_conn(c, WS_LOG_WARN, "slow_consumer", 1008, NULL);
+    start_close(c, 1008, "slow consumer", 13);
+    return WS_E_CLOSED;
+}
+
+static int sent_result(struct ws_conn *c)
+{
+    ws_server_want_flush(c->srv, c);
+    if (c->out.bytes > low_water(c)) {
+        c->above_low = true;
+        return WS_CONN_QUEUED;
+    }
+    return WS_CONN_SENT;
+}
+
+/* Writes header + payload straight to the socket when nothing is queued (large messages skip
+ * the copy into the queue); the unwritten rest is queued. */
+static void send_direct(struct ws_conn *c, const uint8_t *hdr, size_t hlen, const uint8_t *data,
+                        size_t len)
+{
+    struct iovec iov[2] = {{(void *)hdr, hlen}, {(void *)data, len}};
+    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
+    ssize_t w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (w > 0)
+        c->srv->stats.bytes_out += done;
+    if (done < hlen) {
+        ws_outq_append(&c->out, &c->srv->pool, hdr + done, hlen - done);
+        done = 0;
+    } else {
+        done -= hlen;
+    }
+    ws_outq_append(&c->out, &c->srv->pool, data + done, len - done);
+}
+
+int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len)
+{
+    if (c->state != WS_CONN_OPEN)
+        return WS_E_CLOSED;
+    bool control = ws_frame_is_control(opcode);
+    if (control) {
+        if (len > WS_FRAME_MAX_CONTROL_PAYLOAD)
+            return WS_E_INVAL;
+        queue_frame(c, opcode, true, data, len);
+        return sent_result(c);
+    }
+    int rc = accept_data(c, len);
+    if (rc < 0)
+        return rc;
+    c->srv->stats.messages_out++;
+    size_t frag = (size_t)cfg(c)->fragment_size;
+    if (frag && len > frag) {
+        /* RFC 6455 §5.4: a fragmented message; only the first frame carries the opcode */
+        const uint8_t *p = data;
+        for (size_t off = 0; off < len; off += frag) {
+            size_t n = len - off < frag ? len - off : frag;
+            queue_frame(c, off ? WS_OP_CONTINUATION : opcode, off + n == len, p + off, n);
+        }
+        return sent_result(c);
+    }
+    if (c->out.bytes == 0 && len >= WS_OUTQ_CHUNK_BYTES) {
+        uint8_t hdr[WS_FRAME_MAX_HEADER];
+        size_t hlen = ws_frame_encode_header(hdr, true, 0, opcode, len, NULL);
+        send_direct(c, hdr, hlen, data, len);
+    } else {
+        queue_frame(c, opcode, true, data, len);
+    }
+    return sent_result(c);
+}
+
+struct ws_shared *ws_conn_encode_shared(uint8_t opcode, const void *data, size_t len)
+{
+    uint8_t hdr[WS_FRAME_MAX_HEADER];
+    size_t hlen = ws_frame_encode_header(hdr, true, 0, opcode, len, NULL);
+    struct ws_shared *s = ws_shared_new(hlen + len);
+    memcpy(s->data, hdr, hlen);
+    if (len)
+        memcpy(s->data + hlen, data, len);
+    return s;
+}
+
+int ws_conn_send_shared(struct ws_conn *c, struct ws_shared *frame, bool is_data)
+{
+    if (c->state != WS_CONN_OPEN)
+        return WS_E_CLOSED;
+    if (is_data) {
+        int rc = accept_data(c, frame->len);
+        if (rc < 0)
+            return rc;
+        c->srv->stats.messages_out++;
+    }
+    ws_outq_append_shared(&c->out, &c->srv->pool, frame);
+    return sent_result(c);
+}
+
+int ws_conn_ping(struct ws_conn *c, const void *payload, size_t len)
+{
+    return ws_conn_send(c, WS_OP_PING, payload, len);
+}
+
+void ws_conn_flush(struct ws_conn *c)
+{
+    struct ws_server *srv = c->srv;
+    if (c->state == WS_CONN_CLOSED)
+        return;
+    while (c->out.bytes && !c->wr_shut) {
+        struct iovec iov[IOV_BATCH];
+        int n = ws_outq_iov(&c->out, iov, IOV_BATCH);
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                update_events(c, true);
+                return;
+            }
+            kill_conn(c, 1006, strerror(errno));
+            return;
+        }
+        srv->stats.bytes_out += (uint64_t)w;
+        ws_outq_consume(&c->out, &srv->pool, (size_t)w);
+    }
+    if (c->out.bytes && c->wr_shut)
+        ws_outq_clear(&c->out, &srv->pool);
+    if (c->reading_paused && c->out.bytes < low_water(c))
+        c->reading_paused = false;
+    update_events(c, false);
+    if (c->above_low && c->state == WS_CONN_OPEN) {
+        c->above_low = false;
+        if (srv->ops->drain)
+            srv->ops->drain(srv->app, c);
+    }
+    if (c->state == WS_CONN_CLOSING && !c->wr_shut && c->out.bytes == 0) {
+        /* Our last byte is out: half-close, then read until the peer closes
+         * (RFC 6455 §7.1.1: the server closes the TCP connection first). */
+        shutdown(c->fd, SHUT_WR);
+        c->wr_shut = true;
+    }
+}
+
+/* ---- HTTP side: the handshake and plain requests ---- */
+
+static void queue_response(struct ws_conn *c, int status, const char *content_type,
+                           const void *body, size_t body_len, const char *extra, bool head_only)
+{
+    char head[RESPONSE_HEAD_MAX];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n%s\r\n",
+                     status, ws_http_reason(status), content_type, body_len, extra ? extra : "");
+    if (n < 0 || (size_t)n >= sizeof(head))
+        n = snprintf(head, sizeof(head), "HTTP/1.1 500 Internal Server Error\r\n\r\n");
+    ws_outq_append(&c->out, &c->srv->pool, head, (size_t)n);
+    if (!head_only)
+        ws_outq_append(&c->out, &c->srv->pool, body, body_len);
+}
+
+/* Answers an HTTP status and closes: used for every refusal. */
+static void reject(struct ws_conn *c, int status, const char *body, size_t len)
+{
+    char out[2048];
+    if (!body) {
+        body = ws_http_reason(status);
+        len = strlen(body);
+    }
+    if (len > 1024)
+        len = 1024;
+    char line[1100];
+    int k = snprintf(line, sizeof(line), "%.*s\n", (int)len, body);
+    size_t n = ws_handshake_error_response(out, sizeof(out), status, line, (size_t)k, NULL);
+    ws_outq_append(&c->out, &c->srv->pool, out, n);
+    c->srv->stats.handshake_rejections++;
+    log_conn(c, WS_LOG_INFO, "reject", status, body);
+    ws_buf_reset(&c->in);
+    set_state(c, WS_CONN_CLOSING);
+    rearm(c);
+    ws_server_want_flush(c->srv, c);
+}
+
+static void answer_http(struct ws_conn *c, const struct ws_http_request *req)
+{
+    struct ws_server *srv = c->srv;
+    struct ws_http_reply reply = {0};
+    bool head = ws_span_ieq(req->method, "HEAD");
+    if (srv->ops->http && srv->ops->http(srv->app, c, req, &reply)) {
+        queue_response(c, reply.status, "text/plain; charset=utf-8", reply.body, reply.body_len,
+                       reply.headers, head);
+        free(reply.body);
+        free(reply.headers);
+    } else if (srv->cfg.static_dir && (head || ws_span_ieq(req->method, "GET"))) {
+        struct ws_static_reply st;
+        ws_static_serve(srv->cfg.static_dir, req, &st);
+        if (st.status == 200 || st.status == 304) {
+            queue_response(c, st.status, st.content_type, st.body, st.body_len, st.headers,
+                           head || st.status == 304);
+        } else {
+            ws_static_reply_free(&st);
+            reject(c, st.status, NULL, 0);
+            return;
+        }
+        ws_static_reply_free(&st);
+    } else if (!head && !ws_span_ieq(req->method, "GET")) {
+        reject(c, 405, "method not allowed", 18);
+        return;
+    } else {
+        const char *msg = "this is a WebSocket endpoint: use a WebSocket client";
+        char out[512];
+        size_t n =
+            ws_handshake_error_response(out, sizeof(out), 426, msg, strlen(msg), "Upgrade: websocket\r\n");
+        ws_outq_append(&c->out, &srv->pool, out, n);
+    }
+    log_conn(c, WS_LOG_DEBUG, "http", 0, NULL);
+    ws_buf_reset(&c->in);
+    set_state(c, WS_CONN_CLOSING);
+    rearm(c);
+    ws_server_want_flush(srv, c);
+}
+
+static void process_frames(struct ws_conn *c, uint8_t *data, size_t len);
+
+static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
+{
+    struct ws_server *srv = c->srv;
+    struct ws_handshake hs;
+    int rc = ws_handshake_check(req, &hs);
+    if (rc < 0) {
+        reject(c, hs.status, hs.reason, strlen(hs.reason));
+        return;
+    }
+    if (srv->nopen >= (size_t)srv->cfg.max_connections) {
+        reject(c, 503, "server full", 11);
+        return;
+    }
+    if (srv->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX) {
+        if (ip_count(c, 1) > (uintptr_t)srv->cfg.max_connections_per_ip) {
+            ip_count(c, -1);
+            reject(c, 503, "too many connections from this address", 38);
+            return;
+        }
+        c->ip_counted = true;
+    }
+    c->path = ws_xstrndup(req->target.p, req->target.n);
+
+    struct ws_upgrade_reply reply = {0};
+    if (srv->ops->upgrade)
+        srv->ops->upgrade(srv->app, c, req, &reply);
+    if (reply.status) {
+        reject(c, reply.status, reply.body, reply.body ? reply.body_len : 0);
+        free(reply.body);
+        free(reply.protocol);
+        return;
+    }
+    if (reply.protocol) {
+        if (!ws_handshake_offers_protocol(req, reply.protocol, strlen(reply.protocol))) {
+            /* SPEC §3: answer only a protocol the client offered */
+            log_conn(c, WS_LOG_ERROR, "bad_protocol", 500, "upgrade chose a protocol not offered");
+            free(reply.protocol);
+            reject(c, 500, "internal error", 14);
+            return;
+        }
+        c->protocol = reply.protocol;
+    } else if (srv->cfg.protocols.n) {
+        int i = ws_handshake_select_protocol(req, (const char *const *)srv->cfg.protocols.items,
+                                             srv->cfg.protocols.n);
+        if (i >= 0)
+            c->protocol = ws_xstrndup(srv->cfg.protocols.items[i],
+                                      strlen(srv->cfg.protocols.items[i]));
+    }
+    free(reply.body);
+
+    char out[1024];
+    size_t n = ws_handshake_response(out, sizeof(out), &hs, c->protocol,
+                                     c->protocol ? strlen(c->protocol) : 0, NULL);
+    if (!n) {
+        reject(c, 500, "internal error", 14);
+        return;
+    }
+    ws_outq_append(&c->out, &srv->pool, out, n);
+    set_state(c, WS_CONN_OPEN);
+    srv->nopen++;
+    c->opened = true;
+    c->last_read = c->last_message = ev_now(srv->loop);
+    rearm(c);
+    ws_server_want_flush(srv, c);
+    log_conn(c, WS_LOG_DEBUG, "open", 0, NULL);
+    if (srv->ops->open)
+        srv->ops->open(srv->app, c);
+    /* SPEC §3: bytes after the head in the same read are the first frame bytes */
+    size_t rest = c->in.len - req->head_len;
+    if (rest && c->state != WS_CONN_CLOSED)
+        process_frames(c, c->in.data + req->head_len, rest);
+}
+
+static void on_head_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
+{
+    size_t max = (size_t)cfg(c)->max_header_size;
+    /* keep at most one byte past the cap: enough to tell "too large" */
+    size_t room = max + WS_SERVER_READ_BYTES > c->in.len ? max + WS_SERVER_READ_BYTES - c->in.len : 0;
+    ws_buf_append(&c->in, data, len < room ? len : room);
+    struct ws_http_request req;
+    int rc = ws_http_parse((const char *)c->in.data, c->in.len, max, &c->scanned, &req);
+    if (rc == WS_E_AGAIN)
+        return;
+    if (rc < 0) {
+        reject(c, ws_err_http_status(rc), ws_strerror(rc), strlen(ws_strerror(rc)));
+        return;
+    }
+    if (ws_handshake_is_upgrade(&req))
+        upgrade(c, &req);
+    else
+        answer_http(c, &req);
+    ws_buf_reset(&c->in);
+}
+
+/* ---- WebSocket side ---- */
+
+static void fail(struct ws_conn *c, int err)
+{
+    int code = ws_err_close_code(err);
+    log_conn(c, WS_LOG_DEBUG, "protocol_error", code, ws_strerror(err));
+    if (c->state == WS_CONN_OPEN)
+        start_close(c, code, ws_strerror(err), strlen(ws_strerror(err)));
+    else
+        kill_conn(c, code, ws_strerror(err));
+}
+
+static void on_peer_close(struct ws_conn *c, const struct ws_session_event *ev)
+{
+    c->close_code = ev->code;
+    free(c->close_reason);
+    c->close_reason = ev->len ? ws_xstrndup((const char *)ev->data, ev->len) : NULL;
+    if (c->state == WS_CONN_OPEN) {
+        /* RFC 6455 §5.5.1: echo the status code; 1005 means there was none */
+        uint8_t payload[WS_FRAME_MAX_CONTROL_PAYLOAD];
+        size_t n = ws_close_payload(payload, ev->code == 1005 ? 0 : ev->code, NULL, 0);
+        queue_frame(c, WS_OP_CLOSE, true, payload, n);
+        ws_session_close_sent(&c->session);
+        set_state(c, WS_CONN_CLOSING);
+        rearm(c);
+        ws_server_want_flush(c->srv, c);
+    }
+}
+
+static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
+{
+    struct ws_server *srv = c->srv;
+    for (;;) {
+        size_t used = 0;
+        struct ws_session_event ev;
+        int rc = ws_session_feed(&c->session, data, len, &used, &ev);
+        data += used;
+        len -= used;
+        if (rc == WS_E_AGAIN)
+            return;
+        if (rc < 0) {
+            fail(c, rc);
+            return;
+        }
+        switch (ev.type) {
+        case WS_SESSION_MESSAGE:
+            if (c->state != WS_CONN_OPEN)
+                break; /* RFC 6455 §1.4: data after our close frame is discarded */
+            srv->stats.messages_in++;
+            c->last_message = ev_now(srv->loop);
+            if (srv->ops->message)
+                srv->ops->message(srv->app, c, ev.data, ev.len, ev.opcode == WS_OP_BINARY);
+            break;
+        case WS_SESSION_PING:
+            if (c->state == WS_CONN_OPEN) /* RFC 6455 §5.5.2: pong with the same payload */
+                queue_frame(c, WS_OP_PONG, true, ev.data, ev.len);
+            ws_server_want_flush(srv, c);
+            break;
+        case WS_SESSION_PONG:
+            c->ping_sent = 0;
+            break;
+        case WS_SESSION_CLOSE:
+            on_peer_close(c, &ev);
+            break;
+        }
+        if (c->state == WS_CONN_CLOSED)
+            return;
+    }
+}
+
+static void on_read(struct ws_conn *c)
+{
+    struct ws_server *srv = c->srv;
+    ssize_t n = recv(c->fd, srv->rbuf, WS_SERVER_READ_BYTES, 0);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            kill_conn(c, 1006, strerror(errno));
+        return;
+    }
+    if (n == 0) {
+        kill_conn(c, 1006, c->state == WS_CONN_OPEN ? "connection dropped" : NULL);
+        return;
+    }
+    srv->stats.bytes_in += (uint64_t)n;
+    c->last_read = ev_now(srv->loop);
+    c->ping_sent = 0; /* any bytes prove the peer alive */
+    switch (c->state) {
+    case WS_CONN_CONNECTING:
+        on_head_bytes(c, srv->rbuf, (size_t)n);
+        break;
+    case WS_CONN_OPEN:
+    case WS_CONN_CLOSING:
+        if (c->opened)
+            process_frames(c, srv->rbuf, (size_t)n);
+        break; /* after an HTTP answer: discard until EOF */
+    case WS_CONN_CLOSED:
+        return;
+    }
+    if (c->state == WS_CONN_CLOSED)
+        return;
+    /* Stop reading from a peer whose replies pile up, until they drain (TCP pushes back). */
+    if (c->out.bytes > (size_t)cfg(c)->max_buffered / 2 && c->state == WS_CONN_OPEN)
+        c->reading_paused = true;
+    ws_conn_flush(c);
+}
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    struct ws_conn *c = w->data;
+    if (revents & EV_READ)
+        on_read(c);
+    if ((revents & EV_WRITE) && c->state != WS_CONN_CLOSED)
+        ws_conn_flush(c);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct ws_conn *c = w->data;
+    const struct ws_config *o = cfg(c);
+    ev_tstamp now = ev_now(loop);
+    switch (c->state) {
+    case WS_CONN_CONNECTING:
+        if (now >= c->started + o->handshake_timeout) {
+            log_conn(c, WS_LOG_INFO, "handshake_timeout", 0, NULL);
+            kill_conn(c, 1006, "handshake timeout");
+            return;
+        }
+        break;
+    case WS_CONN_CLOSING:
+        if (now >= c->closing_since + o->close_timeout) {
+            kill_conn(c, 1006, "close timeout");
+            return;
+        }
+        break;
+    case WS_CONN_OPEN:
+        if (c->ping_sent > 0 && now >= c->ping_sent + o->pong_timeout) {
+            log_conn(c, WS_LOG_INFO, "pong_timeout", 1001, NULL);
+            start_close(c, 1001, "pong timeout", 12);
+            break;
+        }
+        if (o->idle_timeout > 0 && now >= c->last_message + o->idle_timeout) {
+            start_close(c, 1001, "idle timeout", 12);
+            break;
+        }
+        if (o->ping_interval > 0 && !c->ping_sent && now >= c->last_read + o->ping_interval) {
+            queue_frame(c, WS_OP_PING, true, NULL, 0);
+            c->ping_sent = now;
+            ws_server_want_flush(c->srv, c);
+        }
+        break;
+    case WS_CONN_CLOSED:
+        return;
+    }
+    rearm(c);
+}
+
+void ws_conn_apply_config(struct ws_conn *c)
+{
+    c->session.max_message_bytes = (size_t)cfg(c)->max_message_size;
+    if (c->state != WS_CONN_CLOSED)
+        rearm(c);
+}
+
+void ws_conn_destroy(struct ws_conn *c)
+{
+    struct ws_server *srv = c->srv;
+    assert(c->state == WS_CONN_CLOSED);
+    int code = c->close_code ? c->close_code : 1006;
+    if (c->opened) {
+        log_conn(c, WS_LOG_DEBUG, "close", code, c->close_reason);
+        ws_server_count_close(srv, code);
+        if (srv->ops->close) {
+            const char *r = c->close_reason ? c->close_reason : "";
+            srv->ops->close(srv->app, c, code, (const uint8_t *)r, strlen(r));
+        }
+        srv->nopen--;
+    }
+    /* SPEC §7: close runs with topics attached; unsubscribe after, then free */
+    ws_topics_leave_all(&srv->topics, &c->sub);
+    if (srv->ops->release)
+        srv->ops->release(srv->app, c);
+    if (c->ip_counted)
+        ip_count(c, -1);
+    ws_registry_remove(&srv->conns, &c->node);
+    ws_session_reset(&c->session);
+    ws_buf_reset(&c->in);
+    ws_outq_clear(&c->out, &srv->pool);
+    free(c->path);
+    free(c->protocol);
+    free(c->close_reason);
+    free(c);
+}

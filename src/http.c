@@ -1,0 +1,327 @@
+/* HTTP/1.1 request-head parser (RFC 9112 §2-5) and comma-list helpers. It finds the end of the
+ * head incrementally, then parses the request line and fields into spans of the caller's buffer.
+ * It does not allocate, read bodies, decode the target or accept obs-fold. Pure. */
+#include "ws/http.h"
+
+#include "ws/err.h"
+
+#include <assert.h>
+#include <string.h>
+
+/* RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
+ * "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+bool ws_http_is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return true;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+static unsigned char lower(unsigned char c)
+{
+    return c >= 'A' && c <= 'Z' ? (unsigned char)(c + ('a' - 'A')) : c;
+}
+
+/* Looks at buf[from..to) for the CRLF CRLF ending the head, rejecting bytes that can never be part
+ * of a head as early as possible (so a peer cannot keep us waiting with garbage). Sets *head_len
+ * (0 when not found yet); returns 0 or WS_E_HTTP_BAD. */
+static int scan(const char *buf, size_t from, size_t to, size_t *head_len)
+{
+    *head_len = 0;
+    for (size_t i = from; i < to; i++) {
+        char c = buf[i];
+        /* RFC 9112 §2.2: NUL never belongs in a head; a bare CR is invalid. */
+        if (c == '\0' || (i > 0 && buf[i - 1] == '\r' && c != '\n'))
+            return WS_E_HTTP_BAD;
+        if (c != '\n')
+            continue;
+        /* RFC 9112 §2.2: we accept only CRLF line endings, not a bare LF. */
+        if (i == 0 || buf[i - 1] != '\r')
+            return WS_E_HTTP_BAD;
+        if (i >= 3 && buf[i - 3] == '\r' && buf[i - 2] == '\n') {
+            *head_len = i + 1;
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* RFC 9112 §3: request-line = method SP request-target SP HTTP-version */
+static int parse_request_line(const char *p, const char *eol, struct ws_http_request *req)
+{
+    const char *s = p;
+    while (p < eol && ws_http_is_tchar((unsigned char)*p))
+        p++;
+    if (p == s || p == eol || *p != ' ')
+        return WS_E_HTTP_BAD;
+    req->method = (struct ws_span){s, (size_t)(p - s)};
+
+    s = ++p;
+    /* RFC 9112 §3.2: the target holds no whitespace or control characters. obs-text is let
+     * through: some clients send raw UTF-8 paths, and the router decides what to make of them. */
+    while (p < eol && (unsigned char)*p > 0x20 && *p != 0x7f)
+        p++;
+    if (p == s || p == eol || *p != ' ')
+        return WS_E_HTTP_BAD;
+    req->target = (struct ws_span){s, (size_t)(p - s)};
+
+    s = ++p;
+    /* RFC 9112 §2.3: HTTP-version = "HTTP/" DIGIT "." DIGIT, case-sensitive. */
+    if (eol - s != 8 || memcmp(s, "HTTP/", 5) != 0 || s[5] < '0' || s[5] > '9' || s[6] != '.' ||
+        s[7] < '0' || s[7] > '9')
+        return WS_E_HTTP_BAD;
+    if (s[5] != '1' || (s[7] != '0' && s[7] != '1'))
+        return WS_E_HTTP_VERSION;
+    req->version_minor = s[7] - '0';
+    return 0;
+}
+
+/* RFC 9112 §5: field-line = field-name ":" OWS field-value OWS */
+static int parse_field(const char *p, const char *eol, struct ws_http_header *h)
+{
+    /* RFC 9112 §5.2: obs-fold (a line starting with whitespace) is rejected with 400. */
+    if (is_ows(*p))
+        return WS_E_HTTP_BAD;
+    const char *s = p;
+    while (p < eol && ws_http_is_tchar((unsigned char)*p))
+        p++;
+    /* RFC 9112 §5.1: no whitespace between the name and the colon. */
+    if (p == s || p == eol || *p != ':')
+        return WS_E_HTTP_BAD;
+    h->name = (struct ws_span){s, (size_t)(p - s)};
+
+    p++;
+    while (p < eol && is_ows(*p))
+        p++;
+    const char *e = eol;
+    while (e > p && is_ows(e[-1]))
+        e--;
+    /* RFC 9110 §5.5: field-value is VCHAR / obs-text / SP / HTAB; CR, LF, NUL and other
+     * controls are invalid. */
+    for (const char *q = p; q < e; q++) {
+        unsigned char c = (unsigned char)*q;
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return WS_E_HTTP_BAD;
+    }
+    h->value = (struct ws_span){p, (size_t)(e - p)};
+    return 0;
+}
+
+/* Parses the complete head buf[0..head_len), which ends with CRLF CRLF. */
+static int parse_head(const char *buf, size_t head_len, struct ws_http_request *req)
+{
+    const char *p = buf;
+    const char *end = buf + head_len - 2; /* the final empty line's CRLF */
+    bool first = true;
+    while (p < end) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p));
+        if (!eol || eol[1] != '\n')
+            return WS_E_HTTP_BAD;
+        if (first) {
+            int rc = parse_request_line(p, eol, req);
+            if (rc < 0)
+                return rc;
+            first = false;
+        } else {
+            if (req->nheaders == WS_HTTP_MAX_HEADERS)
+                return WS_E_HTTP_TOO_LARGE;
+            int rc = parse_field(p, eol, &req->headers[req->nheaders]);
+            if (rc < 0)
+                return rc;
+            req->nheaders++;
+        }
+        p = eol + 2;
+    }
+    /* An empty request line ("\r\n\r\n"). */
+    return first ? WS_E_HTTP_BAD : 0;
+}
+
+int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
+                  struct ws_http_request *req)
+{
+    assert(buf || len == 0);
+    assert(scanned && req);
+    if (len == 0)
+        return WS_E_AGAIN;
+    /* Fail fast on bytes that cannot start a request line (e.g. TLS sent to a plain port). */
+    if (!ws_http_is_tchar((unsigned char)buf[0]))
+        return WS_E_HTTP_BAD;
+
+    /* Bytes before *scanned were checked by earlier calls. scan() looks back up to 3 bytes from
+     * each new byte, so a terminator straddling the previous end is still found: feeding one byte
+     * at a time stays linear. */
+    size_t to = len < max_head_bytes ? len : max_head_bytes;
+    size_t from = *scanned < to ? *scanned : to;
+    size_t head_len;
+    int rc = scan(buf, from, to, &head_len);
+    if (rc < 0)
+        return rc;
+    if (head_len == 0) {
+        if (len >= max_head_bytes)
+            return WS_E_HTTP_TOO_LARGE;
+        *scanned = len;
+        return WS_E_AGAIN;
+    }
+
+    memset(req, 0, sizeof *req);
+    req->head_len = head_len;
+    return parse_head(buf, req->head_len, req);
+}
+
+bool ws_span_ieq(struct ws_span span, const char *s)
+{
+    size_t n = strlen(s);
+    if (span.n != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (lower((unsigned char)span.p[i]) != lower((unsigned char)s[i]))
+            return false;
+    }
+    return true;
+}
+
+const struct ws_span *ws_http_header(const struct ws_http_request *req, const char *name)
+{
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (ws_span_ieq(req->headers[i].name, name))
+            return &req->headers[i].value;
+    }
+    return NULL;
+}
+
+size_t ws_http_header_count(const struct ws_http_request *req, const char *name)
+{
+    size_t count = 0;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (ws_span_ieq(req->headers[i].name, name))
+            count++;
+    }
+    return count;
+}
+
+/* RFC 9110 §5.6.1: #element lists skip empty elements and whitespace around commas. */
+bool ws_http_next_token(struct ws_span *list, struct ws_span *token)
+{
+    const char *p = list->p;
+    const char *end = list->p + list->n;
+    while (p < end && (*p == ',' || is_ows(*p)))
+        p++;
+    if (p == end) {
+        list->p = end;
+        list->n = 0;
+        return false;
+    }
+    const char *s = p;
+    while (p < end && *p != ',')
+        p++;
+    const char *e = p;
+    while (e > s && is_ows(e[-1]))
+        e--;
+    *token = (struct ws_span){s, (size_t)(e - s)};
+    if (p < end)
+        p++;
+    list->p = p;
+    list->n = (size_t)(end - p);
+    return true;
+}
+
+bool ws_http_header_has_token(const struct ws_http_request *req, const char *name,
+                              const char *token)
+{
+    /* RFC 9110 §5.3: repeated fields combine into one comma-separated list. */
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (!ws_span_ieq(req->headers[i].name, name))
+            continue;
+        struct ws_span list = req->headers[i].value;
+        struct ws_span t;
+        while (ws_http_next_token(&list, &t)) {
+            if (ws_span_ieq(t, token))
+                return true;
+        }
+    }
+    return false;
+}
+
+const char *ws_http_reason(int status)
+{
+    /* RFC 9110 §15 reason phrases (and RFC 6585 for 429, 431). */
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 426:
+        return "Upgrade Required";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
+    }
+}

@@ -1,0 +1,184 @@
+/* Log lines in text (key=value) or JSON, written whole with one write(2) so lines from a handler
+ * and from the core never interleave. Escaping is the same for both formats' strings. */
+#include "ws/log.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static enum ws_log_level min_level = WS_LOG_INFO;
+static enum ws_log_format format = WS_LOG_TEXT;
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void ws_log_setup(enum ws_log_level level, enum ws_log_format fmt)
+{
+    min_level = level;
+    format = fmt;
+}
+
+bool ws_log_enabled(enum ws_log_level level)
+{
+    return level >= min_level;
+}
+
+int ws_log_level_parse(const char *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(s, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+int ws_log_format_parse(const char *s)
+{
+    if (strcmp(s, "text") == 0)
+        return WS_LOG_TEXT;
+    if (strcmp(s, "json") == 0)
+        return WS_LOG_JSON;
+    return -1;
+}
+
+static void put(struct ws_log_line *l, const char *s, size_t n)
+{
+    size_t room = sizeof(l->buf) - 2 - l->len; /* keep room for "}\n" */
+    if (n > room)
+        n = room;
+    memcpy(l->buf + l->len, s, n);
+    l->len += n;
+}
+
+static void puts_(struct ws_log_line *l, const char *s)
+{
+    put(l, s, strlen(s));
+}
+
+/* Escapes for both formats: printable ASCII stays, '"' and '\\' are backslashed, everything else
+ * is \xNN (text) or \u00NN (JSON), so a peer cannot forge a line or a field. */
+static void put_escaped(struct ws_log_line *l, const char *s, size_t n)
+{
+    char tmp[8];
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            tmp[0] = '\\';
+            tmp[1] = (char)ch;
+            put(l, tmp, 2);
+        } else if (ch >= 0x20 && ch < 0x7f) {
+            put(l, (const char *)&ch, 1);
+        } else {
+            int k = snprintf(tmp, sizeof(tmp), format == WS_LOG_JSON ? "\\u%04x" : "\\x%02x", ch);
+            put(l, tmp, (size_t)k);
+        }
+    }
+}
+
+static void key(struct ws_log_line *l, const char *k)
+{
+    if (format == WS_LOG_JSON) {
+        puts_(l, ",\"");
+        puts_(l, k);
+        puts_(l, "\":");
+    } else {
+        puts_(l, " ");
+        puts_(l, k);
+        puts_(l, "=");
+    }
+}
+
+void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *event)
+{
+    l->len = 0;
+    l->active = ws_log_enabled(level);
+    if (!l->active)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[96];
+    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
+    if (format == WS_LOG_JSON) {
+        puts_(l, "{\"ts\":\"");
+        puts_(l, when);
+        puts_(l, "\",\"level\":\"");
+        puts_(l, level_names[level]);
+        puts_(l, "\",\"event\":\"");
+        put_escaped(l, event, strlen(event));
+        puts_(l, "\"");
+    } else {
+        puts_(l, when);
+        puts_(l, " level=");
+        puts_(l, level_names[level]);
+        puts_(l, " event=");
+        put_escaped(l, event, strlen(event));
+    }
+}
+
+void ws_log_str(struct ws_log_line *l, const char *k, const char *s, size_t n)
+{
+    if (!l->active)
+        return;
+    key(l, k);
+    puts_(l, "\"");
+    put_escaped(l, s, n);
+    puts_(l, "\"");
+}
+
+void ws_log_cstr(struct ws_log_line *l, const char *k, const char *s)
+{
+    ws_log_str(l, k, s ? s : "", s ? strlen(s) : 0);
+}
+
+void ws_log_u64(struct ws_log_line *l, const char *k, uint64_t v)
+{
+    if (!l->active)
+        return;
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
+    key(l, k);
+    put(l, tmp, (size_t)n);
+}
+
+void ws_log_i64(struct ws_log_line *l, const char *k, int64_t v)
+{
+    if (!l->active)
+        return;
+    char tmp[24];
+    int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
+    key(l, k);
+    put(l, tmp, (size_t)n);
+}
+
+void ws_log_ms(struct ws_log_line *l, const char *k, double seconds)
+{
+    if (!l->active)
+        return;
+    char tmp[32];
+    int n = snprintf(tmp, sizeof(tmp), "%.3f", seconds * 1000.0);
+    key(l, k);
+    put(l, tmp, (size_t)n);
+}
+
+void ws_log_end(struct ws_log_line *l)
+{
+    if (!l->active)
+        return;
+    if (format == WS_LOG_JSON)
+        l->buf[l->len++] = '}';
+    l->buf[l->len++] = '\n';
+    ssize_t ignored = write(STDERR_FILENO, l->buf, l->len);
+    (void)ignored;
+    l->len = 0;
+    l->active = false;
+}
+
+void ws_log_msg(enum ws_log_level level, const char *event, const char *msg)
+{
+    struct ws_log_line l;
+    ws_log_begin(&l, level, event);
+    ws_log_cstr(&l, "msg", msg);
+    ws_log_end(&l);
+}

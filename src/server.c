@@ -1,0 +1,469 @@
+/* Listeners, accept, the per-iteration flush and sweep, signals and graceful shutdown. The
+ * prepare watcher runs once per loop iteration after all callbacks: every connection written to
+ * in that iteration is flushed with one writev, and dead connections are freed. */
+#include "ws/server.h"
+
+#include "ws/buf.h"
+#include "ws/err.h"
+#include "ws/frame.h"
+#include "ws/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define ACCEPT_BATCH 128
+#define SHUTDOWN_BATCH 500
+#define POOL_CHUNKS 256
+/* Sockets allowed beyond max_connections: room to answer 503 instead of refusing silently. */
+#define ACCEPT_HEADROOM 256
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents);
+
+/* Splits "host:port", "[v6]:port" or ":port" into host (may be empty) and port. */
+static int split_addr(const char *addr, char *host, size_t hostcap, char *port, size_t portcap)
+{
+    const char *colon;
+    const char *h = addr;
+    size_t hlen;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        if (!end || end[1] != ':')
+            return WS_E_INVAL;
+        h = addr + 1;
+        hlen = (size_t)(end - h);
+        colon = end + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon)
+            return WS_E_INVAL;
+        hlen = (size_t)(colon - addr);
+    }
+    if (hlen >= hostcap || strlen(colon + 1) >= portcap || !colon[1])
+        return WS_E_INVAL;
+    memcpy(host, h, hlen);
+    host[hlen] = 0;
+    strcpy(port, colon + 1);
+    return 0;
+}
+
+static int open_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        snprintf(err, errlen, "listen unix:%s: path too long", path);
+        return -1;
+    }
+    strcpy(sun.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "listen unix:%s: %s", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+        unlink(path); /* a stale socket from an earlier run */
+    if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, SOMAXCONN) < 0) {
+        snprintf(err, errlen, "listen unix:%s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int open_tcp(const char *addr, char *err, size_t errlen)
+{
+    char host[256], port[16];
+    if (split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
+        snprintf(err, errlen, "listen %s: expected host:port, [v6]:port or unix:/path", addr);
+        return -1;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res;
+    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen %s: %s", addr, gai_strerror(rc));
+        return -1;
+    }
+    int fd = -1;
+    int saved = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            saved = errno;
+            continue;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ai->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
+            break;
+        saved = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        snprintf(err, errlen, "listen %s: %s", addr, strerror(saved));
+    return fd;
+}
+
+static int open_listener(struct ws_server *srv, const char *addr, char *err, size_t errlen)
+{
+    struct ws_listener *l = &srv->listeners[srv->nlisteners];
+    bool is_unix = strncmp(addr, "unix:", 5) == 0;
+    int fd = is_unix ? open_unix(addr + 5, err, errlen) : open_tcp(addr, err, errlen);
+    if (fd < 0)
+        return WS_E_IO;
+    l->fd = fd;
+    l->addr = ws_xstrndup(addr, strlen(addr));
+    l->unix_path = is_unix ? ws_xstrndup(addr + 5, strlen(addr + 5)) : NULL;
+    ev_io_init(&l->io, on_accept, fd, EV_READ);
+    l->io.data = srv;
+    ev_io_start(srv->loop, &l->io);
+    srv->nlisteners++;
+    struct ws_log_line line;
+    ws_log_begin(&line, WS_LOG_INFO, "listen");
+    ws_log_cstr(&line, "addr", addr);
+    ws_log_end(&line);
+    return 0;
+}
+
+static void close_listeners(struct ws_server *srv)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        struct ws_listener *l = &srv->listeners[i];
+        ev_io_stop(srv->loop, &l->io);
+        close(l->fd);
+        if (l->unix_path)
+            unlink(l->unix_path);
+        free(l->addr);
+        free(l->unix_path);
+    }
+    srv->nlisteners = 0;
+}
+
+static void set_accepting(struct ws_server *srv, bool on)
+{
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        if (on)
+            ev_io_start(srv->loop, &srv->listeners[i].io);
+        else
+            ev_io_stop(srv->loop, &srv->listeners[i].io);
+    }
+}
+
+/* Out of descriptors: release the spare, accept and drop one pending client so it is told
+ * instead of left hanging, then pause accepting briefly rather than spin on a ready listener. */
+static void on_fd_exhausted(struct ws_server *srv, int lfd)
+{
+    if (srv->spare_fd >= 0) {
+        close(srv->spare_fd);
+        int fd = accept(lfd, NULL, NULL);
+        if (fd >= 0)
+            close(fd);
+        srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+    ws_log_msg(WS_LOG_WARN, "accept_paused", "out of file descriptors");
+    set_accepting(srv, false);
+    ev_timer_stop(srv->loop, &srv->accept_retry);
+    ev_timer_set(&srv->accept_retry, 0.1, 0);
+    ev_timer_start(srv->loop, &srv->accept_retry);
+}
+
+static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct ws_server *srv = w->data;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(w->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                on_fd_exhausted(srv, w->fd);
+            else if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return; /* EAGAIN and the rest */
+        }
+        if (srv->shutting_down ||
+            srv->conns.count >= (size_t)srv->cfg.max_connections + ACCEPT_HEADROOM) {
+            close(fd);
+            continue;
+        }
+        if (ss.ss_family != AF_UNIX) {
+            int one = 1;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        }
+        ws_conn_new(srv, fd, (struct sockaddr *)&ss, len);
+    }
+}
+
+void ws_server_want_flush(struct ws_server *srv, struct ws_conn *c)
+{
+    if (c->in_flush_list)
+        return;
+    c->in_flush_list = true;
+    c->next_flush = srv->flush_head;
+    srv->flush_head = c;
+}
+
+void ws_server_bury(struct ws_server *srv, struct ws_conn *c)
+{
+    c->next_dead = srv->dead_head;
+    srv->dead_head = c;
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    (void)revents;
+    struct ws_server *srv = w->data;
+    /* Flushing can kill connections and the app's close callbacks can send: repeat until both
+     * lists are empty. */
+    while (srv->flush_head || srv->dead_head) {
+        while (srv->flush_head) {
+            struct ws_conn *c = srv->flush_head;
+            srv->flush_head = c->next_flush;
+            c->in_flush_list = false;
+            ws_conn_flush(c);
+        }
+        while (srv->dead_head) {
+            struct ws_conn *c = srv->dead_head;
+            srv->dead_head = c->next_dead;
+            if (c->in_flush_list) {
+                /* unlink from the flush list before freeing */
+                struct ws_conn **p = &srv->flush_head;
+                while (*p != c)
+                    p = &(*p)->next_flush;
+                *p = c->next_flush;
+            }
+            ws_conn_destroy(c);
+        }
+    }
+    if (srv->shutting_down && srv->conns.count == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+static void shutdown_batch(struct ws_server *srv)
+{
+    size_t n = 0;
+    for (struct ws_registry_node *node = srv->conns.head; node && n < SHUTDOWN_BATCH;
+         node = node->next) {
+        struct ws_conn *c = (struct ws_conn *)node;
+        if (c->state == WS_CONN_OPEN) {
+            ws_conn_close(c, 1001, "server shutting down", 20);
+            n++;
+        } else if (c->state == WS_CONN_CONNECTING) {
+            ws_conn_abort(c, 1001, "server shutting down");
+        }
+    }
+    if (n == SHUTDOWN_BATCH) {
+        /* more to go: continue on the next iteration so the loop keeps serving writes */
+        ev_timer_stop(srv->loop, &srv->accept_retry);
+        ev_timer_set(&srv->accept_retry, 0, 0);
+        ev_timer_start(srv->loop, &srv->accept_retry);
+    }
+}
+
+static void on_shutdown_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    struct ws_server *srv = w->data;
+    /* shutdown_timeout reached: drop whoever is left */
+    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next)
+        ws_conn_abort((struct ws_conn *)node, 1001, "shutdown timeout");
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void on_batch_timer(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct ws_server *srv = w->data;
+    if (srv->shutting_down)
+        shutdown_batch(srv);
+    else
+        set_accepting(srv, true);
+}
+
+void ws_server_shutdown(struct ws_server *srv, const char *reason)
+{
+    if (srv->shutting_down)
+        return;
+    srv->shutting_down = true;
+    struct ws_log_line l;
+    ws_log_begin(&l, WS_LOG_INFO, "shutdown");
+    ws_log_cstr(&l, "reason", reason);
+    ws_log_u64(&l, "connections", srv->conns.count);
+    ws_log_end(&l);
+    /* SPEC §7: stop accepting first, then the app's shutdown, then close in batches */
+    close_listeners(srv);
+    if (srv->ops->shutdown)
+        srv->ops->shutdown(srv->app, reason);
+    ev_timer_set(&srv->shutdown_timer, srv->cfg.shutdown_timeout, 0);
+    ev_timer_start(srv->loop, &srv->shutdown_timer);
+    shutdown_batch(srv);
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    struct ws_server *srv = w->data;
+    if (w->signum == SIGHUP) {
+        if (srv->ops->reload)
+            srv->ops->reload(srv->app);
+        return;
+    }
+    ws_server_shutdown(srv, w->signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cfg,
+                                const struct ws_app_ops *ops, void *app, char *err,
+                                size_t errlen)
+{
+    struct ws_server *srv = ws_xcalloc(1, sizeof(*srv));
+    srv->loop = loop;
+    ws_config_copy(&srv->cfg, cfg);
+    srv->ops = ops;
+    srv->app = app;
+    ws_registry_init(&srv->conns);
+    ws_topics_init(&srv->topics);
+    ws_map_init(&srv->per_ip);
+    ws_chunk_pool_init(&srv->pool, POOL_CHUNKS);
+    srv->rbuf = ws_xmalloc(WS_SERVER_READ_BYTES);
+    srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+
+    const struct ws_string_list *listen = &srv->cfg.listen;
+    const char *fallback = "0.0.0.0:8080";
+    for (size_t i = 0; i < (listen->n ? listen->n : 1); i++) {
+        if (open_listener(srv, listen->n ? listen->items[i] : fallback, err, errlen) < 0) {
+            ws_server_free(srv);
+            return NULL;
+        }
+    }
+    ev_prepare_init(&srv->prepare, on_prepare);
+    srv->prepare.data = srv;
+    ev_prepare_start(loop, &srv->prepare);
+    ev_signal_init(&srv->sig_term, on_signal, SIGTERM);
+    ev_signal_init(&srv->sig_int, on_signal, SIGINT);
+    ev_signal_init(&srv->sig_hup, on_signal, SIGHUP);
+    ev_signal *sigs[] = {&srv->sig_term, &srv->sig_int, &srv->sig_hup};
+    for (size_t i = 0; i < 3; i++) {
+        sigs[i]->data = srv;
+        ev_signal_start(loop, sigs[i]);
+    }
+    ev_init(&srv->shutdown_timer, on_shutdown_timer);
+    srv->shutdown_timer.data = srv;
+    ev_init(&srv->accept_retry, on_batch_timer);
+    srv->accept_retry.data = srv;
+    return srv;
+}
+
+void ws_server_free(struct ws_server *srv)
+{
+    if (!srv)
+        return;
+    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next)
+        ws_conn_abort((struct ws_conn *)node, 1001, "server stopped");
+    srv->flush_head = NULL;
+    while (srv->dead_head) {
+        struct ws_conn *c = srv->dead_head;
+        srv->dead_head = c->next_dead;
+        ws_conn_destroy(c);
+    }
+    close_listeners(srv);
+    ev_prepare_stop(srv->loop, &srv->prepare);
+    ev_signal_stop(srv->loop, &srv->sig_term);
+    ev_signal_stop(srv->loop, &srv->sig_int);
+    ev_signal_stop(srv->loop, &srv->sig_hup);
+    ev_timer_stop(srv->loop, &srv->shutdown_timer);
+    ev_timer_stop(srv->loop, &srv->accept_retry);
+    if (srv->spare_fd >= 0)
+        close(srv->spare_fd);
+    ws_registry_free(&srv->conns);
+    ws_topics_free(&srv->topics);
+    ws_map_free(&srv->per_ip);
+    ws_chunk_pool_free(&srv->pool);
+    ws_config_free(&srv->cfg);
+    free(srv->rbuf);
+    free(srv);
+}
+
+void ws_server_apply_config(struct ws_server *srv, const struct ws_config *cfg)
+{
+    struct ws_config next;
+    ws_config_copy(&next, cfg);
+    /* listeners and process-level settings stay as they were started */
+    struct ws_string_list listen = srv->cfg.listen;
+    srv->cfg.listen.n = 0;
+    ws_config_free(&srv->cfg);
+    srv->cfg = next;
+    for (size_t i = 0; i < srv->cfg.listen.n; i++)
+        free(srv->cfg.listen.items[i]);
+    srv->cfg.listen = listen;
+    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next)
+        ws_conn_apply_config((struct ws_conn *)node);
+}
+
+struct ws_conn *ws_server_get(struct ws_server *srv, uint64_t id)
+{
+    struct ws_conn *c = (struct ws_conn *)ws_registry_get(&srv->conns, id);
+    return c && c->state != WS_CONN_CLOSED ? c : NULL;
+}
+
+size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *data, size_t len,
+                           uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
+                           void *ctx)
+{
+    struct ws_shared *frame = ws_conn_encode_shared(opcode, data, len);
+    size_t reached = 0;
+    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next) {
+        struct ws_conn *c = (struct ws_conn *)node;
+        if (c->state != WS_CONN_OPEN || node->id == except_id)
+            continue;
+        if (filter && !filter(ctx, c))
+            continue;
+        if (ws_conn_send_shared(c, frame, true) >= 0)
+            reached++;
+    }
+    ws_shared_unref(frame);
+    return reached;
+}
+
+size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len,
+                         uint8_t opcode, const void *data, size_t len, uint64_t except_id)
+{
+    struct ws_topic *t = ws_topics_find(&srv->topics, topic, topic_len);
+    if (!t)
+        return 0;
+    struct ws_shared *frame = ws_conn_encode_shared(opcode, data, len);
+    size_t reached = 0;
+    for (size_t i = 0; i < t->nsubs; i++) {
+        struct ws_conn *c = (struct ws_conn *)((char *)t->subs[i] - offsetof(struct ws_conn, sub));
+        if (c->node.id == except_id)
+            continue;
+        if (ws_conn_send_shared(c, frame, true) >= 0)
+            reached++;
+    }
+    ws_shared_unref(frame);
+    return reached;
+}
+
+void ws_server_count_close(struct ws_server *srv, int code)
+{
+    if (code >= 0 && code < 5000)
+        srv->stats.closes_by_code[code]++;
+}

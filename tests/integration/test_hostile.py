@@ -1,0 +1,590 @@
+"""Hostile peers against the real binary, over raw sockets.
+
+Slow and stalled handshakes, oversized heads, absurd frame lengths, garbage after the upgrade,
+clients that stop reading, floods, Lua handlers that fail, and a thousand peers that vanish with
+an RST in the middle of a message. After every case the server process must still be alive and
+serving, and its memory and file descriptors must stay bounded.
+"""
+import base64
+import errno
+import hashlib
+import os
+import resource
+import select
+import signal
+import socket
+import struct
+import time
+
+import pytest
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+KiB = 1024
+MiB = 1024 * KiB
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DROPPED = 1000
+
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _soft != resource.RLIM_INFINITY and _soft < 4 * DROPPED + 256:
+    _want = 4 * DROPPED + 256
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (_want if _hard == resource.RLIM_INFINITY else min(_want, _hard), _hard))
+
+
+@pytest.fixture(autouse=True)
+def _deadline():
+    """Hard per-test bound: a server that hangs must fail the test, not the CI job."""
+
+    def expired(signum, frame):
+        raise TimeoutError("test exceeded its 60 s budget")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+# --- raw wire helpers --------------------------------------------------------------------------
+
+
+def xor_mask(payload, key):
+    if not payload:
+        return b""
+    n = len(payload)
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+def frame(opcode, payload=b"", fin=True, rsv=0, mask=True, length=None):
+    """Encode one client frame; `length` overrides the declared payload length."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head += bytes([mbit | n])
+    elif n < 65536:
+        head += bytes([mbit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([mbit | 127]) + struct.pack("!Q", n)
+    if mask:
+        key = os.urandom(4)
+        return head + key + xor_mask(payload, key)
+    return head + payload
+
+
+def close_payload(code, reason=b""):
+    return struct.pack("!H", code) + reason
+
+
+class Closed(Exception):
+    pass
+
+
+class Peer:
+    """One TCP connection speaking just enough HTTP and RFC 6455 to misbehave precisely."""
+
+    def __init__(self, port, rcvbuf=None, timeout=5.0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = b""
+        self.eof = False
+
+    # reading
+
+    def _fill(self, deadline):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("peer read timed out")
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(256 * KiB)
+        except socket.timeout:
+            raise TimeoutError("peer read timed out") from None
+        except (ConnectionResetError, BrokenPipeError):
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            raise Closed()
+        self.buf += chunk
+
+    def _take(self, n, deadline):
+        while len(self.buf) < n:
+            self._fill(deadline)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_head(self, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while b"\r\n\r\n" not in self.buf:
+            self._fill(deadline)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return status, headers
+
+    def recv_frame(self, timeout=5.0):
+        """(fin, opcode, payload), or None when the server closed or reset the TCP connection."""
+        deadline = time.monotonic() + timeout
+        try:
+            b0, b1 = self._take(2, deadline)
+            assert not b1 & 0x80, "server frames must not be masked (RFC 6455 §5.1)"
+            n = b1 & 0x7F
+            if n == 126:
+                (n,) = struct.unpack("!H", self._take(2, deadline))
+            elif n == 127:
+                (n,) = struct.unpack("!Q", self._take(8, deadline))
+            return bool(b0 & 0x80), b0 & 0x0F, self._take(n, deadline)
+        except Closed:
+            return None
+
+    def expect_close(self, timeout=5.0, reply=True):
+        """Skip data and control frames until the close frame; return its code (None: TCP ended
+        without a close frame). Answers the close so the server can finish promptly."""
+        deadline = time.monotonic() + timeout
+        while True:
+            f = self.recv_frame(max(0.01, deadline - time.monotonic()))
+            if f is None:
+                return None
+            fin, opcode, payload = f
+            if opcode == OP_CLOSE:
+                assert len(payload) != 1, "a 1-byte close payload is malformed"
+                code = struct.unpack("!H", payload[:2])[0] if payload else 1005
+                if reply:
+                    self.send_quietly(frame(OP_CLOSE, payload[:2]))
+                return code
+
+    def recv_message(self, timeout=5.0):
+        """Next data message as (opcode, payload), answering nothing; pongs are skipped."""
+        deadline = time.monotonic() + timeout
+        parts, first = [], None
+        while True:
+            f = self.recv_frame(max(0.01, deadline - time.monotonic()))
+            if f is None:
+                raise Closed("connection closed while waiting for a message")
+            fin, opcode, payload = f
+            if opcode == OP_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if payload else 1005
+                raise Closed(f"close {code} while waiting for a message")
+            if opcode in (OP_PING, OP_PONG):
+                continue
+            if first is None:
+                first = opcode
+            parts.append(payload)
+            if fin:
+                return first, b"".join(parts)
+
+    def wait_eof(self, timeout=5.0):
+        """True when the server ends the TCP connection within `timeout` (bytes are discarded)."""
+        deadline = time.monotonic() + timeout
+        self.buf = b""
+        while time.monotonic() < deadline:
+            try:
+                self._fill(deadline)
+                self.buf = b""
+            except Closed:
+                return True
+            except TimeoutError:
+                return False
+        return False
+
+    # writing
+
+    def handshake(self, path="/", timeout=5.0):
+        key = base64.b64encode(os.urandom(16))
+        self.sock.sendall(
+            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key +
+            b"\r\n\r\n")
+        status, headers = self.read_head(timeout)
+        assert status == 101, f"handshake answered {status}"
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
+        assert headers.get("sec-websocket-accept") == accept
+        return self
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def send_quietly(self, data):
+        try:
+            self.sock.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def echo(self, text, timeout=2.0):
+        """Send a text message and return (echo payload, seconds it took)."""
+        started = time.monotonic()
+        self.send(frame(OP_TEXT, text.encode()))
+        opcode, payload = self.recv_message(timeout)
+        assert opcode == OP_TEXT
+        return payload.decode(), time.monotonic() - started
+
+    def rst(self):
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def peers(wsserver_factory):
+    """Tracks raw peers so they are all closed before their server is stopped."""
+    opened = []
+
+    def new(server, handshake=True, **kw):
+        p = Peer(server.port, **kw)
+        opened.append(p)
+        return p.handshake() if handshake else p
+
+    yield new
+    for p in opened:
+        p.close()
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * KiB
+    raise AssertionError("no VmRSS")
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def assert_serving(server, peers):
+    """The process is alive and a brand-new client gets an echo promptly."""
+    assert server.alive(), f"wsserver died:\n{server.log()[-4000:]}"
+    p = peers(server)
+    got, took = p.echo("are you there?", timeout=3.0)
+    assert got == "are you there?"
+    assert took < 1.0, f"a fresh echo took {took:.2f} s"
+    p.send_quietly(frame(OP_CLOSE, close_payload(1000)))
+    p.close()
+
+
+def send_for(sock, chunk, seconds, limit):
+    """Send `chunk` repeatedly without reading, for at most `seconds` or `limit` bytes, never
+    blocking; returns bytes sent. Stops quietly when the server closes or resets."""
+    sock.setblocking(False)
+    sent, deadline = 0, time.monotonic() + seconds
+    try:
+        while sent < limit and time.monotonic() < deadline:
+            _, writable, _ = select.select([], [sock], [], 0.05)
+            if not writable:
+                continue
+            try:
+                sent += sock.send(chunk)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                    break
+                raise
+    finally:
+        sock.setblocking(True)
+    return sent
+
+
+# --- handshakes that never finish ---------------------------------------------------------------
+
+PARTIAL_HEAD = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upg"
+FULL_HEAD = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+@pytest.mark.parametrize("how", ["half-head", "silent", "drip"])
+def test_handshake_timeout(wsserver_factory, peers, how):
+    server = wsserver_factory(args=["--handshake-timeout", "1"])
+    good = peers(server)  # upgraded before the others: its handshake timer must be gone
+    stalled = peers(server, handshake=False)
+    started = time.monotonic()
+    if how == "half-head":
+        stalled.send(PARTIAL_HEAD)
+    ended = None
+    if how == "drip":
+        # One byte every 200 ms: the deadline is for the whole head, not per read.
+        for byte in FULL_HEAD[:-4]:
+            if not stalled.send_quietly(bytes([byte])):
+                break
+            readable, _, _ = select.select([stalled.sock], [], [], 0.2)
+            if readable and stalled.wait_eof(0.05):
+                break
+            if time.monotonic() - started > 4:
+                break
+    if stalled.wait_eof(max(0.1, 4.0 - (time.monotonic() - started))):
+        ended = time.monotonic() - started
+    assert ended is not None, "server kept the stalled handshake open past 4 s"
+    assert 0.5 <= ended <= 3.0, f"stalled handshake closed after {ended:.2f} s (timeout is 1 s)"
+    # The upgraded connection outlived the handshake timeout.
+    got, _ = good.echo("alive after the handshake timeout")
+    assert got == "alive after the handshake timeout"
+    assert_serving(server, peers)
+
+
+# --- oversized and near-limit heads -----------------------------------------------------------
+
+
+def test_64k_header_is_431(echo_server, peers):
+    p = peers(echo_server, handshake=False)
+    head = FULL_HEAD[:-2] + b"X-Filler: " + b"a" * (64 * KiB) + b"\r\n\r\n"
+    # Write in slices while watching for the answer: the server may reply (and close) long
+    # before the whole head is sent, and that must not be an error on our side.
+    for i in range(0, len(head), 4 * KiB):
+        if not p.send_quietly(head[i:i + 4 * KiB]):
+            break
+        readable, _, _ = select.select([p.sock], [], [], 0)
+        if readable:
+            break
+    try:
+        status, _ = p.read_head(timeout=3.0)
+    except Closed:
+        pytest.fail("server closed the connection without answering 431")
+    assert status == 431
+    assert p.wait_eof(3.0), "server kept the connection after 431"
+    assert_serving(echo_server, peers)
+
+
+def test_head_under_limit_is_accepted(echo_server, peers):
+    p = peers(echo_server, handshake=False)
+    filler = b"X-Filler: " + b"a" * 6000 + b"\r\n"  # ~6.2 KiB head, under the 8 KiB default
+    p.send(FULL_HEAD[:-2] + filler + b"\r\n")
+    status, headers = p.read_head()
+    assert status == 101
+    # FULL_HEAD carries the RFC 6455 §1.3 key; this is its accept value.
+    assert headers.get("sec-websocket-accept") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    got, _ = p.echo("big head, small message")
+    assert got == "big head, small message"
+
+
+# --- absurd lengths ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("declared,code", [
+    (2 ** 62, 1009),
+    (1 * MiB + 1, 1009),  # just over the default --max-message-size
+    (2 ** 63 + 5, 1002),  # RFC 6455 §5.2: the most significant bit must be 0
+], ids=["2^62", "limit+1", "top-bit"])
+def test_declared_length_rejected_before_buffering(echo_server, peers, declared, code):
+    p = peers(echo_server)
+    time.sleep(0.1)
+    before = rss_bytes(echo_server.pid)
+    p.send(frame(OP_BINARY, b"", length=declared))
+    # Keep streaming "payload": a server that buffers before checking would grow by ~8 MiB.
+    send_for(p.sock, b"\x00" * (64 * KiB), seconds=1.0, limit=8 * MiB)
+    got = p.expect_close(timeout=5.0)
+    assert got == code, f"declared length {declared}: close {got}, want {code}"
+    after = rss_bytes(echo_server.pid)
+    assert after - before < 3 * MiB, f"server RSS grew by {(after - before) / MiB:.1f} MiB"
+    assert p.wait_eof(3.0), "server did not close TCP after the close handshake"
+    assert_serving(echo_server, peers)
+
+
+def test_fragments_summing_over_limit_are_1009(wsserver_factory, peers):
+    server = wsserver_factory(args=["--max-message-size", str(1 * MiB)])
+    p = peers(server)
+    piece = b"\x01" * (700 * KiB)  # each fragment is fine alone; together they are not
+    p.send(frame(OP_BINARY, piece, fin=False))
+    p.send_quietly(frame(OP_CONT, piece, fin=True))
+    assert p.expect_close(timeout=5.0) == 1009
+    assert_serving(server, peers)
+
+
+# --- garbage after the upgrade -----------------------------------------------------------------
+
+GARBAGE = {
+    "rsv-bits": frame(OP_TEXT, b"hello", rsv=0b111),
+    "unknown-opcode": frame(0x3, b"hello"),
+    "unmasked": frame(OP_TEXT, b"hello", mask=False),
+    "ascii-text": b"hello, this is not a websocket frame\r\n" * 4,
+    "zeros": b"\x00" * 64,
+    "high-bytes": b"\xff\xfe\xfd\xfc" * 16,
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE))
+def test_garbage_after_upgrade_is_1002(echo_server, peers, name):
+    p = peers(echo_server)
+    got, _ = p.echo("before")
+    assert got == "before"
+    p.send_quietly(GARBAGE[name])
+    assert p.expect_close(timeout=3.0) == 1002
+    assert p.wait_eof(3.0), "server did not close TCP after the protocol error"
+    assert_serving(echo_server, peers)
+
+
+# --- slow consumers and floods -----------------------------------------------------------------
+
+FLOOD_APP = r"""
+return {
+  message = function(conn, data, kind)
+    local times = (#data >= 65536) and 400 or 1
+    for _ = 1, times do
+      if not conn:send(data, kind) then break end
+    end
+  end,
+}
+"""
+
+
+def test_client_that_stops_reading_is_cut_off(wsserver_factory, peers):
+    server = wsserver_factory(app_source=FLOOD_APP, args=["--max-buffered", str(1 * MiB)])
+    bystander = peers(server)
+    slow = peers(server, rcvbuf=4096)
+    time.sleep(0.1)
+    before = rss_bytes(server.pid)
+    # 400 echoes of 64 KiB = 25 MiB owed to a client that never reads.
+    slow.send(frame(OP_BINARY, b"\x07" * (64 * KiB)))
+    worst, peak = 0.0, before
+    for i in range(20):
+        got, took = bystander.echo(f"tick {i}")
+        assert got == f"tick {i}"
+        worst = max(worst, took)
+        peak = max(peak, rss_bytes(server.pid))
+        time.sleep(0.05)
+    assert worst < 0.5, f"a well-behaved client waited {worst:.2f} s behind a slow one"
+    assert peak - before < 10 * MiB, f"server RSS grew by {(peak - before) / MiB:.1f} MiB"
+    # Now read what the slow client was given: far less than 25 MiB, then the end.
+    received, close_code = 0, None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        f = slow.recv_frame(timeout=max(0.01, deadline - time.monotonic()))
+        if f is None:
+            break
+        fin, opcode, payload = f
+        if opcode == OP_CLOSE:
+            close_code = struct.unpack("!H", payload[:2])[0] if payload else 1005
+            slow.send_quietly(frame(OP_CLOSE, payload[:2]))
+        else:
+            received += len(payload)
+    else:
+        pytest.fail("the slow client's connection was never closed")
+    assert slow.eof
+    assert received < 400 * 64 * KiB, "everything was delivered: nothing bounded the queue"
+    assert close_code in (None, 1008), f"slow consumer closed with {close_code}, want 1008"
+    assert_serving(server, peers)
+
+
+@pytest.mark.parametrize("kind", ["pings", "messages"])
+def test_flood_without_reading_stays_bounded(echo_server, peers, kind):
+    """A fast client that never reads replies can't make the server buffer without bound:
+    pongs coalesce or the connection is closed (1008), or reading is paused."""
+    bystander = peers(echo_server)
+    flooder = peers(echo_server, rcvbuf=4096)
+    time.sleep(0.1)
+    before = rss_bytes(echo_server.pid)
+    if kind == "pings":
+        unit = frame(OP_PING, b"p" * 125)
+    else:
+        unit = frame(OP_TEXT, b"m" * 1000)
+    chunk = unit * (64 * KiB // len(unit))
+    sent = send_for(flooder.sock, chunk, seconds=3.0, limit=32 * MiB)
+    assert sent > 0
+    grown = rss_bytes(echo_server.pid) - before
+    assert grown < 10 * MiB, f"server RSS grew by {grown / MiB:.1f} MiB after {sent} flood bytes"
+    got, took = bystander.echo("unaffected", timeout=3.0)
+    assert took < 1.0, f"the bystander's echo took {took:.2f} s"
+    flooder.rst()
+    assert_serving(echo_server, peers)
+
+
+# --- failing Lua handlers ---------------------------------------------------------------------
+
+ERROR_APP = r"""
+return {
+  message = function(conn, data, kind)
+    if data == "boom" then error("boom") end
+    if data == "table" then error({}) end
+    if data == "nil" then error(nil) end
+    if data == "spin" then while true do end end
+    conn:send(data, kind)
+  end,
+}
+"""
+
+
+@pytest.mark.parametrize("trigger", ["boom", "table", "nil"])
+def test_lua_error_closes_only_that_client_1011(wsserver_factory, peers, trigger):
+    server = wsserver_factory(app_source=ERROR_APP)
+    bystander = peers(server)
+    victim = peers(server)
+    victim.send(frame(OP_TEXT, trigger.encode()))
+    assert victim.expect_close(timeout=3.0) == 1011
+    assert victim.wait_eof(3.0)
+    got, took = bystander.echo("unaffected")
+    assert got == "unaffected" and took < 1.0
+    assert_serving(server, peers)
+
+
+def test_handler_that_never_returns_is_interrupted(wsserver_factory, peers):
+    """Pitfall: a handler that blocks the loop stalls everybody; handler_timeout (1 s) cuts it."""
+    server = wsserver_factory(app_source=ERROR_APP)
+    bystander = peers(server)
+    victim = peers(server)
+    started = time.monotonic()
+    victim.send(frame(OP_TEXT, b"spin"))
+    assert victim.expect_close(timeout=5.0) == 1011
+    assert time.monotonic() - started < 4.0
+    got, _ = bystander.echo("after the spin", timeout=3.0)
+    assert got == "after the spin"
+    assert_serving(server, peers)
+
+
+# --- peers that vanish --------------------------------------------------------------------------
+
+
+def test_1000_connections_reset_mid_message(echo_server, peers):
+    server = echo_server
+    time.sleep(0.1)
+    fds_before = fd_count(server.pid)
+    doomed, half_handshakes = [], []
+    try:
+        for start in range(0, DROPPED, 100):  # waves keep the accept backlog short
+            wave = [Peer(server.port, rcvbuf=4096) for _ in range(100)]
+            doomed += wave
+            for p in wave:
+                p.sock.sendall(FULL_HEAD)
+            for p in wave:
+                status, _ = p.read_head()
+                assert status == 101
+        half_handshakes = [Peer(server.port) for _ in range(100)]
+        for p in half_handshakes:
+            p.send(PARTIAL_HEAD)
+        held = fd_count(server.pid) - fds_before
+        assert held >= DROPPED, f"server holds {held} descriptors for {DROPPED} connections"
+        body = b"\x05" * (128 * KiB)
+        for i, p in enumerate(doomed):
+            k = i % 4
+            if k == 0:  # half of an extended length
+                p.send(b"\x82\xfe\x01")
+            elif k == 1:  # header, key and half of the payload
+                p.send(frame(OP_BINARY, b"\x01" * 1000)[:8 + 500])
+            elif k == 2:  # a whole first fragment, then a cut continuation
+                p.send(frame(OP_TEXT, b"part one ", fin=False) + frame(OP_CONT, b"x" * 300)[:100])
+            else:  # a whole message whose echo the server will be writing when we vanish
+                p.send(frame(OP_BINARY, body))
+    finally:
+        for p in doomed + half_handshakes:
+            p.rst()
+    assert server.alive(), f"wsserver died:\n{server.log()[-4000:]}"
+    assert_serving(server, peers)
+    # Every reset connection is reclaimed: no leaked descriptors.
+    deadline = time.monotonic() + 10
+    while fd_count(server.pid) > fds_before + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    leaked = fd_count(server.pid) - fds_before
+    assert leaked <= 2, f"{leaked} descriptors still open after the resets"
+    assert server.alive()
