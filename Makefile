@@ -8,7 +8,8 @@ BUSTED ?= lua5.4 /usr/bin/busted
 
 WARN = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS ?= -O2 -g
-ALL_CFLAGS = -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SAN) -Iinclude \
+PREFIX ?= /usr/local
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DWS_LUA_DIR=\"$(PREFIX)/share/wsserver/lua\" $(WARN) $(CFLAGS) $(SAN) -Iinclude \
              $(shell pkg-config --cflags $(LUA_PKG) 2>/dev/null) -MMD -MP
 LDLIBS = -lev $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null || echo -llua5.4) -lssl -lcrypto -lz -lm
 LDFLAGS ?=

@@ -302,3 +302,35 @@ int ws_config_validate(const struct ws_config *cfg, char *err, size_t errlen)
         return fail(err, errlen, "invalid value for %s: %s", "max_buffered", "at least 1024");
     return 0;
 }
+
+static bool str_equal(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+bool ws_config_equal(const struct ws_config *a, const struct ws_config *b,
+                     const struct ws_option *opt)
+{
+    switch (opt->type) {
+    case WS_OPT_INT:
+        return *FIELD(a, opt, int64_t) == *FIELD(b, opt, int64_t);
+    case WS_OPT_SECONDS:
+        return *FIELD(a, opt, double) == *FIELD(b, opt, double);
+    case WS_OPT_BOOL:
+        return *FIELD(a, opt, bool) == *FIELD(b, opt, bool);
+    case WS_OPT_STRING:
+    case WS_OPT_CHOICE:
+        return str_equal(*FIELD(a, opt, char *), *FIELD(b, opt, char *));
+    case WS_OPT_LIST: {
+        const struct ws_string_list *x = FIELD(a, opt, struct ws_string_list);
+        const struct ws_string_list *y = FIELD(b, opt, struct ws_string_list);
+        if (x->n != y->n)
+            return false;
+        for (size_t i = 0; i < x->n; i++)
+            if (!str_equal(x->items[i], y->items[i]))
+                return false;
+        return true;
+    }
+    }
+    return false;
+}

@@ -1,0 +1,111 @@
+/* The Lua application layer: one Lua 5.4 state per process running app.lua, implementing
+ * struct ws_app_ops on top of it. lb_state owns the VM (heap cap, handler time budget, loading
+ * and reloading the app), lb_conn the conn userdata, lb_ws the `ws` module, lb_app the event
+ * dispatch. C calls Lua only through lb_call(). */
+#ifndef WS_LB_H
+#define WS_LB_H
+
+#include "ws/app.h"
+#include "ws/config.h"
+
+#include <ev.h>
+#include <lua.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum lb_handler {
+    LB_UPGRADE,
+    LB_OPEN,
+    LB_MESSAGE,
+    LB_CLOSE,
+    LB_DRAIN,
+    LB_SHUTDOWN,
+    LB_LOAD,
+    LB_ERROR,
+    LB_HANDLER_COUNT
+};
+
+struct lb_timer;
+
+struct lb_app {
+    lua_State *L;
+    struct ev_loop *loop;
+    struct ws_server *srv; /* NULL until lb_app_attach */
+    struct ws_config base;   /* defaults + command line: every load starts from it */
+    struct ws_config config; /* base + the current version's config table */
+    char *path;            /* app.lua */
+    char *dir;             /* its folder */
+    size_t mem, mem_limit;
+    double handler_timeout;
+    double deadline; /* monotonic seconds; the running handler's budget ends here */
+    int depth;       /* lb_call nesting */
+    bool timed_out;
+    int app_ref;     /* the app table */
+    int handlers[LB_HANDLER_COUNT];
+    int http_ref;  /* app.http routes table or LUA_NOREF */
+    int conns_ref; /* id -> conn userdata */
+    int ws_ref;    /* the real ws table */
+    int state_ref; /* ws.state */
+    uint64_t generation;
+    bool loading;        /* a new version's chunk or load() is running */
+    bool reload_pending;
+    ev_idle reload_idle; /* runs a requested reload between two loop iterations */
+    struct lb_timer *timers; /* active ws.after/ws.every timers */
+    uint64_t reloads_ok, reloads_failed;
+};
+
+/* The ops table the server calls. */
+extern const struct ws_app_ops lb_app_ops;
+
+/* Creates the Lua state, loads and runs the app at path and merges its config table over cli
+ * (command-line options win) into a->config. Returns NULL when the app cannot load (the reason,
+ * naming the file, line or option, is logged). */
+struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
+                          char *err, size_t errlen);
+
+/* Connects the app to the running server and calls its load(state, info) hook. Returns 0, or
+ * WS_E_INVAL when load failed (err filled). */
+int lb_app_attach(struct lb_app *a, struct ws_server *srv, char *err, size_t errlen);
+
+/* Closes the Lua state; NULL is a no-op. */
+void lb_app_free(struct lb_app *a);
+
+/* The app whose state L is. */
+struct lb_app *lb_app_of(lua_State *L);
+
+/* Calls the function below nargs arguments on the stack with a traceback handler and the
+ * handler time budget. [-(nargs+1), +nres on success / +0 on error, -]
+ * Returns 0, or -1 after logging the error (what names the callback) and counting it. */
+int lb_call(struct lb_app *a, int nargs, int nres, const char *what);
+
+/* Pushes the registry value ref. [-0, +1, -] */
+void lb_push_ref(lua_State *L, int ref);
+
+/* Reloads the app from its file (SIGHUP, --watch, ws.reload). Failure keeps the running
+ * version. Returns 0 or WS_E_INVAL. */
+int lb_app_reload(struct lb_app *a, const char *trigger);
+
+/* Asks for a reload between two loop iterations (safe from inside a handler). */
+void lb_app_request_reload(struct lb_app *a);
+
+/* lb_conn: registers the conn metatable. [-0, +0, m] */
+void lb_conn_open(lua_State *L);
+
+/* Pushes the userdata for c, creating it on first use. [-0, +1, m] */
+void lb_conn_push(struct lb_app *a, struct ws_conn *c);
+
+/* The connection is going away: the userdata becomes a stale handle. [-0, +0, -] */
+void lb_conn_release(struct lb_app *a, struct ws_conn *c);
+
+/* The open-or-closed connection behind argument idx, or NULL for a stale handle; raises when
+ * idx is not a conn. [-0, +0, v] */
+struct ws_conn *lb_conn_check(lua_State *L, int idx);
+
+/* lb_ws: creates the ws module, sets the global and package.loaded.ws. [-0, +0, m] */
+void lb_ws_open(struct lb_app *a);
+
+/* Cancels the timers of generations older than generation (all when generation is 0). */
+void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
+
+#endif

@@ -1,0 +1,372 @@
+/* Event dispatch: struct ws_app_ops implemented by calling the app's Lua handlers. A handler
+ * error closes only its own connection with 1011 (after app.error, if defined, has seen it); an
+ * error in upgrade answers 500. */
+#include "ws/lb.h"
+
+#include "ws/buf.h"
+#include "ws/conn.h"
+#include "ws/err.h"
+#include "ws/handshake.h"
+#include "ws/log.h"
+#include "ws/server.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+static bool push_handler(struct lb_app *a, enum lb_handler h)
+{
+    if (a->handlers[h] == LUA_NOREF)
+        return false;
+    lb_push_ref(a->L, a->handlers[h]);
+    return true;
+}
+
+/* Calls app.error(message, conn) after a connection's handler failed; its own failure is only
+ * logged. The error text is on top of the stack when set. */
+static void handler_failed(struct lb_app *a, struct ws_conn *c, const char *what)
+{
+    if (push_handler(a, LB_ERROR)) {
+        lua_pushfstring(a->L, "%s handler failed", what);
+        lb_conn_push(a, c);
+        lb_call(a, 2, 0, "error");
+    }
+    ws_conn_close(c, 1011, "internal error", 14);
+}
+
+/* Calls a connection handler already pushed with nargs arguments. */
+static void call_conn(struct lb_app *a, struct ws_conn *c, int nargs, const char *what)
+{
+    if (lb_call(a, nargs, 0, what) < 0)
+        handler_failed(a, c, what);
+}
+
+/* ---- upgrade: the request as a table ---- */
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Pushes the form-decoded (percent and '+') string. [-0, +1, m] */
+static void push_decoded(lua_State *L, const char *s, size_t n)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '+') {
+            luaL_addchar(&b, ' ');
+        } else if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            luaL_addchar(&b, (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
+            i += 2;
+        } else {
+            luaL_addchar(&b, s[i]);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+/* Pushes a table of key=value pairs split on sep (query: '&', cookies: ';'); the first value of
+ * a repeated key wins. [-0, +1, m] */
+static void push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode)
+{
+    lua_newtable(L);
+    size_t i = 0;
+    while (i < n) {
+        size_t end = i;
+        while (end < n && s[end] != sep)
+            end++;
+        size_t k = i;
+        while (k < end && s[k] == ' ')
+            k++;
+        size_t eq = k;
+        while (eq < end && s[eq] != '=')
+            eq++;
+        if (eq > k) {
+            if (decode)
+                push_decoded(L, s + k, eq - k);
+            else
+                lua_pushlstring(L, s + k, eq - k);
+            if (lua_rawget(L, -2) == LUA_TNIL) {
+                lua_pop(L, 1);
+                if (decode)
+                    push_decoded(L, s + k, eq - k);
+                else
+                    lua_pushlstring(L, s + k, eq - k);
+                size_t vs = eq < end ? eq + 1 : end;
+                if (decode)
+                    push_decoded(L, s + vs, end - vs);
+                else
+                    lua_pushlstring(L, s + vs, end - vs);
+                lua_rawset(L, -3);
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+        i = end + 1;
+    }
+}
+
+/* Pushes req as the table upgrade() and http routes receive. [-0, +1, m] */
+static void push_request(struct lb_app *a, struct ws_conn *c, const struct ws_http_request *req)
+{
+    lua_State *L = a->L;
+    lua_createtable(L, 0, 10);
+    lua_pushlstring(L, req->method.p, req->method.n);
+    lua_setfield(L, -2, "method");
+    const char *q = memchr(req->target.p, '?', req->target.n);
+    size_t path_len = q ? (size_t)(q - req->target.p) : req->target.n;
+    lua_pushlstring(L, req->target.p, path_len);
+    lua_setfield(L, -2, "path");
+    lua_pushlstring(L, req->target.p, req->target.n);
+    lua_setfield(L, -2, "target");
+    if (q) {
+        const char *qs = q + 1;
+        size_t qn = req->target.n - path_len - 1;
+        push_pairs(L, qs, qn, '&', true);
+        lua_setfield(L, -2, "query");
+        lua_pushlstring(L, qs, qn);
+        lua_setfield(L, -2, "query_string");
+    } else {
+        lua_newtable(L);
+        lua_setfield(L, -2, "query");
+    }
+    /* headers: names lower-cased, repeated fields joined with ", " (RFC 9110 §5.3) */
+    lua_newtable(L);
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct ws_http_header *h = &req->headers[i];
+        char name[256];
+        size_t n = h->name.n < sizeof(name) ? h->name.n : sizeof(name) - 1;
+        for (size_t k = 0; k < n; k++)
+            name[k] = (char)((h->name.p[k] >= 'A' && h->name.p[k] <= 'Z') ? h->name.p[k] + 32
+                                                                          : h->name.p[k]);
+        lua_pushlstring(L, name, n);
+        if (lua_rawget(L, -2) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h->value.p, h->value.n);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h->value.p, h->value.n);
+        }
+        lua_pushlstring(L, name, n);
+        lua_insert(L, -2);
+        lua_rawset(L, -3);
+    }
+    lua_getfield(L, -1, "origin");
+    lua_setfield(L, -3, "origin");
+    lua_getfield(L, -1, "cookie");
+    size_t clen = 0;
+    const char *cookie = lua_tolstring(L, -1, &clen);
+    push_pairs(L, cookie ? cookie : "", cookie ? clen : 0, ';', false);
+    lua_setfield(L, -4, "cookies");
+    lua_pop(L, 1);
+    lua_setfield(L, -2, "headers");
+    /* offered subprotocols, in the client's order */
+    lua_newtable(L);
+    lua_Integer np = 0;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (!ws_span_ieq(req->headers[i].name, "sec-websocket-protocol"))
+            continue;
+        struct ws_span list = req->headers[i].value, tok;
+        while (ws_http_next_token(&list, &tok)) {
+            lua_pushlstring(L, tok.p, tok.n);
+            lua_rawseti(L, -2, ++np);
+        }
+    }
+    lua_setfield(L, -2, "protocols");
+    char peer[64];
+    lua_pushstring(L, ws_conn_peer(c, peer, sizeof(peer)));
+    lua_setfield(L, -2, "peer");
+}
+
+static char *dup_string(lua_State *L, int idx, size_t *len)
+{
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (len)
+        *len = n;
+    return s ? strndup(s, n) : NULL;
+}
+
+static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_request *req,
+                       struct ws_upgrade_reply *reply)
+{
+    struct lb_app *a = app;
+    lua_State *L = a->L;
+    if (!push_handler(a, LB_UPGRADE))
+        return;
+    int top = lua_gettop(L) - 1;
+    push_request(a, c, req);
+    if (lb_call(a, 1, 3, "upgrade") < 0) {
+        reply->status = 500;
+        return;
+    }
+    if (lua_istable(L, top + 1)) {
+        /* accept with {protocol = ..., data = ...} */
+        lua_getfield(L, top + 1, "protocol");
+        if (lua_type(L, -1) == LUA_TSTRING)
+            reply->protocol = dup_string(L, -1, NULL);
+        lua_pop(L, 1);
+        lua_getfield(L, top + 1, "data");
+        if (!lua_isnil(L, -1)) {
+            lb_conn_push(a, c);
+            lua_pushvalue(L, -2);
+            lua_setfield(L, -2, "data");
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    } else if (lua_toboolean(L, top + 1) == 0 && !lua_isnil(L, top + 1)) {
+        /* refuse: false, status, body */
+        lua_Integer status = lua_isinteger(L, top + 2) ? lua_tointeger(L, top + 2) : 403;
+        reply->status = status >= 400 && status <= 599 ? (int)status : 403;
+        if (lua_type(L, top + 3) == LUA_TSTRING)
+            reply->body = dup_string(L, top + 3, &reply->body_len);
+    }
+    lua_settop(L, top);
+}
+
+static void on_open(void *app, struct ws_conn *c)
+{
+    struct lb_app *a = app;
+    if (!push_handler(a, LB_OPEN))
+        return;
+    lb_conn_push(a, c);
+    call_conn(a, c, 1, "open");
+}
+
+static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t len,
+                       bool binary)
+{
+    struct lb_app *a = app;
+    lua_State *L = a->L;
+    if (!push_handler(a, LB_MESSAGE))
+        return;
+    lb_conn_push(a, c);
+    lua_pushlstring(L, (const char *)data, len);
+    if (binary)
+        lua_pushliteral(L, "binary");
+    else
+        lua_pushliteral(L, "text");
+    call_conn(a, c, 3, "message");
+}
+
+static void on_close(void *app, struct ws_conn *c, int code, const uint8_t *reason, size_t len)
+{
+    struct lb_app *a = app;
+    if (!push_handler(a, LB_CLOSE))
+        return;
+    lb_conn_push(a, c);
+    lua_pushinteger(a->L, code);
+    lua_pushlstring(a->L, (const char *)reason, len);
+    lb_call(a, 3, 0, "close");
+}
+
+static void on_drain(void *app, struct ws_conn *c)
+{
+    struct lb_app *a = app;
+    if (!push_handler(a, LB_DRAIN))
+        return;
+    lb_conn_push(a, c);
+    call_conn(a, c, 1, "drain");
+}
+
+/* app.http["METHOD /path"](req) -> status, body, headers */
+static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *req,
+                    struct ws_http_reply *reply)
+{
+    struct lb_app *a = app;
+    lua_State *L = a->L;
+    if (a->http_ref == LUA_NOREF)
+        return false;
+    int top = lua_gettop(L);
+    const char *q = memchr(req->target.p, '?', req->target.n);
+    size_t path_len = q ? (size_t)(q - req->target.p) : req->target.n;
+    lb_push_ref(L, a->http_ref);
+    bool head = ws_span_ieq(req->method, "HEAD");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addlstring(&b, head ? "GET" : req->method.p, head ? 3 : req->method.n);
+    luaL_addchar(&b, ' ');
+    luaL_addlstring(&b, req->target.p, path_len);
+    luaL_pushresult(&b);
+    if (lua_gettable(L, -2) != LUA_TFUNCTION) {
+        lua_settop(L, top);
+        return false;
+    }
+    push_request(a, c, req);
+    if (lb_call(a, 1, 3, "http") < 0) {
+        reply->status = 500;
+        reply->body = strdup("internal error\n");
+        reply->body_len = strlen(reply->body);
+        lua_settop(L, top);
+        return true;
+    }
+    lua_Integer status = lua_isinteger(L, -3) ? lua_tointeger(L, -3) : 200;
+    reply->status = status >= 100 && status <= 599 ? (int)status : 500;
+    if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -2) == LUA_TNUMBER)
+        reply->body = dup_string(L, -2, &reply->body_len);
+    if (lua_istable(L, -1)) {
+        /* extra headers; names and values with CR, LF or ':' in a name are skipped so a value
+         * cannot inject header lines */
+        struct ws_buf out;
+        ws_buf_init(&out);
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            size_t kn, vn;
+            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
+            const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER
+                                ? lua_tolstring(L, -1, &vn)
+                                : NULL;
+            if (k && v && kn && !memchr(k, '\r', kn) && !memchr(k, '\n', kn) &&
+                !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn)) {
+                ws_buf_append(&out, k, kn);
+                ws_buf_append(&out, ": ", 2);
+                ws_buf_append(&out, v, vn);
+                ws_buf_append(&out, "\r\n", 2);
+            }
+            lua_pop(L, 1);
+        }
+        ws_buf_append(&out, "", 1);
+        reply->headers = (char *)out.data;
+    }
+    lua_settop(L, top);
+    return true;
+}
+
+static void on_shutdown(void *app, const char *reason)
+{
+    struct lb_app *a = app;
+    if (!push_handler(a, LB_SHUTDOWN))
+        return;
+    lua_pushstring(a->L, reason);
+    lb_call(a, 1, 0, "shutdown");
+}
+
+static void on_reload(void *app)
+{
+    lb_app_reload(app, "SIGHUP");
+}
+
+static void on_release(void *app, struct ws_conn *c)
+{
+    lb_conn_release(app, c);
+}
+
+const struct ws_app_ops lb_app_ops = {
+    .upgrade = on_upgrade,
+    .open = on_open,
+    .message = on_message,
+    .close = on_close,
+    .drain = on_drain,
+    .http = on_http,
+    .shutdown = on_shutdown,
+    .reload = on_reload,
+    .release = on_release,
+};

@@ -1,0 +1,339 @@
+/* The `conn` userdata: a box holding the connection pointer, which becomes NULL when the
+ * connection is freed, so a stale handle fails softly with nil, "closed". conn.data lives in the
+ * box's user value and is created on first use. Boxes are kept in a registry table by id. */
+#include "ws/lb.h"
+
+#include "ws/conn.h"
+#include "ws/err.h"
+#include "ws/frame.h"
+#include "ws/server.h"
+#include "ws/utf8.h"
+
+#include <lauxlib.h>
+#include <string.h>
+
+#define CONN_MT "wsserver.conn"
+
+struct lb_box {
+    struct ws_conn *c; /* NULL once the connection is gone */
+    uint64_t id;
+};
+
+static struct lb_box *check_box(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, CONN_MT);
+}
+
+struct ws_conn *lb_conn_check(lua_State *L, int idx)
+{
+    return check_box(L, idx)->c;
+}
+
+void lb_conn_push(struct lb_app *a, struct ws_conn *c)
+{
+    lua_State *L = a->L;
+    lb_push_ref(L, a->conns_ref);
+    if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TNIL) {
+        lua_pop(L, 1);
+        struct lb_box *box = lua_newuserdatauv(L, sizeof(*box), 1);
+        box->c = c;
+        box->id = c->node.id;
+        luaL_setmetatable(L, CONN_MT);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -3, (lua_Integer)c->node.id);
+    }
+    lua_remove(L, -2);
+}
+
+void lb_conn_release(struct lb_app *a, struct ws_conn *c)
+{
+    lua_State *L = a->L;
+    lb_push_ref(L, a->conns_ref);
+    if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TUSERDATA) {
+        struct lb_box *box = lua_touserdata(L, -1);
+        box->c = NULL;
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, (lua_Integer)c->node.id);
+    lua_pop(L, 1);
+}
+
+/* A method's connection, or NULL after pushing nil, "closed". [-0, +0|+2, v] */
+static struct ws_conn *open_or_fail(lua_State *L, struct ws_conn **out)
+{
+    struct ws_conn *c = lb_conn_check(L, 1);
+    *out = c && c->state == WS_CONN_OPEN ? c : NULL;
+    if (!*out) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "closed");
+    }
+    return *out;
+}
+
+/* Maps ws_conn_send's result to Lua: "sent", "queued", or nil, "closed" / "dropped". */
+static int push_send_result(lua_State *L, int rc)
+{
+    if (rc == WS_CONN_SENT) {
+        lua_pushliteral(L, "sent");
+        return 1;
+    }
+    if (rc == WS_CONN_QUEUED) {
+        lua_pushliteral(L, "queued");
+        return 1;
+    }
+    lua_pushnil(L);
+    if (rc == WS_E_LIMIT)
+        lua_pushliteral(L, "dropped");
+    else
+        lua_pushliteral(L, "closed");
+    return 2;
+}
+
+/* Reads a message kind argument: "text" (default) or "binary". */
+static uint8_t check_kind(lua_State *L, int idx)
+{
+    static const char *const kinds[] = {"text", "binary", NULL};
+    return luaL_checkoption(L, idx, "text", kinds) ? WS_OP_BINARY : WS_OP_TEXT;
+}
+
+/* Checks a text payload: RFC 6455 §5.6 text frames must be UTF-8. [-0, +0, v] */
+static void check_text(lua_State *L, uint8_t opcode, const char *data, size_t len)
+{
+    if (opcode == WS_OP_TEXT && ws_utf8_validate((const uint8_t *)data, len) < 0)
+        luaL_error(L, "text message is not valid UTF-8 (send it as \"binary\")");
+}
+
+/* conn:send(data [, "text"|"binary"]) [-0, +1|+2, v] */
+static int conn_send(lua_State *L)
+{
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    uint8_t opcode = check_kind(L, 3);
+    check_text(L, opcode, data, len);
+    struct ws_conn *c;
+    if (!open_or_fail(L, &c))
+        return 2;
+    return push_send_result(L, ws_conn_send(c, opcode, data, len));
+}
+
+/* conn:send_json(value) [-0, +1|+2, v] */
+static int conn_send_json(lua_State *L)
+{
+    luaL_checkany(L, 2);
+    struct ws_conn *c;
+    if (!open_or_fail(L, &c))
+        return 2;
+    lua_getglobal(L, "ws");
+    lua_getfield(L, -1, "json");
+    lua_getfield(L, -1, "encode");
+    lua_pushvalue(L, 2);
+    lua_call(L, 1, 1);
+    size_t len;
+    const char *data = lua_tolstring(L, -1, &len);
+    return push_send_result(L, ws_conn_send(c, WS_OP_TEXT, data, len));
+}
+
+/* conn:close([code [, reason]]) [-0, +1|+2, v] */
+static int conn_close(lua_State *L)
+{
+    lua_Integer code = luaL_optinteger(L, 2, 1000);
+    size_t len = 0;
+    const char *reason = luaL_optlstring(L, 3, "", &len);
+    luaL_argcheck(L, ws_close_code_valid((int)code), 2,
+                  "close code must be 1000-1003, 1007-1014 or 3000-4999");
+    luaL_argcheck(L, len <= WS_FRAME_MAX_CONTROL_PAYLOAD - 2, 3, "reason longer than 123 bytes");
+    luaL_argcheck(L, ws_utf8_validate((const uint8_t *)reason, len) == 0, 3,
+                  "reason is not valid UTF-8");
+    struct ws_conn *c;
+    if (!open_or_fail(L, &c))
+        return 2;
+    ws_conn_close(c, (int)code, reason, len);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* conn:ping([payload]) [-0, +1|+2, v] */
+static int conn_ping(lua_State *L)
+{
+    size_t len = 0;
+    const char *payload = luaL_optlstring(L, 2, "", &len);
+    luaL_argcheck(L, len <= WS_FRAME_MAX_CONTROL_PAYLOAD, 2, "ping payload over 125 bytes");
+    struct ws_conn *c;
+    if (!open_or_fail(L, &c))
+        return 2;
+    return push_send_result(L, ws_conn_ping(c, payload, len));
+}
+
+/* conn:buffered() [-0, +1, v] */
+static int conn_buffered(lua_State *L)
+{
+    struct ws_conn *c = lb_conn_check(L, 1);
+    lua_pushinteger(L, c ? (lua_Integer)ws_conn_buffered(c) : 0);
+    return 1;
+}
+
+/* conn:is_open() [-0, +1, v] */
+static int conn_is_open(lua_State *L)
+{
+    struct ws_conn *c = lb_conn_check(L, 1);
+    lua_pushboolean(L, c && c->state == WS_CONN_OPEN);
+    return 1;
+}
+
+/* conn:subscribe(topic) -> true when newly subscribed, false when it already was [-0, +1, v] */
+static int conn_subscribe(lua_State *L)
+{
+    size_t len;
+    const char *topic = luaL_checklstring(L, 2, &len);
+    struct ws_conn *c;
+    if (!open_or_fail(L, &c))
+        return 2;
+    lua_pushboolean(L, ws_topics_subscribe(&c->srv->topics, &c->sub, topic, len));
+    return 1;
+}
+
+/* conn:unsubscribe(topic) -> true when it was subscribed [-0, +1, v] */
+static int conn_unsubscribe(lua_State *L)
+{
+    size_t len;
+    const char *topic = luaL_checklstring(L, 2, &len);
+    struct ws_conn *c;
+    if (!open_or_fail(L, &c))
+        return 2;
+    lua_pushboolean(L, ws_topics_unsubscribe(&c->srv->topics, &c->sub, topic, len));
+    return 1;
+}
+
+/* conn:topics() -> list of names, in subscription order (readable in close too) [-0, +1, m] */
+static int conn_topics(lua_State *L)
+{
+    struct ws_conn *c = lb_conn_check(L, 1);
+    uint32_t n = c ? c->sub.ntopics : 0;
+    lua_createtable(L, (int)n, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        lua_pushlstring(L, c->sub.topics[i]->name, c->sub.topics[i]->len);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+/* conn:publish(topic, data [, kind]) -> number of other subscribers reached [-0, +1|+2, v] */
+static int conn_publish(lua_State *L)
+{
+    size_t tlen, len;
+    const char *topic = luaL_checklstring(L, 2, &tlen);
+    const char *data = luaL_checklstring(L, 3, &len);
+    uint8_t opcode = check_kind(L, 4);
+    check_text(L, opcode, data, len);
+    struct ws_conn *c;
+    if (!open_or_fail(L, &c))
+        return 2;
+    lua_pushinteger(L, (lua_Integer)ws_server_publish(c->srv, topic, tlen, opcode, data, len,
+                                                      c->node.id));
+    return 1;
+}
+
+static const luaL_Reg methods[] = {
+    {"send", conn_send},
+    {"send_json", conn_send_json},
+    {"close", conn_close},
+    {"ping", conn_ping},
+    {"buffered", conn_buffered},
+    {"is_open", conn_is_open},
+    {"subscribe", conn_subscribe},
+    {"unsubscribe", conn_unsubscribe},
+    {"topics", conn_topics},
+    {"publish", conn_publish},
+    {NULL, NULL},
+};
+
+/* conn.data: the user value, created on first read. [-0, +1, m] */
+static void push_data(lua_State *L, int idx)
+{
+    if (lua_getiuservalue(L, idx, 1) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, idx, 1);
+    }
+}
+
+/* __index: fields, then methods. [-0, +1, v] */
+static int conn_index(lua_State *L)
+{
+    struct lb_box *box = check_box(L, 1);
+    const char *key = luaL_checkstring(L, 2);
+    struct ws_conn *c = box->c;
+    if (strcmp(key, "id") == 0) {
+        lua_pushinteger(L, (lua_Integer)box->id);
+    } else if (strcmp(key, "data") == 0) {
+        push_data(L, 1);
+    } else if (strcmp(key, "peer") == 0) {
+        char peer[64];
+        if (c)
+            lua_pushstring(L, ws_conn_peer(c, peer, sizeof(peer)));
+        else
+            lua_pushnil(L);
+    } else if (strcmp(key, "path") == 0) {
+        if (c && c->path)
+            lua_pushstring(L, c->path);
+        else
+            lua_pushnil(L);
+    } else if (strcmp(key, "protocol") == 0) {
+        if (c && c->protocol)
+            lua_pushstring(L, c->protocol);
+        else
+            lua_pushnil(L);
+    } else {
+        lua_getmetatable(L, 1);
+        lua_getfield(L, -1, "__methods");
+        lua_getfield(L, -1, key);
+    }
+    return 1;
+}
+
+/* __newindex: only conn.data may be replaced. [-0, +0, v] */
+static int conn_newindex(lua_State *L)
+{
+    check_box(L, 1);
+    const char *key = luaL_checkstring(L, 2);
+    if (strcmp(key, "data") != 0)
+        return luaL_error(L, "conn.%s is read-only (keep your own fields in conn.data)", key);
+    lua_settop(L, 3);
+    lua_setiuservalue(L, 1, 1);
+    return 0;
+}
+
+static int conn_tostring(lua_State *L)
+{
+    struct lb_box *box = check_box(L, 1);
+    lua_pushfstring(L, "conn %I%s", (lua_Integer)box->id, box->c ? "" : " (closed)");
+    return 1;
+}
+
+static int conn_eq(lua_State *L)
+{
+    lua_pushboolean(L, check_box(L, 1)->id == check_box(L, 2)->id);
+    return 1;
+}
+
+void lb_conn_open(lua_State *L)
+{
+    luaL_newmetatable(L, CONN_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__methods");
+    lua_pushcfunction(L, conn_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, conn_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, conn_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, conn_eq);
+    lua_setfield(L, -2, "__eq");
+    lua_pushliteral(L, "conn");
+    lua_setfield(L, -2, "__name");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
+}
