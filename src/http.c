@@ -75,7 +75,8 @@ static int parse_request_line(const char *p, const char *eol, struct ws_http_req
     if (eol - s != 8 || memcmp(s, "HTTP/", 5) != 0 || s[5] < '0' || s[5] > '9' || s[6] != '.' ||
         s[7] < '0' || s[7] > '9')
         return WS_E_HTTP_BAD;
-    if (s[5] != '1' || (s[7] != '0' && s[7] != '1'))
+    /* RFC 9110 §2.5: a higher minor version of HTTP/1 is handled as the highest we know (1.1) */
+    if (s[5] != '1')
         return WS_E_HTTP_VERSION;
     req->version_minor = s[7] - '0';
     return 0;

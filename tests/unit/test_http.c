@@ -103,10 +103,11 @@ static void test_other_methods_and_targets(void **state)
 static void test_bad_version(void **state)
 {
     (void)state;
-    /* RFC 9112 §2.3: well-formed but not 1.0/1.1 -> 505. */
+    /* RFC 9112 §2.3: well-formed but not HTTP/1.x -> 505. */
     assert_int_equal(parse("GET / HTTP/2.0\r\n\r\n"), WS_E_HTTP_VERSION);
     assert_int_equal(parse("GET / HTTP/0.9\r\n\r\n"), WS_E_HTTP_VERSION);
-    assert_int_equal(parse("GET / HTTP/1.2\r\n\r\n"), WS_E_HTTP_VERSION);
+    /* RFC 9110 §2.5: HTTP/1.x with a higher minor is served as 1.1. */
+    assert_int_equal(parse("GET / HTTP/1.2\r\n\r\n"), 0);
     assert_int_equal(parse("GET / HTTP/3.1\r\n\r\n"), WS_E_HTTP_VERSION);
     /* Anything else is garbage -> 400. */
     assert_int_equal(parse("GET / http/1.1\r\n\r\n"), WS_E_HTTP_BAD);
