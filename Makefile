@@ -43,8 +43,10 @@ $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libws.a
 deps:
 	@bash scripts/install-deps.sh
 
-run: all
-	$(BUILD)/wsserver --static examples/chat/public examples/chat/chat.lua
+RUN_APP ?= examples/echo.lua
+run: deps
+	$(MAKE) all
+	$(BUILD)/wsserver -l 0.0.0.0:8080 $(RUN_APP)
 
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done

@@ -14,8 +14,8 @@ PACKAGES=(
     build-essential pkg-config clang clang-format
     liblua5.4-dev lua5.4 libev-dev libssl-dev zlib1g-dev
     libcmocka-dev lua-busted lua-cjson
-    python3 python3-websockets
-    nodejs npm
+    python3 python3-websockets python3-pytest
+    nodejs
     openssl procps
 )
 
@@ -33,6 +33,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
     echo "install-deps: Debian packages present"
+fi
+
+# Some nodejs builds bring their own npm (and conflict with Debian's); add Debian's only if absent.
+if ! command -v npm >/dev/null 2>&1; then
+    echo "install-deps: installing npm"
+    $SUDO apt-get install -y -q --no-install-recommends npm
 fi
 
 # Node peers used by the integration tests, installed locally under tests/node_modules.

@@ -208,8 +208,7 @@ static int set_bool(struct ws_config *cfg, const struct ws_option *opt, bool val
                     char *err, size_t errlen)
 {
     if (opt->type != WS_OPT_BOOL)
-        return fail(err, errlen, "invalid value for %s: %s", opt->name,
-                    "a boolean is not allowed");
+        return fail(err, errlen, "invalid value for %s: %s", opt->name, "a boolean is not allowed");
     if (mark(cfg, opt, from_cli))
         *FIELD(cfg, opt, bool) = value;
     return 0;
@@ -255,8 +254,7 @@ int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char
                     strncat(allowed, ", ", sizeof(allowed) - strlen(allowed) - 1);
                 strncat(allowed, *c, sizeof(allowed) - strlen(allowed) - 1);
             }
-            return fail(err, errlen, "invalid value for %s: must be one of %s", opt->name,
-                        allowed);
+            return fail(err, errlen, "invalid value for %s: must be one of %s", opt->name, allowed);
         }
     case WS_OPT_LIST: {
         struct ws_string_list *list = FIELD(cfg, opt, struct ws_string_list);

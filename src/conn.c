@@ -468,8 +468,8 @@ static void answer_http(struct ws_conn *c, const struct ws_http_request *req)
     } else {
         const char *msg = "this is a WebSocket endpoint: use a WebSocket client";
         char out[512];
-        size_t n =
-            ws_handshake_error_response(out, sizeof(out), 426, msg, strlen(msg), "Upgrade: websocket\r\n");
+        size_t n = ws_handshake_error_response(out, sizeof(out), 426, msg, strlen(msg),
+                                               "Upgrade: websocket\r\n");
         ws_outq_append(&c->out, &srv->pool, out, n);
     }
     log_conn(c, WS_LOG_DEBUG, "http", 0, NULL);
@@ -526,8 +526,8 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
         int i = ws_handshake_select_protocol(req, (const char *const *)srv->cfg.protocols.items,
                                              srv->cfg.protocols.n);
         if (i >= 0)
-            c->protocol = ws_xstrndup(srv->cfg.protocols.items[i],
-                                      strlen(srv->cfg.protocols.items[i]));
+            c->protocol =
+                ws_xstrndup(srv->cfg.protocols.items[i], strlen(srv->cfg.protocols.items[i]));
     }
     free(reply.body);
 
@@ -558,7 +558,8 @@ static void on_head_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
 {
     size_t max = (size_t)cfg(c)->max_header_size;
     /* keep at most one byte past the cap: enough to tell "too large" */
-    size_t room = max + WS_SERVER_READ_BYTES > c->in.len ? max + WS_SERVER_READ_BYTES - c->in.len : 0;
+    size_t room =
+        max + WS_SERVER_READ_BYTES > c->in.len ? max + WS_SERVER_READ_BYTES - c->in.len : 0;
     ws_buf_append(&c->in, data, len < room ? len : room);
     struct ws_http_request req;
     int rc = ws_http_parse((const char *)c->in.data, c->in.len, max, &c->scanned, &req);

@@ -241,8 +241,7 @@ static void on_open(void *app, struct ws_conn *c)
     call_conn(a, c, 1, "open");
 }
 
-static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t len,
-                       bool binary)
+static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t len, bool binary)
 {
     struct lb_app *a = app;
     lua_State *L = a->L;

@@ -229,8 +229,8 @@ static int conn_publish(lua_State *L)
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
         return 2;
-    lua_pushinteger(L, (lua_Integer)ws_server_publish(c->srv, topic, tlen, opcode, data, len,
-                                                      c->node.id));
+    lua_pushinteger(
+        L, (lua_Integer)ws_server_publish(c->srv, topic, tlen, opcode, data, len, c->node.id));
     return 1;
 }
 

@@ -120,10 +120,11 @@ static void set_paths(struct lb_app *a)
         *slash = 0;
     const char *env = getenv("WSSERVER_LUA_PATH");
     lua_getglobal(L, "package");
-    lua_pushfstring(L,
-                    "%s/?.lua;%s/?/init.lua;%s%s%s/../lua/?.lua;%s/../share/wsserver/lua/?.lua;"
-                    WS_LUA_DIR "/?.lua;",
-                    a->dir, a->dir, env ? env : "", env ? ";" : "", exe, exe);
+    lua_pushfstring(
+        L,
+        "%s/?.lua;%s/?/init.lua;%s%s%s/../lua/?.lua;%s/../share/wsserver/lua/?.lua;" WS_LUA_DIR
+        "/?.lua;",
+        a->dir, a->dir, env ? env : "", env ? ";" : "", exe, exe);
     lua_getfield(L, -2, "path");
     lua_concat(L, 2);
     lua_setfield(L, -2, "path");
@@ -208,8 +209,9 @@ static int validate(lua_State *L, int idx, char *err, size_t errlen)
             }
         }
         if (!known) {
-            snprintf(err, errlen, "unknown app field '%s' (known: config, http, upgrade, open, "
-                                  "message, close, drain, shutdown, load, error)",
+            snprintf(err, errlen,
+                     "unknown app field '%s' (known: config, http, upgrade, open, "
+                     "message, close, drain, shutdown, load, error)",
                      key ? key : luaL_typename(L, -2));
             lua_pop(L, 2);
             return WS_E_INVAL;
@@ -225,8 +227,7 @@ static int validate(lua_State *L, int idx, char *err, size_t errlen)
 }
 
 /* Merges the app's config table into cfg. [-0, +0, m] */
-static int apply_config(lua_State *L, int app_idx, struct ws_config *cfg, char *err,
-                        size_t errlen)
+static int apply_config(lua_State *L, int app_idx, struct ws_config *cfg, char *err, size_t errlen)
 {
     lua_getfield(L, app_idx, "config");
     if (lua_isnil(L, -1)) {

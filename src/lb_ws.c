@@ -200,9 +200,9 @@ static int ws_broadcast(lua_State *L)
         }
     }
     struct ws_server *srv = server(L);
-    size_t n = srv ? ws_server_broadcast(srv, opcode, data, len, except,
-                                         f.fn_idx ? run_filter : NULL, &f)
-                   : 0;
+    size_t n =
+        srv ? ws_server_broadcast(srv, opcode, data, len, except, f.fn_idx ? run_filter : NULL, &f)
+            : 0;
     if (f.failed)
         return lua_error(L);
     lua_pushinteger(L, (lua_Integer)n);
@@ -219,9 +219,8 @@ static int ws_publish(lua_State *L)
     check_text(L, opcode, data, len);
     uint64_t except = except_id(L, 3);
     struct ws_server *srv = server(L);
-    lua_pushinteger(L, srv ? (lua_Integer)ws_server_publish(srv, topic, tlen, opcode, data, len,
-                                                            except)
-                           : 0);
+    lua_pushinteger(
+        L, srv ? (lua_Integer)ws_server_publish(srv, topic, tlen, opcode, data, len, except) : 0);
     return 1;
 }
 
@@ -468,21 +467,18 @@ static const luaL_Reg ws_funcs[] = {
 };
 
 static const luaL_Reg log_funcs[] = {
-    {"debug", log_debug},
-    {"info", log_info},
-    {"warn", log_warn},
-    {"error", log_error},
-    {NULL, NULL},
+    {"debug", log_debug}, {"info", log_info}, {"warn", log_warn},
+    {"error", log_error}, {NULL, NULL},
 };
 
 static const struct {
     const char *name;
     int code;
 } close_codes[] = {
-    {"NORMAL", 1000},         {"GOING_AWAY", 1001},     {"PROTOCOL_ERROR", 1002},
-    {"UNSUPPORTED", 1003},    {"NO_STATUS", 1005},      {"ABNORMAL", 1006},
-    {"INVALID_DATA", 1007},   {"POLICY", 1008},         {"TOO_BIG", 1009},
-    {"EXTENSION", 1010},      {"INTERNAL_ERROR", 1011}, {"RESTART", 1012},
+    {"NORMAL", 1000},          {"GOING_AWAY", 1001},     {"PROTOCOL_ERROR", 1002},
+    {"UNSUPPORTED", 1003},     {"NO_STATUS", 1005},      {"ABNORMAL", 1006},
+    {"INVALID_DATA", 1007},    {"POLICY", 1008},         {"TOO_BIG", 1009},
+    {"EXTENSION", 1010},       {"INTERNAL_ERROR", 1011}, {"RESTART", 1012},
     {"TRY_AGAIN_LATER", 1013},
 };
 

@@ -99,7 +99,8 @@ void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *ev
     gmtime_r(&ts.tv_sec, &tm);
     char when[96];
     snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts.tv_nsec / 1000000));
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (int)(ts.tv_nsec / 1000000));
     if (format == WS_LOG_JSON) {
         puts_(l, "{\"ts\":\"");
         puts_(l, when);

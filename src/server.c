@@ -87,7 +87,8 @@ static int open_tcp(const char *addr, char *err, size_t errlen)
         snprintf(err, errlen, "listen %s: expected host:port, [v6]:port or unix:/path", addr);
         return -1;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *res;
     int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
@@ -331,8 +332,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
 }
 
 struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cfg,
-                                const struct ws_app_ops *ops, void *app, char *err,
-                                size_t errlen)
+                                const struct ws_app_ops *ops, void *app, char *err, size_t errlen)
 {
     struct ws_server *srv = ws_xcalloc(1, sizeof(*srv));
     srv->loop = loop;
@@ -443,8 +443,8 @@ size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *da
     return reached;
 }
 
-size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len,
-                         uint8_t opcode, const void *data, size_t len, uint64_t except_id)
+size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len, uint8_t opcode,
+                         const void *data, size_t len, uint64_t except_id)
 {
     struct ws_topic *t = ws_topics_find(&srv->topics, topic, topic_len);
     if (!t)

@@ -66,8 +66,7 @@ bool ws_topics_has(const struct ws_topic *topic, const struct ws_subscriber *s)
     return topic && ws_map_get(&topic->index, s->id) != NULL;
 }
 
-int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char *name,
-                        size_t len)
+int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char *name, size_t len)
 {
     struct ws_topic *topic = ws_topics_find(t, name, len);
     if (!topic)

@@ -16,8 +16,8 @@ struct ws_server;
 
 /* What upgrade() decides. The core zeroes it before the call and frees what it owns after. */
 struct ws_upgrade_reply {
-    int status;      /* 0: accept; otherwise refuse with this HTTP status */
-    char *body;      /* refusal body (owned, malloc'd), or NULL for the status text */
+    int status; /* 0: accept; otherwise refuse with this HTTP status */
+    char *body; /* refusal body (owned, malloc'd), or NULL for the status text */
     size_t body_len;
     char *protocol; /* accept: chosen subprotocol (owned); must be one the client offered */
 };

@@ -51,21 +51,21 @@ struct ws_conn {
         struct sockaddr_in in4;
         struct sockaddr_in6 in6;
     } peer;
-    char *path;     /* request target (owned) */
-    char *protocol; /* chosen subprotocol (owned) or NULL */
-    void *app_data; /* the app layer's slot */
-    uint16_t close_code;     /* code to report to the app's close callback */
-    char *close_reason;      /* owned, may be NULL */
+    char *path;                 /* request target (owned) */
+    char *protocol;             /* chosen subprotocol (owned) or NULL */
+    void *app_data;             /* the app layer's slot */
+    uint16_t close_code;        /* code to report to the app's close callback */
+    char *close_reason;         /* owned, may be NULL */
     struct ws_conn *next_flush; /* pending-flush list */
     struct ws_conn *next_dead;  /* sweep list */
     bool in_flush_list;
-    bool opened;       /* open() was called: close() is owed */
-    bool above_low;    /* queue went above the low-water mark: drain() is owed */
+    bool opened;    /* open() was called: close() is owed */
+    bool above_low; /* queue went above the low-water mark: drain() is owed */
     bool reading_paused;
-    bool wr_shut;      /* our side of TCP is shut (everything we send is sent) */
-    bool fail_fast;    /* protocol failure: do not wait for the peer's close */
-    bool http_keep;    /* plain HTTP: the response is not the last (unused: always close) */
-    bool ip_counted;   /* counted in the per-IP table */
+    bool wr_shut;    /* our side of TCP is shut (everything we send is sent) */
+    bool fail_fast;  /* protocol failure: do not wait for the peer's close */
+    bool http_keep;  /* plain HTTP: the response is not the last (unused: always close) */
+    bool ip_counted; /* counted in the per-IP table */
 };
 
 /* Sends one message (WS_OP_TEXT / WS_OP_BINARY) or control frame. Returns WS_CONN_SENT or

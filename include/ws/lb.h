@@ -31,26 +31,26 @@ struct lb_timer;
 struct lb_app {
     lua_State *L;
     struct ev_loop *loop;
-    struct ws_server *srv; /* NULL until lb_app_attach */
+    struct ws_server *srv;   /* NULL until lb_app_attach */
     struct ws_config base;   /* defaults + command line: every load starts from it */
     struct ws_config config; /* base + the current version's config table */
-    char *path;            /* app.lua */
-    char *dir;             /* its folder */
+    char *path;              /* app.lua */
+    char *dir;               /* its folder */
     size_t mem, mem_limit;
     double handler_timeout;
     double deadline; /* monotonic seconds; the running handler's budget ends here */
     int depth;       /* lb_call nesting */
     bool timed_out;
-    int app_ref;     /* the app table */
+    int app_ref; /* the app table */
     int handlers[LB_HANDLER_COUNT];
     int http_ref;  /* app.http routes table or LUA_NOREF */
     int conns_ref; /* id -> conn userdata */
     int ws_ref;    /* the real ws table */
     int state_ref; /* ws.state */
     uint64_t generation;
-    bool loading;        /* a new version's chunk or load() is running */
+    bool loading; /* a new version's chunk or load() is running */
     bool reload_pending;
-    ev_idle reload_idle; /* runs a requested reload between two loop iterations */
+    ev_idle reload_idle;     /* runs a requested reload between two loop iterations */
     struct lb_timer *timers; /* active ws.after/ws.every timers */
     uint64_t reloads_ok, reloads_failed;
 };

@@ -43,7 +43,7 @@ struct ws_server {
     struct ws_listener listeners[WS_SERVER_MAX_LISTENERS];
     size_t nlisteners;
     struct ws_registry conns;
-    size_t nopen; /* connections in OPEN or CLOSING after a 101 */
+    size_t nopen;         /* connections in OPEN or CLOSING after a 101 */
     struct ws_map per_ip; /* address hash -> count */
     struct ws_topics topics;
     struct ws_chunk_pool pool;
@@ -64,8 +64,7 @@ struct ws_server {
 /* Creates a server on loop with a copy of cfg and the app. Returns NULL and fills err when a
  * listener cannot be opened (address in use, bad address). */
 struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cfg,
-                                const struct ws_app_ops *ops, void *app, char *err,
-                                size_t errlen);
+                                const struct ws_app_ops *ops, void *app, char *err, size_t errlen);
 
 /* Stops and frees everything; NULL is a no-op. */
 void ws_server_free(struct ws_server *srv);
@@ -93,8 +92,8 @@ size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *da
                            void *ctx);
 
 /* Sends to every subscriber of topic except except_id. Returns the number reached. */
-size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len,
-                         uint8_t opcode, const void *data, size_t len, uint64_t except_id);
+size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len, uint8_t opcode,
+                         const void *data, size_t len, uint64_t except_id);
 
 /* Records a close code in the counters. */
 void ws_server_count_close(struct ws_server *srv, int code);

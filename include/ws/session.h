@@ -39,10 +39,10 @@ enum ws_close_state {
 struct ws_session {
     struct ws_frame_decoder dec;
     struct ws_utf8 utf8;
-    struct ws_buf msg;       /* the message being assembled (empty when zero-copy) */
-    uint8_t msg_opcode;      /* WS_OP_TEXT/BINARY while a message is in progress, else 0 */
-    uint64_t msg_len;        /* bytes of the message so far */
-    bool msg_done;           /* msg holds a message handed out by the last event */
+    struct ws_buf msg;  /* the message being assembled (empty when zero-copy) */
+    uint8_t msg_opcode; /* WS_OP_TEXT/BINARY while a message is in progress, else 0 */
+    uint64_t msg_len;   /* bytes of the message so far */
+    bool msg_done;      /* msg holds a message handed out by the last event */
     uint8_t ctl[WS_FRAME_MAX_CONTROL_PAYLOAD]; /* a control frame split across reads */
     uint8_t ctl_len;
     size_t max_message_bytes;

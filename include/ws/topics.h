@@ -22,7 +22,7 @@ struct ws_topic {
 };
 
 struct ws_subscriber {
-    uint64_t id; /* unique among live subscribers */
+    uint64_t id;              /* unique among live subscribers */
     struct ws_topic **topics; /* owned array of this subscriber's topics */
     uint32_t ntopics, cap;
 };
@@ -41,8 +41,7 @@ void ws_topics_free(struct ws_topics *t);
 struct ws_topic *ws_topics_find(const struct ws_topics *t, const char *name, size_t len);
 
 /* Subscribes s to name. Returns 1 when newly subscribed, 0 when it already was. */
-int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char *name,
-                        size_t len);
+int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char *name, size_t len);
 
 /* Unsubscribes s from name. Returns 1 when it was subscribed, 0 otherwise. A topic left without
  * subscribers is freed. */
