@@ -20,6 +20,7 @@ LIB_OBJ = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
+.PHONY: bench bench-count
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
         check-build
 
@@ -61,13 +62,24 @@ test-integration: all
 
 test: deps
 	$(MAKE) all test-unit test-lua test-integration format-check
-	$(MAKE) BUILD=build/asan SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-unit
+	$(MAKE) BUILD=build/san SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-unit
 
 asan:
 	$(MAKE) BUILD=build/asan SAN="-fsanitize=address -fno-omit-frame-pointer" all test-unit test-integration
 
 ubsan:
 	$(MAKE) BUILD=build/ubsan SAN="-fsanitize=undefined -fno-sanitize-recover=all" all test-unit test-integration
+
+# Benchmarks: bench/wsbench is our load generator (C, libev); bench/run.sh drives the scenarios.
+$(BUILD)/wsbench: bench/wsbench.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< -lev -lssl -lcrypto -lm
+
+bench: all $(BUILD)/wsbench
+	WSSERVER=$(abspath $(BUILD)/wsserver) WSBENCH=$(abspath $(BUILD)/wsbench) bash bench/run.sh
+
+bench-count: all $(BUILD)/wsbench
+	WSSERVER=$(abspath $(BUILD)/wsserver) WSBENCH=$(abspath $(BUILD)/wsbench) bash bench/count.sh
 
 FORMAT_FILES = $(wildcard src/*.c include/ws/*.h tests/unit/*.c bench/*.c tests/fuzz/*.c)
 

@@ -74,6 +74,8 @@ const struct ws_option ws_options[] = {
      "text|json (default text)"},
     {"watch", WS_OPT_BOOL, OFF(watch), 0, 0, NULL, false, NULL,
      "reload the app when its file or a module under its folder changes"},
+    {"pidfile", WS_OPT_STRING, OFF(pidfile), 0, 0, NULL, false, "FILE",
+     "write the process id to FILE (removed at exit)"},
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
 

@@ -132,7 +132,7 @@ static void set_paths(struct lb_app *a)
 }
 
 struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
-                          char *err, size_t errlen)
+                          bool *config_error, char *err, size_t errlen)
 {
     struct lb_app *a = ws_xcalloc(1, sizeof(*a));
     a->loop = loop;
@@ -161,8 +161,10 @@ struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct w
     lb_conn_open(a->L);
     lb_ws_open(a);
     if (lb_app_reload(a, NULL) < 0) {
-        /* lb_app_reload logged it; hand the first line back for the start-up message */
+        /* lb_app_reload logged the reason */
         snprintf(err, errlen, "%s: the app failed to load (see the error above)", path);
+        if (a->config_error)
+            *config_error = true;
         lb_app_free(a);
         return NULL;
     }
@@ -178,6 +180,9 @@ void lb_app_free(struct lb_app *a)
         lua_close(a->L);
     }
     ev_idle_stop(a->loop, &a->reload_idle);
+    char status[128];
+    lb_status_path(status, sizeof(status), (long)getpid());
+    unlink(status);
     ws_config_free(&a->base);
     ws_config_free(&a->config);
     free(a->path);
@@ -278,8 +283,38 @@ static int apply_config(lua_State *L, int app_idx, struct ws_config *cfg, char *
     return rc;
 }
 
+void lb_status_path(char *out, size_t cap, long pid)
+{
+    snprintf(out, cap, "/tmp/wsserver-%ld.status", pid);
+}
+
+/* Publishes the latest reload result for "wsserver --reload": written to a temporary file and
+ * renamed into place, so a reader never sees half a line and a planted symlink is replaced, not
+ * followed. */
+static void write_status(struct lb_app *a, bool ok, const char *why)
+{
+    char path[128], tmp[160];
+    lb_status_path(path, sizeof(path), (long)getpid());
+    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return;
+    char line[700];
+    int n = snprintf(line, sizeof(line), "attempt=%llu result=%s generation=%llu%s%s\n",
+                     (unsigned long long)(a->reloads_ok + a->reloads_failed), ok ? "ok" : "failed",
+                     (unsigned long long)a->generation, why ? " error=" : "", why ? why : "");
+    for (int i = 0; i < n - 1; i++)
+        if (line[i] == '\n')
+            line[i] = ' ';
+    bool written = write(fd, line, (size_t)n) == n;
+    close(fd);
+    if (!written || rename(tmp, path) < 0)
+        unlink(tmp);
+}
+
 static void log_reload(struct lb_app *a, const char *trigger, bool ok, const char *why)
 {
+    write_status(a, ok, why);
     struct ws_log_line l;
     ws_log_begin(&l, ok ? WS_LOG_INFO : WS_LOG_ERROR, ok ? "app_loaded" : "app_load_failed");
     ws_log_cstr(&l, "file", a->path);
@@ -404,6 +439,7 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     lua_State *L = a->L;
     int top = lua_gettop(L);
     char err[512] = "";
+    a->config_error = false;
     forget_modules(a);
     int saved = lua_gettop(L);
 
@@ -433,6 +469,7 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     ws_config_copy(&next, &a->base);
     if (apply_config(L, app_idx, &next, err, sizeof(err)) < 0 ||
         ws_config_validate(&next, err, sizeof(err)) < 0) {
+        a->config_error = true;
         ws_config_free(&next);
         goto failed;
     }

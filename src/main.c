@@ -6,13 +6,18 @@
 #include "ws/lb.h"
 #include "ws/log.h"
 #include "ws/server.h"
+#include "ws/watch.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <ev.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
 
 #define WS_VERSION "0.1.0"
 
@@ -21,6 +26,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: wsserver [options] APP.lua\n\n"
                  "  -l, --listen ADDR        host:port, [v6]:port or unix:/path (repeatable)\n"
                  "      --check              load the app and its config, report problems, exit\n"
+                 "      --reload PIDFILE|PID reload a running server's app and print the result\n"
                  "  -h, --help               this help\n"
                  "  -V, --version            print the version\n\n"
                  "Every option below can also be set in the app's config table (snake_case);\n"
@@ -62,8 +68,81 @@ static void setup_log(const struct ws_config *cfg)
 
 struct args {
     const char *app;
+    const char *reload; /* --reload target */
     bool check;
 };
+
+static bool read_file(const char *path, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    size_t n = fread(out, 1, cap - 1, f);
+    out[n] = 0;
+    fclose(f);
+    return n > 0;
+}
+
+/* wsserver --reload PIDFILE|PID: SIGHUP the server, wait for the result it publishes, print it.
+ * Exit 0 when the new version took over, 1 when it was refused (the old one keeps running). */
+static int reload_running(const char *target)
+{
+    char buf[64];
+    const char *digits = target;
+    if (!isdigit((unsigned char)target[0])) {
+        if (!read_file(target, buf, sizeof(buf))) {
+            fprintf(stderr, "wsserver: --reload: cannot read pid file %s: %s\n", target,
+                    strerror(errno));
+            return 1;
+        }
+        digits = buf;
+    }
+    char *end;
+    long pid = strtol(digits, &end, 10);
+    if (pid <= 0 || (*end && *end != '\n')) {
+        fprintf(stderr, "wsserver: --reload: not a process id: %s\n", digits);
+        return 1;
+    }
+    char path[128], before[1024] = "", now[1024] = "";
+    lb_status_path(path, sizeof(path), pid);
+    read_file(path, before, sizeof(before));
+    if (kill((pid_t)pid, SIGHUP) < 0) {
+        fprintf(stderr, "wsserver: --reload: process %ld: %s\n", pid, strerror(errno));
+        return 1;
+    }
+    for (int i = 0; i < 200; i++) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        if (read_file(path, now, sizeof(now)) && strcmp(now, before) != 0) {
+            printf("%s", now);
+            return strstr(now, "result=ok") ? 0 : 1;
+        }
+    }
+    fprintf(stderr, "wsserver: --reload: no answer from process %ld within 10 s\n", pid);
+    return 1;
+}
+
+static void on_watch(void *ctx)
+{
+    struct lb_app *app = ctx;
+    if (access(app->path, R_OK) < 0) {
+        /* deleted (or mid-rename): keep the running version; the next save reloads */
+        ws_log_msg(WS_LOG_WARN, "app_missing", "app file is gone; keeping the running version");
+        return;
+    }
+    lb_app_reload(app, "watch");
+}
+
+static void write_pidfile(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        ws_log_msg(WS_LOG_WARN, "pidfile", strerror(errno));
+        return;
+    }
+    fprintf(f, "%ld\n", (long)getpid());
+    fclose(f);
+}
 
 static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args *args)
 {
@@ -80,6 +159,12 @@ static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args 
         }
         if (strcmp(arg, "--check") == 0) {
             args->check = true;
+            continue;
+        }
+        if (strcmp(arg, "--reload") == 0) {
+            if (i + 1 >= argc)
+                return bad_usage("%s", "--reload needs a pid file or a pid");
+            args->reload = argv[++i];
             continue;
         }
         if (arg[0] != '-' || strcmp(arg, "-") == 0) {
@@ -119,7 +204,7 @@ static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args 
         if (ws_config_set(cfg, opt, value, true, err, sizeof(err)) < 0)
             return bad_usage("%s", err);
     }
-    if (!args->app)
+    if (!args->app && !args->reload)
         return bad_usage("%s", "no app given: wsserver [options] APP.lua");
     return 0;
 }
@@ -133,21 +218,26 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, &cli, &args);
     if (rc)
         return rc;
+    if (args.reload) {
+        ws_config_free(&cli);
+        return reload_running(args.reload);
+    }
     setup_log(&cli);
     raise_nofile();
 
     struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
     char err[512];
-    struct lb_app *app = lb_app_new(loop, args.app, &cli, err, sizeof(err));
+    bool config_error = false;
+    struct lb_app *app = lb_app_new(loop, args.app, &cli, &config_error, err, sizeof(err));
     ws_config_free(&cli);
     if (!app) {
         fprintf(stderr, "wsserver: %s\n", err);
-        return 1;
+        return config_error && !args.check ? 2 : 1;
     }
     if (ws_config_validate(&app->config, err, sizeof(err)) < 0) {
         fprintf(stderr, "wsserver: %s\n", err);
         lb_app_free(app);
-        return 2;
+        return args.check ? 1 : 2;
     }
     setup_log(&app->config);
     if (args.check) {
@@ -167,9 +257,22 @@ int main(int argc, char **argv)
         lb_app_free(app);
         return 1;
     }
+    struct ws_watch *watch = NULL;
+    if (app->config.watch) {
+        watch = ws_watch_new(loop, app->dir, 0.2, on_watch, app, err, sizeof(err));
+        if (!watch)
+            ws_log_msg(WS_LOG_WARN, "watch_unavailable", err);
+    }
+    char *pidfile = app->config.pidfile ? strdup(app->config.pidfile) : NULL;
+    if (pidfile)
+        write_pidfile(pidfile);
     ev_run(loop, 0);
     int code = srv->exit_code;
+    ws_watch_free(watch);
     ws_server_free(srv);
+    if (pidfile)
+        unlink(pidfile);
+    free(pidfile);
     lb_app_free(app);
     ws_log_msg(WS_LOG_INFO, "exit", "bye");
     return code;

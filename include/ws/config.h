@@ -53,6 +53,7 @@ struct ws_config {
     char *log_level;
     char *log_format;
     bool watch;
+    char *pidfile;
     uint64_t set_mask; /* bit i: option i was set explicitly */
     uint64_t cli_mask; /* bit i: option i came from the command line (wins over the app) */
 };

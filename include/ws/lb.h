@@ -48,7 +48,8 @@ struct lb_app {
     int ws_ref;    /* the real ws table */
     int state_ref; /* ws.state */
     uint64_t generation;
-    bool loading; /* a new version's chunk or load() is running */
+    bool loading;      /* a new version's chunk or load() is running */
+    bool config_error; /* the last failed load was refused for its config table */
     bool reload_pending;
     ev_idle reload_idle;     /* runs a requested reload between two loop iterations */
     struct lb_timer *timers; /* active ws.after/ws.every timers */
@@ -60,9 +61,10 @@ extern const struct ws_app_ops lb_app_ops;
 
 /* Creates the Lua state, loads and runs the app at path and merges its config table over cli
  * (command-line options win) into a->config. Returns NULL when the app cannot load (the reason,
- * naming the file, line or option, is logged). */
+ * naming the file, line or option, is logged; *config_error tells whether its config table was
+ * the problem). */
 struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
-                          char *err, size_t errlen);
+                          bool *config_error, char *err, size_t errlen);
 
 /* Connects the app to the running server and calls its load(state, info) hook. Returns 0, or
  * WS_E_INVAL when load failed (err filled). */
@@ -85,6 +87,10 @@ void lb_push_ref(lua_State *L, int ref);
 /* Reloads the app from its file (SIGHUP, --watch, ws.reload). Failure keeps the running
  * version. Returns 0 or WS_E_INVAL. */
 int lb_app_reload(struct lb_app *a, const char *trigger);
+
+/* Where the result of the latest reload of process pid is written ("wsserver --reload" reads
+ * it): /tmp/wsserver-<pid>.status. */
+void lb_status_path(char *out, size_t cap, long pid);
 
 /* Asks for a reload between two loop iterations (safe from inside a handler). */
 void lb_app_request_reload(struct lb_app *a);

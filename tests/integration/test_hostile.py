@@ -543,6 +543,103 @@ def test_handler_that_never_returns_is_interrupted(wsserver_factory, peers):
     assert_serving(server, peers)
 
 
+# --- peers that stop answering -------------------------------------------------------------------
+
+CLOSER_APP = r"""
+return {
+  message = function(conn, data, kind)
+    if data == "close-me" then conn:close(4001, "go away") else conn:send(data, kind) end
+  end,
+}
+"""
+
+
+def test_peer_that_never_pongs_is_closed_1001(wsserver_factory, peers):
+    server = wsserver_factory(args=["--ping-interval", "0.5", "--pong-timeout", "0.5"])
+    deaf = peers(server)
+    polite = peers(server)
+    started = time.monotonic()
+    pings_answered = 0
+    deaf_code = deaf_at = None
+    # The polite peer answers every ping; the deaf one reads but never answers.
+    while time.monotonic() - started < 3.5:
+        readable, _, _ = select.select([deaf.sock, polite.sock], [], [], 0.1)
+        if polite.sock in readable or polite.buf:
+            f = polite.recv_frame(1.0)
+            assert f is not None, "the peer answering pings was disconnected"
+            if f[1] == OP_PING:
+                polite.send(frame(OP_PONG, f[2]))
+                pings_answered += 1
+        if deaf_code is None and (deaf.sock in readable or deaf.buf):
+            f = deaf.recv_frame(1.0)
+            if f is None or f[1] == OP_CLOSE:
+                deaf_at = time.monotonic() - started
+                deaf_code = struct.unpack("!H", f[2][:2])[0] if f and f[2] else None
+                if f is not None:
+                    deaf.send_quietly(frame(OP_CLOSE, f[2][:2]))
+    assert deaf_at is not None, "a peer that never answers pings was kept open"
+    assert deaf_code == 1001, f"dead peer closed with {deaf_code}, want 1001"
+    assert deaf_at < 3.0, f"dead peer detected after {deaf_at:.2f} s"
+    assert pings_answered >= 2, f"the idle polite peer saw {pings_answered} pings in 3.5 s"
+    got, _ = polite.echo("still open")
+    assert got == "still open"
+    assert_serving(server, peers)
+
+
+@pytest.mark.parametrize("reply", [False, True], ids=["no-reply", "reply-but-keep-tcp"])
+def test_peer_that_never_finishes_close_is_dropped(wsserver_factory, peers, reply):
+    """The server may half-close after its close frame, but it must release the connection
+    within close_timeout even if the peer never answers, or answers and never closes TCP."""
+    server = wsserver_factory(app_source=CLOSER_APP, args=["--close-timeout", "0.5"])
+    p = peers(server)
+    assert p.echo("warm-up")[0] == "warm-up"
+    fds_open = fd_count(server.pid)
+    p.send(frame(OP_TEXT, b"close-me"))
+    started = time.monotonic()
+    f = p.recv_frame(3.0)
+    assert f is not None and f[1] == OP_CLOSE, f"expected a close frame, got {f!r}"
+    assert f[2] == close_payload(4001, b"go away")
+    if reply:
+        p.send(frame(OP_CLOSE, f[2][:2]))
+    # Our socket stays open: only the server's timer can end this connection.
+    while fd_count(server.pid) >= fds_open and time.monotonic() - started < 4.0:
+        time.sleep(0.02)
+    took = time.monotonic() - started
+    assert fd_count(server.pid) < fds_open, "server held the connection for more than 4 s"
+    assert 0.3 <= took <= 2.5, f"connection released {took:.2f} s after the close (timeout 0.5 s)"
+    assert_serving(server, peers)
+
+
+def test_max_connections_503_then_slot_released(wsserver_factory, peers):
+    server = wsserver_factory(args=["--max-connections", "10"])
+    held = [peers(server) for _ in range(10)]
+    extra = peers(server, handshake=False)
+    extra.send(FULL_HEAD)
+    status, headers = extra.read_head()
+    assert status == 503
+    assert "retry-after" in headers, "503 without Retry-After"
+    assert extra.wait_eof(3.0)
+    # Releasing one slot lets the next client in.
+    held[0].send(frame(OP_CLOSE, close_payload(1000)))
+    assert held[0].expect_close(reply=False) == 1000
+    assert held[0].wait_eof(3.0)
+    held[0].close()
+    deadline = time.monotonic() + 2.0
+    while True:
+        newcomer = peers(server, handshake=False)
+        newcomer.send(FULL_HEAD)
+        status, _ = newcomer.read_head()
+        if status == 101 or time.monotonic() > deadline:
+            break
+        newcomer.close()
+        time.sleep(0.05)
+    assert status == 101, f"the released slot was not reusable within 2 s (got {status})"
+    got, _ = newcomer.echo("made it")
+    assert got == "made it"
+    for p in held[1:]:
+        p.send_quietly(frame(OP_CLOSE, close_payload(1000)))
+
+
 # --- peers that vanish --------------------------------------------------------------------------
 
 
