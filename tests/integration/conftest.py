@@ -86,8 +86,13 @@ def wsserver_factory(tmp_path):
     yield start
     for server in started:
         code = server.stop()
-        # A crash (negative code: killed by a signal) is always a failure.
-        assert code is not None and code >= 0, f"wsserver died with {code}:\n{server.log()}"
+        log = server.log()
+        os.unlink(server.logfile.name)
+        # A crash (negative code: killed by a signal) is always a failure, and so is anything a
+        # sanitizer reported (make asan / make ubsan run this suite on instrumented builds).
+        assert code is not None and code >= 0, f"wsserver died with {code}:\n{log}"
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert marker not in log, f"sanitizer report from wsserver:\n{log}"
 
 
 @pytest.fixture
