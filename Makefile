@@ -20,7 +20,7 @@ LIB_OBJ = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: bench bench-count
+.PHONY: bench bench-count fuzz fuzz-run
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
         check-build
 
@@ -69,6 +69,27 @@ asan:
 
 ubsan:
 	$(MAKE) BUILD=build/ubsan SAN="-fsanitize=undefined -fno-sanitize-recover=all" all test-unit test-integration
+
+# Fuzzing: libFuzzer entry points over the pure parsers (clang). Seeds in tests/fuzz/corpus/<name>.
+FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_LIB_SRC = src/buf.c src/err.c src/utf8.c src/frame.c src/session.c src/http.c src/handshake.c \
+               $(wildcard src/deflate.c)
+FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -fsanitize=fuzzer,address,undefined \
+             -fno-sanitize-recover=all
+SECONDS ?= 60
+
+build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIB_SRC)
+	@mkdir -p $(@D)
+	clang $(FUZZ_FLAGS) -o $@ $< $(FUZZ_LIB_SRC) -lssl -lcrypto -lz
+
+fuzz: $(FUZZ_BIN)
+
+fuzz-run: fuzz
+	@set -e; for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p build/fuzz/corpus/$$n; \
+	    echo "== $$n ($(SECONDS) s)"; \
+	    $$f -max_total_time=$(SECONDS) -print_final_stats=1 build/fuzz/corpus/$$n tests/fuzz/corpus/$$n; \
+	done
 
 # Benchmarks: bench/wsbench is our load generator (C, libev); bench/run.sh drives the scenarios.
 $(BUILD)/wsbench: bench/wsbench.c

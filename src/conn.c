@@ -13,7 +13,6 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,11 +162,14 @@ static uintptr_t ip_count(struct ws_conn *c, int delta)
 }
 
 struct ws_conn *ws_conn_new(struct ws_server *srv, int fd, const struct sockaddr *sa,
-                            socklen_t salen)
+                            socklen_t salen, const struct ws_transport_ops *transport,
+                            void *transport_state)
 {
     struct ws_conn *c = ws_xcalloc(1, sizeof(*c));
     c->srv = srv;
     c->fd = fd;
+    c->transport = transport;
+    c->transport_state = transport_state;
     c->node.id = ++srv->next_id;
     c->sub.id = c->node.id;
     if (salen > sizeof(c->peer))
@@ -252,9 +254,11 @@ int ws_conn_close(struct ws_conn *c, int code, const char *reason, size_t len)
     return 0;
 }
 
+/* Back-pressure (SPEC §3): the queue may not grow past max_buffered, except that one message of
+ * any size may enter an empty queue. */
 static int accept_data(struct ws_conn *c, size_t len)
 {
-    if (c->out.bytes + len <= (size_t)cfg(c)->max_buffered)
+    if (c->out.bytes == 0 || c->out.bytes + len <= (size_t)cfg(c)->max_buffered)
         return 0;
     if (strcmp(cfg(c)->backpressure, "drop") == 0) {
         c->srv->stats.dropped++;
@@ -281,8 +285,7 @@ static void send_direct(struct ws_conn *c, const uint8_t *hdr, size_t hlen, cons
                         size_t len)
 {
     struct iovec iov[2] = {{(void *)hdr, hlen}, {(void *)data, len}};
-    struct msghdr msg = {.msg_iov = iov, .msg_iovlen = 2};
-    ssize_t w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t w = c->secured ? c->transport->writev(c->transport_state, c->fd, iov, 2) : 0;
     size_t done = w > 0 ? (size_t)w : 0;
     if (w > 0)
         c->srv->stats.bytes_out += done;
@@ -365,19 +368,18 @@ void ws_conn_flush(struct ws_conn *c)
     struct ws_server *srv = c->srv;
     if (c->state == WS_CONN_CLOSED)
         return;
+    if (!c->secured)
+        return; /* the transport's handshake comes first */
     while (c->out.bytes && !c->wr_shut) {
         struct iovec iov[IOV_BATCH];
         int n = ws_outq_iov(&c->out, iov, IOV_BATCH);
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t w = c->transport->writev(c->transport_state, c->fd, iov, n);
+        if (w == WS_E_AGAIN) {
+            update_events(c, true);
+            return;
+        }
         if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                update_events(c, true);
-                return;
-            }
-            kill_conn(c, 1006, strerror(errno));
+            kill_conn(c, 1006, ws_strerror((int)w));
             return;
         }
         srv->stats.bytes_out += (uint64_t)w;
@@ -396,7 +398,7 @@ void ws_conn_flush(struct ws_conn *c)
     if (c->state == WS_CONN_CLOSING && !c->wr_shut && c->out.bytes == 0) {
         /* Our last byte is out: half-close, then read until the peer closes
          * (RFC 6455 §7.1.1: the server closes the TCP connection first). */
-        shutdown(c->fd, SHUT_WR);
+        c->transport->shutdown(c->transport_state, c->fd);
         c->wr_shut = true;
     }
 }
@@ -646,36 +648,69 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
     }
 }
 
-static void on_read(struct ws_conn *c)
+/* Runs the transport's handshake (TLS); true once it is done. */
+static bool secure(struct ws_conn *c)
+{
+    if (c->secured)
+        return true;
+    int rc = c->transport->handshake(c->transport_state);
+    if (rc == 0) {
+        c->secured = true;
+        update_events(c, c->out.bytes > 0);
+        return true;
+    }
+    if (rc == WS_E_AGAIN || rc == WS_E_WANT_WRITE) {
+        update_events(c, rc == WS_E_WANT_WRITE);
+        return false;
+    }
+    log_conn(c, WS_LOG_DEBUG, "tls_failed", 0, ws_strerror(rc));
+    kill_conn(c, 1006, "TLS handshake failed");
+    return false;
+}
+
+/* Handles one chunk of bytes from the peer. */
+static void on_bytes(struct ws_conn *c, uint8_t *data, size_t n)
 {
     struct ws_server *srv = c->srv;
-    ssize_t n = recv(c->fd, srv->rbuf, WS_SERVER_READ_BYTES, 0);
-    if (n < 0) {
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            kill_conn(c, 1006, strerror(errno));
-        return;
-    }
-    if (n == 0) {
-        kill_conn(c, 1006, c->state == WS_CONN_OPEN ? "connection dropped" : NULL);
-        return;
-    }
-    srv->stats.bytes_in += (uint64_t)n;
+    srv->stats.bytes_in += n;
     c->last_read = ev_now(srv->loop);
     c->ping_sent = 0; /* any bytes prove the peer alive */
     switch (c->state) {
     case WS_CONN_CONNECTING:
-        on_head_bytes(c, srv->rbuf, (size_t)n);
+        on_head_bytes(c, data, n);
         break;
     case WS_CONN_OPEN:
     case WS_CONN_CLOSING:
         if (c->opened)
-            process_frames(c, srv->rbuf, (size_t)n);
+            process_frames(c, data, n);
         break; /* after an HTTP answer: discard until EOF */
     case WS_CONN_CLOSED:
-        return;
+        break;
     }
-    if (c->state == WS_CONN_CLOSED)
+}
+
+static void on_read(struct ws_conn *c)
+{
+    struct ws_server *srv = c->srv;
+    if (!secure(c))
         return;
+    /* TLS may hold decrypted bytes that the socket will not signal again: drain them */
+    do {
+        ssize_t n = c->transport->read(c->transport_state, c->fd, srv->rbuf, WS_SERVER_READ_BYTES);
+        if (n == WS_E_AGAIN)
+            break;
+        if (n == WS_E_WANT_WRITE) {
+            update_events(c, true);
+            break;
+        }
+        if (n <= 0) {
+            kill_conn(c, 1006, n == 0 && c->state == WS_CONN_OPEN ? "connection dropped" : NULL);
+            return;
+        }
+        on_bytes(c, srv->rbuf, (size_t)n);
+        if (c->state == WS_CONN_CLOSED)
+            return;
+    } while (c->transport->pending(c->transport_state));
     /* Stop reading from a peer whose replies pile up, until they drain (TCP pushes back). */
     if (c->out.bytes > (size_t)cfg(c)->max_buffered / 2 && c->state == WS_CONN_OPEN)
         c->reading_paused = true;
@@ -688,8 +723,12 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
     struct ws_conn *c = w->data;
     if (revents & EV_READ)
         on_read(c);
-    if ((revents & EV_WRITE) && c->state != WS_CONN_CLOSED)
-        ws_conn_flush(c);
+    if ((revents & EV_WRITE) && c->state != WS_CONN_CLOSED) {
+        if (!c->secured)
+            on_read(c); /* the TLS handshake wanted to write */
+        else
+            ws_conn_flush(c);
+    }
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -765,6 +804,7 @@ void ws_conn_destroy(struct ws_conn *c)
     ws_session_reset(&c->session);
     ws_buf_reset(&c->in);
     ws_outq_clear(&c->out, &srv->pool);
+    c->transport->free(c->transport_state);
     free(c->path);
     free(c->protocol);
     free(c->close_reason);

@@ -14,31 +14,66 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool push_handler(struct lb_app *a, enum lb_handler h)
+/* One event for a protected call. Building a handler's arguments and reading its results
+ * allocate Lua memory and may run metamethods, so they run inside lb_call too: at the heap cap
+ * (SPEC §4) an allocation failure fails that call instead of aborting the process from an
+ * unprotected context. */
+struct event {
+    struct lb_app *a;
+    struct ws_conn *c;
+    const struct ws_http_request *req;
+    const uint8_t *data;
+    size_t len;
+    int code;
+    bool binary;
+    const char *text;                 /* close reason, shutdown reason, failed handler's name */
+    struct ws_upgrade_reply *upgrade; /* upgrade: the decision */
+    struct ws_http_reply *http;       /* http: the answer */
+    struct ws_buf headers;            /* http: extra header lines being built */
+    bool routed;                      /* http: a route matched */
+};
+
+static bool has_handler(struct lb_app *a, enum lb_handler h)
 {
-    if (a->handlers[h] == LUA_NOREF)
-        return false;
-    lb_push_ref(a->L, a->handlers[h]);
-    return true;
+    return a->handlers[h] != LUA_NOREF;
+}
+
+/* Runs fn with the event as its only (light userdata) argument under lb_call. Pushing a light C
+ * function and a light userdata never allocates. Returns lb_call's result. */
+static int run(struct lb_app *a, lua_CFunction fn, struct event *e, int nres, const char *what)
+{
+    lua_pushcfunction(a->L, fn);
+    lua_pushlightuserdata(a->L, e);
+    return lb_call(a, 1, nres, what);
+}
+
+/* app.error(message, conn) [-0, +0, e] */
+static int call_error(lua_State *L)
+{
+    struct event *e = lua_touserdata(L, 1);
+    lb_push_ref(L, e->a->handlers[LB_ERROR]);
+    lua_pushfstring(L, "%s handler failed", e->text);
+    lb_conn_push(e->a, e->c);
+    lua_call(L, 2, 0);
+    return 0;
 }
 
 /* Calls app.error(message, conn) after a connection's handler failed; its own failure is only
- * logged. The error text is on top of the stack when set. */
+ * logged. Then closes the connection with 1011. */
 static void handler_failed(struct lb_app *a, struct ws_conn *c, const char *what)
 {
-    if (push_handler(a, LB_ERROR)) {
-        lua_pushfstring(a->L, "%s handler failed", what);
-        lb_conn_push(a, c);
-        lb_call(a, 2, 0, "error");
+    if (has_handler(a, LB_ERROR)) {
+        struct event e = {.a = a, .c = c, .text = what};
+        run(a, call_error, &e, 0, "error");
     }
     ws_conn_close(c, 1011, "internal error", 14);
 }
 
-/* Calls a connection handler already pushed with nargs arguments. */
-static void call_conn(struct lb_app *a, struct ws_conn *c, int nargs, const char *what)
+/* Runs a connection's handler through fn; a failure goes to handler_failed. */
+static void call_conn(struct lb_app *a, lua_CFunction fn, struct event *e, const char *what)
 {
-    if (lb_call(a, nargs, 0, what) < 0)
-        handler_failed(a, c, what);
+    if (run(a, fn, e, 0, what) < 0)
+        handler_failed(a, e->c, what);
 }
 
 /* ---- upgrade: the request as a table ---- */
@@ -195,96 +230,145 @@ static char *dup_string(lua_State *L, int idx, size_t *len)
     return s ? strndup(s, n) : NULL;
 }
 
-static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_request *req,
-                       struct ws_upgrade_reply *reply)
+/* upgrade(req) -> false, status, body | {protocol =, data =} [-0, +0, e] */
+static int call_upgrade(lua_State *L)
 {
-    struct lb_app *a = app;
-    lua_State *L = a->L;
-    if (!push_handler(a, LB_UPGRADE))
-        return;
-    int top = lua_gettop(L) - 1;
-    push_request(a, c, req);
-    if (lb_call(a, 1, 3, "upgrade") < 0) {
-        reply->status = 500;
-        return;
-    }
-    if (lua_istable(L, top + 1)) {
+    struct event *e = lua_touserdata(L, 1);
+    struct lb_app *a = e->a;
+    struct ws_upgrade_reply *reply = e->upgrade;
+    lb_push_ref(L, a->handlers[LB_UPGRADE]);
+    push_request(a, e->c, e->req);
+    lua_call(L, 1, 3);
+    if (lua_istable(L, 2)) {
         /* accept with {protocol = ..., data = ...} */
-        lua_getfield(L, top + 1, "protocol");
+        lua_getfield(L, 2, "protocol");
         if (lua_type(L, -1) == LUA_TSTRING)
             reply->protocol = dup_string(L, -1, NULL);
         lua_pop(L, 1);
-        lua_getfield(L, top + 1, "data");
+        lua_getfield(L, 2, "data");
         if (!lua_isnil(L, -1)) {
-            lb_conn_push(a, c);
+            lb_conn_push(a, e->c);
             lua_pushvalue(L, -2);
             lua_setfield(L, -2, "data");
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
-    } else if (lua_toboolean(L, top + 1) == 0 && !lua_isnil(L, top + 1)) {
+    } else if (lua_toboolean(L, 2) == 0 && !lua_isnil(L, 2)) {
         /* refuse: false, status, body */
-        lua_Integer status = lua_isinteger(L, top + 2) ? lua_tointeger(L, top + 2) : 403;
+        lua_Integer status = lua_isinteger(L, 3) ? lua_tointeger(L, 3) : 403;
         reply->status = status >= 400 && status <= 599 ? (int)status : 403;
-        if (lua_type(L, top + 3) == LUA_TSTRING)
-            reply->body = dup_string(L, top + 3, &reply->body_len);
+        if (lua_type(L, 4) == LUA_TSTRING)
+            reply->body = dup_string(L, 4, &reply->body_len);
     }
-    lua_settop(L, top);
+    return 0;
+}
+
+static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_request *req,
+                       struct ws_upgrade_reply *reply)
+{
+    struct lb_app *a = app;
+    if (!has_handler(a, LB_UPGRADE))
+        return;
+    struct event e = {.a = a, .c = c, .req = req, .upgrade = reply};
+    if (run(a, call_upgrade, &e, 0, "upgrade") < 0) {
+        free(reply->body);
+        reply->body = NULL;
+        reply->body_len = 0;
+        reply->status = 500;
+    }
+}
+
+/* open(conn) [-0, +0, e] */
+static int call_open(lua_State *L)
+{
+    struct event *e = lua_touserdata(L, 1);
+    lb_push_ref(L, e->a->handlers[LB_OPEN]);
+    lb_conn_push(e->a, e->c);
+    lua_call(L, 1, 0);
+    return 0;
 }
 
 static void on_open(void *app, struct ws_conn *c)
 {
     struct lb_app *a = app;
-    if (!push_handler(a, LB_OPEN))
+    if (!has_handler(a, LB_OPEN))
         return;
-    lb_conn_push(a, c);
-    call_conn(a, c, 1, "open");
+    struct event e = {.a = a, .c = c};
+    call_conn(a, call_open, &e, "open");
+}
+
+/* message(conn, data, kind) [-0, +0, e] */
+static int call_message(lua_State *L)
+{
+    struct event *e = lua_touserdata(L, 1);
+    lb_push_ref(L, e->a->handlers[LB_MESSAGE]);
+    lb_conn_push(e->a, e->c);
+    lua_pushlstring(L, (const char *)e->data, e->len);
+    if (e->binary)
+        lua_pushliteral(L, "binary");
+    else
+        lua_pushliteral(L, "text");
+    lua_call(L, 3, 0);
+    return 0;
 }
 
 static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t len, bool binary)
 {
     struct lb_app *a = app;
-    lua_State *L = a->L;
-    if (!push_handler(a, LB_MESSAGE))
+    if (!has_handler(a, LB_MESSAGE))
         return;
-    lb_conn_push(a, c);
-    lua_pushlstring(L, (const char *)data, len);
-    if (binary)
-        lua_pushliteral(L, "binary");
-    else
-        lua_pushliteral(L, "text");
-    call_conn(a, c, 3, "message");
+    struct event e = {.a = a, .c = c, .data = data, .len = len, .binary = binary};
+    call_conn(a, call_message, &e, "message");
+}
+
+/* close(conn, code, reason) [-0, +0, e] */
+static int call_close(lua_State *L)
+{
+    struct event *e = lua_touserdata(L, 1);
+    lb_push_ref(L, e->a->handlers[LB_CLOSE]);
+    lb_conn_push(e->a, e->c);
+    lua_pushinteger(L, e->code);
+    lua_pushlstring(L, (const char *)e->data, e->len);
+    lua_call(L, 3, 0);
+    return 0;
 }
 
 static void on_close(void *app, struct ws_conn *c, int code, const uint8_t *reason, size_t len)
 {
     struct lb_app *a = app;
-    if (!push_handler(a, LB_CLOSE))
+    if (!has_handler(a, LB_CLOSE))
         return;
-    lb_conn_push(a, c);
-    lua_pushinteger(a->L, code);
-    lua_pushlstring(a->L, (const char *)reason, len);
-    lb_call(a, 3, 0, "close");
+    struct event e = {.a = a, .c = c, .code = code, .data = reason, .len = len};
+    run(a, call_close, &e, 0, "close");
+}
+
+/* drain(conn) [-0, +0, e] */
+static int call_drain(lua_State *L)
+{
+    struct event *e = lua_touserdata(L, 1);
+    lb_push_ref(L, e->a->handlers[LB_DRAIN]);
+    lb_conn_push(e->a, e->c);
+    lua_call(L, 1, 0);
+    return 0;
 }
 
 static void on_drain(void *app, struct ws_conn *c)
 {
     struct lb_app *a = app;
-    if (!push_handler(a, LB_DRAIN))
+    if (!has_handler(a, LB_DRAIN))
         return;
-    lb_conn_push(a, c);
-    call_conn(a, c, 1, "drain");
+    struct event e = {.a = a, .c = c};
+    call_conn(a, call_drain, &e, "drain");
 }
 
-/* app.http["METHOD /path"](req) -> status, body, headers */
-static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *req,
-                    struct ws_http_reply *reply)
+/* app.http["METHOD /path"](req) -> status, body, headers. The lookup is an ordinary (not raw)
+ * index, so a routes table with an __index metamethod can dispatch. [-0, +0, e] */
+static int call_http(lua_State *L)
 {
-    struct lb_app *a = app;
-    lua_State *L = a->L;
-    if (a->http_ref == LUA_NOREF)
-        return false;
-    int top = lua_gettop(L);
+    struct event *e = lua_touserdata(L, 1);
+    struct lb_app *a = e->a;
+    const struct ws_http_request *req = e->req;
+    struct ws_http_reply *reply = e->http;
     const char *q = memchr(req->target.p, '?', req->target.n);
     size_t path_len = q ? (size_t)(q - req->target.p) : req->target.n;
     lb_push_ref(L, a->http_ref);
@@ -295,18 +379,11 @@ static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *
     luaL_addchar(&b, ' ');
     luaL_addlstring(&b, req->target.p, path_len);
     luaL_pushresult(&b);
-    if (lua_gettable(L, -2) != LUA_TFUNCTION) {
-        lua_settop(L, top);
-        return false;
-    }
-    push_request(a, c, req);
-    if (lb_call(a, 1, 3, "http") < 0) {
-        reply->status = 500;
-        reply->body = strdup("internal error\n");
-        reply->body_len = strlen(reply->body);
-        lua_settop(L, top);
-        return true;
-    }
+    if (lua_gettable(L, -2) != LUA_TFUNCTION)
+        return 0;
+    e->routed = true;
+    push_request(a, e->c, req);
+    lua_call(L, 1, 3);
     lua_Integer status = lua_isinteger(L, -3) ? lua_tointeger(L, -3) : 200;
     reply->status = status >= 100 && status <= 599 ? (int)status : 500;
     if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -2) == LUA_TNUMBER)
@@ -314,8 +391,7 @@ static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *
     if (lua_istable(L, -1)) {
         /* extra headers; names and values with CR, LF or ':' in a name are skipped so a value
          * cannot inject header lines */
-        struct ws_buf out;
-        ws_buf_init(&out);
+        struct ws_buf *out = &e->headers;
         lua_pushnil(L);
         while (lua_next(L, -2)) {
             size_t kn, vn;
@@ -325,27 +401,56 @@ static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *
                                 : NULL;
             if (k && v && kn && !memchr(k, '\r', kn) && !memchr(k, '\n', kn) &&
                 !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn)) {
-                ws_buf_append(&out, k, kn);
-                ws_buf_append(&out, ": ", 2);
-                ws_buf_append(&out, v, vn);
-                ws_buf_append(&out, "\r\n", 2);
+                ws_buf_append(out, k, kn);
+                ws_buf_append(out, ": ", 2);
+                ws_buf_append(out, v, vn);
+                ws_buf_append(out, "\r\n", 2);
             }
             lua_pop(L, 1);
         }
-        ws_buf_append(&out, "", 1);
-        reply->headers = (char *)out.data;
+        ws_buf_append(out, "", 1);
     }
-    lua_settop(L, top);
-    return true;
+    return 0;
+}
+
+static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *req,
+                    struct ws_http_reply *reply)
+{
+    struct lb_app *a = app;
+    if (a->http_ref == LUA_NOREF)
+        return false;
+    struct event e = {.a = a, .c = c, .req = req, .http = reply};
+    ws_buf_init(&e.headers);
+    if (run(a, call_http, &e, 0, "http") < 0) {
+        /* the route (or a routing metamethod) failed */
+        ws_buf_reset(&e.headers);
+        free(reply->body);
+        reply->status = 500;
+        reply->body = strdup("internal error\n");
+        reply->body_len = strlen(reply->body);
+        return true;
+    }
+    reply->headers = (char *)e.headers.data;
+    return e.routed;
+}
+
+/* shutdown(reason) [-0, +0, e] */
+static int call_shutdown(lua_State *L)
+{
+    struct event *e = lua_touserdata(L, 1);
+    lb_push_ref(L, e->a->handlers[LB_SHUTDOWN]);
+    lua_pushstring(L, e->text);
+    lua_call(L, 1, 0);
+    return 0;
 }
 
 static void on_shutdown(void *app, const char *reason)
 {
     struct lb_app *a = app;
-    if (!push_handler(a, LB_SHUTDOWN))
+    if (!has_handler(a, LB_SHUTDOWN))
         return;
-    lua_pushstring(a->L, reason);
-    lb_call(a, 1, 0, "shutdown");
+    struct event e = {.a = a, .text = reason};
+    run(a, call_shutdown, &e, 0, "shutdown");
 }
 
 static void on_reload(void *app)

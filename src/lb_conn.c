@@ -124,13 +124,19 @@ static int conn_send_json(lua_State *L)
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
         return 2;
-    lua_getglobal(L, "ws");
+    lb_push_ref(L, lb_app_of(L)->ws_ref); /* not the global: the app may shadow `ws` */
     lua_getfield(L, -1, "json");
     lua_getfield(L, -1, "encode");
     lua_pushvalue(L, 2);
-    lua_call(L, 1, 1);
+    lua_call(L, 1, 2);
     size_t len;
-    const char *data = lua_tolstring(L, -1, &len);
+    const char *data = lua_tolstring(L, -2, &len);
+    if (!data)
+        return luaL_error(L, "send_json: %s",
+                          lua_isstring(L, -1) ? lua_tostring(L, -1) : "cannot encode the value");
+    /* lua-cjson copies string bytes as they are, but a text frame must be UTF-8 (RFC 6455 §5.6) */
+    if (ws_utf8_validate((const uint8_t *)data, len) < 0)
+        return luaL_error(L, "send_json: a string in the value is not valid UTF-8");
     return push_send_result(L, ws_conn_send(c, WS_OP_TEXT, data, len));
 }
 
@@ -312,9 +318,11 @@ static int conn_tostring(lua_State *L)
     return 1;
 }
 
+/* __eq also runs for a conn compared with another kind of userdata (a timer): false, no error */
 static int conn_eq(lua_State *L)
 {
-    lua_pushboolean(L, check_box(L, 1)->id == check_box(L, 2)->id);
+    struct lb_box *x = luaL_testudata(L, 1, CONN_MT), *y = luaL_testudata(L, 2, CONN_MT);
+    lua_pushboolean(L, x && y && x->id == y->id);
     return 1;
 }
 

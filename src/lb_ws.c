@@ -134,15 +134,26 @@ struct filter_ctx {
     bool failed; /* the error object is on the stack */
 };
 
+/* filter(conn), with the conn pushed inside the protected call: creating the userdata may
+ * raise (heap cap) and must not unwind through ws_server_broadcast. [-2, +1, e] */
+static int call_filter(lua_State *L)
+{
+    lb_conn_push(lb_app_of(L), lua_touserdata(L, 2));
+    lua_replace(L, 2);
+    lua_call(L, 1, 1);
+    return 1;
+}
+
 static bool run_filter(void *ctx, struct ws_conn *c)
 {
     struct filter_ctx *f = ctx;
     lua_State *L = f->a->L;
     if (f->failed)
         return false;
+    lua_pushcfunction(L, call_filter);
     lua_pushvalue(L, f->fn_idx);
-    lb_conn_push(f->a, c);
-    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+    lua_pushlightuserdata(L, c);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
         f->failed = true;
         return false;
     }

@@ -120,9 +120,22 @@ static int open_tcp(const char *addr, char *err, size_t errlen)
     return fd;
 }
 
-static int open_listener(struct ws_server *srv, const char *addr, char *err, size_t errlen)
+/* addr is "host:port", "[v6]:port" or "unix:/path", with "tls:" in front for a wss:// listener
+ * (without any "tls:" listener, a configured certificate makes every listener TLS). */
+static int open_listener(struct ws_server *srv, const char *addr, bool all_tls, char *err,
+                         size_t errlen)
 {
     struct ws_listener *l = &srv->listeners[srv->nlisteners];
+    bool tls = all_tls;
+    if (strncmp(addr, "tls:", 4) == 0) {
+        tls = true;
+        addr += 4;
+    }
+    if (tls && !srv->tls) {
+        snprintf(err, errlen, "listen tls:%s: needs tls_cert and tls_key", addr);
+        return WS_E_INVAL;
+    }
+    l->tls = tls;
     bool is_unix = strncmp(addr, "unix:", 5) == 0;
     int fd = is_unix ? open_unix(addr + 5, err, errlen) : open_tcp(addr, err, errlen);
     if (fd < 0)
@@ -137,6 +150,7 @@ static int open_listener(struct ws_server *srv, const char *addr, char *err, siz
     struct ws_log_line line;
     ws_log_begin(&line, WS_LOG_INFO, "listen");
     ws_log_cstr(&line, "addr", addr);
+    ws_log_cstr(&line, "scheme", tls ? "wss" : "ws");
     ws_log_end(&line);
     return 0;
 }
@@ -187,6 +201,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
 {
     (void)loop;
     (void)revents;
+    struct ws_listener *l = (struct ws_listener *)w;
     struct ws_server *srv = w->data;
     for (int i = 0; i < ACCEPT_BATCH; i++) {
         struct sockaddr_storage ss;
@@ -208,7 +223,13 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             int one = 1;
             setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
-        ws_conn_new(srv, fd, (struct sockaddr *)&ss, len);
+        void *tls = l->tls ? ws_tls_session_new(srv->tls, fd) : NULL;
+        if (l->tls && !tls) {
+            close(fd);
+            continue;
+        }
+        ws_conn_new(srv, fd, (struct sockaddr *)&ss, len,
+                    l->tls ? &ws_transport_tls : &ws_transport_plain, tls);
     }
 }
 
@@ -324,6 +345,14 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
     (void)revents;
     struct ws_server *srv = w->data;
     if (w->signum == SIGHUP) {
+        if (srv->tls) {
+            /* new certificate and key for new connections; on failure the old ones stay */
+            char err[512];
+            bool ok = ws_tls_ctx_reload(srv->tls, srv->cfg.tls_cert, srv->cfg.tls_key, err,
+                                        sizeof(err)) == 0;
+            ws_log_msg(ok ? WS_LOG_INFO : WS_LOG_ERROR, ok ? "tls_reloaded" : "tls_reload_failed",
+                       ok ? srv->cfg.tls_cert : err);
+        }
         if (srv->ops->reload)
             srv->ops->reload(srv->app);
         return;
@@ -346,10 +375,21 @@ struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cf
     srv->rbuf = ws_xmalloc(WS_SERVER_READ_BYTES);
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
+    if (srv->cfg.tls_cert) {
+        srv->tls = ws_tls_ctx_new(srv->cfg.tls_cert, srv->cfg.tls_key, err, errlen);
+        if (!srv->tls) {
+            ws_server_free(srv);
+            return NULL;
+        }
+    }
     const struct ws_string_list *listen = &srv->cfg.listen;
     const char *fallback = "0.0.0.0:8080";
+    bool any_tls = false;
+    for (size_t i = 0; i < listen->n; i++)
+        any_tls = any_tls || strncmp(listen->items[i], "tls:", 4) == 0;
     for (size_t i = 0; i < (listen->n ? listen->n : 1); i++) {
-        if (open_listener(srv, listen->n ? listen->items[i] : fallback, err, errlen) < 0) {
+        if (open_listener(srv, listen->n ? listen->items[i] : fallback, srv->tls && !any_tls, err,
+                          errlen) < 0) {
             ws_server_free(srv);
             return NULL;
         }
@@ -397,6 +437,7 @@ void ws_server_free(struct ws_server *srv)
     ws_topics_free(&srv->topics);
     ws_map_free(&srv->per_ip);
     ws_chunk_pool_free(&srv->pool);
+    ws_tls_ctx_free(srv->tls);
     ws_config_free(&srv->cfg);
     free(srv->rbuf);
     free(srv);

@@ -72,20 +72,17 @@ end
 
 -- Trims and checks a client string. The raw length is checked first: trimming (like any
 -- pattern) costs time proportional to the input, and the input is the client's to choose.
-local function clean(value, what, max, pattern)
+local function clean(value, what, max, bad, allowed)
   if type(value) ~= "string" then
     return nil, what .. " must be a string"
   end
   local s = #value <= 4 * max and value:match("^%s*(.-)%s*$") or nil
   if not s or #s > max then
     return nil, string.format("%s is too long (at most %d characters)", what, max)
-  end
-  if s == "" then
+  elseif s == "" then
     return nil, what .. " is empty"
-  end
-  if s:find(pattern) then
-    return nil, what .. " may only use " .. (what == "nick" and "letters, digits, space, _ - and ."
-                                              or "letters, digits, _ and -")
+  elseif s:find(bad) then
+    return nil, what .. " may only use " .. allowed
   end
   return s
 end
@@ -172,13 +169,14 @@ end
 local handle = {}
 
 function handle.join(conn, msg)
-  local room, why = clean(msg.room, "room", LIMITS.room, "[^%w_%-]")
+  local room, why = clean(msg.room, "room", LIMITS.room, "[^%w_%-]", "letters, digits, _ and -")
   if not room then
     return send_error(conn, "bad_room", why)
   end
   room = room:lower() -- "Lobby" and "lobby" are one room
   local nick
-  nick, why = clean(msg.nick, "nick", LIMITS.nick, "[^%w _%.%-]")
+  nick, why = clean(msg.nick, "nick", LIMITS.nick, "[^%w _%.%-]",
+                     "letters, digits, space, _ - and .")
   if not nick then
     return send_error(conn, "bad_nick", why)
   end
@@ -296,7 +294,10 @@ return {
   end,
 
   message = function(conn, data, kind)
-    local msg = kind == "text" and json.decode(data) or nil -- decode never raises
+    local msg -- nil when the frame is binary or not JSON: ws.json.decode never raises
+    if kind == "text" then
+      msg = json.decode(data)
+    end
     if type(msg) == "table" and msg.type == "typing" then
       return typing(conn)
     end

@@ -10,6 +10,7 @@
 #include "ws/registry.h"
 #include "ws/session.h"
 #include "ws/topics.h"
+#include "ws/transport.h"
 
 #include <ev.h>
 #include <netinet/in.h>
@@ -34,6 +35,8 @@ struct ws_conn {
     struct ws_subscriber sub;     /* topics */
     struct ws_server *srv;
     int fd;
+    const struct ws_transport_ops *transport;
+    void *transport_state;
     enum ws_conn_state state;
     ev_io io;
     ev_timer timer; /* the one timer: handshake, ping, pong, idle and close deadlines */
@@ -63,9 +66,8 @@ struct ws_conn {
     bool above_low; /* queue went above the low-water mark: drain() is owed */
     bool reading_paused;
     bool wr_shut;    /* our side of TCP is shut (everything we send is sent) */
-    bool fail_fast;  /* protocol failure: do not wait for the peer's close */
-    bool http_keep;  /* plain HTTP: the response is not the last (unused: always close) */
     bool ip_counted; /* counted in the per-IP table */
+    bool secured;    /* the transport's own handshake (TLS) is done */
 };
 
 /* Sends one message (WS_OP_TEXT / WS_OP_BINARY) or control frame. Returns WS_CONN_SENT or
@@ -96,9 +98,10 @@ size_t ws_conn_buffered(const struct ws_conn *c);
 /* The peer address as text ("1.2.3.4:5678", "[::1]:5678" or "unix"), into out. */
 const char *ws_conn_peer(const struct ws_conn *c, char *out, size_t cap);
 
-/* Called by the server: a new accepted socket. */
+/* Called by the server: a new accepted socket with its transport (state owned by the conn). */
 struct ws_conn *ws_conn_new(struct ws_server *srv, int fd, const struct sockaddr *sa,
-                            socklen_t salen);
+                            socklen_t salen, const struct ws_transport_ops *transport,
+                            void *transport_state);
 
 /* Called by the server's flush pass: writes what is queued. */
 void ws_conn_flush(struct ws_conn *c);

@@ -33,7 +33,9 @@
     X(CLOSED, 0, 0, "connection closed")                                                           \
     X(LIMIT, 0, 0, "limit exceeded")                                                               \
     X(INVAL, 0, 0, "invalid argument")                                                             \
-    X(IO, 0, 0, "I/O error")
+    X(IO, 0, 0, "I/O error")                                                                       \
+    X(WANT_WRITE, 0, 0, "the transport must write before it can go on")                            \
+    X(TLS, 0, 0, "TLS error")
 
 enum ws_err_index {
 #define WS_ERR_INDEX(name, close, status, text) WS_ERR_INDEX_##name,

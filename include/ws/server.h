@@ -10,6 +10,7 @@
 #include "ws/outq.h"
 #include "ws/registry.h"
 #include "ws/topics.h"
+#include "ws/transport.h"
 
 #include <ev.h>
 #include <stdbool.h>
@@ -23,6 +24,7 @@ struct ws_listener {
     int fd;
     char *addr; /* as configured */
     char *unix_path;
+    bool tls; /* wss:// */
 };
 
 struct ws_stats {
@@ -46,6 +48,7 @@ struct ws_server {
     size_t nopen;         /* connections in OPEN or CLOSING after a 101 */
     struct ws_map per_ip; /* address hash -> count */
     struct ws_topics topics;
+    struct ws_tls_ctx *tls; /* NULL without tls_cert */
     struct ws_chunk_pool pool;
     uint8_t *rbuf; /* shared read buffer, WS_SERVER_READ_BYTES */
     uint64_t next_id;

@@ -265,7 +265,7 @@ class Client:
         return frame
 
     def expect_close(self, code=None, timeout=DEFAULT_TIMEOUT, reply=True,
-                     eof_timeout=2.0, allow_empty=False):
+                     eof_timeout=1.0, allow_empty=False):
         """Expects the next frame to be a close frame, then the end of the TCP connection.
 
         code: the expected close code (an int, a collection of ints, or None for any code).

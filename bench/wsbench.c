@@ -1,0 +1,1470 @@
+/* wsbench: a one-thread WebSocket load generator on libev for wsserver's benchmarks. Modes echo,
+ * broadcast, idle and connect; every reply is checked; one JSON object per run on stdout.
+ * It is a measuring tool, not a conformance client: it speaks only what the scenarios need
+ * (masked client frames with a fixed key, unfragmented data messages out, pong, close). */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <ev.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#define WB_RBUF_BYTES (256 * 1024) /* one shared read buffer: recv() never copies twice */
+#define WB_HS_BYTES 2048           /* handshake response head */
+#define WB_RAW_BYTES 512           /* control frames and the request, per connection */
+#define WB_PREFIX_MAX 32           /* message bytes kept for the sequence/timestamp check */
+#define WB_HEAD_MAX 48             /* frame header + mask + masked prefix */
+#define WB_IOV_MAX 64
+#define WB_MAX_MESSAGE ((uint64_t)64 << 20) /* larger server frames are a protocol error */
+
+/* RFC 6455 §5.3: the client masks every frame; the key is fixed so payloads are masked once. */
+static const uint8_t MASK[4] = {0x37, 0xfa, 0x21, 0x3d};
+/* RFC 6455 §4.1: any 16-byte nonce, base64; fixed, its accept value is computed once. */
+static const char KEY[] = "dGhlIHNhbXBsZSBub25jZQ==";
+static const char GUID[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+enum mode { MODE_ECHO, MODE_BROADCAST, MODE_IDLE, MODE_CONNECT };
+static const char *const MODE_NAMES[] = {"echo", "broadcast", "idle", "connect"};
+
+#define WB_ERRORS(X)                                                                               \
+    X(CONNECT, "connect")     /* connect() failed or refused */                                    \
+    X(HANDSHAKE, "handshake") /* no 101, wrong accept key, oversized head */                       \
+    X(PROTOCOL, "protocol")   /* a server frame breaks RFC 6455 (mask bit, RSV, control size) */   \
+    X(MISMATCH, "mismatch")   /* wrong length, opcode, sequence number or content */               \
+    X(CLOSED, "closed")       /* the server closed or reset a connection unexpectedly */           \
+    X(MISSING, "missing")     /* broadcast deliveries skipped by a subscriber */                   \
+    X(STALL, "stall")         /* no progress for --stall seconds */
+
+enum wb_err {
+#define X(id, name) ERR_##id,
+    WB_ERRORS(X)
+#undef X
+        ERR_COUNT
+};
+static const char *const ERR_NAMES[] = {
+#define X(id, name) name,
+    WB_ERRORS(X)
+#undef X
+};
+
+enum role { ROLE_ECHO, ROLE_SUB, ROLE_PUB, ROLE_IDLE, ROLE_CYCLE };
+enum conn_state { CS_NONE, CS_CONNECTING, CS_HANDSHAKE, CS_OPEN, CS_DEAD };
+
+/* Log-linear latency histogram (ns): exact below 128, then 64 sub-buckets per power of two
+ * (~1.6% resolution). Fixed size, so recording never allocates. */
+#define HIST_SUB 64u
+#define HIST_LINEAR 128u
+#define HIST_BUCKETS (HIST_LINEAR + 57u * HIST_SUB)
+
+struct hist {
+    uint64_t n[HIST_BUCKETS];
+    uint64_t count, max_ns;
+    double sum_ns;
+};
+
+/* Incremental decoder for server frames: header bytes gathered here, payload streamed through. */
+struct parser {
+    uint8_t hdr[14];
+    unsigned hdr_have, hdr_need;
+    bool in_payload, fin, in_message, mismatch;
+    uint8_t opcode, msg_opcode;
+    uint64_t remaining; /* payload bytes left in this frame */
+    uint64_t msg_off;   /* bytes of the current message so far (across fragments) */
+    uint8_t prefix[WB_PREFIX_MAX];
+    uint8_t ctl[125];
+    unsigned ctl_len;
+};
+
+/* One queued data message: its own header and prefix; the rest is the shared masked template. */
+struct outmsg {
+    uint8_t head[WB_HEAD_MAX];
+    uint32_t head_len;
+};
+
+struct bench;
+
+struct conn {
+    struct bench *b;
+    ev_io io;
+    int fd;
+    enum conn_state state;
+    enum role role;
+    int events;
+    uint64_t t_connect_ns;
+    char *hs;
+    size_t hs_len;
+    uint8_t raw[WB_RAW_BYTES]; /* request and control frames, written before unstarted messages */
+    size_t raw_len;
+    struct outmsg *q; /* ring of queued messages */
+    unsigned q_head, q_len, q_cap;
+    size_t q_off; /* bytes of the first queued message already written */
+    struct parser p;
+    uint32_t send_seq, recv_seq, inflight; /* echo */
+    uint64_t *sent_ns;                     /* echo: send time by seq % depth */
+    uint32_t last_seq;                     /* subscriber: last sequence delivered */
+    unsigned gen; /* bumped by every (re)start: events of an older socket are stale */
+    bool subscribed, got_close;
+};
+
+struct opts {
+    enum mode mode;
+    struct sockaddr_in addr;
+    const char *host, *path, *label;
+    unsigned conns, depth, open_rate;
+    size_t size;
+    bool binary, verify_full;
+    double duration_s, warmup_s, stall_s;
+    uint64_t target; /* echo: stop after this many replies (0: use duration) */
+    long server_pid;
+};
+
+struct bench {
+    struct opts o;
+    struct ev_loop *loop;
+    struct conn *conns;
+    unsigned nconns, next_open, opening, opened, subs_live, subs_ready;
+    struct conn *pub;
+    bool running, measuring, finished, pub_dirty;
+    uint8_t *rbuf;
+    char request[512];
+    size_t request_len;
+    char accept[32];
+    uint8_t head[14]; /* frame header + mask of every data message of this run */
+    size_t head_len, prefix_len;
+    uint8_t *payload, *masked; /* the unmasked reply template, the masked request template */
+    uint8_t opcode;
+    /* broadcast publisher window */
+    uint32_t pub_next, pub_base;
+    uint32_t *acks;
+    uint64_t publishes;
+    /* counters */
+    uint64_t sent_total, recv_total, errors[ERR_COUNT];
+    uint64_t win_msgs, win_bytes, win_publishes;
+    uint64_t last_progress_ns, t_open_ns, t_win_ns, t_end_ns, t_all_open_ns;
+    double cpu_client0, cpu_client1, cpu_server0, cpu_server1;
+    long rss_before_kb, rss_after_kb;
+    struct hist hist;
+    ev_timer warmup_timer, end_timer, watchdog;
+    ev_prepare prepare;
+};
+
+static void conn_start(struct bench *b, struct conn *c);
+static void finish(struct bench *b, const char *why);
+static int flush(struct conn *c);
+static void pub_send_more(struct bench *b);
+
+/* ---- time, CPU, /proc ---- */
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static double cpu_self_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* utime + stime of every thread of PID (proc(5): fields 14 and 15, in clock ticks); -1 if gone. */
+static double cpu_proc_s(long pid)
+{
+    char path[64], buf[1024];
+    unsigned long ut = 0, st = 0;
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return -1;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* VmRSS of PID in KiB (proc(5)); -1 if unknown. */
+static long rss_proc_kb(long pid)
+{
+    char path[64], line[256];
+    long kb = -1;
+    snprintf(path, sizeof path, "/proc/%ld/status", pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+/* ---- histogram ---- */
+
+static unsigned hist_index(uint64_t v)
+{
+    if (v < HIST_LINEAR)
+        return (unsigned)v;
+    unsigned e = 63u - (unsigned)__builtin_clzll(v); /* >= 7 */
+    return HIST_LINEAR + (e - 7u) * HIST_SUB + (unsigned)((v >> (e - 6u)) & (HIST_SUB - 1u));
+}
+
+/* The middle of bucket i, in ns. */
+static double hist_value(unsigned i)
+{
+    if (i < HIST_LINEAR)
+        return i;
+    unsigned k = i - HIST_LINEAR, e = k / HIST_SUB + 7u, sub = k % HIST_SUB;
+    uint64_t low = (uint64_t)(HIST_SUB + sub) << (e - 6u), width = (uint64_t)1 << (e - 6u);
+    return (double)low + (double)width / 2.0;
+}
+
+static void hist_add(struct hist *h, uint64_t ns)
+{
+    h->n[hist_index(ns)]++;
+    h->count++;
+    h->sum_ns += (double)ns;
+    if (ns > h->max_ns)
+        h->max_ns = ns;
+}
+
+/* The value at quantile q, in microseconds; 0 when empty. */
+static double hist_quantile_us(const struct hist *h, double q)
+{
+    if (h->count == 0)
+        return 0;
+    uint64_t rank = (uint64_t)(q * (double)h->count + 0.999999);
+    if (rank < 1)
+        rank = 1;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < HIST_BUCKETS; i++) {
+        seen += h->n[i];
+        if (seen >= rank) {
+            double v = hist_value(i);
+            return (v > (double)h->max_ns ? (double)h->max_ns : v) / 1000.0;
+        }
+    }
+    return (double)h->max_ns / 1000.0;
+}
+
+/* ---- payload templates ---- */
+
+static const char HEX[] = "0123456789abcdef";
+
+static void hex_put(uint8_t *dst, uint64_t v, unsigned digits)
+{
+    for (unsigned i = digits; i-- > 0; v >>= 4)
+        dst[i] = (uint8_t)HEX[v & 15];
+}
+
+/* Parses DIGITS lowercase hex digits; false on any other byte. */
+static bool hex_get(const uint8_t *src, unsigned digits, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (unsigned i = 0; i < digits; i++) {
+        uint8_t ch = src[i];
+        unsigned d;
+        if (ch >= '0' && ch <= '9')
+            d = ch - '0';
+        else if (ch >= 'a' && ch <= 'f')
+            d = ch - 'a' + 10u;
+        else
+            return false;
+        v = v << 4 | d;
+    }
+    *out = v;
+    return true;
+}
+
+/* RFC 6455 §5.2 client frame header: FIN, opcode, MASK bit, 7/16/64-bit length, masking key. */
+static size_t frame_head(uint8_t *h, uint8_t opcode, uint64_t len)
+{
+    size_t n;
+    h[0] = (uint8_t)(0x80u | opcode);
+    if (len < 126) {
+        h[1] = (uint8_t)(0x80u | len);
+        n = 2;
+    } else if (len <= 0xffff) {
+        h[1] = 0x80 | 126;
+        h[2] = (uint8_t)(len >> 8);
+        h[3] = (uint8_t)len;
+        n = 4;
+    } else {
+        h[1] = 0x80 | 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+        n = 10;
+    }
+    memcpy(h + n, MASK, 4);
+    return n + 4;
+}
+
+/* RFC 6455 §5.3: payload byte i is XORed with key byte i mod 4; OFF is the payload offset. */
+static void mask_copy(uint8_t *dst, const uint8_t *src, size_t len, size_t off)
+{
+    for (size_t i = 0; i < len; i++)
+        dst[i] = src[i] ^ MASK[(off + i) & 3];
+}
+
+/* ---- connection output ---- */
+
+static void io_want(struct conn *c, int events)
+{
+    if (c->events == events)
+        return;
+    ev_io_stop(c->b->loop, &c->io);
+    ev_io_set(&c->io, c->fd, events);
+    ev_io_start(c->b->loop, &c->io);
+    c->events = events;
+}
+
+static void err_add(struct bench *b, enum wb_err e, struct conn *c, const char *what)
+{
+    if (b->errors[e]++ < 5)
+        fprintf(stderr, "wsbench: %s error on connection %ld: %s\n", ERR_NAMES[e],
+                c ? (long)(c - b->conns) : -1L, what);
+}
+
+static void conn_kill(struct conn *c)
+{
+    struct bench *b = c->b;
+    if (c->fd >= 0) {
+        ev_io_stop(b->loop, &c->io);
+        close(c->fd);
+        c->fd = -1;
+    }
+    if (c->state == CS_CONNECTING || c->state == CS_HANDSHAKE)
+        b->opening--;
+    c->state = CS_DEAD;
+    c->events = 0;
+    c->raw_len = 0;
+    c->q_len = 0;
+    c->q_off = 0;
+    if (c->role == ROLE_SUB && c->subscribed) {
+        b->subs_live--;
+        c->subscribed = false;
+        pub_send_more(b); /* fewer acknowledgements are now enough */
+    }
+}
+
+static void conn_fail(struct conn *c, enum wb_err e, const char *what)
+{
+    struct bench *b = c->b;
+    err_add(b, e, c, what);
+    conn_kill(c);
+    if (c->role == ROLE_CYCLE && b->running && !b->finished)
+        conn_start(b, c);
+}
+
+static bool raw_append(struct conn *c, const void *data, size_t len)
+{
+    if (c->raw_len + len > sizeof c->raw)
+        return false;
+    memcpy(c->raw + c->raw_len, data, len);
+    c->raw_len += len;
+    return true;
+}
+
+/* A masked control or short data frame into the raw buffer. */
+static bool raw_frame(struct conn *c, uint8_t opcode, const uint8_t *payload, size_t len)
+{
+    uint8_t f[14 + 125];
+    size_t h = frame_head(f, opcode, len);
+    mask_copy(f + h, payload, len, 0);
+    return raw_append(c, f, h + len);
+}
+
+/* Writes what is queued: the raw buffer (only between messages), then messages, with one
+ * sendmsg per batch. Returns -1 when the connection died. */
+static int flush(struct conn *c)
+{
+    struct bench *b = c->b;
+    size_t tail_len = b->o.size - b->prefix_len;
+    const uint8_t *tail = b->masked + b->prefix_len;
+    for (;;) {
+        struct iovec iov[WB_IOV_MAX];
+        int n = 0;
+        size_t total = 0, raw_now = 0;
+        if (c->raw_len > 0 && c->q_off == 0) {
+            raw_now = c->raw_len;
+            iov[n++] = (struct iovec){c->raw, c->raw_len};
+        }
+        for (unsigned k = 0; k < c->q_len && n + 2 <= WB_IOV_MAX; k++) {
+            struct outmsg *m = &c->q[(c->q_head + k) % c->q_cap];
+            size_t skip = k == 0 ? c->q_off : 0;
+            if (skip < m->head_len) {
+                iov[n++] = (struct iovec){m->head + skip, m->head_len - skip};
+                skip = 0;
+            } else {
+                skip -= m->head_len;
+            }
+            if (tail_len > skip)
+                iov[n++] = (struct iovec){(void *)(tail + skip), tail_len - skip};
+        }
+        if (n == 0) {
+            if (c->events & EV_WRITE)
+                io_want(c, EV_READ);
+            return 0;
+        }
+        for (int i = 0; i < n; i++)
+            total += iov[i].iov_len;
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                io_want(c, EV_READ | EV_WRITE);
+                return 0;
+            }
+            conn_fail(c, ERR_CLOSED, strerror(errno));
+            return -1;
+        }
+        size_t left = (size_t)w;
+        if (raw_now) {
+            size_t r = left < raw_now ? left : raw_now;
+            memmove(c->raw, c->raw + r, c->raw_len - r);
+            c->raw_len -= r;
+            left -= r;
+        }
+        while (left > 0) {
+            struct outmsg *m = &c->q[c->q_head];
+            size_t rest = m->head_len + tail_len - c->q_off;
+            if (left < rest) {
+                c->q_off += left;
+                break;
+            }
+            left -= rest;
+            c->q_off = 0;
+            c->q_head = (c->q_head + 1) % c->q_cap;
+            c->q_len--;
+        }
+        if ((size_t)w < total) {
+            io_want(c, EV_READ | EV_WRITE);
+            return 0;
+        }
+    }
+}
+
+/* Queues one data message whose first bytes are PREFIX (b->prefix_len bytes, unmasked). */
+static void enqueue(struct conn *c, const uint8_t *prefix)
+{
+    struct bench *b = c->b;
+    if (c->q_len == c->q_cap) {
+        err_add(b, ERR_PROTOCOL, c, "internal: send queue full");
+        return;
+    }
+    struct outmsg *m = &c->q[(c->q_head + c->q_len) % c->q_cap];
+    memcpy(m->head, b->head, b->head_len);
+    mask_copy(m->head + b->head_len, prefix, b->prefix_len, 0);
+    m->head_len = (uint32_t)(b->head_len + b->prefix_len);
+    c->q_len++;
+    b->sent_total++;
+}
+
+static void echo_send(struct conn *c, uint64_t t)
+{
+    struct bench *b = c->b;
+    uint8_t prefix[8];
+    hex_put(prefix, c->send_seq, 8);
+    c->sent_ns[c->send_seq % b->o.depth] = t;
+    c->send_seq++;
+    c->inflight++;
+    enqueue(c, prefix);
+}
+
+/* ---- broadcast publisher window ---- */
+
+/* Publishes while fewer than --depth messages are not yet delivered to every live subscriber. */
+static void pub_send_more(struct bench *b)
+{
+    struct conn *p = b->pub;
+    if (!p || p->state != CS_OPEN || !b->running || b->finished)
+        return;
+    while (b->pub_base != b->pub_next && b->acks[b->pub_base % b->o.depth] >= b->subs_live) {
+        b->acks[b->pub_base % b->o.depth] = 0;
+        b->pub_base++;
+    }
+    uint64_t t = now_ns();
+    while (b->pub_next - b->pub_base < b->o.depth) {
+        uint8_t prefix[24];
+        hex_put(prefix, b->pub_next, 8);
+        hex_put(prefix + 8, t, 16);
+        b->acks[b->pub_next % b->o.depth] = 0;
+        b->pub_next++;
+        b->publishes++;
+        if (b->measuring)
+            b->win_publishes++;
+        enqueue(p, prefix);
+        b->pub_dirty = true;
+    }
+}
+
+static void pub_ack(struct bench *b, uint32_t seq)
+{
+    if (seq - b->pub_base >= b->o.depth) /* already complete (a subscriber died meanwhile) */
+        return;
+    if (++b->acks[seq % b->o.depth] >= b->subs_live && seq == b->pub_base)
+        pub_send_more(b);
+}
+
+/* ---- run phases ---- */
+
+/* Idle mode keeps the handshake latencies of the opening phase; the other modes start afresh. */
+static void window_begin(struct bench *b)
+{
+    if (b->o.mode != MODE_IDLE)
+        memset(&b->hist, 0, sizeof b->hist);
+    b->win_msgs = b->win_bytes = b->win_publishes = 0;
+    b->measuring = true;
+    b->t_win_ns = now_ns();
+    b->cpu_client0 = cpu_self_s();
+    b->cpu_server0 = b->o.server_pid > 0 ? cpu_proc_s(b->o.server_pid) : -1;
+}
+
+static void on_end(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    finish(w->data, "duration");
+}
+
+static void on_warmup(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct bench *b = w->data;
+    (void)revents;
+    window_begin(b);
+    if (b->o.target == 0) {
+        ev_timer_init(&b->end_timer, on_end, b->o.duration_s, 0.);
+        b->end_timer.data = b;
+        ev_timer_start(loop, &b->end_timer);
+    }
+}
+
+/* Every connection is ready: start the traffic, then the warm-up, then the window. */
+static void run_start(struct bench *b)
+{
+    uint64_t t = now_ns();
+    b->running = true;
+    b->last_progress_ns = t;
+    if (b->o.target)
+        window_begin(b); /* a fixed message count is measured whole, from the first send */
+    if (b->o.mode == MODE_ECHO) {
+        for (unsigned i = 0; i < b->nconns; i++) {
+            struct conn *c = &b->conns[i];
+            if (c->state != CS_OPEN)
+                continue;
+            for (unsigned k = 0; k < b->o.depth; k++)
+                if (b->o.target == 0 || b->sent_total < b->o.target)
+                    echo_send(c, t);
+            flush(c);
+        }
+    } else if (b->o.mode == MODE_BROADCAST) {
+        pub_send_more(b);
+    }
+    if (b->o.target)
+        return;
+    ev_timer_init(&b->warmup_timer, on_warmup, b->o.warmup_s, 0.);
+    b->warmup_timer.data = b;
+    ev_timer_start(b->loop, &b->warmup_timer);
+}
+
+/* ---- incoming messages ---- */
+
+static void progress(struct bench *b, uint64_t t)
+{
+    b->last_progress_ns = t;
+}
+
+static void on_echo_reply(struct conn *c, uint64_t t)
+{
+    struct bench *b = c->b;
+    struct parser *p = &c->p;
+    uint8_t want[8];
+    hex_put(want, c->recv_seq, 8);
+    if (c->inflight == 0) {
+        conn_fail(c, ERR_MISMATCH, "reply without a request");
+        return;
+    }
+    if (p->msg_opcode != b->opcode || p->msg_off != b->o.size || p->mismatch ||
+        memcmp(p->prefix, want, 8) != 0)
+        err_add(b, ERR_MISMATCH, c, "echo reply differs from the request");
+    if (b->measuring) {
+        hist_add(&b->hist, t - c->sent_ns[c->recv_seq % b->o.depth]);
+        b->win_msgs++;
+        b->win_bytes += p->msg_off;
+    }
+    c->recv_seq++;
+    c->inflight--;
+    b->recv_total++;
+    progress(b, t);
+    if (b->running && !b->finished && (b->o.target == 0 || b->sent_total < b->o.target))
+        echo_send(c, t);
+    if (b->o.target && b->recv_total >= b->o.target)
+        finish(b, "messages");
+}
+
+static void on_delivery(struct conn *c, uint64_t t)
+{
+    struct bench *b = c->b;
+    struct parser *p = &c->p;
+    uint64_t seq, ts;
+    if (!c->subscribed) {
+        if (p->msg_off != 2 || memcmp(p->prefix, "ok", 2) != 0) {
+            conn_fail(c, ERR_MISMATCH, "expected \"ok\" after \"sub\"");
+            return;
+        }
+        c->subscribed = true;
+        b->subs_live++;
+        b->subs_ready++;
+        progress(b, t);
+        if (b->subs_ready == b->nconns - 1 && b->pub->state == CS_OPEN && !b->running)
+            run_start(b);
+        return;
+    }
+    if (p->msg_opcode != b->opcode || p->msg_off != b->o.size || p->mismatch ||
+        !hex_get(p->prefix, 8, &seq) || !hex_get(p->prefix + 8, 16, &ts)) {
+        err_add(b, ERR_MISMATCH, c, "delivery differs from the published message");
+        return;
+    }
+    uint32_t s = (uint32_t)seq, expect = c->last_seq + 1;
+    if (s != expect) {
+        if (s - expect > b->pub_next - expect) { /* older than expected: duplicate or reorder */
+            err_add(b, ERR_MISMATCH, c, "delivery out of order");
+            return;
+        }
+        b->errors[ERR_MISSING] += s - expect;
+        for (uint32_t k = expect; k != s; k++)
+            pub_ack(b, k);
+    }
+    c->last_seq = s;
+    if (b->measuring) {
+        hist_add(&b->hist, t > ts ? t - ts : 0);
+        b->win_msgs++;
+        b->win_bytes += p->msg_off;
+    }
+    b->recv_total++;
+    progress(b, t);
+    pub_ack(b, s);
+}
+
+static void on_message(struct conn *c, uint64_t t)
+{
+    switch (c->role) {
+    case ROLE_ECHO:
+        on_echo_reply(c, t);
+        break;
+    case ROLE_SUB:
+        on_delivery(c, t);
+        break;
+    default:
+        conn_fail(c, ERR_MISMATCH, "unexpected data message");
+        break;
+    }
+}
+
+/* Compares message bytes [off, off+len) with the template where the check applies: everything
+ * after the prefix (--verify full), or its first and last 64 bytes (--verify sample). */
+static void check_chunk(struct conn *c, uint64_t off, const uint8_t *data, size_t len)
+{
+    struct bench *b = c->b;
+    struct parser *p = &c->p;
+    uint64_t lo = off, hi = off + len;
+    if (lo < b->prefix_len)
+        lo = b->prefix_len;
+    if (hi > b->o.size)
+        hi = b->o.size;
+    if (lo >= hi)
+        return;
+    if (b->o.verify_full) {
+        if (memcmp(data + (lo - off), b->payload + lo, hi - lo) != 0)
+            p->mismatch = true;
+        return;
+    }
+    uint64_t win[2][2] = {{b->prefix_len, b->prefix_len + 64}, {b->o.size - 64, b->o.size}};
+    for (int i = 0; i < 2; i++) {
+        uint64_t a = lo > win[i][0] ? lo : win[i][0], z = hi < win[i][1] ? hi : win[i][1];
+        if (a < z && memcmp(data + (a - off), b->payload + a, z - a) != 0)
+            p->mismatch = true;
+    }
+}
+
+static void parser_reset(struct parser *p)
+{
+    memset(p, 0, sizeof *p);
+    p->hdr_need = 2;
+}
+
+/* A whole control frame arrived. Returns -1 when the connection is gone. */
+static int on_control(struct conn *c, uint64_t t)
+{
+    struct bench *b = c->b;
+    struct parser *p = &c->p;
+    switch (p->opcode) {
+    case 0x9: /* RFC 6455 §5.5.3: answer a ping with a pong carrying its payload */
+        if (!raw_frame(c, 0xA, p->ctl, p->ctl_len))
+            err_add(b, ERR_PROTOCOL, c, "too many pings queued");
+        return 0;
+    case 0xA:
+        return 0;
+    default: /* close */
+        if (c->role == ROLE_CYCLE && !c->got_close) {
+            /* RFC 6455 §5.5.1: the reply echoes our status code 1000 */
+            if (p->ctl_len < 2 || p->ctl[0] != 0x03 || p->ctl[1] != 0xe8)
+                err_add(b, ERR_MISMATCH, c, "close reply without status 1000");
+            c->got_close = true;
+            progress(b, t);
+            return 0;
+        }
+        conn_fail(c, ERR_CLOSED, "close frame from the server");
+        return -1;
+    }
+}
+
+/* Header complete: RFC 6455 §5.2 checks on a server frame. Returns -1 on a protocol error. */
+static int header_done(struct conn *c)
+{
+    struct parser *p = &c->p;
+    uint8_t b0 = p->hdr[0], b1 = p->hdr[1];
+    p->fin = b0 & 0x80;
+    p->opcode = b0 & 0x0f;
+    if (b0 & 0x70) /* RFC 6455 §5.2: RSV bits without a negotiated extension */
+        goto bad;
+    if (b1 & 0x80) /* RFC 6455 §5.1: a server must not mask its frames */
+        goto bad;
+    uint64_t len = b1 & 0x7f;
+    if (len == 126)
+        len = (uint64_t)p->hdr[2] << 8 | p->hdr[3];
+    else if (len == 127)
+        for (int i = 0; i < 8; i++)
+            len = (i ? len << 8 : 0) | p->hdr[2 + i];
+    if (p->opcode >= 0x8) {
+        /* RFC 6455 §5.5: control frames are <= 125 bytes and not fragmented */
+        if (p->opcode > 0xA || len > 125 || !p->fin)
+            goto bad;
+        p->ctl_len = 0;
+    } else if (p->opcode == 0) {
+        if (!p->in_message)
+            goto bad;
+    } else if (p->opcode <= 2) {
+        if (p->in_message) /* RFC 6455 §5.4: no new message inside a fragmented one */
+            goto bad;
+        p->in_message = true;
+        p->msg_opcode = p->opcode;
+        p->msg_off = 0;
+        p->mismatch = false;
+    } else {
+        goto bad;
+    }
+    if (p->opcode < 0x8 && p->msg_off + len > WB_MAX_MESSAGE)
+        goto bad;
+    p->remaining = len;
+    p->in_payload = true;
+    return 0;
+bad:
+    conn_fail(c, ERR_PROTOCOL, "invalid frame header from the server");
+    return -1;
+}
+
+static int frame_done(struct conn *c, uint64_t t)
+{
+    struct parser *p = &c->p;
+    p->in_payload = false;
+    p->hdr_have = 0;
+    p->hdr_need = 2;
+    if (p->opcode >= 0x8)
+        return on_control(c, t);
+    if (!p->fin)
+        return 0;
+    p->in_message = false;
+    on_message(c, t);
+    return c->state == CS_OPEN ? 0 : -1;
+}
+
+/* Feeds received bytes through the frame decoder. Returns -1 when the connection is gone. */
+static int parse(struct conn *c, const uint8_t *data, size_t len, uint64_t t)
+{
+    struct parser *p = &c->p;
+    while (len > 0) {
+        if (!p->in_payload) {
+            while (len > 0 && p->hdr_have < p->hdr_need) {
+                p->hdr[p->hdr_have++] = *data++;
+                len--;
+                if (p->hdr_have == 2) {
+                    unsigned l7 = p->hdr[1] & 0x7f;
+                    p->hdr_need = 2 + (l7 == 126 ? 2 : l7 == 127 ? 8 : 0);
+                }
+            }
+            if (p->hdr_have < p->hdr_need)
+                return 0;
+            if (header_done(c) < 0)
+                return -1;
+            if (p->remaining == 0 && frame_done(c, t) < 0)
+                return -1;
+            continue;
+        }
+        size_t n = p->remaining < len ? (size_t)p->remaining : len;
+        if (p->opcode >= 0x8) {
+            memcpy(p->ctl + p->ctl_len, data, n);
+            p->ctl_len += (unsigned)n;
+        } else {
+            if (p->msg_off < WB_PREFIX_MAX) {
+                size_t k = WB_PREFIX_MAX - (size_t)p->msg_off;
+                memcpy(p->prefix + p->msg_off, data, k < n ? k : n);
+            }
+            check_chunk(c, p->msg_off, data, n);
+            p->msg_off += n;
+        }
+        data += n;
+        len -= n;
+        p->remaining -= n;
+        if (p->remaining == 0 && frame_done(c, t) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* ---- handshake ---- */
+
+static void on_open(struct conn *c, uint64_t t)
+{
+    struct bench *b = c->b;
+    c->state = CS_OPEN;
+    b->opening--;
+    b->opened++;
+    progress(b, t);
+    if (b->o.mode == MODE_IDLE || (b->measuring && b->o.mode == MODE_CONNECT))
+        hist_add(&b->hist, t - c->t_connect_ns);
+    switch (c->role) {
+    case ROLE_SUB: {
+        static const uint8_t sub[] = "sub";
+        raw_frame(c, 0x1, sub, 3);
+        flush(c);
+        break;
+    }
+    case ROLE_CYCLE: {
+        static const uint8_t code[2] = {0x03, 0xe8}; /* 1000 */
+        raw_frame(c, 0x8, code, 2);
+        flush(c);
+        break;
+    }
+    case ROLE_PUB:
+        if (b->subs_ready == b->nconns - 1 && !b->running)
+            run_start(b);
+        break;
+    default:
+        break;
+    }
+}
+
+/* Looks for "Sec-WebSocket-Accept: <value>" in the head; header names are case-insensitive. */
+static bool accept_ok(struct bench *b, const char *head, size_t len)
+{
+    static const char name[] = "sec-websocket-accept:";
+    const char *end = head + len;
+    for (const char *line = head; line < end;) {
+        const char *nl = memchr(line, '\n', (size_t)(end - line));
+        if (!nl)
+            break;
+        if ((size_t)(nl - line) > sizeof name - 1 &&
+            strncasecmp(line, name, sizeof name - 1) == 0) {
+            const char *v = line + sizeof name - 1, *ve = nl;
+            while (v < ve && (*v == ' ' || *v == '\t'))
+                v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            return (size_t)(ve - v) == strlen(b->accept) &&
+                   memcmp(v, b->accept, (size_t)(ve - v)) == 0;
+        }
+        line = nl + 1;
+    }
+    return false;
+}
+
+/* Bytes read while waiting for the 101. Returns -1 when the connection is gone. */
+static int handshake_input(struct conn *c, const uint8_t *data, size_t len, uint64_t t)
+{
+    struct bench *b = c->b;
+    size_t room = WB_HS_BYTES - 1 - c->hs_len, take = len < room ? len : room;
+    size_t old = c->hs_len;
+    memcpy(c->hs + c->hs_len, data, take);
+    c->hs_len += take;
+    size_t from = old > 3 ? old - 3 : 0;
+    char *e = memmem(c->hs + from, c->hs_len - from, "\r\n\r\n", 4);
+    if (!e) {
+        if (c->hs_len == WB_HS_BYTES - 1) {
+            conn_fail(c, ERR_HANDSHAKE, "response head too large");
+            return -1;
+        }
+        return 0;
+    }
+    size_t head_len = (size_t)(e - c->hs) + 4;
+    if (strncmp(c->hs, "HTTP/1.1 101", 12) != 0 || !accept_ok(b, c->hs, head_len)) {
+        char line[80];
+        size_t ll = 0;
+        while (ll < head_len && ll < sizeof line - 1 && c->hs[ll] != '\r' && c->hs[ll] != '\n')
+            ll++;
+        snprintf(line, sizeof line, "%.*s", (int)ll, c->hs);
+        conn_fail(c, ERR_HANDSHAKE, line);
+        return -1;
+    }
+    c->hs_len = 0;
+    on_open(c, t);
+    if (c->state != CS_OPEN)
+        return -1;
+    size_t used = head_len - old; /* bytes of DATA that belonged to the head */
+    return parse(c, data + used, len - used, t);
+}
+
+/* ---- libev callbacks ---- */
+
+static void on_readable(struct conn *c)
+{
+    struct bench *b = c->b;
+    for (;;) {
+        ssize_t n = recv(c->fd, b->rbuf, WB_RBUF_BYTES, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                conn_fail(c, ERR_CLOSED, strerror(errno));
+            return;
+        }
+        uint64_t t = now_ns();
+        if (n == 0) {
+            if (c->role == ROLE_CYCLE && c->got_close) {
+                /* RFC 6455 §7.1.1: the server closes the TCP connection first */
+                if (b->measuring)
+                    b->win_msgs++;
+                b->recv_total++;
+                progress(b, t);
+                conn_kill(c);
+                if (b->running && !b->finished)
+                    conn_start(b, c);
+            } else {
+                conn_fail(c, ERR_CLOSED, "connection closed by the server");
+            }
+            return;
+        }
+        int r = c->state == CS_HANDSHAKE ? handshake_input(c, b->rbuf, (size_t)n, t)
+                                         : parse(c, b->rbuf, (size_t)n, t);
+        if (r < 0)
+            return;
+        if ((size_t)n < WB_RBUF_BYTES)
+            break;
+    }
+    if (c->raw_len || c->q_len)
+        flush(c);
+}
+
+static void open_more(struct bench *b);
+
+static void on_io(struct ev_loop *loop, ev_io *w, int revents)
+{
+    struct conn *c = w->data;
+    struct bench *b = c->b;
+    (void)loop;
+    if (c->state == CS_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+            err = errno;
+        if (err) {
+            conn_fail(c, ERR_CONNECT, strerror(err));
+            open_more(b);
+            return;
+        }
+        c->state = CS_HANDSHAKE;
+        io_want(c, EV_READ);
+        flush(c);
+        return;
+    }
+    unsigned gen = c->gen;
+    if (revents & EV_READ)
+        on_readable(c);
+    if (c->gen == gen && c->state != CS_DEAD && (revents & EV_WRITE))
+        flush(c);
+    if (b->next_open < b->nconns || !b->running)
+        open_more(b);
+}
+
+/* Starts (or restarts, in connect mode) connection C: non-blocking connect, request queued. */
+static void conn_start(struct bench *b, struct conn *c)
+{
+    parser_reset(&c->p);
+    c->gen++;
+    c->hs_len = 0;
+    c->raw_len = 0;
+    c->got_close = false;
+    c->t_connect_ns = now_ns();
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        err_add(b, ERR_CONNECT, c, strerror(errno));
+        c->state = CS_DEAD;
+        return;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    raw_append(c, b->request, b->request_len);
+    b->opening++;
+    c->state = CS_CONNECTING;
+    c->events = EV_WRITE;
+    ev_io_init(&c->io, on_io, c->fd, EV_WRITE);
+    c->io.data = c;
+    ev_io_start(b->loop, &c->io);
+    if (connect(c->fd, (struct sockaddr *)&b->o.addr, sizeof b->o.addr) < 0 &&
+        errno != EINPROGRESS) {
+        err_add(b, ERR_CONNECT, c, strerror(errno)); /* no restart here: no retry loop */
+        conn_kill(c);
+    }
+}
+
+/* Opens connections, at most --open-rate handshakes at a time. */
+static void open_more(struct bench *b)
+{
+    while (b->next_open < b->nconns && b->opening < b->o.open_rate && !b->finished)
+        conn_start(b, &b->conns[b->next_open++]);
+    if (b->o.mode == MODE_IDLE && !b->running && b->next_open == b->nconns && b->opening == 0) {
+        b->t_all_open_ns = now_ns();
+        run_start(b);
+    }
+    if (b->o.mode == MODE_ECHO && !b->running && b->next_open == b->nconns && b->opening == 0)
+        run_start(b);
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    struct bench *b = w->data;
+    (void)loop;
+    (void)revents;
+    if (b->pub_dirty && b->pub && b->pub->state == CS_OPEN) {
+        b->pub_dirty = false;
+        flush(b->pub);
+    }
+}
+
+static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    struct bench *b = w->data;
+    (void)loop;
+    (void)revents;
+    uint64_t t = now_ns();
+    if ((double)(t - b->last_progress_ns) / 1e9 > b->o.stall_s) {
+        char what[96];
+        snprintf(what, sizeof what, "no progress for %.1f s (%u of %u connections open)",
+                 (double)(t - b->last_progress_ns) / 1e9, b->opened, b->nconns);
+        err_add(b, ERR_STALL, NULL, what);
+        finish(b, "stall");
+    }
+}
+
+/* ---- report ---- */
+
+static void report(struct bench *b, const char *why)
+{
+    const struct opts *o = &b->o;
+    double win_s = b->measuring ? (double)(b->t_end_ns - b->t_win_ns) / 1e9 : 0;
+    double rate = win_s > 0 ? (double)b->win_msgs / win_s : 0;
+    double ccpu = b->measuring ? b->cpu_client1 - b->cpu_client0 : 0;
+    double scpu = b->measuring && b->cpu_server0 >= 0 && b->cpu_server1 >= 0
+                      ? b->cpu_server1 - b->cpu_server0
+                      : -1;
+    uint64_t errs = 0;
+    for (int i = 0; i < ERR_COUNT; i++)
+        errs += b->errors[i];
+
+    printf("{\"mode\":\"%s\"", MODE_NAMES[o->mode]);
+    if (o->label) {
+        printf(",\"label\":\"");
+        for (const char *s = o->label; *s; s++)
+            if (*s != '"' && *s != '\\' && (unsigned char)*s >= 0x20)
+                putchar(*s);
+        printf("\"");
+    }
+    printf(",\"connections\":%u,\"size\":%zu,\"binary\":%s,\"depth\":%u", o->conns, o->size,
+           o->binary ? "true" : "false", o->depth);
+    printf(",\"warmup_s\":%g,\"duration_s\":%.3f,\"end\":\"%s\"", o->target ? 0 : o->warmup_s,
+           win_s, why);
+    printf(",\"messages\":%llu,\"msgs_per_s\":%.1f,\"mb_per_s\":%.3f",
+           (unsigned long long)b->win_msgs, rate,
+           win_s > 0 ? (double)b->win_bytes / win_s / 1e6 : 0);
+    const struct hist *h = &b->hist;
+    printf(",\"latency_us\":{\"p50\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f,\"mean\":%.1f,"
+           "\"samples\":%llu}",
+           hist_quantile_us(h, 0.5), hist_quantile_us(h, 0.99), hist_quantile_us(h, 0.999),
+           (double)h->max_ns / 1000.0, h->count ? h->sum_ns / (double)h->count / 1000.0 : 0,
+           (unsigned long long)h->count);
+    printf(",\"errors\":{\"total\":%llu", (unsigned long long)errs);
+    for (int i = 0; i < ERR_COUNT; i++)
+        printf(",\"%s\":%llu", ERR_NAMES[i], (unsigned long long)b->errors[i]);
+    printf("}");
+    printf(",\"client_cpu_s\":%.3f,\"client_cpu_pct\":%.1f", ccpu,
+           win_s > 0 ? 100.0 * ccpu / win_s : 0);
+    printf(",\"client_cpu_us_per_msg\":%.3f", b->win_msgs ? ccpu * 1e6 / (double)b->win_msgs : 0);
+    if (scpu >= 0)
+        printf(",\"server_pid\":%ld,\"server_cpu_s\":%.3f,\"server_cpu_pct\":%.1f,"
+               "\"server_cpu_us_per_msg\":%.3f",
+               o->server_pid, scpu, win_s > 0 ? 100.0 * scpu / win_s : 0,
+               b->win_msgs ? scpu * 1e6 / (double)b->win_msgs : 0);
+    else
+        printf(",\"server_cpu_s\":null,\"server_cpu_us_per_msg\":null");
+    if (o->mode == MODE_BROADCAST)
+        printf(",\"subscribers\":%u,\"publishes\":%llu,\"publishes_per_s\":%.1f", o->conns,
+               (unsigned long long)b->win_publishes,
+               win_s > 0 ? (double)b->win_publishes / win_s : 0);
+    if (o->mode == MODE_IDLE) {
+        long delta = b->rss_after_kb - b->rss_before_kb;
+        printf(",\"open\":%u,\"connect_s\":%.3f,\"rss_before_kb\":%ld,\"rss_after_kb\":%ld",
+               b->opened, b->t_all_open_ns ? (double)(b->t_all_open_ns - b->t_open_ns) / 1e9 : 0,
+               b->rss_before_kb, b->rss_after_kb);
+        if (b->rss_before_kb >= 0 && b->rss_after_kb >= 0 && b->opened)
+            printf(",\"rss_per_conn_bytes\":%.1f", (double)delta * 1024.0 / (double)b->opened);
+        else
+            printf(",\"rss_per_conn_bytes\":null");
+    }
+    printf("}\n");
+    fflush(stdout);
+
+    fprintf(stderr,
+            "wsbench %s c=%u s=%zu d=%u: %.0f msg/s, %.2f MB/s, p50 %.1f us, p99 %.1f us, "
+            "errors %llu, client cpu %.0f%%, server cpu %.0f%%\n",
+            MODE_NAMES[o->mode], o->conns, o->size, o->depth, rate,
+            win_s > 0 ? (double)b->win_bytes / win_s / 1e6 : 0, hist_quantile_us(h, 0.5),
+            hist_quantile_us(h, 0.99), (unsigned long long)errs,
+            win_s > 0 ? 100.0 * ccpu / win_s : 0,
+            win_s > 0 && scpu >= 0 ? 100.0 * scpu / win_s : 0);
+}
+
+static void finish(struct bench *b, const char *why)
+{
+    if (b->finished)
+        return;
+    b->finished = true;
+    b->running = false;
+    if (b->measuring) {
+        b->t_end_ns = now_ns();
+        b->cpu_client1 = cpu_self_s();
+        b->cpu_server1 = b->o.server_pid > 0 ? cpu_proc_s(b->o.server_pid) : -1;
+    }
+    if (b->o.mode == MODE_IDLE && b->o.server_pid > 0)
+        b->rss_after_kb = rss_proc_kb(b->o.server_pid);
+    report(b, why);
+    ev_break(b->loop, EVBREAK_ALL);
+}
+
+/* ---- set-up ---- */
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: wsbench MODE -p PORT [options]      MODE: echo | broadcast | idle | connect\n"
+            "  -H, --host ADDR        IPv4 address of the server (default 127.0.0.1)\n"
+            "  -p, --port N           server port\n"
+            "      --path PATH        request path (default /)\n"
+            "  -c, --connections N    echo/idle: connections; broadcast: subscribers (plus one\n"
+            "                         publisher); connect: concurrent open-upgrade-close cycles\n"
+            "                         (default 100)\n"
+            "  -s, --size BYTES       payload size (default 32; at least 8, broadcast 24)\n"
+            "  -b, --binary           binary messages (default text)\n"
+            "  -d, --depth N          echo: messages in flight per connection; broadcast:\n"
+            "                         publisher messages in flight (default 1)\n"
+            "  -t, --duration S       measuring window in seconds (default 5)\n"
+            "  -w, --warmup S         traffic before the window (default 1; idle: settle time)\n"
+            "  -n, --messages N       echo: stop after N replies in all (no warm-up)\n"
+            "      --server-pid PID   read the server's CPU time (and RSS for idle) from /proc\n"
+            "      --verify full|sample  check every byte of each reply (default) or 128 bytes\n"
+            "      --open-rate N      handshakes in progress at most (default 200)\n"
+            "      --stall S          give up after S seconds without progress (default 3)\n"
+            "      --label TEXT       copied into the JSON\n");
+}
+
+static double num_arg(const char *name, const char *v, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end || d < lo || d > hi) {
+        fprintf(stderr, "wsbench: %s: %s is not a number in [%g, %g]\n", name, v, lo, hi);
+        exit(2);
+    }
+    return d;
+}
+
+static void parse_args(struct opts *o, int argc, char **argv)
+{
+    static const struct option longs[] = {
+        {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'p'},
+        {"path", required_argument, NULL, 'P'},
+        {"connections", required_argument, NULL, 'c'},
+        {"size", required_argument, NULL, 's'},
+        {"binary", no_argument, NULL, 'b'},
+        {"depth", required_argument, NULL, 'd'},
+        {"duration", required_argument, NULL, 't'},
+        {"warmup", required_argument, NULL, 'w'},
+        {"messages", required_argument, NULL, 'n'},
+        {"server-pid", required_argument, NULL, 'S'},
+        {"verify", required_argument, NULL, 'V'},
+        {"open-rate", required_argument, NULL, 'O'},
+        {"stall", required_argument, NULL, 'T'},
+        {"label", required_argument, NULL, 'L'},
+        {"help", no_argument, NULL, 'h'},
+        {0, 0, 0, 0},
+    };
+    long port = 0;
+    *o = (struct opts){.host = "127.0.0.1",
+                       .path = "/",
+                       .conns = 100,
+                       .depth = 1,
+                       .open_rate = 200,
+                       .size = 32,
+                       .verify_full = true,
+                       .duration_s = 5,
+                       .warmup_s = 1,
+                       .stall_s = 3};
+    if (argc < 2 || argv[1][0] == '-') {
+        usage(argc >= 2 && strcmp(argv[1], "--help") == 0 ? stdout : stderr);
+        exit(argc >= 2 && strcmp(argv[1], "--help") == 0 ? 0 : 2);
+    }
+    size_t m = 0;
+    while (m < 4 && strcmp(argv[1], MODE_NAMES[m]) != 0)
+        m++;
+    if (m == 4) {
+        fprintf(stderr, "wsbench: unknown mode %s\n", argv[1]);
+        exit(2);
+    }
+    o->mode = (enum mode)m;
+    optind = 2;
+    bool size_set = false;
+    int ch;
+    while ((ch = getopt_long(argc, argv, "H:p:c:s:bd:t:w:n:h", longs, NULL)) != -1) {
+        switch (ch) {
+        case 'H':
+            o->host = optarg;
+            break;
+        case 'p':
+            port = (long)num_arg("--port", optarg, 1, 65535);
+            break;
+        case 'P':
+            o->path = optarg;
+            break;
+        case 'c':
+            o->conns = (unsigned)num_arg("--connections", optarg, 1, 1000000);
+            break;
+        case 's':
+            o->size = (size_t)num_arg("--size", optarg, 8, 16 << 20);
+            size_set = true;
+            break;
+        case 'b':
+            o->binary = true;
+            break;
+        case 'd':
+            o->depth = (unsigned)num_arg("--depth", optarg, 1, 4096);
+            break;
+        case 't':
+            o->duration_s = num_arg("--duration", optarg, 0.1, 3600);
+            break;
+        case 'w':
+            o->warmup_s = num_arg("--warmup", optarg, 0, 3600);
+            break;
+        case 'n':
+            o->target = (uint64_t)num_arg("--messages", optarg, 1, 1e12);
+            break;
+        case 'S':
+            o->server_pid = (long)num_arg("--server-pid", optarg, 1, 1 << 30);
+            break;
+        case 'V':
+            if (strcmp(optarg, "full") && strcmp(optarg, "sample")) {
+                fprintf(stderr, "wsbench: --verify takes full or sample\n");
+                exit(2);
+            }
+            o->verify_full = strcmp(optarg, "full") == 0;
+            break;
+        case 'O':
+            o->open_rate = (unsigned)num_arg("--open-rate", optarg, 1, 100000);
+            break;
+        case 'T':
+            o->stall_s = num_arg("--stall", optarg, 0.1, 3600);
+            break;
+        case 'L':
+            o->label = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            exit(2);
+        }
+    }
+    if (optind != argc || port == 0) {
+        fprintf(stderr, "wsbench: %s\n", port == 0 ? "--port is required" : "unexpected argument");
+        exit(2);
+    }
+    if (o->mode == MODE_BROADCAST && !size_set)
+        o->size = 32;
+    if (o->mode == MODE_BROADCAST && o->size < 24) {
+        fprintf(stderr, "wsbench: broadcast messages carry 24 bytes of sequence and time stamp\n");
+        exit(2);
+    }
+    o->addr.sin_family = AF_INET;
+    o->addr.sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, o->host, &o->addr.sin_addr) != 1) {
+        fprintf(stderr, "wsbench: --host wants an IPv4 address, not %s\n", o->host);
+        exit(2);
+    }
+}
+
+/* RFC 6455 §4.2.2: accept = base64(SHA-1(key + GUID)). */
+static void compute_accept(char out[32])
+{
+    char in[128];
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    int n = snprintf(in, sizeof in, "%s%s", KEY, GUID);
+    SHA1((const unsigned char *)in, (size_t)n, digest);
+    EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH);
+}
+
+static void raise_nofile(unsigned need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)need + 16)
+        fprintf(stderr, "wsbench: warning: RLIMIT_NOFILE is %llu, %u connections need more\n",
+                (unsigned long long)rl.rlim_cur, need);
+}
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "wsbench: out of memory\n");
+        exit(1);
+    }
+    return p;
+}
+
+int main(int argc, char **argv)
+{
+    static struct bench bench;
+    struct bench *b = &bench;
+    parse_args(&b->o, argc, argv);
+    signal(SIGPIPE, SIG_IGN);
+    raise_nofile(b->o.conns + 1);
+
+    b->loop = ev_default_loop(EVFLAG_AUTO);
+    b->rbuf = xcalloc(WB_RBUF_BYTES, 1);
+    compute_accept(b->accept);
+    char host[80];
+    snprintf(host, sizeof host, "%s:%u", b->o.host, ntohs(b->o.addr.sin_port));
+    int n = snprintf(b->request, sizeof b->request,
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                     b->o.path, host, KEY);
+    if (n < 0 || (size_t)n >= sizeof b->request || (size_t)n > WB_RAW_BYTES) {
+        fprintf(stderr, "wsbench: --path too long\n");
+        return 2;
+    }
+    b->request_len = (size_t)n;
+
+    /* Templates: printable ASCII (valid UTF-8 for text messages) that changes along the
+     * payload, so a misplaced or repeated chunk does not compare equal. */
+    b->opcode = b->o.binary ? 0x2 : 0x1;
+    b->prefix_len = b->o.mode == MODE_BROADCAST ? 24 : 8;
+    b->payload = xcalloc(b->o.size, 1);
+    b->masked = xcalloc(b->o.size, 1);
+    for (size_t i = 0; i < b->o.size; i++)
+        b->payload[i] = (uint8_t)('a' + (i * 7 + (i >> 6)) % 26);
+    mask_copy(b->masked, b->payload, b->o.size, 0);
+    b->head_len = frame_head(b->head, b->opcode, b->o.size);
+
+    b->nconns = b->o.conns + (b->o.mode == MODE_BROADCAST ? 1 : 0);
+    b->conns = xcalloc(b->nconns, sizeof *b->conns);
+    for (unsigned i = 0; i < b->nconns; i++) {
+        struct conn *c = &b->conns[i];
+        c->b = b;
+        c->fd = -1;
+        c->hs = xcalloc(WB_HS_BYTES, 1);
+        c->last_seq = UINT32_MAX;
+        switch (b->o.mode) {
+        case MODE_ECHO:
+            c->role = ROLE_ECHO;
+            c->q_cap = b->o.depth;
+            c->sent_ns = xcalloc(b->o.depth, sizeof *c->sent_ns);
+            break;
+        case MODE_BROADCAST:
+            c->role = i == b->o.conns ? ROLE_PUB : ROLE_SUB;
+            c->q_cap = c->role == ROLE_PUB ? b->o.depth : 1;
+            break;
+        case MODE_IDLE:
+            c->role = ROLE_IDLE;
+            c->q_cap = 1;
+            break;
+        case MODE_CONNECT:
+            c->role = ROLE_CYCLE;
+            c->q_cap = 1;
+            break;
+        }
+        c->q = xcalloc(c->q_cap, sizeof *c->q);
+    }
+    if (b->o.mode == MODE_BROADCAST) {
+        b->pub = &b->conns[b->o.conns];
+        b->acks = xcalloc(b->o.depth, sizeof *b->acks);
+    }
+    if (b->o.server_pid > 0) {
+        b->rss_before_kb = rss_proc_kb(b->o.server_pid);
+        if (cpu_proc_s(b->o.server_pid) < 0) {
+            fprintf(stderr, "wsbench: no process %ld to measure\n", b->o.server_pid);
+            return 2;
+        }
+    } else {
+        b->rss_before_kb = b->rss_after_kb = -1;
+    }
+
+    ev_prepare_init(&b->prepare, on_prepare);
+    b->prepare.data = b;
+    ev_prepare_start(b->loop, &b->prepare);
+    ev_timer_init(&b->watchdog, on_watchdog, 0.25, 0.25);
+    b->watchdog.data = b;
+    ev_timer_start(b->loop, &b->watchdog);
+    b->last_progress_ns = now_ns();
+
+    if (b->o.mode == MODE_CONNECT) {
+        run_start(b);
+        for (unsigned i = 0; i < b->nconns; i++)
+            conn_start(b, &b->conns[b->next_open++]);
+    } else {
+        b->t_open_ns = now_ns();
+        open_more(b);
+    }
+    ev_run(b->loop, 0);
+
+    uint64_t errs = 0;
+    for (int i = 0; i < ERR_COUNT; i++)
+        errs += b->errors[i];
+    return errs ? 1 : 0;
+}
