@@ -8,6 +8,7 @@
 #include "ws/handshake.h"
 #include "ws/http.h"
 #include "ws/log.h"
+#include "ws/metrics.h"
 #include "ws/server.h"
 #include "ws/static.h"
 
@@ -420,8 +421,18 @@ static void queue_response(struct ws_conn *c, int status, const char *content_ty
         ws_outq_append(&c->out, &c->srv->pool, body, body_len);
 }
 
-/* Answers an HTTP status and closes: used for every refusal. */
-static void reject(struct ws_conn *c, int status, const char *body, size_t len)
+/* After the one response a plain request gets: send it, then close. */
+static void finish_http(struct ws_conn *c)
+{
+    ws_buf_reset(&c->in);
+    set_state(c, WS_CONN_CLOSING);
+    rearm(c);
+    ws_server_want_flush(c->srv, c);
+}
+
+/* Answers status with a one-line text body (the status text when body is NULL) and closes. */
+static void respond_error(struct ws_conn *c, int status, const char *body, size_t len,
+                          const char *extra)
 {
     char out[2048];
     if (!body) {
@@ -432,53 +443,87 @@ static void reject(struct ws_conn *c, int status, const char *body, size_t len)
         len = 1024;
     char line[1100];
     int k = snprintf(line, sizeof(line), "%.*s\n", (int)len, body);
-    size_t n = ws_handshake_error_response(out, sizeof(out), status, line, (size_t)k, NULL);
+    size_t n = ws_handshake_error_response(out, sizeof(out), status, line, (size_t)k, extra);
     ws_outq_append(&c->out, &c->srv->pool, out, n);
-    c->srv->stats.handshake_rejections++;
-    log_conn(c, WS_LOG_INFO, "reject", status, body);
-    ws_buf_reset(&c->in);
-    set_state(c, WS_CONN_CLOSING);
-    rearm(c);
-    ws_server_want_flush(c->srv, c);
+    log_conn(c, WS_LOG_INFO, "http_error", status, body);
+    finish_http(c);
+}
+
+/* Refuses a WebSocket handshake (counted by status for /metrics). */
+static void refuse(struct ws_conn *c, int status, const char *body, size_t len)
+{
+    struct ws_stats *st = &c->srv->stats;
+    st->handshake_rejections++;
+    if (status >= 100 && status < 600)
+        st->rejections_by_status[status]++;
+    respond_error(c, status, body, len, NULL);
+}
+
+static bool method_is(const struct ws_http_request *req, const char *m)
+{
+    /* RFC 9110 §9.1: methods are case-sensitive */
+    return req->method.n == strlen(m) && memcmp(req->method.p, m, req->method.n) == 0;
+}
+
+static bool path_is(const struct ws_http_request *req, const char *path)
+{
+    const char *q = memchr(req->target.p, '?', req->target.n);
+    size_t n = q ? (size_t)(q - req->target.p) : req->target.n;
+    return n == strlen(path) && memcmp(req->target.p, path, n) == 0;
+}
+
+static void serve_static(struct ws_conn *c, const struct ws_http_request *req, bool head)
+{
+    struct ws_static_reply st;
+    ws_static_serve(c->srv->cfg.static_dir, req, &st);
+    if (st.status == 200 || st.status == 304)
+        queue_response(c, st.status, st.content_type, st.body, st.body_len, st.headers,
+                       head || st.status == 304);
+    ws_static_reply_free(&st);
+    if (st.status == 200 || st.status == 304)
+        finish_http(c);
+    else
+        respond_error(c, st.status, NULL, 0, st.headers);
 }
 
 static void answer_http(struct ws_conn *c, const struct ws_http_request *req)
 {
     struct ws_server *srv = c->srv;
     struct ws_http_reply reply = {0};
-    bool head = ws_span_ieq(req->method, "HEAD");
-    if (srv->ops->http && srv->ops->http(srv->app, c, req, &reply)) {
-        queue_response(c, reply.status, "text/plain; charset=utf-8", reply.body, reply.body_len,
-                       reply.headers, head);
+    bool head = method_is(req, "HEAD");
+    bool get = head || method_is(req, "GET");
+    if (get && path_is(req, "/healthz")) {
+        /* for load balancers: 503 once a shutdown has begun */
+        const char *body = srv->shutting_down ? "shutting down\n" : "ok\n";
+        queue_response(c, srv->shutting_down ? 503 : 200, "text/plain; charset=utf-8", body,
+                       strlen(body), NULL, head);
+    } else if (get && srv->cfg.metrics && path_is(req, "/metrics")) {
+        struct ws_buf out;
+        ws_buf_init(&out);
+        ws_metrics_render(srv, &out);
+        queue_response(c, 200, "text/plain; version=0.0.4; charset=utf-8", out.data, out.len, NULL,
+                       head);
+        ws_buf_reset(&out);
+    } else if (srv->ops->http && srv->ops->http(srv->app, c, req, &reply)) {
+        queue_response(c, reply.status,
+                       reply.content_type ? reply.content_type : "text/plain; charset=utf-8",
+                       reply.body, reply.body_len, reply.headers, head);
         free(reply.body);
         free(reply.headers);
-    } else if (srv->cfg.static_dir && (head || ws_span_ieq(req->method, "GET"))) {
-        struct ws_static_reply st;
-        ws_static_serve(srv->cfg.static_dir, req, &st);
-        if (st.status == 200 || st.status == 304) {
-            queue_response(c, st.status, st.content_type, st.body, st.body_len, st.headers,
-                           head || st.status == 304);
-        } else {
-            ws_static_reply_free(&st);
-            reject(c, st.status, NULL, 0);
-            return;
-        }
-        ws_static_reply_free(&st);
-    } else if (!head && !ws_span_ieq(req->method, "GET")) {
-        reject(c, 405, "method not allowed", 18);
+        free(reply.content_type);
+    } else if (get && srv->cfg.static_dir) {
+        serve_static(c, req, head);
+        return;
+    } else if (!get) {
+        respond_error(c, 405, "method not allowed", 18, "Allow: GET, HEAD\r\n");
         return;
     } else {
         const char *msg = "this is a WebSocket endpoint: use a WebSocket client";
-        char out[512];
-        size_t n = ws_handshake_error_response(out, sizeof(out), 426, msg, strlen(msg),
-                                               "Upgrade: websocket\r\n");
-        ws_outq_append(&c->out, &srv->pool, out, n);
+        respond_error(c, 426, msg, strlen(msg), "Upgrade: websocket\r\n");
+        return;
     }
     log_conn(c, WS_LOG_DEBUG, "http", 0, NULL);
-    ws_buf_reset(&c->in);
-    set_state(c, WS_CONN_CLOSING);
-    rearm(c);
-    ws_server_want_flush(srv, c);
+    finish_http(c);
 }
 
 static void process_frames(struct ws_conn *c, uint8_t *data, size_t len);
@@ -489,17 +534,17 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     struct ws_handshake hs;
     int rc = ws_handshake_check(req, &hs);
     if (rc < 0) {
-        reject(c, hs.status, hs.reason, strlen(hs.reason));
+        refuse(c, hs.status, hs.reason, strlen(hs.reason));
         return;
     }
     if (srv->nopen >= (size_t)srv->cfg.max_connections) {
-        reject(c, 503, "server full", 11);
+        refuse(c, 503, "server full", 11);
         return;
     }
     if (srv->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX) {
         if (ip_count(c, 1) > (uintptr_t)srv->cfg.max_connections_per_ip) {
             ip_count(c, -1);
-            reject(c, 503, "too many connections from this address", 38);
+            refuse(c, 503, "too many connections from this address", 38);
             return;
         }
         c->ip_counted = true;
@@ -510,7 +555,7 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     if (srv->ops->upgrade)
         srv->ops->upgrade(srv->app, c, req, &reply);
     if (reply.status) {
-        reject(c, reply.status, reply.body, reply.body ? reply.body_len : 0);
+        refuse(c, reply.status, reply.body, reply.body ? reply.body_len : 0);
         free(reply.body);
         free(reply.protocol);
         return;
@@ -520,7 +565,7 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
             /* SPEC §3: answer only a protocol the client offered */
             log_conn(c, WS_LOG_ERROR, "bad_protocol", 500, "upgrade chose a protocol not offered");
             free(reply.protocol);
-            reject(c, 500, "internal error", 14);
+            refuse(c, 500, "internal error", 14);
             return;
         }
         c->protocol = reply.protocol;
@@ -537,7 +582,7 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     size_t n = ws_handshake_response(out, sizeof(out), &hs, c->protocol,
                                      c->protocol ? strlen(c->protocol) : 0, NULL);
     if (!n) {
-        reject(c, 500, "internal error", 14);
+        refuse(c, 500, "internal error", 14);
         return;
     }
     ws_outq_append(&c->out, &srv->pool, out, n);
@@ -568,7 +613,7 @@ static void on_head_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
     if (rc == WS_E_AGAIN)
         return;
     if (rc < 0) {
-        reject(c, ws_err_http_status(rc), ws_strerror(rc), strlen(ws_strerror(rc)));
+        refuse(c, ws_err_http_status(rc), ws_strerror(rc), strlen(ws_strerror(rc)));
         return;
     }
     if (ws_handshake_is_upgrade(&req))

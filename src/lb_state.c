@@ -90,9 +90,13 @@ int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
         a->deadline = mono_now() + a->handler_timeout;
         a->timed_out = false;
     }
+    double started = a->depth == 1 && a->srv ? mono_now() : 0;
     int rc = lua_pcall(L, nargs, nres, base);
-    if (--a->depth == 0)
+    if (--a->depth == 0) {
         a->timed_out = false;
+        if (started > 0)
+            ws_stats_observe_handler(&a->srv->stats, mono_now() - started);
+    }
     lua_remove(L, base);
     if (rc == LUA_OK)
         return 0;
@@ -301,7 +305,7 @@ static void write_status(struct lb_app *a, bool ok, const char *why)
         return;
     char line[700];
     int n = snprintf(line, sizeof(line), "attempt=%llu result=%s generation=%llu%s%s\n",
-                     (unsigned long long)(a->reloads_ok + a->reloads_failed), ok ? "ok" : "failed",
+                     (unsigned long long)a->attempts, ok ? "ok" : "failed",
                      (unsigned long long)a->generation, why ? " error=" : "", why ? why : "");
     for (int i = 0; i < n - 1; i++)
         if (line[i] == '\n')
@@ -482,7 +486,9 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     a->loading = false;
     swap_in(a, app_idx);
     a->generation++;
-    a->reloads_ok++;
+    a->attempts++;
+    if (a->srv)
+        a->srv->stats.reloads_ok++;
     lb_ws_cancel_timers(a, a->generation);
     if (a->srv) {
         report_restart_needed(&a->srv->cfg, &next);
@@ -501,7 +507,9 @@ failed:
     a->loading = false;
     lb_ws_cancel_timers(a, a->generation); /* timers the failed version started */
     restore_modules(L, saved);
-    a->reloads_failed++;
+    a->attempts++;
+    if (a->srv)
+        a->srv->stats.reloads_failed++;
     log_reload(a, trigger, false, err);
     lua_settop(L, top);
     return WS_E_INVAL;

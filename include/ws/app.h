@@ -27,7 +27,8 @@ struct ws_http_reply {
     int status;
     char *body; /* owned, malloc'd */
     size_t body_len;
-    char *headers; /* extra header lines, each ending in CRLF (owned), or NULL */
+    char *headers;      /* extra header lines, each ending in CRLF (owned), or NULL */
+    char *content_type; /* owned, or NULL for text/plain */
 };
 
 struct ws_app_ops {

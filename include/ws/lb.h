@@ -53,7 +53,7 @@ struct lb_app {
     bool reload_pending;
     ev_idle reload_idle;     /* runs a requested reload between two loop iterations */
     struct lb_timer *timers; /* active ws.after/ws.every timers */
-    uint64_t reloads_ok, reloads_failed;
+    uint64_t attempts;       /* loads tried, the first included */
 };
 
 /* The ops table the server calls. */

@@ -27,15 +27,31 @@ struct ws_listener {
     bool tls; /* wss:// */
 };
 
+#define WS_STATS_LATENCY_BUCKETS 12
+
+/* Counters behind ws.stats() and /metrics: monotonic for the life of the process (a reload does
+ * not reset them). */
 struct ws_stats {
     uint64_t connections_total;
     uint64_t messages_in, messages_out;
     uint64_t bytes_in, bytes_out;
     uint64_t handshake_rejections;
+    uint64_t rejections_by_status[600];
     uint64_t handler_errors;
     uint64_t dropped;
+    uint64_t reloads_ok, reloads_failed;
     uint64_t closes_by_code[5000]; /* index: close code (< 5000) */
+    /* handler latency histogram: cumulative counts per upper bound in ws_stats_latency_bounds */
+    uint64_t handler_calls;
+    double handler_seconds;
+    uint64_t handler_buckets[WS_STATS_LATENCY_BUCKETS];
 };
+
+/* Upper bounds (seconds) of the handler latency buckets; the last is +Inf. */
+extern const double ws_stats_latency_bounds[WS_STATS_LATENCY_BUCKETS];
+
+/* Records one handler call that took seconds. */
+void ws_stats_observe_handler(struct ws_stats *st, double seconds);
 
 struct ws_server {
     struct ev_loop *loop;
