@@ -13,6 +13,7 @@
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* One event for a protected call. Building a handler's arguments and reading its results
  * allocate Lua memory and may run metamethods, so they run inside lb_call too: at the heap cap
@@ -400,7 +401,12 @@ static int call_http(lua_State *L)
                                 ? lua_tolstring(L, -1, &vn)
                                 : NULL;
             if (k && v && kn && !memchr(k, '\r', kn) && !memchr(k, '\n', kn) &&
-                !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn)) {
+                !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn) &&
+                strcasecmp(k, "content-type") == 0) {
+                free(reply->content_type);
+                reply->content_type = strndup(v, vn);
+            } else if (k && v && kn && !memchr(k, '\r', kn) && !memchr(k, '\n', kn) &&
+                       !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn)) {
                 ws_buf_append(out, k, kn);
                 ws_buf_append(out, ": ", 2);
                 ws_buf_append(out, v, vn);

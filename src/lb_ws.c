@@ -413,10 +413,12 @@ static int ws_stats(lua_State *L)
         set_int(L, "dropped", s->dropped);
         set_int(L, "topics", srv->topics.count);
     }
+    if (srv) {
+        set_int(L, "reloads_ok", srv->stats.reloads_ok);
+        set_int(L, "reloads_failed", srv->stats.reloads_failed);
+    }
     set_int(L, "lua_memory", a->mem);
     set_int(L, "generation", a->generation);
-    set_int(L, "reloads_ok", a->reloads_ok);
-    set_int(L, "reloads_failed", a->reloads_failed);
     return 1;
 }
 
