@@ -140,6 +140,25 @@ static void log_conn(struct ws_conn *c, enum ws_log_level level, const char *eve
     ws_log_end(&l);
 }
 
+/* The access log: one line per HTTP answer, the 101 included. */
+static void log_access(struct ws_conn *c, int status, const char *reason)
+{
+    enum ws_log_level level = status >= 500 ? WS_LOG_WARN : WS_LOG_INFO;
+    if (!ws_log_enabled(level))
+        return;
+    char peer[64];
+    struct ws_log_line l;
+    ws_log_begin(&l, level, "access");
+    ws_log_u64(&l, "conn", c->node.id);
+    ws_log_cstr(&l, "peer", ws_conn_peer(c, peer, sizeof(peer)));
+    ws_log_i64(&l, "status", status);
+    ws_log_cstr(&l, "path", c->path);
+    if (reason)
+        ws_log_cstr(&l, "reason", reason);
+    ws_log_ms(&l, "ms", ev_now(c->srv->loop) - c->started);
+    ws_log_end(&l);
+}
+
 /* Per-IP accounting key: the address without the port. */
 static uint64_t ip_key(const struct ws_conn *c)
 {
@@ -445,7 +464,7 @@ static void respond_error(struct ws_conn *c, int status, const char *body, size_
     int k = snprintf(line, sizeof(line), "%.*s\n", (int)len, body);
     size_t n = ws_handshake_error_response(out, sizeof(out), status, line, (size_t)k, extra);
     ws_outq_append(&c->out, &c->srv->pool, out, n);
-    log_conn(c, WS_LOG_INFO, "http_error", status, body);
+    log_access(c, status, body);
     finish_http(c);
 }
 
@@ -480,10 +499,12 @@ static void serve_static(struct ws_conn *c, const struct ws_http_request *req, b
         queue_response(c, st.status, st.content_type, st.body, st.body_len, st.headers,
                        head || st.status == 304);
     ws_static_reply_free(&st);
-    if (st.status == 200 || st.status == 304)
+    if (st.status == 200 || st.status == 304) {
+        log_access(c, st.status, NULL);
         finish_http(c);
-    else
+    } else {
         respond_error(c, st.status, NULL, 0, st.headers);
+    }
 }
 
 static void answer_http(struct ws_conn *c, const struct ws_http_request *req)
@@ -492,11 +513,12 @@ static void answer_http(struct ws_conn *c, const struct ws_http_request *req)
     struct ws_http_reply reply = {0};
     bool head = method_is(req, "HEAD");
     bool get = head || method_is(req, "GET");
+    int status = 200;
     if (get && path_is(req, "/healthz")) {
         /* for load balancers: 503 once a shutdown has begun */
         const char *body = srv->shutting_down ? "shutting down\n" : "ok\n";
-        queue_response(c, srv->shutting_down ? 503 : 200, "text/plain; charset=utf-8", body,
-                       strlen(body), NULL, head);
+        status = srv->shutting_down ? 503 : 200;
+        queue_response(c, status, "text/plain; charset=utf-8", body, strlen(body), NULL, head);
     } else if (get && srv->cfg.metrics && path_is(req, "/metrics")) {
         struct ws_buf out;
         ws_buf_init(&out);
@@ -505,6 +527,7 @@ static void answer_http(struct ws_conn *c, const struct ws_http_request *req)
                        head);
         ws_buf_reset(&out);
     } else if (srv->ops->http && srv->ops->http(srv->app, c, req, &reply)) {
+        status = reply.status;
         queue_response(c, reply.status,
                        reply.content_type ? reply.content_type : "text/plain; charset=utf-8",
                        reply.body, reply.body_len, reply.headers, head);
@@ -522,7 +545,7 @@ static void answer_http(struct ws_conn *c, const struct ws_http_request *req)
         respond_error(c, 426, msg, strlen(msg), "Upgrade: websocket\r\n");
         return;
     }
-    log_conn(c, WS_LOG_DEBUG, "http", 0, NULL);
+    log_access(c, status, NULL);
     finish_http(c);
 }
 
@@ -549,7 +572,6 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
         }
         c->ip_counted = true;
     }
-    c->path = ws_xstrndup(req->target.p, req->target.n);
 
     struct ws_upgrade_reply reply = {0};
     if (srv->ops->upgrade)
@@ -592,7 +614,7 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     c->last_read = c->last_message = ev_now(srv->loop);
     rearm(c);
     ws_server_want_flush(srv, c);
-    log_conn(c, WS_LOG_DEBUG, "open", 0, NULL);
+    log_access(c, 101, NULL);
     if (srv->ops->open)
         srv->ops->open(srv->app, c);
     /* SPEC §3: bytes after the head in the same read are the first frame bytes */
@@ -616,6 +638,7 @@ static void on_head_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
         refuse(c, ws_err_http_status(rc), ws_strerror(rc), strlen(ws_strerror(rc)));
         return;
     }
+    c->path = ws_xstrndup(req.target.p, req.target.n);
     if (ws_handshake_is_upgrade(&req))
         upgrade(c, &req);
     else

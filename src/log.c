@@ -10,6 +10,19 @@
 static enum ws_log_level min_level = WS_LOG_INFO;
 static enum ws_log_format format = WS_LOG_TEXT;
 
+/* Flood control: at most FLOOD_MAX lines of one event per second; the rest are counted and
+ * reported in one "suppressed" line when the second is over. */
+#define FLOOD_MAX 100
+#define FLOOD_SLOTS 64
+
+struct flood_slot {
+    const char *event; /* events are static strings: compared by address */
+    time_t second;
+    unsigned lines, suppressed;
+};
+
+static struct flood_slot flood[FLOOD_SLOTS];
+
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void ws_log_setup(enum ws_log_level level, enum ws_log_format fmt)
@@ -87,6 +100,34 @@ static void key(struct ws_log_line *l, const char *k)
     }
 }
 
+static void begin_line(struct ws_log_line *l, enum ws_log_level level, const char *event,
+                       const struct timespec *ts);
+
+/* Counts a line of event; false when it is over the per-second budget. A budget period that
+ * ended with suppressed lines first writes their count. */
+static bool flood_allow(const char *event, const struct timespec *ts)
+{
+    struct flood_slot *slot = &flood[((uintptr_t)event >> 4) % FLOOD_SLOTS];
+    if (slot->event != event || slot->second != ts->tv_sec) {
+        if (slot->event && slot->suppressed) {
+            struct ws_log_line l;
+            begin_line(&l, WS_LOG_WARN, "suppressed", ts);
+            ws_log_cstr(&l, "of", slot->event);
+            ws_log_u64(&l, "lines", slot->suppressed);
+            ws_log_end(&l);
+        }
+        slot->event = event;
+        slot->second = ts->tv_sec;
+        slot->lines = slot->suppressed = 0;
+    }
+    if (slot->lines < FLOOD_MAX) {
+        slot->lines++;
+        return true;
+    }
+    slot->suppressed++;
+    return false;
+}
+
 void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *event)
 {
     l->len = 0;
@@ -95,6 +136,17 @@ void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *ev
         return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
+    l->active = flood_allow(event, &ts);
+    if (l->active)
+        begin_line(l, level, event, &ts);
+}
+
+static void begin_line(struct ws_log_line *l, enum ws_log_level level, const char *event,
+                       const struct timespec *tsp)
+{
+    struct timespec ts = *tsp;
+    l->len = 0;
+    l->active = true;
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char when[96];

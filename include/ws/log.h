@@ -30,7 +30,8 @@ bool ws_log_enabled(enum ws_log_level level);
 int ws_log_level_parse(const char *s);
 int ws_log_format_parse(const char *s);
 
-/* Starts a line with a timestamp, the level and event=<event>. */
+/* Starts a line with a timestamp, the level and event=<event> (a string literal: flood control
+ * counts lines per event, at most 100 a second, and reports the suppressed ones). */
 void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *event);
 
 /* Adds key=value; strings are escaped (control bytes, quotes, non-UTF-8 as \xNN). */
