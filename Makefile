@@ -20,7 +20,7 @@ LIB_OBJ = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: bench bench-count fuzz fuzz-run
+.PHONY: bench bench-count fuzz fuzz-run install uninstall
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
         check-build
 
@@ -40,6 +40,20 @@ $(BUILD)/wsserver: $(BUILD)/obj/main.o $(BUILD)/libws.a
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libws.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< $(BUILD)/libws.a $(LDFLAGS) $(LDLIBS) -lcmocka
+
+DESTDIR ?=
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws \
+	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/doc/wsserver/examples
+	install -m 755 $(BUILD)/wsserver $(DESTDIR)$(PREFIX)/bin/wsserver
+	install -m 644 lua/ws/*.lua $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws/
+	install -m 644 docs/wsserver.1 $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1
+	install -m 644 README.md contrib/wsserver.service $(DESTDIR)$(PREFIX)/share/doc/wsserver/
+	cp -R examples/. $(DESTDIR)$(PREFIX)/share/doc/wsserver/examples/
+
+uninstall:
+	rm -rf $(DESTDIR)$(PREFIX)/bin/wsserver $(DESTDIR)$(PREFIX)/share/wsserver \
+	    $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1 $(DESTDIR)$(PREFIX)/share/doc/wsserver
 
 deps:
 	@bash scripts/install-deps.sh

@@ -76,6 +76,8 @@ const struct ws_option ws_options[] = {
      "reload the app when its file or a module under its folder changes"},
     {"pidfile", WS_OPT_STRING, OFF(pidfile), 0, 0, NULL, false, "FILE",
      "write the process id to FILE (removed at exit)"},
+    {"user", WS_OPT_STRING, OFF(user), 0, 0, NULL, false, "NAME",
+     "switch to this user (and its group) after opening the listeners"},
     {NULL, 0, 0, 0, 0, NULL, false, NULL, NULL},
 };
 

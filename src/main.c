@@ -9,6 +9,8 @@
 #include "ws/watch.h"
 
 #include <ctype.h>
+#include <grp.h>
+#include <pwd.h>
 #include <errno.h>
 #include <ev.h>
 #include <signal.h>
@@ -133,6 +135,29 @@ static void on_watch(void *ctx)
     lb_app_reload(app, "watch");
 }
 
+/* Drops root after the listeners are open (ports below 1024, a TLS key only root may read). */
+static int drop_privileges(const char *user, char *err, size_t errlen)
+{
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        snprintf(err, errlen, "--user %s: no such user", user);
+        return -1;
+    }
+    if (setgroups(0, NULL) < 0 && errno != EPERM) {
+        snprintf(err, errlen, "--user %s: setgroups: %s", user, strerror(errno));
+        return -1;
+    }
+    if (setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
+        snprintf(err, errlen, "--user %s: %s", user, strerror(errno));
+        return -1;
+    }
+    if (pw->pw_uid != 0 && setuid(0) == 0) {
+        snprintf(err, errlen, "--user %s: could regain root", user);
+        return -1;
+    }
+    return 0;
+}
+
 static void write_pidfile(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -251,23 +276,24 @@ int main(int argc, char **argv)
         lb_app_free(app);
         return 1;
     }
-    if (lb_app_attach(app, srv, err, sizeof(err)) < 0) {
-        fprintf(stderr, "wsserver: %s\n", err);
-        ws_server_free(srv);
-        lb_app_free(app);
-        return 1;
-    }
-    struct ws_watch *watch = NULL;
-    if (app->config.watch) {
-        watch = ws_watch_new(loop, app->dir, 0.2, on_watch, app, err, sizeof(err));
-        if (!watch)
-            ws_log_msg(WS_LOG_WARN, "watch_unavailable", err);
-    }
     char *pidfile = app->config.pidfile ? strdup(app->config.pidfile) : NULL;
     if (pidfile)
-        write_pidfile(pidfile);
-    ev_run(loop, 0);
-    int code = srv->exit_code;
+        write_pidfile(pidfile); /* before dropping privileges: /run may be root's */
+    int code = 1;
+    struct ws_watch *watch = NULL;
+    if (app->config.user && drop_privileges(app->config.user, err, sizeof(err)) < 0) {
+        fprintf(stderr, "wsserver: %s\n", err);
+    } else if (lb_app_attach(app, srv, err, sizeof(err)) < 0) {
+        fprintf(stderr, "wsserver: %s\n", err);
+    } else {
+        if (app->config.watch) {
+            watch = ws_watch_new(loop, app->dir, 0.2, on_watch, app, err, sizeof(err));
+            if (!watch)
+                ws_log_msg(WS_LOG_WARN, "watch_unavailable", err);
+        }
+        ev_run(loop, 0);
+        code = srv->exit_code;
+    }
     ws_watch_free(watch);
     ws_server_free(srv);
     if (pidfile)

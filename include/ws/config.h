@@ -54,6 +54,7 @@ struct ws_config {
     char *log_format;
     bool watch;
     char *pidfile;
+    char *user;
     uint64_t set_mask; /* bit i: option i was set explicitly */
     uint64_t cli_mask; /* bit i: option i came from the command line (wins over the app) */
 };
