@@ -38,6 +38,8 @@ const struct ws_option ws_options[] = {
      "reassembled message bytes (default 1048576); 1009 beyond"},
     {"max_buffered", WS_OPT_INT, OFF(max_buffered), 1024, SIZE_LIMIT, NULL, true, "BYTES",
      "queued output bytes per connection (default 1048576)"},
+    {"max_buffered_total", WS_OPT_INT, OFF(max_buffered_total), 65536, 1099511627776.0, NULL, true,
+     "BYTES", "queued output bytes of all connections together (default 268435456)"},
     {"backpressure", WS_OPT_CHOICE, OFF(backpressure), 0, 0, backpressure_choices, true, "MODE",
      "close (1008 to a slow consumer) or drop (data messages dropped); default close"},
     {"handshake_timeout", WS_OPT_SECONDS, OFF(handshake_timeout), 0.01, SECONDS_MAX, NULL, true,
@@ -101,6 +103,7 @@ void ws_config_init(struct ws_config *cfg)
     cfg->max_header_size = 8192;
     cfg->max_message_size = 1048576;
     cfg->max_buffered = 1048576;
+    cfg->max_buffered_total = 268435456;
     set_string(&cfg->backpressure, "close");
     cfg->handshake_timeout = 10;
     cfg->close_timeout = 5;

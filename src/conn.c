@@ -274,11 +274,16 @@ int ws_conn_close(struct ws_conn *c, int code, const char *reason, size_t len)
     return 0;
 }
 
-/* Back-pressure (SPEC §3): the queue may not grow past max_buffered, except that one message of
- * any size may enter an empty queue. */
+/* Back-pressure (SPEC §3): a queue may not grow past max_buffered, except that one message of
+ * any size may enter an empty queue; and all queues together may not grow past
+ * max_buffered_total, beyond which the connections that already have a backlog are the ones
+ * refused. */
 static int accept_data(struct ws_conn *c, size_t len)
 {
-    if (c->out.bytes == 0 || c->out.bytes + len <= (size_t)cfg(c)->max_buffered)
+    bool own_ok = c->out.bytes == 0 || c->out.bytes + len <= (size_t)cfg(c)->max_buffered;
+    bool total_ok =
+        c->out.bytes == 0 || c->srv->pool.queued + len <= (size_t)cfg(c)->max_buffered_total;
+    if (own_ok && total_ok)
         return 0;
     if (strcmp(cfg(c)->backpressure, "drop") == 0) {
         c->srv->stats.dropped++;

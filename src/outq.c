@@ -33,6 +33,7 @@ void ws_chunk_pool_init(struct ws_chunk_pool *pool, size_t max_free)
     pool->free = NULL;
     pool->nfree = 0;
     pool->max_free = max_free;
+    pool->queued = 0;
 }
 
 void ws_chunk_pool_free(struct ws_chunk_pool *pool)
@@ -98,6 +99,7 @@ void ws_outq_append(struct ws_outq *q, struct ws_chunk_pool *pool, const void *p
     if (n == 0)
         return;
     q->bytes += n;
+    pool->queued += n;
     struct ws_chunk *t = q->tail;
     if (t && !t->shared) {
         size_t room = t->cap - t->len;
@@ -129,6 +131,7 @@ void ws_outq_append_shared(struct ws_outq *q, struct ws_chunk_pool *pool, struct
     c->cap = 0;
     link_chunk(q, c);
     q->bytes += s->len;
+    pool->queued += s->len;
 }
 
 int ws_outq_iov(const struct ws_outq *q, struct iovec *iov, int max)
@@ -147,6 +150,7 @@ void ws_outq_consume(struct ws_outq *q, struct ws_chunk_pool *pool, size_t n)
 {
     assert(n <= q->bytes);
     q->bytes -= n;
+    pool->queued -= n;
     while (n > 0) {
         struct ws_chunk *c = q->head;
         size_t left = c->len - c->off;
@@ -170,5 +174,6 @@ void ws_outq_clear(struct ws_outq *q, struct ws_chunk_pool *pool)
         chunk_put(pool, c);
     }
     q->tail = NULL;
+    pool->queued -= q->bytes;
     q->bytes = 0;
 }

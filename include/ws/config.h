@@ -34,6 +34,7 @@ struct ws_config {
     int64_t max_header_size;
     int64_t max_message_size;
     int64_t max_buffered;
+    int64_t max_buffered_total;
     char *backpressure; /* "close" | "drop" */
     double handshake_timeout;
     double close_timeout;

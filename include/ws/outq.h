@@ -31,6 +31,7 @@ struct ws_chunk {
 struct ws_chunk_pool {
     struct ws_chunk *free; /* chunks of WS_OUTQ_CHUNK_BYTES */
     size_t nfree, max_free;
+    size_t queued; /* unwritten bytes in every queue using this pool */
 };
 
 struct ws_outq {

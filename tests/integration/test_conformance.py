@@ -6,7 +6,6 @@ close code followed by the end of the TCP connection. Categories: handshake, fra
 splits of the byte stream, ping/pong, reserved bits, opcodes, masking, length encoding,
 fragmentation, UTF-8 (valid, invalid, fail-fast), limits, close codes and reasons.
 """
-import os
 import random
 import struct
 import time
@@ -282,6 +281,14 @@ def test_message_over_default_max_1009(echo_server, opcode):
         c.expect_close(1009)
 
 
+@pytest.mark.parametrize("size", [2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65])
+def test_unmask_odd_lengths(echo_server, size):
+    payload = payload_of(size, seed=size)
+    with ws(echo_server) as c:
+        c.send_frame(OP_BINARY, payload, mask_key=b"\x81\x42\x0f\xf0")
+        c.expect_message(OP_BINARY, payload)
+
+
 @pytest.mark.parametrize("mask_key", [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\x37\xfa\x21\x3d"],
                          ids=["zero-key", "ones-key", "rfc-key"])
 def test_mask_keys(echo_server, mask_key):
@@ -361,6 +368,11 @@ BYTEWISE = {
                         encode_frame(OP_CONT, "κό".encode()[3:], fin=False),
                         encode_frame(OP_CONT, "σμε".encode())],
     "close": [encode_frame(OP_CLOSE, wsraw.close_payload(1000, "bye"))],
+    "controls-between-fragments": [encode_frame(OP_BINARY, b"\x01\x02", fin=False),
+                                   encode_frame(OP_PING, b"mid-ping"),
+                                   encode_frame(OP_PONG, b"mid-pong"),
+                                   encode_frame(OP_CONT, b"\x03")],
+    "close-invalid-reason": [encode_frame(OP_CLOSE, wsraw.close_payload(1000, b"ok\xed\xa0\x80"))],
 }
 
 
@@ -376,6 +388,11 @@ def test_byte_by_byte(echo_server, name):
             c.expect_pong(b"ping!")
         elif name == "fragmented-text":
             c.expect_message(OP_TEXT, "κόσμε".encode())
+        elif name == "controls-between-fragments":
+            c.expect_pong(b"mid-ping")
+            c.expect_message(OP_BINARY, b"\x01\x02\x03")
+        elif name == "close-invalid-reason":
+            c.expect_close(1007)
         else:
             c.expect_close(1000, reply=False)
 
@@ -834,6 +851,45 @@ def test_utf8_split_across_fragments_valid(echo_server, idx, offset):
         c.send_frame(OP_CONT, payload[offset:])
         c.expect_message(OP_TEXT, payload)
 
+
+
+@pytest.mark.parametrize("prefix", range(0, 9))
+def test_utf8_valid_multibyte_at_every_alignment(echo_server, prefix):
+    """Word-at-a-time validators: a 4-, 3- and 2-byte sequence after k ASCII bytes."""
+    payload = b"a" * prefix + "😀€é".encode() + b"z" * 20 + "😀".encode() + b"tail" * 5
+    with ws(echo_server) as c:
+        c.send_frame(OP_TEXT, payload)
+        c.expect_message(OP_TEXT, payload)
+
+
+INVALID_OFFSETS = [0, 1, 3, 7, 8, 9, 15, 16, 31, 32, 1000, 4095]
+
+
+@pytest.mark.parametrize("offset", INVALID_OFFSETS)
+def test_utf8_invalid_byte_at_offset_1007(echo_server, offset):
+    """One 0xFF byte at various alignments inside a 4096-byte ASCII text message."""
+    payload = bytearray(b"x" * 4096)
+    payload[offset] = 0xFF
+    with ws(echo_server) as c:
+        c.send_frame(OP_TEXT, bytes(payload))
+        c.expect_close(1007)
+
+
+def test_utf8_max_size_of_4byte_chars(echo_server):
+    payload = "😀".encode() * (MIB // 4)
+    assert len(payload) == MIB
+    with ws(echo_server) as c:
+        c.send_frame(OP_TEXT, payload)
+        c.expect_message(OP_TEXT, payload)
+
+
+@pytest.mark.parametrize("tail", [b"\xed\xa0\x80", b"\xc0\x80", b"\xf0\x9f\x98"],
+                         ids=["surrogate", "overlong", "truncated"])
+def test_utf8_invalid_at_end_of_large_text_1007(echo_server, tail):
+    payload = "é😀".encode() * 100000 + tail
+    with ws(echo_server) as c:
+        c.send_frame(OP_TEXT, payload)
+        c.expect_close(1007)
 
 INVALID_UTF8 = {
     # lone continuation bytes
