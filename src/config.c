@@ -67,8 +67,8 @@ const struct ws_option ws_options[] = {
     {"fragment_size", WS_OPT_INT, OFF(fragment_size), 0, SIZE_LIMIT, NULL, true, "BYTES",
      "split outgoing messages larger than this into fragments, 0 never (default 0)"},
     {"metrics", WS_OPT_BOOL, OFF(metrics), 0, 0, NULL, true, NULL, "serve /metrics"},
-    {"workers", WS_OPT_INT, OFF(workers), 1, 1024, NULL, false, "N",
-     "worker processes (default 1)"},
+    {"workers", WS_OPT_INT, OFF(workers), 0, 1024, NULL, false, "N|auto",
+     "worker processes sharing the port (default 1; auto or 0: one per CPU)"},
     {"redis", WS_OPT_STRING, OFF(redis), 0, 0, NULL, false, "URL", "Redis for scale-out"},
     {"log_level", WS_OPT_CHOICE, OFF(log_level), 0, 0, log_level_choices, true, "L",
      "debug|info|warn|error (default info)"},
@@ -227,6 +227,8 @@ int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char
     switch (opt->type) {
     case WS_OPT_INT:
     case WS_OPT_SECONDS: {
+        if (strcmp(opt->name, "workers") == 0 && strcmp(value, "auto") == 0)
+            value = "0"; /* one per CPU, resolved at start-up */
         char *end;
         errno = 0;
         double v = strtod(value, &end);

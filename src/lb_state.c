@@ -184,9 +184,11 @@ void lb_app_free(struct lb_app *a)
         lua_close(a->L);
     }
     ev_idle_stop(a->loop, &a->reload_idle);
-    char status[128];
-    lb_status_path(status, sizeof(status), (long)getpid());
-    unlink(status);
+    if (!a->status_pid) {
+        char status[128];
+        lb_status_path(status, sizeof(status), (long)getpid());
+        unlink(status);
+    }
     ws_config_free(&a->base);
     ws_config_free(&a->config);
     free(a->path);
@@ -298,7 +300,7 @@ void lb_status_path(char *out, size_t cap, long pid)
 static void write_status(struct lb_app *a, bool ok, const char *why)
 {
     char path[128], tmp[160];
-    lb_status_path(path, sizeof(path), (long)getpid());
+    lb_status_path(path, sizeof(path), a->status_pid ? a->status_pid : (long)getpid());
     snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
     int fd = mkstemp(tmp);
     if (fd < 0)

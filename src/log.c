@@ -9,6 +9,7 @@
 
 static enum ws_log_level min_level = WS_LOG_INFO;
 static enum ws_log_format format = WS_LOG_TEXT;
+static int worker; /* added to every line when > 0 */
 
 /* Flood control: at most FLOOD_MAX lines of one event per second; the rest are counted and
  * reported in one "suppressed" line when the second is over. */
@@ -24,6 +25,11 @@ struct flood_slot {
 static struct flood_slot flood[FLOOD_SLOTS];
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void ws_log_set_worker(int index)
+{
+    worker = index;
+}
 
 void ws_log_setup(enum ws_log_level level, enum ws_log_format fmt)
 {
@@ -168,6 +174,8 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
         puts_(l, " event=");
         put_escaped(l, event, strlen(event));
     }
+    if (worker > 0)
+        ws_log_i64(l, "worker", worker);
 }
 
 void ws_log_str(struct ws_log_line *l, const char *k, const char *s, size_t n)

@@ -4,7 +4,9 @@
 #include "ws/config.h"
 #include "ws/err.h"
 #include "ws/lb.h"
+#include "ws/bus.h"
 #include "ws/log.h"
+#include "ws/master.h"
 #include "ws/server.h"
 #include "ws/watch.h"
 
@@ -234,52 +236,72 @@ static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args 
     return 0;
 }
 
-int main(int argc, char **argv)
-{
-    signal(SIGPIPE, SIG_IGN); /* SPEC §7: a vanished peer must not kill the process */
+/* What every serving process starts from. */
+struct start {
+    const char *path;
     struct ws_config cli;
-    ws_config_init(&cli);
-    struct args args = {0};
-    int rc = parse_args(argc, argv, &cli, &args);
-    if (rc)
-        return rc;
-    if (args.reload) {
-        ws_config_free(&cli);
-        return reload_running(args.reload);
-    }
-    setup_log(&cli);
-    raise_nofile();
+    pid_t master; /* 0 when single-process */
+};
 
-    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+/* Loads the app and checks its configuration; NULL after printing why, with the exit code. */
+static struct lb_app *load_app(struct ev_loop *loop, const struct start *st, bool check, int *code)
+{
     char err[512];
     bool config_error = false;
-    struct lb_app *app = lb_app_new(loop, args.app, &cli, &config_error, err, sizeof(err));
-    ws_config_free(&cli);
+    struct lb_app *app = lb_app_new(loop, st->path, &st->cli, &config_error, err, sizeof(err));
     if (!app) {
         fprintf(stderr, "wsserver: %s\n", err);
-        return config_error && !args.check ? 2 : 1;
+        *code = config_error && !check ? 2 : 1;
+        return NULL;
     }
     if (ws_config_validate(&app->config, err, sizeof(err)) < 0) {
         fprintf(stderr, "wsserver: %s\n", err);
         lb_app_free(app);
-        return args.check ? 1 : 2;
+        *code = check ? 1 : 2;
+        return NULL;
     }
     setup_log(&app->config);
-    if (args.check) {
-        printf("%s: ok\n", args.app);
-        lb_app_free(app);
-        return 0;
-    }
+    return app;
+}
+
+/* Runs one serving process: the only one, or worker index (1..N) with its end of the hub. */
+static int serve(struct start *st, int index, int hub_fd)
+{
+    struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+    ws_log_set_worker(index);
+    int code = 1;
+    struct lb_app *app = load_app(loop, st, false, &code);
+    if (!app)
+        return code;
+    if (st->master)
+        app->status_pid = st->master; /* --reload asks the master */
+    char err[512];
     struct ws_server *srv = ws_server_new(loop, &app->config, &lb_app_ops, app, err, sizeof(err));
     if (!srv) {
         fprintf(stderr, "wsserver: %s\n", err);
         lb_app_free(app);
         return 1;
     }
-    char *pidfile = app->config.pidfile ? strdup(app->config.pidfile) : NULL;
+    srv->worker = index;
+    struct ws_bus *bus = NULL;
+    if (app->config.redis) {
+        bus = ws_bus_redis_new(loop, app->config.redis, NULL, NULL, err, sizeof(err));
+        if (!bus) {
+            fprintf(stderr, "wsserver: %s\n", err);
+            ws_server_free(srv);
+            lb_app_free(app);
+            return 2;
+        }
+        if (hub_fd >= 0)
+            close(hub_fd);
+    } else if (hub_fd >= 0) {
+        bus = ws_bus_hub_new(loop, hub_fd, NULL, NULL);
+    }
+    if (bus)
+        ws_server_set_bus(srv, bus);
+    char *pidfile = app->config.pidfile && !st->master ? strdup(app->config.pidfile) : NULL;
     if (pidfile)
         write_pidfile(pidfile); /* before dropping privileges: /run may be root's */
-    int code = 1;
     struct ws_watch *watch = NULL;
     if (app->config.user && drop_privileges(app->config.user, err, sizeof(err)) < 0) {
         fprintf(stderr, "wsserver: %s\n", err);
@@ -301,5 +323,69 @@ int main(int argc, char **argv)
     free(pidfile);
     lb_app_free(app);
     ws_log_msg(WS_LOG_INFO, "exit", "bye");
+    return code;
+}
+
+static int worker_main(void *arg, int index, int hub_fd)
+{
+    return serve(arg, index, hub_fd);
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN); /* SPEC §7: a vanished peer must not kill the process */
+    struct start st = {0};
+    ws_config_init(&st.cli);
+    struct args args = {0};
+    int rc = parse_args(argc, argv, &st.cli, &args);
+    if (rc)
+        return rc;
+    if (args.reload) {
+        ws_config_free(&st.cli);
+        return reload_running(args.reload);
+    }
+    st.path = args.app;
+    setup_log(&st.cli);
+    raise_nofile();
+
+    /* Load once here: --check, and the settings that decide how many processes to run. */
+    struct ev_loop *probe = ev_loop_new(EVFLAG_AUTO);
+    int code = 1;
+    struct lb_app *app = load_app(probe, &st, args.check, &code);
+    if (!app) {
+        ev_loop_destroy(probe);
+        ws_config_free(&st.cli);
+        return code;
+    }
+    int workers = (int)app->config.workers;
+    if (workers == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        workers = n > 0 ? (int)n : 1;
+    }
+    double shutdown_timeout = app->config.shutdown_timeout;
+    char *pidfile = app->config.pidfile ? strdup(app->config.pidfile) : NULL;
+    bool unix_listener = false;
+    for (size_t i = 0; i < app->config.listen.n; i++)
+        unix_listener = unix_listener || strstr(app->config.listen.items[i], "unix:") != NULL;
+    lb_app_free(app);
+    ev_loop_destroy(probe);
+    if (args.check) {
+        printf("%s: ok\n", args.app);
+        code = 0;
+    } else if (workers > 1 && unix_listener) {
+        fprintf(stderr, "wsserver: unix: listeners need workers = 1\n");
+        code = 2;
+    } else if (workers > 1) {
+        st.master = getpid();
+        if (pidfile)
+            write_pidfile(pidfile);
+        code = ws_master_run(workers, shutdown_timeout, worker_main, &st);
+        if (pidfile)
+            unlink(pidfile);
+    } else {
+        code = serve(&st, 0, -1);
+    }
+    free(pidfile);
+    ws_config_free(&st.cli);
     return code;
 }

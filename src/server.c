@@ -4,6 +4,7 @@
 #include "ws/server.h"
 
 #include "ws/buf.h"
+#include "ws/bus.h"
 #include "ws/err.h"
 #include "ws/frame.h"
 #include "ws/log.h"
@@ -80,7 +81,7 @@ static int open_unix(const char *path, char *err, size_t errlen)
     return fd;
 }
 
-static int open_tcp(const char *addr, char *err, size_t errlen)
+static int open_tcp(const char *addr, bool reuseport, char *err, size_t errlen)
 {
     char host[256], port[16];
     if (split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
@@ -106,6 +107,9 @@ static int open_tcp(const char *addr, char *err, size_t errlen)
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        /* --workers: every worker binds the same port; the kernel spreads the connections */
+        if (reuseport)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
@@ -137,7 +141,8 @@ static int open_listener(struct ws_server *srv, const char *addr, bool all_tls, 
     }
     l->tls = tls;
     bool is_unix = strncmp(addr, "unix:", 5) == 0;
-    int fd = is_unix ? open_unix(addr + 5, err, errlen) : open_tcp(addr, err, errlen);
+    int fd = is_unix ? open_unix(addr + 5, err, errlen)
+                     : open_tcp(addr, srv->cfg.workers != 1, err, errlen);
     if (fd < 0)
         return WS_E_IO;
     l->fd = fd;
@@ -438,6 +443,9 @@ void ws_server_free(struct ws_server *srv)
     ws_map_free(&srv->per_ip);
     ws_chunk_pool_free(&srv->pool);
     ws_tls_ctx_free(srv->tls);
+    srv->topics.on_change = NULL;
+    if (srv->bus)
+        srv->bus->ops->free(srv->bus);
     ws_config_free(&srv->cfg);
     free(srv->rbuf);
     free(srv);
@@ -465,9 +473,9 @@ struct ws_conn *ws_server_get(struct ws_server *srv, uint64_t id)
     return c && c->state != WS_CONN_CLOSED ? c : NULL;
 }
 
-size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *data, size_t len,
-                           uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
-                           void *ctx)
+static size_t broadcast_local(struct ws_server *srv, uint8_t opcode, const void *data, size_t len,
+                              uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
+                              void *ctx)
 {
     struct ws_shared *frame = ws_conn_encode_shared(opcode, data, len);
     size_t reached = 0;
@@ -484,8 +492,8 @@ size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *da
     return reached;
 }
 
-size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len, uint8_t opcode,
-                         const void *data, size_t len, uint64_t except_id)
+static size_t publish_local(struct ws_server *srv, const char *topic, size_t topic_len,
+                            uint8_t opcode, const void *data, size_t len, uint64_t except_id)
 {
     struct ws_topic *t = ws_topics_find(&srv->topics, topic, topic_len);
     if (!t)
@@ -501,6 +509,61 @@ size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_
     }
     ws_shared_unref(frame);
     return reached;
+}
+
+static void bus_send(struct ws_server *srv, uint8_t kind, const char *topic, size_t topic_len,
+                     uint8_t opcode, const void *data, size_t len)
+{
+    if (!srv->bus)
+        return;
+    struct ws_bus_msg m = {srv->bus->origin, kind, opcode, topic, topic_len, data, len};
+    srv->bus->ops->publish(srv->bus, &m);
+}
+
+size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *data, size_t len,
+                           uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
+                           void *ctx)
+{
+    size_t n = broadcast_local(srv, opcode, data, len, except_id, filter, ctx);
+    bus_send(srv, WS_BUS_BROADCAST, NULL, 0, opcode, data, len);
+    return n;
+}
+
+size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len, uint8_t opcode,
+                         const void *data, size_t len, uint64_t except_id)
+{
+    size_t n = publish_local(srv, topic, topic_len, opcode, data, len, except_id);
+    bus_send(srv, WS_BUS_TOPIC, topic, topic_len, opcode, data, len);
+    return n;
+}
+
+/* A message from another process: delivered here only. */
+static void on_bus_message(void *ctx, const struct ws_bus_msg *m)
+{
+    struct ws_server *srv = ctx;
+    uint8_t opcode = m->opcode == WS_OP_BINARY ? WS_OP_BINARY : WS_OP_TEXT;
+    if (m->kind == WS_BUS_BROADCAST)
+        broadcast_local(srv, opcode, m->data, m->len, 0, NULL, NULL);
+    else
+        publish_local(srv, m->topic, m->topic_len, opcode, m->data, m->len, 0);
+}
+
+static void on_topic_change(void *ctx, const struct ws_topic *topic, bool created)
+{
+    struct ws_server *srv = ctx;
+    if (created)
+        srv->bus->ops->subscribe(srv->bus, topic->name, topic->len);
+    else
+        srv->bus->ops->unsubscribe(srv->bus, topic->name, topic->len);
+}
+
+void ws_server_set_bus(struct ws_server *srv, struct ws_bus *bus)
+{
+    srv->bus = bus;
+    bus->deliver = on_bus_message;
+    bus->ctx = srv;
+    srv->topics.on_change = on_topic_change;
+    srv->topics.ctx = srv;
 }
 
 void ws_server_count_close(struct ws_server *srv, int code)

@@ -11,6 +11,8 @@ void ws_topics_init(struct ws_topics *t)
 {
     ws_map_init(&t->by_hash);
     t->count = 0;
+    t->on_change = NULL;
+    t->ctx = NULL;
 }
 
 void ws_topics_free(struct ws_topics *t)
@@ -38,11 +40,15 @@ static struct ws_topic *create(struct ws_topics *t, const char *name, size_t len
     topic->next_same_hash = ws_map_get(&t->by_hash, topic->hash);
     ws_map_put(&t->by_hash, topic->hash, topic);
     t->count++;
+    if (t->on_change)
+        t->on_change(t->ctx, topic, true);
     return topic;
 }
 
 static void destroy(struct ws_topics *t, struct ws_topic *topic)
 {
+    if (t->on_change)
+        t->on_change(t->ctx, topic, false);
     struct ws_topic *head = ws_map_get(&t->by_hash, topic->hash);
     if (head == topic) {
         if (topic->next_same_hash)

@@ -54,6 +54,7 @@ struct lb_app {
     ev_idle reload_idle;     /* runs a requested reload between two loop iterations */
     struct lb_timer *timers; /* active ws.after/ws.every timers */
     uint64_t attempts;       /* loads tried, the first included */
+    long status_pid;         /* whose status file reload results go to (0: this process) */
 };
 
 /* The ops table the server calls. */

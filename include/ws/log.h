@@ -23,6 +23,9 @@ struct ws_log_line {
 /* Sets the minimum level written and the format. */
 void ws_log_setup(enum ws_log_level level, enum ws_log_format format);
 
+/* Adds worker=<index> to every line from now on (0: none). */
+void ws_log_set_worker(int index);
+
 /* True when a line at level would be written. */
 bool ws_log_enabled(enum ws_log_level level);
 

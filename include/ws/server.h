@@ -65,6 +65,8 @@ struct ws_server {
     struct ws_map per_ip; /* address hash -> count */
     struct ws_topics topics;
     struct ws_tls_ctx *tls; /* NULL without tls_cert */
+    struct ws_bus *bus;     /* other workers and nodes; NULL when alone */
+    int worker;             /* 0 when single-process, else 1..workers */
     struct ws_chunk_pool pool;
     uint8_t *rbuf; /* shared read buffer, WS_SERVER_READ_BYTES */
     uint64_t next_id;
@@ -104,13 +106,19 @@ void ws_server_bury(struct ws_server *srv, struct ws_conn *c);
 /* The connection with id, or NULL (also when it is already closed). */
 struct ws_conn *ws_server_get(struct ws_server *srv, uint64_t id);
 
+/* Connects the server to the bus (it takes ownership): broadcasts and publishes go to the other
+ * processes too, and theirs are delivered here. */
+void ws_server_set_bus(struct ws_server *srv, struct ws_bus *bus);
+
 /* Sends a frame encoded once to every open connection for which filter (NULL: all) returns true,
- * except except_id (0: none). Returns the number reached. */
+ * except except_id (0: none), then to the other processes on the bus (where the filter and the
+ * exception do not apply). Returns the number reached in this process. */
 size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *data, size_t len,
                            uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
                            void *ctx);
 
-/* Sends to every subscriber of topic except except_id. Returns the number reached. */
+/* Sends to every subscriber of topic except except_id, here and on the bus. Returns the number
+ * reached in this process. */
 size_t ws_server_publish(struct ws_server *srv, const char *topic, size_t topic_len, uint8_t opcode,
                          const void *data, size_t len, uint64_t except_id);
 

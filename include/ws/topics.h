@@ -27,9 +27,14 @@ struct ws_subscriber {
     uint32_t ntopics, cap;
 };
 
+/* Told when a topic gets its first subscriber (created) or loses its last (before it is freed). */
+typedef void (*ws_topics_change_fn)(void *ctx, const struct ws_topic *topic, bool created);
+
 struct ws_topics {
     struct ws_map by_hash; /* name hash -> chain of topics */
     size_t count;
+    ws_topics_change_fn on_change; /* may be NULL */
+    void *ctx;
 };
 
 void ws_topics_init(struct ws_topics *t);
