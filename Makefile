@@ -21,6 +21,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
 .PHONY: bench bench-count fuzz fuzz-run install uninstall
+.PHONY: test-browser
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
         check-build
 
@@ -58,10 +59,9 @@ uninstall:
 deps:
 	@bash scripts/install-deps.sh
 
-RUN_APP ?= examples/echo.lua
 run: deps
 	$(MAKE) all
-	$(BUILD)/wsserver -l 0.0.0.0:8080 $(RUN_APP)
+	$(BUILD)/wsserver -l 0.0.0.0:8080 --static examples/chat/public examples/chat/chat.lua
 
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
@@ -74,8 +74,12 @@ test-lua:
 test-integration: all
 	WSSERVER=$(abspath $(BUILD)/wsserver) $(PYTHON) -m pytest -q -x tests/integration
 
+# End-to-end tests in headless Chromium (Debian's chromium driven by playwright-core).
+test-browser: all
+	WSSERVER=$(abspath $(BUILD)/wsserver) node --test tests/browser/
+
 test: deps
-	$(MAKE) all test-unit test-lua test-integration format-check
+	$(MAKE) all test-unit test-lua test-integration test-browser format-check
 	$(MAKE) BUILD=build/san SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-unit
 
 asan:

@@ -17,6 +17,7 @@ PACKAGES=(
     python3 python3-websockets python3-pytest python3-prometheus-client
     nodejs
     openssl procps
+    chromium fonts-liberation
 )
 
 missing=()
@@ -42,7 +43,7 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 
 # Node peers used by the integration tests, installed locally under tests/node_modules.
-if [ ! -d "$here/tests/node_modules/ws" ]; then
+if [ ! -d "$here/tests/node_modules/ws" ] || [ ! -d "$here/tests/node_modules/playwright-core" ]; then
     echo "install-deps: installing node packages"
     (cd "$here/tests" && npm install --no-audit --no-fund --loglevel=error)
 else

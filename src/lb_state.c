@@ -386,7 +386,7 @@ static void restore_modules(lua_State *L, int saved)
 }
 
 /* Calls the new version's load(state, info). [-0, +0, -] */
-static int call_load(struct lb_app *a, int app_idx, const char *trigger)
+static int call_load(struct lb_app *a, int app_idx, uint64_t generation, const char *trigger)
 {
     lua_State *L = a->L;
     lua_getfield(L, app_idx, "load");
@@ -396,9 +396,9 @@ static int call_load(struct lb_app *a, int app_idx, const char *trigger)
     }
     lb_push_ref(L, a->state_ref);
     lua_createtable(L, 0, 4);
-    lua_pushinteger(L, (lua_Integer)a->generation + 1);
+    lua_pushinteger(L, (lua_Integer)generation);
     lua_setfield(L, -2, "generation");
-    lua_pushinteger(L, (lua_Integer)a->generation);
+    lua_pushinteger(L, (lua_Integer)generation - 1);
     lua_setfield(L, -2, "previous");
     lua_pushstring(L, a->path);
     lua_setfield(L, -2, "file");
@@ -479,7 +479,7 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
         ws_config_free(&next);
         goto failed;
     }
-    if (a->srv && call_load(a, app_idx, trigger) < 0) {
+    if (a->srv && call_load(a, app_idx, a->generation + 1, trigger) < 0) {
         snprintf(err, sizeof(err), "load() failed (see the handler_error above)");
         ws_config_free(&next);
         goto failed;
@@ -540,7 +540,7 @@ int lb_app_attach(struct lb_app *a, struct ws_server *srv, char *err, size_t err
 {
     a->srv = srv;
     lb_push_ref(a->L, a->app_ref);
-    int rc = call_load(a, lua_gettop(a->L), "start");
+    int rc = call_load(a, lua_gettop(a->L), a->generation, "start");
     lua_pop(a->L, 1);
     if (rc < 0) {
         snprintf(err, errlen, "%s: load() failed (see the error above)", a->path);

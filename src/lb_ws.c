@@ -422,7 +422,8 @@ static int ws_stats(lua_State *L)
     return 1;
 }
 
-/* ws.now() -> seconds (the loop's clock, monotonic within a run) [-0, +1, -] */
+/* ws.now() -> seconds since the epoch, with fractions, as of the current loop iteration (cached:
+ * cheap to call; for intervals and timestamps alike) [-0, +1, -] */
 static int ws_now(lua_State *L)
 {
     lua_pushnumber(L, ev_now(lb_app_of(L)->loop));

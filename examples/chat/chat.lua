@@ -44,10 +44,12 @@ local LIMITS = {
   nick = 24,       -- characters per nickname
   room = 32,       -- characters per room name
   history = 50,    -- messages kept per room and replayed on join
-  rooms = 200,     -- rooms remembered at once (empty ones are forgotten first)
+  rooms = 100,     -- rooms remembered at once (empty ones are forgotten first)
   burst = 10,      -- rate limit: at most 10 messages...
   per = 5,         -- ...per 5 seconds, as a token bucket
 }
+-- So the history can never hold more than rooms * history * text characters: 100 * 50 * 2000
+-- characters of at most 4 bytes, 40 MB, well under the server's lua_memory_limit.
 local TYPING_GAP = 1 -- seconds between two typing notices relayed from one connection
 
 -- Everything shared lives in ws.state: a reload runs this file again (so every local here is
@@ -224,8 +226,10 @@ function handle.say(conn, msg)
                       string.format("Messages are limited to %d characters.", LIMITS.text))
   end
   S.last_id = S.last_id + 1
+  -- ts: wall-clock milliseconds, as JavaScript's Date wants them (ws.now() is the event loop's
+  -- clock: the one to measure intervals with, as the rate limit does)
   local m = {type = "message", room = d.room, id = S.last_id, nick = d.nick, text = text,
-             ts = math.floor(ws.now() * 1000)}
+             ts = os.time() * 1000}
   local r = S.rooms[d.room]
   r.history[#r.history + 1] = m
   if #r.history > LIMITS.history then

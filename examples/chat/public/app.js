@@ -173,7 +173,8 @@ function addMessage(m) {
   const head = el('div', 'head');
   head.append(el('span', 'nick', m.nick));
   const when = new Date(m.ts);
-  const time = el('time', 'time', when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }));
+  const clock = when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const time = el('time', 'time', clock);
   time.dateTime = when.toISOString();
   head.append(time);
   li.append(head, el('p', 'text', m.text));
