@@ -241,10 +241,11 @@ size_t ws_conn_buffered(const struct ws_conn *c)
     return c->out.bytes;
 }
 
-static void queue_frame(struct ws_conn *c, uint8_t opcode, bool fin, const void *data, size_t len)
+static void queue_frame(struct ws_conn *c, uint8_t opcode, bool fin, uint8_t rsv, const void *data,
+                        size_t len)
 {
     uint8_t hdr[WS_FRAME_MAX_HEADER];
-    size_t n = ws_frame_encode_header(hdr, fin, 0, opcode, len, NULL);
+    size_t n = ws_frame_encode_header(hdr, fin, rsv, opcode, len, NULL);
     ws_outq_append(&c->out, &c->srv->pool, hdr, n);
     ws_outq_append(&c->out, &c->srv->pool, data, len);
 }
@@ -254,7 +255,7 @@ static void start_close(struct ws_conn *c, int code, const char *reason, size_t 
 {
     uint8_t payload[WS_FRAME_MAX_CONTROL_PAYLOAD];
     size_t n = ws_close_payload(payload, code, reason, len);
-    queue_frame(c, WS_OP_CLOSE, true, payload, n);
+    queue_frame(c, WS_OP_CLOSE, true, 0, payload, n);
     ws_session_close_sent(&c->session);
     if (c->session.close_state != WS_CLOSE_DONE) {
         c->close_code = (uint16_t)(code ? code : 1005);
@@ -331,42 +332,95 @@ int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len
     if (control) {
         if (len > WS_FRAME_MAX_CONTROL_PAYLOAD)
             return WS_E_INVAL;
-        queue_frame(c, opcode, true, data, len);
+        queue_frame(c, opcode, true, 0, data, len);
         return sent_result(c);
     }
+    /* decide on back-pressure before compressing: a compressor with context takeover must see
+     * exactly the messages that are sent */
     int rc = accept_data(c, len);
     if (rc < 0)
         return rc;
     c->srv->stats.messages_out++;
+    uint8_t rsv = 0;
+    struct ws_buf *z = &c->srv->zbuf;
+    if (c->deflate && ws_deflate_should_compress(c->deflate, len)) {
+        /* RFC 7692 §7.2.1: the payload compressed, RSV1 on the first frame only */
+        z->len = 0;
+        ws_deflate_compress(c->deflate, data, len, z);
+        data = z->data;
+        len = z->len;
+        rsv = WS_FRAME_RSV1;
+    }
     size_t frag = (size_t)cfg(c)->fragment_size;
+    const uint8_t *p = data;
     if (frag && len > frag) {
         /* RFC 6455 §5.4: a fragmented message; only the first frame carries the opcode */
-        const uint8_t *p = data;
         for (size_t off = 0; off < len; off += frag) {
             size_t n = len - off < frag ? len - off : frag;
-            queue_frame(c, off ? WS_OP_CONTINUATION : opcode, off + n == len, p + off, n);
+            queue_frame(c, off ? WS_OP_CONTINUATION : opcode, off + n == len, off ? 0 : rsv,
+                        p + off, n);
         }
-        return sent_result(c);
-    }
-    if (c->out.bytes == 0 && len >= WS_OUTQ_CHUNK_BYTES) {
+    } else if (c->out.bytes == 0 && len >= WS_OUTQ_CHUNK_BYTES) {
         uint8_t hdr[WS_FRAME_MAX_HEADER];
-        size_t hlen = ws_frame_encode_header(hdr, true, 0, opcode, len, NULL);
+        size_t hlen = ws_frame_encode_header(hdr, true, rsv, opcode, len, NULL);
         send_direct(c, hdr, hlen, data, len);
     } else {
-        queue_frame(c, opcode, true, data, len);
+        queue_frame(c, opcode, true, rsv, data, len);
     }
+    if (z->cap > WS_OUTQ_CHUNK_BYTES * 64)
+        ws_buf_reset(z); /* do not keep a big scratch buffer after one big message */
     return sent_result(c);
 }
 
-struct ws_shared *ws_conn_encode_shared(uint8_t opcode, const void *data, size_t len)
+struct ws_shared *ws_conn_encode_shared(uint8_t opcode, uint8_t rsv, const void *data, size_t len)
 {
     uint8_t hdr[WS_FRAME_MAX_HEADER];
-    size_t hlen = ws_frame_encode_header(hdr, true, 0, opcode, len, NULL);
+    size_t hlen = ws_frame_encode_header(hdr, true, rsv, opcode, len, NULL);
     struct ws_shared *s = ws_shared_new(hlen + len);
     memcpy(s->data, hdr, hlen);
     if (len)
         memcpy(s->data + hlen, data, len);
     return s;
+}
+
+void ws_frame_set_init(struct ws_frame_set *set, uint8_t opcode, const void *data, size_t len)
+{
+    memset(set, 0, sizeof(*set));
+    set->opcode = opcode;
+    set->data = data;
+    set->len = len;
+}
+
+void ws_frame_set_free(struct ws_frame_set *set)
+{
+    ws_shared_unref(set->plain);
+    for (size_t i = 0; i < sizeof(set->deflated) / sizeof(set->deflated[0]); i++)
+        ws_shared_unref(set->deflated[i]);
+    memset(set, 0, sizeof(*set));
+}
+
+int ws_conn_send_set(struct ws_conn *c, struct ws_frame_set *set)
+{
+    if (c->state != WS_CONN_OPEN)
+        return WS_E_CLOSED;
+    if (c->deflate && ws_deflate_should_compress(c->deflate, set->len)) {
+        int bits = ws_deflate_broadcast_bits(c->deflate);
+        if (!bits) /* its own compressor with context: this connection's own encoding */
+            return ws_conn_send(c, set->opcode, set->data, set->len);
+        if (!set->deflated[bits]) {
+            /* compressed once for every recipient with this window (RFC 7692 §7.1.1.1 lets a
+             * server reset its context per message) */
+            struct ws_buf *z = &c->srv->zbuf;
+            z->len = 0;
+            ws_deflate_shared_compress(c->srv->deflate_shared, bits, set->data, set->len, z);
+            set->deflated[bits] =
+                ws_conn_encode_shared(set->opcode, WS_FRAME_RSV1, z->data, z->len);
+        }
+        return ws_conn_send_shared(c, set->deflated[bits], true);
+    }
+    if (!set->plain)
+        set->plain = ws_conn_encode_shared(set->opcode, 0, set->data, set->len);
+    return ws_conn_send_shared(c, set->plain, true);
 }
 
 int ws_conn_send_shared(struct ws_conn *c, struct ws_shared *frame, bool is_data)
@@ -605,14 +659,25 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     }
     free(reply.body);
 
+    /* RFC 7692 §5: accept the first permessage-deflate offer we can honour */
+    char ext[WS_DEFLATE_RESPONSE_MAX];
+    struct ws_deflate_params dp;
+    bool deflate =
+        srv->deflate_cfg.enabled && hs.noffers &&
+        ws_deflate_negotiate(&srv->deflate_cfg, hs.offers, hs.noffers, &dp, ext, sizeof(ext)) == 1;
     char out[1024];
     size_t n = ws_handshake_response(out, sizeof(out), &hs, c->protocol,
-                                     c->protocol ? strlen(c->protocol) : 0, NULL);
+                                     c->protocol ? strlen(c->protocol) : 0, deflate ? ext : NULL);
     if (!n) {
         refuse(c, 500, "internal error", 14);
         return;
     }
     ws_outq_append(&c->out, &srv->pool, out, n);
+    if (deflate) {
+        c->deflate = ws_xcalloc(1, sizeof(*c->deflate));
+        ws_deflate_init(c->deflate, &dp, srv->deflate_shared);
+        ws_session_set_deflate(&c->session, c->deflate);
+    }
     set_state(c, WS_CONN_OPEN);
     srv->nopen++;
     c->opened = true;
@@ -672,7 +737,7 @@ static void on_peer_close(struct ws_conn *c, const struct ws_session_event *ev)
         /* RFC 6455 §5.5.1: echo the status code; 1005 means there was none */
         uint8_t payload[WS_FRAME_MAX_CONTROL_PAYLOAD];
         size_t n = ws_close_payload(payload, ev->code == 1005 ? 0 : ev->code, NULL, 0);
-        queue_frame(c, WS_OP_CLOSE, true, payload, n);
+        queue_frame(c, WS_OP_CLOSE, true, 0, payload, n);
         ws_session_close_sent(&c->session);
         set_state(c, WS_CONN_CLOSING);
         rearm(c);
@@ -706,7 +771,7 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
             break;
         case WS_SESSION_PING:
             if (c->state == WS_CONN_OPEN) /* RFC 6455 §5.5.2: pong with the same payload */
-                queue_frame(c, WS_OP_PONG, true, ev.data, ev.len);
+                queue_frame(c, WS_OP_PONG, true, 0, ev.data, ev.len);
             ws_server_want_flush(srv, c);
             break;
         case WS_SESSION_PONG:
@@ -835,7 +900,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
             break;
         }
         if (o->ping_interval > 0 && !c->ping_sent && now >= c->last_read + o->ping_interval) {
-            queue_frame(c, WS_OP_PING, true, NULL, 0);
+            queue_frame(c, WS_OP_PING, true, 0, NULL, 0);
             c->ping_sent = now;
             ws_server_want_flush(c->srv, c);
         }
@@ -878,6 +943,10 @@ void ws_conn_destroy(struct ws_conn *c)
     ws_buf_reset(&c->in);
     ws_outq_clear(&c->out, &srv->pool);
     c->transport->free(c->transport_state);
+    if (c->deflate) {
+        ws_deflate_reset(c->deflate);
+        free(c->deflate);
+    }
     free(c->path);
     free(c->protocol);
     free(c->close_reason);

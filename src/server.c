@@ -379,6 +379,18 @@ struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cf
     ws_chunk_pool_init(&srv->pool, POOL_CHUNKS);
     srv->rbuf = ws_xmalloc(WS_SERVER_READ_BYTES);
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ws_buf_init(&srv->zbuf);
+    ws_deflate_config_init(&srv->deflate_cfg);
+    if (strcmp(srv->cfg.compression, "on") == 0) {
+        struct ws_deflate_config *d = &srv->deflate_cfg;
+        d->enabled = true;
+        d->server_max_window_bits = (int)srv->cfg.compression_window_bits;
+        d->mem_level = (int)srv->cfg.compression_mem_level;
+        d->level = (int)srv->cfg.compression_level;
+        d->server_context_takeover = srv->cfg.compression_context_takeover;
+        d->compress_min_size = (size_t)srv->cfg.compress_min_size;
+        srv->deflate_shared = ws_deflate_shared_new(d->mem_level, d->level);
+    }
 
     if (srv->cfg.tls_cert) {
         srv->tls = ws_tls_ctx_new(srv->cfg.tls_cert, srv->cfg.tls_key, err, errlen);
@@ -443,6 +455,8 @@ void ws_server_free(struct ws_server *srv)
     ws_map_free(&srv->per_ip);
     ws_chunk_pool_free(&srv->pool);
     ws_tls_ctx_free(srv->tls);
+    ws_deflate_shared_free(srv->deflate_shared);
+    ws_buf_reset(&srv->zbuf);
     srv->topics.on_change = NULL;
     if (srv->bus)
         srv->bus->ops->free(srv->bus);
@@ -477,7 +491,8 @@ static size_t broadcast_local(struct ws_server *srv, uint8_t opcode, const void 
                               uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
                               void *ctx)
 {
-    struct ws_shared *frame = ws_conn_encode_shared(opcode, data, len);
+    struct ws_frame_set set;
+    ws_frame_set_init(&set, opcode, data, len);
     size_t reached = 0;
     for (struct ws_registry_node *node = srv->conns.head; node; node = node->next) {
         struct ws_conn *c = (struct ws_conn *)node;
@@ -485,10 +500,10 @@ static size_t broadcast_local(struct ws_server *srv, uint8_t opcode, const void 
             continue;
         if (filter && !filter(ctx, c))
             continue;
-        if (ws_conn_send_shared(c, frame, true) >= 0)
+        if (ws_conn_send_set(c, &set) >= 0)
             reached++;
     }
-    ws_shared_unref(frame);
+    ws_frame_set_free(&set);
     return reached;
 }
 
@@ -498,16 +513,17 @@ static size_t publish_local(struct ws_server *srv, const char *topic, size_t top
     struct ws_topic *t = ws_topics_find(&srv->topics, topic, topic_len);
     if (!t)
         return 0;
-    struct ws_shared *frame = ws_conn_encode_shared(opcode, data, len);
+    struct ws_frame_set set;
+    ws_frame_set_init(&set, opcode, data, len);
     size_t reached = 0;
     for (size_t i = 0; i < t->nsubs; i++) {
         struct ws_conn *c = (struct ws_conn *)((char *)t->subs[i] - offsetof(struct ws_conn, sub));
         if (c->node.id == except_id)
             continue;
-        if (ws_conn_send_shared(c, frame, true) >= 0)
+        if (ws_conn_send_set(c, &set) >= 0)
             reached++;
     }
-    ws_shared_unref(frame);
+    ws_frame_set_free(&set);
     return reached;
 }
 

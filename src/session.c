@@ -22,12 +22,20 @@ void ws_session_init(struct ws_session *s, size_t max_message_bytes)
     ws_utf8_init(&s->utf8);
     ws_buf_init(&s->msg);
     s->msg_opcode = 0;
+    s->msg_compressed = false;
+    s->deflate = NULL;
     s->msg_len = 0;
     s->msg_done = false;
     s->ctl_len = 0;
     s->max_message_bytes = max_message_bytes;
     s->close_state = WS_CLOSE_NONE;
     s->err = 0;
+}
+
+void ws_session_set_deflate(struct ws_session *s, struct ws_deflate *d)
+{
+    s->deflate = d;
+    s->dec.rsv_allowed = WS_FRAME_RSV1; /* RFC 7692 §6: "Per-Message Compressed" bit */
 }
 
 void ws_session_reset(struct ws_session *s)
@@ -47,7 +55,11 @@ static void release_msg(struct ws_session *s)
 
 static int on_header(struct ws_session *s, const struct ws_frame_header *h)
 {
+    /* RFC 7692 §6.1: RSV1 only on the first frame of a data message */
+    bool rsv1 = h->rsv & WS_FRAME_RSV1;
     if (ws_frame_is_control(h->opcode)) {
+        if (rsv1)
+            return WS_E_RSV;
         s->ctl_len = 0;
         return 0;
     }
@@ -55,6 +67,8 @@ static int on_header(struct ws_session *s, const struct ws_frame_header *h)
         /* RFC 6455 §5.4: a continuation only continues a fragmented message */
         if (!s->msg_opcode)
             return WS_E_UNEXPECTED_CONTINUATION;
+        if (rsv1)
+            return WS_E_RSV;
     } else {
         assert(h->opcode == WS_OP_TEXT || h->opcode == WS_OP_BINARY); /* decoder rejects others */
         /* RFC 6455 §5.4: fragments of one message are not interleaved with another message */
@@ -63,6 +77,9 @@ static int on_header(struct ws_session *s, const struct ws_frame_header *h)
         s->msg_opcode = h->opcode;
         s->msg_len = 0;
         ws_utf8_init(&s->utf8);
+        s->msg_compressed = rsv1;
+        if (rsv1)
+            ws_deflate_inflate_begin(s->deflate);
     }
     /* SPEC §3 (RFC 6455 §10.4): refuse before buffering a byte of a frame over the limit;
      * msg_len never exceeds the limit, so the subtraction cannot wrap. */
@@ -71,10 +88,43 @@ static int on_header(struct ws_session *s, const struct ws_frame_header *h)
     return 0;
 }
 
+/* A compressed message's span: inflated into s->msg, bounded by the message limit as it grows
+ * (a small frame cannot make us hold more than max_message_bytes + 1). */
+static int on_compressed(struct ws_session *s, const struct ws_frame_event *fe,
+                         struct ws_session_event *ev)
+{
+    size_t before = s->msg.len;
+    bool last = fe->last && fe->header.fin;
+    int rc = ws_deflate_inflate(s->deflate, fe->data, fe->len, last, &s->msg, s->max_message_bytes);
+    if (rc < 0)
+        return rc;
+    /* RFC 7692 §8: text is validated after inflation, still as it arrives */
+    if (s->msg_opcode == WS_OP_TEXT &&
+        ws_utf8_feed(&s->utf8, s->msg.data + before, s->msg.len - before) < 0)
+        return WS_E_UTF8;
+    s->msg_len += fe->len;
+    if (!last)
+        return 0;
+    if (s->msg_opcode == WS_OP_TEXT && !ws_utf8_complete(&s->utf8))
+        return WS_E_UTF8;
+    ev->type = WS_SESSION_MESSAGE;
+    ev->opcode = s->msg_opcode;
+    ev->code = 0;
+    ev->data = s->msg.len ? s->msg.data : (const uint8_t *)"";
+    ev->len = s->msg.len;
+    s->msg_done = true;
+    s->msg_opcode = 0;
+    s->msg_len = 0;
+    s->msg_compressed = false;
+    return 1;
+}
+
 /* Returns 1 when a message is complete in *ev, 0 when more is needed, or a WS_E_*. */
 static int on_data(struct ws_session *s, const struct ws_frame_event *fe,
                    struct ws_session_event *ev)
 {
+    if (s->msg_compressed)
+        return on_compressed(s, fe, ev);
     /* RFC 6455 §8.1: fail as soon as the text cannot be valid UTF-8, not at the end */
     if (s->msg_opcode == WS_OP_TEXT && ws_utf8_feed(&s->utf8, fe->data, fe->len) < 0)
         return WS_E_UTF8;

@@ -47,6 +47,10 @@ struct ws_config {
     struct ws_string_list protocols;
     char *compression; /* "off" | "on" */
     int64_t compress_min_size;
+    int64_t compression_window_bits;
+    int64_t compression_mem_level;
+    int64_t compression_level;
+    bool compression_context_takeover;
     int64_t fragment_size;
     bool metrics;
     int64_t workers;

@@ -6,6 +6,7 @@
 #define WS_CONN_H
 
 #include "ws/buf.h"
+#include "ws/deflate.h"
 #include "ws/outq.h"
 #include "ws/registry.h"
 #include "ws/session.h"
@@ -57,6 +58,7 @@ struct ws_conn {
     char *path;                 /* request target (owned) */
     char *protocol;             /* chosen subprotocol (owned) or NULL */
     void *app_data;             /* the app layer's slot */
+    struct ws_deflate *deflate; /* permessage-deflate state when negotiated (owned) */
     uint16_t close_code;        /* code to report to the app's close callback */
     char *close_reason;         /* owned, may be NULL */
     struct ws_conn *next_flush; /* pending-flush list */
@@ -76,11 +78,28 @@ struct ws_conn {
  * and WS_E_CLOSED is returned). */
 int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len);
 
+/* One message encoded for many recipients: plain once, and compressed once per window size for
+ * those whose compression resets per message; connections that keep compression context get
+ * their own encoding. Frames are made on first need. */
+struct ws_frame_set {
+    uint8_t opcode;
+    const uint8_t *data; /* borrowed: must outlive the set */
+    size_t len;
+    struct ws_shared *plain;
+    struct ws_shared *deflated[WS_DEFLATE_MAX_WINDOW_BITS + 1];
+};
+
+void ws_frame_set_init(struct ws_frame_set *set, uint8_t opcode, const void *data, size_t len);
+void ws_frame_set_free(struct ws_frame_set *set);
+
+/* Sends set's message to c in the encoding c needs. Results as ws_conn_send. */
+int ws_conn_send_set(struct ws_conn *c, struct ws_frame_set *set);
+
 /* Sends a frame encoded once for many recipients (see ws_conn_encode_shared). Same results. */
 int ws_conn_send_shared(struct ws_conn *c, struct ws_shared *frame, bool is_data);
 
 /* Encodes a whole unfragmented server frame into a new shared string (one reference). */
-struct ws_shared *ws_conn_encode_shared(uint8_t opcode, const void *data, size_t len);
+struct ws_shared *ws_conn_encode_shared(uint8_t opcode, uint8_t rsv, const void *data, size_t len);
 
 /* Starts the close handshake with code (0: no code) and reason (truncated to fit). Returns 0, or
  * WS_E_CLOSED when it is already closing or closed. */

@@ -65,8 +65,11 @@ struct ws_server {
     struct ws_map per_ip; /* address hash -> count */
     struct ws_topics topics;
     struct ws_tls_ctx *tls; /* NULL without tls_cert */
-    struct ws_bus *bus;     /* other workers and nodes; NULL when alone */
-    int worker;             /* 0 when single-process, else 1..workers */
+    struct ws_deflate_config deflate_cfg;
+    struct ws_deflate_shared *deflate_shared; /* with compression on */
+    struct ws_buf zbuf;                       /* compression scratch */
+    struct ws_bus *bus;                       /* other workers and nodes; NULL when alone */
+    int worker;                               /* 0 when single-process, else 1..workers */
     struct ws_chunk_pool pool;
     uint8_t *rbuf; /* shared read buffer, WS_SERVER_READ_BYTES */
     uint64_t next_id;

@@ -6,6 +6,7 @@
 #define WS_SESSION_H
 
 #include "ws/buf.h"
+#include "ws/deflate.h"
 #include "ws/frame.h"
 #include "ws/utf8.h"
 
@@ -39,10 +40,12 @@ enum ws_close_state {
 struct ws_session {
     struct ws_frame_decoder dec;
     struct ws_utf8 utf8;
-    struct ws_buf msg;  /* the message being assembled (empty when zero-copy) */
-    uint8_t msg_opcode; /* WS_OP_TEXT/BINARY while a message is in progress, else 0 */
-    uint64_t msg_len;   /* bytes of the message so far */
-    bool msg_done;      /* msg holds a message handed out by the last event */
+    struct ws_buf msg;          /* the message being assembled (empty when zero-copy) */
+    uint8_t msg_opcode;         /* WS_OP_TEXT/BINARY while a message is in progress, else 0 */
+    bool msg_compressed;        /* the message in progress had RSV1 (RFC 7692 §6) */
+    struct ws_deflate *deflate; /* permessage-deflate when negotiated, else NULL (borrowed) */
+    uint64_t msg_len;           /* bytes of the message so far */
+    bool msg_done;              /* msg holds a message handed out by the last event */
     uint8_t ctl[WS_FRAME_MAX_CONTROL_PAYLOAD]; /* a control frame split across reads */
     uint8_t ctl_len;
     size_t max_message_bytes;
@@ -52,6 +55,10 @@ struct ws_session {
 
 /* Starts a session. max_message_bytes caps a reassembled message (1009 beyond it). */
 void ws_session_init(struct ws_session *s, size_t max_message_bytes);
+
+/* permessage-deflate was negotiated: RSV1 on a message's first frame now marks it compressed,
+ * and its payload is inflated into the message (bounded by max_message_bytes as it inflates). */
+void ws_session_set_deflate(struct ws_session *s, struct ws_deflate *d);
 
 /* Frees the message buffer; the session may be initialised again. */
 void ws_session_reset(struct ws_session *s);
