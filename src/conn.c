@@ -801,7 +801,7 @@ static bool secure(struct ws_conn *c)
         update_events(c, rc == WS_E_WANT_WRITE);
         return false;
     }
-    log_conn(c, WS_LOG_DEBUG, "tls_failed", 0, ws_strerror(rc));
+    log_conn(c, WS_LOG_INFO, "tls_failed", 0, ws_strerror(rc));
     kill_conn(c, 1006, "TLS handshake failed");
     return false;
 }

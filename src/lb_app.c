@@ -431,6 +431,8 @@ static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *
         /* the route (or a routing metamethod) failed */
         ws_buf_reset(&e.headers);
         free(reply->body);
+        free(reply->content_type);
+        reply->content_type = NULL;
         reply->status = 500;
         reply->body = strdup("internal error\n");
         reply->body_len = strlen(reply->body);
@@ -461,7 +463,9 @@ static void on_shutdown(void *app, const char *reason)
 
 static void on_reload(void *app)
 {
-    lb_app_reload(app, "SIGHUP");
+    struct lb_app *a = app;
+    lb_app_reload(a, "SIGHUP");
+    a->srv->reload_error[0] = 0;
 }
 
 static void on_release(void *app, struct ws_conn *c)

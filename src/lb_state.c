@@ -299,6 +299,10 @@ void lb_status_path(char *out, size_t cap, long pid)
  * followed. */
 static void write_status(struct lb_app *a, bool ok, const char *why)
 {
+    if (ok && a->srv && a->srv->reload_error[0]) {
+        ok = false; /* the app took over, but the TLS files did not: the operator must know */
+        why = a->srv->reload_error;
+    }
     char path[128], tmp[160];
     lb_status_path(path, sizeof(path), a->status_pid ? a->status_pid : (long)getpid());
     snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);

@@ -8,6 +8,7 @@
 #include "ws/log.h"
 #include "ws/master.h"
 #include "ws/server.h"
+#include "ws/transport.h"
 #include "ws/watch.h"
 
 #include <ctype.h>
@@ -367,6 +368,24 @@ int main(int argc, char **argv)
     bool unix_listener = false;
     for (size_t i = 0; i < app->config.listen.n; i++)
         unix_listener = unix_listener || strstr(app->config.listen.items[i], "unix:") != NULL;
+    if (args.check && app->config.tls_cert) {
+        char err[512];
+        struct ws_tls_ctx *tls =
+            ws_tls_ctx_new(app->config.tls_cert, app->config.tls_key, err, sizeof(err));
+        if (!tls) {
+            fprintf(stderr, "wsserver: %s\n", err);
+            args.check = false;
+            code = 1;
+        }
+        ws_tls_ctx_free(tls);
+        if (!tls) {
+            lb_app_free(app);
+            ev_loop_destroy(probe);
+            free(pidfile);
+            ws_config_free(&st.cli);
+            return code;
+        }
+    }
     lb_app_free(app);
     ev_loop_destroy(probe);
     if (args.check) {

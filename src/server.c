@@ -355,6 +355,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
             char err[512];
             bool ok = ws_tls_ctx_reload(srv->tls, srv->cfg.tls_cert, srv->cfg.tls_key, err,
                                         sizeof(err)) == 0;
+            snprintf(srv->reload_error, sizeof(srv->reload_error), "%s", ok ? "" : err);
             ws_log_msg(ok ? WS_LOG_INFO : WS_LOG_ERROR, ok ? "tls_reloaded" : "tls_reload_failed",
                        ok ? srv->cfg.tls_cert : err);
         }

@@ -79,8 +79,12 @@ struct ws_tls_ctx {
 struct tls_session {
     SSL *ssl;
     size_t retry_len; /* a write that wanted a retry: its length, else 0 */
-    uint8_t out[TLS_WRITE_MAX];
 };
+
+/* Where queued chunks are gathered for one SSL_write. One per process (one loop per process):
+ * a retried write gathers the same bytes again from the queue, which SSL_MODE_ACCEPT_MOVING_
+ * WRITE_BUFFER allows, so no connection needs a buffer of its own. */
+static uint8_t gather[TLS_WRITE_MAX];
 
 static void openssl_error(char *err, size_t errlen, const char *what, const char *file)
 {
@@ -209,14 +213,14 @@ static ssize_t tls_writev(void *t, int fd, const struct iovec *iov, int n)
     size_t len = 0;
     for (int i = 0; i < n && len < TLS_WRITE_MAX; i++) {
         size_t k = iov[i].iov_len < TLS_WRITE_MAX - len ? iov[i].iov_len : TLS_WRITE_MAX - len;
-        memcpy(s->out + len, iov[i].iov_base, k);
+        memcpy(gather + len, iov[i].iov_base, k);
         len += k;
     }
     if (s->retry_len && len > s->retry_len)
         len = s->retry_len; /* same length as the attempt that must be repeated */
     if (len == 0)
         return 0;
-    int rc = SSL_write(s->ssl, s->out, (int)len);
+    int rc = SSL_write(s->ssl, gather, (int)len);
     if (rc > 0) {
         s->retry_len = 0;
         return rc;

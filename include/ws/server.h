@@ -70,6 +70,7 @@ struct ws_server {
     struct ws_buf zbuf;                       /* compression scratch */
     struct ws_bus *bus;                       /* other workers and nodes; NULL when alone */
     int worker;                               /* 0 when single-process, else 1..workers */
+    char reload_error[512]; /* set when the TLS files failed to reload on this SIGHUP */
     struct ws_chunk_pool pool;
     uint8_t *rbuf; /* shared read buffer, WS_SERVER_READ_BYTES */
     uint64_t next_id;
