@@ -354,3 +354,31 @@ bool ws_config_equal(const struct ws_config *a, const struct ws_config *b,
     }
     return false;
 }
+
+void ws_config_copy_option(struct ws_config *dst, const struct ws_config *src,
+                           const struct ws_option *opt)
+{
+    switch (opt->type) {
+    case WS_OPT_INT:
+        *FIELD(dst, opt, int64_t) = *FIELD(src, opt, int64_t);
+        break;
+    case WS_OPT_SECONDS:
+        *FIELD(dst, opt, double) = *FIELD(src, opt, double);
+        break;
+    case WS_OPT_BOOL:
+        *FIELD(dst, opt, bool) = *FIELD(src, opt, bool);
+        break;
+    case WS_OPT_STRING:
+    case WS_OPT_CHOICE:
+        set_string(FIELD(dst, opt, char *), *FIELD(src, opt, char *));
+        break;
+    case WS_OPT_LIST: {
+        struct ws_string_list *d = FIELD(dst, opt, struct ws_string_list);
+        const struct ws_string_list *from = FIELD(src, opt, struct ws_string_list);
+        list_clear(d);
+        for (size_t i = 0; i < from->n; i++)
+            d->items[d->n++] = ws_xstrndup(from->items[i], strlen(from->items[i]));
+        break;
+    }
+    }
+}

@@ -470,14 +470,14 @@ void ws_server_apply_config(struct ws_server *srv, const struct ws_config *cfg)
 {
     struct ws_config next;
     ws_config_copy(&next, cfg);
-    /* listeners and process-level settings stay as they were started */
-    struct ws_string_list listen = srv->cfg.listen;
-    srv->cfg.listen.n = 0;
+    /* listeners and every other option that is not live stay as the process started */
+    for (const struct ws_option *opt = ws_options; opt->name; opt++)
+        if (!opt->live)
+            ws_config_copy_option(&next, &srv->cfg, opt);
     ws_config_free(&srv->cfg);
     srv->cfg = next;
-    for (size_t i = 0; i < srv->cfg.listen.n; i++)
-        free(srv->cfg.listen.items[i]);
-    srv->cfg.listen = listen;
+    ws_log_setup((enum ws_log_level)ws_log_level_parse(srv->cfg.log_level),
+                 (enum ws_log_format)ws_log_format_parse(srv->cfg.log_format));
     for (struct ws_registry_node *node = srv->conns.head; node; node = node->next)
         ws_conn_apply_config((struct ws_conn *)node);
 }

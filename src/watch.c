@@ -18,9 +18,16 @@
 #define MAX_DIRS 256
 #define EVENTS (IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE | IN_DELETE)
 
+struct watched {
+    int wd;
+    int depth;
+    char *path;
+};
+
 struct ws_watch {
     struct ev_loop *loop;
     int fd;
+    struct watched dirs[MAX_DIRS]; /* to name the folders created later inside them */
     ev_io io;
     ev_timer debounce;
     ws_watch_fn fn;
@@ -30,9 +37,15 @@ struct ws_watch {
 
 static void add_tree(struct ws_watch *w, const char *dir, int depth)
 {
-    if (w->ndirs >= MAX_DIRS || inotify_add_watch(w->fd, dir, EVENTS | IN_ONLYDIR) < 0)
+    if (w->ndirs >= MAX_DIRS)
         return;
-    w->ndirs++;
+    int wd = inotify_add_watch(w->fd, dir, EVENTS | IN_ONLYDIR);
+    if (wd < 0)
+        return;
+    for (int i = 0; i < w->ndirs; i++)
+        if (w->dirs[i].wd == wd)
+            return; /* already watched (a folder moved back in) */
+    w->dirs[w->ndirs++] = (struct watched){wd, depth, ws_xstrndup(dir, strlen(dir))};
     if (depth >= MAX_DEPTH)
         return;
     DIR *d = opendir(dir);
@@ -55,6 +68,19 @@ static bool is_lua(const char *name)
     return n > 4 && strcmp(name + n - 4, ".lua") == 0;
 }
 
+/* A folder appeared inside a watched one: modules may be required from it later. */
+static void add_created(struct ws_watch *w, int parent_wd, const char *name)
+{
+    for (int i = 0; i < w->ndirs; i++) {
+        if (w->dirs[i].wd != parent_wd || w->dirs[i].depth >= MAX_DEPTH || name[0] == '.')
+            continue;
+        char sub[PATH_MAX];
+        if (snprintf(sub, sizeof(sub), "%s/%s", w->dirs[i].path, name) < (int)sizeof(sub))
+            add_tree(w, sub, w->dirs[i].depth + 1);
+        return;
+    }
+}
+
 static void on_inotify(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)revents;
@@ -69,6 +95,8 @@ static void on_inotify(struct ev_loop *loop, ev_io *io, int revents)
             const struct inotify_event *ev = (const struct inotify_event *)p;
             if (ev->len && is_lua(ev->name))
                 relevant = true;
+            if (ev->len && (ev->mask & IN_ISDIR) && (ev->mask & (IN_CREATE | IN_MOVED_TO)))
+                add_created(w, ev->wd, ev->name);
             p += sizeof(*ev) + ev->len;
         }
     }
@@ -121,5 +149,7 @@ void ws_watch_free(struct ws_watch *w)
     ev_io_stop(w->loop, &w->io);
     ev_timer_stop(w->loop, &w->debounce);
     close(w->fd);
+    for (int i = 0; i < w->ndirs; i++)
+        free(w->dirs[i].path);
     free(w);
 }

@@ -108,6 +108,10 @@ void ws_config_clear_list(struct ws_config *cfg, const struct ws_option *opt);
 /* Checks rules between options (tls_cert needs tls_key, ...). 0 or WS_E_INVAL with err. */
 int ws_config_validate(const struct ws_config *cfg, char *err, size_t errlen);
 
+/* Copies opt's value from src into dst (deep), keeping dst's other options. */
+void ws_config_copy_option(struct ws_config *dst, const struct ws_config *src,
+                           const struct ws_option *opt);
+
 /* True when a and b hold the same value for opt. */
 bool ws_config_equal(const struct ws_config *a, const struct ws_config *b,
                      const struct ws_option *opt);
