@@ -499,7 +499,8 @@ static const struct {
 /* Wraps the table at the top in a read-only proxy. [-1, +1, m] */
 static void make_readonly(lua_State *L)
 {
-    lua_newtable(L);
+    /* a userdata, not a table: rawset cannot get past it either */
+    lua_newuserdatauv(L, 0, 0);
     lua_createtable(L, 0, 4);
     lua_pushvalue(L, -3);
     lua_setfield(L, -2, "__index");
@@ -546,7 +547,7 @@ void lb_ws_open(struct lb_app *a)
         lua_pop(L, 1);
         lua_newtable(L);
     }
-    lua_setfield(L, -2, "json");
+    lua_setfield(L, -2, "json"); /* the module itself: require "ws.json" gives the same table */
     lua_pushvalue(L, -1);
     a->ws_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     make_readonly(L);
