@@ -46,6 +46,10 @@ static void set_state(struct ws_conn *c, enum ws_conn_state to)
     assert(legal);
     (void)legal;
     c->state = to;
+    if (from == WS_CONN_OPEN)
+        c->srv->nopen--;
+    if (to == WS_CONN_OPEN)
+        c->srv->nopen++;
     if (to == WS_CONN_CLOSING)
         c->closing_since = ev_now(c->srv->loop);
 }
@@ -152,7 +156,10 @@ static void log_access(struct ws_conn *c, int status, const char *reason)
     ws_log_u64(&l, "conn", c->node.id);
     ws_log_cstr(&l, "peer", ws_conn_peer(c, peer, sizeof(peer)));
     ws_log_i64(&l, "status", status);
-    ws_log_cstr(&l, "path", c->path);
+    /* the path without its query: query strings carry tokens that logs must not keep */
+    const char *q = c->path ? strchr(c->path, '?') : NULL;
+    ws_log_str(&l, "path", c->path ? c->path : "",
+               q ? (size_t)(q - c->path) : (c->path ? strlen(c->path) : 0));
     if (reason)
         ws_log_cstr(&l, "reason", reason);
     ws_log_ms(&l, "ms", ev_now(c->srv->loop) - c->started);
@@ -528,13 +535,13 @@ static void respond_error(struct ws_conn *c, int status, const char *body, size_
 }
 
 /* Refuses a WebSocket handshake (counted by status for /metrics). */
-static void refuse(struct ws_conn *c, int status, const char *body, size_t len)
+static void refuse(struct ws_conn *c, int status, const char *body, size_t len, const char *extra)
 {
     struct ws_stats *st = &c->srv->stats;
     st->handshake_rejections++;
     if (status >= 100 && status < 600)
         st->rejections_by_status[status]++;
-    respond_error(c, status, body, len, NULL);
+    respond_error(c, status, body, len, extra);
 }
 
 static bool method_is(const struct ws_http_request *req, const char *m)
@@ -616,17 +623,17 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     struct ws_handshake hs;
     int rc = ws_handshake_check(req, &hs);
     if (rc < 0) {
-        refuse(c, hs.status, hs.reason, strlen(hs.reason));
+        refuse(c, hs.status, hs.reason, strlen(hs.reason), NULL);
         return;
     }
-    if (srv->nopen >= (size_t)srv->cfg.max_connections) {
-        refuse(c, 503, "server full", 11);
+    if (srv->nupgraded >= (size_t)srv->cfg.max_connections) {
+        refuse(c, 503, "server full", 11, NULL);
         return;
     }
     if (srv->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX) {
         if (ip_count(c, 1) > (uintptr_t)srv->cfg.max_connections_per_ip) {
             ip_count(c, -1);
-            refuse(c, 503, "too many connections from this address", 38);
+            refuse(c, 503, "too many connections from this address", 38, NULL);
             return;
         }
         c->ip_counted = true;
@@ -636,8 +643,9 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     if (srv->ops->upgrade)
         srv->ops->upgrade(srv->app, c, req, &reply);
     if (reply.status) {
-        refuse(c, reply.status, reply.body, reply.body ? reply.body_len : 0);
+        refuse(c, reply.status, reply.body, reply.body ? reply.body_len : 0, reply.headers);
         free(reply.body);
+        free(reply.headers);
         free(reply.protocol);
         return;
     }
@@ -646,7 +654,7 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
             /* SPEC §3: answer only a protocol the client offered */
             log_conn(c, WS_LOG_ERROR, "bad_protocol", 500, "upgrade chose a protocol not offered");
             free(reply.protocol);
-            refuse(c, 500, "internal error", 14);
+            refuse(c, 500, "internal error", 14, NULL);
             return;
         }
         c->protocol = reply.protocol;
@@ -669,7 +677,7 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     size_t n = ws_handshake_response(out, sizeof(out), &hs, c->protocol,
                                      c->protocol ? strlen(c->protocol) : 0, deflate ? ext : NULL);
     if (!n) {
-        refuse(c, 500, "internal error", 14);
+        refuse(c, 500, "internal error", 14, NULL);
         return;
     }
     ws_outq_append(&c->out, &srv->pool, out, n);
@@ -679,7 +687,7 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
         ws_session_set_deflate(&c->session, c->deflate);
     }
     set_state(c, WS_CONN_OPEN);
-    srv->nopen++;
+    srv->nupgraded++;
     c->opened = true;
     c->last_read = c->last_message = ev_now(srv->loop);
     rearm(c);
@@ -705,7 +713,7 @@ static void on_head_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
     if (rc == WS_E_AGAIN)
         return;
     if (rc < 0) {
-        refuse(c, ws_err_http_status(rc), ws_strerror(rc), strlen(ws_strerror(rc)));
+        refuse(c, ws_err_http_status(rc), ws_strerror(rc), strlen(ws_strerror(rc)), NULL);
         return;
     }
     c->path = ws_xstrndup(req.target.p, req.target.n);
@@ -930,7 +938,7 @@ void ws_conn_destroy(struct ws_conn *c)
             const char *r = c->close_reason ? c->close_reason : "";
             srv->ops->close(srv->app, c, code, (const uint8_t *)r, strlen(r));
         }
-        srv->nopen--;
+        srv->nupgraded--;
     }
     /* SPEC §7: close runs with topics attached; unsubscribe after, then free */
     ws_topics_leave_all(&srv->topics, &c->sub);

@@ -53,7 +53,7 @@ static int call_error(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_ERROR]);
-    lua_pushfstring(L, "%s handler failed", e->text);
+    lua_pushfstring(L, "%s handler failed: %s", e->text, e->a->last_error);
     lb_conn_push(e->a, e->c);
     lua_call(L, 2, 0);
     return 0;
@@ -110,7 +110,7 @@ static void push_decoded(lua_State *L, const char *s, size_t n)
 
 /* Pushes a table of key=value pairs split on sep (query: '&', cookies: ';'); the first value of
  * a repeated key wins. [-0, +1, m] */
-static void push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode)
+void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode)
 {
     lua_newtable(L);
     size_t i = 0;
@@ -165,7 +165,7 @@ static void push_request(struct lb_app *a, struct ws_conn *c, const struct ws_ht
     if (q) {
         const char *qs = q + 1;
         size_t qn = req->target.n - path_len - 1;
-        push_pairs(L, qs, qn, '&', true);
+        lb_push_pairs(L, qs, qn, '&', true);
         lua_setfield(L, -2, "query");
         lua_pushlstring(L, qs, qn);
         lua_setfield(L, -2, "query_string");
@@ -200,7 +200,7 @@ static void push_request(struct lb_app *a, struct ws_conn *c, const struct ws_ht
     lua_getfield(L, -1, "cookie");
     size_t clen = 0;
     const char *cookie = lua_tolstring(L, -1, &clen);
-    push_pairs(L, cookie ? cookie : "", cookie ? clen : 0, ';', false);
+    lb_push_pairs(L, cookie ? cookie : "", cookie ? clen : 0, ';', false);
     lua_setfield(L, -4, "cookies");
     lua_pop(L, 1);
     lua_setfield(L, -2, "headers");
@@ -231,7 +231,35 @@ static char *dup_string(lua_State *L, int idx, size_t *len)
     return s ? strndup(s, n) : NULL;
 }
 
-/* upgrade(req) -> false, status, body | {protocol =, data =} [-0, +0, e] */
+/* Reads a headers table at idx into CRLF-terminated lines in out (NUL-terminated), taking
+ * Content-Type aside into *content_type when that is not NULL. Names with CR, LF or ':' and
+ * values with CR or LF are skipped, so an app cannot inject header lines. [-0, +0, m] */
+static void collect_headers(lua_State *L, int idx, struct ws_buf *out, char **content_type)
+{
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t kn = 0, vn = 0;
+        const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
+        const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER
+                            ? lua_tolstring(L, -1, &vn)
+                            : NULL;
+        bool clean = k && v && kn && !memchr(k, '\r', kn) && !memchr(k, '\n', kn) &&
+                     !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn);
+        if (clean && content_type && strcasecmp(k, "content-type") == 0) {
+            free(*content_type);
+            *content_type = strndup(v, vn);
+        } else if (clean) {
+            ws_buf_append(out, k, kn);
+            ws_buf_append(out, ": ", 2);
+            ws_buf_append(out, v, vn);
+            ws_buf_append(out, "\r\n", 2);
+        }
+        lua_pop(L, 1);
+    }
+    ws_buf_append(out, "", 1);
+}
+
+/* upgrade(req) -> false, status, body, headers | {protocol =, data =} [-0, +0, e] */
 static int call_upgrade(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
@@ -239,7 +267,7 @@ static int call_upgrade(lua_State *L)
     struct ws_upgrade_reply *reply = e->upgrade;
     lb_push_ref(L, a->handlers[LB_UPGRADE]);
     push_request(a, e->c, e->req);
-    lua_call(L, 1, 3);
+    lua_call(L, 1, 4);
     if (lua_istable(L, 2)) {
         /* accept with {protocol = ..., data = ...} */
         lua_getfield(L, 2, "protocol");
@@ -260,6 +288,13 @@ static int call_upgrade(lua_State *L)
         reply->status = status >= 400 && status <= 599 ? (int)status : 403;
         if (lua_type(L, 4) == LUA_TSTRING)
             reply->body = dup_string(L, 4, &reply->body_len);
+        if (lua_istable(L, 5)) {
+            /* e.g. WWW-Authenticate with a 401, Retry-After with a 503 */
+            struct ws_buf h;
+            ws_buf_init(&h);
+            collect_headers(L, 5, &h, NULL);
+            reply->headers = (char *)h.data;
+        }
     }
     return 0;
 }
@@ -273,7 +308,9 @@ static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_reques
     struct event e = {.a = a, .c = c, .req = req, .upgrade = reply};
     if (run(a, call_upgrade, &e, 0, "upgrade") < 0) {
         free(reply->body);
+        free(reply->headers);
         reply->body = NULL;
+        reply->headers = NULL;
         reply->body_len = 0;
         reply->status = 500;
     }
@@ -389,33 +426,8 @@ static int call_http(lua_State *L)
     reply->status = status >= 100 && status <= 599 ? (int)status : 500;
     if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -2) == LUA_TNUMBER)
         reply->body = dup_string(L, -2, &reply->body_len);
-    if (lua_istable(L, -1)) {
-        /* extra headers; names and values with CR, LF or ':' in a name are skipped so a value
-         * cannot inject header lines */
-        struct ws_buf *out = &e->headers;
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-            size_t kn, vn;
-            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
-            const char *v = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER
-                                ? lua_tolstring(L, -1, &vn)
-                                : NULL;
-            if (k && v && kn && !memchr(k, '\r', kn) && !memchr(k, '\n', kn) &&
-                !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn) &&
-                strcasecmp(k, "content-type") == 0) {
-                free(reply->content_type);
-                reply->content_type = strndup(v, vn);
-            } else if (k && v && kn && !memchr(k, '\r', kn) && !memchr(k, '\n', kn) &&
-                       !memchr(k, ':', kn) && !memchr(v, '\r', vn) && !memchr(v, '\n', vn)) {
-                ws_buf_append(out, k, kn);
-                ws_buf_append(out, ": ", 2);
-                ws_buf_append(out, v, vn);
-                ws_buf_append(out, "\r\n", 2);
-            }
-            lua_pop(L, 1);
-        }
-        ws_buf_append(out, "", 1);
-    }
+    if (lua_istable(L, -1))
+        collect_headers(L, lua_gettop(L), &e->headers, &reply->content_type);
     return 0;
 }
 

@@ -94,6 +94,12 @@ static int push_send_result(lua_State *L, int rc)
 static uint8_t check_kind(lua_State *L, int idx)
 {
     static const char *const kinds[] = {"text", "binary", NULL};
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (s && n == 4 && memcmp(s, "text", 4) == 0)
+        return WS_OP_TEXT; /* the common cases without luaL_checkoption's string walk */
+    if (s && n == 6 && memcmp(s, "binary", 6) == 0)
+        return WS_OP_BINARY;
     return luaL_checkoption(L, idx, "text", kinds) ? WS_OP_BINARY : WS_OP_TEXT;
 }
 
@@ -268,8 +274,15 @@ static void push_data(lua_State *L, int idx)
 /* __index: fields, then methods. [-0, +1, v] */
 static int conn_index(lua_State *L)
 {
-    struct lb_box *box = check_box(L, 1);
-    const char *key = luaL_checkstring(L, 2);
+    /* hot path (conn:send on every message): one raw lookup in the methods table */
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
+        return 1;
+    lua_pop(L, 1);
+    struct lb_box *box = lua_touserdata(L, 1); /* this metatable's __index: always a conn */
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    const char *key = lua_tostring(L, 2);
     struct ws_conn *c = box->c;
     if (strcmp(key, "id") == 0) {
         lua_pushinteger(L, (lua_Integer)box->id);
@@ -281,20 +294,26 @@ static int conn_index(lua_State *L)
             lua_pushstring(L, ws_conn_peer(c, peer, sizeof(peer)));
         else
             lua_pushnil(L);
-    } else if (strcmp(key, "path") == 0) {
-        if (c && c->path)
-            lua_pushstring(L, c->path);
-        else
+    } else if (strcmp(key, "path") == 0 || strcmp(key, "query") == 0 ||
+               strcmp(key, "target") == 0) {
+        /* target: as requested; path: without the query; query: its pairs, decoded */
+        const char *t = c ? c->path : NULL;
+        const char *q = t ? strchr(t, '?') : NULL;
+        if (!t)
             lua_pushnil(L);
+        else if (key[0] == 't')
+            lua_pushstring(L, t);
+        else if (key[0] == 'p')
+            lua_pushlstring(L, t, q ? (size_t)(q - t) : strlen(t));
+        else
+            lb_push_pairs(L, q ? q + 1 : "", q ? strlen(q + 1) : 0, '&', true);
     } else if (strcmp(key, "protocol") == 0) {
         if (c && c->protocol)
             lua_pushstring(L, c->protocol);
         else
             lua_pushnil(L);
     } else {
-        lua_getmetatable(L, 1);
-        lua_getfield(L, -1, "__methods");
-        lua_getfield(L, -1, key);
+        lua_pushnil(L);
     }
     return 1;
 }
@@ -330,8 +349,7 @@ void lb_conn_open(lua_State *L)
 {
     luaL_newmetatable(L, CONN_MT);
     luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__methods");
-    lua_pushcfunction(L, conn_index);
+    lua_pushcclosure(L, conn_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, conn_newindex);
     lua_setfield(L, -2, "__newindex");

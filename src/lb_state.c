@@ -8,6 +8,7 @@
 #include "ws/log.h"
 #include "ws/server.h"
 
+#include <assert.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdio.h>
@@ -16,7 +17,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HOOK_COUNT 10000 /* VM instructions between two looks at the clock */
+#define HOOK_COUNT 10000  /* VM instructions between two looks at the clock */
+#define TRACEBACK_INDEX 1 /* stack slot of lb_call's message handler */
 
 static const char *const handler_names[LB_HANDLER_COUNT] = {
     "upgrade", "open", "message", "close", "drain", "shutdown", "load", "error",
@@ -66,8 +68,13 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     (void)ar;
     struct lb_app *a = lb_app_of(L);
     if (a->depth > 0 && (a->timed_out || mono_now() > a->deadline)) {
-        a->timed_out = true;
-        luaL_error(L, "handler exceeded handler_timeout (%g s)", a->handler_timeout);
+        if (!a->timed_out) {
+            /* from now on raise at every instruction: a pcall loop cannot swallow it, the
+             * error surfaces at the first instruction outside the innermost pcall */
+            a->timed_out = true;
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        }
+        luaL_error(L, "handler exceeded handler_timeout (%f s)", a->handler_timeout);
     }
 }
 
@@ -83,24 +90,30 @@ static int traceback(lua_State *L)
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
 {
     lua_State *L = a->L;
-    int base = lua_gettop(L) - nargs;
-    lua_pushcfunction(L, traceback);
-    lua_insert(L, base);
     if (a->depth++ == 0) {
         a->deadline = mono_now() + a->handler_timeout;
         a->timed_out = false;
+        /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
+         * Lua's emergency collection, so garbage could fail a handler that would fit */
+        if (a->mem > a->mem_limit / 10 * 9)
+            lua_gc(L, LUA_GCCOLLECT);
     }
     double started = a->depth == 1 && a->srv ? mono_now() : 0;
-    int rc = lua_pcall(L, nargs, nres, base);
+    int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
     if (--a->depth == 0) {
+        if (a->timed_out)
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
         a->timed_out = false;
         if (started > 0)
             ws_stats_observe_handler(&a->srv->stats, mono_now() - started);
     }
-    lua_remove(L, base);
     if (rc == LUA_OK)
         return 0;
+    if (rc == LUA_ERRMEM && a->depth == 0)
+        lua_gc(L, LUA_GCCOLLECT); /* what the failed handler built is garbage now */
     const char *msg = lua_tostring(L, -1);
+    snprintf(a->last_error, sizeof(a->last_error), "%s",
+             msg ? msg : "(error object is not a string)");
     struct ws_log_line l;
     ws_log_begin(&l, WS_LOG_ERROR, "handler_error");
     ws_log_cstr(&l, "handler", what);
@@ -124,11 +137,10 @@ static void set_paths(struct lb_app *a)
         *slash = 0;
     const char *env = getenv("WSSERVER_LUA_PATH");
     lua_getglobal(L, "package");
-    lua_pushfstring(
-        L,
-        "%s/?.lua;%s/?/init.lua;%s%s%s/../lua/?.lua;%s/../share/wsserver/lua/?.lua;" WS_LUA_DIR
-        "/?.lua;",
-        a->dir, a->dir, env ? env : "", env ? ";" : "", exe, exe);
+    lua_pushfstring(L,
+                    "%s/?.lua;%s/?/init.lua;%s%s%s/../lua/?.lua;%s/../../lua/?.lua;"
+                    "%s/../share/wsserver/lua/?.lua;" WS_LUA_DIR "/?.lua;",
+                    a->dir, a->dir, env ? env : "", env ? ";" : "", exe, exe, exe);
     lua_getfield(L, -2, "path");
     lua_concat(L, 2);
     lua_setfield(L, -2, "path");
@@ -158,6 +170,9 @@ struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct w
     }
     *(struct lb_app **)lua_getextraspace(a->L) = a;
     luaL_openlibs(a->L);
+    /* the message handler of every lb_call stays at the bottom of the stack */
+    lua_pushcfunction(a->L, traceback);
+    assert(lua_gettop(a->L) == TRACEBACK_INDEX);
     lua_sethook(a->L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
     set_paths(a);
     lua_newtable(a->L);

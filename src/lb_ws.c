@@ -547,7 +547,13 @@ void lb_ws_open(struct lb_app *a)
         lua_pop(L, 1);
         lua_newtable(L);
     }
-    lua_setfield(L, -2, "json"); /* the module itself: require "ws.json" gives the same table */
+    /* read-only too, and require "ws.json" gives the same object */
+    make_readonly(L);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "ws.json");
+    lua_pop(L, 1);
+    lua_setfield(L, -2, "json");
     lua_pushvalue(L, -1);
     a->ws_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     make_readonly(L);

@@ -96,12 +96,14 @@ static int on_compressed(struct ws_session *s, const struct ws_frame_event *fe,
     size_t before = s->msg.len;
     bool last = fe->last && fe->header.fin;
     int rc = ws_deflate_inflate(s->deflate, fe->data, fe->len, last, &s->msg, s->max_message_bytes);
-    if (rc < 0)
-        return rc;
-    /* RFC 7692 §8: text is validated after inflation, still as it arrives */
-    if (s->msg_opcode == WS_OP_TEXT &&
+    /* RFC 7692 §8: text is validated after inflation, still as it arrives. What was inflated
+     * before an inflate error is validated first, so the error does not depend on how the payload
+     * was split into reads. (msg.data is NULL while nothing was inflated.) */
+    if (s->msg_opcode == WS_OP_TEXT && s->msg.len > before &&
         ws_utf8_feed(&s->utf8, s->msg.data + before, s->msg.len - before) < 0)
         return WS_E_UTF8;
+    if (rc < 0)
+        return rc;
     s->msg_len += fe->len;
     if (!last)
         return 0;

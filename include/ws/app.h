@@ -20,6 +20,7 @@ struct ws_upgrade_reply {
     char *body; /* refusal body (owned, malloc'd), or NULL for the status text */
     size_t body_len;
     char *protocol; /* accept: chosen subprotocol (owned); must be one the client offered */
+    char *headers;  /* refusal: extra header lines, each ending in CRLF (owned), or NULL */
 };
 
 /* What an http() route answers. */

@@ -41,7 +41,8 @@ struct lb_app {
     double deadline; /* monotonic seconds; the running handler's budget ends here */
     int depth;       /* lb_call nesting */
     bool timed_out;
-    int app_ref; /* the app table */
+    char last_error[1024]; /* the latest handler error, with its traceback */
+    int app_ref;           /* the app table */
     int handlers[LB_HANDLER_COUNT];
     int http_ref;  /* app.http routes table or LUA_NOREF */
     int conns_ref; /* id -> conn userdata */
@@ -104,6 +105,10 @@ void lb_conn_push(struct lb_app *a, struct ws_conn *c);
 
 /* The connection is going away: the userdata becomes a stale handle. [-0, +0, -] */
 void lb_conn_release(struct lb_app *a, struct ws_conn *c);
+
+/* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
+ * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
+void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
 
 /* The open-or-closed connection behind argument idx, or NULL for a stale handle; raises when
  * idx is not a conn. [-0, +0, v] */

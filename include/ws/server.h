@@ -61,7 +61,8 @@ struct ws_server {
     struct ws_listener listeners[WS_SERVER_MAX_LISTENERS];
     size_t nlisteners;
     struct ws_registry conns;
-    size_t nopen;         /* connections in OPEN or CLOSING after a 101 */
+    size_t nopen;         /* WebSocket connections in OPEN: what ws.count() says */
+    size_t nupgraded;     /* after a 101 and not yet freed (OPEN or closing): counts for limits */
     struct ws_map per_ip; /* address hash -> count */
     struct ws_topics topics;
     struct ws_tls_ctx *tls; /* NULL without tls_cert */

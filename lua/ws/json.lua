@@ -1,7 +1,11 @@
 -- ws.json: JSON for apps, on lua-cjson. decode never raises (nil, err on bad input);
 -- json.null is the explicit null; json.array(t) marks a table to encode as an array even when
--- it is empty.
-local cjson = require "cjson.safe"
+-- it is empty. Whole numbers decode as Lua integers; NaN, Infinity and hex are refused both
+-- ways (they are not JSON). Limits of lua-cjson 2.1.0: integers are written with 14 significant
+-- digits, and a decoded empty array comes back as {} (mark arrays with json.array).
+local cjson = require("cjson.safe").new()
+cjson.decode_invalid_numbers(false)
+cjson.encode_invalid_numbers(false)
 
 local M = {}
 
@@ -72,12 +76,31 @@ function M.encode(v)
   return cjson.encode(v)
 end
 
+-- lua-cjson predates Lua 5.3 integers: turn whole floats back into integers.
+local function integers(v)
+  if type(v) == "number" then
+    return math.tointeger(v) or v
+  end
+  if type(v) == "table" then
+    for k, x in pairs(v) do
+      if type(x) == "number" or type(x) == "table" then
+        v[k] = integers(x)
+      end
+    end
+  end
+  return v
+end
+
 -- decode(string) -> value, or nil, err
 function M.decode(s)
   if type(s) ~= "string" then
     return nil, "json.decode expects a string, got " .. type(s)
   end
-  return cjson.decode(s)
+  local v, err = cjson.decode(s)
+  if v == nil then
+    return nil, err
+  end
+  return integers(v)
 end
 
 return M

@@ -24,7 +24,8 @@
 -- beats "*name"), then a route for the method over an r:any() route, then the one added first.
 -- A path that matches a route of another method answers 405 with an Allow header; a path that
 -- matches nothing is not answered here, so the server falls back to --static (or 426).
--- Lookups never store anything, so arbitrary peer paths cannot grow memory.
+-- Lookups never store anything, so arbitrary peer paths cannot grow memory. The server answers
+-- /healthz (and /metrics when enabled) itself, before app.http is consulted.
 --
 -- r:dispatch(req) runs the same matching for a request table ({method =, path =, ...}) and
 -- returns the handler's results, or nil when nothing matched (handy in tests and for nesting).

@@ -1,0 +1,1036 @@
+-- ws.testing (lua/ws/testing.lua): the simulated server app authors test their handlers with.
+-- Behaviour that must match the real server is also checked against build/wsserver by
+-- tests/integration/test_kit_conformance.py; this spec pins the kit's own API and the details.
+local testing = require "ws.testing"
+local json = require "ws.json"
+
+local function load(src, opts)
+  return testing.load(src, opts)
+end
+
+-- The error message of f(...), which must fail.
+local function err_of(f, ...)
+  local ok, e = pcall(f, ...)
+  assert(not ok, "expected an error")
+  return e
+end
+
+local function texts(list)
+  local out = {}
+  for _, e in ipairs(list) do
+    out[#out + 1] = e.kind == "close" and ("close " .. e.code .. " " .. e.reason) or e.data
+  end
+  return out
+end
+
+local ECHO = [[
+return {
+  message = function(conn, data, kind)
+    conn:send(data, kind)
+  end,
+}
+]]
+
+-- The first two results (status and body of t:http).
+local function two(a, b)
+  return {a, b}
+end
+
+local CLOSE_CODE = "close code must be 1000-1003, 1007-1014 or 3000-4999"
+
+describe("ws.testing", function()
+  describe("loading", function()
+    it("loads an app from a path", function()
+      local t = load("examples/echo.lua")
+      local c = t:connect()
+      c:send("hi")
+      assert.same({kind = "text", data = "hi"}, c:next())
+      assert.is_nil(c:next())
+    end)
+
+    it("loads an app from source, named app.lua in error positions", function()
+      local t = load("return { message = function(conn) error('boom') end }")
+      local c = t:connect()
+      c:send("x")
+      assert.equal("app.lua:1: boom", t:errors()[1].message)
+      assert.equal("message", t:errors()[1].handler)
+    end)
+
+    it("takes a chunk name for source", function()
+      local t = load("return {\n open = function() error('x') end }", {name = "chat.lua"})
+      t:connect()
+      assert.equal("chat.lua:2: x", t:errors()[1].message)
+    end)
+
+    it("refuses what the server refuses, with the server's messages", function()
+      local cases = {
+        ["return { mesage = function() end }"] = "unknown app field 'mesage' (known: config, " ..
+          "http, upgrade, open, message, close, drain, shutdown, load, error)",
+        ["return { open = 5 }"] = "app.open must be a function, got number",
+        ["return { http = 5 }"] = "app.http must be a table, got number",
+        ["return 42"] = "the app must return a table, got number",
+        ["local x = 1"] = "the app must return a table, got nil",
+        ["return { [1] = print }"] = "unknown app field 'number' (known: config, http, upgrade, " ..
+          "open, message, close, drain, shutdown, load, error)",
+        ["return { config = { max_mesage_size = 1 } }"] = "unknown config key 'max_mesage_size'",
+        ["return { config = { max_message_size = 0 } }"] =
+          "invalid value for max_message_size: must be a whole number from 1 to 4294967296",
+        ["return { config = { handler_timeout = 0 } }"] =
+          "invalid value for handler_timeout: must be a number of seconds from 0.001 to 3600",
+        ["return { config = { backpressure = 'wait' } }"] =
+          "invalid value for backpressure: must be one of close, drop",
+        ["return { config = { metrics = 'maybe' } }"] =
+          "invalid value for metrics: must be true or false",
+        ["return { config = { ping_interval = true } }"] =
+          "invalid value for ping_interval: a boolean is not allowed",
+        ["return { config = { protocols = {'a', 5} } }"] =
+          "invalid value for protocols: a list of strings",
+        ["return { config = { tls_cert = 'x.pem' } }"] =
+          "invalid configuration: tls_cert and tls_key must be given together",
+        ["local t = nil\nreturn t.x"] =
+          "running the app failed: app.lua:2: attempt to index a nil value (local 't')",
+      }
+      for src, want in pairs(cases) do
+        local e = err_of(testing.load, src)
+        assert.equal("ws.testing.load: app.lua: the app failed to load: " .. want, e)
+      end
+      assert.matches("app.lua:1: .*near", err_of(testing.load, "return {"))
+    end)
+
+    it("runs load(state, info) at start and fails when it fails", function()
+      local t = load([[return { load = function(state, info)
+        state.info = info
+      end }]])
+      assert.same({generation = 1, previous = 0, file = "app.lua", trigger = "start"}, t.state.info)
+      assert.equal("ws.testing.load: app.lua: load() failed: app.lua:1: no",
+                   err_of(testing.load, "return { load = function() error('no') end }"))
+    end)
+
+    it("lets opts.config win over the app's config, and checks it", function()
+      local t = load([[return { config = { max_message_size = 10, handler_timeout = 2 } }]],
+                     {config = {max_message_size = 100}})
+      assert.equal(100, t.config.max_message_size)
+      assert.equal(2, t.config.handler_timeout)
+      assert.equal("ws.testing.load: invalid value for max_message_size: must be a whole number " ..
+                   "from 1 to 4294967296", err_of(testing.load, ECHO, {config = {max_message_size = -1}}))
+      assert.equal("ws.testing.load: unknown config key 'nope'",
+                   err_of(testing.load, ECHO, {config = {nope = 1}}))
+    end)
+
+    it("gives the app a fresh environment on the server's globals, not the test's", function()
+      _G.leak_from_test = true
+      local t = load([[
+        app_global = 1
+        ws.state.seen_test_global = leak_from_test
+        ws.state.describe = describe
+        ws.state.same_ws = require("ws") == ws and require("ws.json") == ws.json
+        ws.state.G_is_env = _G.app_global
+        return {}
+      ]])
+      _G.leak_from_test = nil
+      assert.is_nil(t.state.seen_test_global)
+      assert.is_nil(t.state.describe)
+      assert.is_true(t.state.same_ws)
+      assert.is_nil(t.state.G_is_env) -- globals live in the version's environment, not in _G
+      assert.is_nil(rawget(_G, "app_global"))
+    end)
+
+    it("makes conns, timers and the ws table userdata, as on the server", function()
+      local t = load([[return { open = function(conn)
+        ws.state.types = {type(conn), type(ws), type(ws.log), type(ws.json), type(ws.after(1, print))}
+        ws.state.mt = {getmetatable(conn), getmetatable(ws)}
+      end }]])
+      t:connect()
+      assert.same({"userdata", "userdata", "userdata", "userdata", "userdata"}, t.state.types)
+      assert.same({false, false}, t.state.mt)
+    end)
+  end)
+
+  describe("connect and upgrade", function()
+    local UPGRADE = [[
+      return {
+        config = { protocols = {"v2", "v1"} },
+        upgrade = function(req)
+          ws.state.req = req
+          local q = req.query
+          if q.refuse == "plain" then return false end
+          if q.refuse == "status" then return false, 401, "who are you", {["WWW-Authenticate"] = "Token"} end
+          if q.refuse == "range" then return false, 302, "moved" end
+          if q.refuse == "error" then error("upgrade broke") end
+          if q.pick then return {protocol = q.pick, data = {picked = true}} end
+          return {data = {user = q.user}}
+        end,
+        open = function(conn)
+          conn:send_json({user = conn.data.user, protocol = conn.protocol, path = conn.path,
+                          target = conn.target, q = conn.query.user})
+        end,
+      }
+    ]]
+
+    it("refuses with the app's status, body (one line) and headers", function()
+      local t = load(UPGRADE)
+      local c, status, body, headers = t:connect{query = {refuse = "status"}}
+      assert.is_nil(c)
+      assert.equal(401, status)
+      assert.equal("who are you\n", body)
+      assert.equal("Token", headers["www-authenticate"])
+      assert.same({403, "Forbidden\n"}, two(select(2, t:connect{query = {refuse = "plain"}})))
+      local _, s2, b2 = t:connect{query = {refuse = "range"}}
+      assert.same({403, "moved\n"}, {s2, b2})
+      local _, s3, b3 = t:connect{query = {refuse = "error"}}
+      assert.same({500, "Internal Server Error\n"}, {s3, b3})
+      assert.equal("upgrade", t:errors()[1].handler)
+      assert.equal(4, t:stats().handshake_rejections)
+    end)
+
+    it("hands upgrade the request as the server builds it", function()
+      local t = load(UPGRADE)
+      t:connect{path = "/room/1?a=1+2&b=%41&a=3&flag", cookies = {sid = "x y", theme = "dark"},
+                origin = "https://example.com", headers = {["X-Thing"] = "yes"},
+                protocols = {"v1", "v3"}, peer = "10.0.0.7:5555"}
+      local req = t.state.req
+      assert.equal("GET", req.method)
+      assert.equal("/room/1", req.path)
+      assert.equal("/room/1?a=1+2&b=%41&a=3&flag", req.target)
+      assert.equal("a=1+2&b=%41&a=3&flag", req.query_string)
+      assert.same({a = "1 2", b = "A", flag = ""}, req.query)
+      assert.same({sid = "x y", theme = "dark"}, req.cookies)
+      assert.equal("https://example.com", req.origin)
+      assert.equal("yes", req.headers["x-thing"])
+      assert.equal("websocket", req.headers.upgrade)
+      assert.same({"v1", "v3"}, req.protocols)
+      assert.equal("10.0.0.7:5555", req.peer)
+    end)
+
+    it("builds the query from a table and passes upgrade's data to open", function()
+      local t = load(UPGRADE)
+      local c = t:connect{path = "/x", query = {user = "ann marie"}}
+      assert.same({user = "ann marie", path = "/x", target = "/x?user=ann%20marie",
+                   q = "ann marie"}, c:next_json())
+    end)
+
+    it("picks a subprotocol: the app's (must be offered) or the config's preference", function()
+      local t = load(UPGRADE)
+      assert.equal("v2", t:connect{protocols = {"v1", "v2"}}.protocol)
+      assert.equal("v1", t:connect{protocols = {"v1", "v9"}}.protocol)
+      assert.is_nil(t:connect{protocols = {"v9"}}.protocol)
+      local c = t:connect{query = {pick = "v9"}, protocols = {"v9"}}
+      assert.equal("v9", c.protocol)
+      assert.is_true(c:data().picked)
+      local _, status, body = t:connect{query = {pick = "v8"}, protocols = {"v9"}}
+      assert.same({500, "internal error\n"}, {status, body})
+    end)
+
+    it("answers 503 when full, counting connections until they are gone", function()
+      local t = load(ECHO, {config = {max_connections = 2, max_connections_per_ip = 0}})
+      local a = t:connect()
+      t:connect()
+      assert.same({503, "server full\n"}, two(select(2, t:connect())))
+      a:close()
+      assert.is_truthy(t:connect())
+      local u = load(ECHO, {config = {max_connections_per_ip = 1}})
+      u:connect{peer = "10.0.0.1"}
+      assert.is_truthy(u:connect{peer = "10.0.0.2"})
+      assert.same({503, "too many connections from this address\n"},
+                  two(select(2, u:connect{peer = "10.0.0.1"})))
+    end)
+
+    it("gives ids in arrival order, HTTP requests and refusals included", function()
+      local t = load(UPGRADE)
+      assert.equal(1, t:connect().id)
+      t:http("GET", "/")
+      t:connect{query = {refuse = "plain"}}
+      local c = t:connect()
+      assert.equal(4, c.id)
+      assert.equal(4, c.conn.id)
+    end)
+  end)
+
+  describe("messages", function()
+    it("delivers text and binary in order, and received()/next() consume", function()
+      local t = load(ECHO)
+      local c = t:connect()
+      assert.is_true(c:send("one"))
+      assert.is_true(c:send_binary("\0\1\255"))
+      c:send("")
+      assert.same({{kind = "text", data = "one"}, {kind = "binary", data = "\0\1\255"},
+                   {kind = "text", data = ""}}, c:received())
+      assert.same({}, c:received())
+      assert.equal(3, #c:history())
+    end)
+
+    it("decodes JSON replies", function()
+      local t = load([[return { message = function(conn, data)
+        conn:send_json({got = data, list = ws.json.array()})
+        conn:send("not json")
+      end }]])
+      local c = t:connect()
+      c:send("a")
+      assert.same({got = "a", list = {}}, c:next_json())
+      assert.matches("not JSON", err_of(c.next_json, c))
+      assert.same({kind = "text", data = "not json"}, c:next()) -- still there after the error
+      c:send("b")
+      assert.same({{got = "b", list = {}}}, c:received_json())
+      assert.same({kind = "text", data = "not json"}, c:next())
+      assert.matches("has no message waiting", err_of(c.next_json, c))
+    end)
+
+    it("answers sent, and nil, closed once the connection is gone", function()
+      local t = load([[return { open = function(conn) ws.state.conn = conn
+        ws.state.r = {conn:send("hi")} end }]])
+      local c = t:connect()
+      assert.same({"sent"}, t.state.r)
+      c:close()
+      local conn = t.state.conn
+      assert.same({nil, "closed"}, {conn:send("x")})
+      assert.same({nil, "closed"}, {conn:close()})
+      assert.same({nil, "closed"}, {conn:subscribe("t")})
+      assert.same({nil, "closed"}, {conn:publish("t", "x")})
+      assert.same({nil, "closed"}, {conn:ping()})
+      assert.is_false(conn:is_open())
+      assert.equal(0, conn:buffered())
+      assert.same({}, conn:topics())
+      assert.equal("conn 1 (closed)", tostring(conn))
+      assert.is_nil(conn.peer)
+      assert.equal(1, conn.id)
+      assert.same({nil, "closed"}, {c:send("after")})
+    end)
+
+    it("closes with 1009 above max_message_size and 1007 on invalid UTF-8 text", function()
+      local t = load([[return {
+        message = function(conn, data) conn:send("ok " .. #data) end,
+        close = function(conn, code, reason) ws.state[conn.id] = {code, reason} end,
+      }]], {config = {max_message_size = 4}})
+      local a, b = t:connect(), t:connect()
+      a:send("1234")
+      a:send("12345")
+      assert.same({"ok 4", "close 1009 message too big"}, texts(a:received()))
+      assert.same({1009, "message too big"}, t.state[1])
+      b:send("\255")
+      assert.same({"close 1007 invalid UTF-8 in text message"}, texts(b:received()))
+      assert.is_false(b:is_open())
+    end)
+  end)
+
+  describe("the conn API", function()
+    -- every call runs inside a message handler; the reply is the error message or the results
+    local EVAL = [[
+      return { message = function(conn, code)
+        local f = assert(load(code, "=eval", "t", setmetatable({conn = conn}, {__index = _ENV})))
+        local r = table.pack(pcall(f))
+        local out = {}
+        for i = 2, r.n do out[#out + 1] = tostring(r[i]) end
+        conn:send((r[1] and "ok " or "error ") .. table.concat(out, " "))
+      end }
+    ]]
+    local function eval(code)
+      local t = load(EVAL)
+      local c = t:connect()
+      c:send(code)
+      local got = c:received()
+      return got[#got].data
+    end
+
+    it("checks arguments with the server's messages", function()
+      local cases = {
+        ["conn:close(5000)"] = "eval:1: bad argument #1 to 'close' (" .. CLOSE_CODE .. ")",
+        ["conn.close(conn, 5000)"] = "eval:1: bad argument #2 to 'close' (" .. CLOSE_CODE .. ")",
+        ["local f = conn.close; f(conn, 1005)"] =
+          "eval:1: bad argument #2 to 'f' (" .. CLOSE_CODE .. ")",
+        ["conn:close(1000.5)"] = "eval:1: bad argument #1 to 'close' (number has no integer representation)",
+        ["conn:close('x')"] = "eval:1: bad argument #1 to 'close' (number expected, got string)",
+        ["conn:close(1000, string.rep('x', 124))"] =
+          "eval:1: bad argument #2 to 'close' (reason longer than 123 bytes)",
+        ["conn:close(1000, '\\255')"] = "eval:1: bad argument #2 to 'close' (reason is not valid UTF-8)",
+        ["conn.close()"] = "eval:1: bad argument #1 to 'close' (wsserver.conn expected, got no value)",
+        ["conn:send()"] = "eval:1: bad argument #1 to 'send' (string expected, got no value)",
+        ["conn:send({})"] = "eval:1: bad argument #1 to 'send' (string expected, got table)",
+        ["conn:send('x', 'bin')"] = "eval:1: bad argument #2 to 'send' (invalid option 'bin')",
+        ["conn:send('\\255')"] = 'eval:1: text message is not valid UTF-8 (send it as "binary")',
+        ["conn:send_json()"] = "eval:1: bad argument #1 to 'send_json' (value expected)",
+        ["conn:send_json(print)"] = "eval:1: send_json: Cannot serialise function: type not supported",
+        ["conn:send_json({'\\255'})"] = "eval:1: send_json: a string in the value is not valid UTF-8",
+        ["conn:ping(string.rep('x', 126))"] = "eval:1: bad argument #1 to 'ping' (ping payload over 125 bytes)",
+        ["conn:subscribe()"] = "eval:1: bad argument #1 to 'subscribe' (string expected, got no value)",
+        ["conn:publish('t')"] = "eval:1: bad argument #2 to 'publish' (string expected, got no value)",
+        ["conn:publish('t', 'x', 'nope')"] = "eval:1: bad argument #3 to 'publish' (invalid option 'nope')",
+        ["conn.buffered(5)"] = "eval:1: bad argument #1 to 'buffered' (wsserver.conn expected, got number)",
+        ["conn.foo = 1"] = "eval:1: conn.foo is read-only (keep your own fields in conn.data)",
+        ["local x = conn[{}]"] = "eval:1: bad argument #2 to 'index' (string expected, got table)",
+        ["pcall(conn.close, conn, 5000) error(select(2, pcall(conn.close, conn, 5000)), 0)"] =
+          "bad argument #2 to '?' (" .. CLOSE_CODE .. ")",
+      }
+      for code, want in pairs(cases) do
+        assert.equal("error " .. want, eval(code), code)
+      end
+    end)
+
+    it("returns what the server returns", function()
+      assert.equal("ok sent", eval("return conn:send('\\255', 'binary')"))
+      assert.equal("ok sent", eval("local r = conn:send(42) return r"))
+      assert.equal("ok true false", eval("return conn:subscribe('t'), conn:subscribe('t')"))
+      assert.equal("ok true false", eval("conn:subscribe('t') return conn:unsubscribe('t'), conn:unsubscribe('t')"))
+      assert.equal("ok 0", eval("return conn:publish('t', 'x')"))
+    end)
+
+    it("names the function but has no position for an error in a tail call", function()
+      -- the kit's API is Lua: a tail call drops the caller's frame (the server's C API keeps it)
+      assert.equal("error bad argument #1 to 'close' (" .. CLOSE_CODE .. ")",
+                   eval("return conn:close(5000)"))
+    end)
+
+    it("has id, data, peer, path, target, query, protocol; only data can be set", function()
+      local t = load([[return { open = function(conn)
+        local d = conn.data
+        d.x = 1
+        ws.state.f = {conn.id, conn.data == d, conn.peer, conn.path, conn.target,
+                      conn.query.a, conn.protocol, tostring(conn)}
+        conn.data = {y = 2}
+        ws.state.y = conn.data.y
+        ws.state.same = ws.get(conn.id) == conn
+      end }]])
+      t:connect{path = "/p?a=b", peer = "10.1.2.3:999"}
+      assert.same({1, true, "10.1.2.3:999", "/p", "/p?a=b", "b", nil, "conn 1"}, t.state.f)
+      assert.equal(2, t.state.y)
+      assert.is_true(t.state.same)
+    end)
+
+    it("keeps ping payloads the client got", function()
+      local t = load("return { open = function(conn) conn:ping('are you there') end }")
+      local c = t:connect()
+      assert.same({"are you there"}, c.pings)
+      assert.same({}, c:received())
+    end)
+  end)
+
+  describe("the ws table", function()
+    it("is read-only, and so are log, close_codes and json", function()
+      local t = load(ECHO)
+      local ws = t.ws
+      assert.matches("the ws table is read%-only %(keep your data in ws.state%)$",
+                     err_of(function() ws.x = 1 end))
+      assert.matches("read%-only", err_of(function() ws.log.x = 1 end))
+      assert.matches("read%-only", err_of(function() ws.json.x = 1 end))
+      assert.matches("table expected, got userdata", err_of(rawset, ws, "x", 1))
+      assert.equal(1000, ws.close_codes.NORMAL)
+      assert.equal(1011, ws.close_codes.INTERNAL_ERROR)
+      assert.equal(json.null, ws.json.null)
+      assert.equal(json.encode, ws.json.encode)
+      local n = 0
+      for _ in pairs(ws) do
+        n = n + 1
+      end
+      assert.equal(17, n)
+      ws.state.x = 1
+      assert.equal(1, t.state.x)
+    end)
+
+    it("checks arguments with the server's messages", function()
+      local ws = load(ECHO).ws
+      local function msg(f)
+        return (err_of(f):gsub("^[^:]*:%d+: ", ""))
+      end
+      assert.equal("bad argument #1 to 'broadcast' (string expected, got no value)",
+                   msg(function() ws.broadcast() end))
+      assert.equal("bad argument #2 to 'broadcast' (table expected, got number)",
+                   msg(function() ws.broadcast("x", 5) end))
+      assert.equal("text message is not valid UTF-8 (pass {binary = true})",
+                   msg(function() ws.broadcast("\255") end))
+      assert.equal("bad argument #-1 to 'broadcast' (number expected, got nil)",
+                   msg(function() ws.broadcast("x", {except = "a"}) end))
+      assert.equal("attempt to index a boolean value",
+                   err_of(function() ws.broadcast("x", {except = true}) end))
+      assert.equal("bad argument #-1 to 'broadcast' (function expected, got number)",
+                   msg(function() ws.broadcast("x", {filter = 5}) end))
+      assert.equal("bad argument #3 to 'publish' (table expected, got string)",
+                   msg(function() ws.publish("t", "x", "y") end))
+      assert.equal("bad argument #1 to 'get' (number has no integer representation)",
+                   msg(function() ws.get(1.5) end))
+      assert.equal("bad argument #1 to 'after' (seconds must be a number >= 0)",
+                   msg(function() ws.after(-1, print) end))
+      assert.equal("bad argument #1 to 'every' (ws.every needs at least 0.001 seconds)",
+                   msg(function() ws.every(0, print) end))
+      assert.equal("bad argument #2 to 'after' (function expected, got no value)",
+                   msg(function() ws.after(1) end))
+      assert.equal("bad argument #1 to 'cancel' (wsserver.timer expected, got no value)",
+                   msg(function() ws.after(1, print).cancel() end))
+      assert.equal("bad argument #1 to 'info' (string expected, got no value)",
+                   msg(function() ws.log.info() end))
+    end)
+
+    it("captures ws.log lines at every level", function()
+      local t = load([[
+        ws.log.debug("loading")
+        return { open = function(conn)
+          ws.log.info("hello", {conn = conn.id, ratio = 0.5, [1] = "skipped", t = true})
+          ws.log.warn(42)
+        end }]])
+      t:connect()
+      assert.same({
+        {level = "debug", msg = "loading", fields = {}},
+        {level = "info", msg = "hello", fields = {conn = 1, ratio = "0.5", t = "true"}},
+        {level = "warn", msg = "42", fields = {}},
+      }, t:logs())
+      assert.equal(1, #t:logs("warn"))
+    end)
+
+    it("broadcasts to every open connection, with except, filter and binary", function()
+      local t = load([[return { message = function(conn, data)
+        local seen = {}
+        local n
+        if data == "all" then n = ws.broadcast("all")
+        elseif data == "others" then n = ws.broadcast("others", {except = conn})
+        elseif data == "id" then n = ws.broadcast("not 1", {except = 1})
+        elseif data == "bin" then n = ws.broadcast("\0\255", {binary = true})
+        elseif data == "even" then
+          n = ws.broadcast("even", {filter = function(c) seen[#seen + 1] = c.id return c.id % 2 == 0 end})
+        end
+        conn:send(n .. " " .. table.concat(seen, ","))
+      end }]])
+      local a, b, c = t:connect(), t:connect(), t:connect()
+      a:send("all")
+      assert.same({"all", "3 "}, texts(a:received()))
+      assert.same({"all"}, texts(b:received()))
+      b:send("others")
+      assert.same({"2 "}, texts(b:received()))
+      assert.same({"all", "others"}, texts(c:received()))
+      c:send("id")
+      assert.same({"others"}, texts(a:received())) -- not "not 1"
+      assert.same({"not 1"}, texts(b:received()))
+      c:send("even")
+      assert.same({"not 1", "2 ", "1 1,2,3"}, texts(c:received()))
+      assert.same({"even"}, texts(b:received()))
+      a:send("bin")
+      assert.same({kind = "binary", data = "\0\255"}, b:next())
+      c:received()
+      a:received()
+      b:close()
+      a:send("all")
+      assert.same({"all", "2 "}, texts(a:received()))
+    end)
+
+    it("rethrows a filter's error after reaching the connections it already accepted", function()
+      local t = load([[return { message = function(conn, data)
+        ws.broadcast("x", {filter = function(c) if c.id == 2 then error("no", 0) end return true end})
+      end }]])
+      local a, b, c = t:connect(), t:connect(), t:connect()
+      c:send("go")
+      assert.same({"x"}, texts(a:received()))
+      assert.same({}, texts(b:received()))
+      assert.same({"close 1011 internal error"}, texts(c:received()))
+      assert.equal("no", t:errors()[1].message)
+    end)
+
+    it("publishes to topic subscribers; conn:publish skips the sender", function()
+      local t = load([[return { message = function(conn, data)
+        local cmd, arg = data:match("^(%a+) ?(.*)$")
+        if cmd == "sub" then conn:send(tostring(conn:subscribe(arg)))
+        elseif cmd == "unsub" then conn:send(tostring(conn:unsubscribe(arg)))
+        elseif cmd == "say" then conn:send("reached " .. conn:publish("room", arg))
+        elseif cmd == "all" then conn:send("reached " .. ws.publish("room", arg))
+        elseif cmd == "bin" then ws.publish("room", "\1", {binary = true, except = conn}) end
+      end }]])
+      local a, b, c = t:connect(), t:connect(), t:connect()
+      a:send("sub room")
+      b:send("sub room")
+      b:send("sub room")
+      assert.same({"true", "false"}, texts(b:received()))
+      assert.equal(2, t:subscribers("room"))
+      assert.same({"room"}, t:topics())
+      assert.same({"room"}, a:topics())
+      a:send("say hi")
+      assert.same({"true", "reached 1"}, texts(a:received()))
+      assert.same({"hi"}, texts(b:received()))
+      c:send("all everyone")
+      assert.same({"everyone"}, texts(a:received()))
+      assert.same({"everyone"}, texts(b:received()))
+      assert.same({"reached 2"}, texts(c:received()))
+      a:send("bin")
+      assert.same({kind = "binary", data = "\1"}, b:next())
+      assert.same({}, a:received())
+      a:send("unsub room")
+      b:close()
+      assert.equal(0, t:subscribers("room"))
+      assert.same({}, t:topics())
+    end)
+
+    it("counts and lists open connections and finds them by id", function()
+      local t = load([[return { message = function(conn)
+        local ids = {}
+        for c in ws.connections() do ids[#ids + 1] = c.id end
+        conn:send(ws.count() .. " " .. table.concat(ids, ",") .. " " .. tostring(ws.get(conn.id) == conn))
+      end }]])
+      local a, b = t:connect(), t:connect()
+      a:send("?")
+      assert.same({"2 1,2 true"}, texts(a:received()))
+      b:close()
+      a:send("?")
+      assert.same({"1 1 true"}, texts(a:received()))
+      assert.is_nil(t:get(2))
+      assert.equal(1, t:count())
+    end)
+
+    it("has stats", function()
+      local t = load(ECHO)
+      local c = t:connect()
+      c:send("x")
+      local s = t:stats()
+      assert.equal(1, s.connections)
+      assert.equal(1, s.connections_total)
+      assert.equal(1, s.messages_in)
+      assert.equal(1, s.messages_out)
+      assert.equal(1, s.generation)
+      assert.equal(0, s.reloads_ok)
+    end)
+  end)
+
+  describe("handler errors", function()
+    local APP = [[
+      return {
+        open = function(conn) if conn.path == "/bad" then error("bad open") end end,
+        message = function(conn, data)
+          if data == "boom" then conn:send("before") error("boom") end
+          if data == "close-first" then conn:close(4000, "mine") error("late") end
+          conn:send("echo " .. data)
+        end,
+        error = function(message, conn)
+          ws.state.errors = ws.state.errors or {}
+          table.insert(ws.state.errors, {message = message, id = conn.id, open = conn:is_open()})
+        end,
+        close = function(conn, code, reason)
+          ws.state.closes = ws.state.closes or {}
+          table.insert(ws.state.closes, {conn.id, code, reason})
+          if reason == "fail" then error("close failed") end
+        end,
+      }
+    ]]
+
+    it("close only that connection with 1011, after app.error", function()
+      local t = load(APP)
+      local a, b = t:connect(), t:connect()
+      a:send("boom")
+      assert.same({"before", "close 1011 internal error"}, texts(a:received()))
+      assert.is_false(a:is_open())
+      local e = t.state.errors[1]
+      assert.equal(1, e.id)
+      assert.is_true(e.open)
+      assert.equal("message handler failed: app.lua:4: boom\nstack traceback:\n" ..
+                   "\t[C]: in function 'error'\n\tapp.lua:4: in function <app.lua:3>\n\t[C]: in ?",
+                   e.message)
+      assert.same({{1, 1011, "internal error"}}, t.state.closes)
+      b:send("still")
+      assert.same({"echo still"}, texts(b:received()))
+      assert.equal(1, t:stats().handler_errors)
+      assert.equal("app.lua:4: boom", t:errors()[1].message)
+      assert.matches("stack traceback", t:errors()[1].traceback)
+    end)
+
+    it("in open close the connection after the 101", function()
+      local t = load(APP)
+      local c = t:connect{path = "/bad"}
+      assert.is_truthy(c)
+      assert.same({"close 1011 internal error"}, texts(c:received()))
+      assert.equal("open handler failed: app.lua:2: bad open", t.state.errors[1].message:match("^[^\n]*"))
+    end)
+
+    it("keep a close the handler already started", function()
+      local t = load(APP)
+      local c = t:connect()
+      c:send("close-first")
+      assert.same({"close 4000 mine"}, texts(c:received()))
+      assert.is_false(t.state.errors[1].open)
+      assert.same({{1, 4000, "mine"}}, t.state.closes)
+    end)
+
+    it("in close are only logged", function()
+      local t = load(APP)
+      local c = t:connect()
+      c:close(3000, "fail")
+      assert.same({{1, 3000, "fail"}}, t.state.closes)
+      assert.equal("close", t:errors()[1].handler)
+      assert.is_nil(t.state.errors)
+    end)
+
+    it("of a yield inside a handler are the server's", function()
+      local t = load([[return { message = function(conn)
+        conn:send(tostring(select(2, pcall(coroutine.yield))))
+        coroutine.yield()
+      end }]])
+      local c = t:connect()
+      c:send("x")
+      assert.same({"attempt to yield from outside a coroutine", "close 1011 internal error"},
+                  texts(c:received()))
+    end)
+  end)
+
+  describe("closing", function()
+    local APP = [[
+      return {
+        open = function(conn) conn:subscribe("a") conn:subscribe("b") conn.data.name = "n" .. conn.id end,
+        message = function(conn, data)
+          if data == "kick" then conn:close(4001, "kicked") end
+        end,
+        close = function(conn, code, reason)
+          local r1, r2 = conn:send("late")
+          ws.state.seen = {
+            code = code, reason = reason, topics = conn:topics(), name = conn.data.name,
+            open = conn:is_open(), send = {r1, r2}, count = ws.count(), get = ws.get(conn.id),
+            subscribers = ws.subscribers("a"), text = tostring(conn), path = conn.path,
+          }
+          ws.state.handle = conn
+        end,
+      }
+    ]]
+
+    it("runs close with the topics attached and conn.data readable, then unsubscribes", function()
+      local t = load(APP)
+      local a = t:connect{path = "/x"}
+      t:connect()
+      a:close(4000, "bye")
+      assert.same({"close 4000 "}, texts(a:received())) -- the server echoes the code only
+      assert.same({code = 4000, reason = "bye", topics = {"a", "b"}, name = "n1", open = false,
+                   send = {nil, "closed"}, count = 1, subscribers = 2, text = "conn 1", path = "/x"},
+                  t.state.seen)
+      assert.equal(1, t:subscribers("a"))
+      local h = t.state.handle
+      assert.equal("conn 1 (closed)", tostring(h))
+      assert.equal("n1", h.data.name)
+      assert.same({nil, "closed"}, {h:send("x")})
+    end)
+
+    it("reports 1005 for a close without code, 1006 for a dropped connection", function()
+      local t = load(APP)
+      local a, b = t:connect(), t:connect()
+      a:close()
+      assert.same({"close 1005 "}, texts(a:received()))
+      assert.equal(1005, t.state.seen.code)
+      b:drop()
+      assert.same({}, b:received())
+      assert.same({1006, "connection dropped"}, {t.state.seen.code, t.state.seen.reason})
+      assert.same({nil, "closed"}, {b:send("x")})
+    end)
+
+    it("closes from the server side with the code and reason the client sees", function()
+      local t = load(APP)
+      local a = t:connect()
+      a:send("kick")
+      assert.same({"close 4001 kicked"}, texts(a:received()))
+      assert.same({4001, "kicked"}, {t.state.seen.code, t.state.seen.reason})
+      assert.same({nil, "closed"}, {a:close()})
+    end)
+
+    it("refuses close codes a client may not send", function()
+      local t = load(APP)
+      local a = t:connect()
+      assert.matches("a client may close with", err_of(a.close, a, 1005))
+      assert.matches("needs a code", err_of(a.close, a, nil, "why"))
+    end)
+  end)
+
+  describe("time", function()
+    it("fires ws.after and ws.every as the virtual clock advances; ws.now follows it", function()
+      local t = load([[
+        ws.state.log = {}
+        local function note(s) table.insert(ws.state.log, string.format("%s@%g", s, ws.now() - 1000)) end
+        return { open = function(conn)
+          ws.after(1.5, function() note("after") end)
+          local n = 0
+          local h
+          h = ws.every(1, function() n = n + 1 note("every" .. n) if n == 3 then note(tostring(h:cancel())) end end)
+        end }]], {now = 1000})
+      assert.equal(1000, t:now())
+      t:connect()
+      t:advance(0.999)
+      assert.same({}, t.state.log)
+      t:advance(10)
+      assert.same({"every1@1", "after@1.5", "every2@2", "every3@3", "true@3"}, t.state.log)
+      assert.equal(1010.999, t:now())
+    end)
+
+    it("cancels: true while armed, false after", function()
+      local t = load([[return { open = function(conn)
+        local h = ws.after(1, function() conn:send("fired") end)
+        local done = ws.after(0, function() end)
+        ws.state.r = {h:cancel(), h:cancel()}
+        ws.state.done = done
+      end }]])
+      local c = t:connect()
+      t:advance(0)
+      assert.is_false(t.state.done:cancel())
+      t:advance(5)
+      assert.same({true, false}, t.state.r)
+      assert.same({}, c:received())
+    end)
+
+    it("logs a timer's error and keeps the timer", function()
+      local t = load([[ws.state.n = 0
+        ws.every(1, function() ws.state.n = ws.state.n + 1 error("tick") end)
+        return {}]])
+      t:advance(3)
+      assert.equal(3, t.state.n)
+      assert.equal(3, #t:errors())
+      assert.equal("every", t:errors()[1].handler)
+    end)
+
+    it("closes idle connections after idle_timeout", function()
+      local t = load(ECHO, {config = {idle_timeout = 10}})
+      local c = t:connect()
+      t:advance(9)
+      c:send("x")
+      t:advance(9)
+      assert.is_true(c:is_open())
+      t:advance(2)
+      assert.same({"x", "close 1001 idle timeout"}, texts(c:received()))
+    end)
+  end)
+
+  describe("back-pressure", function()
+    local APP = [[
+      return {
+        message = function(conn, data)
+          local results = {}
+          for i = 1, tonumber(data) do results[#results + 1] = tostring(conn:send(string.rep("x", 1000))) end
+          ws.state.results = results
+          ws.state.buffered = conn:buffered()
+        end,
+        drain = function(conn) ws.state.drained = (ws.state.drained or 0) + 1 end,
+        close = function(conn, code, reason) ws.state.closed = {code, reason} end,
+      }
+    ]]
+
+    it("answers queued above the low-water mark and calls drain once the queue empties", function()
+      -- frames of 1004 bytes; the low-water mark is min(max_buffered / 2, 64 KiB) = 4096
+      local t = load(APP, {config = {max_buffered = 8192}})
+      local c = t:connect()
+      c:send("5")
+      assert.same({"sent", "sent", "sent", "sent", "queued"}, t.state.results)
+      assert.equal(1, t.state.drained)
+      assert.equal(5, #c:received())
+    end)
+
+    it("keeps a paused client's messages queued and closes a slow consumer with 1008", function()
+      local t = load(APP, {config = {max_buffered = 4096}})
+      local c = t:connect()
+      c:pause()
+      c:send("3")
+      assert.same({"sent", "sent", "queued"}, t.state.results)
+      assert.is_true(t.state.buffered > 3000)
+      assert.same({}, c:received())
+      assert.is_nil(t.state.drained)
+      c:resume()
+      assert.equal(3, #c:received())
+      assert.equal(1, t.state.drained)
+      c:pause()
+      c:send("6") -- max_buffered 4096: the fifth frame would make 5020 bytes
+      assert.same({"sent", "sent", "queued", "queued", "nil", "nil"}, t.state.results)
+      c:resume()
+      local got = c:received()
+      assert.equal(4 + 1, #got)
+      assert.same({kind = "close", code = 1008, reason = "slow consumer"}, got[#got])
+      assert.same({1008, "slow consumer"}, t.state.closed)
+    end)
+
+    it("drops data messages with backpressure = drop", function()
+      local t = load([[return { message = function(conn)
+        local r = {}
+        for i = 1, 6 do local a, b = conn:send(string.rep("x", 1000)) r[#r + 1] = tostring(a or b) end
+        ws.state.r = r
+      end }]], {config = {max_buffered = 4096, backpressure = "drop"}})
+      local c = t:connect()
+      c:pause()
+      c:send("go")
+      assert.same({"sent", "sent", "queued", "queued", "dropped", "dropped"}, t.state.r)
+      assert.equal(2, t:stats().dropped)
+    end)
+
+    it("gives up on a paused client that does not answer our close", function()
+      local t = load([[return {
+        message = function(conn) conn:close(4000, "bye") end,
+        close = function(conn, code, reason) ws.state.closed = {code, reason, ws.now()} end,
+      }]], {now = 0})
+      local c = t:connect()
+      c:pause()
+      c:send("x")
+      t:advance(4.9)
+      assert.is_nil(t.state.closed)
+      t:advance(0.2)
+      assert.same({4000, "bye", 5}, t.state.closed)
+    end)
+
+    it("closes a paused client that never answers pings", function()
+      local t = load(ECHO, {config = {ping_interval = 30, pong_timeout = 10}})
+      local c = t:connect()
+      c:pause()
+      t:advance(39)
+      assert.equal("open", c.c.state)
+      t:advance(2)
+      c:resume()
+      assert.same({kind = "close", code = 1001, reason = "pong timeout"}, c:received()[1])
+    end)
+  end)
+
+  describe("handler_timeout", function()
+    it("interrupts a handler that runs too long, even through pcall", function()
+      local t = load([[return { message = function(conn, data)
+        if data == "loop" then while true do end end
+        if data == "pcall" then while true do pcall(function() while true do end end) end end
+        if data == "co" then coroutine.wrap(function() while true do end end)() end
+        conn:send("fine")
+      end }]], {config = {handler_timeout = 0.05}})
+      for _, how in ipairs({"loop", "pcall", "co"}) do
+        local c = t:connect()
+        c:send(how)
+        assert.same({"close 1011 internal error"}, texts(c:received()), how)
+      end
+      assert.equal("handler exceeded handler_timeout (0.050000 s)",
+                   t:errors()[1].message:gsub("^[^:]*:%d+: ", ""))
+      local c = t:connect()
+      c:send("ok")
+      assert.same({"fine"}, texts(c:received()))
+    end)
+
+    it("turns a slow upgrade into 500", function()
+      local t = load("return { upgrade = function() while true do end end }",
+                     {config = {handler_timeout = 0.02}})
+      assert.equal(500, select(2, t:connect()))
+    end)
+  end)
+
+  describe("reload", function()
+    local V1 = [[
+      counter = (counter or 0) + 1
+      ws.state.loads = (ws.state.loads or 0) + 1
+      ws.every(1, function() ws.state.v1_ticks = (ws.state.v1_ticks or 0) + 1 end)
+      return {
+        open = function(conn) conn:subscribe("all") conn.data.v = 1 end,
+        message = function(conn) conn:send("v1 " .. tostring(counter)) end,
+      }
+    ]]
+    local V2 = [[
+      return {
+        load = function(state, info) state.info = info end,
+        message = function(conn) conn:send("v2 " .. tostring(counter) .. " " .. conn.data.v
+                                           .. " " .. ws.subscribers("all")) end,
+      }
+    ]]
+
+    it("swaps the app in place, keeps ws.state, conn.data and topics, drops globals and timers", function()
+      local t = load(V1)
+      local c = t:connect()
+      c:send("x")
+      t:advance(1)
+      assert.equal(1, t.state.v1_ticks)
+      assert.is_true(t:reload(V2))
+      c:send("x")
+      assert.same({"v1 1", "v2 nil 1 1"}, texts(c:received()))
+      t:advance(5)
+      assert.equal(1, t.state.v1_ticks)
+      assert.same({generation = 2, previous = 1, file = "app.lua", trigger = "SIGHUP"}, t.state.info)
+      assert.equal(1, t:stats().reloads_ok)
+      assert.equal(2, t:stats().generation)
+    end)
+
+    it("keeps the running version when the new one fails, with the reason", function()
+      local t = load(V1)
+      local c = t:connect()
+      local cases = {
+        ["return {"] = "^app.lua:1: .*near <eof>$",
+        ["return { mesage = print }"] = "^unknown app field 'mesage'",
+        ["return { message = 1 }"] = "^app.message must be a function, got number$",
+        ["error('no')"] = "^running the app failed: app.lua:1: no$",
+        ["return { config = { idle_timeout = -1 } }"] = "^invalid value for idle_timeout",
+        ["ws.every(1, function() ws.state.bad_tick = true end) return { load = function() error('later') end }"] =
+          "^load%(%) failed: app.lua:1: later$",
+      }
+      for src, pattern in pairs(cases) do
+        local ok, err = t:reload(src)
+        assert.is_false(ok)
+        assert.matches(pattern, err)
+      end
+      t:advance(3)
+      assert.is_nil(t.state.bad_tick) -- the failed version's timer was cancelled
+      c:send("x")
+      assert.same({"v1 1"}, texts(c:received()))
+      assert.equal(6, t:stats().reloads_failed)
+      assert.equal(1, t:stats().generation)
+    end)
+
+    it("reloads on ws.reload() after the handler, from the same source", function()
+      local t = load([[
+        ws.state.loads = (ws.state.loads or 0) + 1
+        return { message = function(conn) ws.reload() conn:send("loads " .. ws.state.loads) end }]])
+      local c = t:connect()
+      c:send("x")
+      c:send("x")
+      assert.same({"loads 1", "loads 2"}, texts(c:received()))
+    end)
+
+    it("reloads modules from the app's folder", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. dir))
+      local function write(name, text)
+        local f = assert(io.open(dir .. "/" .. name, "w"))
+        f:write(text)
+        f:close()
+      end
+      write("greet.lua", "return { word = 'hello', ws_ok = ws ~= nil }")
+      write("app.lua", "local g = require 'greet' return { open = function(c) c:send(g.word .. tostring(g.ws_ok)) end }")
+      local t = load(dir .. "/app.lua")
+      assert.same({"hellotrue"}, texts(t:connect():received()))
+      write("greet.lua", "return { word = 'hi', ws_ok = true }")
+      assert.is_true(t:reload())
+      assert.same({"hitrue"}, texts(t:connect():received()))
+      os.execute("rm -rf " .. dir)
+    end)
+  end)
+
+  describe("http", function()
+    local APP = [[
+      local router = require("ws.router").new()
+      router:get("/rooms/:name", function(req, params) return 200, "room " .. params.name end)
+      local routes = router:handler()
+      rawset(routes, "GET /status", function(req)
+        return 200, "ok " .. tostring(req.query.x), {["X-Hits"] = 1, ["Content-Type"] = "text/x", ["Bad:Name"] = "no"}
+      end)
+      rawset(routes, "POST /fail", function() error("route failed") end)
+      rawset(routes, "GET /odd", function() return 999, 42 end)
+      return { http = routes }
+    ]]
+
+    it("answers app.http routes like the server", function()
+      local t = load(APP)
+      local status, body, headers = t:http("GET", "/status?x=1")
+      assert.same({200, "ok 1"}, {status, body})
+      assert.same({["content-type"] = "text/x", ["x-hits"] = "1"}, headers)
+      assert.same({200, "room lobby"}, two(t:http("GET", "/rooms/lobby")))
+      assert.same({200, ""}, two(t:http("HEAD", "/status")))
+      assert.same({500, "internal error\n"}, two(t:http("POST", "/fail")))
+      assert.same({500, "42"}, two(t:http("GET", "/odd")))
+      assert.equal(405, (t:http("POST", "/rooms/x")))
+      assert.same({426, "this is a WebSocket endpoint: use a WebSocket client\n"},
+                  two(t:http("GET", "/nowhere")))
+      assert.same({405, "method not allowed\n"}, two(t:http("DELETE", "/nowhere")))
+      assert.same({200, "ok\n"}, two(t:http("GET", "/healthz")))
+    end)
+  end)
+
+  describe("shutdown", function()
+    it("runs app.shutdown, then closes every connection with 1001", function()
+      local t = load([[return {
+        shutdown = function(reason) ws.state.reason = reason ws.broadcast("bye") end,
+        message = function(conn) ws.shutdown() end,
+      }]])
+      local a, b = t:connect(), t:connect()
+      t:shutdown()
+      assert.equal("SIGTERM", t.state.reason)
+      assert.same({"bye", "close 1001 server shutting down"}, texts(a:received()))
+      assert.same({"bye", "close 1001 server shutting down"}, texts(b:received()))
+      assert.matches("shutting down", err_of(t.connect, t))
+      local u = load([[return { shutdown = function(r) ws.state.reason = r end,
+                                message = function(conn) ws.shutdown() end }]])
+      u:connect():send("stop")
+      assert.equal("ws.shutdown", u.state.reason)
+    end)
+  end)
+end)
