@@ -2,10 +2,8 @@
  * broadcast, idle and connect; every reply is checked; one JSON object per run on stdout.
  * It is a measuring tool, not a conformance client: it speaks only what the scenarios need
  * (masked client frames with a fixed key, unfragmented data messages out, pong, close). */
-#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
-#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -152,13 +150,14 @@ struct bench {
     uint8_t opcode;
     /* broadcast publisher window */
     uint32_t pub_next, pub_base;
-    uint32_t *acks;
+    uint32_t *acks;   /* deliveries of each message in the window */
+    uint64_t *pub_ns; /* publish time of each message in the window */
     uint64_t publishes;
     /* counters */
     uint64_t sent_total, recv_total, errors[ERR_COUNT];
     uint64_t win_msgs, win_bytes, win_publishes;
     uint64_t last_progress_ns, t_open_ns, t_win_ns, t_end_ns, t_all_open_ns;
-    double cpu_client0, cpu_client1, cpu_server0, cpu_server1;
+    double cpu_client0, cpu_client1, cpu_server0, cpu_server1, cpu_machine0, cpu_machine1;
     long rss_before_kb, rss_after_kb;
     struct hist hist;
     ev_timer warmup_timer, end_timer, watchdog;
@@ -202,6 +201,23 @@ static double cpu_proc_s(long pid)
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return -1;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Busy CPU seconds of the whole machine, all CPUs (proc(5) /proc/stat: all but idle and iowait):
+ * the share of neither wsbench nor the server tells how noisy the machine was. */
+static double cpu_machine_s(void)
+{
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -1;
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n != 8)
+        return -1;
+    unsigned long long busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    return (double)busy / (double)sysconf(_SC_CLK_TCK);
 }
 
 /* VmRSS of PID in KiB (proc(5)); -1 if unknown. */
@@ -438,7 +454,10 @@ static int flush(struct conn *c)
                 io_want(c, EV_READ | EV_WRITE);
                 return 0;
             }
-            conn_fail(c, ERR_CLOSED, strerror(errno));
+            conn_fail(c,
+                      c->state == CS_HANDSHAKE && c->raw_len == b->request_len ? ERR_CONNECT
+                                                                               : ERR_CLOSED,
+                      strerror(errno));
             return -1;
         }
         size_t left = (size_t)w;
@@ -512,6 +531,7 @@ static void pub_send_more(struct bench *b)
         hex_put(prefix, b->pub_next, 8);
         hex_put(prefix + 8, t, 16);
         b->acks[b->pub_next % b->o.depth] = 0;
+        b->pub_ns[b->pub_next % b->o.depth] = t;
         b->pub_next++;
         b->publishes++;
         if (b->measuring)
@@ -541,6 +561,7 @@ static void window_begin(struct bench *b)
     b->t_win_ns = now_ns();
     b->cpu_client0 = cpu_self_s();
     b->cpu_server0 = b->o.server_pid > 0 ? cpu_proc_s(b->o.server_pid) : -1;
+    b->cpu_machine0 = cpu_machine_s();
 }
 
 static void on_end(struct ev_loop *loop, ev_timer *w, int revents)
@@ -986,18 +1007,12 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
     struct bench *b = c->b;
     (void)loop;
     if (c->state == CS_CONNECTING) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            err = errno;
-        if (err) {
-            conn_fail(c, ERR_CONNECT, strerror(err));
-            open_more(b);
-            return;
-        }
+        /* Writable: connected, or failed, which the first send reports (no SO_ERROR call:
+         * connect mode pays every system call once per cycle). */
         c->state = CS_HANDSHAKE;
         io_want(c, EV_READ);
-        flush(c);
+        if (flush(c) < 0)
+            open_more(b);
         return;
     }
     unsigned gen = c->gen;
@@ -1024,8 +1039,11 @@ static void conn_start(struct bench *b, struct conn *c)
         c->state = CS_DEAD;
         return;
     }
+    /* Pipelined messages must not wait for ACKs (Nagle); a connect cycle writes one frame at a
+     * time, each after the server's answer, so it spares the call. */
     int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (c->role != ROLE_CYCLE)
+        setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     raw_append(c, b->request, b->request_len);
     b->opening++;
     c->state = CS_CONNECTING;
@@ -1064,12 +1082,43 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     }
 }
 
+/* One connection that stopped answering is an error even while the others go on: a handshake,
+ * an echo reply, a broadcast delivery or a close reply that is --stall seconds late. */
+static void check_late(struct bench *b, uint64_t t)
+{
+    uint64_t limit = (uint64_t)(b->o.stall_s * 1e9);
+    for (unsigned i = 0; i < b->nconns; i++) {
+        struct conn *c = &b->conns[i];
+        const char *what = NULL;
+        if (c->state == CS_CONNECTING || c->state == CS_HANDSHAKE) {
+            if (t - c->t_connect_ns > limit)
+                what = "no handshake response";
+        } else if (c->state != CS_OPEN || !b->running) {
+            continue;
+        } else if (c->role == ROLE_ECHO) {
+            if (c->inflight > 0 && t - c->sent_ns[c->recv_seq % b->o.depth] > limit)
+                what = "no echo reply";
+        } else if (c->role == ROLE_SUB) {
+            if (c->subscribed && b->pub_base != b->pub_next &&
+                (int32_t)(b->pub_base - c->last_seq) >= 1 &&
+                t - b->pub_ns[b->pub_base % b->o.depth] > limit)
+                what = "no broadcast delivery";
+        } else if (c->role == ROLE_CYCLE) {
+            if (t - c->t_connect_ns > limit)
+                what = "no close reply";
+        }
+        if (what)
+            conn_fail(c, ERR_STALL, what);
+    }
+}
+
 static void on_watchdog(struct ev_loop *loop, ev_timer *w, int revents)
 {
     struct bench *b = w->data;
     (void)loop;
     (void)revents;
     uint64_t t = now_ns();
+    check_late(b, t);
     if ((double)(t - b->last_progress_ns) / 1e9 > b->o.stall_s) {
         char what[96];
         snprintf(what, sizeof what, "no progress for %.1f s (%u of %u connections open)",
@@ -1129,6 +1178,13 @@ static void report(struct bench *b, const char *why)
                b->win_msgs ? scpu * 1e6 / (double)b->win_msgs : 0);
     else
         printf(",\"server_cpu_s\":null,\"server_cpu_us_per_msg\":null");
+    if (win_s > 0 && b->cpu_machine0 >= 0 && b->cpu_machine1 >= 0) {
+        /* 100 = one CPU busy; "other" is what neither wsbench nor the server used */
+        double mcpu = b->cpu_machine1 - b->cpu_machine0;
+        double other = mcpu - ccpu - (scpu > 0 ? scpu : 0);
+        printf(",\"machine_cpu_pct\":%.1f,\"other_cpu_pct\":%.1f", 100.0 * mcpu / win_s,
+               other > 0 ? 100.0 * other / win_s : 0.0);
+    }
     if (o->mode == MODE_BROADCAST)
         printf(",\"subscribers\":%u,\"publishes\":%llu,\"publishes_per_s\":%.1f", o->conns,
                (unsigned long long)b->win_publishes,
@@ -1166,6 +1222,7 @@ static void finish(struct bench *b, const char *why)
         b->t_end_ns = now_ns();
         b->cpu_client1 = cpu_self_s();
         b->cpu_server1 = b->o.server_pid > 0 ? cpu_proc_s(b->o.server_pid) : -1;
+        b->cpu_machine1 = cpu_machine_s();
     }
     if (b->o.mode == MODE_IDLE && b->o.server_pid > 0)
         b->rss_after_kb = rss_proc_kb(b->o.server_pid);
@@ -1434,6 +1491,7 @@ int main(int argc, char **argv)
     if (b->o.mode == MODE_BROADCAST) {
         b->pub = &b->conns[b->o.conns];
         b->acks = xcalloc(b->o.depth, sizeof *b->acks);
+        b->pub_ns = xcalloc(b->o.depth, sizeof *b->pub_ns);
     }
     if (b->o.server_pid > 0) {
         b->rss_before_kb = rss_proc_kb(b->o.server_pid);

@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# `make bench`: every scenario against wsserver (bench/apps/*.lua) and against node `ws`
+# (bench/node/*.js) in the same run, servers pinned to one CPU and wsbench to the other,
+# repeated BENCH_RUNS times; prints the medians with the wsserver/node ratio and saves
+# bench/results/<date>-<commit>.json. It measures; it does not judge (targets are only shown).
+#
+# Environment: WSSERVER, WSBENCH (binaries; set by make), BENCH_RUNS (3), BENCH_DURATION (3 s),
+# BENCH_WARMUP (1 s), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1), BENCH_ONLY (regex on scenario
+# names), BENCH_IMPLS ("wsserver node"), BENCH_OUT (results file), BENCH_NICE (e.g. -10: run the
+# servers and wsbench at that niceness, to stand out from other work on a shared machine).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WSSERVER=${WSSERVER:-$ROOT/build/wsserver}
+WSBENCH=${WSBENCH:-$ROOT/build/wsbench}
+RUNS=${BENCH_RUNS:-3}
+DURATION=${BENCH_DURATION:-3}
+WARMUP=${BENCH_WARMUP:-1}
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+CLIENT_CPU=${BENCH_CLIENT_CPU:-1}
+ONLY=${BENCH_ONLY:-}
+NICE=()
+[[ -n ${BENCH_NICE:-} ]] && NICE=(nice -n "$BENCH_NICE")
+IMPLS=${BENCH_IMPLS:-wsserver node}
+PY=/usr/bin/python3
+WS_MODULE=$ROOT/tests/node_modules/ws
+
+for f in "$WSSERVER" "$WSBENCH"; do
+    [[ -x $f ]] || { echo "run.sh: $f is missing (use make bench)" >&2; exit 2; }
+done
+if [[ " $IMPLS " == *" node "* ]] && { ! command -v node >/dev/null || [[ ! -d $WS_MODULE ]]; }; then
+    echo "run.sh: node or $WS_MODULE is missing (bash scripts/install-deps.sh installs them)" >&2
+    exit 2
+fi
+
+TMP=$(mktemp -d /tmp/wsbench.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A snapshot of the server binary: other work may rebuild build/wsserver during the run. It finds
+# the shipped Lua library through WSSERVER_LUA_PATH.
+mkdir -p "$TMP/bin"
+cp "$WSSERVER" "$TMP/bin/wsserver"
+# The commit and tree state the snapshot was built from (read now: others may commit meanwhile).
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$([[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && echo true || echo false)
+export WSSERVER_LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua"
+
+# wsserver and node need 10000+ descriptors for the idle scenario.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (($(ulimit -n) < 10100)); then
+    echo "run.sh: warning: only $(ulimit -n) file descriptors; the idle scenario will fail" >&2
+fi
+
+# Scenarios: name | server app | wsbench arguments | target ratio (for information).
+# The echo rows at 10, 100 and 1000 connections feed bench/plot.py.
+SCENARIOS=(
+    "echo-c10|echo|echo -c 10 -s 32 -d 1|"
+    "echo-c100|echo|echo -c 100 -s 32 -d 1|1.5"
+    "echo-c100-d16|echo|echo -c 100 -s 32 -d 16|10"
+    "echo-c1000|echo|echo -c 1000 -s 32 -d 1|"
+    "echo-64k|echo|echo -c 10 -s 65536 -b -d 1|2.5"
+    "broadcast-1000|broadcast|broadcast -c 1000 -s 32 -d 16|15"
+    "broadcast-1000-w1|broadcast|broadcast -c 1000 -s 32 -d 1|"
+    "connect|echo|connect -c 50|"
+    "idle-10000|idle|idle -c 10000 -w 1 -t 1|"
+)
+
+# A port below the ephemeral range (wsbench's own 10000 client sockets live there) that no
+# socket uses in any state.
+free_port() {
+    local p lo
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    for _ in $(seq 100); do
+        p=$((20000 + RANDOM % (lo > 21000 ? lo - 20000 : 1000)))
+        if [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]]; then
+            echo "$p"
+            return
+        fi
+    done
+    echo "run.sh: no free port found" >&2
+    return 1
+}
+
+# start_server IMPL APP -> sets SPID and SPORT; retries on another port if one was taken meanwhile.
+start_server() {
+    for _ in 1 2 3; do
+        start_server_once "$@" && return 0
+    done
+    return 1
+}
+
+start_server_once() {
+    local impl=$1 app=$2 file
+    SPORT=$(free_port)
+    if [[ $impl == wsserver ]]; then
+        file=$ROOT/bench/apps/$([[ $app == broadcast ]] && echo broadcast || echo echo).lua
+        "${NICE[@]}" taskset -c "$SERVER_CPU" "$TMP/bin/wsserver" -l "127.0.0.1:$SPORT" --max-connections 20000 \
+            --log-level warn "$file" >>"$TMP/server.log" 2>&1 &
+    else
+        file=$ROOT/bench/node/$([[ $app == broadcast ]] && echo broadcast || echo echo).js
+        "${NICE[@]}" taskset -c "$SERVER_CPU" node "$file" "$SPORT" >>"$TMP/server.log" 2>&1 &
+    fi
+    SPID=$!
+    PIDS+=("$SPID")
+    for _ in $(seq 100); do
+        if ss -Hltnp "sport = :$SPORT" 2>/dev/null | grep -q "pid=$SPID,"; then
+            return 0
+        fi
+        kill -0 "$SPID" 2>/dev/null || break
+        sleep 0.05
+    done
+    echo "run.sh: $impl ($app) did not start on port $SPORT; log:" >&2
+    tail -3 "$TMP/server.log" >&2
+    kill -KILL "$SPID" 2>/dev/null || true
+    wait "$SPID" 2>/dev/null || true
+    return 1
+}
+
+stop_server() {
+    local pid=$1
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "run.sh: server $pid ignored SIGTERM for 5 s; killed" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+RAW=$TMP/raw.jsonl
+: >"$RAW"
+LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+T0=$SECONDS
+echo "wsbench: $RUNS runs x ${DURATION}s (+${WARMUP}s warm-up); servers on CPU $SERVER_CPU," \
+    "wsbench on CPU $CLIENT_CPU; load average $LOADAVG_START"
+
+# run_group RUN IMPL APP: one fresh server for the scenarios of APP, one wsbench run each.
+run_group() {
+    local run=$1 impl=$2 app=$3 entry name sapp args rc out
+    local -a todo=()
+    for entry in "${SCENARIOS[@]}"; do
+        IFS='|' read -r name sapp args _ <<<"$entry"
+        [[ $sapp == "$app" ]] || continue
+        [[ -z $ONLY || $name =~ $ONLY ]] || continue
+        todo+=("$name|$args")
+    done
+    ((${#todo[@]})) || return 0
+    start_server "$impl" "$app" || return 1
+    for entry in "${todo[@]}"; do
+        IFS='|' read -r name args <<<"$entry"
+        # shellcheck disable=SC2086 # args is a word list on purpose
+        set -- $args
+        local mode=$1
+        shift
+        local timing=(-t "$DURATION" -w "$WARMUP")
+        [[ $mode == idle ]] && timing=()
+        rc=0
+        out=$("${NICE[@]}" taskset -c "$CLIENT_CPU" timeout 120 "$WSBENCH" "$mode" -p "$SPORT" "${timing[@]}" "$@" \
+            --server-pid "$SPID" --label "$impl $name" 2>>"$TMP/wsbench.log") || rc=$?
+        if [[ -z $out ]]; then
+            echo "  run $run $impl $name: wsbench failed (exit $rc):" >&2
+            tail -5 "$TMP/wsbench.log" >&2
+            out=null
+        fi
+        local alive=true
+        kill -0 "$SPID" 2>/dev/null || alive=false
+        printf '{"run":%d,"impl":"%s","scenario":"%s","args":"%s","exit":%d,"server_alive":%s,"result":%s}\n' \
+            "$run" "$impl" "$name" "$args" "$rc" "$alive" "$out" >>"$RAW"
+        $PY - "$out" "$run" "$impl" "$name" <<'EOF'
+import json, sys
+r = json.loads(sys.argv[1]) if sys.argv[1] != "null" else None
+head = f"  run {sys.argv[2]} {sys.argv[3]:8} {sys.argv[4]:18}"
+if r is None:
+    print(head, "no result"); sys.exit()
+if r["mode"] == "idle":
+    v = f'{r["rss_per_conn_bytes"] or 0:10.0f} B/conn  ({r["open"]} open)'
+else:
+    v = f'{r["msgs_per_s"]:10.0f} msg/s'
+cpu = r.get("server_cpu_us_per_msg")
+print(head, v, f' p99 {r["latency_us"]["p99"]:8.0f} us',
+      f' server {r.get("server_cpu_pct", 0):3.0f}% cpu' + (f' {cpu:.2f} us/msg' if cpu else ''),
+      f' wsbench {r["client_cpu_pct"]:3.0f}% cpu',
+      f' others {r.get("other_cpu_pct", 0):3.0f}% cpu',
+      f' errors {r["errors"]["total"]}' if r["errors"]["total"] else '')
+EOF
+        if [[ $alive != true ]]; then
+            echo "  run $run $impl $name: THE SERVER DIED; log:" >&2
+            tail -20 "$TMP/server.log" >&2
+            return 1
+        fi
+    done
+    stop_server "$SPID"
+}
+
+# wsserver and node alternate group by group, so that both see the same machine noise.
+for run in $(seq "$RUNS"); do
+    for app in echo broadcast idle; do
+        for impl in $IMPLS; do
+            run_group "$run" "$impl" "$app" || echo "  run $run $impl $app: group aborted" >&2
+        done
+    done
+done
+
+DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+OUT=${BENCH_OUT:-$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)-$COMMIT.json}
+mkdir -p "$(dirname "$OUT")"
+SCEN_FILE=$TMP/scenarios
+printf '%s\n' "${SCENARIOS[@]}" >"$SCEN_FILE"
+
+$PY - "$RAW" "$OUT" "$SCEN_FILE" <<EOF
+import json, os, platform, statistics, subprocess, sys
+raw_path, out_path, scen_path = sys.argv[1:4]
+raw = [json.loads(l) for l in open(raw_path) if l.strip()]
+
+def cpu_model():
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+def node_version():
+    try:
+        return subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+
+def ws_version():
+    try:
+        return json.load(open("$WS_MODULE/package.json"))["version"]
+    except OSError:
+        return None
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+scenarios = []
+for line in open(scen_path):
+    name, app, args, target = line.rstrip("\n").split("|")
+    row = {"name": name, "app": app, "args": args, "target": float(target) if target else None}
+    if not any(r["scenario"] == name for r in raw):
+        continue
+    for impl in "$IMPLS".split():
+        rs = [r for r in raw if r["impl"] == impl and r["scenario"] == name]
+        ok = [r["result"] for r in rs if r["result"]]
+        if not rs:
+            continue
+        idle = args.startswith("idle")
+        s = {
+            "runs": len(rs),
+            "value": med([r["rss_per_conn_bytes"] if idle else r["msgs_per_s"] for r in ok]),
+            "unit": "bytes/conn" if idle else ("handshakes/s" if args.startswith("connect")
+                                             else "deliveries/s" if app == "broadcast" else "msgs/s"),
+            "mb_per_s": med([r["mb_per_s"] for r in ok]),
+            "p50_us": med([r["latency_us"]["p50"] for r in ok]),
+            "p99_us": med([r["latency_us"]["p99"] for r in ok]),
+            "p999_us": med([r["latency_us"]["p999"] for r in ok]),
+            "server_cpu_us_per_msg": med([r.get("server_cpu_us_per_msg") for r in ok]),
+            "server_cpu_pct": med([r.get("server_cpu_pct") for r in ok]),
+            "client_cpu_pct": med([r["client_cpu_pct"] for r in ok]),
+            "client_cpu_us_per_msg": med([r["client_cpu_us_per_msg"] for r in ok]),
+            "other_cpu_pct": med([r.get("other_cpu_pct") for r in ok]),
+            "errors": sum(r["errors"]["total"] for r in ok),
+            "failed_runs": sum(1 for r in rs if not r["result"] or not r["server_alive"]),
+        }
+        row[impl] = s
+    w, n = row.get("wsserver"), row.get("node")
+    if w and n and w["value"] and n["value"]:
+        # higher is better for rates; for memory the ratio is node/wsserver
+        row["ratio"] = (n["value"] / w["value"]) if args.startswith("idle") else (w["value"] / n["value"])
+    if w and n and w["server_cpu_us_per_msg"] and n["server_cpu_us_per_msg"]:
+        # server CPU per message, node/wsserver: the ratio that machine noise disturbs least
+        row["cpu_ratio"] = n["server_cpu_us_per_msg"] / w["server_cpu_us_per_msg"]
+    scenarios.append(row)
+
+doc = {
+    "date": "$DATE",
+    "commit": "$COMMIT",
+    "dirty": $([[ $DIRTY == true ]] && echo True || echo False),
+    "machine": {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "node": node_version(),
+        "node_ws": ws_version(),
+        "loadavg_start": "$LOADAVG_START",
+        "loadavg_end": " ".join(open("/proc/loadavg").read().split()[:3]),
+    },
+    "config": {"runs": $RUNS, "duration_s": $DURATION, "warmup_s": $WARMUP, "nice": "${BENCH_NICE:-}",
+               "server_cpu": $SERVER_CPU, "client_cpu": $CLIENT_CPU, "elapsed_s": $((SECONDS - T0))},
+    "scenarios": scenarios,
+    "raw": raw,
+}
+json.dump(doc, open(out_path, "w"), indent=1)
+
+def f(v, unit=""):
+    if v is None:
+        return "-"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+
+def pct(v):
+    return "-" if v is None else f"{v:.0f}"
+
+print()
+print(f"medians of {$RUNS} runs; commit {doc['commit']}{' (dirty tree)' if doc['dirty'] else ''}; "
+      f"{doc['machine']['cpu_model']}, {doc['machine']['nproc']} CPUs, kernel {doc['machine']['kernel']}")
+hdr = ("scenario", "unit", "wsserver", "node ws", "ratio", "target",
+       "srv us/msg ws", "srv us/msg node", "cpu ratio", "wsbench cpu% ws/node", "others cpu%", "p99 us ws/node",
+       "errors")
+rows = [hdr]
+for s in scenarios:
+    w, n = s.get("wsserver") or {}, s.get("node") or {}
+    unit = (w or n).get("unit", "")
+    ratio = s.get("ratio")
+    rows.append((
+        s["name"], unit, f(w.get("value")), f(n.get("value")),
+        (f"{ratio:.2f}x" + (" (node/ws)" if unit == "bytes/conn" else "")) if ratio else "-",
+        f"{s['target']:g}x" if s["target"] else ("<=1024 B" if unit == "bytes/conn" else ""),
+        f(w.get("server_cpu_us_per_msg")), f(n.get("server_cpu_us_per_msg")),
+        f"{s['cpu_ratio']:.2f}x" if s.get("cpu_ratio") else "-",
+        f"{pct(w.get('client_cpu_pct'))}/{pct(n.get('client_cpu_pct'))}",
+        f"{pct(w.get('other_cpu_pct'))}/{pct(n.get('other_cpu_pct'))}",
+        f"{f(w.get('p99_us'))}/{f(n.get('p99_us'))}",
+        f"{w.get('errors', 0)}/{n.get('errors', 0)}" + (" FAILED RUNS" if w.get("failed_runs") or n.get("failed_runs") else ""),
+    ))
+widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
+for i, r in enumerate(rows):
+    print("  ".join(str(c).rjust(widths[k]) if k > 1 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
+    if i == 0:
+        print("  ".join("-" * w for w in widths))
+print()
+print("ratio: wsserver/node of the median rate (idle: node/wsserver of the memory per connection).")
+print("srv us/msg: server CPU (utime+stime) per message, delivery or handshake in the window;")
+print("  cpu ratio = node/wsserver of it: how much less CPU wsserver spends on the same work.")
+print("wsbench cpu%: the load generator's own CPU in the window (near 100%: it was the bottleneck).")
+print("others cpu%: CPU used on the machine by neither wsbench nor the server (noise; 200 = 2 CPUs).")
+print(f"results: {out_path}")
+EOF
+echo "elapsed $((SECONDS - T0)) s"
+MSGS=$(grep -v '^wsbench [a-z]* c=' "$TMP/wsbench.log" | head -20 || true)
+if [[ -n $MSGS ]]; then
+    echo "wsbench reported (first 20 lines):"
+    echo "$MSGS"
+fi
