@@ -355,6 +355,23 @@ static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t
     struct lb_app *a = app;
     if (!has_handler(a, LB_MESSAGE))
         return;
+    lua_State *L = a->L;
+    /* Fast path, the steady state: the conn userdata exists, the stack has room and the heap
+     * has room for the message, so the pushes below cannot raise outside a protected call. */
+    if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096 && lua_checkstack(L, 8)) {
+        lb_push_ref(L, a->handlers[LB_MESSAGE]);
+        if (lb_conn_push_existing(a, c)) {
+            lua_pushlstring(L, (const char *)data, len);
+            if (binary)
+                lua_pushliteral(L, "binary");
+            else
+                lua_pushliteral(L, "text");
+            if (lb_call(a, 3, 0, "message") < 0)
+                handler_failed(a, c, "message");
+            return;
+        }
+        lua_pop(L, 1);
+    }
     struct event e = {.a = a, .c = c, .data = data, .len = len, .binary = binary};
     call_conn(a, call_message, &e, "message");
 }

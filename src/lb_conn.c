@@ -21,7 +21,15 @@ struct lb_box {
 
 static struct lb_box *check_box(lua_State *L, int idx)
 {
-    return luaL_checkudata(L, idx, CONN_MT);
+    /* hot path: compare the metatable by address instead of looking it up by name */
+    struct lb_box *box = lua_touserdata(L, idx);
+    if (box && lua_getmetatable(L, idx)) {
+        bool ours = lua_topointer(L, -1) == lb_app_of(L)->conn_mt;
+        lua_pop(L, 1);
+        if (ours)
+            return box;
+    }
+    return luaL_checkudata(L, idx, CONN_MT); /* raises the usual "conn expected" error */
 }
 
 struct ws_conn *lb_conn_check(lua_State *L, int idx)
@@ -43,6 +51,18 @@ void lb_conn_push(struct lb_app *a, struct ws_conn *c)
         lua_rawseti(L, -3, (lua_Integer)c->node.id);
     }
     lua_remove(L, -2);
+}
+
+bool lb_conn_push_existing(struct lb_app *a, struct ws_conn *c)
+{
+    lua_State *L = a->L;
+    lb_push_ref(L, a->conns_ref);
+    if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TNIL) {
+        lua_pop(L, 2);
+        return false;
+    }
+    lua_remove(L, -2);
+    return true;
 }
 
 void lb_conn_release(struct lb_app *a, struct ws_conn *c)
@@ -348,6 +368,7 @@ static int conn_eq(lua_State *L)
 void lb_conn_open(lua_State *L)
 {
     luaL_newmetatable(L, CONN_MT);
+    lb_app_of(L)->conn_mt = lua_topointer(L, -1);
     luaL_newlib(L, methods);
     lua_pushcclosure(L, conn_index, 1);
     lua_setfield(L, -2, "__index");

@@ -90,21 +90,22 @@ static int traceback(lua_State *L)
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
 {
     lua_State *L = a->L;
+    double started = 0;
     if (a->depth++ == 0) {
-        a->deadline = mono_now() + a->handler_timeout;
+        started = mono_now();
+        a->deadline = started + a->handler_timeout;
         a->timed_out = false;
         /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
          * Lua's emergency collection, so garbage could fail a handler that would fit */
         if (a->mem > a->mem_limit / 10 * 9)
             lua_gc(L, LUA_GCCOLLECT);
     }
-    double started = a->depth == 1 && a->srv ? mono_now() : 0;
     int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
     if (--a->depth == 0) {
         if (a->timed_out)
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
         a->timed_out = false;
-        if (started > 0)
+        if (a->srv)
             ws_stats_observe_handler(&a->srv->stats, mono_now() - started);
     }
     if (rc == LUA_OK)

@@ -44,10 +44,11 @@ struct lb_app {
     char last_error[1024]; /* the latest handler error, with its traceback */
     int app_ref;           /* the app table */
     int handlers[LB_HANDLER_COUNT];
-    int http_ref;  /* app.http routes table or LUA_NOREF */
-    int conns_ref; /* id -> conn userdata */
-    int ws_ref;    /* the real ws table */
-    int state_ref; /* ws.state */
+    int http_ref;        /* app.http routes table or LUA_NOREF */
+    int conns_ref;       /* id -> conn userdata */
+    const void *conn_mt; /* the conn metatable, compared by address */
+    int ws_ref;          /* the real ws table */
+    int state_ref;       /* ws.state */
     uint64_t generation;
     bool loading;      /* a new version's chunk or load() is running */
     bool config_error; /* the last failed load was refused for its config table */
@@ -102,6 +103,10 @@ void lb_conn_open(lua_State *L);
 
 /* Pushes the userdata for c, creating it on first use. [-0, +1, m] */
 void lb_conn_push(struct lb_app *a, struct ws_conn *c);
+
+/* Pushes c's userdata when it exists already and returns true; pushes nothing and returns
+ * false otherwise. Never allocates. [-0, +0|+1, -] */
+bool lb_conn_push_existing(struct lb_app *a, struct ws_conn *c);
 
 /* The connection is going away: the userdata becomes a stale handle. [-0, +0, -] */
 void lb_conn_release(struct lb_app *a, struct ws_conn *c);
