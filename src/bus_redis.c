@@ -20,10 +20,12 @@
 #include <hiredis/adapters/libev.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <hiredis/sds.h>
 #pragma GCC diagnostic pop
 
 #define CHANNEL_ALL "wsserver:all"
 #define CHANNEL_TOPIC "wsserver:t:"
+#define PENDING_MAX (64u * 1024 * 1024) /* unsent PUBLISH bytes before messages are dropped */
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
 
@@ -179,6 +181,13 @@ static int redis_publish(struct ws_bus *bus, const struct ws_bus_msg *m)
         ws_log_msg(WS_LOG_WARN, "bus_dropped", "Redis is unreachable: message not sent to peers");
         return WS_E_IO;
     }
+    if (r->pub->c.obuf && sdslen(r->pub->c.obuf) > PENDING_MAX) {
+        /* Redis is there but not reading: do not buffer without bound */
+        bus->dropped++;
+        ws_log_msg(WS_LOG_WARN, "bus_dropped",
+                   "Redis is not keeping up: message not sent to peers");
+        return WS_E_IO;
+    }
     struct ws_buf payload;
     ws_buf_init(&payload);
     ws_bus_encode(m, &payload);
@@ -260,7 +269,7 @@ static const struct ws_bus_ops redis_ops = {redis_publish, redis_subscribe, redi
                                             redis_free};
 
 /* Parses "redis://host:port[/db]", "host:port" or "host" (port 6379). */
-static int parse_url(const char *url, char *host, size_t cap, int *port)
+int ws_bus_redis_parse_url(const char *url, char *host, size_t cap, int *port)
 {
     if (strncmp(url, "redis://", 8) == 0)
         url += 8;
@@ -286,7 +295,7 @@ struct ws_bus *ws_bus_redis_new(struct ev_loop *loop, const char *url, ws_bus_de
                                 void *ctx, char *err, size_t errlen)
 {
     struct redis_bus *r = ws_xcalloc(1, sizeof(*r));
-    if (parse_url(url, r->host, sizeof(r->host), &r->port) < 0) {
+    if (ws_bus_redis_parse_url(url, r->host, sizeof(r->host), &r->port) < 0) {
         snprintf(err, errlen, "invalid value for redis: %s (expected redis://host:port)", url);
         free(r);
         return NULL;

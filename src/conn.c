@@ -527,7 +527,8 @@ static void respond_error(struct ws_conn *c, int status, const char *body, size_
     if (len > 1024)
         len = 1024;
     char line[1100];
-    int k = snprintf(line, sizeof(line), "%.*s\n", (int)len, body);
+    bool newline = len > 0 && body[len - 1] == '\n';
+    int k = snprintf(line, sizeof(line), "%.*s%s", (int)len, body, newline ? "" : "\n");
     size_t n = ws_handshake_error_response(out, sizeof(out), status, line, (size_t)k, extra);
     ws_outq_append(&c->out, &c->srv->pool, out, n);
     log_access(c, status, body);

@@ -284,7 +284,10 @@ static int call_upgrade(lua_State *L)
         lua_pop(L, 1);
     } else if (lua_toboolean(L, 2) == 0 && !lua_isnil(L, 2)) {
         /* refuse: false, status, body */
-        lua_Integer status = lua_isinteger(L, 3) ? lua_tointeger(L, 3) : 403;
+        int isnum;
+        lua_Integer status = lua_tointegerx(L, 3, &isnum); /* 401 and 401.0 alike */
+        if (!isnum)
+            status = 403;
         reply->status = status >= 400 && status <= 599 ? (int)status : 403;
         if (lua_type(L, 4) == LUA_TSTRING)
             reply->body = dup_string(L, 4, &reply->body_len);
@@ -439,7 +442,10 @@ static int call_http(lua_State *L)
     e->routed = true;
     push_request(a, e->c, req);
     lua_call(L, 1, 3);
-    lua_Integer status = lua_isinteger(L, -3) ? lua_tointeger(L, -3) : 200;
+    int isnum;
+    lua_Integer status = lua_tointegerx(L, -3, &isnum);
+    if (!isnum)
+        status = lua_isnil(L, -3) ? 200 : 500; /* a status that is no number is the app's bug */
     reply->status = status >= 100 && status <= 599 ? (int)status : 500;
     if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -2) == LUA_TNUMBER)
         reply->body = dup_string(L, -2, &reply->body_len);

@@ -172,7 +172,7 @@ static int conn_close(lua_State *L)
     lua_Integer code = luaL_optinteger(L, 2, 1000);
     size_t len = 0;
     const char *reason = luaL_optlstring(L, 3, "", &len);
-    luaL_argcheck(L, ws_close_code_valid((int)code), 2,
+    luaL_argcheck(L, code >= 0 && code <= 65535 && ws_close_code_valid((int)code), 2,
                   "close code must be 1000-1003, 1007-1014 or 3000-4999");
     luaL_argcheck(L, len <= WS_FRAME_MAX_CONTROL_PAYLOAD - 2, 3, "reason longer than 123 bytes");
     luaL_argcheck(L, ws_utf8_validate((const uint8_t *)reason, len) == 0, 3,

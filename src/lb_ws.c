@@ -4,6 +4,7 @@
  * has cleaned up, so they never unwind through C state. */
 #include "ws/lb.h"
 
+#include "ws/bus.h"
 #include "ws/conn.h"
 #include "ws/err.h"
 #include "ws/frame.h"
@@ -169,10 +170,16 @@ static uint64_t except_id(lua_State *L, int opts)
         return 0;
     lua_getfield(L, opts, "except");
     uint64_t id = 0;
-    if (lua_isinteger(L, -1))
+    if (lua_isinteger(L, -1)) {
         id = (uint64_t)lua_tointeger(L, -1);
-    else if (!lua_isnil(L, -1))
-        id = (uint64_t)luaL_checkinteger(L, (lua_getfield(L, -1, "id"), -1));
+    } else if (lua_type(L, -1) == LUA_TUSERDATA) {
+        lb_conn_check(L, lua_gettop(L)); /* raises unless it is a conn */
+        lua_getfield(L, -1, "id");
+        id = (uint64_t)lua_tointeger(L, -1);
+    } else if (!lua_isnil(L, -1)) {
+        luaL_error(L, "opts.except must be a conn or a connection id, got %s",
+                   luaL_typename(L, -1));
+    }
     lua_settop(L, opts);
     return id;
 }
@@ -181,7 +188,8 @@ static uint8_t opts_opcode(lua_State *L, int opts)
 {
     if (lua_isnoneornil(L, opts))
         return WS_OP_TEXT;
-    luaL_checktype(L, opts, LUA_TTABLE);
+    if (!lua_istable(L, opts))
+        luaL_error(L, "options must be a table, got %s", luaL_typename(L, opts));
     lua_getfield(L, opts, "binary");
     uint8_t op = lua_toboolean(L, -1) ? WS_OP_BINARY : WS_OP_TEXT;
     lua_pop(L, 1);
@@ -206,7 +214,8 @@ static int ws_broadcast(lua_State *L)
     if (!lua_isnoneornil(L, 2)) {
         lua_getfield(L, 2, "filter");
         if (!lua_isnil(L, -1)) {
-            luaL_checktype(L, -1, LUA_TFUNCTION);
+            if (!lua_isfunction(L, -1))
+                luaL_error(L, "opts.filter must be a function, got %s", luaL_typename(L, -1));
             f.fn_idx = lua_gettop(L);
         }
     }
@@ -412,6 +421,12 @@ static int ws_stats(lua_State *L)
         set_int(L, "handler_errors", s->handler_errors);
         set_int(L, "dropped", s->dropped);
         set_int(L, "topics", srv->topics.count);
+        set_int(L, "worker", (uint64_t)srv->worker);
+        if (srv->bus) {
+            set_int(L, "bus_published", srv->bus->published);
+            set_int(L, "bus_received", srv->bus->received);
+            set_int(L, "bus_dropped", srv->bus->dropped);
+        }
     }
     if (srv) {
         set_int(L, "reloads_ok", srv->stats.reloads_ok);

@@ -12,6 +12,7 @@
 #include "ws/watch.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <grp.h>
 #include <pwd.h>
 #include <errno.h>
@@ -32,6 +33,7 @@ static void usage(FILE *out)
                  "  -l, --listen ADDR        host:port, [v6]:port or unix:/path (repeatable)\n"
                  "      --check              load the app and its config, report problems, exit\n"
                  "      --reload PIDFILE|PID reload a running server's app and print the result\n"
+                 "      --test [ARGS]        run the app's busted specs with ws.testing (first)\n"
                  "  -h, --help               this help\n"
                  "  -V, --version            print the version\n\n"
                  "Every option below can also be set in the app's config table (snake_case);\n"
@@ -125,6 +127,51 @@ static int reload_running(const char *target)
     }
     fprintf(stderr, "wsserver: --reload: no answer from process %ld within 10 s\n", pid);
     return 1;
+}
+
+/* wsserver --test [busted args]: runs the app's specs with busted under Lua 5.4 and the Lua
+ * library (ws.testing) on the path, wherever wsserver is installed. */
+static int run_specs(int argc, char **argv)
+{
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    exe[n > 0 ? n : 0] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = 0;
+    const char *env = getenv("WSSERVER_LUA_PATH");
+    const char *fmts[] = {"%s/../lua", "%s/../../lua", "%s/../share/wsserver/lua", NULL};
+    char dir[PATH_MAX + 96] = "", probe[PATH_MAX + 96];
+    for (int i = 0; fmts[i] && !dir[0]; i++) {
+        snprintf(probe, sizeof(probe), fmts[i], exe);
+        char file[PATH_MAX + 128];
+        snprintf(file, sizeof(file), "%s/ws/testing.lua", probe);
+        if (access(file, R_OK) == 0)
+            snprintf(dir, sizeof(dir), "%s", probe);
+    }
+    if (!dir[0])
+        snprintf(dir, sizeof(dir), "%s", WS_LUA_DIR);
+    const char *busted = getenv("BUSTED") ? getenv("BUSTED") : "/usr/bin/busted";
+    if (access(busted, R_OK) < 0) {
+        fprintf(stderr, "wsserver --test: busted not found (apt install lua-busted lua-cjson)\n");
+        return 2;
+    }
+    char lpath[2 * PATH_MAX + 256];
+    const char *old = getenv("LUA_PATH");
+    snprintf(lpath, sizeof(lpath), "%s%s%s/?.lua;%s/?/init.lua;%s", env ? env : "", env ? ";" : "",
+             dir, dir, old ? old : ";;");
+    setenv("LUA_PATH", lpath, 1);
+    char **args = calloc((size_t)argc + 3, sizeof(*args));
+    int k = 0;
+    args[k++] = "lua5.4";
+    args[k++] = (char *)busted;
+    for (int i = 2; i < argc; i++)
+        args[k++] = argv[i];
+    args[k] = NULL;
+    execvp("lua5.4", args);
+    fprintf(stderr, "wsserver --test: cannot run lua5.4: %s\n", strerror(errno));
+    free(args);
+    return 2;
 }
 
 static void on_watch(void *ctx)
@@ -284,6 +331,8 @@ static int serve(struct start *st, int index, int hub_fd)
         return 1;
     }
     srv->worker = index;
+    /* connection ids stay unique across the workers of a node (and below 2^53 for JSON) */
+    srv->next_id = (uint64_t)index << 40;
     struct ws_bus *bus = NULL;
     if (app->config.redis) {
         bus = ws_bus_redis_new(loop, app->config.redis, NULL, NULL, err, sizeof(err));
@@ -335,6 +384,8 @@ static int worker_main(void *arg, int index, int hub_fd)
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN); /* SPEC §7: a vanished peer must not kill the process */
+    if (argc > 1 && strcmp(argv[1], "--test") == 0)
+        return run_specs(argc, argv);
     struct start st = {0};
     ws_config_init(&st.cli);
     struct args args = {0};
@@ -365,6 +416,10 @@ int main(int argc, char **argv)
     }
     double shutdown_timeout = app->config.shutdown_timeout;
     char *pidfile = app->config.pidfile ? strdup(app->config.pidfile) : NULL;
+    char host[256];
+    int port;
+    bool bad_redis = app->config.redis &&
+                     ws_bus_redis_parse_url(app->config.redis, host, sizeof(host), &port) < 0;
     bool unix_listener = false;
     for (size_t i = 0; i < app->config.listen.n; i++)
         unix_listener = unix_listener || strstr(app->config.listen.items[i], "unix:") != NULL;
@@ -391,6 +446,9 @@ int main(int argc, char **argv)
     if (args.check) {
         printf("%s: ok\n", args.app);
         code = 0;
+    } else if (bad_redis) {
+        fprintf(stderr, "wsserver: invalid value for redis: expected redis://host:port\n");
+        code = 2;
     } else if (workers > 1 && unix_listener) {
         fprintf(stderr, "wsserver: unix: listeners need workers = 1\n");
         code = 2;

@@ -26,8 +26,9 @@
 #define YOUNG_SECONDS 2.0 /* a worker dying younger than this counts as crashing */
 
 struct worker {
-    pid_t pid; /* 0 while down */
-    int fd;    /* hub socket, -1 while down */
+    pid_t pid;  /* 0 while down */
+    int starts; /* times started */
+    int fd;     /* hub socket, -1 while down */
     struct ws_buf in, out;
     double started;
     double restart_at; /* > 0: due for a restart then */
@@ -68,6 +69,7 @@ struct master {
     struct worker w[MAX_WORKERS];
     int n;
     bool stopping;
+    int exit_code;
     ws_worker_fn fn;
     void *arg;
 };
@@ -123,8 +125,11 @@ static void spawn(struct master *m, int i)
     w->in.len = w->out.len = 0;
     w->started = now_s();
     w->restart_at = 0;
+    w->starts++;
     log_worker(WS_LOG_INFO, "worker_started", i + 1, pid, NULL);
 }
+
+static void send_all(struct master *m, int sig);
 
 static void worker_down(struct master *m, int i, int status)
 {
@@ -141,6 +146,16 @@ static void worker_down(struct master *m, int i, int status)
     w->pid = 0;
     if (m->stopping) {
         log_worker(WS_LOG_INFO, "worker_exited", i + 1, pid, detail);
+        return;
+    }
+    /* A first start that exits at once with a start-up error (1: cannot load or bind, 2: bad
+     * configuration) will fail the same way every time: give up and report it. */
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 0;
+    if (w->starts == 1 && (code == 1 || code == 2) && now_s() - w->started < YOUNG_SECONDS) {
+        log_worker(WS_LOG_ERROR, "worker_failed_to_start", i + 1, pid, detail);
+        m->stopping = true;
+        m->exit_code = code;
+        send_all(m, SIGTERM);
         return;
     }
     /* restart at once, or later and later while it keeps dying young */
@@ -184,8 +199,14 @@ static void relay_from(struct master *m, int i)
     struct worker *w = &m->w[i];
     uint8_t chunk[65536];
     ssize_t r = recv(w->fd, chunk, sizeof(chunk), MSG_DONTWAIT);
-    if (r <= 0)
-        return; /* EOF: SIGCHLD follows */
+    if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR)) {
+        /* the worker closed its end (it uses Redis, or it is exiting): stop polling it */
+        close(w->fd);
+        w->fd = -1;
+        return;
+    }
+    if (r < 0)
+        return;
     ws_buf_append(&w->in, chunk, (size_t)r);
     size_t off = 0;
     while (w->in.len - off >= 4) {
@@ -308,5 +329,5 @@ int ws_master_run(int workers, double shutdown_timeout, ws_worker_fn fn, void *a
         ws_buf_reset(&m.w[i].out);
     }
     ws_log_msg(WS_LOG_INFO, "master_exit", "all workers stopped");
-    return 0;
+    return m.exit_code;
 }

@@ -3,6 +3,7 @@
  * app's and not known here). */
 #include "ws/metrics.h"
 
+#include "ws/bus.h"
 #include "ws/server.h"
 
 #include <stdarg.h>
@@ -86,6 +87,17 @@ void ws_metrics_render(const struct ws_server *srv, struct ws_buf *out)
         if (st->rejections_by_status[status])
             printf_buf(out, "wsserver_handshake_rejections_total{status=\"%d\"} %llu\n", status,
                        (unsigned long long)st->rejections_by_status[status]);
+
+    if (srv->bus) {
+        header(out, "wsserver_bus_messages_total", "counter",
+               "Messages between processes (workers, nodes) by outcome.");
+        printf_buf(out, "wsserver_bus_messages_total{outcome=\"published\"} %llu\n",
+                   (unsigned long long)srv->bus->published);
+        printf_buf(out, "wsserver_bus_messages_total{outcome=\"received\"} %llu\n",
+                   (unsigned long long)srv->bus->received);
+        printf_buf(out, "wsserver_bus_messages_total{outcome=\"dropped\"} %llu\n",
+                   (unsigned long long)srv->bus->dropped);
+    }
 
     header(out, "wsserver_reloads_total", "counter", "App reloads by result.");
     printf_buf(out, "wsserver_reloads_total{result=\"ok\"} %llu\n",

@@ -542,7 +542,10 @@ size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *da
                            void *ctx)
 {
     size_t n = broadcast_local(srv, opcode, data, len, except_id, filter, ctx);
-    bus_send(srv, WS_BUS_BROADCAST, NULL, 0, opcode, data, len);
+    /* a filter is Lua in this process: other processes cannot apply it, so a filtered
+     * broadcast stays here rather than reach connections the filter would have excluded */
+    if (!filter)
+        bus_send(srv, WS_BUS_BROADCAST, NULL, 0, opcode, data, len);
     return n;
 }
 

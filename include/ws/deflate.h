@@ -132,14 +132,15 @@ void ws_deflate_inflate_begin(struct ws_deflate *d);
 
 /* Inflates the next span in[0..n) of the message's payload, appending to out; last is the FIN of
  * the span's frame and ends the message (RFC 7692 §7.2.2: the 0x00 0x00 0xff 0xff tail is added
- * here). Spans may be split anywhere. out->len never exceeds max_out + 1: inflating stops as soon
- * as it would pass max_out. Returns 0, or (sticky, the message abandoned):
- *   WS_E_MESSAGE_TOO_BIG  out would exceed max_out bytes (close 1009);
- *   WS_E_COMPRESSION      not a valid DEFLATE stream, a reference beyond the negotiated window,
- *                         or a message not ending on a block boundary (close 1007).
- * An empty payload inflates to an empty message. out->len <= max_out on entry; in is the
- * caller's. Data after a block with BFINAL set (§7.2.3.4) starts a new stream on the same
- * window. */
+ * here). Spans may be split anywhere; only the check that back-references stay inside a
+ * negotiated window below 15 bits is best-effort (zlib enforces it across calls, not within one),
+ * which never yields wrong output, only a refusal that depends on the split. out->len never exceeds
+ * max_out + 1: inflating stops as soon as it would pass max_out. Returns 0, or (sticky, the message
+ * abandoned): WS_E_MESSAGE_TOO_BIG  out would exceed max_out bytes (close 1009); WS_E_COMPRESSION
+ * not a valid DEFLATE stream, a reference beyond the negotiated window, or a message not ending on
+ * a block boundary (close 1007). An empty payload inflates to an empty message. out->len <= max_out
+ * on entry; in is the caller's. Data after a block with BFINAL set (§7.2.3.4) starts a new stream
+ * on the same window. */
 int ws_deflate_inflate(struct ws_deflate *d, const uint8_t *in, size_t n, bool last,
                        struct ws_buf *out, size_t max_out);
 

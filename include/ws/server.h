@@ -116,8 +116,9 @@ struct ws_conn *ws_server_get(struct ws_server *srv, uint64_t id);
 void ws_server_set_bus(struct ws_server *srv, struct ws_bus *bus);
 
 /* Sends a frame encoded once to every open connection for which filter (NULL: all) returns true,
- * except except_id (0: none), then to the other processes on the bus (where the filter and the
- * exception do not apply). Returns the number reached in this process. */
+ * except except_id (0: none). Without a filter it also goes to the other processes on the bus
+ * (except_id names a connection of this process); with one it stays here. Returns the number
+ * reached in this process. */
 size_t ws_server_broadcast(struct ws_server *srv, uint8_t opcode, const void *data, size_t len,
                            uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
                            void *ctx);

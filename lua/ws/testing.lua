@@ -7,41 +7,44 @@
   assert.same({kind = "text", data = "hello"}, a:next())       -- what the client received
   t:advance(5)                                                 -- virtual clock: ws.after/every fire
 
-The app is loaded like the server loads it (a fresh environment per load, the returned table
-validated, config checked, load(state, info) called) and sees the same `ws` and `conn` API: the
-same argument checks with the same error messages, the same return values ("sent", "queued",
-nil, "closed"), UTF-8 checks on text, a handler error closing only its connection with 1011
-(after app.error), close(conn, code, reason) running after the close with conn.data and
-conn:topics() still readable, stale handles answering nil, "closed", a read-only ws table,
-timers of an old version cancelled on reload, and handler_timeout enforced by a count hook.
+The app is loaded as the server loads it (a fresh environment per load on the server's globals,
+the returned table validated, the config checked, load(state, info) called) and sees the same
+`ws` and `conn` API: the same argument checks with the same error messages, the same return
+values ("sent", "queued", nil, "closed"), UTF-8 checks on text, a handler error closing only its
+connection with 1011 (after app.error), close(conn, code, reason) running after the close with
+conn.data and conn:topics() still readable, stale handles answering nil, "closed", conns, timers
+and the ws table as userdata, ws read-only, the old version's timers cancelled on reload, and
+handler_timeout enforced by a count hook. tests/integration/test_kit_conformance.py runs the
+scenarios of tests/kit/scenarios in the kit and against build/wsserver and compares them.
 
-Time is virtual: it moves only with t:advance(seconds). The clients are well-behaved peers that
-read everything at once and answer close frames, unless paused (c:pause()), which lets the
-server's send queue, "queued", drain and the slow-consumer limits show.
+Time is virtual: it moves only with t:advance(seconds). Clients read everything at once and
+answer close frames and pings, unless paused (c:pause()): then the server's send queue grows as
+it would ("queued", drain, the 1008 slow-consumer close, close and pong timeouts).
 
-API (everything else about the app is reached through t.ws, the app's own `ws` table):
-  testing.load(path_or_source [, opts]) -> t
+Not simulated: the wire (framing, fragmentation, compression, TLS, handshake header checks),
+lua_memory_limit, --static files, /metrics, workers and Redis. The API is Lua here and C on the
+server: in a tail call (`return conn:close(5000)`) an argument error has no position prefix.
+
+  testing.load(path_or_source [, opts]) -> t     (raises with the server's reason on failure)
       opts.config   options that win over the app's config table (like command-line flags)
-      opts.now      the virtual clock's start (default os.time())
-      opts.name     chunk name for a source string (default "app.lua")
-      opts.dir      folder of a source string's local modules (require'd and reloaded with it)
-  t:connect([opts]) -> client | nil, status, body
+      opts.now      the virtual clock's start in seconds (default os.time())
+      opts.name     chunk name for source (default "app.lua"); opts.dir: its modules' folder
+  t:connect([opts]) -> client | nil, status, body, headers
       opts: path, query (table or string), headers (table), cookies (table or string),
-            protocols (list), origin, host, peer ("ip:port")
-  t:http(method, path [, headers]) -> status, body, headers (names lower-cased)
-  t:advance(seconds)    t:now()    t:flush()
+            protocols (list), origin, host, peer ("ip[:port]")
+  t:http(method, target [, headers]) -> status, body, headers (names lower-cased)
+  t:advance(seconds)  t:now()  t:flush()  t:shutdown([reason])
   t:reload([source_or_path [, trigger]]) -> true | false, err
-  t:shutdown([reason])
-  t.state (ws.state)  t.ws  t.app (the running app table)  t.config (effective options)
+  t.state (ws.state)  t.ws (the app's ws)  t.app (the running app table)  t.config
   t:subscribers(topic)  t:topics()  t:count()  t:get(id)  t:stats()
-  t:logs([level]) -> {{level =, msg =, fields =}, ...}   ws.log lines, every level
-  t:errors() -> {{handler =, message =, traceback =}, ...}  handler errors the server would log
-  client: c.id  c.conn (the app's conn)  c.protocol
-      c:send(text)  c:send_binary(bytes)  -> true | nil, "closed"
-      c:close([code [, reason]])  c:drop()  c:pause()  c:resume()
+  t:logs([min_level]) -> {{level =, msg =, fields =}, ...}   every ws.log line
+  t:errors() -> {{handler =, message =, traceback =}, ...}  what the server logs as handler_error
+  client: c.id  c.conn (the app's conn)  c.protocol  c.pings  c.close_code  c.close_reason
+      c:send(text)  c:send_binary(bytes) -> true | nil, "closed"
+      c:close([code [, reason]])  c:drop()  c:pause()  c:resume()  c:is_open()
       c:next() -> {kind = "text"|"binary", data =} | {kind = "close", code =, reason =} | nil
-      c:received() -> list (both consume what they return)   c:history() (everything)
-      c:next_json()  c:received_json()   c:is_open()  c:topics()  c:data()  c.pings
+      c:received() -> list (next and received consume)   c:history() -> everything so far
+      c:next_json()  c:received_json()  c:topics()  c:data()
 ]==]
 
 local json = require "ws.json"
@@ -258,7 +261,6 @@ local function new_userdata(mt)
   debug.setmetatable(f, mt)
   return f
 end
-M.new_userdata = new_userdata
 
 -- ---- options (src/config.c) -----------------------------------------------------------------
 
@@ -498,7 +500,6 @@ local REASONS = {
   [503] = "Service Unavailable", [504] = "Gateway Timeout",
   [505] = "HTTP Version Not Supported",
 }
-M.reasons = REASONS
 
 local function form_decode(s)
   s = s:gsub("+", " ")
@@ -602,7 +603,6 @@ local function build_target(path, query)
   end
   return path .. (path:find("?", 1, true) and "&" or "?") .. qs
 end
-M.build_target = build_target
 
 -- The header lines a client sends for a WebSocket handshake, as {name, value} pairs.
 local function handshake_headers(opts)
@@ -639,7 +639,6 @@ local function handshake_headers(opts)
   end
   return h
 end
-M.handshake_headers = handshake_headers
 
 -- The table upgrade(req) and http routes receive.
 local function make_request(method, target, raw, peer)
@@ -771,11 +770,7 @@ METHODS.close = api("close", "method", function(...)
   local self, code, reason = ...
   code = optinteger(2, code, n >= 2, 1000)
   reason = optlstring(3, reason, n >= 3, "")
-  local c32 = code & 0xFFFFFFFF -- the C side keeps an int
-  if c32 >= 0x80000000 then
-    c32 = c32 - 0x100000000
-  end
-  if not close_code_valid(c32) then
+  if code < 0 or code > 65535 or not close_code_valid(code) then
     argerror(2, "close code must be 1000-1003, 1007-1014 or 3000-4999")
   end
   if #reason > 123 then
@@ -788,7 +783,7 @@ METHODS.close = api("close", "method", function(...)
   if not c then
     return nil, "closed"
   end
-  c.server:_start_close(c, c32, reason)
+  c.server:_start_close(c, code, reason)
   return true
 end)
 
@@ -865,11 +860,15 @@ METHODS.publish = api("publish", "method", function(...)
   return c.server:_publish(topic, op, data, c.id)
 end)
 
-CONN_MT.__index = api("index", "metamethod", function(...)
-  local n = select("#", ...)
-  local h, key = ...
-  local b = check_box(1, h, n >= 1)
-  key = checklstring(2, key, n >= 2)
+CONN_MT.__index = api("index", "metamethod", function(h, key)
+  local m = rawget(METHODS, key)
+  if m ~= nil then
+    return m
+  end
+  if type(key) ~= "string" then
+    return nil
+  end
+  local b = BOX[h]
   local c = b.c
   if key == "id" then
     return b.id
@@ -896,7 +895,7 @@ CONN_MT.__index = api("index", "metamethod", function(...)
   elseif key == "protocol" then
     return c and c.protocol or nil
   end
-  return METHODS[key]
+  return nil
 end)
 
 CONN_MT.__newindex = api("newindex", "metamethod", function(...)
@@ -972,11 +971,12 @@ local function readonly(t)
 end
 
 -- A traceback as the server's: frames of this file are hidden, except the API function the app
--- called, shown as the C function it is on the server; the kit's own call ends it like the
--- server's ("[C]: in ?").
+-- called, shown as the C function it is on the server; it ends like the server's: with the C
+-- function that called the handler ("[C]: in ?"), unless the server calls it directly (timers,
+-- the chunk, load, and message once the conn's userdata exists).
 local KIT_SRC = debug.getinfo(1, "S").short_src
 
-local function server_traceback(tb)
+local function server_traceback(tb, direct)
   local head, rest = tb:match("^(.-\nstack traceback:)\n(.*)$")
   if not head then
     return tb
@@ -1002,7 +1002,9 @@ local function server_traceback(tb)
       frames[#frames + 1] = line
     end
   end
-  frames[#frames + 1] = "\t[C]: in ?"
+  if not direct then
+    frames[#frames + 1] = "\t[C]: in ?"
+  end
   return head .. "\n" .. table.concat(frames, "\n")
 end
 
@@ -1164,7 +1166,9 @@ function Server:_build_ws()
     if opts == nil then
       return "text"
     end
-    checktype(arg, opts, present, "table")
+    if type(opts) ~= "table" then
+      raise("options must be a table, got " .. type(opts))
+    end
     return opts.binary and "binary" or "text"
   end
 
@@ -1177,8 +1181,10 @@ function Server:_build_ws()
       return v
     elseif v == nil then
       return 0
+    elseif BOX[v] then
+      return BOX[v].id
     end
-    return checkinteger(-1, getfield(v, "id"), true)
+    raise("opts.except must be a conn or a connection id, got " .. type(v))
   end
 
   -- ws.broadcast(data [, {except =, filter =, binary =}]) -> count
@@ -1194,8 +1200,8 @@ function Server:_build_ws()
     local filter
     if opts ~= nil then
       filter = opts.filter
-      if filter ~= nil then
-        checktype(-1, filter, true, "function")
+      if filter ~= nil and type(filter) ~= "function" then
+        raise("opts.filter must be a function, got " .. type(filter))
       end
     end
     if not s.attached then
@@ -1349,6 +1355,8 @@ end
 -- Runs fn(...) as the server runs a Lua callback (lb_call): protected, with a traceback, under
 -- the handler time budget. Returns true, results... or false, message (logged in t:errors()).
 function Server:_call(what, fn, ...)
+  local direct = self.direct_call
+  self.direct_call = nil
   local outer = self.depth == 0
   if outer then
     self.deadline = os.clock() + self.handler_timeout
@@ -1359,7 +1367,7 @@ function Server:_call(what, fn, ...)
     return xpcall(fn, function(e)
       debug.sethook()
       local msg = tolstring(e)
-      return {msg = msg, tb = server_traceback(debug.traceback(msg, 2))}
+      return {msg = msg, tb = server_traceback(debug.traceback(msg, 2), direct)}
     end, ...)
   end)
   HANDLER_COS[co] = true
@@ -1395,6 +1403,7 @@ function Server:_conn_event(what, c, ...)
   if not fn then
     return
   end
+  self.direct_call = what == "message" and self.handles[c.id] ~= nil
   if not self:_call(what, fn, self:_handle(c), ...) then
     self:_handler_failed(c, what)
   end
@@ -1821,6 +1830,7 @@ function Server:_fire(kind, obj)
     else
       t.armed = false
     end
+    self.direct_call = true
     self:_call(t.interval and "every" or "after", t.fn)
   elseif kind == "close_timeout" then
     self:_kill(obj, 1006, "close timeout")
@@ -1888,6 +1898,7 @@ function Server:_load_version(trigger)
     return fail(err)
   end
   self.loading = true
+  self.direct_call = true
   local ok, app = self:_call("app", chunk)
   if not ok then
     return fail("running the app failed: " .. tostring(app))
@@ -1909,6 +1920,7 @@ function Server:_load_version(trigger)
     if type(load_fn) == "function" then
       local info = {generation = self.generation + 1, previous = self.generation,
                     file = self.file, trigger = trigger or "start"}
+      self.direct_call = true
       local lok, lerr = self:_call("load", load_fn, self.state, info)
       if not lok then
         return fail("load() failed: " .. tostring(lerr))
@@ -2031,6 +2043,7 @@ function M.load(app, opts)
   s.attached = true
   local load_fn = s.app.load
   if type(load_fn) == "function" then
+    s.direct_call = true
     local lok, lerr = s:_call("load", load_fn, s.state,
                               {generation = s.generation, previous = s.generation - 1,
                                file = s.file, trigger = "start"})
@@ -2116,7 +2129,7 @@ function Server:connect(opts)
           BOX[self:_handle(c)].data = d
         end
       elseif a == false then
-        status = math.type(status) == "integer" and status or 403
+        status = math.tointeger(status) or 403 -- 401 and 401.0 alike, as the server
         reply.status = (status >= 400 and status <= 599) and status or 403
         if type(body) == "string" then
           reply.body = body
@@ -2206,7 +2219,7 @@ function Server:http(method, target, headers)
       end
       routed = true
       local st, b, h = fn(make_request(method, target, raw, peer))
-      st = math.type(st) == "integer" and st or 200
+      st = st == nil and 200 or math.tointeger(st) or 500
       status = (st >= 100 and st <= 599) and st or 500
       body = (type(b) == "string" or type(b) == "number") and tostring(b) or ""
       out = {["content-type"] = text}

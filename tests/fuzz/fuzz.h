@@ -15,8 +15,7 @@
 #include <string.h>
 
 /* Unlike assert(), never compiled out: a broken invariant is the finding. */
-#define FUZZ_CHECK(cond)                                                                           \
-    ((cond) ? (void)0 : fuzz_fail(#cond, __FILE__, __LINE__))
+#define FUZZ_CHECK(cond) ((cond) ? (void)0 : fuzz_fail(#cond, __FILE__, __LINE__))
 
 static inline void fuzz_fail(const char *what, const char *file, int line)
 {

@@ -1,7 +1,8 @@
 /* Fuzz target for the UTF-8 validator (src/utf8.c). The whole input is the text. Checks that
  * ws_utf8_validate, whole-buffer ws_utf8_feed, byte-at-a-time feeding and feeding in chunks (sizes
  * derived from the input) at every word alignment agree with a slow reference built from RFC 3629
- * code point ranges, including the index of the first byte that fails (fail-fast) and stickiness. */
+ * code point ranges, including the index of the first byte that fails (fail-fast) and stickiness.
+ */
 #include "fuzz.h"
 
 #include "ws/err.h"

@@ -1152,6 +1152,100 @@ static void test_close_code_valid_table(void **state)
     assert_int_equal(n, 4 + 8 + 2000);
 }
 
+/* --- fuzz regressions (tests/fuzz/fuzz_session.c) ----------------------------------------- */
+
+/* Appends one masked client frame with RSV1 set (RFC 7692 §6: a compressed message's first). */
+static void add_compressed(struct ws_buf *b, uint8_t op, const void *payload, size_t len)
+{
+    ws_buf_reserve(b, WS_FRAME_MAX_HEADER + len);
+    size_t h = ws_frame_encode_header(b->data + b->len, true, WS_FRAME_RSV1, op, len, client_mask);
+    if (len > 0)
+        memcpy(b->data + b->len + h, payload, len);
+    ws_frame_mask(b->data + b->len + h, len, client_mask, 0);
+    b->len += h + len;
+}
+
+static void deflate_start(struct ws_deflate *d)
+{
+    struct ws_deflate_params p = {
+        .server_no_context_takeover = true,
+        .client_no_context_takeover = false,
+        .server_max_window_bits = 15,
+        .client_max_window_bits = 15,
+        .mem_level = 8,
+        .level = 6,
+        .compress_min_size = 128,
+    };
+    ws_deflate_init(d, &p, NULL);
+}
+
+/* A compressed text message with an empty payload is an empty message (RFC 7692 §7.2.3.6 sends
+ * 0x00, but an empty payload inflates to nothing too). It validated msg.data + 0 with msg.data
+ * still NULL: pointer arithmetic on NULL, which the UBSan build reports. */
+static void test_fuzz_deflate_empty_text(void **state)
+{
+    (void)state;
+    struct ws_buf b;
+    ws_buf_init(&b);
+    add_compressed(&b, WS_OP_TEXT, NULL, 0);
+    add_compressed(&b, WS_OP_TEXT, "\x00", 1);
+    struct ws_deflate d;
+    deflate_start(&d);
+    struct ws_session s;
+    ws_session_init(&s, 1024);
+    ws_session_set_deflate(&s, &d);
+    struct log l = {0};
+    assert_int_equal(feed_chunk(&s, b.data, b.len, &l), WS_E_AGAIN);
+    assert_int_equal(l.n, 2);
+    assert_rec(&l.ev[0], WS_SESSION_MESSAGE, WS_OP_TEXT, "", 0);
+    assert_rec(&l.ev[1], WS_SESSION_MESSAGE, WS_OP_TEXT, "", 0);
+    log_free(&l);
+    ws_session_reset(&s);
+    ws_deflate_reset(&d);
+    ws_buf_reset(&b);
+}
+
+/* A compressed text frame inflating to invalid UTF-8 and then failing: "\xffabc" then an invalid
+ * block type, or "\xff" and 5000 zero bytes past a 1024-byte limit. Fed whole it failed with
+ * WS_E_COMPRESSION (1007) or WS_E_MESSAGE_TOO_BIG (1009), byte by byte with WS_E_UTF8, because
+ * the text inflated before the inflate error was not validated. Every split must give one answer:
+ * the bytes before the error are invalid UTF-8 whichever way they arrive. */
+static void test_fuzz_deflate_error_split_independent(void **state)
+{
+    (void)state;
+    static const uint8_t bad_block[] = {0xfa, 0x9f, 0x98, 0x94, 0x0c, 0x00,
+                                        0x00, 0x00, 0xff, 0xff, 0x07};
+    static const uint8_t too_big[] = {0xec, 0xc1, 0x21, 0x01, 0x00, 0x00, 0x00, 0x02,
+                                      0x20, 0xff, 0x9f, 0xd6, 0x15, 0x36, 0xa0, 0x01,
+                                      0x00, 0x00, 0x00, 0x00, 0xee, 0x06};
+    static const struct {
+        const uint8_t *p;
+        size_t n;
+    } cases[] = {{bad_block, sizeof bad_block}, {too_big, sizeof too_big}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct ws_buf b;
+        ws_buf_init(&b);
+        add_compressed(&b, WS_OP_TEXT, cases[i].p, cases[i].n);
+        for (size_t cut = 0; cut <= b.len; cut++) {
+            struct ws_deflate d;
+            deflate_start(&d);
+            struct ws_session s;
+            ws_session_init(&s, 1024);
+            ws_session_set_deflate(&s, &d);
+            struct log l = {0};
+            int rc = feed_chunk(&s, b.data, cut, &l);
+            if (rc == WS_E_AGAIN)
+                rc = feed_chunk(&s, b.data + cut, b.len - cut, &l);
+            assert_int_equal(rc, WS_E_UTF8);
+            assert_int_equal(l.n, 0);
+            log_free(&l);
+            ws_session_reset(&s);
+            ws_deflate_reset(&d);
+        }
+        ws_buf_reset(&b);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1190,6 +1284,8 @@ int main(void)
         cmocka_unit_test(test_errors_sticky),
         cmocka_unit_test(test_close_payload),
         cmocka_unit_test(test_close_code_valid_table),
+        cmocka_unit_test(test_fuzz_deflate_empty_text),
+        cmocka_unit_test(test_fuzz_deflate_error_split_independent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
