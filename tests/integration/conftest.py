@@ -71,6 +71,22 @@ class Server:
         return self.proc.returncode
 
 
+@pytest.fixture(autouse=True)
+def _deadline(request):
+    """Hard per-test bound (TEST_BUDGET seconds in the test's module, default 60): a server that
+    hangs must fail the test, not the CI job."""
+    budget = getattr(request.module, "TEST_BUDGET", 60)
+
+    def expired(signum, frame):
+        raise TimeoutError(f"test exceeded its {budget} s budget")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(budget)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
 @pytest.fixture
 def wsserver_factory(tmp_path):
     started = []

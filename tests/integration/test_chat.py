@@ -26,20 +26,6 @@ STEP = 5.0  # seconds any single network step may take
 BURST = 10  # the app's rate limit: 10 messages per 5 s, a token bucket refilling 2 per second
 
 
-@pytest.fixture(autouse=True)
-def _deadline():
-    """Hard per-test bound: a hung peer must fail the test, not the CI job."""
-
-    def expired(signum, frame):
-        raise TimeoutError("test exceeded its 60 s budget")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.fixture
 def chat(wsserver_factory):
     """The chat server; after the test its log must hold no handler error."""

@@ -44,16 +44,7 @@ QUIET = 0.08  # then how long to watch for anything extra
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
-@pytest.fixture(autouse=True)
-def _deadline():
-    def expired(signum, frame):
-        raise TimeoutError("test exceeded its 120 s budget")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(120)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+TEST_BUDGET = 120  # seconds per test (conftest enforces it)
 
 
 def free_port():

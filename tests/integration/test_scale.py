@@ -94,20 +94,6 @@ return {
 # ---------------------------------------------------------------- bounds
 
 
-@pytest.fixture(autouse=True)
-def _deadline():
-    """Hard per-test bound: a hung server must fail the test, not the CI job."""
-
-    def expired(signum, frame):
-        raise TimeoutError("test exceeded its 60 s budget")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
-
-
 def run(coro, timeout=45.0):
     async def bounded():
         return await asyncio.wait_for(coro, timeout)
