@@ -123,11 +123,10 @@ static uint8_t check_kind(lua_State *L, int idx)
     return luaL_checkoption(L, idx, "text", kinds) ? WS_OP_BINARY : WS_OP_TEXT;
 }
 
-/* Checks a text payload: RFC 6455 §5.6 text frames must be UTF-8. [-0, +0, v] */
-static void check_text(lua_State *L, uint8_t opcode, const char *data, size_t len)
+void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint)
 {
     if (opcode == WS_OP_TEXT && ws_utf8_validate((const uint8_t *)data, len) < 0)
-        luaL_error(L, "text message is not valid UTF-8 (send it as \"binary\")");
+        luaL_error(L, "text message is not valid UTF-8 (%s)", hint);
 }
 
 /* conn:send(data [, "text"|"binary"]) [-0, +1|+2, v] */
@@ -136,7 +135,7 @@ static int conn_send(lua_State *L)
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     uint8_t opcode = check_kind(L, 3);
-    check_text(L, opcode, data, len);
+    lb_check_text(L, opcode, data, len, "send it as \"binary\"");
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
         return 2;
@@ -257,7 +256,7 @@ static int conn_publish(lua_State *L)
     const char *topic = luaL_checklstring(L, 2, &tlen);
     const char *data = luaL_checklstring(L, 3, &len);
     uint8_t opcode = check_kind(L, 4);
-    check_text(L, opcode, data, len);
+    lb_check_text(L, opcode, data, len, "send it as \"binary\"");
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
         return 2;

@@ -10,7 +10,6 @@
 #include "ws/frame.h"
 #include "ws/log.h"
 #include "ws/server.h"
-#include "ws/utf8.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -196,19 +195,13 @@ static uint8_t opts_opcode(lua_State *L, int opts)
     return op;
 }
 
-static void check_text(lua_State *L, uint8_t opcode, const char *data, size_t len)
-{
-    if (opcode == WS_OP_TEXT && ws_utf8_validate((const uint8_t *)data, len) < 0)
-        luaL_error(L, "text message is not valid UTF-8 (pass {binary = true})");
-}
-
 /* ws.broadcast(data [, {except=, filter=, binary=}]) -> count [-0, +1, v] */
 static int ws_broadcast(lua_State *L)
 {
     size_t len;
     const char *data = luaL_checklstring(L, 1, &len);
     uint8_t opcode = opts_opcode(L, 2);
-    check_text(L, opcode, data, len);
+    lb_check_text(L, opcode, data, len, "pass {binary = true}");
     uint64_t except = except_id(L, 2);
     struct filter_ctx f = {lb_app_of(L), 0, false};
     if (!lua_isnoneornil(L, 2)) {
@@ -236,7 +229,7 @@ static int ws_publish(lua_State *L)
     const char *topic = luaL_checklstring(L, 1, &tlen);
     const char *data = luaL_checklstring(L, 2, &len);
     uint8_t opcode = opts_opcode(L, 3);
-    check_text(L, opcode, data, len);
+    lb_check_text(L, opcode, data, len, "pass {binary = true}");
     uint64_t except = except_id(L, 3);
     struct ws_server *srv = server(L);
     lua_pushinteger(

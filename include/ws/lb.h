@@ -115,6 +115,10 @@ void lb_conn_release(struct lb_app *a, struct ws_conn *c);
  * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
 void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
 
+/* Raises unless a text message is valid UTF-8 (RFC 6455 §5.6); hint says how to send binary
+ * instead. [-0, +0, v] */
+void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint);
+
 /* The open-or-closed connection behind argument idx, or NULL for a stale handle; raises when
  * idx is not a conn. [-0, +0, v] */
 struct ws_conn *lb_conn_check(lua_State *L, int idx);

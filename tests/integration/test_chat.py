@@ -19,6 +19,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 from conftest import ROOT
+from wsclient import run
 
 APP = ROOT / "examples" / "chat" / "chat.lua"
 PUBLIC = ROOT / "examples" / "chat" / "public"
@@ -33,13 +34,6 @@ def chat(wsserver_factory):
     yield server
     assert server.alive()
     assert "handler_error" not in server.log(), server.log()
-
-
-def run(coro, timeout=45.0):
-    async def bounded():
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 class Client:

@@ -6,29 +6,13 @@ import signal
 import time
 
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 import wsraw
 from conftest import EXAMPLES
+from wsclient import run, connect
 
 STEP = 10.0
-
-
-def run(coro, timeout=45.0):
-    async def bounded():
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-def connect(url, **kw):
-    kw.setdefault("max_size", None)
-    kw.setdefault("compression", None)
-    kw.setdefault("ping_interval", None)
-    kw.setdefault("close_timeout", 5)
-    kw.setdefault("open_timeout", STEP)
-    return websockets.connect(url, **kw)
 
 
 async def recv_json(ws, timeout=STEP):

@@ -10,8 +10,8 @@ import resource
 import time
 
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from wsclient import run, connect
 
 MiB = 1024 * 1024
 SIZES = [0, 1, 125, 126, 65535, 65536, 4 * MiB]
@@ -32,22 +32,6 @@ def _raise_nofile(needed):
 
 
 _raise_nofile(4 * CONCURRENT + 256)
-
-
-def run(coro, timeout=30.0):
-    async def bounded():
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-def connect(url, **kw):
-    kw.setdefault("max_size", None)
-    kw.setdefault("compression", None)
-    kw.setdefault("ping_interval", None)
-    kw.setdefault("close_timeout", 5)
-    kw.setdefault("open_timeout", STEP)
-    return websockets.connect(url, **kw)
 
 
 def text_of(size):

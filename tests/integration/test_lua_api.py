@@ -13,10 +13,10 @@ import resource
 import time
 
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 import wsraw
+from wsclient import run, connect
 
 STEP = 10.0  # seconds any single network step may take
 MiB = 1024 * 1024
@@ -34,22 +34,6 @@ _raise_nofile(4 * 1000 + 256)
 
 
 TEST_BUDGET = 90  # seconds per test (conftest enforces it)
-
-
-def run(coro, timeout=60.0):
-    async def bounded():
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-def connect(url, **kw):
-    kw.setdefault("max_size", None)
-    kw.setdefault("compression", None)
-    kw.setdefault("ping_interval", None)
-    kw.setdefault("close_timeout", 5)
-    kw.setdefault("open_timeout", STEP)
-    return websockets.connect(url, **kw)
 
 
 async def recv(ws, timeout=STEP):

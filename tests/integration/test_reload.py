@@ -19,6 +19,7 @@ import time
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
+from wsclient import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
@@ -26,13 +27,6 @@ STEP = 10.0  # seconds any single network step may take
 
 
 TEST_BUDGET = 90  # seconds per test (conftest enforces it)
-
-
-def run(coro, timeout=60.0):
-    async def bounded():
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 def connect(url, **kw):

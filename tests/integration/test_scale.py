@@ -38,6 +38,7 @@ import time
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
+from wsclient import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
@@ -92,13 +93,6 @@ return {
 
 
 # ---------------------------------------------------------------- bounds
-
-
-def run(coro, timeout=45.0):
-    async def bounded():
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 def free_port():

@@ -27,6 +27,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 import wsraw
+from wsclient import run
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -79,13 +80,6 @@ def client_ctx(ca, minimum=None, maximum=None):
 
 def wss_url(port, host="127.0.0.1"):
     return f"wss://{host}:{port}/"
-
-
-def run(coro, timeout=40.0):
-    async def bounded():
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
 
 
 def connect(url, ca=None, ctx=None, **kw):
