@@ -24,6 +24,8 @@
 #define RESPONSE_HEAD_MAX 1024
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
+static void refuse(struct ws_conn *c, int status, const char *body, size_t len, const char *extra);
+static void kill_conn(struct ws_conn *c, int code, const char *reason);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 static const struct ws_config *cfg(const struct ws_conn *c)
@@ -215,6 +217,25 @@ struct ws_conn *ws_conn_new(struct ws_server *srv, int fd, const struct sockaddr
     ws_registry_add(&srv->conns, &c->node);
     srv->stats.connections_total++;
     rearm(c);
+    /* per address, every socket counts from accept, handshakes in progress included: one
+     * address must not be able to hold all the sockets the server accepts */
+    if (srv->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX) {
+        c->ip_counted = true;
+        if (ip_count(c, 1) > (uintptr_t)srv->cfg.max_connections_per_ip) {
+            /* refused at once and not kept lingering: those sockets must not pile up either.
+             * A fresh socket's send buffer takes the short answer whole. */
+            static const char msg[] = "too many connections from this address\n";
+            char out[512];
+            size_t n =
+                ws_handshake_error_response(out, sizeof(out), 503, msg, sizeof(msg) - 1, NULL);
+            if (transport == &ws_transport_plain)
+                (void)!send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            srv->stats.handshake_rejections++;
+            srv->stats.rejections_by_status[503]++;
+            log_access(c, 503, "too many connections from this address");
+            kill_conn(c, 0, NULL);
+        }
+    }
     return c;
 }
 
@@ -289,6 +310,9 @@ int ws_conn_close(struct ws_conn *c, int code, const char *reason, size_t len)
 static int accept_data(struct ws_conn *c, size_t len)
 {
     bool own_ok = c->out.bytes == 0 || c->out.bytes + len <= (size_t)cfg(c)->max_buffered;
+    /* an empty queue always takes one message, so slow consumers filling the total cannot
+     * starve the connections that keep up: the bound is the total plus one message for each
+     * connection that has none queued */
     bool total_ok =
         c->out.bytes == 0 || c->srv->pool.queued + len <= (size_t)cfg(c)->max_buffered_total;
     if (own_ok && total_ok)
@@ -538,6 +562,11 @@ static void respond_error(struct ws_conn *c, int status, const char *body, size_
 /* Refuses a WebSocket handshake (counted by status for /metrics). */
 static void refuse(struct ws_conn *c, int status, const char *body, size_t len, const char *extra)
 {
+    if (c->ip_counted) {
+        /* a refused socket only lingers for its answer: it no longer holds a per-address slot */
+        ip_count(c, -1);
+        c->ip_counted = false;
+    }
     struct ws_stats *st = &c->srv->stats;
     st->handshake_rejections++;
     if (status >= 100 && status < 600)
@@ -630,14 +659,6 @@ static void upgrade(struct ws_conn *c, const struct ws_http_request *req)
     if (srv->nupgraded >= (size_t)srv->cfg.max_connections) {
         refuse(c, 503, "server full", 11, NULL);
         return;
-    }
-    if (srv->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX) {
-        if (ip_count(c, 1) > (uintptr_t)srv->cfg.max_connections_per_ip) {
-            ip_count(c, -1);
-            refuse(c, 503, "too many connections from this address", 38, NULL);
-            return;
-        }
-        c->ip_counted = true;
     }
 
     struct ws_upgrade_reply reply = {0};

@@ -87,6 +87,32 @@ static int traceback(lua_State *L)
     return 1;
 }
 
+/* The message handler given to xpcall, guarded: once the handler budget is spent Lua runs
+ * message handlers with hooks off, so a looping one could never be stopped; then the error goes
+ * through untouched instead. */
+static int guarded_msgh(lua_State *L)
+{
+    if (lb_app_of(L)->timed_out)
+        return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* xpcall(f, msgh, ...) with msgh guarded. [-?, +?, e] */
+static int guarded_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_msgh, 1);
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the standard xpcall */
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
 {
     lua_State *L = a->L;
@@ -171,6 +197,9 @@ struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct w
     }
     *(struct lb_app **)lua_getextraspace(a->L) = a;
     luaL_openlibs(a->L);
+    lua_getglobal(a->L, "xpcall");
+    lua_pushcclosure(a->L, guarded_xpcall, 1);
+    lua_setglobal(a->L, "xpcall");
     /* the message handler of every lb_call stays at the bottom of the stack */
     lua_pushcfunction(a->L, traceback);
     assert(lua_gettop(a->L) == TRACEBACK_INDEX);

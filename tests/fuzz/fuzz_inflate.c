@@ -2,9 +2,8 @@
  *
  * Input: two control bytes, then records that make the spans of one connection's messages.
  *   byte 0: bits 0-2 the client's window (4-7: 15 bits; 0-3: 8, 9, 10, 12 bits), bit 3
- *           client_no_context_takeover,
- *           bit 4 a shared set, bits 5-6 max_out (65536, 4096, 300, 1);
- *           bit 7 compress mode (below);
+ *           client_no_context_takeover, bit 4 a shared set, bits 5-6 max_out (65536, 4096,
+ *           300, 1), bit 7 compress mode (below);
  *   byte 1: seeds the re-chunking of the third run; in compress mode also the zlib level (1-9),
  *           strategy and memLevel of the client's compressor;
  *   record: a byte h (bit 7: the span ends its message, i.e. FIN; bits 0-6: length, 127 means a
@@ -13,7 +12,8 @@
  *   Compress mode: each span's bytes are the plain text of one fragment, which a zlib client
  *   compresses with a sync flush (context takeover unless client_no_context_takeover; within
  *   the window it promised: Huffman-only or RLE for 8 bits, which zlib cannot compress with), the
- *   last fragment's 0x00 0x00 0xff 0xff stripped, so valid streams reach every path.
+ *   last fragment's 0x00 0x00 0xff 0xff stripped (RFC 7692 §7.2.1), so valid streams reach
+ *   every path.
  *
  * The connection is run three times: with the spans as given; with each message as one span;
  * and with each message re-cut into chunks of 0..17 bytes (empty spans included). Checks:
@@ -23,7 +23,7 @@
  *     With a window under 15 bits the runs may part at a message that refers further back than
  *     the window: zlib resolves such a reference from the output of the same inflate() call, so
  *     whether it is caught (1007) depends on where the spans were cut (see docs/compression.md,
- *     "Known limitations"). There a difference is allowed only as one run's WS_E_COMPRESSION,
+ *     "Known issues"). There a difference is allowed only as one run's WS_E_COMPRESSION,
  *     and the runs are not compared after it; two successes must still give the same bytes;
  *   - with a 15-bit window (no window limit to enforce) the results match a reference: plain
  *     zlib on the whole message plus 0x00 0x00 0xff 0xff (RFC 7692 §7.2.2) with an output limit
