@@ -434,6 +434,9 @@ int ws_conn_send_set(struct ws_conn *c, struct ws_frame_set *set)
 {
     if (c->state != WS_CONN_OPEN)
         return WS_E_CLOSED;
+    size_t frag = (size_t)cfg(c)->fragment_size;
+    if (frag && set->len > frag) /* fragmented: framed per connection */
+        return ws_conn_send(c, set->opcode, set->data, set->len);
     if (c->deflate && ws_deflate_should_compress(c->deflate, set->len)) {
         int bits = ws_deflate_broadcast_bits(c->deflate);
         if (!bits) /* its own compressor with context: this connection's own encoding */

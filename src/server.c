@@ -389,6 +389,7 @@ struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cf
         d->mem_level = (int)srv->cfg.compression_mem_level;
         d->level = (int)srv->cfg.compression_level;
         d->server_context_takeover = srv->cfg.compression_context_takeover;
+        d->client_no_context_takeover = srv->cfg.compression_client_no_context_takeover;
         d->compress_min_size = (size_t)srv->cfg.compress_min_size;
         srv->deflate_shared = ws_deflate_shared_new(d->mem_level, d->level);
     }

@@ -81,9 +81,15 @@ static int on_header(struct ws_session *s, const struct ws_frame_header *h)
         if (rsv1)
             ws_deflate_inflate_begin(s->deflate);
     }
-    /* SPEC §3 (RFC 6455 §10.4): refuse before buffering a byte of a frame over the limit;
-     * msg_len never exceeds the limit, so the subtraction cannot wrap. */
-    if (h->length > s->max_message_bytes - s->msg_len)
+    /* SPEC §3 (RFC 6455 §10.4): refuse before buffering a byte of a frame over the limit. A
+     * compressed message is bounded by its inflated size as it inflates; its wire bytes get
+     * room for deflate's worst-case growth on incompressible data (RFC 1951 stored blocks),
+     * and no more, so empty blocks cannot stream forever. The limit may have been lowered by a
+     * reload since the message began: compare before subtracting. */
+    size_t limit = s->max_message_bytes;
+    if (s->msg_compressed)
+        limit += limit / 64 + 1024;
+    if (s->msg_len > limit || h->length > limit - s->msg_len)
         return WS_E_MESSAGE_TOO_BIG;
     return 0;
 }
@@ -95,6 +101,8 @@ static int on_compressed(struct ws_session *s, const struct ws_frame_event *fe,
 {
     size_t before = s->msg.len;
     bool last = fe->last && fe->header.fin;
+    if (before > s->max_message_bytes)
+        return WS_E_MESSAGE_TOO_BIG; /* a reload lowered the limit under this message */
     int rc = ws_deflate_inflate(s->deflate, fe->data, fe->len, last, &s->msg, s->max_message_bytes);
     /* RFC 7692 §8: text is validated after inflation, still as it arrives. What was inflated
      * before an inflate error is validated first, so the error does not depend on how the payload

@@ -51,6 +51,7 @@ struct ws_config {
     int64_t compression_mem_level;
     int64_t compression_level;
     bool compression_context_takeover;
+    bool compression_client_no_context_takeover;
     int64_t fragment_size;
     bool metrics;
     int64_t workers;

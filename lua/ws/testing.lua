@@ -294,6 +294,7 @@ local OPTIONS = {
   {name = "compression_mem_level", live = false, type = "int", min = 1, max = 9, default = 8},
   {name = "compression_level", live = false, type = "int", min = 1, max = 9, default = 6},
   {name = "compression_context_takeover", live = false, type = "bool", default = false},
+  {name = "compression_client_no_context_takeover", live = false, type = "bool", default = false},
   {name = "fragment_size", type = "int", min = 0, max = SIZE_LIMIT, default = 0},
   {name = "metrics", type = "bool", default = false},
   {name = "workers", live = false, type = "workers", min = 0, max = 1024, default = 1},

@@ -1246,6 +1246,29 @@ static void test_fuzz_deflate_error_split_independent(void **state)
     }
 }
 
+/* A reload can lower the limit while a fragmented message is in progress: the next fragment is
+ * refused (1009) instead of the room left wrapping around. */
+static void test_limit_lowered_during_message(void **state)
+{
+    (void)state;
+    struct ws_session s;
+    ws_session_init(&s, 1000);
+    struct ws_buf b;
+    ws_buf_init(&b);
+    uint8_t part[600];
+    memset(part, 'a', sizeof(part));
+    add_frame(&b, false, WS_OP_TEXT, part, sizeof(part));
+    struct ws_session_event ev;
+    size_t used;
+    assert_int_equal(ws_session_feed(&s, b.data, b.len, &used, &ev), WS_E_AGAIN);
+    s.max_message_bytes = 100; /* as ws_conn_apply_config does after a reload */
+    b.len = 0;
+    add_frame(&b, true, WS_OP_CONTINUATION, part, 10);
+    assert_int_equal(ws_session_feed(&s, b.data, b.len, &used, &ev), WS_E_MESSAGE_TOO_BIG);
+    ws_buf_reset(&b);
+    ws_session_reset(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1286,6 +1309,7 @@ int main(void)
         cmocka_unit_test(test_close_code_valid_table),
         cmocka_unit_test(test_fuzz_deflate_empty_text),
         cmocka_unit_test(test_fuzz_deflate_error_split_independent),
+        cmocka_unit_test(test_limit_lowered_during_message),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
