@@ -364,7 +364,7 @@ static int serve(struct start *st, int index, int hub_fd)
                 ws_log_msg(WS_LOG_WARN, "watch_unavailable", err);
         }
         ev_run(loop, 0);
-        code = srv->exit_code;
+        code = 0; /* the loop ends only after a graceful shutdown */
     }
     ws_watch_free(watch);
     ws_server_free(srv);

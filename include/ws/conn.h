@@ -57,7 +57,6 @@ struct ws_conn {
     } peer;
     char *path;                 /* request target (owned) */
     char *protocol;             /* chosen subprotocol (owned) or NULL */
-    void *app_data;             /* the app layer's slot */
     struct ws_deflate *deflate; /* permessage-deflate state when negotiated (owned) */
     uint16_t close_code;        /* code to report to the app's close callback */
     char *close_reason;         /* owned, may be NULL */

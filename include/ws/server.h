@@ -83,7 +83,6 @@ struct ws_server {
     ev_timer accept_retry;
     int spare_fd; /* kept open to recover from EMFILE */
     bool shutting_down;
-    int exit_code;
     struct ws_stats stats;
 };
 
