@@ -852,9 +852,10 @@ static void on_bytes(struct ws_conn *c, uint8_t *data, size_t n)
         break;
     case WS_CONN_OPEN:
     case WS_CONN_CLOSING:
-        if (c->opened)
+        /* after an HTTP answer, or a protocol error we closed for: discard until EOF */
+        if (c->opened && !c->session.err)
             process_frames(c, data, n);
-        break; /* after an HTTP answer: discard until EOF */
+        break;
     case WS_CONN_CLOSED:
         break;
     }

@@ -23,6 +23,7 @@ struct flood_slot {
 };
 
 static struct flood_slot flood[FLOOD_SLOTS];
+static time_t flood_second; /* the second of the latest line */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -111,17 +112,38 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
 
 /* Counts a line of event; false when it is over the per-second budget. A budget period that
  * ended with suppressed lines first writes their count. */
+static void report_suppressed(struct flood_slot *slot, const struct timespec *ts)
+{
+    if (!slot->event || !slot->suppressed)
+        return;
+    struct ws_log_line l;
+    begin_line(&l, WS_LOG_WARN, "suppressed", ts);
+    ws_log_cstr(&l, "of", slot->event);
+    ws_log_u64(&l, "lines", slot->suppressed);
+    ws_log_end(&l);
+    slot->suppressed = 0;
+}
+
+void ws_log_flush(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    for (int i = 0; i < FLOOD_SLOTS; i++)
+        report_suppressed(&flood[i], &ts);
+}
+
 static bool flood_allow(const char *event, const struct timespec *ts)
 {
+    if (ts->tv_sec != flood_second) {
+        /* a new second: what earlier seconds suppressed is told now, whatever the event */
+        flood_second = ts->tv_sec;
+        for (int i = 0; i < FLOOD_SLOTS; i++)
+            if (flood[i].second != ts->tv_sec)
+                report_suppressed(&flood[i], ts);
+    }
     struct flood_slot *slot = &flood[((uintptr_t)event >> 4) % FLOOD_SLOTS];
     if (slot->event != event || slot->second != ts->tv_sec) {
-        if (slot->event && slot->suppressed) {
-            struct ws_log_line l;
-            begin_line(&l, WS_LOG_WARN, "suppressed", ts);
-            ws_log_cstr(&l, "of", slot->event);
-            ws_log_u64(&l, "lines", slot->suppressed);
-            ws_log_end(&l);
-        }
+        report_suppressed(slot, ts);
         slot->event = event;
         slot->second = ts->tv_sec;
         slot->lines = slot->suppressed = 0;

@@ -208,6 +208,18 @@ static int drop_privileges(const char *user, char *err, size_t errlen)
     return 0;
 }
 
+/* Removes the pidfile; says so when it cannot (after --user, its folder may not be writable). */
+static void remove_pidfile(const char *path)
+{
+    if (path && unlink(path) < 0 && errno != ENOENT) {
+        struct ws_log_line l;
+        ws_log_begin(&l, WS_LOG_WARN, "pidfile_left");
+        ws_log_cstr(&l, "file", path);
+        ws_log_cstr(&l, "error", strerror(errno));
+        ws_log_end(&l);
+    }
+}
+
 static void write_pidfile(const char *path)
 {
     FILE *f = fopen(path, "w");
@@ -368,11 +380,11 @@ static int serve(struct start *st, int index, int hub_fd)
     }
     ws_watch_free(watch);
     ws_server_free(srv);
-    if (pidfile)
-        unlink(pidfile);
+    remove_pidfile(pidfile);
     free(pidfile);
     lb_app_free(app);
     ws_log_msg(WS_LOG_INFO, "exit", "bye");
+    ws_log_flush();
     return code;
 }
 
@@ -457,8 +469,11 @@ int main(int argc, char **argv)
         if (pidfile)
             write_pidfile(pidfile);
         code = ws_master_run(workers, shutdown_timeout, worker_main, &st);
-        if (pidfile)
-            unlink(pidfile);
+        remove_pidfile(pidfile);
+        char status[128];
+        lb_status_path(status, sizeof(status), (long)getpid()); /* the workers wrote it */
+        unlink(status);
+        ws_log_flush();
     } else {
         code = serve(&st, 0, -1);
     }

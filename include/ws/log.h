@@ -47,6 +47,9 @@ void ws_log_ms(struct ws_log_line *l, const char *key, double seconds);
 /* Writes the line (one write(2) call) and resets it. */
 void ws_log_end(struct ws_log_line *l);
 
+/* Writes the counts of lines flood control suppressed and has not reported yet (at exit). */
+void ws_log_flush(void);
+
 /* One-call form for messages without fields: event plus msg=<text>. */
 void ws_log_msg(enum ws_log_level level, const char *event, const char *msg);
 
