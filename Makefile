@@ -122,7 +122,7 @@ fuzz-run: fuzz
 # Benchmarks: bench/wsbench is our load generator (C, libev); bench/run.sh drives the scenarios.
 $(BUILD)/wsbench: bench/wsbench.c
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< -lev -lssl -lcrypto -lm
+	$(CC) $(ALL_CFLAGS) -o $@ $< -lev -lssl -lcrypto -lz -lm
 
 bench: all $(BUILD)/wsbench
 	WSSERVER=$(abspath $(BUILD)/wsserver) WSBENCH=$(abspath $(BUILD)/wsbench) bash bench/run.sh

@@ -3,11 +3,14 @@
 # (bench/node/*.js) in the same run, servers pinned to one CPU and wsbench to the other,
 # repeated BENCH_RUNS times; prints the medians with the wsserver/node ratio and saves
 # bench/results/<date>-<commit>.json. It measures; it does not judge (targets are only shown).
+# wsserver-only variants (wss://, permessage-deflate) are compared with a reference row of the
+# same run, and the chat load (bench/chat_load.sh) runs once at the end.
 #
 # Environment: WSSERVER, WSBENCH (binaries; set by make), BENCH_RUNS (3), BENCH_DURATION (3 s),
 # BENCH_WARMUP (1 s), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1), BENCH_ONLY (regex on scenario
-# names), BENCH_IMPLS ("wsserver node"), BENCH_OUT (results file), BENCH_NICE (e.g. -10: run the
-# servers and wsbench at that niceness, to stand out from other work on a shared machine).
+# names, chat-2000 included), BENCH_IMPLS ("wsserver node"), BENCH_OUT (results file), BENCH_NICE
+# (e.g. -10: run the servers and wsbench at that niceness, to stand out from other work on a
+# shared machine), BENCH_CHAT_DURATION (10 s; 0 skips the chat load).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,19 +67,32 @@ if (($(ulimit -n) < 10100)); then
     echo "run.sh: warning: only $(ulimit -n) file descriptors; the idle scenario will fail" >&2
 fi
 
-# Scenarios: name | server app | wsbench arguments | target ratio (for information).
-# The echo rows at 10, 100 and 1000 connections feed bench/plot.py.
+# Scenarios: name | server app | wsbench arguments | target ratio (for information) | the
+# implementations it runs on (empty: all) | the reference row (variants: same wsserver work over
+# TLS or with permessage-deflate, compared with that row of the same run).
+# Server apps: echo, broadcast, idle (bench/apps/*.lua, node: bench/node/*.js); echo-tls (echo on
+# a tls: listener, certificate from scripts/gen-test-cert.sh); echo-deflate, broadcast-deflate
+# (--compression on). The echo rows at 10, 100 and 1000 connections feed bench/plot.py.
 SCENARIOS=(
-    "echo-c10|echo|echo -c 10 -s 32 -d 1|"
-    "echo-c100|echo|echo -c 100 -s 32 -d 1|1.5"
-    "echo-c100-d16|echo|echo -c 100 -s 32 -d 16|10"
-    "echo-c1000|echo|echo -c 1000 -s 32 -d 1|"
-    "echo-64k|echo|echo -c 10 -s 65536 -b -d 1|2.5"
-    "broadcast-1000|broadcast|broadcast -c 1000 -s 32 -d 16|15"
-    "broadcast-1000-w1|broadcast|broadcast -c 1000 -s 32 -d 1|"
-    "connect|echo|connect -c 50|"
-    "idle-10000|idle|idle -c 10000 -w 1 -t 1|"
+    "echo-c10|echo|echo -c 10 -s 32 -d 1|||"
+    "echo-c100|echo|echo -c 100 -s 32 -d 1|1.5||"
+    "echo-c100-d16|echo|echo -c 100 -s 32 -d 16|10||"
+    "echo-c1000|echo|echo -c 1000 -s 32 -d 1|||"
+    "echo-64k|echo|echo -c 10 -s 65536 -b -d 1|2.5||"
+    "echo-json1k|echo|echo -c 100 -s 1024 --json -d 16||wsserver|"
+    "broadcast-1000|broadcast|broadcast -c 1000 -s 32 -d 16|15||"
+    "broadcast-1000-w1|broadcast|broadcast -c 1000 -s 32 -d 1|||"
+    "broadcast-json1k|broadcast|broadcast -c 1000 -s 1024 --json -d 16||wsserver|"
+    "connect|echo|connect -c 50|||"
+    "idle-10000|idle|idle -c 10000 -w 1 -t 1|||"
+    "tls-echo-c100-d16|echo-tls|echo -c 100 -s 32 -d 16 --tls||wsserver|echo-c100-d16"
+    "tls-echo-64k|echo-tls|echo -c 10 -s 65536 -b -d 1 --tls||wsserver|echo-64k"
+    "tls-connect|echo-tls|connect -c 50 --tls||wsserver|connect"
+    "deflate-echo-json1k|echo-deflate|echo -c 100 -s 1024 --json -d 16 --deflate||wsserver|echo-json1k"
+    "deflate-broadcast-json1k|broadcast-deflate|broadcast -c 1000 -s 1024 --json -d 16 --deflate||wsserver|broadcast-json1k"
 )
+CHAT_NAME=chat-2000
+CHAT_DURATION=${BENCH_CHAT_DURATION:-10}
 
 # A port below the ephemeral range (wsbench's own 10000 client sockets live there) that no
 # socket uses in any state.
@@ -103,12 +119,21 @@ start_server() {
 }
 
 start_server_once() {
-    local impl=$1 app=$2 file
+    local impl=$1 app=$2 file listen
+    local -a extra=()
     SPORT=$(free_port)
     if [[ $impl == wsserver ]]; then
-        file=$ROOT/bench/apps/$([[ $app == broadcast ]] && echo broadcast || echo echo).lua
-        "${NICE[@]}" taskset -c "$SERVER_CPU" "$TMP/bin/wsserver" -l "127.0.0.1:$SPORT" --max-connections 20000 \
-            --log-level warn "$file" >>"$TMP/server.log" 2>&1 &
+        file=$ROOT/bench/apps/$([[ $app == broadcast* ]] && echo broadcast || echo echo).lua
+        listen=127.0.0.1:$SPORT
+        case $app in
+        *-tls)
+            listen=tls:$listen
+            extra=(--tls-cert "$TMP/certs/server.pem" --tls-key "$TMP/certs/server.key")
+            ;;
+        *-deflate) extra=(--compression on) ;;
+        esac
+        "${NICE[@]}" taskset -c "$SERVER_CPU" "$TMP/bin/wsserver" -l "$listen" --max-connections 20000 \
+            --log-level warn "${extra[@]}" "$file" >>"$TMP/server.log" 2>&1 &
     else
         file=$ROOT/bench/node/$([[ $app == broadcast ]] && echo broadcast || echo echo).js
         "${NICE[@]}" taskset -c "$SERVER_CPU" node "$file" "$SPORT" >>"$TMP/server.log" 2>&1 &
@@ -151,9 +176,11 @@ echo "wsbench: $RUNS runs x ${DURATION}s (+${WARMUP}s warm-up); servers on CPU $
 run_group() {
     local run=$1 impl=$2 app=$3 entry name sapp args rc out
     local -a todo=()
+    local impls
     for entry in "${SCENARIOS[@]}"; do
-        IFS='|' read -r name sapp args _ <<<"$entry"
+        IFS='|' read -r name sapp args _ impls _ <<<"$entry"
         [[ $sapp == "$app" ]] || continue
+        [[ -z $impls || " $impls " == *" $impl "* ]] || continue
         [[ -z $ONLY || $name =~ $ONLY ]] || continue
         todo+=("$name|$args")
     done
@@ -189,6 +216,8 @@ if r["mode"] == "idle":
     v = f'{r["rss_per_conn_bytes"] or 0:10.0f} B/conn  ({r["open"]} open)'
 else:
     v = f'{r["msgs_per_s"]:10.0f} msg/s'
+if r.get("deflate"):
+    v += f' ({r["ws_bytes_in_per_msg"]:.0f} B/msg in)'
 cpu = r.get("server_cpu_us_per_msg")
 print(head, v, f' p99 {r["latency_us"]["p99"]:8.0f} us',
       f' server {r.get("server_cpu_pct", 0):3.0f}% cpu' + (f' {cpu:.2f} us/msg' if cpu else ''),
@@ -205,14 +234,49 @@ EOF
     stop_server "$SPID"
 }
 
-# wsserver and node alternate group by group, so that both see the same machine noise.
+# A throwaway certificate for the tls: listener.
+if printf '%s\n' "${SCENARIOS[@]}" | grep -q '^[^|]*|[a-z]*-tls|' &&
+    ! bash "$ROOT/scripts/gen-test-cert.sh" "$TMP/certs" >/dev/null; then
+    echo "run.sh: scripts/gen-test-cert.sh failed" >&2
+    exit 2
+fi
+
+# wsserver and node alternate group by group, so that both see the same machine noise; the
+# wsserver-only variants run right after the group of their reference rows.
 for run in $(seq "$RUNS"); do
-    for app in echo broadcast idle; do
+    for app in echo echo-tls echo-deflate broadcast broadcast-deflate idle; do
         for impl in $IMPLS; do
             run_group "$run" "$impl" "$app" || echo "  run $run $impl $app: group aborted" >&2
         done
     done
 done
+
+# The chat load, once: 2000 clients of examples/chat in 50 rooms (bench/chat_load.sh).
+if [[ $CHAT_DURATION != 0 && " $IMPLS " == *" wsserver "* && ( -z $ONLY || $CHAT_NAME =~ $ONLY ) ]]; then
+    rc=0
+    out=$(WSSERVER="$TMP/bin/wsserver" WSBENCH="$WSBENCH" CHAT_DURATION="$CHAT_DURATION" \
+        CHAT_WARMUP="$WARMUP" CHAT_LABEL="wsserver $CHAT_NAME" bash "$ROOT/bench/chat_load.sh" \
+        2>>"$TMP/wsbench.log") || rc=$?
+    alive=$([[ $rc == 3 ]] && echo false || echo true)
+    if [[ -z $out ]]; then
+        echo "  chat load failed (exit $rc):" >&2
+        tail -5 "$TMP/wsbench.log" >&2
+        out=null
+    fi
+    printf '{"run":1,"impl":"wsserver","scenario":"%s","args":"%s","exit":%d,"server_alive":%s,"result":%s}\n' \
+        "$CHAT_NAME" "chat -c 2000 --rooms 50 --rate 1 -t $CHAT_DURATION" "$rc" "$alive" "$out" >>"$RAW"
+    $PY - "$out" <<'EOF'
+import json, sys
+r = json.loads(sys.argv[1]) if sys.argv[1] != "null" else None
+if r is None:
+    print("  chat load: no result"); sys.exit()
+l = r["latency_us"]
+print(f'  chat load  {r["connections"]} clients, {r["rooms"]} rooms: {r["says_per_s"]:.0f} messages/s,'
+      f' {r["msgs_per_s"]:.0f} deliveries/s, latency p50/p99/p99.9 {l["p50"]:.0f}/{l["p99"]:.0f}/{l["p999"]:.0f} us,'
+      f' server {r.get("server_cpu_pct", 0):.0f}% cpu, {r["deliveries"]} of {r["deliveries_expected"]} delivered,'
+      f' missing {r["missing"]}, duplicates {r["duplicates"]}, other room {r["other_room"]}, errors {r["errors"]["total"]}')
+EOF
+fi
 
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 OUT=${BENCH_OUT:-$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)-$COMMIT.json}
@@ -249,8 +313,11 @@ def med(xs):
 
 scenarios = []
 for line in open(scen_path):
-    name, app, args, target = line.rstrip("\n").split("|")
-    row = {"name": name, "app": app, "args": args, "target": float(target) if target else None}
+    name, app, args, target, impls, ref = line.rstrip("\n").split("|")
+    row = {"name": name, "app": app, "args": args, "target": float(target) if target else None,
+           "impls": impls or "$IMPLS"}
+    if ref:
+        row["ref"] = ref
     if not any(r["scenario"] == name for r in raw):
         continue
     for impl in "$IMPLS".split():
@@ -263,12 +330,14 @@ for line in open(scen_path):
             "runs": len(rs),
             "value": med([r["rss_per_conn_bytes"] if idle else r["msgs_per_s"] for r in ok]),
             "unit": "bytes/conn" if idle else ("handshakes/s" if args.startswith("connect")
-                                             else "deliveries/s" if app == "broadcast" else "msgs/s"),
+                                             else "deliveries/s" if app.startswith("broadcast") else "msgs/s"),
             "mb_per_s": med([r["mb_per_s"] for r in ok]),
             "p50_us": med([r["latency_us"]["p50"] for r in ok]),
             "p99_us": med([r["latency_us"]["p99"] for r in ok]),
             "p999_us": med([r["latency_us"]["p999"] for r in ok]),
             "server_cpu_us_per_msg": med([r.get("server_cpu_us_per_msg") for r in ok]),
+            "ws_bytes_in_per_msg": med([r.get("ws_bytes_in_per_msg") for r in ok]),
+            "ws_bytes_out_per_msg": med([r.get("ws_bytes_out_per_msg") for r in ok]),
             "server_cpu_pct": med([r.get("server_cpu_pct") for r in ok]),
             "client_cpu_pct": med([r["client_cpu_pct"] for r in ok]),
             "client_cpu_us_per_msg": med([r["client_cpu_us_per_msg"] for r in ok]),
@@ -286,6 +355,23 @@ for line in open(scen_path):
         row["cpu_ratio"] = n["server_cpu_us_per_msg"] / w["server_cpu_us_per_msg"]
     scenarios.append(row)
 
+# Variants against their reference rows (wsserver both): the ratio of the medians.
+by_name = {s["name"]: s for s in scenarios}
+for row in scenarios:
+    ref = by_name.get(row.get("ref"))
+    v, r = row.get("wsserver"), (ref or {}).get("wsserver")
+    if v and r and v["value"] and r["value"]:
+        row["ref_ratio"] = v["value"] / r["value"]
+    if v and r and v["server_cpu_us_per_msg"] and r["server_cpu_us_per_msg"]:
+        row["ref_cpu_ratio"] = v["server_cpu_us_per_msg"] / r["server_cpu_us_per_msg"]
+
+# The chat load: one run.
+chat = None
+for r in raw:
+    if r["scenario"] == "$CHAT_NAME":
+        chat = {"name": r["scenario"], "args": r["args"], "failed": not r["result"] or not r["server_alive"],
+                "result": r["result"]}
+
 doc = {
     "date": "$DATE",
     "commit": "$COMMIT",
@@ -302,6 +388,7 @@ doc = {
     "config": {"runs": $RUNS, "duration_s": $DURATION, "warmup_s": $WARMUP, "nice": "${BENCH_NICE:-}",
                "server_cpu": $SERVER_CPU, "client_cpu": $CLIENT_CPU, "elapsed_s": $((SECONDS - T0))},
     "scenarios": scenarios,
+    "chat": chat,
     "raw": raw,
 }
 json.dump(doc, open(out_path, "w"), indent=1)
@@ -322,6 +409,8 @@ hdr = ("scenario", "unit", "wsserver", "node ws", "ratio", "target",
        "errors")
 rows = [hdr]
 for s in scenarios:
+    if "ref" in s or s["impls"] == "wsserver":
+        continue
     w, n = s.get("wsserver") or {}, s.get("node") or {}
     unit = (w or n).get("unit", "")
     ratio = s.get("ratio")
@@ -341,6 +430,53 @@ for i, r in enumerate(rows):
     print("  ".join(str(c).rjust(widths[k]) if k > 1 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
     if i == 0:
         print("  ".join("-" * w for w in widths))
+
+variants = [s for s in scenarios if "ref" in s]
+if variants:
+    print()
+    print("wsserver variants against a reference row of the same run (wsserver both):")
+    hdr = ("variant", "reference", "unit", "variant", "reference", "ratio", "srv us/msg var/ref",
+           "cpu ratio", "ws B/msg in var/ref", "wsbench cpu% var/ref", "others cpu%", "p99 us var/ref", "errors")
+    rows = [hdr]
+    for s in variants:
+        v, r = s.get("wsserver") or {}, (by_name.get(s["ref"], {}).get("wsserver") or {})
+        rows.append((
+            s["name"], s["ref"], v.get("unit", ""), f(v.get("value")), f(r.get("value")),
+            f"{s['ref_ratio']:.2f}x" if s.get("ref_ratio") else "-",
+            f"{f(v.get('server_cpu_us_per_msg'))}/{f(r.get('server_cpu_us_per_msg'))}",
+            f"{s['ref_cpu_ratio']:.2f}x" if s.get("ref_cpu_ratio") else "-",
+            f"{f(v.get('ws_bytes_in_per_msg'))}/{f(r.get('ws_bytes_in_per_msg'))}",
+            f"{pct(v.get('client_cpu_pct'))}/{pct(r.get('client_cpu_pct'))}",
+            f"{pct(v.get('other_cpu_pct'))}/{pct(r.get('other_cpu_pct'))}",
+            f"{f(v.get('p99_us'))}/{f(r.get('p99_us'))}",
+            f"{v.get('errors', 0)}/{r.get('errors', 0)}" + (" FAILED RUNS" if v.get("failed_runs") or r.get("failed_runs") else ""),
+        ))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
+    for i, r in enumerate(rows):
+        print("  ".join(str(c).rjust(widths[k]) if k > 2 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print("ratio and cpu ratio: variant/reference (TLS/plain, compression on/off); ws B/msg in: WebSocket")
+    print("  bytes received per message or delivery (frames; under TLS the plaintext).")
+
+if chat:
+    r = chat["result"]
+    print()
+    if not r:
+        print(f"chat load ({chat['args']}): FAILED, no result")
+    else:
+        l = r["latency_us"]
+        print(f"chat load: {r['connections']} clients of examples/chat (rate limit raised) in {r['rooms']} rooms, "
+              f"{r['rate_per_client']:g} message/s each, {r['duration_s']:.0f} s:")
+        print(f"  {r['says_per_s']:,.0f} messages/s in, {r['msgs_per_s']:,.0f} deliveries/s out; delivery latency"
+              f" p50 {l['p50']:,.0f} us, p99 {l['p99']:,.0f} us, p99.9 {l['p999']:,.0f} us, max {l['max']:,.0f} us")
+        print(f"  server {r.get('server_cpu_pct', 0):.0f}% cpu, {r.get('server_cpu_us_per_say', 0):.0f} us per message"
+              f" ({r.get('server_cpu_us_per_msg') or 0:.2f} us per delivery); wsbench {r['client_cpu_pct']:.0f}% cpu;"
+              f" others {r.get('other_cpu_pct', 0):.0f}% cpu; set-up (connect + join) {r['setup_s']:.1f} s")
+        print(f"  delivered {r['deliveries']:,} of {r['deliveries_expected']:,}: missing {r['missing']},"
+              f" duplicates {r['duplicates']}, from another room {r['other_room']}, errors {r['errors']['total']}"
+              + (" SERVER DIED" if chat["failed"] else ""))
+
 print()
 print("ratio: wsserver/node of the median rate (idle: node/wsserver of the memory per connection).")
 print("srv us/msg: server CPU (utime+stime) per message, delivery or handshake in the window;")

@@ -13,6 +13,7 @@ struct ws_shared *ws_shared_new(size_t len)
     struct ws_shared *s = ws_xmalloc(sizeof(*s) + len);
     s->refs = 1;
     s->len = len;
+    s->pool = NULL;
     return s;
 }
 
@@ -24,8 +25,11 @@ struct ws_shared *ws_shared_ref(struct ws_shared *s)
 
 void ws_shared_unref(struct ws_shared *s)
 {
-    if (s && --s->refs == 0)
+    if (s && --s->refs == 0) {
+        if (s->pool)
+            s->pool->queued -= s->len;
         free(s);
+    }
 }
 
 void ws_chunk_pool_init(struct ws_chunk_pool *pool, size_t max_free)
@@ -131,7 +135,11 @@ void ws_outq_append_shared(struct ws_outq *q, struct ws_chunk_pool *pool, struct
     c->cap = 0;
     link_chunk(q, c);
     q->bytes += s->len;
-    pool->queued += s->len;
+    if (!s->pool) {
+        /* one frame in memory however many queues hold it: counted once */
+        s->pool = pool;
+        pool->queued += s->len;
+    }
 }
 
 int ws_outq_iov(const struct ws_outq *q, struct iovec *iov, int max)
@@ -150,10 +158,11 @@ void ws_outq_consume(struct ws_outq *q, struct ws_chunk_pool *pool, size_t n)
 {
     assert(n <= q->bytes);
     q->bytes -= n;
-    pool->queued -= n;
     while (n > 0) {
         struct ws_chunk *c = q->head;
         size_t left = c->len - c->off;
+        if (!c->shared)
+            pool->queued -= n < left ? n : left;
         if (n < left) {
             c->off += n;
             return;
@@ -171,9 +180,10 @@ void ws_outq_clear(struct ws_outq *q, struct ws_chunk_pool *pool)
     while (q->head) {
         struct ws_chunk *c = q->head;
         q->head = c->next;
+        if (!c->shared)
+            pool->queued -= c->len - c->off;
         chunk_put(pool, c);
     }
     q->tail = NULL;
-    pool->queued -= q->bytes;
     q->bytes = 0;
 }

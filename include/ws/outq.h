@@ -12,10 +12,13 @@
 #define WS_OUTQ_CHUNK_BYTES 16384
 #define WS_OUTQ_SHARE_MIN 1024 /* shared frames smaller than this are copied instead */
 
+struct ws_chunk_pool;
+
 /* An immutable byte string shared by reference count (an encoded frame). */
 struct ws_shared {
     uint32_t refs;
     size_t len;
+    struct ws_chunk_pool *pool; /* counts len once while queued anywhere, or NULL */
     uint8_t data[];
 };
 
@@ -31,7 +34,7 @@ struct ws_chunk {
 struct ws_chunk_pool {
     struct ws_chunk *free; /* chunks of WS_OUTQ_CHUNK_BYTES */
     size_t nfree, max_free;
-    size_t queued; /* unwritten bytes in every queue using this pool */
+    size_t queued; /* memory of queued output: copied bytes, and each shared frame once */
 };
 
 struct ws_outq {
