@@ -766,16 +766,10 @@ static void on_peer_close(struct ws_conn *c, const struct ws_session_event *ev)
     c->close_code = ev->code;
     free(c->close_reason);
     c->close_reason = ev->len ? ws_xstrndup((const char *)ev->data, ev->len) : NULL;
-    if (c->state == WS_CONN_OPEN) {
-        /* RFC 6455 §5.5.1: echo the status code; 1005 means there was none */
-        uint8_t payload[WS_FRAME_MAX_CONTROL_PAYLOAD];
-        size_t n = ws_close_payload(payload, ev->code == 1005 ? 0 : ev->code, NULL, 0);
-        queue_frame(c, WS_OP_CLOSE, true, 0, payload, n);
-        ws_session_close_sent(&c->session);
-        set_state(c, WS_CONN_CLOSING);
-        rearm(c);
-        ws_server_want_flush(c->srv, c);
-    }
+    /* RFC 6455 §5.5.1: echo the status code (1005 means there was none); the handshake is then
+     * done, so start_close keeps the peer's code as the one reported */
+    if (c->state == WS_CONN_OPEN)
+        start_close(c, ev->code == 1005 ? 0 : ev->code, NULL, 0);
 }
 
 static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
