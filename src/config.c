@@ -22,7 +22,8 @@ static const char *const log_format_choices[] = {"text", "json", NULL};
 
 const struct ws_option ws_options[] = {
     {"listen", WS_OPT_LIST, OFF(listen), 0, 0, NULL, false, "ADDR",
-     "host:port, [v6]:port or unix:/path (repeatable; default 0.0.0.0:8080)"},
+     "host:port, [v6]:port or unix:/path; tls: in front for wss:// (repeatable; default "
+     "0.0.0.0:8080)"},
     {"tls_cert", WS_OPT_STRING, OFF(tls_cert), 0, 0, NULL, false, "FILE",
      "certificate chain (PEM) for wss://"},
     {"tls_key", WS_OPT_STRING, OFF(tls_key), 0, 0, NULL, false, "FILE", "private key (PEM)"},

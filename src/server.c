@@ -85,7 +85,10 @@ static int open_tcp(const char *addr, bool reuseport, char *err, size_t errlen)
 {
     char host[256], port[16];
     if (split_addr(addr, host, sizeof(host), port, sizeof(port)) < 0) {
-        snprintf(err, errlen, "listen %s: expected host:port, [v6]:port or unix:/path", addr);
+        snprintf(
+            err, errlen,
+            "listen %s: expected host:port, [v6]:port or unix:/path (tls: in front for wss://)",
+            addr);
         return -1;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC,
