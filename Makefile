@@ -20,7 +20,7 @@ LIB_OBJ = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
 UNIT_SRC = $(wildcard tests/unit/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-.PHONY: bench bench-count fuzz fuzz-run install uninstall
+.PHONY: bench bench-count fuzz fuzz-run fuzz-net install uninstall
 .PHONY: test-browser
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
         check-build
@@ -78,9 +78,11 @@ test-integration: all
 test-browser: all
 	WSSERVER=$(abspath $(BUILD)/wsserver) node --test tests/browser/
 
+ASAN_UBSAN = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+
 test: deps
 	$(MAKE) all test-unit test-lua test-integration test-browser format-check
-	$(MAKE) BUILD=build/san SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all" test-unit
+	$(MAKE) BUILD=build/san SAN="$(ASAN_UBSAN)" test-unit
 
 asan:
 	$(MAKE) BUILD=build/asan SAN="-fsanitize=address -fno-omit-frame-pointer" all test-unit test-integration
@@ -118,6 +120,12 @@ fuzz-run: fuzz
 	    echo "== $$n ($(SECONDS) s)"; \
 	    $$f -max_total_time=$(SECONDS) -print_final_stats=1 build/fuzz/corpus/$$n tests/fuzz/corpus/$$n; \
 	done
+
+# Network fuzzing of the whole server (tests/fuzz/netfuzz.py): mutated sessions against the
+# binary built with ASan+UBSan, SECONDS long.
+fuzz-net:
+	$(MAKE) BUILD=build/san SAN="$(ASAN_UBSAN)" all
+	$(PYTHON) tests/fuzz/netfuzz.py --binary build/san/wsserver --seconds $(SECONDS)
 
 # Benchmarks: bench/wsbench is our load generator (C, libev); bench/run.sh drives the scenarios.
 $(BUILD)/wsbench: bench/wsbench.c
