@@ -71,6 +71,7 @@ OFFERS = [None, "permessage-deflate", "permessage-deflate; client_max_window_bit
 COMMANDS = ["join r1", "join r2", "pub r1 t", "pub r2 x", "json {\"a\":[1,2,{\"b\":null}]}",
             "json [", "flood 4", "flood 40", "close 4001", "close 1000", "close 999", "boom",
             "echo héllo ✓", ""]
+APP_COMMANDS = {b"join", b"pub", b"json", b"flood", b"close", b"boom"}
 INTERESTING = [0x00, 0x01, 0x7D, 0x7E, 0x7F, 0x80, 0x81, 0x88, 0x89, 0x8A, 0xC1, 0xFF]
 SEND_CODES = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
 
@@ -119,27 +120,46 @@ class Deflater:
         return out[:-4] if out.endswith(b"\x00\x00\xff\xff") else out
 
 
-def random_text(rng):
-    kind = rng.random()
+def random_text(rng, clean):
+    kind = rng.random() * (0.8 if clean else 1)
     if kind < 0.45:
-        return rng.choice(COMMANDS).encode()
+        text = rng.choice(COMMANDS).encode()
+        return b"echo " + text if clean and text.startswith((b"close", b"boom")) else text
     if kind < 0.7:
         return "".join(rng.choice("aé✓😀z \n{}") for _ in range(rng.randint(0, 300))).encode()
+    if kind < 0.8:
+        return b"x" * rng.choice([125, 126, 127, 65535, 65536])
     if kind < 0.85:
-        return b"x" * rng.choice([125, 126, 127, 65535, 65536, MAX_MESSAGE + 1, 200000])
+        return b"x" * rng.choice([MAX_MESSAGE + 1, 200000])
     # invalid UTF-8 somewhere: overlong, surrogate, truncated, above U+10FFFF, a stray byte
     bad = rng.choice([b"\xc0\xaf", b"\xed\xa0\x80", b"\xe2\x82", b"\xf4\x90\x80\x80", b"\xff"])
     return b"ok " + bad + b" tail"[: rng.randint(0, 5)]
 
 
-def gen_messages(rng, deflater):
-    """The frames of one session after the handshake, as a list of byte strings."""
-    out = []
+def is_command(text):
+    """Whether tests/soak/app.lua answers this text message with something else than its echo."""
+    m = re.fullmatch(rb"([a-z]+) ?(.*)", text, re.S)
+    return m is not None and m.group(1) in APP_COMMANDS
+
+
+def gen_messages(rng, deflater, clean):
+    """The frames of one session after the handshake, as a list of byte strings, and the
+    (opcode, payload) echoes the app owes for them: those before the first close frame or
+    "close" command. A clean session has only valid messages, pings and pongs."""
+    out, echoes, ended = [], [], False
     for _ in range(rng.randint(1, 40)):
-        r = rng.random()
+        r = rng.random() * (0.65 if clean else 1)
         if r < 0.5:
             opcode = 1 if rng.random() < 0.7 else 2
-            data = random_text(rng) if opcode == 1 else rng.randbytes(rng.choice([0, 3, 200, 5000]))
+            if opcode == 1:
+                data = random_text(rng, clean)
+            else:
+                data = rng.randbytes(rng.choice([0, 3, 200, 5000]))
+            if opcode == 2 or not is_command(data):
+                if not ended:
+                    echoes.append((opcode, data))
+            elif data.startswith(b"close"):
+                ended = True
             rsv = 0
             if deflater and rng.random() < 0.5:
                 data, rsv = deflater.compress(data), 4
@@ -152,7 +172,8 @@ def gen_messages(rng, deflater):
                 if i + 1 < len(parts) and rng.random() < 0.3:
                     out.append(frame(9, b"between"))
         elif r < 0.65:
-            out.append(frame(rng.choice([9, 10]), rng.randbytes(rng.choice([0, 5, 125, 126]))))
+            size = rng.choice([0, 5, 125] if clean else [0, 5, 125, 126])
+            out.append(frame(rng.choice([9, 10]), rng.randbytes(size)))
         elif r < 0.75:
             code = rng.choice([None, 1000, 1001, 1005, 1006, 1015, 999, 1004, 2999, 3000, 4999,
                                5000, 65535])
@@ -161,6 +182,7 @@ def gen_messages(rng, deflater):
             if rng.random() < 0.1:
                 payload = b"\x03"
             out.append(frame(8, payload))
+            ended = True
         else:  # a §5.2 violation
             v = rng.randrange(7)
             if v == 0:
@@ -177,7 +199,7 @@ def gen_messages(rng, deflater):
                 out.append(frame(9, b"fragmented ping", fin=False))
             else:
                 out.append(b"\x82\xff" + b"\x80" + b"\x00" * 7 + b"\x00" * 4)  # 2^63 length
-    return out
+    return out, echoes
 
 
 def mutate(rng, data):
@@ -206,13 +228,15 @@ def mutate(rng, data):
 class ServerStream:
     """Checks the bytes one connection receives from the server, fed incrementally."""
 
-    def __init__(self, key):
+    def __init__(self, key, record):
         self.key = key
+        self.messages = [] if record else None  # (opcode, payload) of every data message
         self.buf = bytearray()
         self.state = "head"
         self.status = None
         self.deflate = False
         self.server_takeover = True
+        self.client_window = 15
         self.inflater = None
         self.in_message = None  # (opcode, compressed, parts) of the message being received
         self.close_code = None
@@ -271,6 +295,7 @@ class ServerStream:
             self.fail("wrong Sec-WebSocket-Accept")
         ext = headers.get("sec-websocket-extensions", "")
         self.deflate = ext.startswith("permessage-deflate")
+        self.client_window = int((re.findall(r"client_max_window_bits=(\d+)", ext) or [15])[0])
         if ext and not self.deflate:
             self.fail(f"extension never offered: {ext!r}")
         self.server_takeover = "server_no_context_takeover" not in ext
@@ -340,6 +365,17 @@ class ServerStream:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 self.fail("server sent invalid UTF-8 text")
+        if self.messages is not None:
+            self.messages.append((opcode, data))
+
+    def check_echoes(self, echoes):
+        """Each owed echo arrived, in order, among the data messages received."""
+        got = iter(self.messages)
+        for i, want in enumerate(echoes):
+            if not any(m == want for m in got):
+                raise Violation(f"echo {i + 1} of {len(echoes)} ({want[0]}, {len(want[1])} "
+                                f"bytes) missing after a clean close ({len(self.messages)} "
+                                "messages received)")
 
     def check_close(self, payload):
         if len(payload) == 1:
@@ -441,18 +477,21 @@ class Run:
                 b"\r\n")
         deflater = Deflater(rng, "client_no_context_takeover" not in (offer or "")) \
             if offer or rng.random() < 0.1 else None
-        body = b"".join(gen_messages(rng, deflater))
         mode = rng.random()
+        clean = mode >= 0.7
+        frames, echoes = gen_messages(rng, deflater, clean)
+        body = b"".join(frames)
         if mode < 0.1:
             head = mutate(rng, head)
         elif mode < 0.7:
             body = mutate(rng, body)
-        ending = rng.choice(["close", "close", "eof", "reset", "silent", "deaf"])
+            echoes = None
+        ending = rng.choice(["close", "close", "close", "eof", "reset", "silent", "deaf"])
         if ending == "close":
             body += frame(8, struct.pack("!H", 1000))
         # the key as the server reads it from what is sent (a mutation may have changed it)
         m = re.search(rb"\r\nsec-websocket-key:[ \t]*([^\r\n]*?)[ \t]*\r\n", head, re.I)
-        stream = ServerStream(m.group(1) if m else None)
+        stream = ServerStream(m.group(1) if m else None, echoes is not None)
         try:
             reader, writer = await asyncio.wait_for(self.open(tls), 5)
         except (OSError, asyncio.TimeoutError, ssl.SSLError):
@@ -481,6 +520,17 @@ class Run:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             elif reading is not None:
                 await asyncio.wait_for(asyncio.shield(reading), 6)
+                # a session of valid messages (our compressor uses a 15-bit window) must not be
+                # taken for a protocol error, bad data or too big
+                if clean and stream.close_code in (1002, 1007, 1009) and not (
+                        any(f[0] & 0x40 for f in frames)
+                        and (not stream.deflate or stream.client_window < 15)):
+                    raise Violation(f"valid session closed with {stream.close_code} (offer "
+                                    f"{offer!r})")
+                # the server answered our close with 1000: it took every message as valid
+                if echoes is not None and stream.close_code == 1000:
+                    stream.check_echoes(echoes)
+                    self.stats["echo_checked"] += 1
         except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
             pass
         except Violation as e:
@@ -618,7 +668,8 @@ class Run:
             if f"event={event}" in log:
                 self.violation(f"a reload failed ({event})")
         print(f"netfuzz: {self.stats['sessions']} sessions ({self.stats['plain']} plain, "
-              f"{self.stats['tls']} TLS), {self.canary_echoes} canary echoes, "
+              f"{self.stats['tls']} TLS; {self.stats['echo_checked']} closed cleanly with "
+              f"every echo checked), {self.canary_echoes} canary echoes, "
               f"{self.reloads} reloads; statuses {dict(self.statuses)}; "
               f"close codes {dict(sorted(self.close_codes.items()))}", flush=True)
         if self.violations:
