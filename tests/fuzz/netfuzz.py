@@ -22,6 +22,10 @@ Oracles (any failure ends the run with exit status 1):
     known opcodes, control frames final and at most 125 bytes, continuations only inside a
     message, close payloads empty or a sendable code with a UTF-8 reason, nothing after the close
     frame, text (inflated when compressed) valid UTF-8;
+  - a session left unmutated and made only of valid messages, pings and pongs is never closed
+    with 1002, 1007 or 1009 (unless it compressed beyond the window the server asked for, or
+    without permessage-deflate agreed); an unmutated session the server closes with 1000 in
+    answer to ours got back, in order, every echo the app owed it, byte for byte;
   - canary clients echo through the whole run: every echo comes back exact within 5 s and no
     canary is ever closed;
   - reloads (SIGHUP every 3 s) keep succeeding; the server never dies; its descriptors return to
