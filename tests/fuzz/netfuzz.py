@@ -13,7 +13,8 @@ then 1-40 frames: commands of tests/soak/app.lua, echo traffic, fragments with c
 between them, compressed messages, pings, closes with every kind of code, invalid UTF-8, every
 RFC 6455 §5.2 violation), then, most of the time, mutates it (bit flips, inserted, deleted,
 repeated or overwritten bytes, a truncation) and sends it in random pieces, plain or over TLS.
-Some sessions never read, some reset the connection, some go silent.
+Some sessions never read, some reset the connection, some go silent. One in ten is a plain HTTP
+request instead (static files, the app's routes, /metrics, path traversals), often mutated.
 
 Oracles (any failure ends the run with exit status 1):
   - every byte the server sends is well formed: one HTTP status line and head (101 with the right
@@ -21,7 +22,7 @@ Oracles (any failure ends the run with exit status 1):
     RSV2/RSV3, RSV1 only on the first frame of a message and only with permessage-deflate,
     known opcodes, control frames final and at most 125 bytes, continuations only inside a
     message, close payloads empty or a sendable code with a UTF-8 reason, nothing after the close
-    frame, text (inflated when compressed) valid UTF-8;
+    frame, text (inflated when compressed) valid UTF-8; no response carries /etc/passwd;
   - a session left unmutated and made only of valid messages, pings and pongs is never closed
     with 1002, 1007 or 1009 (unless it compressed beyond the window the server asked for, or
     without permessage-deflate agreed); an unmutated session the server closes with 1000 in
@@ -64,7 +65,14 @@ MAX_MESSAGE = 65536
 SERVER_FLAGS = ["--compression", "on", "--max-message-size", str(MAX_MESSAGE),
                 "--max-buffered", "262144", "--max-header-size", "4096",
                 "--handshake-timeout", "2", "--close-timeout", "1", "--ping-interval", "2",
-                "--pong-timeout", "1", "--handler-timeout", "0.5", "--log-level", "warn"]
+                "--pong-timeout", "1", "--handler-timeout", "0.5", "--log-level", "warn",
+                "--metrics", "--static", str(ROOT / "examples" / "chat" / "public")]
+HTTP_METHODS = ["GET", "GET", "HEAD", "POST", "OPTIONS", "PUT", "get"]
+HTTP_PATHS = ["/", "/index.html", "/app.js", "/style.css?v=1", "/soak/state", "/soak/heap",
+              "/metrics", "/nope", "/../../../../etc/passwd", "/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+              "//etc/passwd", "/..%2f..%2f..%2fetc%2fpasswd", "/index.html/..", "/%00", "/%",
+              "/" + "a" * 3000, "*", "http://127.0.0.1/index.html"]
+SECRET = b"root:x:0:0"  # in /etc/passwd: never served from the static folder
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
 OFFERS = [None, "permessage-deflate", "permessage-deflate; client_max_window_bits",
           "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
@@ -232,8 +240,9 @@ def mutate(rng, data):
 class ServerStream:
     """Checks the bytes one connection receives from the server, fed incrementally."""
 
-    def __init__(self, key, record):
+    def __init__(self, key, record, http=False):
         self.key = key
+        self.http = http  # a plain HTTP request: any status may answer it
         self.messages = [] if record else None  # (opcode, payload) of every data message
         self.buf = bytearray()
         self.state = "head"
@@ -265,8 +274,11 @@ class ServerStream:
             del self.buf[:end + 4]
             self.check_head(head)
             return True
-        if self.state == "body":
-            return False  # an error response: its body (length checked) then EOF
+        if self.state == "body":  # a plain HTTP response: its body, then EOF
+            if SECRET in self.buf:
+                self.fail("a file from outside the static folder was served")
+            del self.buf[:-len(SECRET)]
+            return False
         if self.state == "closed":
             if self.buf:
                 self.fail("bytes after the server's close frame")
@@ -286,7 +298,7 @@ class ServerStream:
                 self.fail(f"bad header line {line!r}")
             headers[name.lower()] = value.strip()
         if self.status != 101:
-            if not 400 <= self.status < 600:
+            if not (200 if self.http else 400) <= self.status < 600:
                 self.fail(f"unexpected status {self.status}")
             if "content-length" not in headers:
                 self.fail("error response without Content-Length")
@@ -473,6 +485,8 @@ class Run:
 
     async def session(self, rng):
         tls = self.tls_port is not None and rng.random() < 0.15
+        if rng.random() < 0.1:
+            return await self.http_session(rng, tls)
         key = base64.b64encode(rng.randbytes(16))
         offer = rng.choice(OFFERS)
         head = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -495,7 +509,8 @@ class Run:
             body += frame(8, struct.pack("!H", 1000))
         # the key as the server reads it from what is sent (a mutation may have changed it)
         m = re.search(rb"\r\nsec-websocket-key:[ \t]*([^\r\n]*?)[ \t]*\r\n", head, re.I)
-        stream = ServerStream(m.group(1) if m else None, echoes is not None)
+        # a mutated head may have become a plain HTTP request (a static file, say)
+        stream = ServerStream(m.group(1) if m else None, echoes is not None, http=mode < 0.1)
         try:
             reader, writer = await asyncio.wait_for(self.open(tls), 5)
         except (OSError, asyncio.TimeoutError, ssl.SSLError):
@@ -554,6 +569,34 @@ class Run:
         self.statuses[stream.status] += 1
         if stream.close_code is not None:
             self.close_codes[stream.close_code] += 1
+
+    async def http_session(self, rng, tls):
+        """A plain HTTP request (static files, the app's routes, /metrics), often mutated."""
+        path = rng.choice(HTTP_PATHS)
+        head = (f"{rng.choice(HTTP_METHODS)} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode() +
+                rng.choice([b"", b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n",
+                            b"Range: bytes=0-10\r\n", b"If-None-Match: *\r\n"]) + b"\r\n" +
+                rng.choice([b"", b"hello", b"5\r\nhello\r\n0\r\n\r\n"]))
+        if rng.random() < 0.5:
+            head = mutate(rng, head)
+        stream = ServerStream(None, False, http=True)
+        try:
+            reader, writer = await asyncio.wait_for(self.open(tls), 5)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError):
+            self.stats["connect_failed"] += 1
+            return
+        try:
+            writer.write(head)
+            await asyncio.wait_for(self.read_all(reader, stream), 6)
+        except (ConnectionError, OSError, asyncio.TimeoutError, ssl.SSLError):
+            pass
+        except Violation as e:
+            self.violation(f"{e} (request {head[:80]!r})")
+        finally:
+            writer.close()
+        self.stats["sessions"] += 1
+        self.stats["http"] += 1
+        self.statuses[stream.status] += 1
 
     async def read_all(self, reader, stream):
         while True:
@@ -672,7 +715,7 @@ class Run:
             if f"event={event}" in log:
                 self.violation(f"a reload failed ({event})")
         print(f"netfuzz: {self.stats['sessions']} sessions ({self.stats['plain']} plain, "
-              f"{self.stats['tls']} TLS; {self.stats['echo_checked']} closed cleanly with "
+              f"{self.stats['tls']} TLS, {self.stats['http']} plain HTTP requests; {self.stats['echo_checked']} closed cleanly with "
               f"every echo checked), {self.canary_echoes} canary echoes, "
               f"{self.reloads} reloads; statuses {dict(self.statuses)}; "
               f"close codes {dict(sorted(self.close_codes.items()))}", flush=True)
