@@ -434,7 +434,8 @@ class Run:
         self.violations.append(what)
 
     def start_server(self):
-        cmd = [self.args.binary, "-l", f"127.0.0.1:{self.port}"] + SERVER_FLAGS
+        cmd = [self.args.binary, "-l", f"127.0.0.1:{self.port}", *SERVER_FLAGS,
+               *self.args.server_arg]
         script = ROOT / "scripts" / "gen-test-cert.sh"
         certs = self.workdir / "certs"
         if shutil.which("openssl") and subprocess.run(
@@ -715,7 +716,8 @@ class Run:
             if f"event={event}" in log:
                 self.violation(f"a reload failed ({event})")
         print(f"netfuzz: {self.stats['sessions']} sessions ({self.stats['plain']} plain, "
-              f"{self.stats['tls']} TLS, {self.stats['http']} plain HTTP requests; {self.stats['echo_checked']} closed cleanly with "
+              f"{self.stats['tls']} TLS, {self.stats['http']} plain HTTP requests; "
+              f"{self.stats['echo_checked']} closed cleanly with "
               f"every echo checked), {self.canary_echoes} canary echoes, "
               f"{self.reloads} reloads; statuses {dict(self.statuses)}; "
               f"close codes {dict(sorted(self.close_codes.items()))}", flush=True)
@@ -740,6 +742,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--seed", type=int, default=int(time.time()) % 100000)
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="one more wsserver argument (repeatable): --server-arg=--workers=2")
     args = ap.parse_args()
     logging.getLogger("asyncio").setLevel(logging.ERROR)  # writes to a peer that hung up
     run = Run(args)
