@@ -465,7 +465,10 @@ class Run:
         return self.log_path.read_text(errors="replace")[-n:]
 
     def fds(self):
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        try:
+            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+        except OSError:  # the server is gone: reported as such after the loop
+            return -1
 
     async def open(self, tls):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
