@@ -161,6 +161,7 @@ describe('chat example in headless Chromium', { skip, timeout: 90000 }, () => {
   after(async () => {
     if (browser) await browser.close().catch(() => {});
     if (server) await server.stop();
+    fs.rmSync(tmp, { recursive: true, force: true });
   });
 
   test('two pages in one room see each other, presence and typing', async () => {

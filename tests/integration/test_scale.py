@@ -918,6 +918,8 @@ def test_master_killed_workers_follow(cluster):
     server.proc.wait(5)
     wait_for(lambda: not any(alive(p) for p in kids), 5.0,
              f"workers {kids} to exit after their master was killed:\n{server.log()}")
+    # what a clean exit removes: the reload status file the workers wrote for the master
+    pathlib.Path(f"/tmp/wsserver-{server.pid}.status").unlink(missing_ok=True)
 
 
 def test_redis_down_at_start(cluster):
