@@ -60,6 +60,9 @@ from collections import Counter
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = ROOT / "tests" / "soak" / "app.lua"
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+import wsraw  # noqa: E402  (frames, free ports, waiting for the listener)
+from wsraw import free_port  # noqa: E402
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_MESSAGE = 65536
 SERVER_FLAGS = ["--compression", "on", "--max-message-size", str(MAX_MESSAGE),
@@ -92,29 +95,7 @@ class Violation(Exception):
     pass
 
 
-def mask(payload, key):
-    if not payload:
-        return b""
-    n = len(payload)
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
-def frame(opcode, payload=b"", fin=True, rsv=0, masked=True, long_form=None):
-    n = len(payload)
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    form = long_form or (0 if n < 126 else 126 if n < 65536 else 127)
-    m = 0x80 if masked else 0
-    if form == 0:
-        head += bytes([m | n])
-    elif form == 126:
-        head += bytes([m | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([m | 127]) + struct.pack("!Q", n)
-    if not masked:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + mask(payload, key)
+frame = wsraw.encode_frame  # a client frame: (opcode, payload, fin, rsv, mask=, length_form=)
 
 
 class Deflater:
@@ -202,9 +183,9 @@ def gen_messages(rng, deflater, clean):
             elif v == 1:
                 out.append(frame(1, b"rsv", rsv=rng.choice([1, 2, 3, 4, 6, 7])))
             elif v == 2:
-                out.append(frame(1, b"unmasked", masked=False))
+                out.append(frame(1, b"unmasked", mask=False))
             elif v == 3:
-                out.append(frame(2, b"long", long_form=rng.choice([126, 127])))
+                out.append(frame(2, b"long", length_form=rng.choice([16, 64])))
             elif v == 4:
                 out.append(frame(0, b"orphan continuation"))
             elif v == 5:
@@ -450,16 +431,10 @@ class Run:
         log = open(self.log_path, "wb")
         env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit(f"wsserver exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        sys.exit("wsserver did not start listening")
+        try:
+            wsraw.wait_listening(self.proc, self.port, 15)
+        except RuntimeError as e:
+            sys.exit(f"{e}:\n{self.log_tail()}")
 
     def log_tail(self, n=4000):
         return self.log_path.read_text(errors="replace")[-n:]
@@ -731,12 +706,6 @@ class Run:
         shutil.rmtree(self.workdir, ignore_errors=True)
         print("netfuzz: passed")
         return 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main():

@@ -7,27 +7,21 @@ stopped (by its PID) when the test ends.
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 
 import pytest
+
+import wsraw
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
 EXAMPLES = ROOT / "examples"
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     def __init__(self, app, args, cwd):
-        self.port = free_port()
+        self.port = wsraw.free_port()
         self.host = "127.0.0.1"
         self.url = f"ws://{self.host}:{self.port}/"
         self.app = str(app)
@@ -38,16 +32,10 @@ class Server:
         self._wait_ready()
 
     def _wait_ready(self, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"wsserver exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError(f"wsserver did not start listening:\n{self.log()}")
+        try:
+            wsraw.wait_listening(self.proc, self.port, timeout, self.host)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}:\n{self.log()}") from None
 
     def log(self):
         with open(self.logfile.name, "r", errors="replace") as f:

@@ -1330,7 +1330,7 @@ def test_reload_lowering_limit_during_compressed_message(tmp_path):
     """The message in progress should be refused (1009); the server must survive."""
     app = tmp_path / "app.lua"
     app.write_text(RELOAD_APP.format(limit=4000000))
-    port = wsraw_free_port()
+    port = wsraw.free_port()
     log = open(tmp_path / "log", "wb")
     proc = subprocess.Popen([os.environ.get("WSSERVER", str(TESTS.parent / "build" / "wsserver")),
                              "-l", f"127.0.0.1:{port}", str(app)], stdout=log,
@@ -1377,11 +1377,6 @@ def test_reload_lowering_limit_during_compressed_message(tmp_path):
         log.close()
 
 
-def wsraw_free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # =============================================================================================

@@ -32,6 +32,7 @@ import time
 import pytest
 
 import wsraw
+from wsraw import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
@@ -45,12 +46,6 @@ KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
 TEST_BUDGET = 120  # seconds per test (conftest enforces it)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- the real server -----------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 import wsraw
+from wsraw import free_port
 from wsclient import connect as ws_connect
 from wsclient import run
 
@@ -47,12 +48,6 @@ TEST_BUDGET = 90  # seconds per test (conftest enforces it)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
     """Polls predicate() until it returns something truthy; fails after timeout seconds."""

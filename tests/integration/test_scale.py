@@ -39,6 +39,7 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 from wsclient import run
+from wsraw import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
@@ -93,12 +94,6 @@ return {
 
 
 # ---------------------------------------------------------------- bounds
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout=5.0, what="condition"):

@@ -398,6 +398,29 @@ def build_request(path="/", host="127.0.0.1", key=None, version="13", method="GE
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(proc, port, timeout=10.0, host="127.0.0.1"):
+    """Waits until host:port accepts a connection. Raises RuntimeError when proc (the server's
+    Popen) exits first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"wsserver exited with {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError("wsserver did not start listening") from None
+            time.sleep(0.02)
+
+
 def open_socket(port, timeout=DEFAULT_TIMEOUT, host="127.0.0.1"):
     sock = socket.create_connection((host, port), timeout=min(timeout, DEFAULT_TIMEOUT))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

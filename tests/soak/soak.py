@@ -46,6 +46,9 @@ import zlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 APP = pathlib.Path(__file__).resolve().parent / "app.lua"
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+import wsraw  # noqa: E402  (frames, free ports, waiting for the listener)
+from wsraw import free_port  # noqa: E402
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 KiB, MiB = 1024, 1024 * 1024
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -75,25 +78,7 @@ class Closed(Exception):
 # --- a small asyncio WebSocket client ------------------------------------------------------------
 
 
-def mask(payload, key):
-    n = len(payload)
-    if not n:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
-def encode(opcode, payload=b"", fin=True, rsv=0, length=None):
-    n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0xFE]) + struct.pack("!H", n)
-    else:
-        head += bytes([0xFF]) + struct.pack("!Q", n)
-    key = os.urandom(4)
-    return head + key + mask(payload, key)
+encode = wsraw.encode_frame  # a masked client frame: (opcode, payload, fin, rsv, length=...)
 
 
 def request(key, path="/", extra=b""):
@@ -523,12 +508,6 @@ def fd_count(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Run:
     def __init__(self, args):
         self.args = args
@@ -600,17 +579,10 @@ class Run:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        deadline = time.monotonic() + (60 if self.args.valgrind else 10)
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit(f"wsserver exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            sys.exit("wsserver did not start listening")
+        try:
+            wsraw.wait_listening(self.proc, self.port, 60 if self.args.valgrind else 10)
+        except RuntimeError as e:
+            sys.exit(f"{e}:\n{self.log_tail()}")
         if not certs:
             SESSIONS[:] = [s for s in SESSIONS if s[0] != "echo-tls"]
             print("soak: no openssl, TLS sessions left out")
