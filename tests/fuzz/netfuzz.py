@@ -446,19 +446,9 @@ class Run:
             return -1
 
     async def open(self, tls):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(
-                sock, ("127.0.0.1", self.tls_port if tls else self.port))
-        except BaseException:
-            sock.close()
-            raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
-            return await asyncio.open_connection(sock=sock, ssl=self.tls_ctx,
-                                                 server_hostname="127.0.0.1")
-        return await asyncio.open_connection(sock=sock)
+            return await wsraw.open_stream(self.tls_port, self.tls_ctx)
+        return await wsraw.open_stream(self.port)
 
     # fuzz sessions
 

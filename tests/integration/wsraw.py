@@ -5,6 +5,7 @@ bits, reserved opcodes, unmasked frames, non-minimal or lying length fields) and
 any split, and it checks what the server sends back strictly: server frames must be unmasked, use
 the minimal length encoding, and control frames must be final and at most 125 bytes.
 """
+import asyncio
 import base64
 import hashlib
 import os
@@ -419,6 +420,25 @@ def wait_listening(proc, port, timeout=10.0, host="127.0.0.1"):
             if time.monotonic() > deadline:
                 raise RuntimeError("wsserver did not start listening") from None
             time.sleep(0.02)
+
+
+async def open_stream(port, tls_ctx=None, rcvbuf=None, limit=2 ** 16):
+    """An asyncio (reader, writer) pair on 127.0.0.1:port with TCP_NODELAY, over TLS when
+    tls_ctx is given; rcvbuf sets SO_RCVBUF before connecting."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls_ctx is not None:
+        return await asyncio.open_connection(sock=sock, ssl=tls_ctx,
+                                             server_hostname="127.0.0.1", limit=limit)
+    return await asyncio.open_connection(sock=sock, limit=limit)
 
 
 def open_socket(port, timeout=DEFAULT_TIMEOUT, host="127.0.0.1"):

@@ -527,21 +527,9 @@ class Run:
         self.reloads_sent = 0
 
     async def open(self, tls=False, rcvbuf=None):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        port = self.tls_port if tls else self.port
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
-        except BaseException:
-            sock.close()
-            raise
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
-            return await asyncio.open_connection(sock=sock, ssl=self.tls_ctx,
-                                                 server_hostname="127.0.0.1", limit=4 * MiB)
-        return await asyncio.open_connection(sock=sock, limit=4 * MiB)
+            return await wsraw.open_stream(self.tls_port, self.tls_ctx, rcvbuf, limit=4 * MiB)
+        return await wsraw.open_stream(self.port, None, rcvbuf, limit=4 * MiB)
 
     # the server
 
