@@ -92,7 +92,7 @@ SEND_CODES = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5
 
 
 class Violation(Exception):
-    pass
+    """The server did something an oracle forbids."""
 
 
 frame = wsraw.encode_frame  # a client frame: (opcode, payload, fin, rsv, mask=, length_form=)

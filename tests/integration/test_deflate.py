@@ -1377,8 +1377,6 @@ def test_reload_lowering_limit_during_compressed_message(tmp_path):
         log.close()
 
 
-
-
 # =============================================================================================
 # Memory per connection (docs/compression.md has the full table)
 # =============================================================================================
