@@ -28,6 +28,14 @@ static void refuse(struct ws_conn *c, int status, const char *body, size_t len, 
 static void kill_conn(struct ws_conn *c, int code, const char *reason);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
+/* A refused handshake, counted by status for /metrics. */
+static void count_refusal(struct ws_stats *st, int status)
+{
+    st->handshake_rejections++;
+    if (status >= 100 && status < 600)
+        st->rejections_by_status[status]++;
+}
+
 static const struct ws_config *cfg(const struct ws_conn *c)
 {
     return &c->srv->cfg;
@@ -159,9 +167,8 @@ static void log_access(struct ws_conn *c, int status, const char *reason)
     ws_log_cstr(&l, "peer", ws_conn_peer(c, peer, sizeof(peer)));
     ws_log_i64(&l, "status", status);
     /* the path without its query: query strings carry tokens that logs must not keep */
-    const char *q = c->path ? strchr(c->path, '?') : NULL;
-    ws_log_str(&l, "path", c->path ? c->path : "",
-               q ? (size_t)(q - c->path) : (c->path ? strlen(c->path) : 0));
+    const char *path = c->path ? c->path : "";
+    ws_log_str(&l, "path", path, strcspn(path, "?"));
     if (reason)
         ws_log_cstr(&l, "reason", reason);
     ws_log_ms(&l, "ms", ev_now(c->srv->loop) - c->started);
@@ -230,8 +237,7 @@ struct ws_conn *ws_conn_new(struct ws_server *srv, int fd, const struct sockaddr
                 ws_handshake_error_response(out, sizeof(out), 503, msg, sizeof(msg) - 1, NULL);
             if (transport == &ws_transport_plain)
                 (void)!send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            srv->stats.handshake_rejections++;
-            srv->stats.rejections_by_status[503]++;
+            count_refusal(&srv->stats, 503);
             log_access(c, 503, "too many connections from this address");
             kill_conn(c, 0, NULL);
         }
@@ -570,10 +576,7 @@ static void refuse(struct ws_conn *c, int status, const char *body, size_t len, 
         ip_count(c, -1);
         c->ip_counted = false;
     }
-    struct ws_stats *st = &c->srv->stats;
-    st->handshake_rejections++;
-    if (status >= 100 && status < 600)
-        st->rejections_by_status[status]++;
+    count_refusal(&c->srv->stats, status);
     respond_error(c, status, body, len, extra);
 }
 

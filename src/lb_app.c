@@ -339,16 +339,22 @@ static void on_open(void *app, struct ws_conn *c)
 }
 
 /* message(conn, data, kind) [-0, +0, e] */
+/* Pushes message(conn, data, kind)'s last two arguments. [-0, +2, m] */
+static void push_message(lua_State *L, const uint8_t *data, size_t len, bool binary)
+{
+    lua_pushlstring(L, (const char *)data, len);
+    if (binary)
+        lua_pushliteral(L, "binary");
+    else
+        lua_pushliteral(L, "text");
+}
+
 static int call_message(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_MESSAGE]);
     lb_conn_push(e->a, e->c);
-    lua_pushlstring(L, (const char *)e->data, e->len);
-    if (e->binary)
-        lua_pushliteral(L, "binary");
-    else
-        lua_pushliteral(L, "text");
+    push_message(L, e->data, e->len, e->binary);
     lua_call(L, 3, 0);
     return 0;
 }
@@ -364,11 +370,7 @@ static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t
     if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096 && lua_checkstack(L, 8)) {
         lb_push_ref(L, a->handlers[LB_MESSAGE]);
         if (lb_conn_push_existing(a, c)) {
-            lua_pushlstring(L, (const char *)data, len);
-            if (binary)
-                lua_pushliteral(L, "binary");
-            else
-                lua_pushliteral(L, "text");
+            push_message(L, data, len, binary);
             if (lb_call(a, 3, 0, "message") < 0)
                 handler_failed(a, c, "message");
             return;

@@ -39,18 +39,17 @@ struct ws_conn *lb_conn_check(lua_State *L, int idx)
 
 void lb_conn_push(struct lb_app *a, struct ws_conn *c)
 {
+    if (lb_conn_push_existing(a, c))
+        return;
     lua_State *L = a->L;
+    struct lb_box *box = lua_newuserdatauv(L, sizeof(*box), 1);
+    box->c = c;
+    box->id = c->node.id;
+    luaL_setmetatable(L, CONN_MT);
     lb_push_ref(L, a->conns_ref);
-    if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TNIL) {
-        lua_pop(L, 1);
-        struct lb_box *box = lua_newuserdatauv(L, sizeof(*box), 1);
-        box->c = c;
-        box->id = c->node.id;
-        luaL_setmetatable(L, CONN_MT);
-        lua_pushvalue(L, -1);
-        lua_rawseti(L, -3, (lua_Integer)c->node.id);
-    }
-    lua_remove(L, -2);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, (lua_Integer)c->node.id);
+    lua_pop(L, 1);
 }
 
 bool lb_conn_push_existing(struct lb_app *a, struct ws_conn *c)
@@ -317,15 +316,16 @@ static int conn_index(lua_State *L)
                strcmp(key, "target") == 0) {
         /* target: as requested; path: without the query; query: its pairs, decoded */
         const char *t = c ? c->path : NULL;
-        const char *q = t ? strchr(t, '?') : NULL;
+        size_t plen = t ? strcspn(t, "?") : 0;
+        const char *qs = t && t[plen] ? t + plen + 1 : "";
         if (!t)
             lua_pushnil(L);
         else if (key[0] == 't')
             lua_pushstring(L, t);
         else if (key[0] == 'p')
-            lua_pushlstring(L, t, q ? (size_t)(q - t) : strlen(t));
+            lua_pushlstring(L, t, plen);
         else
-            lb_push_pairs(L, q ? q + 1 : "", q ? strlen(q + 1) : 0, '&', true);
+            lb_push_pairs(L, qs, strlen(qs), '&', true);
     } else if (strcmp(key, "protocol") == 0) {
         if (c && c->protocol)
             lua_pushstring(L, c->protocol);

@@ -152,10 +152,8 @@ int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
     return -1;
 }
 
-/* Adds the app's folder and the shipped Lua library to package.path. */
-static void set_paths(struct lb_app *a)
+void lb_lib_path(char *out, size_t cap)
 {
-    lua_State *L = a->L;
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
     exe[n > 0 ? n : 0] = 0;
@@ -163,11 +161,20 @@ static void set_paths(struct lb_app *a)
     if (slash)
         *slash = 0;
     const char *env = getenv("WSSERVER_LUA_PATH");
+    snprintf(out, cap,
+             "%s%s%s/../lua/?.lua;%s/../../lua/?.lua;%s/../share/wsserver/lua/?.lua;" WS_LUA_DIR
+             "/?.lua;",
+             env ? env : "", env ? ";" : "", exe, exe, exe);
+}
+
+/* Adds the app's folder and the shipped Lua library to package.path. */
+static void set_paths(struct lb_app *a)
+{
+    lua_State *L = a->L;
+    char lib[LB_LIB_PATH_MAX];
+    lb_lib_path(lib, sizeof(lib));
     lua_getglobal(L, "package");
-    lua_pushfstring(L,
-                    "%s/?.lua;%s/?/init.lua;%s%s%s/../lua/?.lua;%s/../../lua/?.lua;"
-                    "%s/../share/wsserver/lua/?.lua;" WS_LUA_DIR "/?.lua;",
-                    a->dir, a->dir, env ? env : "", env ? ";" : "", exe, exe, exe);
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", a->dir, a->dir, lib);
     lua_getfield(L, -2, "path");
     lua_concat(L, 2);
     lua_setfield(L, -2, "path");

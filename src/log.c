@@ -110,8 +110,7 @@ static void key(struct ws_log_line *l, const char *k)
 static void begin_line(struct ws_log_line *l, enum ws_log_level level, const char *event,
                        const struct timespec *ts);
 
-/* Counts a line of event; false when it is over the per-second budget. A budget period that
- * ended with suppressed lines first writes their count. */
+/* Writes how many lines of slot's event were suppressed, if any, and resets the count. */
 static void report_suppressed(struct flood_slot *slot, const struct timespec *ts)
 {
     if (!slot->event || !slot->suppressed)
@@ -132,6 +131,8 @@ void ws_log_flush(void)
         report_suppressed(&flood[i], &ts);
 }
 
+/* Counts a line of event; false when it is over the per-second budget. A budget period that
+ * ended with suppressed lines first writes their count. */
 static bool flood_allow(const char *event, const struct timespec *ts)
 {
     if (ts->tv_sec != flood_second) {

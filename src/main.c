@@ -131,36 +131,18 @@ static int reload_running(const char *target)
 }
 
 /* wsserver --test [busted args]: runs the app's specs with busted under Lua 5.4 and the Lua
- * library (ws.testing) on the path, wherever wsserver is installed. */
+ * library (ws.testing) on the path the server itself uses, wherever wsserver is installed. */
 static int run_specs(int argc, char **argv)
 {
-    char exe[PATH_MAX];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    exe[n > 0 ? n : 0] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash)
-        *slash = 0;
-    const char *env = getenv("WSSERVER_LUA_PATH");
-    const char *fmts[] = {"%s/../lua", "%s/../../lua", "%s/../share/wsserver/lua", NULL};
-    char dir[PATH_MAX + 96] = "", probe[PATH_MAX + 96];
-    for (int i = 0; fmts[i] && !dir[0]; i++) {
-        snprintf(probe, sizeof(probe), fmts[i], exe);
-        char file[PATH_MAX + 128];
-        snprintf(file, sizeof(file), "%s/ws/testing.lua", probe);
-        if (access(file, R_OK) == 0)
-            snprintf(dir, sizeof(dir), "%s", probe);
-    }
-    if (!dir[0])
-        snprintf(dir, sizeof(dir), "%s", WS_LUA_DIR);
     const char *busted = getenv("BUSTED") ? getenv("BUSTED") : "/usr/bin/busted";
     if (access(busted, R_OK) < 0) {
         fprintf(stderr, "wsserver --test: busted not found (apt install lua-busted lua-cjson)\n");
         return 2;
     }
-    char lpath[2 * PATH_MAX + 256];
+    char lib[LB_LIB_PATH_MAX], lpath[LB_LIB_PATH_MAX + PATH_MAX];
+    lb_lib_path(lib, sizeof(lib));
     const char *old = getenv("LUA_PATH");
-    snprintf(lpath, sizeof(lpath), "%s%s%s/?.lua;%s/?/init.lua;%s", env ? env : "", env ? ";" : "",
-             dir, dir, old ? old : ";;");
+    snprintf(lpath, sizeof(lpath), "%s%s", lib, old ? old : ";"); /* ";;": Lua's default path */
     setenv("LUA_PATH", lpath, 1);
     char **args = calloc((size_t)argc + 3, sizeof(*args));
     int k = 0;

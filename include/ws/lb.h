@@ -95,6 +95,12 @@ int lb_app_reload(struct lb_app *a, const char *trigger);
  * it): /tmp/wsserver-<pid>.status. */
 void lb_status_path(char *out, size_t cap, long pid);
 
+/* Where the shipped Lua library (ws.json, ws.testing, ...) may be, in package.path form, each
+ * entry ending in ';': $WSSERVER_LUA_PATH, then beside the binary (build tree, source tree,
+ * installed prefix), then WS_LUA_DIR. */
+#define LB_LIB_PATH_MAX 16384
+void lb_lib_path(char *out, size_t cap);
+
 /* Asks for a reload between two loop iterations (safe from inside a handler). */
 void lb_app_request_reload(struct lb_app *a);
 

@@ -3,13 +3,14 @@ driven by real clients (Python websockets, and raw sockets for refused handshake
 import asyncio
 import json
 import signal
+import subprocess
 import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 import wsraw
-from conftest import EXAMPLES
+from conftest import BINARY, EXAMPLES
 from wsclient import run, connect
 
 STEP = 10.0
@@ -320,3 +321,37 @@ def test_rooms_survive_a_reload(wsserver_factory):
     assert sent["reached"] == 1 and msg["text"] == "after reload"
     assert len(members["ids"]) == 2
     assert "app_loaded" in server.log() and "generation=2" in server.log()
+
+
+# --- wsserver --test ---------------------------------------------------------------------------
+
+
+def run_specs(cwd, *args):
+    return subprocess.run([BINARY, "--test", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_wsserver_test_runs_the_chat_specs():
+    """`wsserver --test` finds ws.testing beside the binary and runs the example's busted specs."""
+    r = run_specs(EXAMPLES / "chat", "chat_spec.lua")
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = r.stdout.strip().splitlines()[-1]
+    assert " 0 failures / 0 errors " in summary and int(summary.split()[0]) > 0, summary
+
+
+def test_wsserver_test_fails_with_a_failing_spec(tmp_path):
+    (tmp_path / "app.lua").write_text("return { message = function(conn, data) "
+                                      "conn:send(data) end }\n")
+    (tmp_path / "app_spec.lua").write_text(
+        'local testing = require "ws.testing"\n'
+        'describe("app", function()\n'
+        '  it("echoes upper case (it does not)", function()\n'
+        '    local t = testing.load("app.lua")\n'
+        '    local c = t:connect()\n'
+        '    c:send("hi")\n'
+        '    assert.same({kind = "text", data = "HI"}, c:next())\n'
+        '  end)\n'
+        'end)\n')
+    r = run_specs(tmp_path, "app_spec.lua")
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "1 failure" in r.stdout, r.stdout + r.stderr
