@@ -98,6 +98,16 @@ local function copy_list(t)
   return out
 end
 
+-- Removes the first v from the list, keeping the order of the rest.
+local function remove_value(list, v)
+  for i, x in ipairs(list) do
+    if x == v then
+      table.remove(list, i)
+      return
+    end
+  end
+end
+
 -- ---- lauxlib's argument errors, reproduced ---------------------------------------------------
 -- The server's API is C: luaL_argerror names the function as the caller wrote it ("method"
 -- calls do not count self) and luaL_error prefixes the caller's position. API functions here are
@@ -728,15 +738,22 @@ local function open_conn(b)
   end
 end
 
+-- The data and kind arguments of conn:send and conn:publish (data at arg, of n): data, opcode.
+local function check_message(arg, data, kind, n)
+  data = checklstring(arg, data, n >= arg)
+  local op = checkoption(arg + 1, kind, n >= arg + 1, "text", KINDS)
+  if op == "text" and not valid_utf8(data) then
+    raise('text message is not valid UTF-8 (send it as "binary")')
+  end
+  return data, op
+end
+
 -- conn:send(data [, "text"|"binary"])
 METHODS.send = api("send", "method", function(...)
   local n = select("#", ...)
   local self, data, kind = ...
-  data = checklstring(2, data, n >= 2)
-  local op = checkoption(3, kind, n >= 3, "text", KINDS)
-  if op == "text" and not valid_utf8(data) then
-    raise('text message is not valid UTF-8 (send it as "binary")')
-  end
+  local op
+  data, op = check_message(2, data, kind, n)
   local c = open_conn(check_box(1, self, n >= 1))
   if not c then
     return nil, "closed"
@@ -815,28 +832,25 @@ METHODS.is_open = api("is_open", "method", function(...)
   return b.c ~= nil and b.c.state == OPEN
 end)
 
--- conn:subscribe(topic) -> true when newly subscribed, false when it already was
-METHODS.subscribe = api("subscribe", "method", function(...)
-  local n = select("#", ...)
-  local self, topic = ...
-  topic = checklstring(2, topic, n >= 2)
-  local c = open_conn(check_box(1, self, n >= 1))
-  if not c then
-    return nil, "closed"
-  end
-  return c.server:_subscribe(c, topic)
-end)
+-- conn:<name>(topic), answered by the server's method op (a name: Server comes later)
+local function topic_method(name, op)
+  return api(name, "method", function(...)
+    local n = select("#", ...)
+    local self, topic = ...
+    topic = checklstring(2, topic, n >= 2)
+    local c = open_conn(check_box(1, self, n >= 1))
+    if not c then
+      return nil, "closed"
+    end
+    local s = c.server
+    return s[op](s, c, topic)
+  end)
+end
 
-METHODS.unsubscribe = api("unsubscribe", "method", function(...)
-  local n = select("#", ...)
-  local self, topic = ...
-  topic = checklstring(2, topic, n >= 2)
-  local c = open_conn(check_box(1, self, n >= 1))
-  if not c then
-    return nil, "closed"
-  end
-  return c.server:_unsubscribe(c, topic)
-end)
+-- conn:subscribe(topic) -> true when newly subscribed, false when it already was
+METHODS.subscribe = topic_method("subscribe", "_subscribe")
+-- conn:unsubscribe(topic) -> true when it was subscribed
+METHODS.unsubscribe = topic_method("unsubscribe", "_unsubscribe")
 
 -- conn:topics() -> names in subscription order (readable in close too)
 METHODS.topics = api("topics", "method", function(...)
@@ -849,11 +863,8 @@ METHODS.publish = api("publish", "method", function(...)
   local n = select("#", ...)
   local self, topic, data, kind = ...
   topic = checklstring(2, topic, n >= 2)
-  data = checklstring(3, data, n >= 3)
-  local op = checkoption(4, kind, n >= 4, "text", KINDS)
-  if op == "text" and not valid_utf8(data) then
-    raise('text message is not valid UTF-8 (send it as "binary")')
-  end
+  local op
+  data, op = check_message(3, data, kind, n)
   local c = open_conn(check_box(1, self, n >= 1))
   if not c then
     return nil, "closed"
@@ -1173,6 +1184,16 @@ function Server:_build_ws()
     return opts.binary and "binary" or "text"
   end
 
+  -- The data and opts arguments of ws.broadcast and ws.publish (data at arg, of n): data, opcode.
+  local function check_data(arg, data, opts, n)
+    data = checklstring(arg, data, n >= arg)
+    local op = opts_opcode(arg + 1, opts, n >= arg + 1)
+    if op == "text" and not valid_utf8(data) then
+      raise("text message is not valid UTF-8 (pass {binary = true})")
+    end
+    return data, op
+  end
+
   local function except_id(opts)
     if opts == nil then
       return 0
@@ -1192,11 +1213,8 @@ function Server:_build_ws()
   W.broadcast = api("broadcast", "field", function(...)
     local n = select("#", ...)
     local data, opts = ...
-    data = checklstring(1, data, n >= 1)
-    local op = opts_opcode(2, opts, n >= 2)
-    if op == "text" and not valid_utf8(data) then
-      raise("text message is not valid UTF-8 (pass {binary = true})")
-    end
+    local op
+    data, op = check_data(1, data, opts, n)
     local except = except_id(opts)
     local filter
     if opts ~= nil then
@@ -1217,11 +1235,8 @@ function Server:_build_ws()
     local n = select("#", ...)
     local topic, data, opts = ...
     topic = checklstring(1, topic, n >= 1)
-    data = checklstring(2, data, n >= 2)
-    local op = opts_opcode(3, opts, n >= 3)
-    if op == "text" and not valid_utf8(data) then
-      raise("text message is not valid UTF-8 (pass {binary = true})")
-    end
+    local op
+    data, op = check_data(2, data, opts, n)
     local except = except_id(opts)
     if not s.attached then
       return 0
@@ -1236,14 +1251,7 @@ function Server:_build_ws()
   end)
 
   W.topics = api("topics", "field", function()
-    local list = {}
-    if s.attached then
-      for name in pairs(s.topic_map) do
-        list[#list + 1] = name
-      end
-      table.sort(list)
-    end
-    return list
+    return s.attached and sorted_keys(s.topic_map) or {}
   end)
 
   W.connections = api("connections", "field", function()
@@ -1478,12 +1486,7 @@ function Server:_unsubscribe(c, name)
     return false
   end
   self.atomic = self.atomic + 1
-  for i, x in ipairs(c.topics) do
-    if x == name then
-      table.remove(c.topics, i)
-      break
-    end
-  end
+  remove_value(c.topics, name)
   self:_remove_member(name, c)
   self.atomic = self.atomic - 1
   return true
@@ -1712,12 +1715,7 @@ function Server:_destroy(c)
   if c.ip then
     self.per_ip[c.ip] = self.per_ip[c.ip] - 1
   end
-  for i, x in ipairs(self.conns) do
-    if x == c then
-      table.remove(self.conns, i)
-      break
-    end
-  end
+  remove_value(self.conns, c)
   self.by_id[c.id] = nil
 end
 
@@ -2065,16 +2063,22 @@ function Server:now()
   return self.clock
 end
 
---- Opens a WebSocket connection: upgrade, then open. Returns a client, or nil, status, body.
-function Server:connect(opts)
-  opts = opts or {}
+-- A new connection (WebSocket or plain HTTP) is accepted: its id. Raises for the caller of
+-- connect or http while the server shuts down.
+function Server:_accept()
   if self.shutting_down then
-    error("ws.testing: the server is shutting down and accepts no connection", 2)
+    error("ws.testing: the server is shutting down and accepts no connection", 3)
   end
   self:_sweep()
   self.next_id = self.next_id + 1
   self.counters.connections_total = self.counters.connections_total + 1
-  local id = self.next_id
+  return self.next_id
+end
+
+--- Opens a WebSocket connection: upgrade, then open. Returns a client, or nil, status, body.
+function Server:connect(opts)
+  opts = opts or {}
+  local id = self:_accept()
   local target = build_target(opts.path, opts.query)
   local raw = handshake_headers(opts)
   local peer = opts.peer or ("127.0.0.1:" .. (40000 + id % 20000))
@@ -2186,13 +2190,7 @@ end
 function Server:http(method, target, headers)
   method = method or "GET"
   target = target or "/"
-  if self.shutting_down then
-    error("ws.testing: the server is shutting down and accepts no connection", 2)
-  end
-  self:_sweep()
-  self.next_id = self.next_id + 1
-  self.counters.connections_total = self.counters.connections_total + 1
-  local id = self.next_id
+  local id = self:_accept()
   local peer = "127.0.0.1:" .. (40000 + id % 20000)
   local head = method == "HEAD"
   local get = head or method == "GET"
