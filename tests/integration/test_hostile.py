@@ -5,130 +5,35 @@ clients that stop reading, floods, Lua handlers that fail, and a thousand peers 
 an RST in the middle of a message. After every case the server process must still be alive and
 serving, and its memory and file descriptors must stay bounded.
 """
-import base64
 import errno
-import hashlib
-import os
-import resource
 import select
-import socket
 import struct
 import time
 
 import pytest
+from wsclient import (KiB, MiB, Closed, RawPeer, fd_count, frame, new_key, raise_nofile,
+                      request_head, rss_bytes)
+from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, accept_key,
+                   close_payload)
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-KiB = 1024
-MiB = 1024 * KiB
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DROPPED = 1000
 
-_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-if _soft != resource.RLIM_INFINITY and _soft < 4 * DROPPED + 256:
-    _want = 4 * DROPPED + 256
-    resource.setrlimit(resource.RLIMIT_NOFILE,
-                       (_want if _hard == resource.RLIM_INFINITY else min(_want, _hard), _hard))
+raise_nofile(4 * DROPPED + 256)
 
 
 # --- raw wire helpers --------------------------------------------------------------------------
 
 
-def xor_mask(payload, key):
-    if not payload:
-        return b""
-    n = len(payload)
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-
-
-def frame(opcode, payload=b"", fin=True, rsv=0, mask=True, length=None):
-    """Encode one client frame; `length` overrides the declared payload length."""
-    n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mbit = 0x80 if mask else 0
-    if n < 126:
-        head += bytes([mbit | n])
-    elif n < 65536:
-        head += bytes([mbit | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([mbit | 127]) + struct.pack("!Q", n)
-    if mask:
-        key = os.urandom(4)
-        return head + key + xor_mask(payload, key)
-    return head + payload
-
-
-def close_payload(code, reason=b""):
-    return struct.pack("!H", code) + reason
-
-
-class Closed(Exception):
-    pass
-
-
-class Peer:
-    """One TCP connection speaking just enough HTTP and RFC 6455 to misbehave precisely."""
-
-    def __init__(self, port, rcvbuf=None, timeout=5.0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
-        self.buf = b""
-        self.eof = False
-
-    # reading
-
-    def _fill(self, deadline):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("peer read timed out")
-        self.sock.settimeout(remaining)
-        try:
-            chunk = self.sock.recv(256 * KiB)
-        except socket.timeout:
-            raise TimeoutError("peer read timed out") from None
-        except (ConnectionResetError, BrokenPipeError):
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            raise Closed()
-        self.buf += chunk
-
-    def _take(self, n, deadline):
-        while len(self.buf) < n:
-            self._fill(deadline)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def read_head(self, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while b"\r\n\r\n" not in self.buf:
-            self._fill(deadline)
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return status, headers
+class Peer(RawPeer):
+    """A RawPeer that answers nothing by itself; frames come as (fin, opcode, payload)."""
 
     def recv_frame(self, timeout=5.0):
         """(fin, opcode, payload), or None when the server closed or reset the TCP connection."""
-        deadline = time.monotonic() + timeout
         try:
-            b0, b1 = self._take(2, deadline)
-            assert not b1 & 0x80, "server frames must not be masked (RFC 6455 §5.1)"
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", self._take(2, deadline))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", self._take(8, deadline))
-            return bool(b0 & 0x80), b0 & 0x0F, self._take(n, deadline)
+            fin, _, opcode, payload = super().recv_frame(timeout)
         except Closed:
             return None
+        return fin, opcode, payload
 
     def expect_close(self, timeout=5.0, reply=True):
         """Skip data and control frames until the close frame; return its code (None: TCP ended
@@ -166,43 +71,13 @@ class Peer:
             if fin:
                 return first, b"".join(parts)
 
-    def wait_eof(self, timeout=5.0):
-        """True when the server ends the TCP connection within `timeout` (bytes are discarded)."""
-        deadline = time.monotonic() + timeout
-        self.buf = b""
-        while time.monotonic() < deadline:
-            try:
-                self._fill(deadline)
-                self.buf = b""
-            except Closed:
-                return True
-            except TimeoutError:
-                return False
-        return False
-
-    # writing
-
     def handshake(self, path="/", timeout=5.0):
-        key = base64.b64encode(os.urandom(16))
-        self.sock.sendall(
-            b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key +
-            b"\r\n\r\n")
+        key = new_key()
+        self.sock.sendall(request_head(key, path))
         status, headers = self.read_head(timeout)
         assert status == 101, f"handshake answered {status}"
-        accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
-        assert headers.get("sec-websocket-accept") == accept
+        assert headers.get("sec-websocket-accept") == accept_key(key)
         return self
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def send_quietly(self, data):
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            return False
 
     def echo(self, text, timeout=2.0):
         """Send a text message and return (echo payload, seconds it took)."""
@@ -211,16 +86,6 @@ class Peer:
         opcode, payload = self.recv_message(timeout)
         assert opcode == OP_TEXT
         return payload.decode(), time.monotonic() - started
-
-    def rst(self):
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
 
 
 @pytest.fixture
@@ -236,18 +101,6 @@ def peers(wsserver_factory):
     yield new
     for p in opened:
         p.close()
-
-
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KiB
-    raise AssertionError("no VmRSS")
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def assert_serving(server, peers):

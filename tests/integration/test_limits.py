@@ -11,11 +11,7 @@ known workload.
 
 Sockets here use timeouts (poll) rather than select(), so descriptors above 1024 are fine.
 """
-import base64
-import hashlib
 import http.client
-import os
-import resource
 import select
 import signal
 import socket
@@ -25,61 +21,19 @@ import zlib
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from wsclient import (KiB, MiB, Closed, RawPeer, fd_count, frame, new_key, raise_nofile,
+                      request_head, rss_bytes)
+from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, accept_key,
+                   close_payload)
 
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-KiB = 1024
-MiB = 1024 * KiB
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 SLOWLORIS = 1000
 
 # The slowloris test holds 1000 sockets here and the server (our child: it inherits the limit)
 # holds as many.
-_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-_want = 2 * SLOWLORIS + 512
-if _soft != resource.RLIM_INFINITY and _soft < _want:
-    resource.setrlimit(resource.RLIMIT_NOFILE,
-                       (_want if _hard == resource.RLIM_INFINITY else min(_want, _hard), _hard))
+raise_nofile(2 * SLOWLORIS + 512)
 
 
 # --- a raw client -------------------------------------------------------------------------------
-
-
-def xor_mask(payload, key):
-    if not payload:
-        return b""
-    n = len(payload)
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
-
-
-def frame(opcode, payload=b"", fin=True, rsv=0, length=None):
-    """One masked client frame; `length` overrides the declared payload length."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    n = len(payload) if length is None else length
-    head = bytes([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    key = os.urandom(4)
-    return head + key + xor_mask(payload, key)
-
-
-def close_payload(code, reason=b""):
-    return struct.pack("!H", code) + reason
-
-
-def request_head(key, path="/", extra=b""):
-    return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key +
-            b"\r\n" + extra + b"\r\n")
-
-
-class Closed(Exception):
-    """The server ended the TCP connection."""
 
 
 class CloseFrame(Exception):
@@ -88,77 +42,23 @@ class CloseFrame(Exception):
         self.code, self.reason = code, reason
 
 
-class Peer:
-    """One TCP connection that speaks just enough HTTP and RFC 6455 for these tests."""
+class Peer(RawPeer):
+    """A RawPeer with TCP_NODELAY that answers pings and reads whole HTTP responses."""
 
-    def __init__(self, port, source=None, rcvbuf=None, timeout=5.0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        if source:
-            self.sock.bind((source, 0))
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
+    def __init__(self, port, **kw):
+        super().__init__(port, **kw)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = bytearray()
-        self.eof = False
 
     # reading
-
-    def _fill(self, n, deadline):
-        while len(self.buf) < n:
-            if self.eof:
-                raise Closed()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"waited for {n} bytes, have {len(self.buf)}")
-            self.sock.settimeout(remaining)
-            try:
-                chunk = self.sock.recv(1 * MiB)
-            except socket.timeout:
-                raise TimeoutError(f"waited for {n} bytes, have {len(self.buf)}") from None
-            except (ConnectionResetError, BrokenPipeError):
-                chunk = b""
-            if not chunk:
-                self.eof = True
-                raise Closed()
-            self.buf += chunk
-
-    def _take(self, n, deadline):
-        self._fill(n, deadline)
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
 
     def read_response(self, timeout=5.0):
         """(status, headers, body) of an HTTP response; the body per Content-Length."""
         deadline = time.monotonic() + timeout
-        while b"\r\n\r\n" not in self.buf:
-            self._fill(len(self.buf) + 1, deadline)
-        end = self.buf.index(b"\r\n\r\n")
-        lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-        del self.buf[:end + 4]
-        status = int(lines[0].split(" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
+        status, headers = self._read_head(deadline)
         body = b""
         if status != 101 and "content-length" in headers:
             body = self._take(int(headers["content-length"]), deadline)
         return status, headers, body
-
-    def recv_frame(self, timeout=5.0):
-        """(fin, rsv, opcode, payload); raises Closed on EOF."""
-        deadline = time.monotonic() + timeout
-        b0, b1 = self._take(2, deadline)
-        assert not b1 & 0x80, "server frames must not be masked (RFC 6455 §5.1)"
-        n = b1 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", self._take(2, deadline))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", self._take(8, deadline))
-        return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, self._take(n, deadline)
 
     def recv_message(self, timeout=5.0):
         """Next data message as (opcode, payload); pings are answered, pongs skipped; a close
@@ -195,39 +95,16 @@ class Peer:
         except Closed:
             return None, b""
 
-    def wait_eof(self, timeout=5.0):
-        """True when the server ends the TCP connection within `timeout` (data is discarded)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.buf.clear()
-            try:
-                self._fill(1, deadline)
-            except Closed:
-                return True
-            except TimeoutError:
-                return False
-
     # writing
 
     def upgrade(self, path="/", extra=b""):
         """Sends a handshake; returns (status, headers, body) and checks the accept value."""
-        key = base64.b64encode(os.urandom(16))
+        key = new_key()
         self.send(request_head(key, path, extra))
         status, headers, body = self.read_response()
         if status == 101:
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
-            assert headers.get("sec-websocket-accept") == accept
+            assert headers.get("sec-websocket-accept") == accept_key(key)
         return status, headers, body
-
-    def send(self, data):
-        self.sock.sendall(data)
-
-    def send_quietly(self, data):
-        try:
-            self.sock.sendall(data)
-            return True
-        except OSError:
-            return False
 
     def echo(self, text, timeout=3.0):
         """Sends text and waits for it to come back; returns the seconds it took."""
@@ -250,16 +127,6 @@ class Peer:
             self.wait_eof(3.0)
         self.close()
 
-    def rst(self):
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
 
 @pytest.fixture
 def peers():
@@ -280,18 +147,6 @@ def peers():
 
 
 # --- process and metrics probes -----------------------------------------------------------------
-
-
-def rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * KiB
-    raise AssertionError("no VmRSS")
-
-
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def http_get(server, path, timeout=5.0):
@@ -413,7 +268,7 @@ def test_per_ip_limit_also_bounds_handshaking_sockets(wsserver_factory, peers):
 
 def padded_head(total):
     """A valid upgrade request head of exactly `total` bytes (the final CRLF CRLF included)."""
-    key = base64.b64encode(os.urandom(16))
+    key = new_key()
     bare = request_head(key, extra=b"X-Pad: \r\n")
     pad = total - len(bare)
     assert pad >= 0
@@ -439,8 +294,7 @@ def test_max_header_size_boundary(wsserver_factory, peers, limit):
             p.send(head)
         status, headers, body = p.read_response()
         assert status == 101, f"a {limit}-byte head (the limit) answered {status}: {body!r}"
-        assert headers["sec-websocket-accept"] == \
-            base64.b64encode(hashlib.sha1(key + GUID).digest()).decode()
+        assert headers["sec-websocket-accept"] == accept_key(key)
         assert p.echo("head at the limit") < 1.0
 
     # One byte over: 431, and the connection ends.

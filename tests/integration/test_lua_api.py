@@ -9,28 +9,17 @@ import asyncio
 import http.client
 import json
 import os
-import resource
 import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 import wsraw
-from wsclient import run, connect
-
-STEP = 10.0  # seconds any single network step may take
-MiB = 1024 * 1024
+from wsclient import MiB, STEP, connect, raise_nofile, run
 
 
-def _raise_nofile(needed):
-    # At import time so the server started by the fixture inherits the higher limit too.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-_raise_nofile(4 * 1000 + 256)
+# At import time so the server started by the fixture inherits the higher limit too.
+raise_nofile(4 * 1000 + 256)
 
 
 TEST_BUDGET = 90  # seconds per test (conftest enforces it)
@@ -57,15 +46,6 @@ async def no_message(ws, seconds):
     except asyncio.TimeoutError:
         return
     raise AssertionError(f"unexpected message {msg!r}")
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def http_get(server, path, method="GET", headers=None):

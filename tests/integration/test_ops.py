@@ -39,6 +39,7 @@ import wsraw
 from wsraw import free_port
 from wsclient import connect as ws_connect
 from wsclient import run
+from wsclient import wait_for as poll_until
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
@@ -50,15 +51,8 @@ TEST_BUDGET = 90  # seconds per test (conftest enforces it)
 # ---- helpers ------------------------------------------------------------------------------------
 
 def wait_for(predicate, timeout=10.0, interval=0.02, what="condition"):
-    """Polls predicate() until it returns something truthy; fails after timeout seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    """wsclient.wait_for with this file's longer default timeout (10 s)."""
+    return poll_until(predicate, timeout, what, interval)
 
 
 def http(port, target="/", method="GET", headers=(), raw=None, timeout=5.0):

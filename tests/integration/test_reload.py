@@ -17,25 +17,21 @@ import subprocess
 import time
 
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed
-from wsclient import run
+from wsclient import STEP, run, wait_for, wait_for_async
+from wsclient import connect as ws_connect
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
-STEP = 10.0  # seconds any single network step may take
 
 
 TEST_BUDGET = 90  # seconds per test (conftest enforces it)
 
 
 def connect(url, **kw):
-    kw.setdefault("max_size", None)
-    kw.setdefault("compression", None)
-    kw.setdefault("ping_interval", None)
+    """wsclient.connect, closing faster (2 s close timeout)."""
     kw.setdefault("close_timeout", 2)
-    kw.setdefault("open_timeout", STEP)
-    return websockets.connect(url, **kw)
+    return ws_connect(url, **kw)
 
 
 async def ask(ws, text, timeout=STEP):
@@ -125,24 +121,6 @@ def http_get(port, path):
             if not chunk:
                 return data
             data += chunk
-
-
-def wait_for(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-async def wait_for_async(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------------

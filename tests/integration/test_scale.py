@@ -36,15 +36,14 @@ import tempfile
 import time
 
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed
-from wsclient import run
+from wsclient import STEP, run, wait_for, wait_for_async
+from wsclient import connect as ws_connect
 from wsraw import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
 REDIS_SERVER = shutil.which("redis-server")
-STEP = 10.0  # seconds any single network step may take
 
 APP = r"""
 local V = "%s"
@@ -91,29 +90,6 @@ return {
   end,
 }
 """
-
-
-# ---------------------------------------------------------------- bounds
-
-
-def wait_for(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for "
-                         f"{what() if callable(what) else what}")
-
-
-async def wait_for_async(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for "
-                         f"{what() if callable(what) else what}")
 
 
 # ---------------------------------------------------------------- processes
@@ -374,8 +350,8 @@ def cluster(tmp_path):
 
 
 def connect(url):
-    return websockets.connect(url, max_size=None, compression=None, ping_interval=None,
-                              close_timeout=2, open_timeout=STEP, max_queue=None)
+    """wsclient.connect closing faster (2 s) and with no cap on the queue of received messages."""
+    return ws_connect(url, close_timeout=2, max_queue=None)
 
 
 class Client:
@@ -499,6 +475,16 @@ async def expect_binary_broadcast(sender, clients, size):
         c.msgs = [m for m in c.msgs if not isinstance(m, bytes)]
 
 
+def expect_local_counts(senders, tag, api, local):
+    """The values `api` returned to each sender (its replies "<tag><n>:...") are all local(sender):
+    the number of clients of the sender's own process, the only ones counted."""
+    for s in senders:
+        counts = {int(m.split(":")[1]) for m in s.tagged(tag)}
+        assert counts == {local(s)}, (
+            f"{api} from {s.name} (worker {s.worker}) returned {counts}; the sender's process has "
+            f"{local(s)} clients (the return value counts local recipients only)")
+
+
 # ---------------------------------------------------------------- 1. hub
 
 
@@ -526,20 +512,13 @@ def test_workers_hub_rooms_broadcast_exactly_once(cluster):
         await publish_rounds(bsenders, "bc:b:{name}:{i}", 10)
         await expect_exactly_once(clients, "bc:b:",
                                   lambda c: {s.name: 10 for s in bsenders})
-        for s in bsenders:
-            counts = {int(m.split(":")[1]) for m in s.tagged("bcn:")}
-            assert counts == {spread[s.worker]}, (
-                f"ws.broadcast on worker {s.worker} returned {counts}; it has "
-                f"{spread[s.worker]} local clients (the return value counts local ones only)")
+        expect_local_counts(bsenders, "bcn:", "ws.broadcast", lambda s: spread[s.worker])
 
         # ws.publish reaches every subscriber, the sender too; returns the local count
         await publish_rounds(bsenders, "wpub:room:w:{name}:{i}", 5)
         await expect_exactly_once(clients, "wpub:room:w:",
                                   lambda c: {s.name: 5 for s in bsenders})
-        for s in bsenders:
-            counts = {int(m.split(":")[1]) for m in s.tagged("wpubn:")}
-            assert counts == {spread[s.worker]}, (
-                f"ws.publish on worker {s.worker} returned {counts}, expected {spread[s.worker]}")
+        expect_local_counts(bsenders, "wpubn:", "ws.publish", lambda s: spread[s.worker])
 
         # a binary frame of 200 KB crosses the hub intact and stays binary
         await expect_binary_broadcast(clients[0], clients, 200_000)
@@ -625,17 +604,11 @@ def test_two_nodes_on_redis(cluster):
         bsenders = [ca[0], cb[0]]
         await publish_rounds(bsenders, "bc:y:{name}:{i}", 10)
         await expect_exactly_once(everyone, "bc:y:", lambda c: {s.name: 10 for s in bsenders})
-        for s in bsenders:
-            counts = {int(m.split(":")[1]) for m in s.tagged("bcn:")}
-            assert counts == {local[proc_of(s)]}, (
-                f"ws.broadcast returned {counts}; the sender's process has {local[proc_of(s)]} "
-                "clients (local recipients only)")
+        expect_local_counts(bsenders, "bcn:", "ws.broadcast", lambda s: local[proc_of(s)])
         await publish_rounds(bsenders, "wpub:room:z:{name}:{i}", 5)
         await expect_exactly_once(everyone, "wpub:room:z:",
                                   lambda c: {s.name: 5 for s in bsenders})
-        for s in bsenders:
-            counts = {int(m.split(":")[1]) for m in s.tagged("wpubn:")}
-            assert counts == {local[proc_of(s)]}
+        expect_local_counts(bsenders, "wpubn:", "ws.publish", lambda s: local[proc_of(s)])
         await expect_binary_broadcast(cb[3], everyone, 100_000)
 
         # a room joined only on node A: only A's processes with members subscribe in Redis
