@@ -11,95 +11,15 @@
 
 const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const { ROOT, freePort, launchBrowser, Server } = require('./harness');
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const BINARY = process.env.WSSERVER || path.join(ROOT, 'build', 'wsserver');
 const APP = path.join(ROOT, 'examples', 'chat', 'chat.lua');
 const PUBLIC = path.join(ROOT, 'examples', 'chat', 'public');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP = 5000; // ms any single wait may take
-
-// A missing piece is a failure, not a skip: scripts/install-deps.sh installs all of them.
-const { chromium } = require('playwright-core');
-for (const [file, fix] of [[CHROMIUM, 'apt-get install chromium'], [BINARY, 'make']]) {
-  if (!fs.existsSync(file)) throw new Error(`${file} is missing: ${fix}`);
-}
 const skip = false;
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort() {
-  const srv = net.createServer();
-  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address();
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
-
-// The wsserver process; its output (both runs, before and after the restart) goes to one log.
-class Server {
-  constructor(port, logPath) {
-    this.port = port;
-    this.logPath = logPath;
-    this.proc = null;
-  }
-
-  async start() {
-    const out = fs.openSync(this.logPath, 'a');
-    this.proc = spawn(BINARY, ['-l', `127.0.0.1:${this.port}`, '--static', PUBLIC, APP],
-      { cwd: ROOT, stdio: ['ignore', out, out] });
-    fs.closeSync(out);
-    const exited = new Promise((resolve) => this.proc.once('exit', resolve));
-    this.exited = exited;
-    const deadline = Date.now() + STEP;
-    while (Date.now() < deadline) {
-      if (this.proc.exitCode !== null) throw new Error(`wsserver exited:\n${this.log()}`);
-      const ok = await new Promise((resolve) => {
-        const s = net.connect(this.port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-        s.on('error', () => resolve(false));
-      });
-      if (ok) return;
-      await sleep(20);
-    }
-    throw new Error(`wsserver did not listen on ${this.port}:\n${this.log()}`);
-  }
-
-  // SIGTERM (graceful: every connection gets 1001) and wait; SIGKILL if that takes too long.
-  async stop() {
-    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return;
-    process.kill(this.proc.pid, 'SIGTERM');
-    let timer;
-    const late = new Promise((resolve) => { timer = setTimeout(resolve, STEP, false); });
-    const done = await Promise.race([this.exited.then(() => true), late]);
-    clearTimeout(timer);
-    if (!done) {
-      process.kill(this.proc.pid, 'SIGKILL');
-      await this.exited;
-    }
-  }
-
-  signal(name) {
-    process.kill(this.proc.pid, name);
-  }
-
-  log() {
-    return fs.existsSync(this.logPath) ? fs.readFileSync(this.logPath, 'utf8') : '';
-  }
-
-  async waitForLog(pattern) {
-    const deadline = Date.now() + STEP;
-    while (Date.now() < deadline) {
-      if (pattern.test(this.log())) return;
-      await sleep(20);
-    }
-    throw new Error(`no ${pattern} in the server log:\n${this.log()}`);
-  }
-}
 
 describe('chat example in headless Chromium', { skip, timeout: 90000 }, () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wsserver-chat-'));
@@ -145,17 +65,11 @@ describe('chat example in headless Chromium', { skip, timeout: 90000 }, () => {
   const connections = (page) => page.evaluate(() => window.chat.connections);
 
   before(async () => {
-    server = new Server(await freePort(), path.join(tmp, 'wsserver.log'));
+    server = new Server(await freePort(), path.join(tmp, 'wsserver.log'), ['--static', PUBLIC, APP],
+      STEP);
     await server.start();
     base = `http://127.0.0.1:${server.port}/`;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      timeout: 15000,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        '--disable-dev-shm-usage'],
-    });
+    browser = await launchBrowser();
   });
 
   after(async () => {

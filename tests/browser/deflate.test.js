@@ -12,32 +12,12 @@
 
 const { describe, test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { spawn } = require('node:child_process');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
+const { freePort, launchBrowser, Server } = require('./harness');
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const BINARY = process.env.WSSERVER || path.join(ROOT, 'build', 'wsserver');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP = 8000; // ms any single wait may take
-
-// A missing piece is a failure, never a skip.
-const { chromium } = require('playwright-core');
-for (const [file, fix] of [[CHROMIUM, 'apt-get install chromium'], [BINARY, 'make']]) {
-  if (!fs.existsSync(file)) throw new Error(`${file} is missing: ${fix}`);
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function freePort() {
-  const srv = net.createServer();
-  await new Promise((resolve) => srv.listen(0, '127.0.0.1', resolve));
-  const { port } = srv.address();
-  await new Promise((resolve) => srv.close(resolve));
-  return port;
-}
 
 // Echo, and "bc:<rest>": ws.broadcast(<rest>) to every page, the sender included.
 const APP = `
@@ -77,64 +57,6 @@ const PAGE = `<!doctype html>
 </script></body></html>
 `;
 
-class Server {
-  constructor(port, dir) {
-    this.port = port;
-    this.logPath = path.join(dir, 'wsserver.log');
-    this.dir = dir;
-  }
-
-  async start() {
-    const out = fs.openSync(this.logPath, 'a');
-    this.proc = spawn(BINARY, ['-l', `127.0.0.1:${this.port}`, '--compression', 'on', '--metrics',
-      '--static', path.join(this.dir, 'public'), path.join(this.dir, 'app.lua')],
-    { cwd: ROOT, stdio: ['ignore', out, out] });
-    fs.closeSync(out);
-    this.exited = new Promise((resolve) => this.proc.once('exit', resolve));
-    const deadline = Date.now() + STEP;
-    while (Date.now() < deadline) {
-      if (this.proc.exitCode !== null) throw new Error(`wsserver exited:\n${this.log()}`);
-      const ok = await new Promise((resolve) => {
-        const s = net.connect(this.port, '127.0.0.1', () => { s.destroy(); resolve(true); });
-        s.on('error', () => resolve(false));
-      });
-      if (ok) return;
-      await sleep(20);
-    }
-    throw new Error(`wsserver did not listen on ${this.port}:\n${this.log()}`);
-  }
-
-  async stop() {
-    if (!this.proc || this.proc.exitCode !== null || this.proc.signalCode !== null) return null;
-    process.kill(this.proc.pid, 'SIGTERM');
-    let timer;
-    const late = new Promise((resolve) => { timer = setTimeout(resolve, STEP, 'late'); });
-    const done = await Promise.race([this.exited, late]);
-    clearTimeout(timer);
-    if (done === 'late') {
-      process.kill(this.proc.pid, 'SIGKILL');
-      await this.exited;
-    }
-    return this.proc.exitCode;
-  }
-
-  log() {
-    return fs.existsSync(this.logPath) ? fs.readFileSync(this.logPath, 'utf8') : '';
-  }
-
-  // The server's counters from /metrics, e.g. wsserver_bytes_received_total.
-  async metrics() {
-    const res = await fetch(`http://127.0.0.1:${this.port}/metrics`);
-    const text = await res.text();
-    const out = {};
-    for (const line of text.split('\n')) {
-      const m = /^(wsserver_[a-z_]+) ([0-9.e+]+)$/.exec(line);
-      if (m) out[m[1]] = Number(m[2]);
-    }
-    return out;
-  }
-}
-
 describe('permessage-deflate in headless Chromium', { timeout: 30000 }, () => {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wsserver-deflate-'));
   let server;
@@ -155,17 +77,12 @@ describe('permessage-deflate in headless Chromium', { timeout: 30000 }, () => {
     fs.mkdirSync(path.join(tmp, 'public'));
     fs.writeFileSync(path.join(tmp, 'public', 'index.html'), PAGE);
     fs.writeFileSync(path.join(tmp, 'app.lua'), APP);
-    server = new Server(await freePort(), tmp);
+    server = new Server(await freePort(), path.join(tmp, 'wsserver.log'),
+      ['--compression', 'on', '--metrics', '--static', path.join(tmp, 'public'),
+        path.join(tmp, 'app.lua')], STEP);
     await server.start();
     base = `http://127.0.0.1:${server.port}/`;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: false, // '--headless=new' below; playwright adds no headless switch of its own
-      timeout: 15000,
-      args: ['--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync',
-        '--disable-dev-shm-usage'],
-    });
+    browser = await launchBrowser({ headlessNew: true });
   });
 
   after(async () => {
