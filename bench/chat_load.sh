@@ -37,13 +37,9 @@ done
 
 TMP=$(mktemp -d /tmp/wschat.XXXXXX)
 SPID=
-cleanup() {
-    if [[ -n $SPID ]] && kill -0 "$SPID" 2>/dev/null; then
-        kill -KILL "$SPID" 2>/dev/null || true
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+trap cleanup_single_server EXIT
 trap 'exit 130' INT TERM
 
 # The bench copy of the chat: only the burst of the token bucket changes.
@@ -56,12 +52,7 @@ fi
 export WSSERVER_LUA_PATH=${WSSERVER_LUA_PATH:-"$ROOT/lua/?.lua;$ROOT/lua/?/init.lua"}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# A free port below the ephemeral range (as bench/run.sh does).
-lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-for _ in $(seq 100); do
-    PORT=$((20000 + RANDOM % (lo > 21000 ? lo - 20000 : 1000)))
-    [[ -z $(ss -Htan "sport = :$PORT" 2>/dev/null) ]] && break
-done
+PORT=$(free_port)
 "${NICE[@]}" taskset -c "$SERVER_CPU" "$WSSERVER" -l "127.0.0.1:$PORT" --max-connections 20000 \
     --log-level warn "$TMP/chat.lua" >"$TMP/server.log" 2>&1 &
 SPID=$!

@@ -27,32 +27,11 @@ fi
 
 TMP=$(mktemp -d /tmp/wscount.XXXXXX)
 SPID=
-cleanup() {
-    if [[ -n $SPID ]] && kill -0 "$SPID" 2>/dev/null; then
-        kill -KILL "$SPID" 2>/dev/null || true
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+trap cleanup_single_server EXIT
 trap 'exit 130' INT TERM
-
-mkdir -p "$TMP/bin"
-cp "$WSSERVER" "$TMP/bin/wsserver" # a snapshot: other work may rebuild build/wsserver meanwhile
-# The commit and tree state the snapshot was built from (read now: others may commit meanwhile).
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$([[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && echo true || echo false)
-export WSSERVER_LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua"
-
-# A port below the ephemeral range that no socket uses in any state (as in run.sh).
-free_port() {
-    local p lo
-    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % (lo > 21000 ? lo - 20000 : 1000)))
-        [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]] && { echo "$p"; return; }
-    done
-    return 1
-}
+snapshot_server
 
 # start N: the server under callgrind, listening; sets SPID and PORT. False if it did not start.
 start() {

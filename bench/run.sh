@@ -52,14 +52,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A snapshot of the server binary: other work may rebuild build/wsserver during the run. It finds
-# the shipped Lua library through WSSERVER_LUA_PATH.
-mkdir -p "$TMP/bin"
-cp "$WSSERVER" "$TMP/bin/wsserver"
-# The commit and tree state the snapshot was built from (read now: others may commit meanwhile).
-COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$([[ -n $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] && echo true || echo false)
-export WSSERVER_LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+snapshot_server
 
 # wsserver and node need 10000+ descriptors for the idle scenario.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -93,22 +88,6 @@ SCENARIOS=(
 )
 CHAT_NAME=chat-2000
 CHAT_DURATION=${BENCH_CHAT_DURATION:-10}
-
-# A port below the ephemeral range (wsbench's own 10000 client sockets live there) that no
-# socket uses in any state.
-free_port() {
-    local p lo
-    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % (lo > 21000 ? lo - 20000 : 1000)))
-        if [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]]; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "run.sh: no free port found" >&2
-    return 1
-}
 
 # start_server IMPL APP -> sets SPID and SPORT; retries on another port if one was taken meanwhile.
 start_server() {

@@ -75,25 +75,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A snapshot of the binary (other work may rebuild build/wsserver meanwhile); it finds the shipped
-# Lua library through WSSERVER_LUA_PATH.
-mkdir -p "$TMP/bin"
-cp "$WSSERVER" "$TMP/bin/wsserver"
-export WSSERVER_LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua"
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+snapshot_server
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-free_port() {
-    local p
-    for _ in $(seq 100); do
-        p=$((20000 + RANDOM % 10000))
-        if [[ -z $(ss -Htan "sport = :$p" 2>/dev/null) ]]; then
-            echo "$p"
-            return
-        fi
-    done
-    echo "scale.sh: no free port found" >&2
-    return 1
-}
 
 # redis-server for the Redis scenario: 127.0.0.1, a free port, no persistence
 RPORT=$(free_port)
