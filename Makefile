@@ -1,5 +1,6 @@
 # wsserver build. `make test` installs what is missing and runs every test.
 CC ?= cc
+SHELL = /bin/bash
 BUILD ?= build
 SAN ?=
 LUA_PKG ?= lua5.4
@@ -14,33 +15,66 @@ ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DWS_LUA_DIR=\"$(PREFIX)/share/wsserver/lua\
 LDLIBS = -lev $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null || echo -llua5.4) -lhiredis -lssl -lcrypto -lz -lm
 LDFLAGS ?=
 
-SRC = $(wildcard src/*.c)
-LIB_SRC = $(filter-out src/main.c,$(SRC))
-LIB_OBJ = $(LIB_SRC:src/%.c=$(BUILD)/obj/%.o)
-UNIT_SRC = $(wildcard tests/unit/test_*.c)
+# Three layers, each its own library; dependencies point down only (main -> lua -> core -> proto):
+#   src/proto  pure protocol modules: no I/O, no libev, no Lua
+#   src/core   the runtime on libev: connections, server, topics, transport, logs, metrics
+#   src/lua    the lb_* bindings: the app's Lua state behind struct ws_app_ops
+# `make check-layers` (part of `all`) fails when a layer uses a symbol of a layer above it.
+LAYERS = proto core lua
+PROTO_SRC = $(wildcard src/proto/*.c)
+CORE_SRC = $(wildcard src/core/*.c)
+LUA_SRC = $(wildcard src/lua/*.c)
+obj = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(1))
+PROTO_LIB = $(BUILD)/libws_proto.a
+CORE_LIB = $(BUILD)/libws_core.a
+LUA_LIB = $(BUILD)/libws_lua.a
+LIBS = $(LUA_LIB) $(CORE_LIB) $(PROTO_LIB)
+
+# Unit tests mirror src/: tests/unit/<layer>/test_<module>.c links only its layer and those below,
+# so a test cannot hide an upward dependency. The other .c files of tests/unit/core (the C test
+# app that drives the runtime) are linked into the core and lua tests.
+UNIT_SRC = $(wildcard tests/unit/*/test_*.c)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+CORE_SUPPORT = $(filter-out tests/unit/core/test_%,$(wildcard tests/unit/core/*.c))
+unit_libs = $(if $(findstring /proto/,$(1)),$(PROTO_LIB),$(CORE_SUPPORT) \
+            $(if $(findstring /core/,$(1)),$(CORE_LIB) $(PROTO_LIB),$(LIBS)))
 
 .PHONY: bench bench-count fuzz fuzz-run fuzz-net install uninstall
 .PHONY: test-browser
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
-        check-build
+        check-layers
 
-all: $(BUILD)/wsserver
+all: $(BUILD)/wsserver check-layers
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-$(BUILD)/libws.a: $(LIB_OBJ)
+$(PROTO_LIB): $(call obj,$(PROTO_SRC))
+$(CORE_LIB): $(call obj,$(CORE_SRC))
+$(LUA_LIB): $(call obj,$(LUA_SRC))
+$(LIBS):
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/wsserver: $(BUILD)/obj/main.o $(BUILD)/libws.a
+$(BUILD)/wsserver: $(BUILD)/obj/main.o $(LIBS)
 	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libws.a
+# Every ws_/lb_ symbol a layer leaves undefined must be defined by a layer below it.
+check-layers: $(LIBS)
+	@set -e; below=""; for l in $(LAYERS); do \
+	    lib=$(BUILD)/libws_$$l.a; \
+	    undef=$$(nm -u $$lib | awk '$$2 ~ /^(ws_|lb_)/ {print $$2}' | sort -u); \
+	    own=$$(nm --defined-only $$lib $$below | awk 'NF == 3 && $$2 ~ /[A-Z]/ {print $$3}' | sort -u); \
+	    bad=$$(comm -23 <(echo "$$undef" | sed '/^$$/d') <(echo "$$own")); \
+	    if [ -n "$$bad" ]; then echo "layer $$l uses symbols of a layer above it:" $$bad >&2; exit 1; fi; \
+	    below="$$below $$lib"; \
+	done
+
+$(BUILD)/tests/%: tests/unit/%.c $(CORE_SUPPORT) $(LIBS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -Wno-missing-prototypes -o $@ $< $(BUILD)/libws.a $(LDFLAGS) $(LDLIBS) -lcmocka
+	$(CC) $(ALL_CFLAGS) -Itests/unit/core -Wno-missing-prototypes -o $@ $< \
+	    $(call unit_libs,$<) $(LDFLAGS) $(LDLIBS) -lcmocka
 
 DESTDIR ?=
 install: all
@@ -103,8 +137,7 @@ soak: all
 # Fuzzing: libFuzzer entry points over the pure parsers (clang). Seeds in tests/fuzz/corpus/<name>.
 FUZZ_SRC = $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN = $(FUZZ_SRC:tests/fuzz/%.c=build/fuzz/%)
-FUZZ_LIB_SRC = src/buf.c src/err.c src/utf8.c src/frame.c src/session.c src/http.c src/handshake.c \
-               $(wildcard src/deflate.c)
+FUZZ_LIB_SRC = $(PROTO_SRC)
 FUZZ_FLAGS = -std=c11 -D_GNU_SOURCE -g -O1 -Iinclude -fsanitize=fuzzer,address,undefined \
              -fno-sanitize-recover=all
 SECONDS ?= 60
@@ -138,7 +171,8 @@ bench: all $(BUILD)/wsbench
 bench-count: all $(BUILD)/wsbench
 	WSSERVER=$(abspath $(BUILD)/wsserver) WSBENCH=$(abspath $(BUILD)/wsbench) bash bench/count.sh
 
-FORMAT_FILES = $(wildcard src/*.c include/ws/*.h tests/unit/*.c bench/*.c tests/fuzz/*.c)
+FORMAT_FILES = $(wildcard src/*.c src/*/*.c include/ws/*.h tests/unit/*/*.c tests/unit/*/*.h \
+               bench/*.c tests/fuzz/*.c)
 
 format:
 	clang-format -i $(FORMAT_FILES)

@@ -1,7 +1,11 @@
 /* The Lua application layer: one Lua 5.4 state per process running app.lua, implementing
- * struct ws_app_ops on top of it. lb_state owns the VM (heap cap, handler time budget, loading
- * and reloading the app), lb_conn the conn userdata, lb_ws the `ws` module, lb_app the event
- * dispatch. C calls Lua only through lb_call(). */
+ * struct ws_app_ops on top of it. Its files depend one way, each only on those before it:
+ *   lb_state  the VM (heap cap, handler time budget, lb_call) and shared helpers
+ *   lb_conn   the conn userdata
+ *   lb_ws     the `ws` module and its timers
+ *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
+ *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
+ * C calls Lua only through lb_call(). */
 #ifndef WS_LB_H
 #define WS_LB_H
 
@@ -59,25 +63,15 @@ struct lb_app {
     long status_pid;         /* whose status file reload results go to (0: this process) */
 };
 
-/* The ops table the server calls. */
-extern const struct ws_app_ops lb_app_ops;
-
-/* Creates the Lua state, loads and runs the app at path and merges its config table over cli
- * (command-line options win) into a->config. Returns NULL when the app cannot load (the reason,
- * naming the file, line or option, is logged; *config_error tells whether its config table was
- * the problem). */
-struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
-                          bool *config_error, char *err, size_t errlen);
-
-/* Connects the app to the running server and calls its load(state, info) hook. Returns 0, or
- * WS_E_INVAL when load failed (err filled). */
-int lb_app_attach(struct lb_app *a, struct ws_server *srv, char *err, size_t errlen);
-
-/* Closes the Lua state; NULL is a no-op. */
-void lb_app_free(struct lb_app *a);
+/* ---- lb_state ---- */
 
 /* The app whose state L is. */
 struct lb_app *lb_app_of(lua_State *L);
+
+/* Creates a->L: the capped allocator, the standard libraries, the budget hook, a guarded
+ * xpcall, package.path with the app's folder and the shipped library. Returns 0 or WS_E_NOMEM.
+ * [-0, +0, -] */
+int lb_state_open(struct lb_app *a);
 
 /* Calls the function below nargs arguments on the stack with a traceback handler and the
  * handler time budget. [-(nargs+1), +nres on success / +0 on error, -]
@@ -87,24 +81,23 @@ int lb_call(struct lb_app *a, int nargs, int nres, const char *what);
 /* Pushes the registry value ref. [-0, +1, -] */
 void lb_push_ref(lua_State *L, int ref);
 
-/* Reloads the app from its file (SIGHUP, --watch, ws.reload). Failure keeps the running
- * version. Returns 0 or WS_E_INVAL. */
-int lb_app_reload(struct lb_app *a, const char *trigger);
-
-/* Where the result of the latest reload of process pid is written ("wsserver --reload" reads
- * it): /tmp/wsserver-<pid>.status. */
-void lb_status_path(char *out, size_t cap, long pid);
-
 /* Where the shipped Lua library (ws.json, ws.testing, ...) may be, in package.path form, each
  * entry ending in ';': $WSSERVER_LUA_PATH, then beside the binary (build tree, source tree,
  * installed prefix), then WS_LUA_DIR. */
 #define LB_LIB_PATH_MAX 16384
 void lb_lib_path(char *out, size_t cap);
 
-/* Asks for a reload between two loop iterations (safe from inside a handler). */
+/* Asks for a reload between two loop iterations (safe from inside a handler): starts the idle
+ * watcher lb_app_new set up. */
 void lb_app_request_reload(struct lb_app *a);
 
-/* lb_conn: registers the conn metatable. [-0, +0, m] */
+/* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
+ * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
+void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
+
+/* ---- lb_conn ---- */
+
+/* Registers the conn metatable. [-0, +0, m] */
 void lb_conn_open(lua_State *L);
 
 /* Pushes the userdata for c, creating it on first use. [-0, +1, m] */
@@ -117,22 +110,49 @@ bool lb_conn_push_existing(struct lb_app *a, struct ws_conn *c);
 /* The connection is going away: the userdata becomes a stale handle. [-0, +0, -] */
 void lb_conn_release(struct lb_app *a, struct ws_conn *c);
 
-/* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
- * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
-void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
+/* The open-or-closed connection behind argument idx, or NULL for a stale handle; raises when
+ * idx is not a conn. [-0, +0, v] */
+struct ws_conn *lb_conn_check(lua_State *L, int idx);
 
 /* Raises unless a text message is valid UTF-8 (RFC 6455 §5.6); hint says how to send binary
  * instead. [-0, +0, v] */
 void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint);
 
-/* The open-or-closed connection behind argument idx, or NULL for a stale handle; raises when
- * idx is not a conn. [-0, +0, v] */
-struct ws_conn *lb_conn_check(lua_State *L, int idx);
+/* ---- lb_ws ---- */
 
-/* lb_ws: creates the ws module, sets the global and package.loaded.ws. [-0, +0, m] */
+/* Creates the ws module, sets the global and package.loaded.ws. [-0, +0, m] */
 void lb_ws_open(struct lb_app *a);
 
 /* Cancels the timers of generations older than generation (all when generation is 0). */
 void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
+
+/* ---- lb_load ---- */
+
+/* Creates the Lua state, loads and runs the app at path and merges its config table over cli
+ * (command-line options win) into a->config. Returns NULL when the app cannot load (the reason,
+ * naming the file, line or option, is logged; *config_error tells whether its config table was
+ * the problem). */
+struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
+                          bool *config_error, char *err, size_t errlen);
+
+/* Connects the app to the running server and calls its load(state, info) hook. Returns 0, or
+ * WS_E_INVAL when load failed (err filled). */
+int lb_app_attach(struct lb_app *a, struct ws_server *srv, char *err, size_t errlen);
+
+/* Reloads the app from its file (SIGHUP, --watch, ws.reload). Failure keeps the running
+ * version. Returns 0 or WS_E_INVAL. */
+int lb_app_reload(struct lb_app *a, const char *trigger);
+
+/* Where the result of the latest reload of process pid is written ("wsserver --reload" reads
+ * it): /tmp/wsserver-<pid>.status. */
+void lb_status_path(char *out, size_t cap, long pid);
+
+/* Closes the Lua state; NULL is a no-op. */
+void lb_app_free(struct lb_app *a);
+
+/* ---- lb_app ---- */
+
+/* The ops table the server calls. */
+extern const struct ws_app_ops lb_app_ops;
 
 #endif

@@ -1,4 +1,4 @@
-/* Fuzz target for permessage-deflate (src/deflate.c). Input: two control bytes, then messages,
+/* Fuzz target for permessage-deflate (src/proto/deflate.c). Input: two control bytes, then messages,
  * each a length byte (255: the rest of the input) and that many bytes. Control byte 0: bits 0-2
  * chunk size class, bit 3 round-trip mode, bit 4 no context takeover, bit 5 a shared set, bit 6
  * a 64-byte output limit (else 4096); control byte 1: bits 5-7 window bits (8 + value; 9 at least

@@ -1,4 +1,4 @@
-/* Fuzz target for the opening handshake (src/handshake.c). The input is a request head, optionally
+/* Fuzz target for the opening handshake (src/proto/handshake.c). The input is a request head, optionally
  * followed by bytes used as a hostile subprotocol / extensions value for the 101. Checks that:
  *   - ws_handshake_check agrees with a reference written from RFC 6455 §4.2.1 (same order of
  *     checks: method, version, Host, Upgrade, Connection, Sec-WebSocket-Version, key), and that

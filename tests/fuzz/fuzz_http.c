@@ -1,4 +1,4 @@
-/* Fuzz target for the request-head parser (src/http.c). The whole input is the request bytes; the
+/* Fuzz target for the request-head parser (src/proto/http.c). The whole input is the request bytes; the
  * first byte also picks a split position and a small head limit. For the default limit (8192) and
  * the small one, checks that:
  *   - one-shot parsing, two calls split at the chosen position (the first on an exact-size heap

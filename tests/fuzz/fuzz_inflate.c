@@ -1,4 +1,4 @@
-/* Fuzz target for the receive side of permessage-deflate (src/deflate.c: ws_deflate_inflate).
+/* Fuzz target for the receive side of permessage-deflate (src/proto/deflate.c: ws_deflate_inflate).
  *
  * Input: two control bytes, then records that make the spans of one connection's messages.
  *   byte 0: bits 0-2 the client's window (4-7: 15 bits; 0-3: 8, 9, 10, 12 bits), bit 3

@@ -1,4 +1,4 @@
-/* Fuzz target for the message layer (src/session.c). Input: two control bytes, then the byte
+/* Fuzz target for the message layer (src/proto/session.c). Input: two control bytes, then the byte
  * stream a client would send. Control byte 0: bits 0-2 chunk size class, bit 3 lowers
  * max_message_bytes from 4096 to 64, bit 4 negotiates permessage-deflate (control byte 1 then
  * picks client_no_context_takeover, bit 4, and a shared set, bit 3; the client's window stays at

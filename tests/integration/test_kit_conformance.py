@@ -512,7 +512,7 @@ def test_load_errors_match_check(name, tmp_path):
 
 
 def test_kit_knows_every_option():
-    """The kit validates config tables with its own copy of the option table (src/config.c):
+    """The kit validates config tables with its own copy of the option table (src/core/config.c):
     every option `wsserver --help` lists must be in it."""
     out = subprocess.run([BINARY, "--help"], capture_output=True, text=True, timeout=30)
     text = out.stdout + out.stderr

@@ -1,6 +1,7 @@
-/* The Lua VM: a capped allocator, the handler time budget (a count hook), lb_call(), and loading
- * and reloading app.lua into a fresh environment. A reload builds the whole new version aside and
- * swaps it in only after it compiled, ran, validated and passed its load() hook. */
+/* Loading and reloading app.lua: a reload builds the whole new version aside (compiled, run in a
+ * fresh environment, validated, its config applied and its load() hook passed) and swaps it in
+ * only then; any failure leaves the running version serving. Reload results go to a status file
+ * for `wsserver --reload`. */
 #include "ws/lb.h"
 
 #include "ws/buf.h"
@@ -8,178 +9,18 @@
 #include "ws/log.h"
 #include "ws/server.h"
 
-#include <assert.h>
 #include <lauxlib.h>
-#include <lualib.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
-#define HOOK_COUNT 10000  /* VM instructions between two looks at the clock */
-#define TRACEBACK_INDEX 1 /* stack slot of lb_call's message handler */
-
+/* The app table fields that hold handlers, by enum lb_handler. */
 static const char *const handler_names[LB_HANDLER_COUNT] = {
     "upgrade", "open", "message", "close", "drain", "shutdown", "load", "error",
 };
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-struct lb_app *lb_app_of(lua_State *L)
-{
-    return *(struct lb_app **)lua_getextraspace(L);
-}
-
-void lb_push_ref(lua_State *L, int ref)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-}
-
-/* lua_Alloc with a cap: growth past mem_limit fails (Lua raises "not enough memory" inside the
- * handler), shrinking and freeing always succeed. */
-static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    struct lb_app *a = ud;
-    size_t old = ptr ? osize : 0;
-    if (nsize == 0) {
-        free(ptr);
-        a->mem -= old;
-        return NULL;
-    }
-    if (nsize > old && a->mem + (nsize - old) > a->mem_limit)
-        return NULL;
-    void *p = realloc(ptr, nsize);
-    if (!p)
-        return NULL;
-    a->mem = a->mem - old + nsize;
-    return p;
-}
-
-/* SPEC §4: a handler running longer than handler_timeout is interrupted and treated as an
- * error. Once over budget every hook call raises again, so a pcall loop cannot swallow it. */
-static void budget_hook(lua_State *L, lua_Debug *ar)
-{
-    (void)ar;
-    struct lb_app *a = lb_app_of(L);
-    if (a->depth > 0 && (a->timed_out || mono_now() > a->deadline)) {
-        if (!a->timed_out) {
-            /* from now on raise at every instruction: a pcall loop cannot swallow it, the
-             * error surfaces at the first instruction outside the innermost pcall */
-            a->timed_out = true;
-            lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-        }
-        luaL_error(L, "handler exceeded handler_timeout (%f s)", a->handler_timeout);
-    }
-}
-
-static int traceback(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    if (!msg)
-        msg = luaL_tolstring(L, 1, NULL);
-    luaL_traceback(L, L, msg, 1);
-    return 1;
-}
-
-/* The message handler given to xpcall, guarded: once the handler budget is spent Lua runs
- * message handlers with hooks off, so a looping one could never be stopped; then the error goes
- * through untouched instead. */
-static int guarded_msgh(lua_State *L)
-{
-    if (lb_app_of(L)->timed_out)
-        return 1;
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, 1);
-    return 1;
-}
-
-/* xpcall(f, msgh, ...) with msgh guarded. [-?, +?, e] */
-static int guarded_xpcall(lua_State *L)
-{
-    luaL_checktype(L, 2, LUA_TFUNCTION);
-    lua_pushvalue(L, 2);
-    lua_pushcclosure(L, guarded_msgh, 1);
-    lua_replace(L, 2);
-    lua_pushvalue(L, lua_upvalueindex(1)); /* the standard xpcall */
-    lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
-}
-
-int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
-{
-    lua_State *L = a->L;
-    double started = 0;
-    if (a->depth++ == 0) {
-        started = mono_now();
-        a->deadline = started + a->handler_timeout;
-        a->timed_out = false;
-        /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
-         * Lua's emergency collection, so garbage could fail a handler that would fit */
-        if (a->mem > a->mem_limit / 10 * 9)
-            lua_gc(L, LUA_GCCOLLECT);
-    }
-    int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
-    if (--a->depth == 0) {
-        if (a->timed_out)
-            lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
-        a->timed_out = false;
-        if (a->srv)
-            ws_stats_observe_handler(&a->srv->stats, mono_now() - started);
-    }
-    if (rc == LUA_OK)
-        return 0;
-    if (rc == LUA_ERRMEM && a->depth == 0)
-        lua_gc(L, LUA_GCCOLLECT); /* what the failed handler built is garbage now */
-    const char *msg = lua_tostring(L, -1);
-    snprintf(a->last_error, sizeof(a->last_error), "%s",
-             msg ? msg : "(error object is not a string)");
-    struct ws_log_line l;
-    ws_log_begin(&l, WS_LOG_ERROR, "handler_error");
-    ws_log_cstr(&l, "handler", what);
-    ws_log_cstr(&l, "error", msg ? msg : "(error object is not a string)");
-    ws_log_end(&l);
-    if (a->srv)
-        a->srv->stats.handler_errors++;
-    lua_pop(L, 1);
-    return -1;
-}
-
-void lb_lib_path(char *out, size_t cap)
-{
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    exe[n > 0 ? n : 0] = 0;
-    char *slash = strrchr(exe, '/');
-    if (slash)
-        *slash = 0;
-    const char *env = getenv("WSSERVER_LUA_PATH");
-    snprintf(out, cap,
-             "%s%s%s/../lua/?.lua;%s/../../lua/?.lua;%s/../share/wsserver/lua/?.lua;" WS_LUA_DIR
-             "/?.lua;",
-             env ? env : "", env ? ";" : "", exe, exe, exe);
-}
-
-/* Adds the app's folder and the shipped Lua library to package.path. */
-static void set_paths(struct lb_app *a)
-{
-    lua_State *L = a->L;
-    char lib[LB_LIB_PATH_MAX];
-    lb_lib_path(lib, sizeof(lib));
-    lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", a->dir, a->dir, lib);
-    lua_getfield(L, -2, "path");
-    lua_concat(L, 2);
-    lua_setfield(L, -2, "path");
-    lua_pop(L, 1);
-}
+static void on_reload_idle(struct ev_loop *loop, ev_idle *w, int revents);
 
 struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
                           bool *config_error, char *err, size_t errlen)
@@ -196,22 +37,13 @@ struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct w
     a->app_ref = a->http_ref = LUA_NOREF;
     for (int i = 0; i < LB_HANDLER_COUNT; i++)
         a->handlers[i] = LUA_NOREF;
-    a->L = lua_newstate(capped_alloc, a);
-    if (!a->L) {
+    if (lb_state_open(a) < 0) {
         snprintf(err, errlen, "cannot create the Lua state");
         lb_app_free(a);
         return NULL;
     }
-    *(struct lb_app **)lua_getextraspace(a->L) = a;
-    luaL_openlibs(a->L);
-    lua_getglobal(a->L, "xpcall");
-    lua_pushcclosure(a->L, guarded_xpcall, 1);
-    lua_setglobal(a->L, "xpcall");
-    /* the message handler of every lb_call stays at the bottom of the stack */
-    lua_pushcfunction(a->L, traceback);
-    assert(lua_gettop(a->L) == TRACEBACK_INDEX);
-    lua_sethook(a->L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
-    set_paths(a);
+    ev_idle_init(&a->reload_idle, on_reload_idle);
+    a->reload_idle.data = a;
     lua_newtable(a->L);
     a->conns_ref = luaL_ref(a->L, LUA_REGISTRYINDEX);
     lb_conn_open(a->L);
@@ -580,16 +412,6 @@ static void on_reload_idle(struct ev_loop *loop, ev_idle *w, int revents)
     ev_idle_stop(loop, w);
     a->reload_pending = false;
     lb_app_reload(a, "request");
-}
-
-void lb_app_request_reload(struct lb_app *a)
-{
-    if (a->reload_pending)
-        return;
-    a->reload_pending = true;
-    ev_idle_init(&a->reload_idle, on_reload_idle);
-    a->reload_idle.data = a;
-    ev_idle_start(a->loop, &a->reload_idle);
 }
 
 int lb_app_attach(struct lb_app *a, struct ws_server *srv, char *err, size_t errlen)

@@ -1,0 +1,274 @@
+/* The Lua VM: a capped allocator, the handler time budget (a count hook), lb_call() and the small
+ * helpers every other lb_* file uses. The bottom of the Lua layer: it calls no other lb_* file;
+ * loading the app is lb_load's job. */
+#include "ws/lb.h"
+
+#include "ws/buf.h"
+#include "ws/err.h"
+#include "ws/log.h"
+#include "ws/server.h"
+
+#include <assert.h>
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HOOK_COUNT 10000  /* VM instructions between two looks at the clock */
+#define TRACEBACK_INDEX 1 /* stack slot of lb_call's message handler */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+struct lb_app *lb_app_of(lua_State *L)
+{
+    return *(struct lb_app **)lua_getextraspace(L);
+}
+
+void lb_push_ref(lua_State *L, int ref)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* lua_Alloc with a cap: growth past mem_limit fails (Lua raises "not enough memory" inside the
+ * handler), shrinking and freeing always succeed. */
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct lb_app *a = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        a->mem -= old;
+        return NULL;
+    }
+    if (nsize > old && a->mem + (nsize - old) > a->mem_limit)
+        return NULL;
+    void *p = realloc(ptr, nsize);
+    if (!p)
+        return NULL;
+    a->mem = a->mem - old + nsize;
+    return p;
+}
+
+/* SPEC §4: a handler running longer than handler_timeout is interrupted and treated as an
+ * error. Once over budget every hook call raises again, so a pcall loop cannot swallow it. */
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    (void)ar;
+    struct lb_app *a = lb_app_of(L);
+    if (a->depth > 0 && (a->timed_out || mono_now() > a->deadline)) {
+        if (!a->timed_out) {
+            /* from now on raise at every instruction: a pcall loop cannot swallow it, the
+             * error surfaces at the first instruction outside the innermost pcall */
+            a->timed_out = true;
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+        }
+        luaL_error(L, "handler exceeded handler_timeout (%f s)", a->handler_timeout);
+    }
+}
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = luaL_tolstring(L, 1, NULL);
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* The message handler given to xpcall, guarded: once the handler budget is spent Lua runs
+ * message handlers with hooks off, so a looping one could never be stopped; then the error goes
+ * through untouched instead. */
+static int guarded_msgh(lua_State *L)
+{
+    if (lb_app_of(L)->timed_out)
+        return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* xpcall(f, msgh, ...) with msgh guarded. [-?, +?, e] */
+static int guarded_xpcall(lua_State *L)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_msgh, 1);
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the standard xpcall */
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
+{
+    lua_State *L = a->L;
+    double started = 0;
+    if (a->depth++ == 0) {
+        started = mono_now();
+        a->deadline = started + a->handler_timeout;
+        a->timed_out = false;
+        /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
+         * Lua's emergency collection, so garbage could fail a handler that would fit */
+        if (a->mem > a->mem_limit / 10 * 9)
+            lua_gc(L, LUA_GCCOLLECT);
+    }
+    int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
+    if (--a->depth == 0) {
+        if (a->timed_out)
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        a->timed_out = false;
+        if (a->srv)
+            ws_stats_observe_handler(&a->srv->stats, mono_now() - started);
+    }
+    if (rc == LUA_OK)
+        return 0;
+    if (rc == LUA_ERRMEM && a->depth == 0)
+        lua_gc(L, LUA_GCCOLLECT); /* what the failed handler built is garbage now */
+    const char *msg = lua_tostring(L, -1);
+    snprintf(a->last_error, sizeof(a->last_error), "%s",
+             msg ? msg : "(error object is not a string)");
+    struct ws_log_line l;
+    ws_log_begin(&l, WS_LOG_ERROR, "handler_error");
+    ws_log_cstr(&l, "handler", what);
+    ws_log_cstr(&l, "error", msg ? msg : "(error object is not a string)");
+    ws_log_end(&l);
+    if (a->srv)
+        a->srv->stats.handler_errors++;
+    lua_pop(L, 1);
+    return -1;
+}
+
+void lb_lib_path(char *out, size_t cap)
+{
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    exe[n > 0 ? n : 0] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = 0;
+    const char *env = getenv("WSSERVER_LUA_PATH");
+    snprintf(out, cap,
+             "%s%s%s/../lua/?.lua;%s/../../lua/?.lua;%s/../share/wsserver/lua/?.lua;" WS_LUA_DIR
+             "/?.lua;",
+             env ? env : "", env ? ";" : "", exe, exe, exe);
+}
+
+/* Adds the app's folder and the shipped Lua library to package.path. */
+static void set_paths(struct lb_app *a)
+{
+    lua_State *L = a->L;
+    char lib[LB_LIB_PATH_MAX];
+    lb_lib_path(lib, sizeof(lib));
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", a->dir, a->dir, lib);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
+int lb_state_open(struct lb_app *a)
+{
+    a->L = lua_newstate(capped_alloc, a);
+    if (!a->L)
+        return WS_E_NOMEM;
+    *(struct lb_app **)lua_getextraspace(a->L) = a;
+    luaL_openlibs(a->L);
+    lua_getglobal(a->L, "xpcall");
+    lua_pushcclosure(a->L, guarded_xpcall, 1);
+    lua_setglobal(a->L, "xpcall");
+    /* the message handler of every lb_call stays at the bottom of the stack */
+    lua_pushcfunction(a->L, traceback);
+    assert(lua_gettop(a->L) == TRACEBACK_INDEX);
+    lua_sethook(a->L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    set_paths(a);
+    return 0;
+}
+
+void lb_app_request_reload(struct lb_app *a)
+{
+    if (a->reload_pending)
+        return;
+    a->reload_pending = true;
+    ev_idle_start(a->loop, &a->reload_idle);
+}
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+/* Pushes the form-decoded (percent and '+') string. [-0, +1, m] */
+static void push_decoded(lua_State *L, const char *s, size_t n)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '+') {
+            luaL_addchar(&b, ' ');
+        } else if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            luaL_addchar(&b, (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
+            i += 2;
+        } else {
+            luaL_addchar(&b, s[i]);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+/* Pushes a table of key=value pairs split on sep (query: '&', cookies: ';'); the first value of
+ * a repeated key wins. [-0, +1, m] */
+void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode)
+{
+    lua_newtable(L);
+    size_t i = 0;
+    while (i < n) {
+        size_t end = i;
+        while (end < n && s[end] != sep)
+            end++;
+        size_t k = i;
+        while (k < end && s[k] == ' ')
+            k++;
+        size_t eq = k;
+        while (eq < end && s[eq] != '=')
+            eq++;
+        if (eq > k) {
+            if (decode)
+                push_decoded(L, s + k, eq - k);
+            else
+                lua_pushlstring(L, s + k, eq - k);
+            if (lua_rawget(L, -2) == LUA_TNIL) {
+                lua_pop(L, 1);
+                if (decode)
+                    push_decoded(L, s + k, eq - k);
+                else
+                    lua_pushlstring(L, s + k, eq - k);
+                size_t vs = eq < end ? eq + 1 : end;
+                if (decode)
+                    push_decoded(L, s + vs, end - vs);
+                else
+                    lua_pushlstring(L, s + vs, end - vs);
+                lua_rawset(L, -3);
+            } else {
+                lua_pop(L, 1);
+            }
+        }
+        i = end + 1;
+    }
+}
