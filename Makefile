@@ -183,4 +183,4 @@ format-check:
 clean:
 	rm -rf build
 
--include $(LIB_OBJ:.o=.d) $(BUILD)/obj/main.d
+-include $(patsubst %.o,%.d,$(call obj,$(PROTO_SRC) $(CORE_SRC) $(LUA_SRC) src/main.c)) $(UNIT_BIN:=.d)

@@ -327,7 +327,7 @@ static int serve(struct start *st, int index, int hub_fd)
     }
     srv->worker = index;
     /* connection ids stay unique across the workers of a node (and below 2^53 for JSON) */
-    srv->next_id = (uint64_t)index << 40;
+    srv->env.next_id = (uint64_t)index << 40;
     struct ws_bus *bus = NULL;
     if (app->config.redis) {
         bus = ws_bus_redis_new(loop, app->config.redis, NULL, NULL, err, sizeof(err));

@@ -10,22 +10,6 @@
 #include <stdio.h>
 #include <string.h>
 
-const double ws_stats_latency_bounds[WS_STATS_LATENCY_BUCKETS] = {
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 1e300,
-};
-
-void ws_stats_observe_handler(struct ws_stats *st, double seconds)
-{
-    st->handler_calls++;
-    st->handler_seconds += seconds;
-    for (int i = 0; i < WS_STATS_LATENCY_BUCKETS; i++) {
-        if (seconds <= ws_stats_latency_bounds[i]) {
-            st->handler_buckets[i]++;
-            break;
-        }
-    }
-}
-
 static void printf_buf(struct ws_buf *out, const char *fmt, ...)
 {
     char line[512];
@@ -51,13 +35,13 @@ static void metric(struct ws_buf *out, const char *name, const char *type, const
 
 void ws_metrics_render(const struct ws_server *srv, struct ws_buf *out)
 {
-    const struct ws_stats *st = &srv->stats;
+    const struct ws_stats *st = &srv->env.stats;
     size_t queued = 0;
-    for (const struct ws_registry_node *n = srv->conns.head; n; n = n->next)
-        queued += ((const struct ws_conn *)n)->out.bytes;
+    for (const struct ws_registry_node *n = srv->env.conns.head; n; n = n->next)
+        queued += ((const struct ws_conn *)n)->wire.out.bytes;
 
     metric(out, "wsserver_connections_open", "gauge", "WebSocket connections open now.",
-           srv->nopen);
+           srv->env.nopen);
     metric(out, "wsserver_connections_total", "counter", "TCP connections accepted.",
            st->connections_total);
     metric(out, "wsserver_messages_received_total", "counter", "Data messages received.",
@@ -71,7 +55,7 @@ void ws_metrics_render(const struct ws_server *srv, struct ws_buf *out)
     metric(out, "wsserver_send_queue_bytes", "gauge", "Bytes queued for sending, all connections.",
            queued);
     metric(out, "wsserver_topics", "gauge", "Topics with at least one subscriber.",
-           srv->topics.count);
+           srv->env.topics.count);
     metric(out, "wsserver_handler_errors_total", "counter", "Lua handler calls that failed.",
            st->handler_errors);
 

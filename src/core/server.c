@@ -8,6 +8,7 @@
 #include "ws/err.h"
 #include "ws/frame.h"
 #include "ws/log.h"
+#include "ws/metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -24,7 +25,6 @@
 
 #define ACCEPT_BATCH 128
 #define SHUTDOWN_BATCH 500
-#define POOL_CHUNKS 256
 /* Sockets allowed beyond max_connections: room to answer 503 instead of refusing silently. */
 #define ACCEPT_HEADROOM 256
 
@@ -145,7 +145,7 @@ static int open_listener(struct ws_server *srv, const char *addr, bool all_tls, 
     l->tls = tls;
     bool is_unix = strncmp(addr, "unix:", 5) == 0;
     int fd = is_unix ? open_unix(addr + 5, err, errlen)
-                     : open_tcp(addr, srv->cfg.workers != 1, err, errlen);
+                     : open_tcp(addr, srv->env.cfg.workers != 1, err, errlen);
     if (fd < 0)
         return WS_E_IO;
     l->fd = fd;
@@ -153,7 +153,7 @@ static int open_listener(struct ws_server *srv, const char *addr, bool all_tls, 
     l->unix_path = is_unix ? ws_xstrndup(addr + 5, strlen(addr + 5)) : NULL;
     ev_io_init(&l->io, on_accept, fd, EV_READ);
     l->io.data = srv;
-    ev_io_start(srv->loop, &l->io);
+    ev_io_start(srv->env.loop, &l->io);
     srv->nlisteners++;
     struct ws_log_line line;
     ws_log_begin(&line, WS_LOG_INFO, "listen");
@@ -167,7 +167,7 @@ static void close_listeners(struct ws_server *srv)
 {
     for (size_t i = 0; i < srv->nlisteners; i++) {
         struct ws_listener *l = &srv->listeners[i];
-        ev_io_stop(srv->loop, &l->io);
+        ev_io_stop(srv->env.loop, &l->io);
         close(l->fd);
         if (l->unix_path)
             unlink(l->unix_path);
@@ -181,9 +181,9 @@ static void set_accepting(struct ws_server *srv, bool on)
 {
     for (size_t i = 0; i < srv->nlisteners; i++) {
         if (on)
-            ev_io_start(srv->loop, &srv->listeners[i].io);
+            ev_io_start(srv->env.loop, &srv->listeners[i].io);
         else
-            ev_io_stop(srv->loop, &srv->listeners[i].io);
+            ev_io_stop(srv->env.loop, &srv->listeners[i].io);
     }
 }
 
@@ -200,9 +200,9 @@ static void on_fd_exhausted(struct ws_server *srv, int lfd)
     }
     ws_log_msg(WS_LOG_WARN, "accept_paused", "out of file descriptors");
     set_accepting(srv, false);
-    ev_timer_stop(srv->loop, &srv->accept_retry);
+    ev_timer_stop(srv->env.loop, &srv->accept_retry);
     ev_timer_set(&srv->accept_retry, 0.1, 0);
-    ev_timer_start(srv->loop, &srv->accept_retry);
+    ev_timer_start(srv->env.loop, &srv->accept_retry);
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
@@ -222,8 +222,8 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
                 continue;
             return; /* EAGAIN and the rest */
         }
-        if (srv->shutting_down ||
-            srv->conns.count >= (size_t)srv->cfg.max_connections + ACCEPT_HEADROOM) {
+        if (srv->env.draining ||
+            srv->env.conns.count >= (size_t)srv->env.cfg.max_connections + ACCEPT_HEADROOM) {
             close(fd);
             continue;
         }
@@ -236,60 +236,29 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
-        ws_conn_new(srv, fd, (struct sockaddr *)&ss, len,
+        ws_conn_new(&srv->env, fd, (struct sockaddr *)&ss, len,
                     l->tls ? &ws_transport_tls : &ws_transport_plain, tls);
     }
 }
 
-void ws_server_want_flush(struct ws_server *srv, struct ws_conn *c)
+static void render_metrics(void *ctx, struct ws_buf *out)
 {
-    if (c->in_flush_list)
-        return;
-    c->in_flush_list = true;
-    c->next_flush = srv->flush_head;
-    srv->flush_head = c;
-}
-
-void ws_server_bury(struct ws_server *srv, struct ws_conn *c)
-{
-    c->next_dead = srv->dead_head;
-    srv->dead_head = c;
+    ws_metrics_render(ctx, out);
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)revents;
     struct ws_server *srv = w->data;
-    /* Flushing can kill connections and the app's close callbacks can send: repeat until both
-     * lists are empty. */
-    while (srv->flush_head || srv->dead_head) {
-        while (srv->flush_head) {
-            struct ws_conn *c = srv->flush_head;
-            srv->flush_head = c->next_flush;
-            c->in_flush_list = false;
-            ws_conn_flush(c);
-        }
-        while (srv->dead_head) {
-            struct ws_conn *c = srv->dead_head;
-            srv->dead_head = c->next_dead;
-            if (c->in_flush_list) {
-                /* unlink from the flush list before freeing */
-                struct ws_conn **p = &srv->flush_head;
-                while (*p != c)
-                    p = &(*p)->next_flush;
-                *p = c->next_flush;
-            }
-            ws_conn_destroy(c);
-        }
-    }
-    if (srv->shutting_down && srv->conns.count == 0)
+    ws_conn_run_pending(&srv->env);
+    if (srv->env.draining && srv->env.conns.count == 0)
         ev_break(loop, EVBREAK_ALL);
 }
 
 static void shutdown_batch(struct ws_server *srv)
 {
     size_t n = 0;
-    for (struct ws_registry_node *node = srv->conns.head; node && n < SHUTDOWN_BATCH;
+    for (struct ws_registry_node *node = srv->env.conns.head; node && n < SHUTDOWN_BATCH;
          node = node->next) {
         struct ws_conn *c = (struct ws_conn *)node;
         if (c->state == WS_CONN_OPEN) {
@@ -301,9 +270,8 @@ static void shutdown_batch(struct ws_server *srv)
     }
     if (n == SHUTDOWN_BATCH) {
         /* more to go: continue on the next iteration so the loop keeps serving writes */
-        ev_timer_stop(srv->loop, &srv->accept_retry);
-        ev_timer_set(&srv->accept_retry, 0, 0);
-        ev_timer_start(srv->loop, &srv->accept_retry);
+        ev_timer_set(&srv->batch_timer, 0, 0);
+        ev_timer_start(srv->env.loop, &srv->batch_timer);
     }
 }
 
@@ -312,7 +280,7 @@ static void on_shutdown_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct ws_server *srv = w->data;
     /* shutdown_timeout reached: drop whoever is left */
-    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next)
+    for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
         ws_conn_abort((struct ws_conn *)node, 1001, "shutdown timeout");
     ev_break(loop, EVBREAK_ALL);
 }
@@ -321,29 +289,34 @@ static void on_batch_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)loop;
     (void)revents;
+    shutdown_batch(w->data);
+}
+
+static void on_accept_retry(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
     struct ws_server *srv = w->data;
-    if (srv->shutting_down)
-        shutdown_batch(srv);
-    else
+    if (!srv->env.draining)
         set_accepting(srv, true);
 }
 
 void ws_server_shutdown(struct ws_server *srv, const char *reason)
 {
-    if (srv->shutting_down)
+    if (srv->env.draining)
         return;
-    srv->shutting_down = true;
+    srv->env.draining = true;
     struct ws_log_line l;
     ws_log_begin(&l, WS_LOG_INFO, "shutdown");
     ws_log_cstr(&l, "reason", reason);
-    ws_log_u64(&l, "connections", srv->conns.count);
+    ws_log_u64(&l, "connections", srv->env.conns.count);
     ws_log_end(&l);
     /* SPEC §7: stop accepting first, then the app's shutdown, then close in batches */
     close_listeners(srv);
-    if (srv->ops->shutdown)
-        srv->ops->shutdown(srv->app, reason);
-    ev_timer_set(&srv->shutdown_timer, srv->cfg.shutdown_timeout, 0);
-    ev_timer_start(srv->loop, &srv->shutdown_timer);
+    if (srv->env.ops->shutdown)
+        srv->env.ops->shutdown(srv->env.app, reason);
+    ev_timer_set(&srv->shutdown_timer, srv->env.cfg.shutdown_timeout, 0);
+    ev_timer_start(srv->env.loop, &srv->shutdown_timer);
     shutdown_batch(srv);
 }
 
@@ -356,14 +329,14 @@ static void on_signal(struct ev_loop *loop, ev_signal *w, int revents)
         if (srv->tls) {
             /* new certificate and key for new connections; on failure the old ones stay */
             char err[512];
-            bool ok = ws_tls_ctx_reload(srv->tls, srv->cfg.tls_cert, srv->cfg.tls_key, err,
+            bool ok = ws_tls_ctx_reload(srv->tls, srv->env.cfg.tls_cert, srv->env.cfg.tls_key, err,
                                         sizeof(err)) == 0;
             snprintf(srv->reload_error, sizeof(srv->reload_error), "%s", ok ? "" : err);
             ws_log_msg(ok ? WS_LOG_INFO : WS_LOG_ERROR, ok ? "tls_reloaded" : "tls_reload_failed",
-                       ok ? srv->cfg.tls_cert : err);
+                       ok ? srv->env.cfg.tls_cert : err);
         }
-        if (srv->ops->reload)
-            srv->ops->reload(srv->app);
+        if (srv->env.ops->reload)
+            srv->env.ops->reload(srv->env.app);
         return;
     }
     ws_server_shutdown(srv, w->signum == SIGINT ? "SIGINT" : "SIGTERM");
@@ -373,38 +346,18 @@ struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cf
                                 const struct ws_app_ops *ops, void *app, char *err, size_t errlen)
 {
     struct ws_server *srv = ws_xcalloc(1, sizeof(*srv));
-    srv->loop = loop;
-    ws_config_copy(&srv->cfg, cfg);
-    srv->ops = ops;
-    srv->app = app;
-    ws_registry_init(&srv->conns);
-    ws_topics_init(&srv->topics);
-    ws_map_init(&srv->per_ip);
-    ws_chunk_pool_init(&srv->pool, POOL_CHUNKS);
-    srv->rbuf = ws_xmalloc(WS_SERVER_READ_BYTES);
+    ws_env_init(&srv->env, loop, cfg, ops, app);
+    srv->env.render_metrics = render_metrics;
+    srv->env.metrics_ctx = srv;
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    ws_buf_init(&srv->zbuf);
-    ws_deflate_config_init(&srv->deflate_cfg);
-    if (strcmp(srv->cfg.compression, "on") == 0) {
-        struct ws_deflate_config *d = &srv->deflate_cfg;
-        d->enabled = true;
-        d->server_max_window_bits = (int)srv->cfg.compression_window_bits;
-        d->mem_level = (int)srv->cfg.compression_mem_level;
-        d->level = (int)srv->cfg.compression_level;
-        d->server_context_takeover = srv->cfg.compression_context_takeover;
-        d->client_no_context_takeover = srv->cfg.compression_client_no_context_takeover;
-        d->compress_min_size = (size_t)srv->cfg.compress_min_size;
-        srv->deflate_shared = ws_deflate_shared_new(d->mem_level, d->level);
-    }
-
-    if (srv->cfg.tls_cert) {
-        srv->tls = ws_tls_ctx_new(srv->cfg.tls_cert, srv->cfg.tls_key, err, errlen);
+    if (srv->env.cfg.tls_cert) {
+        srv->tls = ws_tls_ctx_new(srv->env.cfg.tls_cert, srv->env.cfg.tls_key, err, errlen);
         if (!srv->tls) {
             ws_server_free(srv);
             return NULL;
         }
     }
-    const struct ws_string_list *listen = &srv->cfg.listen;
+    const struct ws_string_list *listen = &srv->env.cfg.listen;
     const char *fallback = "0.0.0.0:8080";
     bool any_tls = false;
     for (size_t i = 0; i < listen->n; i++)
@@ -429,8 +382,10 @@ struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cf
     }
     ev_init(&srv->shutdown_timer, on_shutdown_timer);
     srv->shutdown_timer.data = srv;
-    ev_init(&srv->accept_retry, on_batch_timer);
+    ev_init(&srv->accept_retry, on_accept_retry);
     srv->accept_retry.data = srv;
+    ev_init(&srv->batch_timer, on_batch_timer);
+    srv->batch_timer.data = srv;
     return srv;
 }
 
@@ -438,35 +393,24 @@ void ws_server_free(struct ws_server *srv)
 {
     if (!srv)
         return;
-    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next)
+    for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
         ws_conn_abort((struct ws_conn *)node, 1001, "server stopped");
-    srv->flush_head = NULL;
-    while (srv->dead_head) {
-        struct ws_conn *c = srv->dead_head;
-        srv->dead_head = c->next_dead;
-        ws_conn_destroy(c);
-    }
+    ws_conn_run_pending(&srv->env);
     close_listeners(srv);
-    ev_prepare_stop(srv->loop, &srv->prepare);
-    ev_signal_stop(srv->loop, &srv->sig_term);
-    ev_signal_stop(srv->loop, &srv->sig_int);
-    ev_signal_stop(srv->loop, &srv->sig_hup);
-    ev_timer_stop(srv->loop, &srv->shutdown_timer);
-    ev_timer_stop(srv->loop, &srv->accept_retry);
+    ev_prepare_stop(srv->env.loop, &srv->prepare);
+    ev_signal_stop(srv->env.loop, &srv->sig_term);
+    ev_signal_stop(srv->env.loop, &srv->sig_int);
+    ev_signal_stop(srv->env.loop, &srv->sig_hup);
+    ev_timer_stop(srv->env.loop, &srv->shutdown_timer);
+    ev_timer_stop(srv->env.loop, &srv->accept_retry);
+    ev_timer_stop(srv->env.loop, &srv->batch_timer);
     if (srv->spare_fd >= 0)
         close(srv->spare_fd);
-    ws_registry_free(&srv->conns);
-    ws_topics_free(&srv->topics);
-    ws_map_free(&srv->per_ip);
-    ws_chunk_pool_free(&srv->pool);
     ws_tls_ctx_free(srv->tls);
-    ws_deflate_shared_free(srv->deflate_shared);
-    ws_buf_reset(&srv->zbuf);
-    srv->topics.on_change = NULL;
+    srv->env.topics.on_change = NULL;
     if (srv->bus)
         srv->bus->ops->free(srv->bus);
-    ws_config_free(&srv->cfg);
-    free(srv->rbuf);
+    ws_env_free(&srv->env);
     free(srv);
 }
 
@@ -477,18 +421,18 @@ void ws_server_apply_config(struct ws_server *srv, const struct ws_config *cfg)
     /* listeners and every other option that is not live stay as the process started */
     for (const struct ws_option *opt = ws_options; opt->name; opt++)
         if (!opt->live)
-            ws_config_copy_option(&next, &srv->cfg, opt);
-    ws_config_free(&srv->cfg);
-    srv->cfg = next;
-    ws_log_setup((enum ws_log_level)ws_log_level_parse(srv->cfg.log_level),
-                 (enum ws_log_format)ws_log_format_parse(srv->cfg.log_format));
-    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next)
+            ws_config_copy_option(&next, &srv->env.cfg, opt);
+    ws_config_free(&srv->env.cfg);
+    srv->env.cfg = next;
+    ws_log_setup((enum ws_log_level)ws_log_level_parse(srv->env.cfg.log_level),
+                 (enum ws_log_format)ws_log_format_parse(srv->env.cfg.log_format));
+    for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
         ws_conn_apply_config((struct ws_conn *)node);
 }
 
 struct ws_conn *ws_server_get(struct ws_server *srv, uint64_t id)
 {
-    struct ws_conn *c = (struct ws_conn *)ws_registry_get(&srv->conns, id);
+    struct ws_conn *c = (struct ws_conn *)ws_registry_get(&srv->env.conns, id);
     return c && c->state != WS_CONN_CLOSED ? c : NULL;
 }
 
@@ -496,10 +440,10 @@ static size_t broadcast_local(struct ws_server *srv, uint8_t opcode, const void 
                               uint64_t except_id, bool (*filter)(void *ctx, struct ws_conn *c),
                               void *ctx)
 {
-    struct ws_frame_set set;
-    ws_frame_set_init(&set, opcode, data, len);
+    struct ws_frameset set;
+    ws_frameset_init(&set, opcode, data, len, srv->env.deflate_shared, &srv->env.zbuf);
     size_t reached = 0;
-    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next) {
+    for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next) {
         struct ws_conn *c = (struct ws_conn *)node;
         if (c->state != WS_CONN_OPEN || node->id == except_id)
             continue;
@@ -508,18 +452,18 @@ static size_t broadcast_local(struct ws_server *srv, uint8_t opcode, const void 
         if (ws_conn_send_set(c, &set) >= 0)
             reached++;
     }
-    ws_frame_set_free(&set);
+    ws_frameset_free(&set);
     return reached;
 }
 
 static size_t publish_local(struct ws_server *srv, const char *topic, size_t topic_len,
                             uint8_t opcode, const void *data, size_t len, uint64_t except_id)
 {
-    struct ws_topic *t = ws_topics_find(&srv->topics, topic, topic_len);
+    struct ws_topic *t = ws_topics_find(&srv->env.topics, topic, topic_len);
     if (!t)
         return 0;
-    struct ws_frame_set set;
-    ws_frame_set_init(&set, opcode, data, len);
+    struct ws_frameset set;
+    ws_frameset_init(&set, opcode, data, len, srv->env.deflate_shared, &srv->env.zbuf);
     size_t reached = 0;
     for (size_t i = 0; i < t->nsubs; i++) {
         struct ws_conn *c = (struct ws_conn *)((char *)t->subs[i] - offsetof(struct ws_conn, sub));
@@ -528,7 +472,7 @@ static size_t publish_local(struct ws_server *srv, const char *topic, size_t top
         if (ws_conn_send_set(c, &set) >= 0)
             reached++;
     }
-    ws_frame_set_free(&set);
+    ws_frameset_free(&set);
     return reached;
 }
 
@@ -586,12 +530,6 @@ void ws_server_set_bus(struct ws_server *srv, struct ws_bus *bus)
     srv->bus = bus;
     bus->deliver = on_bus_message;
     bus->ctx = srv;
-    srv->topics.on_change = on_topic_change;
-    srv->topics.ctx = srv;
-}
-
-void ws_server_count_close(struct ws_server *srv, int code)
-{
-    if (code >= 0 && code < 5000)
-        srv->stats.closes_by_code[code]++;
+    srv->env.topics.on_change = on_topic_change;
+    srv->env.topics.ctx = srv;
 }

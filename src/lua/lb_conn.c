@@ -219,7 +219,7 @@ static int conn_subscribe(lua_State *L)
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
         return 2;
-    lua_pushboolean(L, ws_topics_subscribe(&c->srv->topics, &c->sub, topic, len));
+    lua_pushboolean(L, ws_topics_subscribe(&c->env->topics, &c->sub, topic, len));
     return 1;
 }
 
@@ -231,7 +231,7 @@ static int conn_unsubscribe(lua_State *L)
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
         return 2;
-    lua_pushboolean(L, ws_topics_unsubscribe(&c->srv->topics, &c->sub, topic, len));
+    lua_pushboolean(L, ws_topics_unsubscribe(&c->env->topics, &c->sub, topic, len));
     return 1;
 }
 
@@ -259,8 +259,8 @@ static int conn_publish(lua_State *L)
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
         return 2;
-    lua_pushinteger(
-        L, (lua_Integer)ws_server_publish(c->srv, topic, tlen, opcode, data, len, c->node.id));
+    lua_pushinteger(L, (lua_Integer)ws_server_publish(lb_app_of(L)->srv, topic, tlen, opcode, data,
+                                                      len, c->node.id));
     return 1;
 }
 

@@ -243,7 +243,7 @@ static int ws_subscribers(lua_State *L)
     size_t len;
     const char *topic = luaL_checklstring(L, 1, &len);
     struct ws_server *srv = server(L);
-    struct ws_topic *t = srv ? ws_topics_find(&srv->topics, topic, len) : NULL;
+    struct ws_topic *t = srv ? ws_topics_find(&srv->env.topics, topic, len) : NULL;
     lua_pushinteger(L, t ? (lua_Integer)t->nsubs : 0);
     return 1;
 }
@@ -256,7 +256,7 @@ static int ws_topics(lua_State *L)
     if (!srv)
         return 1;
     lua_Integer i = 0;
-    for (struct ws_registry_node *node = srv->conns.head; node; node = node->next) {
+    for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next) {
         struct ws_conn *c = (struct ws_conn *)node;
         for (uint32_t k = 0; k < c->sub.ntopics; k++) {
             struct ws_topic *t = c->sub.topics[k];
@@ -308,7 +308,7 @@ static int ws_get(lua_State *L)
 static int ws_count(lua_State *L)
 {
     struct ws_server *srv = server(L);
-    lua_pushinteger(L, srv ? (lua_Integer)srv->nopen : 0);
+    lua_pushinteger(L, srv ? (lua_Integer)srv->env.nopen : 0);
     return 1;
 }
 
@@ -327,9 +327,10 @@ static int ws_connections(lua_State *L)
 {
     struct lb_app *a = lb_app_of(L);
     struct ws_server *srv = a->srv;
-    lua_createtable(L, srv ? (int)srv->nopen : 0, 0);
+    lua_createtable(L, srv ? (int)srv->env.nopen : 0, 0);
     lua_Integer i = 0;
-    for (struct ws_registry_node *node = srv ? srv->conns.head : NULL; node; node = node->next) {
+    for (struct ws_registry_node *node = srv ? srv->env.conns.head : NULL; node;
+         node = node->next) {
         struct ws_conn *c = (struct ws_conn *)node;
         if (c->state == WS_CONN_OPEN) {
             lb_conn_push(a, c);
@@ -403,8 +404,8 @@ static int ws_stats(lua_State *L)
     struct ws_server *srv = a->srv;
     lua_createtable(L, 0, 16);
     if (srv) {
-        const struct ws_stats *s = &srv->stats;
-        set_int(L, "connections", srv->nopen);
+        const struct ws_stats *s = &srv->env.stats;
+        set_int(L, "connections", srv->env.nopen);
         set_int(L, "connections_total", s->connections_total);
         set_int(L, "messages_in", s->messages_in);
         set_int(L, "messages_out", s->messages_out);
@@ -413,7 +414,7 @@ static int ws_stats(lua_State *L)
         set_int(L, "handshake_rejections", s->handshake_rejections);
         set_int(L, "handler_errors", s->handler_errors);
         set_int(L, "dropped", s->dropped);
-        set_int(L, "topics", srv->topics.count);
+        set_int(L, "topics", srv->env.topics.count);
         set_int(L, "worker", (uint64_t)srv->worker);
         if (srv->bus) {
             set_int(L, "bus_published", srv->bus->published);
@@ -422,8 +423,8 @@ static int ws_stats(lua_State *L)
         }
     }
     if (srv) {
-        set_int(L, "reloads_ok", srv->stats.reloads_ok);
-        set_int(L, "reloads_failed", srv->stats.reloads_failed);
+        set_int(L, "reloads_ok", srv->env.stats.reloads_ok);
+        set_int(L, "reloads_failed", srv->env.stats.reloads_failed);
     }
     set_int(L, "lua_memory", a->mem);
     set_int(L, "generation", a->generation);

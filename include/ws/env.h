@@ -1,0 +1,95 @@
+/* What the connections of one server share: the loop, the live options, the app, the registry
+ * and topics, buffers and pools, the counters, and the two lists (connections to flush,
+ * connections to free) that the owner works through once per loop iteration. The server owns
+ * one; conn.c and front.c are handed a pointer and never call back into the server. */
+#ifndef WS_ENV_H
+#define WS_ENV_H
+
+#include "ws/app.h"
+#include "ws/buf.h"
+#include "ws/config.h"
+#include "ws/deflate.h"
+#include "ws/map.h"
+#include "ws/outq.h"
+#include "ws/registry.h"
+#include "ws/topics.h"
+
+#include <ev.h>
+#include <sys/socket.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WS_ENV_READ_BYTES 65536 /* the shared read buffer */
+#define WS_STATS_LATENCY_BUCKETS 12
+
+/* Counters behind ws.stats() and /metrics: monotonic for the life of the process (a reload does
+ * not reset them). */
+struct ws_stats {
+    uint64_t connections_total;
+    uint64_t messages_in, messages_out;
+    uint64_t bytes_in, bytes_out;
+    uint64_t handshake_rejections;
+    uint64_t rejections_by_status[600];
+    uint64_t handler_errors;
+    uint64_t dropped;
+    uint64_t reloads_ok, reloads_failed;
+    uint64_t closes_by_code[5000]; /* index: close code (< 5000) */
+    /* handler latency histogram: cumulative counts per upper bound in ws_stats_latency_bounds */
+    uint64_t handler_calls;
+    double handler_seconds;
+    uint64_t handler_buckets[WS_STATS_LATENCY_BUCKETS];
+};
+
+/* Upper bounds (seconds) of the handler latency buckets; the last is +Inf. */
+extern const double ws_stats_latency_bounds[WS_STATS_LATENCY_BUCKETS];
+
+/* Records one handler call that took seconds. */
+void ws_stats_observe_handler(struct ws_stats *st, double seconds);
+
+/* Records a close code (codes >= 5000 are not counted). */
+void ws_stats_count_close(struct ws_stats *st, int code);
+
+/* Records a refused handshake by its HTTP status. */
+void ws_stats_count_refusal(struct ws_stats *st, int status);
+
+struct ws_conn;
+
+struct ws_env {
+    struct ev_loop *loop;
+    struct ws_config cfg; /* the live options (owned) */
+    const struct ws_app_ops *ops;
+    void *app;
+    struct ws_registry conns; /* every connection, by id in arrival order */
+    size_t nopen;             /* WebSocket connections in OPEN: what ws.count() says */
+    size_t nupgraded;         /* after a 101 and not yet freed (OPEN or closing): for limits */
+    struct ws_map per_ip;     /* address hash -> count */
+    struct ws_topics topics;
+    struct ws_deflate_config deflate_cfg;
+    struct ws_deflate_shared *deflate_shared; /* with compression on */
+    struct ws_buf zbuf;                       /* compression scratch */
+    struct ws_chunk_pool pool;
+    uint8_t *rbuf; /* shared read buffer, WS_ENV_READ_BYTES */
+    uint64_t next_id;
+    struct ws_conn *flush_head; /* written to in this iteration */
+    struct ws_conn *dead_head;  /* closed, to be freed */
+    bool draining;              /* a graceful shutdown has begun */
+    struct ws_stats stats;
+    /* Renders /metrics for the whole process (set by the owner; NULL: not served). */
+    void (*render_metrics)(void *ctx, struct ws_buf *out);
+    void *metrics_ctx;
+};
+
+/* Initialises env with a copy of cfg: registry, topics, pools, the read buffer and, when
+ * cfg->compression is "on", the shared compressors. */
+void ws_env_init(struct ws_env *env, struct ev_loop *loop, const struct ws_config *cfg,
+                 const struct ws_app_ops *ops, void *app);
+
+/* Frees what ws_env_init made; the connections must be gone already. */
+void ws_env_free(struct ws_env *env);
+
+/* Adds delta to the count of sockets from sa's address (the port ignored) and returns the new
+ * count; a count that reaches 0 is forgotten. */
+uintptr_t ws_env_ip_count(struct ws_env *env, const struct sockaddr *sa, int delta);
+
+#endif

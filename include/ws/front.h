@@ -1,0 +1,49 @@
+/* The HTTP front: what to answer to one parsed request head. A request goes in; a decision comes
+ * out: either an answer (a complete HTTP response, after which the connection closes) or an
+ * upgrade (the 101 response, the chosen subprotocol and the permessage-deflate parameters). It
+ * serves /healthz, /metrics, the app's http routes and static files, refuses with 405/426, and
+ * decides the upgrade (RFC 6455 §4.2 checks, limits, the app's upgrade hook, subprotocol and
+ * compression). It does no I/O of its own and knows nothing of sockets or connection state. */
+#ifndef WS_FRONT_H
+#define WS_FRONT_H
+
+#include "ws/buf.h"
+#include "ws/deflate.h"
+#include "ws/env.h"
+#include "ws/http.h"
+
+#include <stdbool.h>
+
+struct ws_conn;
+
+enum ws_front_action {
+    WS_FRONT_ANSWER,  /* send response, then close */
+    WS_FRONT_UPGRADE, /* send response (the 101), then speak WebSocket */
+};
+
+struct ws_front_reply {
+    enum ws_front_action action;
+    int status;             /* the status answered (101 for an upgrade) */
+    bool refused;           /* a WebSocket handshake refused: counts as a handshake rejection */
+    char reason[256];       /* why it was refused, for the access log; empty when none */
+    struct ws_buf response; /* the bytes to send: head and body (owned) */
+    char *protocol;         /* upgrade: the chosen subprotocol (owned), or NULL */
+    bool deflate;           /* upgrade: permessage-deflate negotiated with params */
+    struct ws_deflate_params params;
+};
+
+/* Decides what to answer to req, received on c (handed to the app's hooks, never touched here).
+ * Always fills *reply, which must be freed with ws_front_reply_free. */
+void ws_front_handle(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
+                     struct ws_front_reply *reply);
+
+/* Fills *reply with an error answer: status, a one-line text body (the status text when body is
+ * NULL; at most 1 KiB is kept) and extra header lines (each ending in CRLF, or NULL). refused
+ * marks a refused WebSocket handshake. */
+void ws_front_error(struct ws_front_reply *reply, int status, const char *body, size_t len,
+                    const char *extra, bool refused);
+
+/* Frees what a reply owns; the struct may be reused after. */
+void ws_front_reply_free(struct ws_front_reply *reply);
+
+#endif
