@@ -331,6 +331,12 @@ static void test_many_against_matrix(void **state)
                 if (members) {
                     assert_non_null(x);
                     assert_int_equal(x->nsubs, members);
+                    /* the array holds exactly the members (nsubs of them, so each once) */
+                    for (size_t p = 0; p < x->nsubs; p++) {
+                        int ii = (int)(x->subs[p] - s);
+                        assert_true(ii >= 0 && ii < SUBS && member[ii][kk]);
+                        assert_true(x->subs[p]->topics != NULL);
+                    }
                     live++;
                 } else {
                     assert_null(x);
