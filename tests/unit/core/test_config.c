@@ -414,9 +414,8 @@ static void test_validate(void **state)
     /* a short message buffer gets a cut, terminated message */
     char small[12];
     memset(small, 'x', sizeof(small));
-    assert_int_equal(
-        ws_config_set(&cfg, opt("backpressure"), "nope", false, small, sizeof(small)),
-        WS_E_INVAL);
+    assert_int_equal(ws_config_set(&cfg, opt("backpressure"), "nope", false, small, sizeof(small)),
+                     WS_E_INVAL);
     assert_string_equal(small, "invalid val");
 }
 

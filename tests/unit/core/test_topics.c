@@ -118,8 +118,8 @@ static void test_names_by_length_and_bytes(void **state)
     static const struct {
         const char *p;
         size_t n;
-    } names[] = {{"", 0}, {"a", 1}, {"a\0", 2}, {"a\0b", 3}, {"a\0c", 3}, {"ab", 2}, {"A", 1},
-                 {"\xff\xfe", 2}};
+    } names[] = {{"", 0},     {"a", 1},  {"a\0", 2}, {"a\0b", 3},
+                 {"a\0c", 3}, {"ab", 2}, {"A", 1},   {"\xff\xfe", 2}};
     size_t n = sizeof(names) / sizeof(names[0]);
     for (size_t i = 0; i < n; i++)
         assert_int_equal(ws_topics_subscribe(&t, &a, names[i].p, names[i].n), 1);
