@@ -287,10 +287,10 @@ int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char
         struct ws_string_list *list = FIELD(cfg, opt, struct ws_string_list);
         if (!*value)
             return fail(err, errlen, "invalid value for %s: %s", opt->name, "must not be empty");
+        if (!mark(cfg, opt, from_cli))
+            return 0; /* before the limit: a full list from the command line still wins */
         if (list->n == WS_CONFIG_MAX_LIST)
             return fail(err, errlen, "too many values for %s: %s", opt->name, "at most 16");
-        if (!mark(cfg, opt, from_cli))
-            return 0;
         list->items[list->n++] = ws_xstrndup(value, strlen(value));
         return 0;
     }

@@ -60,11 +60,16 @@ int ws_log_format_parse(const char *s)
     return -1;
 }
 
+/* Bytes left for fields: 2 stay free for the line's end ("}\n"). */
+static size_t room(const struct ws_log_line *l)
+{
+    return sizeof(l->buf) - 2 - l->len;
+}
+
 static void put(struct ws_log_line *l, const char *s, size_t n)
 {
-    size_t room = sizeof(l->buf) - 2 - l->len; /* keep room for "}\n" */
-    if (n > room)
-        n = room;
+    if (n > room(l))
+        n = room(l);
     memcpy(l->buf + l->len, s, n);
     l->len += n;
 }
@@ -74,37 +79,56 @@ static void puts_(struct ws_log_line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-/* Escapes for both formats: printable ASCII stays, '"' and '\\' are backslashed, everything else
- * is \xNN (text) or \u00NN (JSON), so a peer cannot forge a line or a field. */
-static void put_escaped(struct ws_log_line *l, const char *s, size_t n)
+/* Escapes one byte for both formats: printable ASCII stays, '"' and '\\' are backslashed,
+ * everything else is \xNN (text) or \u00NN (JSON), so a peer cannot forge a line or a field.
+ * Returns the length written to tmp (at most 6). */
+static size_t escape(unsigned char ch, char *tmp)
+{
+    if (ch == '"' || ch == '\\') {
+        tmp[0] = '\\';
+        tmp[1] = (char)ch;
+        return 2;
+    }
+    if (ch >= 0x20 && ch < 0x7f) {
+        tmp[0] = (char)ch;
+        return 1;
+    }
+    return (size_t)snprintf(tmp, 8, format == WS_LOG_JSON ? "\\u%04x" : "\\x%02x", ch);
+}
+
+static size_t escaped_len(const char *s, size_t n)
+{
+    char tmp[8];
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++)
+        len += escape((unsigned char)s[i], tmp);
+    return len;
+}
+
+/* Appends s escaped, stopping before the first escape that would leave less than keep bytes of
+ * room: a cut never splits an escape, so the string can still be closed. */
+static void put_escaped(struct ws_log_line *l, const char *s, size_t n, size_t keep)
 {
     char tmp[8];
     for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch == '"' || ch == '\\') {
-            tmp[0] = '\\';
-            tmp[1] = (char)ch;
-            put(l, tmp, 2);
-        } else if (ch >= 0x20 && ch < 0x7f) {
-            put(l, (const char *)&ch, 1);
-        } else {
-            int k = snprintf(tmp, sizeof(tmp), format == WS_LOG_JSON ? "\\u%04x" : "\\x%02x", ch);
-            put(l, tmp, (size_t)k);
-        }
+        size_t k = escape((unsigned char)s[i], tmp);
+        if (k + keep > room(l))
+            return;
+        put(l, tmp, k);
     }
 }
 
-static void key(struct ws_log_line *l, const char *k)
+/* Starts field k (escaped: the app names fields too) when it fits with value_min bytes of its
+ * value; otherwise writes nothing and returns false, so a full line drops fields whole. */
+static bool key(struct ws_log_line *l, const char *k, size_t value_min)
 {
-    if (format == WS_LOG_JSON) {
-        puts_(l, ",\"");
-        puts_(l, k);
-        puts_(l, "\":");
-    } else {
-        puts_(l, " ");
-        puts_(l, k);
-        puts_(l, "=");
-    }
+    bool json = format == WS_LOG_JSON;
+    if ((json ? 4 : 2) + escaped_len(k, strlen(k)) + value_min > room(l))
+        return false;
+    puts_(l, json ? ",\"" : " ");
+    put_escaped(l, k, strlen(k), 0);
+    puts_(l, json ? "\":" : "=");
+    return true;
 }
 
 static void begin_line(struct ws_log_line *l, enum ws_log_level level, const char *event,
@@ -188,14 +212,14 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
         puts_(l, "\",\"level\":\"");
         puts_(l, level_names[level]);
         puts_(l, "\",\"event\":\"");
-        put_escaped(l, event, strlen(event));
+        put_escaped(l, event, strlen(event), 0);
         puts_(l, "\"");
     } else {
         puts_(l, when);
         puts_(l, " level=");
         puts_(l, level_names[level]);
         puts_(l, " event=");
-        put_escaped(l, event, strlen(event));
+        put_escaped(l, event, strlen(event), 0);
     }
     if (worker > 0)
         ws_log_i64(l, "worker", worker);
@@ -203,11 +227,10 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
 
 void ws_log_str(struct ws_log_line *l, const char *k, const char *s, size_t n)
 {
-    if (!l->active)
+    if (!l->active || !key(l, k, 2))
         return;
-    key(l, k);
     puts_(l, "\"");
-    put_escaped(l, s, n);
+    put_escaped(l, s, n, 1); /* a long value is cut, keeping room for its closing quote */
     puts_(l, "\"");
 }
 
@@ -222,8 +245,8 @@ void ws_log_u64(struct ws_log_line *l, const char *k, uint64_t v)
         return;
     char tmp[24];
     int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    key(l, k);
-    put(l, tmp, (size_t)n);
+    if (key(l, k, (size_t)n))
+        put(l, tmp, (size_t)n);
 }
 
 void ws_log_i64(struct ws_log_line *l, const char *k, int64_t v)
@@ -232,8 +255,8 @@ void ws_log_i64(struct ws_log_line *l, const char *k, int64_t v)
         return;
     char tmp[24];
     int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
-    key(l, k);
-    put(l, tmp, (size_t)n);
+    if (key(l, k, (size_t)n))
+        put(l, tmp, (size_t)n);
 }
 
 void ws_log_ms(struct ws_log_line *l, const char *k, double seconds)
@@ -242,8 +265,8 @@ void ws_log_ms(struct ws_log_line *l, const char *k, double seconds)
         return;
     char tmp[32];
     int n = snprintf(tmp, sizeof(tmp), "%.3f", seconds * 1000.0);
-    key(l, k);
-    put(l, tmp, (size_t)n);
+    if (key(l, k, (size_t)n))
+        put(l, tmp, (size_t)n);
 }
 
 void ws_log_end(struct ws_log_line *l)
