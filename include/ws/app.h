@@ -44,9 +44,13 @@ struct ws_app_ops {
     void (*close)(void *app, struct ws_conn *c, int code, const uint8_t *reason, size_t len);
     /* The send queue emptied after having been above the low-water mark. */
     void (*drain)(void *app, struct ws_conn *c);
-    /* A plain HTTP request (no upgrade). Returns true when it answered in *reply. */
+    /* A plain HTTP request (no upgrade; req->body holds its body). Returns true when it answered
+     * in *reply. */
     bool (*http)(void *app, struct ws_conn *c, const struct ws_http_request *req,
                  struct ws_http_reply *reply);
+    /* True when the app serves HTTP routes: a GET no route or file serves is then a 404, not a
+     * 426. */
+    bool (*serves_http)(void *app);
     /* Graceful shutdown begins. */
     void (*shutdown)(void *app, const char *reason);
     /* Reload requested (SIGHUP). */

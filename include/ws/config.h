@@ -32,6 +32,9 @@ struct ws_config {
     int64_t max_connections;
     int64_t max_connections_per_ip;
     int64_t max_header_size;
+    int64_t max_body_size;
+    struct ws_string_list allowed_origins;
+    struct ws_string_list trusted_proxies;
     int64_t max_message_size;
     int64_t max_buffered;
     int64_t max_buffered_total;
@@ -54,6 +57,7 @@ struct ws_config {
     bool compression_client_no_context_takeover;
     int64_t fragment_size;
     bool metrics;
+    char *metrics_listen;
     int64_t workers;
     char *redis;
     char *log_level;

@@ -13,6 +13,7 @@
 #include "ws/heartbeat.h"
 #include "ws/outq.h"
 #include "ws/registry.h"
+#include "ws/request.h"
 #include "ws/session.h"
 #include "ws/topics.h"
 #include "ws/transport.h"
@@ -34,6 +35,13 @@ enum ws_conn_state {
 #define WS_CONN_SENT 0   /* accepted; queue below the low-water mark */
 #define WS_CONN_QUEUED 1 /* accepted; queue above the low-water mark: wait for drain */
 
+/* Who began the end of a WebSocket connection, for the close log. */
+enum ws_conn_closer {
+    WS_CONN_BY_NONE,   /* nobody sent a close frame: the connection dropped */
+    WS_CONN_BY_SERVER, /* we sent the first close frame */
+    WS_CONN_BY_PEER,   /* the peer did */
+};
+
 struct ws_conn {
     struct ws_registry_node node; /* node.id is the connection id */
     struct ws_subscriber sub;     /* topics */
@@ -42,8 +50,8 @@ struct ws_conn {
     enum ws_conn_state state;
     ev_timer timer; /* the one timer: handshake, ping, pong, idle and close deadlines */
     struct ws_session session;
-    struct ws_buf in;                 /* the request head while CONNECTING, then empty */
-    size_t scanned;                   /* request head bytes searched for its end */
+    struct ws_request request;        /* the HTTP request while CONNECTING, then empty */
+    struct ws_conn_body *body;        /* a plain request\'s body being read, or NULL */
     struct ws_heartbeat_clocks clock; /* what the timeouts are measured from */
     union {
         struct sockaddr sa;
@@ -54,11 +62,15 @@ struct ws_conn {
     char *protocol;             /* chosen subprotocol (owned) or NULL */
     struct ws_deflate *deflate; /* permessage-deflate state when negotiated (owned) */
     uint16_t close_code;        /* code to report to the app's close callback */
+    uint8_t closed_by;          /* enum ws_conn_closer */
+    uint32_t messages_in, messages_out;
+    uint64_t bytes_in, bytes_out;
     char *close_reason;         /* owned, may be NULL */
     struct ws_conn *next_flush; /* env->flush_head list */
     struct ws_conn *next_dead;  /* env->dead_head list */
     bool in_flush_list;
     bool opened;     /* open() was called: close() is owed */
+    bool ops_port;   /* accepted on metrics_listen: served by ws_front_handle_ops */
     bool above_low;  /* queue went above the low-water mark: drain() is owed */
     bool ip_counted; /* counted in the per-IP table */
 };
@@ -88,9 +100,6 @@ int ws_conn_ping(struct ws_conn *c, const void *payload, size_t len);
 
 /* Bytes in the send queue. */
 size_t ws_conn_buffered(const struct ws_conn *c);
-
-/* The peer address as text ("1.2.3.4:5678", "[::1]:5678" or "unix"), into out. */
-const char *ws_conn_peer(const struct ws_conn *c, char *out, size_t cap);
 
 /* A new accepted socket with its transport (state owned by the conn), registered in env. It may
  * be refused at once (per-address limit): it is then already CLOSED and queued for freeing. */

@@ -26,7 +26,9 @@
 /* Counters behind ws.stats() and /metrics: monotonic for the life of the process (a reload does
  * not reset them). */
 struct ws_stats {
-    uint64_t connections_total;
+    uint64_t connections_total;   /* sockets accepted */
+    uint64_t upgrades_total;      /* WebSocket connections opened (101) */
+    uint64_t http_requests_total; /* plain HTTP requests answered (no upgrade) */
     uint64_t messages_in, messages_out;
     uint64_t bytes_in, bytes_out;
     uint64_t handshake_rejections;

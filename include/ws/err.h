@@ -28,6 +28,7 @@
     X(HTTP_TOO_LARGE, 0, 431, "request header fields too large")                                   \
     X(HTTP_METHOD, 0, 405, "method not allowed")                                                   \
     X(HTTP_VERSION, 0, 505, "HTTP version not supported")                                          \
+    X(HTTP_BODY_TOO_LARGE, 0, 413, "request body too large")                                       \
     X(HANDSHAKE, 0, 400, "bad WebSocket handshake")                                                \
     X(WS_VERSION, 0, 426, "unsupported Sec-WebSocket-Version")                                     \
     X(CLOSED, 0, 0, "connection closed")                                                           \

@@ -13,6 +13,7 @@
 #include "ws/http.h"
 
 #include <stdbool.h>
+#include <sys/socket.h>
 
 struct ws_conn;
 
@@ -37,6 +38,10 @@ struct ws_front_reply {
 void ws_front_handle(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
                      struct ws_front_reply *reply);
 
+/* The metrics listener (metrics_listen): /metrics and /healthz only, never an upgrade. */
+void ws_front_handle_ops(struct ws_env *env, const struct ws_http_request *req,
+                         struct ws_front_reply *reply);
+
 /* Fills *reply with an error answer: status, a one-line text body (the status text when body is
  * NULL; at most 1 KiB is kept) and extra header lines (each ending in CRLF, or NULL). refused
  * marks a refused WebSocket handshake. */
@@ -45,5 +50,15 @@ void ws_front_error(struct ws_front_reply *reply, int status, const char *body, 
 
 /* Frees what a reply owns; the struct may be reused after. */
 void ws_front_reply_free(struct ws_front_reply *reply);
+
+/* True when sa is one of env's trusted_proxies. */
+bool ws_front_trusted(const struct ws_env *env, const struct sockaddr *sa);
+
+/* The client's address behind a trusted proxy: when peer (the socket's address) is in
+ * trusted_proxies and the request carries X-Forwarded-For (else Forwarded: for=), the nearest
+ * address in it that is not itself a trusted proxy, in *out (port 0). False otherwise: the
+ * socket's address is the client's. */
+bool ws_front_client_address(const struct ws_env *env, const struct sockaddr *peer,
+                             const struct ws_http_request *req, struct sockaddr_storage *out);
 
 #endif

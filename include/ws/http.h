@@ -1,11 +1,13 @@
 /* Bounded HTTP/1.1 request-head parser (RFC 9112 §2-5): finds the end of the head across split
  * reads, then parses the request line and header fields into spans of the caller's buffer. It
- * never allocates and never reads a body; bytes after the head are the caller's. */
+ * never allocates. For a body, it says how the body is framed (RFC 9112 §6) and decodes the
+ * chunked coding in place; reading the bytes is the caller's. */
 #ifndef WS_HTTP_H
 #define WS_HTTP_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define WS_HTTP_MAX_HEADERS 64
 
@@ -26,7 +28,23 @@ struct ws_http_request {
     int version_minor;     /* HTTP/1.x */
     struct ws_http_header headers[WS_HTTP_MAX_HEADERS];
     size_t nheaders;
-    size_t head_len; /* bytes of the head including the final CRLF CRLF */
+    size_t head_len;     /* bytes of the head including the final CRLF CRLF */
+    struct ws_span body; /* the body, once the caller has read it (the parser leaves it empty) */
+};
+
+/* How a request's body is framed. */
+struct ws_http_framing {
+    bool chunked;    /* Transfer-Encoding: chunked (the length is not known in advance) */
+    uint64_t length; /* Content-Length, or 0 */
+};
+
+/* State of the in-place chunked decoder; zero it (or ws_http_chunked_init) before the body. */
+struct ws_http_chunked {
+    int state;
+    uint64_t remaining; /* bytes left in the current chunk, or the size being read */
+    unsigned digits;    /* hex digits of the size so far */
+    size_t in;          /* bytes of the buffer consumed */
+    size_t out;         /* decoded bytes at the front of the buffer */
 };
 
 /* Parses the request head at buf[0..len). *scanned carries how far an earlier call already
@@ -39,6 +57,22 @@ struct ws_http_request {
  *   WS_E_HTTP_VERSION    not HTTP/1.x (505). */
 int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
                   struct ws_http_request *req);
+
+/* How req's body is framed (RFC 9112 §6.1-6.3): Transfer-Encoding chunked, a Content-Length, or
+ * none. WS_E_HTTP_BAD for a Content-Length that is not a number or that repeats with different
+ * values, for both Transfer-Encoding and Content-Length (a request smuggling vector, §6.1), and
+ * for a transfer coding other than chunked alone. */
+int ws_http_framing(const struct ws_http_request *req, struct ws_http_framing *out);
+
+void ws_http_chunked_init(struct ws_http_chunked *d);
+
+/* Decodes the chunked body in buf[0..len) in place (RFC 9112 §7.1): the data of the chunks moves
+ * to the front of buf, d->out bytes of it so far; call again with the same buf after appending
+ * more bytes. Chunk extensions and trailer fields are skipped. Returns 0 when the last chunk and
+ * the trailer are done (d->in bytes of buf were the body; anything after is not), WS_E_AGAIN for
+ * more, WS_E_HTTP_BAD for a malformed coding, WS_E_HTTP_BODY_TOO_LARGE once the data would
+ * exceed max_bytes. */
+int ws_http_chunked_decode(struct ws_http_chunked *d, uint8_t *buf, size_t len, uint64_t max_bytes);
 
 /* The value of the first field named name (case-insensitive), or NULL. */
 const struct ws_span *ws_http_header(const struct ws_http_request *req, const char *name);

@@ -17,7 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define WS_SERVER_MAX_LISTENERS WS_CONFIG_MAX_LIST
+#define WS_SERVER_MAX_LISTENERS (WS_CONFIG_MAX_LIST + 1) /* the app's, and metrics_listen */
 
 struct ws_listener {
     ev_io io;
@@ -25,6 +25,7 @@ struct ws_listener {
     char *addr; /* as configured */
     char *unix_path;
     bool tls; /* wss:// */
+    bool ops; /* metrics_listen: /metrics and /healthz only, open while draining */
 };
 
 struct ws_server {

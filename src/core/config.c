@@ -3,6 +3,7 @@
 #include "ws/config.h"
 
 #include "ws/buf.h"
+#include "ws/cidr.h"
 #include "ws/err.h"
 
 #include <errno.h>
@@ -35,6 +36,13 @@ const struct ws_option ws_options[] = {
      "N", "connections per client address (default 0: off)"},
     {"max_header_size", WS_OPT_INT, OFF(max_header_size), 256, 1048576, NULL, true, "BYTES",
      "request head bytes (default 8192); 431 beyond"},
+    {"max_body_size", WS_OPT_INT, OFF(max_body_size), 0, SIZE_LIMIT, NULL, true, "BYTES",
+     "request body bytes for http routes (default 1048576); 413 beyond"},
+    {"allowed_origins", WS_OPT_LIST, OFF(allowed_origins), 0, 0, NULL, true, "ORIGIN",
+     "browser origins allowed to open WebSockets (https://example.com, https://*.example.com; "
+     "default: any); others get 403"},
+    {"trusted_proxies", WS_OPT_LIST, OFF(trusted_proxies), 0, 0, NULL, true, "CIDR",
+     "proxies whose X-Forwarded-For / Forwarded client address is believed (e.g. 10.0.0.0/8)"},
     {"max_message_size", WS_OPT_INT, OFF(max_message_size), 1, SIZE_LIMIT, NULL, true, "BYTES",
      "reassembled message bytes (default 1048576); 1009 beyond"},
     {"max_buffered", WS_OPT_INT, OFF(max_buffered), 1024, SIZE_LIMIT, NULL, true, "BYTES",
@@ -82,6 +90,9 @@ const struct ws_option ws_options[] = {
     {"fragment_size", WS_OPT_INT, OFF(fragment_size), 0, SIZE_LIMIT, NULL, true, "BYTES",
      "split outgoing messages larger than this into fragments, 0 never (default 0)"},
     {"metrics", WS_OPT_BOOL, OFF(metrics), 0, 0, NULL, true, NULL, "serve /metrics"},
+    {"metrics_listen", WS_OPT_STRING, OFF(metrics_listen), 0, 0, NULL, false, "ADDR",
+     "serve /metrics and /healthz on this listener instead of the app's (kept open while "
+     "draining)"},
     {"workers", WS_OPT_INT, OFF(workers), 0, 1024, NULL, false, "N|auto",
      "worker processes sharing the port (default 1; auto or 0: one per CPU)"},
     {"redis", WS_OPT_STRING, OFF(redis), 0, 0, NULL, false, "URL", "Redis for scale-out"},
@@ -116,6 +127,7 @@ void ws_config_init(struct ws_config *cfg)
     memset(cfg, 0, sizeof(*cfg));
     cfg->max_connections = 10000;
     cfg->max_header_size = 8192;
+    cfg->max_body_size = 1048576;
     cfg->max_message_size = 1048576;
     cfg->max_buffered = 1048576;
     cfg->max_buffered_total = 268435456;
@@ -325,6 +337,14 @@ int ws_config_validate(const struct ws_config *cfg, char *err, size_t errlen)
                     "must be given together");
     if (cfg->max_buffered < 1024)
         return fail(err, errlen, "invalid value for %s: %s", "max_buffered", "at least 1024");
+    for (size_t i = 0; i < cfg->trusted_proxies.n; i++) {
+        struct ws_cidr net;
+        if (ws_cidr_parse(cfg->trusted_proxies.items[i], &net) < 0)
+            return fail(err, errlen,
+                        "invalid value for %s: %s (want an address or CIDR such as "
+                        "10.0.0.0/8 or ::1)",
+                        "trusted_proxies", cfg->trusted_proxies.items[i]);
+    }
     return 0;
 }
 

@@ -10,7 +10,9 @@
 #include "ws/front.h"
 #include "ws/handshake.h"
 #include "ws/http.h"
+#include "ws/connlog.h"
 #include "ws/log.h"
+#include "ws/request.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -63,63 +65,6 @@ static void set_state(struct ws_conn *c, enum ws_conn_state to)
         c->clock.closing_since = ev_now(c->env->loop);
 }
 
-const char *ws_conn_peer(const struct ws_conn *c, char *out, size_t cap)
-{
-    char ip[INET6_ADDRSTRLEN];
-    switch (c->peer.sa.sa_family) {
-    case AF_INET:
-        inet_ntop(AF_INET, &c->peer.in4.sin_addr, ip, sizeof(ip));
-        snprintf(out, cap, "%s:%u", ip, ntohs(c->peer.in4.sin_port));
-        break;
-    case AF_INET6:
-        inet_ntop(AF_INET6, &c->peer.in6.sin6_addr, ip, sizeof(ip));
-        snprintf(out, cap, "[%s]:%u", ip, ntohs(c->peer.in6.sin6_port));
-        break;
-    default:
-        snprintf(out, cap, "unix");
-    }
-    return out;
-}
-
-static void log_conn(struct ws_conn *c, enum ws_log_level level, const char *event, int code,
-                     const char *reason)
-{
-    if (!ws_log_enabled(level))
-        return;
-    char peer[64];
-    struct ws_log_line l;
-    ws_log_begin(&l, level, event);
-    ws_log_u64(&l, "conn", c->node.id);
-    ws_log_cstr(&l, "peer", ws_conn_peer(c, peer, sizeof(peer)));
-    if (code)
-        ws_log_i64(&l, "code", code);
-    if (reason)
-        ws_log_cstr(&l, "reason", reason);
-    ws_log_ms(&l, "ms", ev_now(c->env->loop) - c->clock.started);
-    ws_log_end(&l);
-}
-
-/* The access log: one line per HTTP answer, the 101 included. */
-static void log_access(struct ws_conn *c, int status, const char *reason)
-{
-    enum ws_log_level level = status >= 500 ? WS_LOG_WARN : WS_LOG_INFO;
-    if (!ws_log_enabled(level))
-        return;
-    char peer[64];
-    struct ws_log_line l;
-    ws_log_begin(&l, level, "access");
-    ws_log_u64(&l, "conn", c->node.id);
-    ws_log_cstr(&l, "peer", ws_conn_peer(c, peer, sizeof(peer)));
-    ws_log_i64(&l, "status", status);
-    /* the path without its query: query strings carry tokens that logs must not keep */
-    const char *path = c->path ? c->path : "";
-    ws_log_str(&l, "path", path, strcspn(path, "?"));
-    if (reason)
-        ws_log_cstr(&l, "reason", reason);
-    ws_log_ms(&l, "ms", ev_now(c->env->loop) - c->clock.started);
-    ws_log_end(&l);
-}
-
 struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *sa, socklen_t salen,
                             const struct ws_transport_ops *transport, void *transport_state)
 {
@@ -133,7 +78,7 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     c->state = WS_CONN_CONNECTING;
     c->clock.started = c->clock.last_read = c->clock.last_message = ev_now(env->loop);
     ws_session_init(&c->session, (size_t)env->cfg.max_message_size);
-    ws_buf_init(&c->in);
+    ws_request_init(&c->request);
     ws_wire_init(&c->wire, env->loop, fd, transport, transport_state, on_io, c);
     ev_init(&c->timer, on_timer);
     c->timer.data = c;
@@ -142,7 +87,8 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     rearm(c);
     /* per address, every socket counts from accept, handshakes in progress included: one
      * address must not be able to hold all the sockets the server accepts */
-    if (env->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX) {
+    if (env->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX &&
+        !ws_front_trusted(env, &c->peer.sa)) {
         c->ip_counted = true;
         if (ws_env_ip_count(c->env, &c->peer.sa, 1) > (uintptr_t)env->cfg.max_connections_per_ip) {
             /* refused at once and not kept lingering: those sockets must not pile up either.
@@ -154,7 +100,7 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
             if (transport == &ws_transport_plain)
                 (void)!send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT);
             ws_stats_count_refusal(&env->stats, 503);
-            log_access(c, 503, "too many connections from this address");
+            ws_connlog_access(c, 503, "too many connections from this address", NULL, n);
             kill_conn(c, 0, NULL);
         }
     }
@@ -201,6 +147,8 @@ static void queue_frame(struct ws_conn *c, uint8_t opcode, bool fin, uint8_t rsv
 /* Queues our close frame and enters CLOSING: nothing is sent after it. */
 static void start_close(struct ws_conn *c, int code, const char *reason, size_t len)
 {
+    if (c->closed_by == WS_CONN_BY_NONE)
+        c->closed_by = WS_CONN_BY_SERVER;
     uint8_t payload[WS_FRAME_MAX_CONTROL_PAYLOAD];
     size_t n = ws_close_payload(payload, code, reason, len);
     queue_frame(c, WS_OP_CLOSE, true, 0, payload, n);
@@ -241,7 +189,7 @@ static int accept_data(struct ws_conn *c, size_t len)
         c->env->stats.dropped++;
         return WS_E_LIMIT;
     }
-    log_conn(c, WS_LOG_WARN, "slow_consumer", 1008, NULL);
+    ws_connlog_event(c, WS_LOG_WARN, "slow_consumer", 1008, NULL);
     start_close(c, 1008, "slow consumer", 13);
     return WS_E_CLOSED;
 }
@@ -273,6 +221,7 @@ int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len
     if (rc < 0)
         return rc;
     c->env->stats.messages_out++;
+    c->messages_out++;
     uint8_t rsv = 0;
     struct ws_buf *z = &c->env->zbuf;
     if (c->deflate && ws_deflate_should_compress(c->deflate, len)) {
@@ -295,7 +244,9 @@ int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len
     } else if (c->wire.out.bytes == 0 && len >= WS_OUTQ_CHUNK_BYTES) {
         uint8_t hdr[WS_FRAME_MAX_HEADER];
         size_t hlen = ws_frame_encode_header(hdr, true, rsv, opcode, len, NULL);
-        ws_wire_write(&c->wire, &c->env->pool, hdr, hlen, data, len, &c->env->stats.bytes_out);
+        uint64_t before = c->bytes_out;
+        ws_wire_write(&c->wire, &c->env->pool, hdr, hlen, data, len, &c->bytes_out);
+        c->env->stats.bytes_out += c->bytes_out - before;
     } else {
         queue_frame(c, opcode, true, rsv, data, len);
     }
@@ -329,6 +280,8 @@ int ws_conn_send_shared(struct ws_conn *c, struct ws_shared *frame, bool is_data
         if (rc < 0)
             return rc;
         c->env->stats.messages_out++;
+        c->messages_out++;
+        c->messages_out++;
     }
     ws_outq_append_shared(&c->wire.out, &c->env->pool, frame);
     return sent_result(c);
@@ -346,7 +299,9 @@ void ws_conn_flush(struct ws_conn *c)
         return;
     if (!c->wire.secured)
         return; /* the transport's handshake comes first */
-    int rc = ws_wire_flush(&c->wire, env->loop, &env->pool, &env->stats.bytes_out);
+    uint64_t before = c->bytes_out;
+    int rc = ws_wire_flush(&c->wire, env->loop, &env->pool, &c->bytes_out);
+    env->stats.bytes_out += c->bytes_out - before;
     if (rc == WS_E_AGAIN)
         return;
     if (rc < 0) {
@@ -372,8 +327,10 @@ void ws_conn_flush(struct ws_conn *c)
 
 static void process_frames(struct ws_conn *c, uint8_t *data, size_t len);
 
-/* Sends the front's answer, then closes: the one response a plain request gets. */
-static void answer(struct ws_conn *c, const struct ws_front_reply *r)
+/* Sends the front's answer to req (NULL: unreadable), then closes: the one response a plain
+ * request gets. */
+static void answer(struct ws_conn *c, const struct ws_front_reply *r,
+                   const struct ws_http_request *req)
 {
     if (r->refused) {
         if (c->ip_counted) {
@@ -382,17 +339,19 @@ static void answer(struct ws_conn *c, const struct ws_front_reply *r)
             c->ip_counted = false;
         }
         ws_stats_count_refusal(&c->env->stats, r->status);
+    } else {
+        c->env->stats.http_requests_total++;
     }
     ws_outq_append(&c->wire.out, &c->env->pool, r->response.data, r->response.len);
-    log_access(c, r->status, r->reason[0] ? r->reason : NULL);
-    ws_buf_reset(&c->in);
+    ws_connlog_access(c, r->status, r->reason[0] ? r->reason : NULL, req, r->response.len);
+    ws_request_reset(&c->request);
     set_state(c, WS_CONN_CLOSING);
     rearm(c);
     want_flush(c);
 }
 
-/* Sends the 101 and opens the connection. head_len: the request head's bytes in c->in. */
-static void open_ws(struct ws_conn *c, struct ws_front_reply *r, size_t head_len)
+/* Sends the 101 and opens the connection. */
+static void open_ws(struct ws_conn *c, struct ws_front_reply *r, const struct ws_http_request *req)
 {
     struct ws_env *env = c->env;
     ws_outq_append(&c->wire.out, &env->pool, r->response.data, r->response.len);
@@ -409,40 +368,82 @@ static void open_ws(struct ws_conn *c, struct ws_front_reply *r, size_t head_len
     c->clock.last_read = c->clock.last_message = ev_now(env->loop);
     rearm(c);
     want_flush(c);
-    log_access(c, 101, NULL);
+    env->stats.upgrades_total++;
+    ws_connlog_access(c, 101, NULL, req, r->response.len);
     if (env->ops->open)
         env->ops->open(env->app, c);
     /* SPEC §3: bytes after the head in the same read are the first frame bytes */
-    size_t rest = c->in.len - head_len;
+    size_t rest = c->request.in.len - req->head_len;
     if (rest && c->state != WS_CONN_CLOSED)
-        process_frames(c, c->in.data + head_len, rest);
+        process_frames(c, c->request.in.data + req->head_len, rest);
 }
 
-static void on_head_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
+/* Answers a request that could not be read: the status that goes with err. req is its head
+ * when that much was parsed, else NULL. */
+static void refuse_request(struct ws_conn *c, int err, const struct ws_http_request *req)
 {
-    size_t max = (size_t)cfg(c)->max_header_size;
-    /* keep at most one byte past the cap: enough to tell "too large" */
-    size_t room = max + WS_ENV_READ_BYTES > c->in.len ? max + WS_ENV_READ_BYTES - c->in.len : 0;
-    ws_buf_append(&c->in, data, len < room ? len : room);
-    struct ws_http_request req;
-    int rc = ws_http_parse((const char *)c->in.data, c->in.len, max, &c->scanned, &req);
-    if (rc == WS_E_AGAIN)
-        return;
     struct ws_front_reply r = {0};
-    if (rc < 0) {
-        ws_front_error(&r, ws_err_http_status(rc), ws_strerror(rc), strlen(ws_strerror(rc)), NULL,
-                       true);
-        answer(c, &r);
+    ws_front_error(&r, ws_err_http_status(err), ws_strerror(err), strlen(ws_strerror(err)), NULL,
+                   true);
+    answer(c, &r, req);
+    ws_front_reply_free(&r);
+}
+
+/* The whole request is here (head, and body when it has one): the front decides. */
+static void decide(struct ws_conn *c, const struct ws_http_request *req)
+{
+    struct ws_front_reply r = {0};
+    if (c->ops_port)
+        ws_front_handle_ops(c->env, req, &r);
+    else
+        ws_front_handle(c->env, c, req, &r);
+    if (r.action == WS_FRONT_UPGRADE) {
+        open_ws(c, &r, req);
+        ws_request_reset(&c->request);
     } else {
-        c->path = ws_xstrndup(req.target.p, req.target.n);
-        ws_front_handle(c->env, c, &req, &r);
-        if (r.action == WS_FRONT_UPGRADE)
-            open_ws(c, &r, req.head_len);
-        else
-            answer(c, &r);
+        answer(c, &r, req);
     }
     ws_front_reply_free(&r);
-    ws_buf_reset(&c->in);
+}
+
+/* Behind a trusted proxy the client is the address it forwards: the peer from now on (logs,
+ * conn.peer) and the one counted against max_connections_per_ip. False when refused for it. */
+static bool forwarded(struct ws_conn *c, const struct ws_http_request *req)
+{
+    struct sockaddr_storage client;
+    if (!ws_front_client_address(c->env, &c->peer.sa, req, &client))
+        return true;
+    memcpy(&c->peer, &client, sizeof(c->peer));
+    int64_t max = cfg(c)->max_connections_per_ip;
+    if (max > 0 && !c->ip_counted) {
+        c->ip_counted = true;
+        if (ws_env_ip_count(c->env, &c->peer.sa, 1) > (uintptr_t)max) {
+            struct ws_front_reply r = {0};
+            const char *msg = "too many connections from this address";
+            ws_front_error(&r, 503, msg, strlen(msg), NULL, true);
+            answer(c, &r, req);
+            ws_front_reply_free(&r);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void on_request_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
+{
+    const struct ws_request_limits lim = {(size_t)cfg(c)->max_header_size,
+                                          (size_t)cfg(c)->max_body_size, WS_ENV_READ_BYTES};
+    struct ws_http_request req;
+    int rc = ws_request_feed(&c->request, data, len, &lim, &req);
+    if (rc == WS_E_AGAIN)
+        return;
+    bool head = rc == 0 || ws_request_head(&c->request, &req);
+    if (head && !c->path)
+        c->path = ws_xstrndup(req.target.p, req.target.n);
+    if (rc < 0)
+        refuse_request(c, rc, head ? &req : NULL);
+    else if (forwarded(c, &req))
+        decide(c, &req);
 }
 
 /* ---- WebSocket side ---- */
@@ -450,7 +451,7 @@ static void on_head_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
 static void fail(struct ws_conn *c, int err)
 {
     int code = ws_err_close_code(err);
-    log_conn(c, WS_LOG_DEBUG, "protocol_error", code, ws_strerror(err));
+    ws_connlog_event(c, WS_LOG_DEBUG, "protocol_error", code, ws_strerror(err));
     if (c->state == WS_CONN_OPEN)
         start_close(c, code, ws_strerror(err), strlen(ws_strerror(err)));
     else
@@ -459,6 +460,8 @@ static void fail(struct ws_conn *c, int err)
 
 static void on_peer_close(struct ws_conn *c, const struct ws_session_event *ev)
 {
+    if (c->state == WS_CONN_OPEN)
+        c->closed_by = WS_CONN_BY_PEER;
     c->close_code = ev->code;
     free(c->close_reason);
     c->close_reason = ev->len ? ws_xstrndup((const char *)ev->data, ev->len) : NULL;
@@ -488,6 +491,7 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
             if (c->state != WS_CONN_OPEN)
                 break; /* RFC 6455 §1.4: data after our close frame is discarded */
             env->stats.messages_in++;
+            c->messages_in++;
             c->clock.last_message = ev_now(env->loop);
             if (env->ops->message)
                 env->ops->message(env->app, c, ev.data, ev.len, ev.opcode == WS_OP_BINARY);
@@ -515,7 +519,7 @@ static bool secure(struct ws_conn *c)
     int rc = ws_wire_secure(&c->wire, c->env->loop);
     if (rc == 0 || rc == WS_E_AGAIN)
         return rc == 0;
-    log_conn(c, WS_LOG_INFO, "tls_failed", 0, ws_strerror(rc));
+    ws_connlog_event(c, WS_LOG_INFO, "tls_failed", 0, ws_strerror(rc));
     kill_conn(c, 1006, "TLS handshake failed");
     return false;
 }
@@ -525,11 +529,12 @@ static void on_bytes(struct ws_conn *c, uint8_t *data, size_t n)
 {
     struct ws_env *env = c->env;
     env->stats.bytes_in += n;
+    c->bytes_in += n;
     c->clock.last_read = ev_now(env->loop);
     c->clock.ping_sent = 0; /* any bytes prove the peer alive */
     switch (c->state) {
     case WS_CONN_CONNECTING:
-        on_head_bytes(c, data, n);
+        on_request_bytes(c, data, n);
         break;
     case WS_CONN_OPEN:
     case WS_CONN_CLOSING:
@@ -612,7 +617,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     while (c->state == state &&
            (r = ws_heartbeat_due(phases[state], &c->clock, cfg(c), now)) != NULL) {
         if (r->event)
-            log_conn(c, WS_LOG_INFO, r->event, r->action == WS_HEARTBEAT_DROP ? 0 : r->code, NULL);
+            ws_connlog_event(c, WS_LOG_INFO, r->event, r->action == WS_HEARTBEAT_DROP ? 0 : r->code,
+                             NULL);
         if (r->action == WS_HEARTBEAT_DROP) {
             kill_conn(c, r->code, r->reason);
         } else if (r->action == WS_HEARTBEAT_CLOSE) {
@@ -639,7 +645,7 @@ void ws_conn_destroy(struct ws_conn *c)
     assert(c->state == WS_CONN_CLOSED);
     int code = c->close_code ? c->close_code : 1006;
     if (c->opened) {
-        log_conn(c, WS_LOG_DEBUG, "close", code, c->close_reason);
+        ws_connlog_close(c, code);
         ws_stats_count_close(&env->stats, code);
         if (env->ops->close) {
             const char *r = c->close_reason ? c->close_reason : "";
@@ -655,7 +661,7 @@ void ws_conn_destroy(struct ws_conn *c)
         ws_env_ip_count(c->env, &c->peer.sa, -1);
     ws_registry_remove(&env->conns, &c->node);
     ws_session_reset(&c->session);
-    ws_buf_reset(&c->in);
+    ws_request_reset(&c->request);
     ws_wire_free(&c->wire, &env->pool);
     if (c->deflate) {
         ws_deflate_reset(c->deflate);

@@ -2,6 +2,7 @@
  * and freed here, in one place; the caller sends the bytes and does the rest. */
 #include "ws/front.h"
 
+#include "ws/cidr.h"
 #include "ws/handshake.h"
 #include "ws/log.h"
 #include "ws/static.h"
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define RESPONSE_HEAD_MAX 1024
 #define ERROR_BODY_MAX 1024
@@ -93,6 +95,27 @@ static void serve_static(struct ws_env *env, const struct ws_http_request *req, 
     ws_static_reply_free(&st);
 }
 
+/* For load balancers: 503 once a shutdown has begun. */
+static void healthz(struct ws_env *env, bool head, struct ws_front_reply *r)
+{
+    const char *body = env->draining ? "shutting down\n" : "ok\n";
+    answer(r, env->draining ? 503 : 200, "text/plain; charset=utf-8", body, strlen(body), NULL,
+           head);
+}
+
+static void metrics(struct ws_env *env, bool head, struct ws_front_reply *r)
+{
+    if (!env->render_metrics) {
+        ws_front_error(r, 404, "not found", 9, NULL, false);
+        return;
+    }
+    struct ws_buf out;
+    ws_buf_init(&out);
+    env->render_metrics(env->metrics_ctx, &out);
+    answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", out.data, out.len, NULL, head);
+    ws_buf_reset(&out);
+}
+
 /* A plain request: built-in endpoints, the app's routes, static files, or a refusal. */
 static void answer_http(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
                         struct ws_front_reply *r)
@@ -100,17 +123,12 @@ static void answer_http(struct ws_env *env, struct ws_conn *c, const struct ws_h
     bool head = method_is(req, "HEAD");
     bool get = head || method_is(req, "GET");
     struct ws_http_reply app = {0};
-    if (get && path_is(req, "/healthz")) {
-        /* for load balancers: 503 once a shutdown has begun */
-        const char *body = env->draining ? "shutting down\n" : "ok\n";
-        answer(r, env->draining ? 503 : 200, "text/plain; charset=utf-8", body, strlen(body), NULL,
-               head);
-    } else if (get && env->cfg.metrics && env->render_metrics && path_is(req, "/metrics")) {
-        struct ws_buf out;
-        ws_buf_init(&out);
-        env->render_metrics(env->metrics_ctx, &out);
-        answer(r, 200, "text/plain; version=0.0.4; charset=utf-8", out.data, out.len, NULL, head);
-        ws_buf_reset(&out);
+    /* with metrics_listen the built-in endpoints move there */
+    bool builtin = get && !env->cfg.metrics_listen;
+    if (builtin && path_is(req, "/healthz")) {
+        healthz(env, head, r);
+    } else if (builtin && env->cfg.metrics && path_is(req, "/metrics")) {
+        metrics(env, head, r);
     } else if (env->ops->http && env->ops->http(env->app, c, req, &app)) {
         answer(r, app.status, app.content_type ? app.content_type : "text/plain; charset=utf-8",
                app.body, app.body_len, app.headers, head);
@@ -121,6 +139,8 @@ static void answer_http(struct ws_env *env, struct ws_conn *c, const struct ws_h
         serve_static(env, req, head, r);
     } else if (!get) {
         ws_front_error(r, 405, "method not allowed", 18, "Allow: GET, HEAD\r\n", false);
+    } else if (env->ops->serves_http && env->ops->serves_http(env->app)) {
+        ws_front_error(r, 404, "not found", 9, NULL, false);
     } else {
         const char *msg = "this is a WebSocket endpoint: use a WebSocket client";
         ws_front_error(r, 426, msg, strlen(msg), "Upgrade: websocket\r\n", false);
@@ -149,12 +169,48 @@ static bool choose_protocol(struct ws_env *env, const struct ws_http_request *re
     return true;
 }
 
+/* One allowed_origins entry: an origin ("https://example.com", compared case-insensitively), a
+ * scheme with a wildcard host ("https://" "*.example.com": any subdomain, not the domain
+ * itself), or "*" (any). */
+static bool origin_matches(const char *pattern, struct ws_span origin)
+{
+    if (strcmp(pattern, "*") == 0)
+        return true;
+    const char *star = strstr(pattern, "://*.");
+    if (!star)
+        return ws_span_ieq(origin, pattern);
+    size_t scheme = (size_t)(star - pattern) + 3; /* "https://" */
+    const char *suffix = star + 4;                /* ".example.com" */
+    size_t sn = strlen(suffix);
+    return origin.n > scheme + sn && strncasecmp(origin.p, pattern, scheme) == 0 &&
+           strncasecmp(origin.p + origin.n - sn, suffix, sn) == 0 &&
+           !memchr(origin.p + scheme, '/', origin.n - scheme - sn);
+}
+
+/* Cross-site WebSocket hijacking: a browser sends its page's Origin (RFC 6455 §10.2); a request
+ * without one does not come from a browser page and is not a hijack. */
+static bool origin_allowed(const struct ws_env *env, const struct ws_http_request *req)
+{
+    const struct ws_string_list *allowed = &env->cfg.allowed_origins;
+    const struct ws_span *origin = ws_http_header(req, "Origin");
+    if (!allowed->n || !origin)
+        return true;
+    for (size_t i = 0; i < allowed->n; i++)
+        if (origin_matches(allowed->items[i], *origin))
+            return true;
+    return false;
+}
+
 static void upgrade(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
                     struct ws_front_reply *r)
 {
     struct ws_handshake hs;
     if (ws_handshake_check(req, &hs) < 0) {
         ws_front_error(r, hs.status, hs.reason, strlen(hs.reason), NULL, true);
+        return;
+    }
+    if (!origin_allowed(env, req)) {
+        ws_front_error(r, 403, "origin not allowed", 18, NULL, true);
         return;
     }
     if (env->nupgraded >= (size_t)env->cfg.max_connections) {
@@ -194,6 +250,24 @@ static void upgrade(struct ws_env *env, struct ws_conn *c, const struct ws_http_
     ws_buf_append(&r->response, out, n);
 }
 
+void ws_front_handle_ops(struct ws_env *env, const struct ws_http_request *req,
+                         struct ws_front_reply *r)
+{
+    memset(r, 0, sizeof(*r));
+    ws_buf_init(&r->response);
+    bool head = method_is(req, "HEAD");
+    bool get = head || method_is(req, "GET");
+    if (!get)
+        ws_front_error(r, 405, "method not allowed", 18, "Allow: GET, HEAD\r\n", false);
+    else if (path_is(req, "/healthz"))
+        healthz(env, head, r);
+    else if (path_is(req, "/metrics"))
+        metrics(env, head, r);
+    else
+        ws_front_error(r, 404, "not found: this listener serves /metrics and /healthz", 53, NULL,
+                       false);
+}
+
 void ws_front_handle(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
                      struct ws_front_reply *r)
 {
@@ -203,4 +277,92 @@ void ws_front_handle(struct ws_env *env, struct ws_conn *c, const struct ws_http
         upgrade(env, c, req, r);
     else
         answer_http(env, c, req, r);
+}
+
+bool ws_front_trusted(const struct ws_env *env, const struct sockaddr *sa)
+{
+    const struct ws_string_list *list = &env->cfg.trusted_proxies;
+    for (size_t i = 0; i < list->n; i++) {
+        struct ws_cidr net;
+        if (ws_cidr_parse(list->items[i], &net) == 0 && ws_cidr_match(&net, sa))
+            return true;
+    }
+    return false;
+}
+
+#define MAX_HOPS 64
+
+/* The node of one Forwarded element's for= parameter (RFC 7239 §4, §6), unquoted and without
+ * its port; false when the element has none. */
+static bool forwarded_for(struct ws_span element, struct ws_span *node)
+{
+    while (element.n) {
+        const char *semi = memchr(element.p, ';', element.n);
+        size_t n = semi ? (size_t)(semi - element.p) : element.n;
+        struct ws_span pair = {element.p, n};
+        while (pair.n && (pair.p[0] == ' ' || pair.p[0] == '\t')) {
+            pair.p++;
+            pair.n--;
+        }
+        if (pair.n > 4 && strncasecmp(pair.p, "for=", 4) == 0) {
+            struct ws_span v = {pair.p + 4, pair.n - 4};
+            if (v.n >= 2 && v.p[0] == '"' && v.p[v.n - 1] == '"') {
+                v.p++;
+                v.n -= 2;
+            }
+            const char *close = v.n && v.p[0] == '[' ? memchr(v.p, ']', v.n) : NULL;
+            const char *colon = memchr(v.p, ':', v.n);
+            if (close)
+                v.n = (size_t)(close - v.p) + 1; /* "[v6]:port" -> "[v6]" */
+            else if (colon && !memchr(colon + 1, ':', v.n - (size_t)(colon - v.p) - 1))
+                v.n = (size_t)(colon - v.p); /* "v4:port" -> "v4" */
+            *node = v;
+            return true;
+        }
+        element.p += n + (semi ? 1 : 0);
+        element.n -= n + (semi ? 1 : 0);
+    }
+    return false;
+}
+
+/* The hops a request went through, client first: X-Forwarded-For, else Forwarded's for=. */
+static size_t collect_hops(const struct ws_http_request *req, struct ws_span *hops)
+{
+    size_t n = 0;
+    bool xff = ws_http_header(req, "X-Forwarded-For") != NULL;
+    for (size_t i = 0; i < req->nheaders; i++) {
+        const struct ws_http_header *h = &req->headers[i];
+        if (!ws_span_ieq(h->name, xff ? "X-Forwarded-For" : "Forwarded"))
+            continue;
+        struct ws_span list = h->value, tok;
+        while (n < MAX_HOPS && ws_http_next_token(&list, &tok)) {
+            if (xff)
+                hops[n++] = tok;
+            else if (forwarded_for(tok, &hops[n]))
+                n++;
+        }
+    }
+    return n;
+}
+
+bool ws_front_client_address(const struct ws_env *env, const struct sockaddr *peer,
+                             const struct ws_http_request *req, struct sockaddr_storage *out)
+{
+    if (!env->cfg.trusted_proxies.n || !ws_front_trusted(env, peer))
+        return false;
+    struct ws_span hops[MAX_HOPS];
+    size_t n = collect_hops(req, hops);
+    /* from the nearest hop back: the first address that is not a trusted proxy is the client
+     * (anything before it could have been written by the client itself) */
+    bool found = false;
+    for (size_t i = n; i-- > 0;) {
+        struct sockaddr_storage hop;
+        if (ws_cidr_address(hops[i].p, hops[i].n, &hop) < 0)
+            return found; /* "unknown" or garbage: the last good hop is as far as we can see */
+        *out = hop;
+        found = true;
+        if (!ws_front_trusted(env, (const struct sockaddr *)out))
+            return true;
+    }
+    return found;
 }

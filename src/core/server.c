@@ -129,11 +129,12 @@ static int open_tcp(const char *addr, bool reuseport, char *err, size_t errlen)
 
 /* addr is "host:port", "[v6]:port" or "unix:/path", with "tls:" in front for a wss:// listener
  * (without any "tls:" listener, a configured certificate makes every listener TLS). */
-static int open_listener(struct ws_server *srv, const char *addr, bool all_tls, char *err,
+static int open_listener(struct ws_server *srv, const char *addr, bool all_tls, bool ops, char *err,
                          size_t errlen)
 {
     struct ws_listener *l = &srv->listeners[srv->nlisteners];
-    bool tls = all_tls;
+    bool tls = all_tls && !ops;
+    l->ops = ops;
     if (strncmp(addr, "tls:", 4) == 0) {
         tls = true;
         addr += 4;
@@ -158,15 +159,25 @@ static int open_listener(struct ws_server *srv, const char *addr, bool all_tls, 
     struct ws_log_line line;
     ws_log_begin(&line, WS_LOG_INFO, "listen");
     ws_log_cstr(&line, "addr", addr);
-    ws_log_cstr(&line, "scheme", tls ? "wss" : "ws");
+    ws_log_cstr(&line, "scheme", ops ? "http" : tls ? "wss" : "ws");
+    if (ops)
+        ws_log_cstr(&line, "serves", "/metrics /healthz");
     ws_log_end(&line);
     return 0;
 }
 
-static void close_listeners(struct ws_server *srv)
+/* Closes the app's listeners, and the metrics listener too unless keep_ops (a drain keeps
+ * answering health probes there). */
+static void close_listeners(struct ws_server *srv, bool keep_ops)
 {
+    size_t kept = 0;
     for (size_t i = 0; i < srv->nlisteners; i++) {
         struct ws_listener *l = &srv->listeners[i];
+        if (keep_ops && l->ops) {
+            ev_io_stop(srv->env.loop, &l->io); /* libev knows a watcher by its address */
+            srv->listeners[kept++] = *l;
+            continue;
+        }
         ev_io_stop(srv->env.loop, &l->io);
         close(l->fd);
         if (l->unix_path)
@@ -174,7 +185,9 @@ static void close_listeners(struct ws_server *srv)
         free(l->addr);
         free(l->unix_path);
     }
-    srv->nlisteners = 0;
+    srv->nlisteners = kept;
+    for (size_t i = 0; i < kept; i++) /* the watcher moved with its listener */
+        ev_io_start(srv->env.loop, &srv->listeners[i].io);
 }
 
 static void set_accepting(struct ws_server *srv, bool on)
@@ -222,7 +235,7 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
                 continue;
             return; /* EAGAIN and the rest */
         }
-        if (srv->env.draining ||
+        if ((srv->env.draining && !l->ops) ||
             srv->env.conns.count >= (size_t)srv->env.cfg.max_connections + ACCEPT_HEADROOM) {
             close(fd);
             continue;
@@ -236,8 +249,9 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             close(fd);
             continue;
         }
-        ws_conn_new(&srv->env, fd, (struct sockaddr *)&ss, len,
-                    l->tls ? &ws_transport_tls : &ws_transport_plain, tls);
+        struct ws_conn *c = ws_conn_new(&srv->env, fd, (struct sockaddr *)&ss, len,
+                                        l->tls ? &ws_transport_tls : &ws_transport_plain, tls);
+        c->ops_port = l->ops;
     }
 }
 
@@ -312,7 +326,7 @@ void ws_server_shutdown(struct ws_server *srv, const char *reason)
     ws_log_u64(&l, "connections", srv->env.conns.count);
     ws_log_end(&l);
     /* SPEC §7: stop accepting first, then the app's shutdown, then close in batches */
-    close_listeners(srv);
+    close_listeners(srv, true);
     if (srv->env.ops->shutdown)
         srv->env.ops->shutdown(srv->env.app, reason);
     ev_timer_set(&srv->shutdown_timer, srv->env.cfg.shutdown_timeout, 0);
@@ -363,11 +377,16 @@ struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cf
     for (size_t i = 0; i < listen->n; i++)
         any_tls = any_tls || strncmp(listen->items[i], "tls:", 4) == 0;
     for (size_t i = 0; i < (listen->n ? listen->n : 1); i++) {
-        if (open_listener(srv, listen->n ? listen->items[i] : fallback, srv->tls && !any_tls, err,
-                          errlen) < 0) {
+        if (open_listener(srv, listen->n ? listen->items[i] : fallback, srv->tls && !any_tls, false,
+                          err, errlen) < 0) {
             ws_server_free(srv);
             return NULL;
         }
+    }
+    if (srv->env.cfg.metrics_listen &&
+        open_listener(srv, srv->env.cfg.metrics_listen, false, true, err, errlen) < 0) {
+        ws_server_free(srv);
+        return NULL;
     }
     ev_prepare_init(&srv->prepare, on_prepare);
     srv->prepare.data = srv;
@@ -396,7 +415,7 @@ void ws_server_free(struct ws_server *srv)
     for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
         ws_conn_abort((struct ws_conn *)node, 1001, "server stopped");
     ws_conn_run_pending(&srv->env);
-    close_listeners(srv);
+    close_listeners(srv, false);
     ev_prepare_stop(srv->env.loop, &srv->prepare);
     ev_signal_stop(srv->env.loop, &srv->sig_term);
     ev_signal_stop(srv->env.loop, &srv->sig_int);

@@ -5,6 +5,7 @@
 
 #include "ws/buf.h"
 #include "ws/conn.h"
+#include "ws/connlog.h"
 #include "ws/err.h"
 #include "ws/handshake.h"
 #include "ws/log.h"
@@ -148,8 +149,12 @@ static void push_request(struct lb_app *a, struct ws_conn *c, const struct ws_ht
     }
     lua_setfield(L, -2, "protocols");
     char peer[64];
-    lua_pushstring(L, ws_conn_peer(c, peer, sizeof(peer)));
+    lua_pushstring(L, ws_connlog_peer(c, peer, sizeof(peer)));
     lua_setfield(L, -2, "peer");
+    if (req->body.p) {
+        lua_pushlstring(L, req->body.p, req->body.n);
+        lua_setfield(L, -2, "body");
+    }
 }
 
 static char *dup_string(lua_State *L, int idx, size_t *len)
@@ -435,6 +440,11 @@ static void on_reload(void *app)
     a->srv->reload_error[0] = 0;
 }
 
+static bool serves_http(void *app)
+{
+    return ((struct lb_app *)app)->http_ref != LUA_NOREF;
+}
+
 static void on_release(void *app, struct ws_conn *c)
 {
     lb_conn_release(app, c);
@@ -447,6 +457,7 @@ const struct ws_app_ops lb_app_ops = {
     .close = on_close,
     .drain = on_drain,
     .http = on_http,
+    .serves_http = serves_http,
     .shutdown = on_shutdown,
     .reload = on_reload,
     .release = on_release,

@@ -4,6 +4,7 @@
 #include "ws/lb.h"
 
 #include "ws/conn.h"
+#include "ws/connlog.h"
 #include "ws/err.h"
 #include "ws/frame.h"
 #include "ws/server.h"
@@ -309,7 +310,7 @@ static int conn_index(lua_State *L)
     } else if (strcmp(key, "peer") == 0) {
         char peer[64];
         if (c)
-            lua_pushstring(L, ws_conn_peer(c, peer, sizeof(peer)));
+            lua_pushstring(L, ws_connlog_peer(c, peer, sizeof(peer)));
         else
             lua_pushnil(L);
     } else if (strcmp(key, "path") == 0 || strcmp(key, "query") == 0 ||
