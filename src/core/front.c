@@ -24,6 +24,18 @@ static void reset(struct ws_front_reply *r, enum ws_front_action action, int sta
     r->response.len = 0;
 }
 
+/* When a response cannot be built (an app's header lines too long for the head, a status that is
+ * not three digits): a bare 500, so the status reported is the one sent and no body follows a head
+ * that does not announce it. */
+static void fallback(struct ws_front_reply *r)
+{
+    static const char head[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n"
+                               "Connection: close\r\n\r\n";
+    r->status = 500;
+    r->response.len = 0;
+    ws_buf_append(&r->response, head, sizeof(head) - 1);
+}
+
 /* A complete response: head with Content-Type and Content-Length, then the body (not for HEAD
  * and 304). */
 static void answer(struct ws_front_reply *r, int status, const char *content_type, const void *body,
@@ -35,8 +47,10 @@ static void answer(struct ws_front_reply *r, int status, const char *content_typ
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n%s\r\n",
                      status, ws_http_reason(status), content_type, body_len, extra ? extra : "");
-    if (n < 0 || (size_t)n >= sizeof(head))
-        n = snprintf(head, sizeof(head), "HTTP/1.1 500 Internal Server Error\r\n\r\n");
+    if (n < 0 || (size_t)n >= sizeof(head)) {
+        fallback(r);
+        return;
+    }
     ws_buf_append(&r->response, head, (size_t)n);
     if (!head_only)
         ws_buf_append(&r->response, body, body_len);
@@ -57,7 +71,10 @@ void ws_front_error(struct ws_front_reply *r, int status, const char *body, size
     int k = snprintf(line, sizeof(line), "%.*s%s", (int)len, body, newline ? "" : "\n");
     char out[ERROR_BODY_MAX + RESPONSE_HEAD_MAX];
     size_t n = ws_handshake_error_response(out, sizeof(out), status, line, (size_t)k, extra);
-    ws_buf_append(&r->response, out, n);
+    if (n)
+        ws_buf_append(&r->response, out, n);
+    else
+        fallback(r);
     snprintf(r->reason, sizeof(r->reason), "%.*s", (int)(len - newline), body);
     r->refused = refused;
 }
