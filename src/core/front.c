@@ -144,7 +144,7 @@ static void answer_http(struct ws_env *env, struct ws_conn *c, const struct ws_h
     bool builtin = get && !env->cfg.metrics_listen;
     if (builtin && path_is(req, "/healthz")) {
         healthz(env, head, r);
-    } else if (builtin && env->cfg.metrics && path_is(req, "/metrics")) {
+    } else if (builtin && env->cfg.metrics && env->render_metrics && path_is(req, "/metrics")) {
         metrics(env, head, r);
     } else if (env->ops->http && env->ops->http(env->app, c, req, &app)) {
         answer(r, app.status, app.content_type ? app.content_type : "text/plain; charset=utf-8",
