@@ -7,6 +7,7 @@
 #include "ws/bus.h"
 #include "ws/log.h"
 #include "ws/master.h"
+#include "ws/metrics.h"
 #include "ws/server.h"
 #include "ws/transport.h"
 #include "ws/watch.h"
@@ -283,7 +284,8 @@ static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args 
 struct start {
     const char *path;
     struct ws_config cli;
-    pid_t master; /* 0 when single-process */
+    pid_t master;                   /* 0 when single-process */
+    struct ws_metrics_board *board; /* shared by the workers, or NULL */
 };
 
 /* Loads the app and checks its configuration; NULL after printing why, with the exit code. */
@@ -326,6 +328,7 @@ static int serve(struct start *st, int index, int hub_fd)
         return 1;
     }
     srv->worker = index;
+    ws_metrics_attach(srv, st->board, index, WS_VERSION);
     /* connection ids stay unique across the workers of a node (and below 2^53 for JSON) */
     srv->env.next_id = (uint64_t)index << 40;
     struct ws_bus *bus = NULL;
@@ -362,6 +365,7 @@ static int serve(struct start *st, int index, int hub_fd)
         code = 0; /* the loop ends only after a graceful shutdown */
     }
     ws_watch_free(watch);
+    ws_metrics_detach(srv);
     ws_server_free(srv);
     remove_pidfile(pidfile);
     free(pidfile);
@@ -451,7 +455,9 @@ int main(int argc, char **argv)
         st.master = getpid();
         if (pidfile)
             write_pidfile(pidfile);
+        st.board = ws_metrics_board_new(workers); /* every worker's /metrics shows them all */
         code = ws_master_run(workers, shutdown_timeout, worker_main, &st);
+        ws_metrics_board_free(st.board);
         remove_pidfile(pidfile);
         char status[128];
         lb_status_path(status, sizeof(status), (long)getpid()); /* the workers wrote it */

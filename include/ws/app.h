@@ -55,6 +55,8 @@ struct ws_app_ops {
     void (*shutdown)(void *app, const char *reason);
     /* Reload requested (SIGHUP). */
     void (*reload)(void *app);
+    /* Bytes of memory the app holds (the Lua heap), for /metrics. */
+    size_t (*memory)(void *app);
     /* The connection is about to be freed: drop every reference to it. */
     void (*release)(void *app, struct ws_conn *c);
 };

@@ -76,7 +76,8 @@ struct ws_env {
     struct ws_conn *flush_head; /* written to in this iteration */
     struct ws_conn *dead_head;  /* closed, to be freed */
     bool draining;              /* a graceful shutdown has begun */
-    struct ws_stats stats;
+    struct ws_stats *stats;     /* own_stats, or a slot other processes can read (metrics) */
+    struct ws_stats own_stats;
     /* Renders /metrics for the whole process (set by the owner; NULL: not served). */
     void (*render_metrics)(void *ctx, struct ws_buf *out);
     void *metrics_ctx;

@@ -283,6 +283,9 @@ local OPTIONS = {
   {name = "max_connections", type = "int", min = 1, max = 10000000, default = 10000},
   {name = "max_connections_per_ip", type = "int", min = 0, max = 10000000, default = 0},
   {name = "max_header_size", type = "int", min = 256, max = 1048576, default = 8192},
+  {name = "max_body_size", type = "int", min = 0, max = SIZE_LIMIT, default = 1048576},
+  {name = "allowed_origins", type = "list"},
+  {name = "trusted_proxies", type = "list"},
   {name = "max_message_size", type = "int", min = 1, max = SIZE_LIMIT, default = 1048576},
   {name = "max_buffered", type = "int", min = 1024, max = SIZE_LIMIT, default = 1048576},
   {name = "max_buffered_total", type = "int", min = 65536, max = 1099511627776,
@@ -307,6 +310,7 @@ local OPTIONS = {
   {name = "compression_client_no_context_takeover", live = false, type = "bool", default = false},
   {name = "fragment_size", type = "int", min = 0, max = SIZE_LIMIT, default = 0},
   {name = "metrics", type = "bool", default = false},
+  {name = "metrics_listen", live = false, type = "string"},
   {name = "workers", live = false, type = "workers", min = 0, max = 1024, default = 1},
   {name = "redis", live = false, type = "string"},
   {name = "log_level", type = "choice", choices = {"debug", "info", "warn", "error"},
@@ -2241,6 +2245,8 @@ function Server:http(method, target, headers)
     elseif not get then
       status, body = 405, "method not allowed\n"
       out.allow = "GET, HEAD"
+    elseif self.app.http ~= nil then
+      status, body = 404, "not found\n" -- the app serves HTTP: an unknown path is not found
     else
       status, body = 426, "this is a WebSocket endpoint: use a WebSocket client\n"
       out.upgrade = "websocket"

@@ -83,7 +83,7 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     ev_init(&c->timer, on_timer);
     c->timer.data = c;
     ws_registry_add(&env->conns, &c->node);
-    env->stats.connections_total++;
+    env->stats->connections_total++;
     rearm(c);
     /* per address, every socket counts from accept, handshakes in progress included: one
      * address must not be able to hold all the sockets the server accepts */
@@ -99,7 +99,7 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
                 ws_handshake_error_response(out, sizeof(out), 503, msg, sizeof(msg) - 1, NULL);
             if (transport == &ws_transport_plain)
                 (void)!send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-            ws_stats_count_refusal(&env->stats, 503);
+            ws_stats_count_refusal(env->stats, 503);
             ws_connlog_access(c, 503, "too many connections from this address", NULL, n);
             kill_conn(c, 0, NULL);
         }
@@ -186,7 +186,7 @@ static int accept_data(struct ws_conn *c, size_t len)
     if (own_ok && total_ok)
         return 0;
     if (strcmp(cfg(c)->backpressure, "drop") == 0) {
-        c->env->stats.dropped++;
+        c->env->stats->dropped++;
         return WS_E_LIMIT;
     }
     ws_connlog_event(c, WS_LOG_WARN, "slow_consumer", 1008, NULL);
@@ -220,7 +220,7 @@ int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len
     int rc = accept_data(c, len);
     if (rc < 0)
         return rc;
-    c->env->stats.messages_out++;
+    c->env->stats->messages_out++;
     c->messages_out++;
     uint8_t rsv = 0;
     struct ws_buf *z = &c->env->zbuf;
@@ -246,7 +246,7 @@ int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len
         size_t hlen = ws_frame_encode_header(hdr, true, rsv, opcode, len, NULL);
         uint64_t before = c->bytes_out;
         ws_wire_write(&c->wire, &c->env->pool, hdr, hlen, data, len, &c->bytes_out);
-        c->env->stats.bytes_out += c->bytes_out - before;
+        c->env->stats->bytes_out += c->bytes_out - before;
     } else {
         queue_frame(c, opcode, true, rsv, data, len);
     }
@@ -279,7 +279,7 @@ int ws_conn_send_shared(struct ws_conn *c, struct ws_shared *frame, bool is_data
         int rc = accept_data(c, frame->len);
         if (rc < 0)
             return rc;
-        c->env->stats.messages_out++;
+        c->env->stats->messages_out++;
         c->messages_out++;
         c->messages_out++;
     }
@@ -301,7 +301,7 @@ void ws_conn_flush(struct ws_conn *c)
         return; /* the transport's handshake comes first */
     uint64_t before = c->bytes_out;
     int rc = ws_wire_flush(&c->wire, env->loop, &env->pool, &c->bytes_out);
-    env->stats.bytes_out += c->bytes_out - before;
+    env->stats->bytes_out += c->bytes_out - before;
     if (rc == WS_E_AGAIN)
         return;
     if (rc < 0) {
@@ -338,9 +338,9 @@ static void answer(struct ws_conn *c, const struct ws_front_reply *r,
             ws_env_ip_count(c->env, &c->peer.sa, -1);
             c->ip_counted = false;
         }
-        ws_stats_count_refusal(&c->env->stats, r->status);
+        ws_stats_count_refusal(c->env->stats, r->status);
     } else {
-        c->env->stats.http_requests_total++;
+        c->env->stats->http_requests_total++;
     }
     ws_outq_append(&c->wire.out, &c->env->pool, r->response.data, r->response.len);
     ws_connlog_access(c, r->status, r->reason[0] ? r->reason : NULL, req, r->response.len);
@@ -368,7 +368,7 @@ static void open_ws(struct ws_conn *c, struct ws_front_reply *r, const struct ws
     c->clock.last_read = c->clock.last_message = ev_now(env->loop);
     rearm(c);
     want_flush(c);
-    env->stats.upgrades_total++;
+    env->stats->upgrades_total++;
     ws_connlog_access(c, 101, NULL, req, r->response.len);
     if (env->ops->open)
         env->ops->open(env->app, c);
@@ -490,7 +490,7 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
         case WS_SESSION_MESSAGE:
             if (c->state != WS_CONN_OPEN)
                 break; /* RFC 6455 §1.4: data after our close frame is discarded */
-            env->stats.messages_in++;
+            env->stats->messages_in++;
             c->messages_in++;
             c->clock.last_message = ev_now(env->loop);
             if (env->ops->message)
@@ -528,7 +528,7 @@ static bool secure(struct ws_conn *c)
 static void on_bytes(struct ws_conn *c, uint8_t *data, size_t n)
 {
     struct ws_env *env = c->env;
-    env->stats.bytes_in += n;
+    env->stats->bytes_in += n;
     c->bytes_in += n;
     c->clock.last_read = ev_now(env->loop);
     c->clock.ping_sent = 0; /* any bytes prove the peer alive */
@@ -646,7 +646,7 @@ void ws_conn_destroy(struct ws_conn *c)
     int code = c->close_code ? c->close_code : 1006;
     if (c->opened) {
         ws_connlog_close(c, code);
-        ws_stats_count_close(&env->stats, code);
+        ws_stats_count_close(env->stats, code);
         if (env->ops->close) {
             const char *r = c->close_reason ? c->close_reason : "";
             env->ops->close(env->app, c, code, (const uint8_t *)r, strlen(r));

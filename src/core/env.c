@@ -47,6 +47,7 @@ void ws_env_init(struct ws_env *env, struct ev_loop *loop, const struct ws_confi
     ws_config_copy(&env->cfg, cfg);
     env->ops = ops;
     env->app = app;
+    env->stats = &env->own_stats;
     ws_registry_init(&env->conns);
     ws_topics_init(&env->topics);
     ws_map_init(&env->per_ip);

@@ -1,14 +1,39 @@
-/* Prometheus text format. Counters are cumulative since start (reloads never reset them);
- * gauges are read at scrape time (open connections, queued bytes, topics, Lua memory is the
- * app's and not known here). */
+/* Prometheus text format from a board of slots in shared memory. Counters are cumulative since
+ * the process started (reloads never reset them) and live in the slot; gauges (connections, queue
+ * bytes, topics, Lua heap, process figures) are refreshed every second and at each scrape. */
 #include "ws/metrics.h"
 
 #include "ws/bus.h"
 #include "ws/server.h"
 
+#include <dirent.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REFRESH_SECONDS 1.0
+
+struct ws_metrics_board {
+    size_t size; /* bytes mapped */
+    int n;
+    char version[32];
+    struct ws_metrics_slot slots[];
+};
+
+/* What a server's /metrics needs: its slot and the timer that refreshes its gauges. */
+struct attachment {
+    struct ws_server *srv;
+    struct ws_metrics_board *board;
+    struct ws_metrics_slot *slot;
+    bool own_board;
+    ev_timer refresh;
+};
 
 static void printf_buf(struct ws_buf *out, const char *fmt, ...)
 {
@@ -26,82 +51,307 @@ static void header(struct ws_buf *out, const char *name, const char *type, const
     printf_buf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void metric(struct ws_buf *out, const char *name, const char *type, const char *help,
-                   unsigned long long value)
+struct ws_metrics_board *ws_metrics_board_new(int n)
 {
-    header(out, name, type, help);
-    printf_buf(out, "%s %llu\n", name, value);
+    size_t size = sizeof(struct ws_metrics_board) + (size_t)n * sizeof(struct ws_metrics_slot);
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    struct ws_metrics_board *b = p; /* zeroed by mmap */
+    b->size = size;
+    b->n = n;
+    return b;
 }
 
-void ws_metrics_render(const struct ws_server *srv, struct ws_buf *out)
+void ws_metrics_board_free(struct ws_metrics_board *board)
 {
-    const struct ws_stats *st = &srv->env.stats;
-    size_t queued = 0;
-    for (const struct ws_registry_node *n = srv->env.conns.head; n; n = n->next)
-        queued += ((const struct ws_conn *)n)->wire.out.bytes;
+    if (board)
+        munmap(board, board->size);
+}
 
-    metric(out, "wsserver_connections_open", "gauge", "WebSocket connections open now.",
-           srv->env.nopen);
-    metric(out, "wsserver_connections_total", "counter", "TCP connections accepted.",
-           st->connections_total);
-    metric(out, "wsserver_messages_received_total", "counter", "Data messages received.",
-           st->messages_in);
-    metric(out, "wsserver_messages_sent_total", "counter", "Data messages sent.", st->messages_out);
-    metric(out, "wsserver_bytes_received_total", "counter", "Bytes read from sockets.",
-           st->bytes_in);
-    metric(out, "wsserver_bytes_sent_total", "counter", "Bytes written to sockets.", st->bytes_out);
-    metric(out, "wsserver_messages_dropped_total", "counter",
-           "Data messages dropped under back-pressure (backpressure = drop).", st->dropped);
-    metric(out, "wsserver_send_queue_bytes", "gauge", "Bytes queued for sending, all connections.",
-           queued);
-    metric(out, "wsserver_topics", "gauge", "Topics with at least one subscriber.",
-           srv->env.topics.count);
-    metric(out, "wsserver_handler_errors_total", "counter", "Lua handler calls that failed.",
-           st->handler_errors);
+static double unix_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static uint64_t count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return 0;
+    uint64_t n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n > 0 ? n - 1 : 0; /* the directory's own descriptor */
+}
+
+static uint64_t rss_bytes(void)
+{
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2)
+            resident = 0;
+        fclose(f);
+    }
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Writes srv's gauges into its slot. */
+static void refresh(struct attachment *at)
+{
+    struct ws_server *srv = at->srv;
+    struct ws_metrics_slot *s = at->slot;
+    s->connections_open = srv->env.nopen;
+    s->send_queue_bytes = srv->env.pool.queued;
+    s->topics = srv->env.topics.count;
+    s->lua_bytes = srv->env.ops->memory ? srv->env.ops->memory(srv->env.app) : 0;
+    s->rss_bytes = rss_bytes();
+    s->open_fds = count_fds();
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    s->cpu_seconds = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+                     (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
+    s->bus = srv->bus != NULL;
+    if (srv->bus) {
+        s->bus_published = srv->bus->published;
+        s->bus_received = srv->bus->received;
+        s->bus_dropped = srv->bus->dropped;
+    }
+}
+
+static void on_refresh(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    refresh(w->data);
+}
+
+static void render(void *ctx, struct ws_buf *out)
+{
+    struct attachment *at = ctx;
+    refresh(at);
+    ws_metrics_render_board(at->board, out);
+}
+
+void ws_metrics_attach(struct ws_server *srv, struct ws_metrics_board *board, int index,
+                       const char *version)
+{
+    struct attachment *at = ws_xcalloc(1, sizeof(*at));
+    at->srv = srv;
+    at->own_board = !board;
+    at->board = board ? board : ws_metrics_board_new(1);
+    if (!at->board) { /* no shared memory: serve this process alone from the heap */
+        at->board = ws_xcalloc(1, sizeof(*at->board) + sizeof(struct ws_metrics_slot));
+        at->board->n = 1;
+    }
+    snprintf(at->board->version, sizeof(at->board->version), "%s", version);
+    at->slot = &at->board->slots[board ? index - 1 : 0];
+    memset(at->slot, 0, sizeof(*at->slot));
+    at->slot->pid = (int32_t)getpid();
+    at->slot->worker = index;
+    at->slot->started = unix_now();
+    /* counters so far (the app's load, before serving) carry over into the slot */
+    at->slot->stats = *srv->env.stats;
+    srv->env.stats = &at->slot->stats;
+    srv->env.render_metrics = render;
+    srv->env.metrics_ctx = at;
+    refresh(at);
+    ev_timer_init(&at->refresh, on_refresh, REFRESH_SECONDS, REFRESH_SECONDS);
+    at->refresh.data = at;
+    if (at->board->n > 1) { /* alone, a scrape refreshes what it renders */
+        ev_timer_start(srv->env.loop, &at->refresh);
+        ev_unref(srv->env.loop); /* the refresh alone keeps no loop running */
+    }
+}
+
+void ws_metrics_detach(struct ws_server *srv)
+{
+    struct attachment *at = srv->env.metrics_ctx;
+    if (!at)
+        return;
+    if (ev_is_active(&at->refresh)) {
+        ev_ref(srv->env.loop);
+        ev_timer_stop(srv->env.loop, &at->refresh);
+    }
+    srv->env.own_stats = at->slot->stats;
+    srv->env.stats = &srv->env.own_stats;
+    srv->env.render_metrics = NULL;
+    srv->env.metrics_ctx = NULL;
+    at->slot->pid = 0;
+    if (at->own_board && at->board->size)
+        ws_metrics_board_free(at->board);
+    else if (at->own_board)
+        free(at->board);
+    free(at);
+}
+
+/* The plain series: one sample per slot in use, read at offset (a uint64_t, or a double when
+ * is_double) in the slot. */
+struct series {
+    const char *name, *type, *help;
+    size_t offset;
+    bool is_double;
+};
+
+#define U64(field) offsetof(struct ws_metrics_slot, field), false
+#define DBL(field) offsetof(struct ws_metrics_slot, field), true
+
+static const struct series plain[] = {
+    {"wsserver_connections_open", "gauge", "WebSocket connections open now.",
+     U64(connections_open)},
+    {"wsserver_connections_total", "counter", "TCP connections accepted.",
+     U64(stats.connections_total)},
+    {"wsserver_websocket_connections_total", "counter",
+     "WebSocket connections opened (101 answered).", U64(stats.upgrades_total)},
+    {"wsserver_http_requests_total", "counter", "Plain HTTP requests answered (no upgrade).",
+     U64(stats.http_requests_total)},
+    {"wsserver_messages_received_total", "counter", "Data messages received.",
+     U64(stats.messages_in)},
+    {"wsserver_messages_sent_total", "counter", "Data messages sent.", U64(stats.messages_out)},
+    {"wsserver_bytes_received_total", "counter", "Bytes read from sockets.", U64(stats.bytes_in)},
+    {"wsserver_bytes_sent_total", "counter", "Bytes written to sockets.", U64(stats.bytes_out)},
+    {"wsserver_messages_dropped_total", "counter",
+     "Data messages dropped under back-pressure (backpressure = drop).", U64(stats.dropped)},
+    {"wsserver_send_queue_bytes", "gauge", "Bytes queued for sending, all connections.",
+     U64(send_queue_bytes)},
+    {"wsserver_topics", "gauge", "Topics with at least one subscriber.", U64(topics)},
+    {"wsserver_handler_errors_total", "counter", "Lua handler calls that failed.",
+     U64(stats.handler_errors)},
+    {"wsserver_lua_memory_bytes", "gauge", "Bytes of the Lua heap.", U64(lua_bytes)},
+    {"process_start_time_seconds", "gauge",
+     "Start time of the process since the Unix epoch in seconds.", DBL(started)},
+    {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
+     DBL(cpu_seconds)},
+    {"process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", U64(rss_bytes)},
+    {"process_open_fds", "gauge", "Number of open file descriptors.", U64(open_fds)},
+};
+
+static double read_series(const struct ws_metrics_slot *s, const struct series *m)
+{
+    const char *p = (const char *)s + m->offset;
+    if (m->is_double)
+        return *(const double *)p;
+    return (double)*(const uint64_t *)p;
+}
+
+/* A labelled sample for slot s: name{worker="i",label="v"} or name{label="v"}. */
+static void labelled(struct ws_buf *out, const struct ws_metrics_board *b,
+                     const struct ws_metrics_slot *s, const char *name, const char *labels,
+                     double v)
+{
+    if (b->n > 1)
+        printf_buf(out, "%s{worker=\"%d\",%s} %.17g\n", name, s->worker, labels, v);
+    else
+        printf_buf(out, "%s{%s} %.17g\n", name, labels, v);
+}
+
+void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *out)
+{
+    for (size_t k = 0; k < sizeof(plain) / sizeof(plain[0]); k++) {
+        const struct series *m = &plain[k];
+        header(out, m->name, m->type, m->help);
+        for (int i = 0; i < b->n; i++) {
+            const struct ws_metrics_slot *s = &b->slots[i];
+            if (!s->pid)
+                continue;
+            if (b->n > 1)
+                printf_buf(out, "%s{worker=\"%d\"} %.17g\n", m->name, s->worker, read_series(s, m));
+            else
+                printf_buf(out, "%s %.17g\n", m->name, read_series(s, m));
+        }
+    }
+
+    char labels[64];
+    header(out, "wsserver_build_info", "gauge", "The running build (value 1).");
+    snprintf(labels, sizeof(labels), "version=\"%s\"", b->version);
+    for (int i = 0; i < b->n; i++)
+        if (b->slots[i].pid)
+            labelled(out, b, &b->slots[i], "wsserver_build_info", labels, 1);
 
     header(out, "wsserver_closes_total", "counter", "Closed WebSocket connections by close code.");
-    for (int code = 0; code < 5000; code++)
-        if (st->closes_by_code[code])
-            printf_buf(out, "wsserver_closes_total{code=\"%d\"} %llu\n", code,
-                       (unsigned long long)st->closes_by_code[code]);
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        for (int code = 0; s->pid && code < 5000; code++) {
+            if (!s->stats.closes_by_code[code])
+                continue;
+            snprintf(labels, sizeof(labels), "code=\"%d\"", code);
+            labelled(out, b, s, "wsserver_closes_total", labels,
+                     (double)s->stats.closes_by_code[code]);
+        }
+    }
 
     header(out, "wsserver_handshake_rejections_total", "counter",
            "Refused WebSocket handshakes by HTTP status.");
-    for (int status = 100; status < 600; status++)
-        if (st->rejections_by_status[status])
-            printf_buf(out, "wsserver_handshake_rejections_total{status=\"%d\"} %llu\n", status,
-                       (unsigned long long)st->rejections_by_status[status]);
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        for (int status = 100; s->pid && status < 600; status++) {
+            if (!s->stats.rejections_by_status[status])
+                continue;
+            snprintf(labels, sizeof(labels), "status=\"%d\"", status);
+            labelled(out, b, s, "wsserver_handshake_rejections_total", labels,
+                     (double)s->stats.rejections_by_status[status]);
+        }
+    }
 
-    if (srv->bus) {
+    bool any_bus = false;
+    for (int i = 0; i < b->n; i++)
+        any_bus = any_bus || (b->slots[i].pid && b->slots[i].bus);
+    if (any_bus) {
         header(out, "wsserver_bus_messages_total", "counter",
                "Messages between processes (workers, nodes) by outcome.");
-        printf_buf(out, "wsserver_bus_messages_total{outcome=\"published\"} %llu\n",
-                   (unsigned long long)srv->bus->published);
-        printf_buf(out, "wsserver_bus_messages_total{outcome=\"received\"} %llu\n",
-                   (unsigned long long)srv->bus->received);
-        printf_buf(out, "wsserver_bus_messages_total{outcome=\"dropped\"} %llu\n",
-                   (unsigned long long)srv->bus->dropped);
+        for (int i = 0; i < b->n; i++) {
+            const struct ws_metrics_slot *s = &b->slots[i];
+            if (!s->pid || !s->bus)
+                continue;
+            labelled(out, b, s, "wsserver_bus_messages_total", "outcome=\"published\"",
+                     (double)s->bus_published);
+            labelled(out, b, s, "wsserver_bus_messages_total", "outcome=\"received\"",
+                     (double)s->bus_received);
+            labelled(out, b, s, "wsserver_bus_messages_total", "outcome=\"dropped\"",
+                     (double)s->bus_dropped);
+        }
     }
 
     header(out, "wsserver_reloads_total", "counter", "App reloads by result.");
-    printf_buf(out, "wsserver_reloads_total{result=\"ok\"} %llu\n",
-               (unsigned long long)st->reloads_ok);
-    printf_buf(out, "wsserver_reloads_total{result=\"failed\"} %llu\n",
-               (unsigned long long)st->reloads_failed);
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        labelled(out, b, s, "wsserver_reloads_total", "result=\"ok\"", (double)s->stats.reloads_ok);
+        labelled(out, b, s, "wsserver_reloads_total", "result=\"failed\"",
+                 (double)s->stats.reloads_failed);
+    }
 
     header(out, "wsserver_handler_duration_seconds", "histogram",
            "Time spent in Lua handler calls.");
-    unsigned long long cumulative = 0;
-    for (int i = 0; i < WS_STATS_LATENCY_BUCKETS; i++) {
-        cumulative += st->handler_buckets[i];
-        if (i == WS_STATS_LATENCY_BUCKETS - 1)
-            printf_buf(out, "wsserver_handler_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-                       cumulative);
-        else
-            printf_buf(out, "wsserver_handler_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                       ws_stats_latency_bounds[i], cumulative);
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        uint64_t cumulative = 0;
+        for (int k = 0; k < WS_STATS_LATENCY_BUCKETS; k++) {
+            cumulative += s->stats.handler_buckets[k];
+            if (k == WS_STATS_LATENCY_BUCKETS - 1)
+                snprintf(labels, sizeof(labels), "le=\"+Inf\"");
+            else
+                snprintf(labels, sizeof(labels), "le=\"%g\"", ws_stats_latency_bounds[k]);
+            labelled(out, b, s, "wsserver_handler_duration_seconds_bucket", labels,
+                     (double)cumulative);
+        }
+        char name[64];
+        snprintf(name, sizeof(name), "wsserver_handler_duration_seconds_sum");
+        if (b->n > 1) {
+            printf_buf(out, "%s{worker=\"%d\"} %.9f\n", name, s->worker, s->stats.handler_seconds);
+            printf_buf(out, "wsserver_handler_duration_seconds_count{worker=\"%d\"} %llu\n",
+                       s->worker, (unsigned long long)s->stats.handler_calls);
+        } else {
+            printf_buf(out, "%s %.9f\n", name, s->stats.handler_seconds);
+            printf_buf(out, "wsserver_handler_duration_seconds_count %llu\n",
+                       (unsigned long long)s->stats.handler_calls);
+        }
     }
-    printf_buf(out, "wsserver_handler_duration_seconds_sum %.9f\n", st->handler_seconds);
-    printf_buf(out, "wsserver_handler_duration_seconds_count %llu\n",
-               (unsigned long long)st->handler_calls);
 }

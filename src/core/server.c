@@ -8,7 +8,6 @@
 #include "ws/err.h"
 #include "ws/frame.h"
 #include "ws/log.h"
-#include "ws/metrics.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -255,11 +254,6 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
     }
 }
 
-static void render_metrics(void *ctx, struct ws_buf *out)
-{
-    ws_metrics_render(ctx, out);
-}
-
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
 {
     (void)revents;
@@ -361,8 +355,6 @@ struct ws_server *ws_server_new(struct ev_loop *loop, const struct ws_config *cf
 {
     struct ws_server *srv = ws_xcalloc(1, sizeof(*srv));
     ws_env_init(&srv->env, loop, cfg, ops, app);
-    srv->env.render_metrics = render_metrics;
-    srv->env.metrics_ctx = srv;
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (srv->env.cfg.tls_cert) {
         srv->tls = ws_tls_ctx_new(srv->env.cfg.tls_cert, srv->env.cfg.tls_key, err, errlen);

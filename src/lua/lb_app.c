@@ -440,6 +440,11 @@ static void on_reload(void *app)
     a->srv->reload_error[0] = 0;
 }
 
+static size_t memory(void *app)
+{
+    return ((struct lb_app *)app)->mem;
+}
+
 static bool serves_http(void *app)
 {
     return ((struct lb_app *)app)->http_ref != LUA_NOREF;
@@ -458,6 +463,7 @@ const struct ws_app_ops lb_app_ops = {
     .drain = on_drain,
     .http = on_http,
     .serves_http = serves_http,
+    .memory = memory,
     .shutdown = on_shutdown,
     .reload = on_reload,
     .release = on_release,

@@ -378,7 +378,7 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     a->generation++;
     a->attempts++;
     if (a->srv)
-        a->srv->env.stats.reloads_ok++;
+        a->srv->env.stats->reloads_ok++;
     lb_ws_cancel_timers(a, a->generation);
     if (a->srv) {
         report_restart_needed(&a->srv->env.cfg, &next);
@@ -399,7 +399,7 @@ failed:
     restore_modules(L, saved);
     a->attempts++;
     if (a->srv)
-        a->srv->env.stats.reloads_failed++;
+        a->srv->env.stats->reloads_failed++;
     log_reload(a, trigger, false, err);
     lua_settop(L, top);
     return WS_E_INVAL;

@@ -128,7 +128,7 @@ int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
         a->timed_out = false;
         if (a->srv)
-            ws_stats_observe_handler(&a->srv->env.stats, mono_now() - started);
+            ws_stats_observe_handler(a->srv->env.stats, mono_now() - started);
     }
     if (rc == LUA_OK)
         return 0;
@@ -143,7 +143,7 @@ int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
     ws_log_cstr(&l, "error", msg ? msg : "(error object is not a string)");
     ws_log_end(&l);
     if (a->srv)
-        a->srv->env.stats.handler_errors++;
+        a->srv->env.stats->handler_errors++;
     lua_pop(L, 1);
     return -1;
 }

@@ -404,7 +404,7 @@ static int ws_stats(lua_State *L)
     struct ws_server *srv = a->srv;
     lua_createtable(L, 0, 16);
     if (srv) {
-        const struct ws_stats *s = &srv->env.stats;
+        const struct ws_stats *s = srv->env.stats;
         set_int(L, "connections", srv->env.nopen);
         set_int(L, "connections_total", s->connections_total);
         set_int(L, "messages_in", s->messages_in);
@@ -423,8 +423,8 @@ static int ws_stats(lua_State *L)
         }
     }
     if (srv) {
-        set_int(L, "reloads_ok", srv->env.stats.reloads_ok);
-        set_int(L, "reloads_failed", srv->env.stats.reloads_failed);
+        set_int(L, "reloads_ok", srv->env.stats->reloads_ok);
+        set_int(L, "reloads_failed", srv->env.stats->reloads_failed);
     }
     set_int(L, "lua_memory", a->mem);
     set_int(L, "generation", a->generation);
