@@ -163,7 +163,7 @@ static char *dup_string(lua_State *L, int idx, size_t *len)
     const char *s = lua_tolstring(L, idx, &n);
     if (len)
         *len = n;
-    return s ? strndup(s, n) : NULL;
+    return s ? ws_xstrndup(s, n) : NULL; /* bodies may hold NUL bytes */
 }
 
 /* Reads a headers table at idx into CRLF-terminated lines in out (NUL-terminated), taking
