@@ -418,22 +418,28 @@ int main(int argc, char **argv)
     bool unix_listener = false;
     for (size_t i = 0; i < app->config.listen.n; i++)
         unix_listener = unix_listener || strstr(app->config.listen.items[i], "unix:") != NULL;
-    if (args.check && app->config.tls_cert) {
-        char err[512];
-        struct ws_tls_ctx *tls =
-            ws_tls_ctx_new(app->config.tls_cert, app->config.tls_key, err, sizeof(err));
-        if (!tls) {
-            fprintf(stderr, "wsserver: %s\n", err);
-            args.check = false;
-            code = 1;
+    if (args.check) {
+        /* everything a start does short of listening: load(), the TLS files, the options that
+         * are checked only when the processes start */
+        char err[512] = "";
+        if (lb_app_check(app, err, sizeof(err)) == 0 && app->config.tls_cert) {
+            struct ws_tls_ctx *tls =
+                ws_tls_ctx_new(app->config.tls_cert, app->config.tls_key, err, sizeof(err));
+            ws_tls_ctx_free(tls);
         }
-        ws_tls_ctx_free(tls);
-        if (!tls) {
+        if (!err[0] && bad_redis)
+            snprintf(err, sizeof(err), "invalid value for redis: expected redis://host:port");
+        if (!err[0] && workers > 1 && unix_listener)
+            snprintf(err, sizeof(err), "unix: listeners need workers = 1");
+        if (!err[0] && app->config.user && !getpwnam(app->config.user))
+            snprintf(err, sizeof(err), "--user %s: no such user", app->config.user);
+        if (err[0]) {
+            fprintf(stderr, "wsserver: %s\n", err);
             lb_app_free(app);
             ev_loop_destroy(probe);
             free(pidfile);
             ws_config_free(&st.cli);
-            return code;
+            return 1;
         }
     }
     lb_app_free(app);

@@ -74,16 +74,47 @@ static void puts_(struct ws_log_line *l, const char *s)
     put(l, s, strlen(s));
 }
 
+/* Bytes left for fields (after "}\n"). */
+static size_t room(const struct ws_log_line *l)
+{
+    return sizeof(l->buf) - 2 - l->len;
+}
+
+/* A line is cut between fields, never inside one, so it stays well-formed (valid JSON, a closed
+ * quote): a field that does not fit is dropped with every field after it. */
+static bool fits(struct ws_log_line *l, const char *k, size_t value_bytes)
+{
+    if (!l->active || l->full)
+        return false;
+    if (strlen(k) + 4 + value_bytes > room(l)) {
+        l->full = true;
+        return false;
+    }
+    return true;
+}
+
 /* Escapes for both formats: printable ASCII stays, '"' and '\\' are backslashed, everything else
- * is \xNN (text) or \u00NN (JSON), so a peer cannot forge a line or a field. */
-static void put_escaped(struct ws_log_line *l, const char *s, size_t n)
+ * is \xNN (text) or \u00NN (JSON), so a peer cannot forge a line or a field. Newlines and tabs
+ * are \n and \t in JSON, and in text too when multiline (a traceback): a backslash is always
+ * doubled, so "\n" in a field can only mean a newline and tools can split on it. */
+static void put_escaped(struct ws_log_line *l, const char *s, size_t n, bool multiline)
 {
     char tmp[8];
+    bool short_escapes = multiline || format == WS_LOG_JSON;
     for (size_t i = 0; i < n; i++) {
         unsigned char ch = (unsigned char)s[i];
+        if (room(l) < 12) { /* the longest escape, "...", the closing quote */
+            put(l, "...", 3);
+            l->full = true;
+            return;
+        }
         if (ch == '"' || ch == '\\') {
             tmp[0] = '\\';
             tmp[1] = (char)ch;
+            put(l, tmp, 2);
+        } else if (short_escapes && (ch == '\n' || ch == '\t')) {
+            tmp[0] = '\\';
+            tmp[1] = ch == '\n' ? 'n' : 't';
             put(l, tmp, 2);
         } else if (ch >= 0x20 && ch < 0x7f) {
             put(l, (const char *)&ch, 1);
@@ -160,6 +191,7 @@ static bool flood_allow(const char *event, const struct timespec *ts)
 void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *event)
 {
     l->len = 0;
+    l->full = false;
     l->active = ws_log_enabled(level);
     if (!l->active)
         return;
@@ -176,6 +208,7 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
     struct timespec ts = *tsp;
     l->len = 0;
     l->active = true;
+    l->full = false;
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char when[96];
@@ -188,27 +221,38 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
         puts_(l, "\",\"level\":\"");
         puts_(l, level_names[level]);
         puts_(l, "\",\"event\":\"");
-        put_escaped(l, event, strlen(event));
+        put_escaped(l, event, strlen(event), false);
         puts_(l, "\"");
     } else {
         puts_(l, when);
         puts_(l, " level=");
         puts_(l, level_names[level]);
         puts_(l, " event=");
-        put_escaped(l, event, strlen(event));
+        put_escaped(l, event, strlen(event), false);
     }
     if (worker > 0)
         ws_log_i64(l, "worker", worker);
 }
 
-void ws_log_str(struct ws_log_line *l, const char *k, const char *s, size_t n)
+static void put_string(struct ws_log_line *l, const char *k, const char *s, size_t n,
+                       bool multiline)
 {
-    if (!l->active)
+    if (!fits(l, k, 16)) /* room for a start of the value at least */
         return;
     key(l, k);
     puts_(l, "\"");
-    put_escaped(l, s, n);
+    put_escaped(l, s, n, multiline);
     puts_(l, "\"");
+}
+
+void ws_log_str(struct ws_log_line *l, const char *k, const char *s, size_t n)
+{
+    put_string(l, k, s, n, false);
+}
+
+void ws_log_text(struct ws_log_line *l, const char *k, const char *s, size_t n)
+{
+    put_string(l, k, s, n, true);
 }
 
 void ws_log_cstr(struct ws_log_line *l, const char *k, const char *s)
@@ -218,30 +262,30 @@ void ws_log_cstr(struct ws_log_line *l, const char *k, const char *s)
 
 void ws_log_u64(struct ws_log_line *l, const char *k, uint64_t v)
 {
-    if (!l->active)
-        return;
     char tmp[24];
     int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
+    if (!fits(l, k, (size_t)n))
+        return;
     key(l, k);
     put(l, tmp, (size_t)n);
 }
 
 void ws_log_i64(struct ws_log_line *l, const char *k, int64_t v)
 {
-    if (!l->active)
-        return;
     char tmp[24];
     int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
+    if (!fits(l, k, (size_t)n))
+        return;
     key(l, k);
     put(l, tmp, (size_t)n);
 }
 
 void ws_log_ms(struct ws_log_line *l, const char *k, double seconds)
 {
-    if (!l->active)
-        return;
     char tmp[32];
     int n = snprintf(tmp, sizeof(tmp), "%.3f", seconds * 1000.0);
+    if (!fits(l, k, (size_t)n))
+        return;
     key(l, k);
     put(l, tmp, (size_t)n);
 }

@@ -1,8 +1,8 @@
-/* Fuzz target for permessage-deflate (src/proto/deflate.c). Input: two control bytes, then messages,
- * each a length byte (255: the rest of the input) and that many bytes. Control byte 0: bits 0-2
- * chunk size class, bit 3 round-trip mode, bit 4 no context takeover, bit 5 a shared set, bit 6
- * a 64-byte output limit (else 4096); control byte 1: bits 5-7 window bits (8 + value; 9 at least
- * for our compressor), bits 0-2 compression level, and with byte 0 the chunk-size seed.
+/* Fuzz target for permessage-deflate (src/proto/deflate.c). Input: two control bytes, then
+ * messages, each a length byte (255: the rest of the input) and that many bytes. Control byte 0:
+ * bits 0-2 chunk size class, bit 3 round-trip mode, bit 4 no context takeover, bit 5 a shared set,
+ * bit 6 a 64-byte output limit (else 4096); control byte 1: bits 5-7 window bits (8 + value; 9 at
+ * least for our compressor), bits 0-2 compression level, and with byte 0 the chunk-size seed.
  * Inflate mode (the messages are a client's compressed payloads):
  *   - inflating each message whole and in spans (sizes from the input, empty spans too, last only
  *     on the final one) gives the same output and result, message after message. Exception, see

@@ -1,7 +1,8 @@
-/* Fuzz target for the frame decoder and encoder (src/proto/frame.c). Input: two control bytes, then the
- * byte stream. Control byte 0: bits 0-2 chunk size class, bit 3 allows RSV1 (as permessage-deflate
- * would), bit 4 also decodes the stream as a client (unmasked frames expected); both control bytes
- * seed the chunk sizes. Checks, for the server side (and the client side when asked):
+/* Fuzz target for the frame decoder and encoder (src/proto/frame.c). Input: two control bytes, then
+ * the byte stream. Control byte 0: bits 0-2 chunk size class, bit 3 allows RSV1 (as
+ * permessage-deflate would), bit 4 also decodes the stream as a client (unmasked frames expected);
+ * both control bytes seed the chunk sizes. Checks, for the server side (and the client side when
+ * asked):
  *   - one-shot feeding, chunked feeding (each chunk an exact-size heap copy, empty chunks too) and
  *     a reference parser written from RFC 6455 §5.2 give the same headers, payload bytes, final
  *     error and bytes consumed up to the error;

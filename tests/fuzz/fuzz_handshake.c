@@ -1,5 +1,6 @@
-/* Fuzz target for the opening handshake (src/proto/handshake.c). The input is a request head, optionally
- * followed by bytes used as a hostile subprotocol / extensions value for the 101. Checks that:
+/* Fuzz target for the opening handshake (src/proto/handshake.c). The input is a request head,
+ * optionally followed by bytes used as a hostile subprotocol / extensions value for the 101. Checks
+ * that:
  *   - ws_handshake_check agrees with a reference written from RFC 6455 §4.2.1 (same order of
  *     checks: method, version, Host, Upgrade, Connection, Sec-WebSocket-Version, key), and that
  *     status 101 comes with return 0, no reason, a 28-character base64 accept equal to

@@ -1,6 +1,6 @@
-/* Fuzz target for the request-head parser (src/proto/http.c). The whole input is the request bytes; the
- * first byte also picks a split position and a small head limit. For the default limit (8192) and
- * the small one, checks that:
+/* Fuzz target for the request-head parser (src/proto/http.c). The whole input is the request bytes;
+ * the first byte also picks a split position and a small head limit. For the default limit (8192)
+ * and the small one, checks that:
  *   - one-shot parsing, two calls split at the chosen position (the first on an exact-size heap
  *     copy, carrying *scanned) and byte-by-byte growth give the same result and the same spans;
  *   - the result agrees with simple oracles: success means the head ends at the first CRLF CRLF
