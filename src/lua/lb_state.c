@@ -74,21 +74,14 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 }
 
 /* lb_call's message handler: the error as text plus the traceback. An error object that is
- * neither a string nor a number is shown through its __tostring when that gives a string; a
- * __tostring that raises or loops (the budget hook interrupts it) ends in LUA_ERRERR, which
- * lb_call reports like any other error. [-1, +1, m] */
+ * neither a string nor a number goes through luaL_tolstring (its __tostring, or "table: 0x...");
+ * a __tostring that raises, returns no string or loops (the budget hook interrupts it) ends in
+ * LUA_ERRERR, which lb_call reports like any other error. [-1, +1, m] */
 static int traceback(lua_State *L)
 {
-    const char *msg = NULL;
     int t = lua_type(L, 1);
-    if (t == LUA_TSTRING || t == LUA_TNUMBER) {
-        msg = lua_tostring(L, 1);
-    } else if (luaL_getmetafield(L, 1, "__tostring") != LUA_TNIL) {
-        lua_pop(L, 1);
-        msg = luaL_tolstring(L, 1, NULL); /* raises unless __tostring gives a string */
-    } else {
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    }
+    const char *msg =
+        t == LUA_TSTRING || t == LUA_TNUMBER ? lua_tostring(L, 1) : luaL_tolstring(L, 1, NULL);
     luaL_traceback(L, L, msg, 1);
     return 1;
 }
