@@ -32,7 +32,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: wsserver [options] APP.lua\n\n"
                  "  -l, --listen ADDR        host:port, [v6]:port, unix:/path; tls:ADDR for wss:// "
                  "(repeatable)\n"
-                 "      --check              load the app and its config, report problems, exit\n"
+                 "      --check              all a start does but listen (load() too); exit 0/1\n"
                  "      --reload PIDFILE|PID reload a running server's app and print the result\n"
                  "      --test [ARGS]        run the app's busted specs with ws.testing (first)\n"
                  "  -h, --help               this help\n"
