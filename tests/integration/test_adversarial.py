@@ -234,3 +234,58 @@ def test_the_corpus_is_large_and_labelled():
 def test_hostile_app(app, outcomes):
     problems, seconds = outcomes[app.name]
     assert not problems, f"{app.name} ({seconds:.1f} s):\n" + "\n".join(problems)
+
+
+# --- options: checked at start, exit 2, naming the option and what it accepts -------------------
+
+CONFIG_REFUSALS = ["config_string_for_number", "config_bool_for_choice", "config_nan",
+                   "config_infinite", "config_listen_port", "config_listen_garbage",
+                   "config_static_missing", "config_static_file", "config_function_value",
+                   "config_list_of_tables"]
+
+
+@pytest.mark.parametrize("name", CONFIG_REFUSALS)
+def test_an_invalid_config_table_is_exit_2_at_start(name):
+    app = APPS_DIR / f"{name}.lua"
+    _, text = expectation(app)
+    r = run("-l", f"127.0.0.1:{wsraw.free_port()}", app)
+    assert r is not None and r.returncode == 2, (r.returncode if r else None, r and r.stderr)
+    assert text in unescaped(r.stderr), r.stderr
+
+
+CLI_REFUSALS = [
+    (["-l", "127.0.0.1:99999"], "listen", "the port must be a number from 1 to 65535"),
+    (["-l", ":65536"], "listen", "the port must be a number from 1 to 65535"),
+    (["-l", "127.0.0.1:0"], "listen", "the port must be a number from 1 to 65535"),
+    (["--listen", "localhost"], "listen", "expected host:port"),
+    (["--static", "/nonexistent/wsserver"], "static", "must be a readable folder"),
+    (["--static", "/etc/hostname"], "static", "not a folder"),
+    (["--compression", "true"], "compression", "must be one of off, on"),
+    (["--ping-interval", "20s"], "ping_interval", "must be a number of seconds from 0 to 86400"),
+    (["--max-connections", "1e9"], "max_connections", "from 1 to 10000000"),
+]
+
+
+@pytest.mark.parametrize("args,option,text", CLI_REFUSALS, ids=lambda v: str(v))
+def test_an_invalid_command_line_option_is_exit_2(args, option, text, tmp_path):
+    app = tmp_path / "app.lua"
+    app.write_text(GOOD_APP)
+    for check in ([], ["--check"]):
+        r = run(*check, *args, app)
+        assert r is not None and r.returncode == 2, (check, r and r.returncode, r and r.stderr)
+        assert f"invalid value for {option}" in r.stderr and text in r.stderr, r.stderr
+
+
+def test_check_runs_load_and_ok_means_it_starts(tmp_path):
+    app = tmp_path / "app.lua"
+    app.write_text('return { load = function(state, info)\n'
+                   '  assert(info.trigger == "check" or info.trigger == "start", info.trigger)\n'
+                   '  if os.getenv("REFUSE_LOAD") then error("refused by load") end\n'
+                   'end }\n')
+    r = run("--check", app)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+    env = dict(os.environ, REFUSE_LOAD="1")
+    r = subprocess.run([BINARY, "--check", str(app)], capture_output=True, text=True,
+                       timeout=RUN_TIMEOUT, env=env)
+    assert r.returncode == 1 and "ok" not in r.stdout, r
+    assert "refused by load" in r.stderr and "load() failed" in r.stderr, r.stderr
