@@ -5,7 +5,8 @@
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
- * C calls Lua only through lb_call(). */
+ * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
+ * reload): nothing a Lua value does can raise outside a protected call. */
 #ifndef WS_LB_H
 #define WS_LB_H
 

@@ -500,7 +500,8 @@ static int build_version(lua_State *L)
     return 0;
 }
 
-/* Drops a registry reference (never allocates). */
+/* Drops a registry reference; never allocates, so it is safe outside a protected call.
+ * [-0, +0, -] */
 static void drop(lua_State *L, int *ref)
 {
     luaL_unref(L, LUA_REGISTRYINDEX, *ref);

@@ -1,4 +1,5 @@
-/* The Lua VM: a capped allocator, the handler time budget (a count hook), lb_call() and the small
+/* The Lua VM: a capped allocator, the handler time budget (a count hook), lb_call() for handlers,
+ * lb_protect() for the rest of our work on the state, a panic handler that logs, and the small
  * helpers every other lb_* file uses. The bottom of the Lua layer: it calls no other lb_* file;
  * loading the app is lb_load's job. */
 #include "ws/lb.h"
@@ -86,8 +87,8 @@ static int traceback(lua_State *L)
     return 1;
 }
 
-/* The text of the error object at idx without running any metamethod: what is left of an error
- * after a protected call, when nothing may raise any more. */
+/* The text of the error object at idx without running any metamethod or converting it: what is
+ * left of an error after a protected call, when nothing may raise any more. [-0, +0, -] */
 static const char *error_text(lua_State *L, int idx)
 {
     if (lua_type(L, idx) == LUA_TSTRING)
