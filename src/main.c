@@ -33,7 +33,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: wsserver [options] APP.lua\n\n"
                  "  -l, --listen ADDR        host:port, [v6]:port, unix:/path; tls:ADDR for wss:// "
                  "(repeatable)\n"
-                 "      --check              load the app and its config, report problems, exit\n"
+                 "      --check              all a start does but listen (load() too); exit 0/1\n"
                  "      --reload PIDFILE|PID reload a running server's app and print the result\n"
                  "      --test [ARGS]        run the app's busted specs with ws.testing (first)\n"
                  "  -h, --help               this help\n"
@@ -422,22 +422,28 @@ int main(int argc, char **argv)
     bool unix_listener = false;
     for (size_t i = 0; i < app->config.listen.n; i++)
         unix_listener = unix_listener || strstr(app->config.listen.items[i], "unix:") != NULL;
-    if (args.check && app->config.tls_cert) {
-        char err[512];
-        struct ws_tls_ctx *tls =
-            ws_tls_ctx_new(app->config.tls_cert, app->config.tls_key, err, sizeof(err));
-        if (!tls) {
-            fprintf(stderr, "wsserver: %s\n", err);
-            args.check = false;
-            code = 1;
+    if (args.check) {
+        /* everything a start does short of listening: load(), the TLS files, the options that
+         * are checked only when the processes start */
+        char err[512] = "";
+        if (lb_app_check(app, err, sizeof(err)) == 0 && app->config.tls_cert) {
+            struct ws_tls_ctx *tls =
+                ws_tls_ctx_new(app->config.tls_cert, app->config.tls_key, err, sizeof(err));
+            ws_tls_ctx_free(tls);
         }
-        ws_tls_ctx_free(tls);
-        if (!tls) {
+        if (!err[0] && bad_redis)
+            snprintf(err, sizeof(err), "invalid value for redis: expected redis://host:port");
+        if (!err[0] && workers > 1 && unix_listener)
+            snprintf(err, sizeof(err), "unix: listeners need workers = 1");
+        if (!err[0] && app->config.user && !getpwnam(app->config.user))
+            snprintf(err, sizeof(err), "--user %s: no such user", app->config.user);
+        if (err[0]) {
+            fprintf(stderr, "wsserver: %s\n", err);
             lb_app_free(app);
             ev_loop_destroy(probe);
             free(pidfile);
             ws_config_free(&st.cli);
-            return code;
+            return 1;
         }
     }
     lb_app_free(app);

@@ -97,6 +97,7 @@ const struct ws_option *ws_config_find(const char *name, bool kebab);
 
 /* Sets opt from text (numbers parsed, "true"/"false" for booleans; lists append). from_cli marks
  * the option as set on the command line; a later app setting of a CLI option is ignored.
+ * listen addresses are checked (form, port 1-65535) and static must name a readable folder.
  * Returns 0, or WS_E_INVAL with a message naming the option and the allowed values in err. */
 int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char *value,
                   bool from_cli, char *err, size_t errlen);
@@ -106,6 +107,13 @@ int ws_config_set_number(struct ws_config *cfg, const struct ws_option *opt, dou
                          char *err, size_t errlen);
 int ws_config_set_bool(struct ws_config *cfg, const struct ws_option *opt, bool value, char *err,
                        size_t errlen);
+
+/* What opt accepts, for messages: "a whole number from 1 to 10000000", "one of off, on", ... */
+void ws_config_describe(const struct ws_option *opt, char *out, size_t cap);
+
+/* Fills err with "invalid value for NAME: must be <what opt accepts> (got a <got>)" and returns
+ * WS_E_INVAL: a value of the wrong type in the app's config table (got: "string", "table"...). */
+int ws_config_wrong_type(const struct ws_option *opt, const char *got, char *err, size_t errlen);
 
 /* Empties a list option before an app's list replaces it (no-op when it came from the CLI). */
 void ws_config_clear_list(struct ws_config *cfg, const struct ws_option *opt);

@@ -5,7 +5,8 @@
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
- * C calls Lua only through lb_call(). */
+ * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
+ * reload): nothing a Lua value does can raise outside a protected call. */
 #ifndef WS_LB_H
 #define WS_LB_H
 
@@ -43,7 +44,8 @@ struct lb_app {
     size_t mem, mem_limit;
     double handler_timeout;
     double deadline; /* monotonic seconds; the running handler's budget ends here */
-    int depth;       /* lb_call nesting */
+    int depth;       /* lb_call and lb_protect nesting */
+    int base_depth;  /* the depth at which an lb_call starts a fresh budget (inside lb_protect) */
     bool timed_out;
     char last_error[1024]; /* the latest handler error, with its traceback */
     int app_ref;           /* the app table */
@@ -61,6 +63,9 @@ struct lb_app {
     struct lb_timer *timers; /* active ws.after/ws.every timers */
     uint64_t attempts;       /* loads tried, the first included */
     long status_pid;         /* whose status file reload results go to (0: this process) */
+    bool closing;            /* lb_app_free is closing the state: no new timers */
+    char warning[512];       /* a Lua warning being assembled from its pieces */
+    size_t warning_len;
 };
 
 /* ---- lb_state ---- */
@@ -68,15 +73,28 @@ struct lb_app {
 /* The app whose state L is. */
 struct lb_app *lb_app_of(lua_State *L);
 
-/* Creates a->L: the capped allocator, the standard libraries, the budget hook, a guarded
- * xpcall, package.path with the app's folder and the shipped library. Returns 0 or WS_E_NOMEM.
- * [-0, +0, -] */
-int lb_state_open(struct lb_app *a);
+/* Creates a->L: the capped allocator, a panic handler that logs (an error outside any protected
+ * call would be our bug), Lua warnings to the log, the standard libraries, the budget hook, a
+ * guarded xpcall, package.path with the app's folder and the shipped library. Returns 0, or
+ * WS_E_NOMEM with err filled. [-0, +0, -] */
+int lb_state_open(struct lb_app *a, char *err, size_t errlen);
 
 /* Calls the function below nargs arguments on the stack with a traceback handler and the
  * handler time budget. [-(nargs+1), +nres on success / +0 on error, -]
- * Returns 0, or -1 after logging the error (what names the callback) and counting it. */
+ * Returns 0, or -1 after logging the error (what names the callback; conn, when not 0, the
+ * connection it ran for; the message and traceback as one multi-line field), keeping it in
+ * a->last_error and counting it. */
+int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_t conn);
+
+/* lb_call_for without a connection. */
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what);
+
+/* Runs fn(L) in protected mode with ud as its only (light userdata) argument, under the handler
+ * time budget; an lb_call inside fn gets a budget of its own. For the C code that works on the
+ * Lua state outside a handler (loading, validation, reload): any error it or a metamethod raises
+ * comes back here instead of aborting the process. Returns 0, or -1 with the error's text in err
+ * (the error is not logged). [-0, +0, -] */
+int lb_protect(struct lb_app *a, lua_CFunction fn, void *ud, char *err, size_t errlen);
 
 /* Pushes the registry value ref. [-0, +1, -] */
 void lb_push_ref(lua_State *L, int ref);
@@ -139,8 +157,13 @@ struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct w
  * WS_E_INVAL when load failed (err filled). */
 int lb_app_attach(struct lb_app *a, struct ws_server *srv, char *err, size_t errlen);
 
-/* Reloads the app from its file (SIGHUP, --watch, ws.reload). Failure keeps the running
- * version. Returns 0 or WS_E_INVAL. */
+/* --check: calls the app's load(state, info) (info.trigger "check") without a server, as a
+ * start would. Returns 0, or WS_E_INVAL when load failed (err filled, the error logged). */
+int lb_app_check(struct lb_app *a, char *err, size_t errlen);
+
+/* Reloads the app from its file (SIGHUP, --watch, ws.reload). The new version is built aside
+ * under protection: any failure, an error a metamethod raises included, keeps the running
+ * version and is logged with its reason. Returns 0 or WS_E_INVAL. */
 int lb_app_reload(struct lb_app *a, const char *trigger);
 
 /* Where the result of the latest reload of process pid is written ("wsserver --reload" reads

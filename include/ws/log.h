@@ -13,11 +13,13 @@ enum ws_log_format { WS_LOG_TEXT, WS_LOG_JSON };
 
 #define WS_LOG_LINE_MAX 2048
 
-/* A line being built: ws_log_begin, fields, ws_log_end. Fields past the line size are cut. */
+/* A line being built: ws_log_begin, fields, ws_log_end. A line is cut between fields, so it
+ * stays well-formed; a string too long for the line ends in "...". */
 struct ws_log_line {
     char buf[WS_LOG_LINE_MAX];
     size_t len;
     bool active; /* false when the level is filtered out: the field calls do nothing */
+    bool full;   /* a field did not fit: it and the fields after it are left out */
 };
 
 /* Sets the minimum level written and the format. */
@@ -40,6 +42,10 @@ void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *ev
 /* Adds key=value; strings are escaped (control bytes, quotes, non-UTF-8 as \xNN). */
 void ws_log_str(struct ws_log_line *l, const char *key, const char *s, size_t n);
 void ws_log_cstr(struct ws_log_line *l, const char *key, const char *s);
+/* Adds a multi-line value (an error with its traceback) as one field: like ws_log_str, but
+ * newlines and tabs are written \n and \t in both formats (JSON decodes them to real newlines;
+ * in text, a backslash is always doubled, so tools can split the value on \n). */
+void ws_log_text(struct ws_log_line *l, const char *key, const char *s, size_t n);
 void ws_log_u64(struct ws_log_line *l, const char *key, uint64_t v);
 void ws_log_i64(struct ws_log_line *l, const char *key, int64_t v);
 void ws_log_ms(struct ws_log_line *l, const char *key, double seconds);

@@ -361,18 +361,62 @@ local function mark(cfg, opt, from_cli)
   return true
 end
 
-local function range_error(opt)
-  if opt.type == "seconds" then
-    return fmt("invalid value for %s: must be a number of seconds from %g to %g", opt.name,
-               opt.min, opt.max)
+-- ws_config_describe: what an option accepts
+local function describe(opt)
+  local t = opt.type
+  if t == "int" then
+    return fmt("a whole number from %.0f to %.0f", opt.min, opt.max)
+  elseif t == "workers" then
+    return fmt("a whole number from %.0f to %.0f or \"auto\"", opt.min, opt.max)
+  elseif t == "seconds" then
+    return fmt("a number of seconds from %g to %g", opt.min, opt.max)
+  elseif t == "bool" then
+    return "true or false"
+  elseif t == "string" then
+    return opt.name == "static" and "a readable folder" or "a non-empty string"
+  elseif t == "choice" then
+    return "one of " .. table.concat(opt.choices, ", ")
   end
-  return fmt("invalid value for %s: must be a whole number from %.0f to %.0f", opt.name, opt.min,
-             opt.max)
+  return "a string or a list of strings"
+end
+
+local function range_error(opt)
+  return fmt("invalid value for %s: must be %s", opt.name, describe(opt))
+end
+
+local function wrong_type(opt, got)
+  return fmt("invalid value for %s: must be %s (got a %s)", opt.name, describe(opt), got)
+end
+
+-- a listen address: host:port, [v6]:port, :port or unix:/path, tls: in front (src/core/config.c)
+local function check_listen(value)
+  local addr = value:gsub("^tls:", "", 1)
+  if addr:sub(1, 5) == "unix:" then
+    local n = #addr - 5
+    if n == 0 or n >= 108 then
+      return fmt("invalid value for listen: '%s': a unix socket path of 1 to 107 bytes", value)
+    end
+    return nil
+  end
+  local port
+  if addr:sub(1, 1) == "[" then
+    port = addr:match("^%[[^%]]+%]:(.*)$")
+  else
+    port = addr:match("^.*:(.*)$")
+  end
+  if not port then
+    return fmt("invalid value for listen: '%s': expected host:port, [v6]:port or unix:/path " ..
+               "(tls: in front for wss://)", value)
+  end
+  local n = port:match("^%d%d?%d?%d?%d?$") and tonumber(port) or 0
+  if n < 1 or n > 65535 then
+    return fmt("invalid value for listen: '%s': the port must be a number from 1 to 65535", value)
+  end
 end
 
 local function set_number(cfg, opt, v, from_cli)
   if opt.type ~= "int" and opt.type ~= "seconds" and opt.type ~= "workers" then
-    return fmt("invalid value for %s: a number is not allowed", opt.name)
+    return wrong_type(opt, "number")
   end
   if v ~= v or v < opt.min or v > opt.max then
     return range_error(opt)
@@ -387,7 +431,7 @@ end
 
 local function set_bool(cfg, opt, v, from_cli)
   if opt.type ~= "bool" then
-    return fmt("invalid value for %s: a boolean is not allowed", opt.name)
+    return wrong_type(opt, "boolean")
   end
   if mark(cfg, opt, from_cli) then
     cfg[opt.name] = v
@@ -441,6 +485,12 @@ local function set_string(cfg, opt, s, from_cli)
     if #list == 16 then
       return fmt("too many values for %s: at most 16", opt.name)
     end
+    if opt.name == "listen" then
+      local err = check_listen(s)
+      if err then
+        return err
+      end
+    end
     if mark(cfg, opt, from_cli) then
       list[#list + 1] = s
     end
@@ -464,6 +514,9 @@ local function apply_config(t, cfg, from_cli)
       err = set_number(cfg, opt, v, from_cli)
     elseif type(v) == "boolean" then
       err = set_bool(cfg, opt, v, from_cli)
+    elseif type(v) == "string" and not from_cli and
+        (opt.type == "int" or opt.type == "seconds" or (opt.type == "workers" and v ~= "auto")) then
+      err = wrong_type(opt, "string") -- "20" where a number belongs
     elseif type(v) == "string" then
       if opt.type == "list" then
         clear_list(cfg, opt)
@@ -482,7 +535,7 @@ local function apply_config(t, cfg, from_cli)
         end
       end
     else
-      err = fmt("invalid value for %s: %s is not allowed", opt.name, type(v))
+      err = wrong_type(opt, type(v))
     end
     if err then
       return err
@@ -1873,6 +1926,45 @@ local function validate_app(app)
   end
 end
 
+-- The paths the server answers itself, before any app route.
+local BUILTIN_PATHS = {["/healthz"] = true, ["/metrics"] = true}
+
+-- lb_load.c check_routes: the routes table's own keys are "METHOD /path" holding functions.
+local function check_routes(routes)
+  for k, v in next, routes do
+    if type(k) ~= "string" then
+      return fmt('app.http keys must be strings like "GET /path", got a %s', type(k))
+    end
+    local method, path = k:match("^(%u+) (.*)$")
+    local why
+    if not method or path:sub(1, 1) ~= "/" then
+      why = 'must be "METHOD /path" (e.g. "GET /count")'
+    elseif path:find("[%z\1-\32?#\127]") then
+      why = 'must be "METHOD /path" with a path of its own (no spaces, no query)'
+    elseif BUILTIN_PATHS[path] then
+      why = "is a path the server answers itself (/healthz, /metrics): pick another path"
+    elseif type(v) ~= "function" then
+      return fmt('app.http["%s"] must be a function, got %s', k:sub(1, 100), type(v))
+    end
+    if why then
+      return fmt('app.http key "%s" %s', k:sub(1, 100), why)
+    end
+  end
+end
+
+-- Reads app[field] as the server does (an ordinary index: __index may answer); nil, err when a
+-- metamethod raises.
+local function read_field(app, field)
+  local ok, v = pcall(function()
+    return app[field]
+  end)
+  if not ok then
+    return nil, fmt("reading app.%s failed: %s", field,
+                    type(v) == "string" and v or "(error object is not a string)")
+  end
+  return v
+end
+
 -- Builds the next version aside (compile, run in a fresh environment, validate, config, load())
 -- and swaps it in only when everything passed; any failure keeps the running version.
 function Server:_load_version(trigger)
@@ -1911,16 +2003,55 @@ function Server:_load_version(trigger)
     return fail(err)
   end
   local cfg = copy_config(self.base)
-  local config = app.config
+  local config
+  config, err = read_field(app, "config")
+  if err then
+    return fail(err)
+  end
+  if config ~= nil and type(config) ~= "table" then
+    return fail(fmt("app.config must be a table, got %s", type(config)))
+  end
   if config ~= nil then
-    err = apply_config(config, cfg, false) or validate_config(cfg)
+    local ok, e = pcall(function()
+      return apply_config(config, cfg, false) or validate_config(cfg)
+    end)
+    if ok then
+      err = e
+    else
+      err = fmt("reading app.config failed: %s",
+                type(e) == "string" and e or "(error object is not a string)")
+    end
     if err then
       return fail(err)
     end
   end
+  local routes
+  routes, err = read_field(app, "http")
+  if err then
+    return fail(err)
+  end
+  if routes ~= nil and type(routes) ~= "table" then
+    return fail(fmt("app.http must be a table, got %s", type(routes)))
+  end
+  err = routes and check_routes(routes)
+  if err then
+    return fail(err)
+  end
+  local handlers = {}
+  for _, name in ipairs(HANDLERS) do
+    local f
+    f, err = read_field(app, name)
+    if err then
+      return fail(err)
+    end
+    if f ~= nil and type(f) ~= "function" then
+      return fail(fmt("app.%s must be a function, got %s", name, type(f)))
+    end
+    handlers[name] = f
+  end
   if self.attached then
-    local load_fn = app.load
-    if type(load_fn) == "function" then
+    local load_fn = handlers.load
+    if load_fn then
       local info = {generation = self.generation + 1, previous = self.generation,
                     file = self.file, trigger = trigger or "start"}
       self.direct_call = true
@@ -1933,15 +2064,8 @@ function Server:_load_version(trigger)
   -- committed: from here on nothing fails
   self.loading = false
   self.app = app
-  self.handlers = {}
-  for _, name in ipairs(HANDLERS) do
-    local f = app[name]
-    if type(f) == "function" then
-      self.handlers[name] = f
-    end
-  end
-  local routes = app.http
-  self.routes = type(routes) == "table" and routes or nil
+  self.handlers = handlers
+  self.routes = routes
   self.generation = self.generation + 1
   if self.attached then
     self.counters.reloads_ok = self.counters.reloads_ok + 1
@@ -2044,7 +2168,7 @@ function M.load(app, opts)
   end
   s.app_loaded = true
   s.attached = true
-  local load_fn = s.app.load
+  local load_fn = s.handlers.load
   if type(load_fn) == "function" then
     s.direct_call = true
     local lok, lerr = s:_call("load", load_fn, s.state,
@@ -2216,15 +2340,29 @@ function Server:http(method, target, headers)
       raw[#raw + 1] = p
     end
     local ok = self:_call("http", function()
-      local fn = routes[(head and "GET" or method) .. " " .. path]
+      local key = (head and "GET" or method) .. " " .. path
+      local fn = routes[key]
       if type(fn) ~= "function" then
         return
       end
       routed = true
       local st, b, h = fn(make_request(method, target, raw, peer))
-      st = st == nil and 200 or math.tointeger(st) or 500
-      status = (st >= 100 and st <= 599) and st or 500
-      body = (type(b) == "string" or type(b) == "number") and tostring(b) or ""
+      -- lb_app.c call_http: anything but a status number, a string body and a headers table
+      -- is the route's bug, raised as its error (answered 500)
+      local code = type(st) == "number" and math.tointeger(st) or nil
+      if not code or code < 100 or code > 599 then
+        error(fmt('http route "%s" must return a status number from 100 to 599, got %s', key,
+                  type(st) == "number" and tostring(st) or type(st)), 0)
+      end
+      if b ~= nil and type(b) ~= "string" then
+        error(fmt('http route "%s" must return a string body (or nil), got %s', key, type(b)), 0)
+      end
+      if h ~= nil and type(h) ~= "table" then
+        error(fmt('http route "%s" must return a headers table (or nil), got %s', key, type(h)),
+              0)
+      end
+      status = code
+      body = b or ""
       out = {["content-type"] = text}
       if type(h) == "table" then
         for k, v in pairs(collect_headers(h)) do

@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #define OFF(field) offsetof(struct ws_config, field)
 #define SECONDS_MAX 86400.0
@@ -214,14 +217,111 @@ static bool mark(struct ws_config *cfg, const struct ws_option *opt, bool from_c
     return true;
 }
 
+void ws_config_describe(const struct ws_option *opt, char *out, size_t cap)
+{
+    switch (opt->type) {
+    case WS_OPT_INT:
+        snprintf(out, cap, "a whole number from %.0f to %.0f%s", opt->min, opt->max,
+                 opt->offset == OFF(workers) ? " or \"auto\"" : "");
+        return;
+    case WS_OPT_SECONDS:
+        snprintf(out, cap, "a number of seconds from %g to %g", opt->min, opt->max);
+        return;
+    case WS_OPT_BOOL:
+        snprintf(out, cap, "true or false");
+        return;
+    case WS_OPT_STRING:
+        snprintf(out, cap, "%s",
+                 opt->offset == OFF(static_dir) ? "a readable folder" : "a non-empty string");
+        return;
+    case WS_OPT_CHOICE:
+        snprintf(out, cap, "one of ");
+        for (const char *const *c = opt->choices; *c; c++) {
+            if (c != opt->choices)
+                strncat(out, ", ", cap - strlen(out) - 1);
+            strncat(out, *c, cap - strlen(out) - 1);
+        }
+        return;
+    case WS_OPT_LIST:
+        snprintf(out, cap, "a string or a list of strings");
+        return;
+    }
+}
+
+int ws_config_wrong_type(const struct ws_option *opt, const char *got, char *err, size_t errlen)
+{
+    char allowed[160];
+    ws_config_describe(opt, allowed, sizeof(allowed));
+    snprintf(err, errlen, "invalid value for %s: must be %s (got a %s)", opt->name, allowed, got);
+    return WS_E_INVAL;
+}
+
 static int range_error(const struct ws_option *opt, char *err, size_t errlen)
 {
-    if (opt->type == WS_OPT_INT)
-        snprintf(err, errlen, "invalid value for %s: must be a whole number from %.0f to %.0f",
-                 opt->name, opt->min, opt->max);
-    else
-        snprintf(err, errlen, "invalid value for %s: must be a number of seconds from %g to %g",
-                 opt->name, opt->min, opt->max);
+    char allowed[160];
+    ws_config_describe(opt, allowed, sizeof(allowed));
+    snprintf(err, errlen, "invalid value for %s: must be %s", opt->name, allowed);
+    return WS_E_INVAL;
+}
+
+/* A listen address: "host:port", "[v6]:port", ":port" or "unix:/path", "tls:" in front for
+ * wss://. Checked here, not at bind, so a bad port is refused with the option's name instead
+ * of being wrapped around by the resolver (99999 would listen on 34463). */
+static int check_listen(const char *value, char *err, size_t errlen)
+{
+    const char *addr = strncmp(value, "tls:", 4) == 0 ? value + 4 : value;
+    if (strncmp(addr, "unix:", 5) == 0) {
+        struct sockaddr_un sun;
+        size_t n = strlen(addr + 5);
+        if (n == 0 || n >= sizeof(sun.sun_path)) {
+            snprintf(err, errlen,
+                     "invalid value for listen: '%.200s': a unix socket path of 1 to %zu bytes",
+                     value, sizeof(sun.sun_path) - 1);
+            return WS_E_INVAL;
+        }
+        return 0;
+    }
+    const char *colon = NULL;
+    if (addr[0] == '[') {
+        const char *end = strchr(addr, ']');
+        colon = end && end[1] == ':' && end > addr + 1 ? end + 1 : NULL;
+    } else {
+        colon = strrchr(addr, ':');
+    }
+    if (!colon) {
+        snprintf(err, errlen,
+                 "invalid value for listen: '%.200s': expected host:port, [v6]:port or "
+                 "unix:/path (tls: in front for wss://)",
+                 value);
+        return WS_E_INVAL;
+    }
+    const char *port = colon + 1;
+    size_t digits = strspn(port, "0123456789");
+    long n = digits && digits <= 5 && !port[digits] ? strtol(port, NULL, 10) : 0;
+    if (n < 1 || n > 65535) {
+        snprintf(err, errlen,
+                 "invalid value for listen: '%.200s': the port must be a number from 1 to 65535",
+                 value);
+        return WS_E_INVAL;
+    }
+    return 0;
+}
+
+/* --static / static: an existing folder this process can list and read. */
+static int check_folder(const struct ws_option *opt, const char *value, char *err, size_t errlen)
+{
+    struct stat st;
+    const char *why = NULL;
+    if (stat(value, &st) < 0)
+        why = strerror(errno);
+    else if (!S_ISDIR(st.st_mode))
+        why = "not a folder";
+    else if (access(value, R_OK | X_OK) < 0)
+        why = strerror(errno);
+    if (!why)
+        return 0;
+    snprintf(err, errlen, "invalid value for %s: '%.200s' must be a readable folder (%s)",
+             opt->name, value, why);
     return WS_E_INVAL;
 }
 
@@ -245,7 +345,7 @@ static int set_bool(struct ws_config *cfg, const struct ws_option *opt, bool val
                     char *err, size_t errlen)
 {
     if (opt->type != WS_OPT_BOOL)
-        return fail(err, errlen, "invalid value for %s: %s", opt->name, "a boolean is not allowed");
+        return ws_config_wrong_type(opt, "boolean", err, errlen);
     if (mark(cfg, opt, from_cli))
         *FIELD(cfg, opt, bool) = value;
     return 0;
@@ -275,6 +375,8 @@ int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char
     case WS_OPT_STRING:
         if (!*value)
             return fail(err, errlen, "invalid value for %s: %s", opt->name, "must not be empty");
+        if (opt->offset == OFF(static_dir) && check_folder(opt, value, err, errlen) < 0)
+            return WS_E_INVAL;
         if (mark(cfg, opt, from_cli))
             set_string(FIELD(cfg, opt, char *), value);
         return 0;
@@ -286,15 +388,7 @@ int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char
                 return 0;
             }
         }
-        {
-            char allowed[128] = "";
-            for (const char *const *c = opt->choices; *c; c++) {
-                if (c != opt->choices)
-                    strncat(allowed, ", ", sizeof(allowed) - strlen(allowed) - 1);
-                strncat(allowed, *c, sizeof(allowed) - strlen(allowed) - 1);
-            }
-            return fail(err, errlen, "invalid value for %s: must be one of %s", opt->name, allowed);
-        }
+        return range_error(opt, err, errlen);
     case WS_OPT_LIST: {
         struct ws_string_list *list = FIELD(cfg, opt, struct ws_string_list);
         if (!*value)
@@ -303,6 +397,8 @@ int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char
             return 0; /* before the limit: a full list from the command line still wins */
         if (list->n == WS_CONFIG_MAX_LIST)
             return fail(err, errlen, "too many values for %s: %s", opt->name, "at most 16");
+        if (opt->offset == OFF(listen) && check_listen(value, err, errlen) < 0)
+            return WS_E_INVAL;
         list->items[list->n++] = ws_xstrndup(value, strlen(value));
         return 0;
     }
@@ -314,7 +410,7 @@ int ws_config_set_number(struct ws_config *cfg, const struct ws_option *opt, dou
                          char *err, size_t errlen)
 {
     if (opt->type != WS_OPT_INT && opt->type != WS_OPT_SECONDS)
-        return fail(err, errlen, "invalid value for %s: %s", opt->name, "a number is not allowed");
+        return ws_config_wrong_type(opt, "number", err, errlen);
     return set_number(cfg, opt, value, false, err, errlen);
 }
 

@@ -60,16 +60,11 @@ int ws_log_format_parse(const char *s)
     return -1;
 }
 
-/* Bytes left for fields: 2 stay free for the line's end ("}\n"). */
-static size_t room(const struct ws_log_line *l)
-{
-    return sizeof(l->buf) - 2 - l->len;
-}
-
 static void put(struct ws_log_line *l, const char *s, size_t n)
 {
-    if (n > room(l))
-        n = room(l);
+    size_t room = sizeof(l->buf) - 2 - l->len; /* keep room for "}\n" */
+    if (n > room)
+        n = room;
     memcpy(l->buf + l->len, s, n);
     l->len += n;
 }
@@ -79,56 +74,63 @@ static void puts_(struct ws_log_line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-/* Escapes one byte for both formats: printable ASCII stays, '"' and '\\' are backslashed,
- * everything else is \xNN (text) or \u00NN (JSON), so a peer cannot forge a line or a field.
- * Returns the length written to tmp (at most 6). */
-static size_t escape(unsigned char ch, char *tmp)
+/* Bytes left for fields (after "}\n"). */
+static size_t room(const struct ws_log_line *l)
 {
-    if (ch == '"' || ch == '\\') {
-        tmp[0] = '\\';
-        tmp[1] = (char)ch;
-        return 2;
-    }
-    if (ch >= 0x20 && ch < 0x7f) {
-        tmp[0] = (char)ch;
-        return 1;
-    }
-    return (size_t)snprintf(tmp, 8, format == WS_LOG_JSON ? "\\u%04x" : "\\x%02x", ch);
+    return sizeof(l->buf) - 2 - l->len;
 }
 
-static size_t escaped_len(const char *s, size_t n)
+/* A line is cut between fields, never inside one, so it stays well-formed (valid JSON, a closed
+ * quote): a field that does not fit is dropped with every field after it. */
+static bool fits(struct ws_log_line *l, const char *k, size_t value_bytes)
 {
-    char tmp[8];
-    size_t len = 0;
-    for (size_t i = 0; i < n; i++)
-        len += escape((unsigned char)s[i], tmp);
-    return len;
-}
-
-/* Appends s escaped, stopping before the first escape that would leave less than keep bytes of
- * room: a cut never splits an escape, so the string can still be closed. */
-static void put_escaped(struct ws_log_line *l, const char *s, size_t n, size_t keep)
-{
-    char tmp[8];
-    for (size_t i = 0; i < n; i++) {
-        size_t k = escape((unsigned char)s[i], tmp);
-        if (k + keep > room(l))
-            return;
-        put(l, tmp, k);
-    }
-}
-
-/* Starts field k (escaped: the app names fields too) when it fits with value_min bytes of its
- * value; otherwise writes nothing and returns false, so a full line drops fields whole. */
-static bool key(struct ws_log_line *l, const char *k, size_t value_min)
-{
-    bool json = format == WS_LOG_JSON;
-    if ((json ? 4 : 2) + escaped_len(k, strlen(k)) + value_min > room(l))
+    if (!l->active || l->full)
         return false;
-    puts_(l, json ? ",\"" : " ");
-    put_escaped(l, k, strlen(k), 0);
-    puts_(l, json ? "\":" : "=");
+    if (strlen(k) * 6 + 4 + value_bytes > room(l)) { /* a key byte escapes to 6 at most */
+        l->full = true;
+        return false;
+    }
     return true;
+}
+
+/* Escapes for both formats: printable ASCII stays, '"' and '\\' are backslashed, everything else
+ * is \xNN (text) or \u00NN (JSON), so a peer cannot forge a line or a field. Newlines and tabs
+ * are \n and \t in JSON, and in text too when multiline (a traceback): a backslash is always
+ * doubled, so "\n" in a field can only mean a newline and tools can split on it. */
+static void put_escaped(struct ws_log_line *l, const char *s, size_t n, bool multiline)
+{
+    char tmp[8];
+    bool short_escapes = multiline || format == WS_LOG_JSON;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (room(l) < 12) { /* the longest escape, "...", the closing quote */
+            put(l, "...", 3);
+            l->full = true;
+            return;
+        }
+        if (ch == '"' || ch == '\\') {
+            tmp[0] = '\\';
+            tmp[1] = (char)ch;
+            put(l, tmp, 2);
+        } else if (short_escapes && (ch == '\n' || ch == '\t')) {
+            tmp[0] = '\\';
+            tmp[1] = ch == '\n' ? 'n' : 't';
+            put(l, tmp, 2);
+        } else if (ch >= 0x20 && ch < 0x7f) {
+            put(l, (const char *)&ch, 1);
+        } else {
+            int k = snprintf(tmp, sizeof(tmp), format == WS_LOG_JSON ? "\\u%04x" : "\\x%02x", ch);
+            put(l, tmp, (size_t)k);
+        }
+    }
+}
+
+/* Keys come from the app too (ws.log's field table): escaped like values. */
+static void key(struct ws_log_line *l, const char *k)
+{
+    puts_(l, format == WS_LOG_JSON ? ",\"" : " ");
+    put_escaped(l, k, strlen(k), false);
+    puts_(l, format == WS_LOG_JSON ? "\":" : "=");
 }
 
 static void begin_line(struct ws_log_line *l, enum ws_log_level level, const char *event,
@@ -184,6 +186,7 @@ static bool flood_allow(const char *event, const struct timespec *ts)
 void ws_log_begin(struct ws_log_line *l, enum ws_log_level level, const char *event)
 {
     l->len = 0;
+    l->full = false;
     l->active = ws_log_enabled(level);
     if (!l->active)
         return;
@@ -200,6 +203,7 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
     struct timespec ts = *tsp;
     l->len = 0;
     l->active = true;
+    l->full = false;
     struct tm tm;
     gmtime_r(&ts.tv_sec, &tm);
     char when[96];
@@ -212,26 +216,38 @@ static void begin_line(struct ws_log_line *l, enum ws_log_level level, const cha
         puts_(l, "\",\"level\":\"");
         puts_(l, level_names[level]);
         puts_(l, "\",\"event\":\"");
-        put_escaped(l, event, strlen(event), 0);
+        put_escaped(l, event, strlen(event), false);
         puts_(l, "\"");
     } else {
         puts_(l, when);
         puts_(l, " level=");
         puts_(l, level_names[level]);
         puts_(l, " event=");
-        put_escaped(l, event, strlen(event), 0);
+        put_escaped(l, event, strlen(event), false);
     }
     if (worker > 0)
         ws_log_i64(l, "worker", worker);
 }
 
+static void put_string(struct ws_log_line *l, const char *k, const char *s, size_t n,
+                       bool multiline)
+{
+    if (!fits(l, k, 16)) /* room for a start of the value at least */
+        return;
+    key(l, k);
+    puts_(l, "\"");
+    put_escaped(l, s, n, multiline);
+    puts_(l, "\"");
+}
+
 void ws_log_str(struct ws_log_line *l, const char *k, const char *s, size_t n)
 {
-    if (!l->active || !key(l, k, 2))
-        return;
-    puts_(l, "\"");
-    put_escaped(l, s, n, 1); /* a long value is cut, keeping room for its closing quote */
-    puts_(l, "\"");
+    put_string(l, k, s, n, false);
+}
+
+void ws_log_text(struct ws_log_line *l, const char *k, const char *s, size_t n)
+{
+    put_string(l, k, s, n, true);
 }
 
 void ws_log_cstr(struct ws_log_line *l, const char *k, const char *s)
@@ -241,32 +257,32 @@ void ws_log_cstr(struct ws_log_line *l, const char *k, const char *s)
 
 void ws_log_u64(struct ws_log_line *l, const char *k, uint64_t v)
 {
-    if (!l->active)
-        return;
     char tmp[24];
     int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    if (key(l, k, (size_t)n))
-        put(l, tmp, (size_t)n);
+    if (!fits(l, k, (size_t)n))
+        return;
+    key(l, k);
+    put(l, tmp, (size_t)n);
 }
 
 void ws_log_i64(struct ws_log_line *l, const char *k, int64_t v)
 {
-    if (!l->active)
-        return;
     char tmp[24];
     int n = snprintf(tmp, sizeof(tmp), "%lld", (long long)v);
-    if (key(l, k, (size_t)n))
-        put(l, tmp, (size_t)n);
+    if (!fits(l, k, (size_t)n))
+        return;
+    key(l, k);
+    put(l, tmp, (size_t)n);
 }
 
 void ws_log_ms(struct ws_log_line *l, const char *k, double seconds)
 {
-    if (!l->active)
-        return;
     char tmp[32];
     int n = snprintf(tmp, sizeof(tmp), "%.3f", seconds * 1000.0);
-    if (key(l, k, (size_t)n))
-        put(l, tmp, (size_t)n);
+    if (!fits(l, k, (size_t)n))
+        return;
+    key(l, k);
+    put(l, tmp, (size_t)n);
 }
 
 void ws_log_end(struct ws_log_line *l)

@@ -46,7 +46,7 @@ static int run(struct lb_app *a, lua_CFunction fn, struct event *e, int nres, co
 {
     lua_pushcfunction(a->L, fn);
     lua_pushlightuserdata(a->L, e);
-    return lb_call(a, 1, nres, what);
+    return lb_call_for(a, 1, nres, what, e->c ? e->c->node.id : 0);
 }
 
 /* app.error(message, conn) [-0, +0, e] */
@@ -306,7 +306,7 @@ static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t
         lb_push_ref(L, a->handlers[LB_MESSAGE]);
         if (lb_conn_push_existing(a, c)) {
             push_message(L, data, len, binary);
-            if (lb_call(a, 3, 0, "message") < 0)
+            if (lb_call_for(a, 3, 0, "message", c->node.id) < 0)
                 handler_failed(a, c, "message");
             return;
         }
@@ -357,7 +357,10 @@ static void on_drain(void *app, struct ws_conn *c)
 }
 
 /* app.http["METHOD /path"](req) -> status, body, headers. The lookup is an ordinary (not raw)
- * index, so a routes table with an __index metamethod can dispatch. [-0, +0, e] */
+ * index, so a routes table with an __index metamethod can dispatch. A status that is not a whole
+ * number from 100 to 599, a body that is not a string (or nil) and headers that are not a table
+ * (or nil) are the route's bug: raised here, so they are logged as its error and answered 500.
+ * [-0, +0, e] */
 static int call_http(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
@@ -374,17 +377,28 @@ static int call_http(lua_State *L)
     luaL_addchar(&b, ' ');
     luaL_addlstring(&b, req->target.p, path_len);
     luaL_pushresult(&b);
-    if (lua_gettable(L, -2) != LUA_TFUNCTION)
+    int key = lua_gettop(L);
+    lua_pushvalue(L, key);
+    if (lua_gettable(L, key - 1) != LUA_TFUNCTION)
         return 0;
     e->routed = true;
     push_request(a, e->c, req);
     lua_call(L, 1, 3);
-    int isnum;
-    lua_Integer status = lua_tointegerx(L, -3, &isnum);
-    if (!isnum)
-        status = lua_isnil(L, -3) ? 200 : 500; /* a status that is no number is the app's bug */
-    reply->status = status >= 100 && status <= 599 ? (int)status : 500;
-    if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -2) == LUA_TNUMBER)
+    int isnum = 0;
+    lua_Integer status = lua_type(L, -3) == LUA_TNUMBER ? lua_tointegerx(L, -3, &isnum) : 0;
+    if (!isnum || status < 100 || status > 599)
+        return luaL_error(
+            L, "http route \"%s\" must return a status number from 100 to 599, got %s",
+            lua_tostring(L, key),
+            lua_type(L, -3) == LUA_TNUMBER ? luaL_tolstring(L, -3, NULL) : luaL_typename(L, -3));
+    if (!lua_isnil(L, -2) && lua_type(L, -2) != LUA_TSTRING)
+        return luaL_error(L, "http route \"%s\" must return a string body (or nil), got %s",
+                          lua_tostring(L, key), luaL_typename(L, -2));
+    if (!lua_isnil(L, -1) && !lua_istable(L, -1))
+        return luaL_error(L, "http route \"%s\" must return a headers table (or nil), got %s",
+                          lua_tostring(L, key), luaL_typename(L, -1));
+    reply->status = (int)status;
+    if (lua_type(L, -2) == LUA_TSTRING)
         reply->body = dup_string(L, -2, &reply->body_len);
     if (lua_istable(L, -1))
         collect_headers(L, lua_gettop(L), &e->headers, &reply->content_type);

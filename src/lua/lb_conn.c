@@ -72,11 +72,11 @@ void lb_conn_release(struct lb_app *a, struct ws_conn *c)
     if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TUSERDATA) {
         struct lb_box *box = lua_touserdata(L, -1);
         box->c = NULL;
+        /* clearing a key that exists never allocates, so this needs no protected call */
+        lua_pushnil(L);
+        lua_rawseti(L, -3, (lua_Integer)c->node.id);
     }
-    lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_rawseti(L, -2, (lua_Integer)c->node.id);
-    lua_pop(L, 1);
+    lua_pop(L, 2);
 }
 
 /* A method's connection, or NULL after pushing nil, "closed". [-0, +0|+2, v] */

@@ -1,4 +1,5 @@
-/* The Lua VM: a capped allocator, the handler time budget (a count hook), lb_call() and the small
+/* The Lua VM: a capped allocator, the handler time budget (a count hook), lb_call() for handlers,
+ * lb_protect() for the rest of our work on the state, a panic handler that logs, and the small
  * helpers every other lb_* file uses. The bottom of the Lua layer: it calls no other lb_* file;
  * loading the app is lb_load's job. */
 #include "ws/lb.h"
@@ -17,8 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HOOK_COUNT 10000  /* VM instructions between two looks at the clock */
-#define TRACEBACK_INDEX 1 /* stack slot of lb_call's message handler */
+#define HOOK_COUNT 10000 /* VM instructions between two looks at the clock */
 
 static double mono_now(void)
 {
@@ -74,13 +74,27 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     }
 }
 
+/* lb_call's message handler: the error as text plus the traceback. An error object that is
+ * neither a string nor a number goes through luaL_tolstring (its __tostring, or "table: 0x...");
+ * a __tostring that raises, returns no string or loops (the budget hook interrupts it) ends in
+ * LUA_ERRERR, which lb_call reports like any other error. [-1, +1, m] */
 static int traceback(lua_State *L)
 {
-    const char *msg = lua_tostring(L, 1);
-    if (!msg)
-        msg = luaL_tolstring(L, 1, NULL);
+    int t = lua_type(L, 1);
+    const char *msg =
+        t == LUA_TSTRING || t == LUA_TNUMBER ? lua_tostring(L, 1) : luaL_tolstring(L, 1, NULL);
     luaL_traceback(L, L, msg, 1);
     return 1;
+}
+
+/* The text of the error object at idx without running any metamethod or converting it: what is
+ * left of an error after a protected call, when nothing may raise any more. [-0, +0, -] */
+static const char *error_text(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) == LUA_TSTRING)
+        return lua_tostring(L, idx);
+    return lua_type(L, idx) == LUA_TNUMBER ? "(error object is a number)"
+                                           : "(error object is not a string)";
 }
 
 /* The message handler given to xpcall, guarded: once the handler budget is spent Lua runs
@@ -109,11 +123,13 @@ static int guarded_xpcall(lua_State *L)
     return lua_gettop(L);
 }
 
-int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
+int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_t conn)
 {
     lua_State *L = a->L;
-    double started = 0;
-    if (a->depth++ == 0) {
+    /* the outermost call (or the outermost inside lb_protect) gets a fresh budget */
+    bool top = a->depth == a->base_depth;
+    double started = 0, saved_deadline = a->deadline;
+    if (top) {
         started = mono_now();
         a->deadline = started + a->handler_timeout;
         a->timed_out = false;
@@ -122,11 +138,26 @@ int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
         if (a->mem > a->mem_limit / 10 * 9)
             lua_gc(L, LUA_GCCOLLECT);
     }
-    int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
-    if (--a->depth == 0) {
+    /* the message handler goes below the function; pushing a light C function never
+     * allocates, and the stack room is checked without raising */
+    int base = lua_gettop(L) - nargs;
+    if (!lua_checkstack(L, 2)) {
+        lua_settop(L, base - 1);
+        snprintf(a->last_error, sizeof(a->last_error), "stack overflow");
+        return -1;
+    }
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    a->depth++;
+    int rc = lua_pcall(L, nargs, nres, base);
+    a->depth--;
+    lua_remove(L, base);
+    if (top) {
         if (a->timed_out)
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
         a->timed_out = false;
+        if (a->depth > 0)
+            a->deadline = saved_deadline; /* back to the enclosing lb_protect's budget */
         if (a->srv)
             ws_stats_observe_handler(a->srv->env.stats, mono_now() - started);
     }
@@ -134,18 +165,58 @@ int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
         return 0;
     if (rc == LUA_ERRMEM && a->depth == 0)
         lua_gc(L, LUA_GCCOLLECT); /* what the failed handler built is garbage now */
-    const char *msg = lua_tostring(L, -1);
-    snprintf(a->last_error, sizeof(a->last_error), "%s",
-             msg ? msg : "(error object is not a string)");
+    const char *msg = error_text(L, -1);
+    snprintf(a->last_error, sizeof(a->last_error), "%s", msg);
     struct ws_log_line l;
     ws_log_begin(&l, WS_LOG_ERROR, "handler_error");
     ws_log_cstr(&l, "handler", what);
-    ws_log_cstr(&l, "error", msg ? msg : "(error object is not a string)");
+    if (conn)
+        ws_log_u64(&l, "conn", conn);
+    ws_log_text(&l, "error", msg, strlen(msg));
     ws_log_end(&l);
     if (a->srv)
         a->srv->env.stats->handler_errors++;
     lua_pop(L, 1);
     return -1;
+}
+
+int lb_call(struct lb_app *a, int nargs, int nres, const char *what)
+{
+    return lb_call_for(a, nargs, nres, what, 0);
+}
+
+int lb_protect(struct lb_app *a, lua_CFunction fn, void *ud, char *err, size_t errlen)
+{
+    lua_State *L = a->L;
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, 4)) {
+        snprintf(err, errlen, "Lua stack overflow");
+        return -1;
+    }
+    int saved_base = a->base_depth;
+    double saved_deadline = a->deadline;
+    bool outermost = a->depth == a->base_depth;
+    if (outermost) {
+        a->deadline = mono_now() + a->handler_timeout;
+        a->timed_out = false;
+    }
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, ud);
+    a->depth++;
+    a->base_depth = a->depth;
+    int rc = lua_pcall(L, 1, 0, 0);
+    a->base_depth = saved_base;
+    a->depth--;
+    if (outermost) {
+        if (a->timed_out)
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        a->timed_out = false;
+        a->deadline = saved_deadline;
+    }
+    if (rc != LUA_OK)
+        snprintf(err, errlen, "%s", error_text(L, -1));
+    lua_settop(L, top);
+    return rc == LUA_OK ? 0 : -1;
 }
 
 void lb_lib_path(char *out, size_t cap)
@@ -163,7 +234,7 @@ void lb_lib_path(char *out, size_t cap)
              env ? env : "", env ? ";" : "", exe, exe, exe);
 }
 
-/* Adds the app's folder and the shipped Lua library to package.path. */
+/* Adds the app's folder and the shipped Lua library to package.path. [-0, +0, m] */
 static void set_paths(struct lb_app *a)
 {
     lua_State *L = a->L;
@@ -177,21 +248,68 @@ static void set_paths(struct lb_app *a)
     lua_pop(L, 1);
 }
 
-int lb_state_open(struct lb_app *a)
+/* The last word before Lua aborts the process (an error outside every protected call: a bug of
+ * ours, since all our Lua work runs under lb_call or lb_protect). Says so in the log first.
+ * Reads the error object without converting it: converting could raise again. [-0, +0, -] */
+static int on_panic(lua_State *L)
+{
+    struct ws_log_line l;
+    ws_log_begin(&l, WS_LOG_ERROR, "lua_panic");
+    ws_log_cstr(&l, "error", error_text(L, -1));
+    ws_log_cstr(&l, "msg", "unprotected Lua error: the process aborts");
+    ws_log_end(&l);
+    ws_log_flush();
+    return 0; /* Lua calls abort() */
+}
+
+/* Lua's warnings (an error in a __gc metamethod, warn() from the app) go to the log, one line
+ * per warning; pieces of one warning are joined. Control messages ("@on", "@off") are ignored:
+ * warnings are always on. */
+static void on_warning(void *ud, const char *msg, int tocont)
+{
+    struct lb_app *a = ud;
+    size_t room = sizeof(a->warning) - 1 - a->warning_len;
+    if (a->warning_len == 0 && !tocont && msg[0] == '@')
+        return;
+    size_t n = strlen(msg);
+    if (n > room)
+        n = room;
+    memcpy(a->warning + a->warning_len, msg, n);
+    a->warning_len += n;
+    if (tocont)
+        return;
+    struct ws_log_line l;
+    ws_log_begin(&l, WS_LOG_WARN, "lua_warning");
+    ws_log_text(&l, "msg", a->warning, a->warning_len);
+    ws_log_end(&l);
+    a->warning_len = 0;
+}
+
+/* The state's set-up, protected: at a small heap cap any step may fail. [-0, +0, m] */
+static int open_state(lua_State *L)
+{
+    struct lb_app *a = lua_touserdata(L, 1);
+    luaL_openlibs(L);
+    lua_getglobal(L, "xpcall");
+    lua_pushcclosure(L, guarded_xpcall, 1);
+    lua_setglobal(L, "xpcall");
+    set_paths(a);
+    return 0;
+}
+
+int lb_state_open(struct lb_app *a, char *err, size_t errlen)
 {
     a->L = lua_newstate(capped_alloc, a);
-    if (!a->L)
+    if (!a->L) {
+        snprintf(err, errlen, "cannot create the Lua state: out of memory");
         return WS_E_NOMEM;
+    }
     *(struct lb_app **)lua_getextraspace(a->L) = a;
-    luaL_openlibs(a->L);
-    lua_getglobal(a->L, "xpcall");
-    lua_pushcclosure(a->L, guarded_xpcall, 1);
-    lua_setglobal(a->L, "xpcall");
-    /* the message handler of every lb_call stays at the bottom of the stack */
-    lua_pushcfunction(a->L, traceback);
-    assert(lua_gettop(a->L) == TRACEBACK_INDEX);
+    lua_atpanic(a->L, on_panic);
+    lua_setwarnf(a->L, on_warning, a);
     lua_sethook(a->L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
-    set_paths(a);
+    if (lb_protect(a, open_state, a, err, errlen) < 0)
+        return WS_E_NOMEM;
     return 0;
 }
 

@@ -76,6 +76,8 @@ void lb_ws_cancel_timers(struct lb_app *a, uint64_t keep_generation)
 static int start_timer(lua_State *L, bool repeat)
 {
     struct lb_app *a = lb_app_of(L);
+    if (a->closing)
+        return luaL_error(L, "the server is stopping: no new timers");
     lua_Number seconds = luaL_checknumber(L, 1);
     luaL_argcheck(L, seconds >= 0 && isfinite(seconds), 1, "seconds must be a number >= 0");
     luaL_argcheck(L, !repeat || seconds >= 0.001, 1, "ws.every needs at least 0.001 seconds");

@@ -408,7 +408,7 @@ def subset_mismatch(expected, actual):
 def handler_errors(log):
     """(handler, first line of the message) for every handler_error line of the server log."""
     out = []
-    for m in re.finditer(r'event=handler_error handler="([^"]*)" error="((?:[^"\\]|\\.)*)"', log):
+    for m in re.finditer(r'event=handler_error handler="([^"]*)"(?: conn=\d+)? error="((?:[^"\\]|\\.)*)"', log):
         msg = m.group(2).encode("latin-1").decode("unicode_escape")
         out.append((m.group(1), unaddressed(msg.split("\n")[0])))
     return out
@@ -477,6 +477,20 @@ BAD_APPS = {
     "config_tls_pair": "return { config = { tls_cert = 'x.pem' } }\n",
     "config_string_number": "return { config = { max_buffered = '12x' } }\n",
     "config_empty_string": "return { config = { static = '' } }\n",
+    "config_string_for_number": "return { config = { ping_interval = '20' } }\n",
+    "config_bool_for_choice": "return { config = { compression = true } }\n",
+    "config_listen_port": "return { config = { listen = '127.0.0.1:65536' } }\n",
+    "config_listen_form": "return { config = { listen = { 'localhost' } } }\n",
+    "route_without_method": "return { http = { ['/count'] = function() end } }\n",
+    "route_lower_method": "return { http = { ['get /count'] = function() end } }\n",
+    "route_query": "return { http = { ['GET /a?b=1'] = function() end } }\n",
+    "route_healthz": "return { http = { ['GET /healthz'] = function() end } }\n",
+    "route_metrics": "return { http = { ['POST /metrics'] = function() end } }\n",
+    "route_not_function": "return { http = { ['GET /x'] = true } }\n",
+    "route_key_type": "return { http = { [1] = function() end } }\n",
+    "app_index_raises": "return setmetatable({}, {__index = function() error('no', 0) end})\n",
+    "handler_via_index": "return setmetatable({}, {__index = function(_, k)\n"
+                         "  if k == 'open' then return 5 end end})\n",
 }
 
 

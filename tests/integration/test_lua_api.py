@@ -1145,9 +1145,11 @@ def test_http_routes_status_body_headers(wsserver_factory):
     assert http_get(server, "/submit", method="POST")[::2] == (201, b"created POST")
     assert http_get(server, "/teapot")[::2] == (418, b"short and stout")
     assert http_get(server, "/error")[0] == 500
-    assert http_get(server, "/empty")[::2] == (200, b"")
+    # a route must return a status number and a string body (or nil): anything else is its bug,
+    # logged as its error and answered 500
+    assert http_get(server, "/empty")[::2] == (500, b"internal error\n")
     assert http_get(server, "/badstatus")[0] == 500
-    assert http_get(server, "/number")[::2] == (200, b"12345")
+    assert http_get(server, "/number")[::2] == (500, b"internal error\n")
     status, headers, body = http_get(server, "/hello", method="HEAD")
     assert (status, body) == (200, b"") and headers["X-Test"] == "yes"
     status, _, body = http_get(server, "/req?a=1", headers={"X-Agent": "tester"})
@@ -1157,7 +1159,11 @@ def test_http_routes_status_body_headers(wsserver_factory):
     # no route: not ours (426 without --static); a known path with another method likewise
     assert http_get(server, "/nope")[0] == 426
     assert http_get(server, "/hello", method="POST")[0] in (405, 426)
-    assert "route exploded" in server.log()
+    log = server.log()
+    assert "route exploded" in log
+    assert 'http route \\"GET /empty\\" must return a status number from 100 to 599, got nil' in log
+    assert 'http route \\"GET /badstatus\\" must return a status number from 100 to 599, got 42' in log
+    assert 'http route \\"GET /number\\" must return a string body (or nil), got number' in log
     with wsraw.connect(server.port) as c:  # WebSocket still served on the same port
         c.echo_roundtrip()
 

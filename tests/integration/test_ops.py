@@ -168,13 +168,14 @@ def kill_if_running(proc):
 
 
 # Text log lines: "TS level=L event=E key=value ..." where a value is a number/word or a
-# double-quoted string with \" \\ and \xNN escapes. Nothing else may appear on a line.
+# double-quoted string with \" \\ and \xNN escapes (\n and \t in a multi-line value such as a
+# traceback). Nothing else may appear on a line.
 TEXT_LINE = re.compile(
     r'^(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) level=(?P<level>debug|info|warn|error) '
     r'event=(?P<event>[A-Za-z0-9_.-]+)(?P<rest>(?: [A-Za-z_][A-Za-z0-9_.-]*='
-    r'(?:"(?:[^"\\]|\\["\\]|\\x[0-9a-f]{2})*"|[^\s"]+))*)$')
+    r'(?:"(?:[^"\\]|\\["\\nt]|\\x[0-9a-f]{2})*"|[^\s"]+))*)$')
 TEXT_PAIR = re.compile(
-    r' ([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\["\\]|\\x[0-9a-f]{2})*"|[^\s"]+)')
+    r' ([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\["\\nt]|\\x[0-9a-f]{2})*"|[^\s"]+)')
 
 
 def unescape_text(value):
@@ -188,6 +189,9 @@ def unescape_text(value):
             if s[i + 1] == "x":
                 out.append(int(s[i + 2:i + 4], 16))
                 i += 4
+            elif s[i + 1] in "nt":
+                out += b"\n" if s[i + 1] == "n" else b"\t"
+                i += 2
             else:
                 out += s[i + 1].encode()
                 i += 2
@@ -811,6 +815,48 @@ def test_json_log_of_a_hostile_client(wsserver_factory):
     assert hello and hello[0]["ua"].encode("latin-1") == HOSTILE_UA, hello
     close = [r for r in records if r["event"] == "close" and r.get("code") == 4000]
     assert len(close) == 1 and close[0]["reason"].encode("latin-1") == FORGED.encode(), close
+
+
+FAILING_APP = """
+local function deeper(data) error("bad input: " .. data) end
+return {
+  message = function(conn, data) deeper(data) end,
+}
+"""
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_handler_error_names_its_connection_and_keeps_the_traceback_readable(wsserver_factory,
+                                                                           fmt):
+    server = wsserver_factory(app_source=FAILING_APP, args=["--log-format", fmt])
+    c = ws_open(server.port)
+    c.send_text("x\ty")
+    c.expect_close(1011, reply=True)
+    c.close()
+    mark = "handler_error"
+    wait_for(lambda: mark in server.log(), what="the handler_error line")
+    raw = log_bytes(server)
+    if fmt == "json":
+        records = parse_json_log(raw)
+    else:
+        records = parse_text_log(raw)  # still one line per event, no raw control byte
+    errors = [r for r in records if r["event"] == "handler_error"]
+    assert len(errors) == 1, errors
+    r = errors[0]
+    access = [a for a in records if a["event"] == "access"]
+    if fmt == "json":
+        assert r["handler"] == "message" and r["conn"] == access[0]["conn"], r
+        text = r["error"]
+    else:
+        assert r["handler"] == '"message"' and r["conn"] == access[0]["conn"], r
+        text = unescape_text(r["error"]).decode()
+    lines = text.split("\n")
+    # the message (with the peer's tab kept), then a real multi-line traceback
+    assert lines[0].endswith(": bad input: x\ty"), lines
+    assert lines[1] == "stack traceback:", lines
+    assert any("in upvalue 'deeper'" in line or "in local 'deeper'" in line
+               or "deeper" in line for line in lines[2:]), lines
+    assert all(line.startswith("\t") for line in lines[2:]), lines
 
 
 def test_protocol_error_logged_once_when_the_client_answers_the_close(wsserver_factory):

@@ -82,7 +82,23 @@ describe("ws.testing", function()
         ["return { config = { metrics = 'maybe' } }"] =
           "invalid value for metrics: must be true or false",
         ["return { config = { ping_interval = true } }"] =
-          "invalid value for ping_interval: a boolean is not allowed",
+          "invalid value for ping_interval: must be a number of seconds from 0 to 86400 " ..
+          "(got a boolean)",
+        ["return { config = { ping_interval = '20' } }"] =
+          "invalid value for ping_interval: must be a number of seconds from 0 to 86400 " ..
+          "(got a string)",
+        ["return { config = { compression = true } }"] =
+          "invalid value for compression: must be one of off, on (got a boolean)",
+        ["return { config = { listen = ':99999' } }"] =
+          "invalid value for listen: ':99999': the port must be a number from 1 to 65535",
+        ["return { http = { ['/count'] = print } }"] =
+          'app.http key "/count" must be "METHOD /path" (e.g. "GET /count")',
+        ["return { http = { ['GET /healthz'] = print } }"] =
+          'app.http key "GET /healthz" is a path the server answers itself (/healthz, ' ..
+          '/metrics): pick another path',
+        ["return { http = { ['GET /x'] = 'hi' } }"] = 'app.http["GET /x"] must be a function, got string',
+        ["return setmetatable({}, {__index = function() error('x', 0) end})"] =
+          "reading app.config failed: x",
         ["return { config = { protocols = {'a', 5} } }"] =
           "invalid value for protocols: a list of strings",
         ["return { config = { tls_cert = 'x.pem' } }"] =
@@ -1007,7 +1023,9 @@ describe("ws.testing", function()
       assert.same({200, "room lobby"}, two(t:http("GET", "/rooms/lobby")))
       assert.same({200, ""}, two(t:http("HEAD", "/status")))
       assert.same({500, "internal error\n"}, two(t:http("POST", "/fail")))
-      assert.same({500, "42"}, two(t:http("GET", "/odd")))
+      assert.same({500, "internal error\n"}, two(t:http("GET", "/odd")))
+      assert.equal('http route "GET /odd" must return a status number from 100 to 599, got 999',
+                   t:errors()[#t:errors()].message)
       assert.equal(405, (t:http("POST", "/rooms/x")))
       assert.same({404, "not found\n"}, two(t:http("GET", "/nowhere")))
       assert.same({405, "method not allowed\n"}, two(t:http("DELETE", "/nowhere")))

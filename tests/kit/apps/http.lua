@@ -17,10 +17,10 @@ return {
       error("route failed")
     end,
     ["GET /weird"] = function()
-      return 999, 12345
+      return 999, 12345 -- no such status: the route's error, answered 500
     end,
     ["GET /nothing"] = function()
-    end,
+    end, -- no status at all: likewise
     ["GET /float"] = function()
       return 404.0, "float status" -- not an integer: the server answers 200
     end,

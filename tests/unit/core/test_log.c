@@ -419,8 +419,9 @@ static void test_flood_control(void **state)
     assert_non_null(strstr(out, "of=\"t_flood\" lines=1\n"));
 }
 
-/* A value longer than the line is cut, but the line stays one well-formed line: the string
- * closed, no escape split, the JSON object closed, nothing past WS_LOG_LINE_MAX. */
+/* A value longer than the line is cut, marked with "...", and the line stays one well-formed
+ * line: the string closed, no escape split, the JSON object closed, nothing past
+ * WS_LOG_LINE_MAX. */
 static void test_long_values_cut_cleanly(void **state)
 {
     (void)state;
@@ -447,7 +448,8 @@ static void test_long_values_cut_cleanly(void **state)
         const struct json_field *v = json_find(f, nf, pad % 2 ? "path" : "reason");
         assert_non_null(v);
         assert_true(v->len > 300); /* cut, not dropped */
-        for (size_t i = 0; i < v->len; i++)
+        assert_memory_equal(v->value + v->len - 3, "...", 3);
+        for (size_t i = 0; i < v->len - 3; i++)
             assert_int_equal(v->value[i], pad % 2 ? '"' : '\x01');
     }
 
@@ -462,9 +464,9 @@ static void test_long_values_cut_cleanly(void **state)
         capture_end();
         assert_true(out_len <= WS_LOG_LINE_MAX);
         assert_int_equal(count_lines(out, out_len), 1);
-        /* ends with whole \x01 escapes and the closing quote */
-        assert_true(out_len > 6);
-        assert_memory_equal(out + out_len - 6, "\\x01\"\n", 6);
+        /* ends with whole \x01 escapes, the cut mark and the closing quote */
+        assert_true(out_len > 9);
+        assert_memory_equal(out + out_len - 9, "\\x01...\"\n", 9);
     }
 }
 

@@ -1,0 +1,3 @@
+-- load() yields.
+-- expect: refuse load() failed
+return {load = function() coroutine.yield() end}

@@ -1,0 +1,3 @@
+-- load() never returns.
+-- expect: refuse handler_timeout
+return {load = function() while true do end end}
