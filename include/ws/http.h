@@ -43,6 +43,7 @@ struct ws_http_chunked {
     int state;
     uint64_t remaining; /* bytes left in the current chunk, or the size being read */
     unsigned digits;    /* hex digits of the size so far */
+    uint64_t total;     /* bytes of the coding consumed, over every call */
     size_t in;          /* bytes of the buffer consumed */
     size_t out;         /* decoded bytes at the front of the buffer */
 };
@@ -71,7 +72,8 @@ void ws_http_chunked_init(struct ws_http_chunked *d);
  * more bytes. Chunk extensions and trailer fields are skipped. Returns 0 when the last chunk and
  * the trailer are done (d->in bytes of buf were the body; anything after is not), WS_E_AGAIN for
  * more, WS_E_HTTP_BAD for a malformed coding, WS_E_HTTP_BODY_TOO_LARGE once the data would
- * exceed max_bytes. */
+ * exceed max_bytes or the coding (sizes, extensions, trailers) passes 8 × max_bytes + 64 KiB.
+ * Every byte given is consumed unless it completes or fails: on WS_E_AGAIN, d->in == len. */
 int ws_http_chunked_decode(struct ws_http_chunked *d, uint8_t *buf, size_t len, uint64_t max_bytes);
 
 /* The value of the first field named name (case-insensitive), or NULL. */

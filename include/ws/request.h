@@ -29,7 +29,8 @@ void ws_request_init(struct ws_request *r);
 /* Frees the buffer; r may be used again after ws_request_init. */
 void ws_request_reset(struct ws_request *r);
 
-/* Takes len more bytes (bytes beyond the limits plus slack are not kept). Returns 0 once the
+/* Takes len more bytes, at most slack at a time (bytes beyond the limits plus slack are not
+ * kept). Returns 0 once the
  * request is complete: *req is its head with req->body set (spans into r->in, valid until the
  * next call); for an upgrade the bytes after the head are frames, in r->in after req->head_len.
  * WS_E_AGAIN while more is needed. Otherwise the error that answers it: WS_E_HTTP_BAD,

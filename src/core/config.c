@@ -393,12 +393,13 @@ int ws_config_set(struct ws_config *cfg, const struct ws_option *opt, const char
         struct ws_string_list *list = FIELD(cfg, opt, struct ws_string_list);
         if (!*value)
             return fail(err, errlen, "invalid value for %s: %s", opt->name, "must not be empty");
+        /* a bad value is refused even where the command line wins: it is still a mistake */
+        if (opt->offset == OFF(listen) && check_listen(value, err, errlen) < 0)
+            return WS_E_INVAL;
         if (!mark(cfg, opt, from_cli))
             return 0; /* before the limit: a full list from the command line still wins */
         if (list->n == WS_CONFIG_MAX_LIST)
             return fail(err, errlen, "too many values for %s: %s", opt->name, "at most 16");
-        if (opt->offset == OFF(listen) && check_listen(value, err, errlen) < 0)
-            return WS_E_INVAL;
         list->items[list->n++] = ws_xstrndup(value, strlen(value));
         return 0;
     }

@@ -109,6 +109,8 @@ static void serve_static(struct ws_env *env, const struct ws_http_request *req, 
                head || st.status == 304);
     else
         ws_front_error(r, st.status, NULL, 0, st.headers, false);
+    if (st.status == 500) /* the folder went away or became unreadable: say so */
+        ws_log_msg(WS_LOG_ERROR, "static_failed", "cannot read a file of the static folder");
     ws_static_reply_free(&st);
 }
 

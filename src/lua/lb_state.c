@@ -110,6 +110,12 @@ static int guarded_msgh(lua_State *L)
     return 1;
 }
 
+/* debug.sethook is not for apps: the handler budget (SPEC §4) is a hook. [-0, +0, v] */
+static int refuse_sethook(lua_State *L)
+{
+    return luaL_error(L, "debug.sethook is not available: the server's handler budget uses it");
+}
+
 /* xpcall(f, msgh, ...) with msgh guarded. [-?, +?, e] */
 static int guarded_xpcall(lua_State *L)
 {
@@ -293,6 +299,11 @@ static int open_state(lua_State *L)
     lua_getglobal(L, "xpcall");
     lua_pushcclosure(L, guarded_xpcall, 1);
     lua_setglobal(L, "xpcall");
+    /* the budget is a hook: an app that could replace it could loop the loop forever */
+    lua_getglobal(L, "debug");
+    lua_pushcfunction(L, refuse_sethook);
+    lua_setfield(L, -2, "sethook");
+    lua_pop(L, 1);
     set_paths(a);
     return 0;
 }

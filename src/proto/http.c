@@ -417,7 +417,11 @@ static int hexdigit(uint8_t c)
 int ws_http_chunked_decode(struct ws_http_chunked *d, uint8_t *buf, size_t len, uint64_t max_bytes)
 {
     size_t i = d->in;
+    /* endless extensions or trailers are no body either: the coding's own bytes are bounded */
+    uint64_t max_total = max_bytes * 8 + 65536;
     while (i < len && d->state != CH_DONE) {
+        if (d->total + (i - d->in) >= max_total)
+            return WS_E_HTTP_BODY_TOO_LARGE;
         uint8_t ch = buf[i];
         switch (d->state) {
         case CH_SIZE: {
@@ -500,6 +504,7 @@ int ws_http_chunked_decode(struct ws_http_chunked *d, uint8_t *buf, size_t len, 
             break;
         }
     }
+    d->total += i - d->in;
     d->in = i;
     return d->state == CH_DONE ? 0 : WS_E_AGAIN;
 }

@@ -37,14 +37,10 @@ static int read_body(struct ws_request *r, const struct ws_request_limits *lim,
     if (r->framing.chunked) {
         int rc = ws_http_chunked_decode(&r->chunked, p, have, lim->max_body_bytes);
         if (rc == WS_E_AGAIN) {
-            /* keep only the decoded data and the undecoded rest: the buffer stays within bounds
-             * however the coding is split */
-            size_t rest = have - r->chunked.in;
-            memmove(p + r->chunked.out, p + r->chunked.in, rest);
-            r->in.len = r->head_len + r->chunked.out + rest;
+            /* the decoder took every byte: keep only the decoded data, so the buffer holds at
+             * most max_body_bytes however the coding is split */
+            r->in.len = r->head_len + r->chunked.out;
             r->chunked.in = r->chunked.out;
-            if (r->in.len >= r->head_len + lim->max_body_bytes + lim->slack)
-                return WS_E_HTTP_BODY_TOO_LARGE; /* extensions or trailers without end */
             return WS_E_AGAIN;
         }
         if (rc < 0)
