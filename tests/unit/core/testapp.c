@@ -158,7 +158,7 @@ static void on_shutdown(void *app, const char *reason)
         return;
     e->listeners = a->srv->nlisteners;
     for (struct ws_registry_node *n = a->srv->env.conns.head; n; n = n->next)
-        e->closing += ((struct ws_conn *)n)->state != WS_CONN_OPEN;
+        e->closing += ((struct ws_conn *)n)->state >= WS_CONN_CLOSING;
 }
 
 static void on_release(void *app, struct ws_conn *c)
@@ -270,6 +270,33 @@ void testkit_init_server(struct testkit *k, const struct ws_config *cfg, char *p
     k->app.srv = k->srv;
     if (path)
         snprintf(path, cap, "%s", addr + 5);
+}
+
+struct testkit *testkit_new(void **state, const struct ws_config *cfg)
+{
+    struct testkit *k = ws_xcalloc(1, sizeof(*k));
+    *state = k;
+    testkit_init(k, cfg);
+    return k;
+}
+
+struct testkit *testkit_new_server(void **state, const struct ws_config *cfg, char *path,
+                                   size_t cap)
+{
+    struct testkit *k = ws_xcalloc(1, sizeof(*k));
+    *state = k;
+    testkit_init_server(k, cfg, path, cap);
+    return k;
+}
+
+int testkit_teardown(void **state)
+{
+    struct testkit *k = *state;
+    *state = NULL;
+    if (k && k->loop)
+        testkit_free(k);
+    free(k);
+    return 0;
 }
 
 void testkit_free(struct testkit *k)

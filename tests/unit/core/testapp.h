@@ -42,7 +42,7 @@ struct testapp_event {
     uint32_t ntopics; /* close, release: topics the connection was still in */
     enum ws_conn_state state; /* the connection's state during the call */
     size_t listeners;         /* shutdown: the server's listeners still open */
-    size_t closing;           /* shutdown: connections no longer open */
+    size_t closing;           /* shutdown: connections already closing or closed */
 };
 
 /* What the app does; zeroed: nothing but recording. */
@@ -111,6 +111,15 @@ void testkit_init_server(struct testkit *k, const struct ws_config *cfg, char *p
 
 /* Drops what is left, frees the env or server, the app and the loop. */
 void testkit_free(struct testkit *k);
+
+/* testkit_init and testkit_init_server on a kit allocated here and kept in *state (a cmocka
+ * test's), so that testkit_teardown frees it even when the test fails half-way. */
+struct testkit *testkit_new(void **state, const struct ws_config *cfg);
+struct testkit *testkit_new_server(void **state, const struct ws_config *cfg, char *path,
+                                   size_t cap);
+
+/* A cmocka teardown: frees the kit in *state, if any, and clears it. Tests may call it early. */
+int testkit_teardown(void **state);
 
 /* A few loop iterations without waiting, each followed by the per-iteration pass
  * (ws_conn_run_pending; a server's prepare watcher does it itself). */
