@@ -166,6 +166,19 @@ static void test_first_frame_in_same_write_as_head(void **state)
     assert_int_equal(testapp_count(&k->app, TA_MESSAGE, cl.id), 2);
     assert_true(testapp_index(&k->app, TA_OPEN, cl.id) < testapp_index(&k->app, TA_MESSAGE, cl.id));
     testclient_close(&cl);
+
+    /* the head split across two reads, the second also carrying a frame */
+    testclient_pair(k, &cl, SOCK_STREAM, NULL, 0);
+    testclient_add_request(&b, "/", NULL);
+    testclient_add_frame(&b, true, WS_OP_TEXT, "second", 6);
+    testclient_write(k, &cl, b.data, 20);
+    testkit_pump(k);
+    assert_int_equal(cl.conn->state, WS_CONN_CONNECTING);
+    testclient_write(k, &cl, b.data + 20, b.len - 20);
+    ws_buf_reset(&b);
+    assert_int_equal(testclient_head(k, &cl, NULL, 0), 101);
+    expect_frame(k, &cl, WS_OP_TEXT, "second");
+    testclient_close(&cl);
 }
 
 static void test_echo_text_and_binary(void **state)
@@ -321,6 +334,14 @@ static void expect_protocol_close(void **state, const void *raw, size_t n, int c
     testclient_write(k, &cl, raw, n);
     expect_close(k, &cl, code);
     assert_true(testclient_wait_eof(k, &cl));
+    /* the peer's close reply is discarded: the connection waits for the end of the stream */
+    struct ws_buf b;
+    ws_buf_init(&b);
+    testclient_add_close(&b, 1000, "");
+    testclient_write(k, &cl, b.data, b.len);
+    ws_buf_reset(&b);
+    testkit_pump(k);
+    assert_int_equal(cl.conn->state, WS_CONN_CLOSING);
     assert_int_equal(hang_up(k, &cl), code);
     assert_int_equal(testapp_count(&k->app, TA_MESSAGE, 0), 0);
     assert_int_equal(k->env->stats.closes_by_code[code], 1);
@@ -664,19 +685,20 @@ static void test_ping_then_pong_timeout(void **state)
 {
     struct ws_config cfg;
     testkit_config(&cfg);
-    cfg.ping_interval = 0.05;
-    cfg.pong_timeout = 0.1;
+    cfg.ping_interval = 0.1;
+    cfg.pong_timeout = 0.15;
     struct testkit *k = testkit_new(state, &cfg);
     ws_config_free(&cfg);
     struct testclient cl;
     testclient_open(k, &cl);
-    testkit_run_for(k, 0.02);
-    assert_false(testclient_has_input(k, &cl));
     testkit_run_for(k, 0.05);
+    assert_false(testclient_has_input(k, &cl));
+    testkit_run_for(k, 0.1);
     expect_frame(k, &cl, WS_OP_PING, "");
-    /* a pong (any bytes) proves the peer alive: the next ping comes an interval later */
-    testclient_send(k, &cl, WS_OP_PONG, "", 0);
-    testkit_run_for(k, 0.08);
+    /* any bytes prove the peer alive, not only a pong: the next ping comes an interval after
+     * them, and no pong timeout runs meanwhile */
+    testclient_send(k, &cl, WS_OP_TEXT, "alive", 5);
+    testkit_run_for(k, 0.15);
     expect_frame(k, &cl, WS_OP_PING, "");
     assert_int_equal(cl.conn->state, WS_CONN_OPEN);
     /* no answer this time */
@@ -694,16 +716,17 @@ static void test_idle_timeout(void **state)
 {
     struct ws_config cfg;
     testkit_config(&cfg);
-    cfg.idle_timeout = 0.15;
+    cfg.idle_timeout = 0.2;
     struct testkit *k = testkit_new(state, &cfg);
     ws_config_free(&cfg);
     struct testclient cl;
     testclient_open(k, &cl);
     testkit_run_for(k, 0.1);
     testclient_send(k, &cl, WS_OP_TEXT, "still here", 10);
-    /* pings do not count as activity, data messages do */
-    testclient_send(k, &cl, WS_OP_PING, "", 0);
     testkit_run_for(k, 0.1);
+    /* a ping is no activity: the deadline stays 0.2 s after the last data message */
+    testclient_send(k, &cl, WS_OP_PING, "", 0);
+    testkit_run_for(k, 0.05);
     expect_frame(k, &cl, WS_OP_PONG, "");
     assert_int_equal(cl.conn->state, WS_CONN_OPEN);
     testkit_run_for(k, 0.1);
