@@ -9,7 +9,7 @@
 
 #include <cmocka.h>
 
-#include "testapp.h"
+#include "testkit.h"
 #include "ws/err.h"
 #include "ws/frame.h"
 
