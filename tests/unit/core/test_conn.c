@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "testkit.h"
+#include "ws/connlog.h"
 #include "ws/err.h"
 #include "ws/frame.h"
 
@@ -220,8 +221,8 @@ static void test_echo_text_and_binary(void **state)
     assert_true(e[1].binary);
     assert_int_equal(e[1].len, sizeof(bin));
     assert_memory_equal(e[1].data, bin, sizeof(bin));
-    assert_int_equal(k->env->stats.messages_in, 4);
-    assert_int_equal(k->env->stats.messages_out, 4);
+    assert_int_equal(k->env->stats->messages_in, 4);
+    assert_int_equal(k->env->stats->messages_out, 4);
     testclient_close(&cl);
 }
 
@@ -297,7 +298,7 @@ static void test_client_close_echoed_then_tcp_closed(void **state)
     uint64_t id = cl.id;
     assert_int_equal(hang_up(k, &cl), 4001);
     assert_string_equal(testapp_find(&k->app, TA_CLOSE, id)->data, "done");
-    assert_int_equal(k->env->stats.closes_by_code[4001], 1);
+    assert_int_equal(k->env->stats->closes_by_code[4001], 1);
     assert_true(testapp_index(&k->app, TA_CLOSE, id) < testapp_index(&k->app, TA_RELEASE, id));
 }
 
@@ -344,7 +345,7 @@ static void expect_protocol_close(void **state, const void *raw, size_t n, int c
     assert_int_equal(cl.conn->state, WS_CONN_CLOSING);
     assert_int_equal(hang_up(k, &cl), code);
     assert_int_equal(testapp_count(&k->app, TA_MESSAGE, 0), 0);
-    assert_int_equal(k->env->stats.closes_by_code[code], 1);
+    assert_int_equal(k->env->stats->closes_by_code[code], 1);
     testkit_teardown(state);
 }
 
@@ -398,8 +399,8 @@ static void test_refused_upgrade(void **state)
     assert_string_equal((char *)cl.in.data, "members only\n");
     assert_int_equal(testapp_count(&k->app, TA_UPGRADE, cl.id), 1);
     assert_int_equal(testapp_count(&k->app, TA_OPEN, 0), 0);
-    assert_int_equal(k->env->stats.rejections_by_status[403], 1);
-    assert_int_equal(k->env->stats.handshake_rejections, 1);
+    assert_int_equal(k->env->stats->rejections_by_status[403], 1);
+    assert_int_equal(k->env->stats->handshake_rejections, 1);
     assert_int_equal(k->env->nopen, 0);
     uint64_t id = cl.id;
     testclient_close(&cl);
@@ -434,7 +435,7 @@ static void test_http_route_and_fallback(void **state)
     assert_int_equal(testapp_count(&k->app, TA_HTTP, 0), 2);
     assert_string_equal(testapp_find(&k->app, TA_HTTP, cl.id)->data, "/other");
     assert_int_equal(testapp_count(&k->app, TA_UPGRADE, 0), 0);
-    assert_int_equal(k->env->stats.handshake_rejections, 0);
+    assert_int_equal(k->env->stats->handshake_rejections, 0);
     testclient_close(&cl);
 }
 
@@ -539,7 +540,7 @@ static void test_backpressure_close_is_1008(void **state)
     assert_int_equal(skip_to_close(k, &cl, &ndata), 1008);
     assert_int_equal(ndata, sent);
     assert_int_equal(hang_up(k, &cl), 1008);
-    assert_int_equal(k->env->stats.dropped, 0);
+    assert_int_equal(k->env->stats->dropped, 0);
 }
 
 static void test_backpressure_drop_keeps_open(void **state)
@@ -551,7 +552,7 @@ static void test_backpressure_drop_keeps_open(void **state)
     assert_int_equal(fill(cl.conn, &sent, true), WS_E_LIMIT);
     assert_int_equal(fill(cl.conn, &sent, true), WS_E_LIMIT);
     assert_int_equal(sent, 0);
-    assert_int_equal(k->env->stats.dropped, 2);
+    assert_int_equal(k->env->stats->dropped, 2);
     assert_int_equal(cl.conn->state, WS_CONN_OPEN);
     /* control frames are not data: they still go */
     assert_true(ws_conn_ping(cl.conn, "p", 1) >= 0);
@@ -779,7 +780,7 @@ static void test_per_address_limit(void **state)
     testclient_pair(k, &c[0], SOCK_STREAM, (struct sockaddr *)&a1, sizeof(a1));
     testclient_pair(k, &c[1], SOCK_STREAM, (struct sockaddr *)&a2, sizeof(a2));
     char peer[64];
-    assert_string_equal(ws_conn_peer(c[0].conn, peer, sizeof(peer)), "10.1.2.3:1000");
+    assert_string_equal(ws_connlog_peer(c[0].conn, peer, sizeof(peer)), "10.1.2.3:1000");
     assert_int_equal(c[0].conn->state, WS_CONN_CONNECTING);
     assert_int_equal(c[1].conn->state, WS_CONN_CONNECTING);
     /* the third from the same address is refused at once, with its answer */
@@ -788,7 +789,7 @@ static void test_per_address_limit(void **state)
     char head[512];
     assert_int_equal(testclient_head(k, &c[2], head, sizeof(head)), 503);
     assert_true(testclient_wait_eof(k, &c[2]));
-    assert_int_equal(k->env->stats.rejections_by_status[503], 1);
+    assert_int_equal(k->env->stats->rejections_by_status[503], 1);
     /* another address, and unix peers (no address), are not limited */
     testclient_pair(k, &c[3], SOCK_STREAM, (struct sockaddr *)&other, sizeof(other));
     assert_int_equal(c[3].conn->state, WS_CONN_CONNECTING);
