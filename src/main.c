@@ -7,6 +7,7 @@
 #include "ws/bus.h"
 #include "ws/log.h"
 #include "ws/master.h"
+#include "ws/notify.h"
 #include "ws/server.h"
 #include "ws/transport.h"
 #include "ws/watch.h"
@@ -68,10 +69,18 @@ static void raise_nofile(void)
     }
 }
 
-static void setup_log(const struct ws_config *cfg)
+/* Level, format and destination of the log; open_file false keeps the lines on stderr
+ * (--check creates no log file). Returns 0, or 1 after printing why the file cannot open. */
+static int setup_log(const struct ws_config *cfg, bool open_file)
 {
     ws_log_setup((enum ws_log_level)ws_log_level_parse(cfg->log_level),
                  (enum ws_log_format)ws_log_format_parse(cfg->log_format));
+    char err[PATH_MAX + 64];
+    if (ws_log_open(open_file ? cfg->log_file : NULL, err, sizeof(err)) < 0) {
+        fprintf(stderr, "wsserver: %s\n", err);
+        return 1;
+    }
+    return 0;
 }
 
 struct args {
@@ -92,12 +101,16 @@ static bool read_file(const char *path, char *out, size_t cap)
 }
 
 /* wsserver --reload PIDFILE|PID: SIGHUP the server, wait for the result it publishes, print it.
- * Exit 0 when the new version took over, 1 when it was refused (the old one keeps running). */
+ * Exit 0 when the new version took over, 1 when it was refused (the old one keeps running) or
+ * no answer came. The status file is looked for where the server may have written it (the
+ * pidfile's folder, $RUNTIME_DIRECTORY, /tmp): whichever changes after the signal answers. */
 static int reload_running(const char *target)
 {
     char buf[64];
     const char *digits = target;
+    const char *pidfile = NULL;
     if (!isdigit((unsigned char)target[0])) {
+        pidfile = target;
         if (!read_file(target, buf, sizeof(buf))) {
             fprintf(stderr, "wsserver: --reload: cannot read pid file %s: %s\n", target,
                     strerror(errno));
@@ -111,9 +124,13 @@ static int reload_running(const char *target)
         fprintf(stderr, "wsserver: --reload: not a process id: %s\n", digits);
         return 1;
     }
-    char path[128], before[1024] = "", now[1024] = "";
-    lb_status_path(path, sizeof(path), pid);
-    read_file(path, before, sizeof(before));
+    enum { CANDIDATES = 3 };
+    char path[CANDIDATES][PATH_MAX], before[CANDIDATES][1024], now[1024] = "";
+    int n = 0;
+    for (; n < CANDIDATES && lb_status_path(path[n], PATH_MAX, pidfile, pid, n) == 0; n++) {
+        before[n][0] = 0;
+        read_file(path[n], before[n], sizeof(before[n]));
+    }
     if (kill((pid_t)pid, SIGHUP) < 0) {
         fprintf(stderr, "wsserver: --reload: process %ld: %s\n", pid, strerror(errno));
         return 1;
@@ -121,12 +138,17 @@ static int reload_running(const char *target)
     for (int i = 0; i < 200; i++) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        if (read_file(path, now, sizeof(now)) && strcmp(now, before) != 0) {
-            printf("%s", now);
-            return strstr(now, "result=ok") ? 0 : 1;
+        for (int k = 0; k < n; k++) {
+            if (read_file(path[k], now, sizeof(now)) && strcmp(now, before[k]) != 0) {
+                printf("%s", now);
+                return strstr(now, "result=ok") ? 0 : 1;
+            }
         }
     }
-    fprintf(stderr, "wsserver: --reload: no answer from process %ld within 10 s\n", pid);
+    fprintf(stderr, "wsserver: --reload: no answer from process %ld within 10 s (looked for", pid);
+    for (int k = 0; k < n; k++)
+        fprintf(stderr, " %s", path[k]);
+    fprintf(stderr, ")\n");
     return 1;
 }
 
@@ -166,6 +188,15 @@ static void on_watch(void *ctx)
         return;
     }
     lb_app_reload(app, "watch");
+}
+
+/* SIGUSR1: reopen the log file (logrotate has moved it). */
+static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    ws_log_reopen();
 }
 
 /* Drops root after the listeners are open (ports below 1024, a TLS key only root may read). */
@@ -303,7 +334,11 @@ static struct lb_app *load_app(struct ev_loop *loop, const struct start *st, boo
         *code = check ? 1 : 2;
         return NULL;
     }
-    setup_log(&app->config);
+    if (setup_log(&app->config, !check) != 0) {
+        lb_app_free(app);
+        *code = 1;
+        return NULL;
+    }
     return app;
 }
 
@@ -358,7 +393,12 @@ static int serve(struct start *st, int index, int hub_fd)
             if (!watch)
                 ws_log_msg(WS_LOG_WARN, "watch_unavailable", err);
         }
+        ev_signal usr1;
+        ev_signal_init(&usr1, on_usr1, SIGUSR1);
+        ev_signal_start(loop, &usr1);
+        ws_notify_ready(); /* systemd Type=notify: listening, app loaded */
         ev_run(loop, 0);
+        ev_signal_stop(loop, &usr1);
         code = 0; /* the loop ends only after a graceful shutdown */
     }
     ws_watch_free(watch);
@@ -392,7 +432,11 @@ int main(int argc, char **argv)
         return reload_running(args.reload);
     }
     st.path = args.app;
-    setup_log(&st.cli);
+    signal(SIGUSR1, SIG_IGN); /* until the loop reopens the log on it */
+    if (setup_log(&st.cli, !args.check) != 0) {
+        ws_config_free(&st.cli);
+        return 1;
+    }
     raise_nofile();
 
     /* Load once here: --check, and the settings that decide how many processes to run. */
@@ -453,9 +497,9 @@ int main(int argc, char **argv)
             write_pidfile(pidfile);
         code = ws_master_run(workers, shutdown_timeout, worker_main, &st);
         remove_pidfile(pidfile);
-        char status[128];
-        lb_status_path(status, sizeof(status), (long)getpid()); /* the workers wrote it */
-        unlink(status);
+        char status[PATH_MAX]; /* the workers wrote it */
+        for (int i = 0; lb_status_path(status, sizeof(status), pidfile, getpid(), i) == 0; i++)
+            unlink(status);
         ws_log_flush();
     } else {
         code = serve(&st, 0, -1);

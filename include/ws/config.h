@@ -58,6 +58,7 @@ struct ws_config {
     char *redis;
     char *log_level;
     char *log_format;
+    char *log_file; /* NULL: stderr */
     bool watch;
     char *pidfile;
     char *user;

@@ -89,6 +89,8 @@ const struct ws_option ws_options[] = {
      "debug|info|warn|error (default info)"},
     {"log_format", WS_OPT_CHOICE, OFF(log_format), 0, 0, log_format_choices, true, "F",
      "text|json (default text)"},
+    {"log_file", WS_OPT_STRING, OFF(log_file), 0, 0, NULL, false, "FILE",
+     "append the log to FILE instead of stderr; SIGUSR1 reopens it (logrotate)"},
     {"watch", WS_OPT_BOOL, OFF(watch), 0, 0, NULL, false, NULL,
      "reload the app when its file or a module under its folder changes"},
     {"pidfile", WS_OPT_STRING, OFF(pidfile), 0, 0, NULL, false, "FILE",
