@@ -37,6 +37,7 @@ static void usage(FILE *out)
                  "      --reload PIDFILE|PID reload a running server's app and print the result\n"
                  "      --test [ARGS]        run the app's busted specs with ws.testing (first)\n"
                  "  -h, --help               this help\n"
+                 "      --help-man           the options below as the man page's roff source\n"
                  "  -V, --version            print the version\n\n"
                  "Every option below can also be set in the app's config table (snake_case);\n"
                  "the command line wins.\n\n");
@@ -49,6 +50,65 @@ static void usage(FILE *out)
                 *p = '-';
         fprintf(out, "      %-28s %s\n", flag, opt->help);
     }
+}
+
+/* Writes s for roff: '-' and '\\' escaped, so flags and paths print as typed. */
+static void roff(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '-' || *s == '\\')
+            fputc('\\', out);
+        fputc(*s, out);
+    }
+}
+
+/* wsserver --help-man: the OPTIONS entries of docs/wsserver.1, from the option table with each
+ * option's default (from ws_config_init), its range or choices, and whether a reload applies it
+ * (scripts/gen-man.sh puts them into docs/wsserver.1.in). */
+static void usage_man(FILE *out)
+{
+    struct ws_config defaults;
+    ws_config_init(&defaults);
+    for (const struct ws_option *opt = ws_options; opt->name; opt++) {
+        char flag[64], value[256];
+        snprintf(flag, sizeof(flag), "%s", opt->name);
+        for (char *p = flag; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        fprintf(out, ".TP\n.B %s\\-\\-", strcmp(opt->name, "listen") == 0 ? "\\-l, " : "");
+        roff(out, flag);
+        if (opt->arg) {
+            fprintf(out, " \\fI");
+            roff(out, opt->arg);
+            fprintf(out, "\\fR");
+        }
+        fprintf(out, "\n");
+        roff(out, opt->help);
+        fprintf(out, ".\n.br\nConfig key \\fB");
+        roff(out, opt->name);
+        fprintf(out, "\\fR");
+        ws_config_format(&defaults, opt, value, sizeof(value));
+        if (*value || opt->type == WS_OPT_STRING) {
+            fprintf(out, "; default \\fB");
+            roff(out, *value ? value : "none");
+            fprintf(out, "\\fR");
+        }
+        if (opt->type == WS_OPT_INT)
+            fprintf(out, "; range %.0f to %.0f", opt->min, opt->max);
+        else if (opt->type == WS_OPT_SECONDS)
+            fprintf(out, "; range %g to %g seconds", opt->min, opt->max);
+        else if (opt->type == WS_OPT_BOOL)
+            fprintf(out, "; true or false (the flag alone: true)");
+        for (const char *const *c = opt->choices; c && *c; c++) {
+            fprintf(out, "%s", c == opt->choices ? "; one of " : ", ");
+            roff(out, *c);
+        }
+        if (opt->type == WS_OPT_LIST)
+            fprintf(out, "; repeatable, or a list in the config table");
+        fprintf(out, "; %s.\n",
+                opt->live ? "a reload applies a change" : "a change needs a restart");
+    }
+    ws_config_free(&defaults);
 }
 
 static int bad_usage(const char *fmt, const char *arg)
@@ -252,6 +312,10 @@ static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args 
         const char *arg = argv[i];
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             usage(stdout);
+            exit(0);
+        }
+        if (strcmp(arg, "--help-man") == 0) {
+            usage_man(stdout);
             exit(0);
         }
         if (strcmp(arg, "-V") == 0 || strcmp(arg, "--version") == 0) {
