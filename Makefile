@@ -96,6 +96,8 @@ install: all
 	    $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(SYSUSERS_DIR)
 	install -m 755 $(BUILD)/wsserver $(DESTDIR)$(PREFIX)/bin/wsserver
 	install -m 644 lua/ws/*.lua $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws/
+	install -d $(DESTDIR)$(PREFIX)/share/wsserver/chat
+	install -m 644 examples/chat/public/* $(DESTDIR)$(PREFIX)/share/wsserver/chat/
 	install -m 644 $(BUILD)/wsserver.1 $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1
 	install -m 644 README.md contrib/logrotate contrib/default.wsserver \
 	    $(DESTDIR)$(PREFIX)/share/doc/wsserver/

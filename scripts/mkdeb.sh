@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Turns a `make install PREFIX=/usr` tree into a Debian package with dpkg-deb: adds the
 # configuration under /etc (the chat example as /etc/wsserver/app.lua, /etc/default/wsserver,
-# /etc/logrotate.d/wsserver: conffiles), the chat page, the control file (Depends from the
+# /etc/logrotate.d/wsserver: conffiles), the control file (Depends from the
 # packages owning the binary's shared libraries), md5sums and the maintainer scripts in
 # contrib/deb/. Usage: scripts/mkdeb.sh ROOT BINARY OUTDIR  -> OUTDIR/wsserver_<ver>_<arch>.deb
 # (DEB_MAINTAINER sets the Maintainer field).
@@ -15,13 +15,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 version=$("$binary" --version | awk '{print $2}')
 arch=$(dpkg --print-architecture)
 
-# configuration (conffiles) and the chat page the default options serve
-install -d "$root/etc/wsserver" "$root/etc/default" "$root/etc/logrotate.d" \
-    "$root/usr/share/wsserver/chat"
+# configuration (conffiles); the chat page the default options serve comes with make install
+install -d "$root/etc/wsserver" "$root/etc/default" "$root/etc/logrotate.d"
 install -m 644 "$here/examples/chat/chat.lua" "$root/etc/wsserver/app.lua"
 install -m 644 "$here/contrib/default.wsserver" "$root/etc/default/wsserver"
 install -m 644 "$here/contrib/logrotate" "$root/etc/logrotate.d/wsserver"
-install -m 644 "$here"/examples/chat/public/* "$root/usr/share/wsserver/chat/"
 
 # Debian layout: stripped binary, compressed man page, no build-only files
 strip --strip-unneeded "$root/usr/bin/wsserver"
