@@ -39,12 +39,12 @@ CORE_SUPPORT = $(filter-out tests/unit/core/test_%,$(wildcard tests/unit/core/*.
 unit_libs = $(if $(findstring /proto/,$(1)),$(PROTO_LIB),$(CORE_SUPPORT) \
             $(if $(findstring /core/,$(1)),$(CORE_LIB) $(PROTO_LIB),$(LIBS)))
 
-.PHONY: bench bench-count fuzz fuzz-run fuzz-net install uninstall
+.PHONY: bench bench-count fuzz fuzz-run fuzz-net install uninstall man deb
 .PHONY: test-browser
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
         check-layers
 
-all: $(BUILD)/wsserver check-layers
+all: $(BUILD)/wsserver $(BUILD)/wsserver.1 check-layers
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(@D)
@@ -76,19 +76,51 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_SUPPORT) $(LIBS)
 	$(CC) $(ALL_CFLAGS) -Itests/unit/core -Wno-missing-prototypes -o $@ $< \
 	    $(call unit_libs,$<) $(LDFLAGS) $(LDLIBS) -lcmocka
 
+# The man page: docs/wsserver.1.in with the entries of the option table (wsserver --help-man).
+# `make man` refreshes the copy in docs/ (a test fails while it is stale).
+$(BUILD)/wsserver.1: docs/wsserver.1.in $(BUILD)/wsserver scripts/gen-man.sh
+	bash scripts/gen-man.sh $(BUILD)/wsserver $< > $@.tmp && mv $@.tmp $@
+
+man: $(BUILD)/wsserver.1
+	cp $< docs/wsserver.1
+
+# The systemd unit goes where systemd looks ($(PREFIX)/lib/systemd/system is on its search path
+# for /usr and /usr/local), with the binary's path for this PREFIX.
 DESTDIR ?=
+SYSCONFDIR ?= /etc
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERS_DIR ?= $(PREFIX)/lib/sysusers.d
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws \
-	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/doc/wsserver/examples
+	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/doc/wsserver/examples \
+	    $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(SYSUSERS_DIR)
 	install -m 755 $(BUILD)/wsserver $(DESTDIR)$(PREFIX)/bin/wsserver
 	install -m 644 lua/ws/*.lua $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws/
-	install -m 644 docs/wsserver.1 $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1
-	install -m 644 README.md contrib/wsserver.service $(DESTDIR)$(PREFIX)/share/doc/wsserver/
+	install -d $(DESTDIR)$(PREFIX)/share/wsserver/chat
+	install -m 644 examples/chat/public/* $(DESTDIR)$(PREFIX)/share/wsserver/chat/
+	install -m 644 $(BUILD)/wsserver.1 $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1
+	install -m 644 README.md contrib/logrotate contrib/default.wsserver \
+	    $(DESTDIR)$(PREFIX)/share/doc/wsserver/
 	cp -R examples/. $(DESTDIR)$(PREFIX)/share/doc/wsserver/examples/
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+	    contrib/wsserver.service.in > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/wsserver.service
+	chmod 644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/wsserver.service
+	install -m 644 contrib/wsserver.sysusers $(DESTDIR)$(SYSUSERS_DIR)/wsserver.conf
 
 uninstall:
 	rm -rf $(DESTDIR)$(PREFIX)/bin/wsserver $(DESTDIR)$(PREFIX)/share/wsserver \
-	    $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1 $(DESTDIR)$(PREFIX)/share/doc/wsserver
+	    $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1 $(DESTDIR)$(PREFIX)/share/doc/wsserver \
+	    $(DESTDIR)$(SYSTEMD_UNIT_DIR)/wsserver.service $(DESTDIR)$(SYSUSERS_DIR)/wsserver.conf
+
+# A Debian package, $(BUILD)/wsserver_<version>_<arch>.deb, built with dpkg-deb from a
+# PREFIX=/usr build of its own (scripts/mkdeb.sh: layout, control fields, maintainer scripts).
+DEB_BUILD = $(BUILD)/deb
+deb:
+	$(MAKE) BUILD=$(DEB_BUILD) PREFIX=/usr all
+	rm -rf $(DEB_BUILD)/root
+	$(MAKE) BUILD=$(DEB_BUILD) PREFIX=/usr DESTDIR=$(abspath $(DEB_BUILD))/root \
+	    SYSTEMD_UNIT_DIR=/lib/systemd/system install
+	bash scripts/mkdeb.sh $(DEB_BUILD)/root $(DEB_BUILD)/wsserver $(BUILD)
 
 deps:
 	@bash scripts/install-deps.sh

@@ -17,6 +17,7 @@ PACKAGES=(
     python3 python3-websockets python3-pytest python3-prometheus-client
     nodejs
     openssl procps
+    systemd logrotate man-db
     chromium fonts-liberation
 )
 

@@ -8,6 +8,7 @@
 #include "ws/log.h"
 #include "ws/master.h"
 #include "ws/metrics.h"
+#include "ws/notify.h"
 #include "ws/server.h"
 #include "ws/transport.h"
 #include "ws/watch.h"
@@ -37,6 +38,7 @@ static void usage(FILE *out)
                  "      --reload PIDFILE|PID reload a running server's app and print the result\n"
                  "      --test [ARGS]        run the app's busted specs with ws.testing (first)\n"
                  "  -h, --help               this help\n"
+                 "      --help-man           the options below as the man page's roff source\n"
                  "  -V, --version            print the version\n\n"
                  "Every option below can also be set in the app's config table (snake_case);\n"
                  "the command line wins.\n\n");
@@ -49,6 +51,65 @@ static void usage(FILE *out)
                 *p = '-';
         fprintf(out, "      %-28s %s\n", flag, opt->help);
     }
+}
+
+/* Writes s for roff: '-' and '\\' escaped, so flags and paths print as typed. */
+static void roff(FILE *out, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '-' || *s == '\\')
+            fputc('\\', out);
+        fputc(*s, out);
+    }
+}
+
+/* wsserver --help-man: the OPTIONS entries of docs/wsserver.1, from the option table with each
+ * option's default (from ws_config_init), its range or choices, and whether a reload applies it
+ * (scripts/gen-man.sh puts them into docs/wsserver.1.in). */
+static void usage_man(FILE *out)
+{
+    struct ws_config defaults;
+    ws_config_init(&defaults);
+    for (const struct ws_option *opt = ws_options; opt->name; opt++) {
+        char flag[64], value[256];
+        snprintf(flag, sizeof(flag), "%s", opt->name);
+        for (char *p = flag; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        fprintf(out, ".TP\n.B %s\\-\\-", strcmp(opt->name, "listen") == 0 ? "\\-l, " : "");
+        roff(out, flag);
+        if (opt->arg) {
+            fprintf(out, " \\fI");
+            roff(out, opt->arg);
+            fprintf(out, "\\fR");
+        }
+        fprintf(out, "\n");
+        roff(out, opt->help);
+        fprintf(out, ".\n.br\nConfig key \\fB");
+        roff(out, opt->name);
+        fprintf(out, "\\fR");
+        ws_config_format(&defaults, opt, value, sizeof(value));
+        if (*value || opt->type == WS_OPT_STRING) {
+            fprintf(out, "; default \\fB");
+            roff(out, *value ? value : "none");
+            fprintf(out, "\\fR");
+        }
+        if (opt->type == WS_OPT_INT)
+            fprintf(out, "; range %.0f to %.0f", opt->min, opt->max);
+        else if (opt->type == WS_OPT_SECONDS)
+            fprintf(out, "; range %g to %g seconds", opt->min, opt->max);
+        else if (opt->type == WS_OPT_BOOL)
+            fprintf(out, "; true or false (the flag alone: true)");
+        for (const char *const *c = opt->choices; c && *c; c++) {
+            fprintf(out, "%s", c == opt->choices ? "; one of " : ", ");
+            roff(out, *c);
+        }
+        if (opt->type == WS_OPT_LIST)
+            fprintf(out, "; repeatable, or a list in the config table");
+        fprintf(out, "; %s.\n",
+                opt->live ? "a reload applies a change" : "a change needs a restart");
+    }
+    ws_config_free(&defaults);
 }
 
 static int bad_usage(const char *fmt, const char *arg)
@@ -69,10 +130,18 @@ static void raise_nofile(void)
     }
 }
 
-static void setup_log(const struct ws_config *cfg)
+/* Level, format and destination of the log; open_file false keeps the lines on stderr
+ * (--check creates no log file). Returns 0, or 1 after printing why the file cannot open. */
+static int setup_log(const struct ws_config *cfg, bool open_file)
 {
     ws_log_setup((enum ws_log_level)ws_log_level_parse(cfg->log_level),
                  (enum ws_log_format)ws_log_format_parse(cfg->log_format));
+    char err[PATH_MAX + 64];
+    if (ws_log_open(open_file ? cfg->log_file : NULL, err, sizeof(err)) < 0) {
+        fprintf(stderr, "wsserver: %s\n", err);
+        return 1;
+    }
+    return 0;
 }
 
 struct args {
@@ -93,12 +162,16 @@ static bool read_file(const char *path, char *out, size_t cap)
 }
 
 /* wsserver --reload PIDFILE|PID: SIGHUP the server, wait for the result it publishes, print it.
- * Exit 0 when the new version took over, 1 when it was refused (the old one keeps running). */
+ * Exit 0 when the new version took over, 1 when it was refused (the old one keeps running) or
+ * no answer came. The status file is looked for where the server may have written it (the
+ * pidfile's folder, $RUNTIME_DIRECTORY, /tmp): whichever changes after the signal answers. */
 static int reload_running(const char *target)
 {
     char buf[64];
     const char *digits = target;
+    const char *pidfile = NULL;
     if (!isdigit((unsigned char)target[0])) {
+        pidfile = target;
         if (!read_file(target, buf, sizeof(buf))) {
             fprintf(stderr, "wsserver: --reload: cannot read pid file %s: %s\n", target,
                     strerror(errno));
@@ -112,9 +185,13 @@ static int reload_running(const char *target)
         fprintf(stderr, "wsserver: --reload: not a process id: %s\n", digits);
         return 1;
     }
-    char path[128], before[1024] = "", now[1024] = "";
-    lb_status_path(path, sizeof(path), pid);
-    read_file(path, before, sizeof(before));
+    enum { CANDIDATES = 3 };
+    char path[CANDIDATES][PATH_MAX], before[CANDIDATES][1024], now[1024] = "";
+    int n = 0;
+    for (; n < CANDIDATES && lb_status_path(path[n], PATH_MAX, pidfile, pid, n) == 0; n++) {
+        before[n][0] = 0;
+        read_file(path[n], before[n], sizeof(before[n]));
+    }
     if (kill((pid_t)pid, SIGHUP) < 0) {
         fprintf(stderr, "wsserver: --reload: process %ld: %s\n", pid, strerror(errno));
         return 1;
@@ -122,12 +199,17 @@ static int reload_running(const char *target)
     for (int i = 0; i < 200; i++) {
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
-        if (read_file(path, now, sizeof(now)) && strcmp(now, before) != 0) {
-            printf("%s", now);
-            return strstr(now, "result=ok") ? 0 : 1;
+        for (int k = 0; k < n; k++) {
+            if (read_file(path[k], now, sizeof(now)) && strcmp(now, before[k]) != 0) {
+                printf("%s", now);
+                return strstr(now, "result=ok") ? 0 : 1;
+            }
         }
     }
-    fprintf(stderr, "wsserver: --reload: no answer from process %ld within 10 s\n", pid);
+    fprintf(stderr, "wsserver: --reload: no answer from process %ld within 10 s (looked for", pid);
+    for (int k = 0; k < n; k++)
+        fprintf(stderr, " %s", path[k]);
+    fprintf(stderr, ")\n");
     return 1;
 }
 
@@ -167,6 +249,15 @@ static void on_watch(void *ctx)
         return;
     }
     lb_app_reload(app, "watch");
+}
+
+/* SIGUSR1: reopen the log file (logrotate has moved it). */
+static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    ws_log_reopen();
 }
 
 /* Drops root after the listeners are open (ports below 1024, a TLS key only root may read). */
@@ -222,6 +313,10 @@ static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args 
         const char *arg = argv[i];
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
             usage(stdout);
+            exit(0);
+        }
+        if (strcmp(arg, "--help-man") == 0) {
+            usage_man(stdout);
             exit(0);
         }
         if (strcmp(arg, "-V") == 0 || strcmp(arg, "--version") == 0) {
@@ -305,7 +400,11 @@ static struct lb_app *load_app(struct ev_loop *loop, const struct start *st, boo
         *code = check ? 1 : 2;
         return NULL;
     }
-    setup_log(&app->config);
+    if (setup_log(&app->config, !check) != 0) {
+        lb_app_free(app);
+        *code = 1;
+        return NULL;
+    }
     return app;
 }
 
@@ -361,7 +460,12 @@ static int serve(struct start *st, int index, int hub_fd)
             if (!watch)
                 ws_log_msg(WS_LOG_WARN, "watch_unavailable", err);
         }
+        ev_signal usr1;
+        ev_signal_init(&usr1, on_usr1, SIGUSR1);
+        ev_signal_start(loop, &usr1);
+        ws_notify_ready(); /* systemd Type=notify: listening, app loaded */
         ev_run(loop, 0);
+        ev_signal_stop(loop, &usr1);
         code = 0; /* the loop ends only after a graceful shutdown */
     }
     ws_watch_free(watch);
@@ -396,7 +500,11 @@ int main(int argc, char **argv)
         return reload_running(args.reload);
     }
     st.path = args.app;
-    setup_log(&st.cli);
+    signal(SIGUSR1, SIG_IGN); /* until the loop reopens the log on it */
+    if (setup_log(&st.cli, !args.check) != 0) {
+        ws_config_free(&st.cli);
+        return 1;
+    }
     raise_nofile();
 
     /* Load once here: --check, and the settings that decide how many processes to run. */
@@ -465,9 +573,9 @@ int main(int argc, char **argv)
         code = ws_master_run(workers, shutdown_timeout, worker_main, &st);
         ws_metrics_board_free(st.board);
         remove_pidfile(pidfile);
-        char status[128];
-        lb_status_path(status, sizeof(status), (long)getpid()); /* the workers wrote it */
-        unlink(status);
+        char status[PATH_MAX]; /* the workers wrote it */
+        for (int i = 0; lb_status_path(status, sizeof(status), pidfile, getpid(), i) == 0; i++)
+            unlink(status);
         ws_log_flush();
     } else {
         code = serve(&st, 0, -1);

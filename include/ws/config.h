@@ -62,6 +62,7 @@ struct ws_config {
     char *redis;
     char *log_level;
     char *log_format;
+    char *log_file; /* NULL: stderr */
     bool watch;
     char *pidfile;
     char *user;
@@ -128,6 +129,11 @@ void ws_config_copy_option(struct ws_config *dst, const struct ws_config *src,
 /* True when a and b hold the same value for opt. */
 bool ws_config_equal(const struct ws_config *a, const struct ws_config *b,
                      const struct ws_option *opt);
+
+/* Writes opt's value in cfg as text into out: "10000", "0.5", "true", "close", "a,b"; "" when a
+ * string or list is unset. Cut to cap bytes. Returns out. */
+const char *ws_config_format(const struct ws_config *cfg, const struct ws_option *opt, char *out,
+                             size_t cap);
 
 /* Index of opt in ws_options. */
 size_t ws_config_index(const struct ws_option *opt);

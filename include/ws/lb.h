@@ -166,9 +166,12 @@ int lb_app_check(struct lb_app *a, char *err, size_t errlen);
  * version and is logged with its reason. Returns 0 or WS_E_INVAL. */
 int lb_app_reload(struct lb_app *a, const char *trigger);
 
-/* Where the result of the latest reload of process pid is written ("wsserver --reload" reads
- * it): /tmp/wsserver-<pid>.status. */
-void lb_status_path(char *out, size_t cap, long pid);
+/* The places the result of the latest reload of process pid may be written ("wsserver --reload"
+ * reads it): candidate which (0, 1, ...) is wsserver-<pid>.status in, in order, the pidfile's
+ * folder (when pidfile is not NULL), $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), /tmp.
+ * Returns 0, or WS_E_INVAL when there is no candidate which (or it does not fit in cap). The
+ * server writes to the first folder that lets it and to /tmp too; the reader looks in each. */
+int lb_status_path(char *out, size_t cap, const char *pidfile, long pid, int which);
 
 /* Closes the Lua state; NULL is a no-op. */
 void lb_app_free(struct lb_app *a);

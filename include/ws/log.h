@@ -1,6 +1,7 @@
-/* Structured logging to stderr: one line per event, as key=value text or as JSON, with stable keys
- * (event, conn, peer, code, reason, ms). Peer-provided strings are escaped; message payloads are
- * never logged. Not thread-safe (one loop per process). */
+/* Structured logging to stderr or a log file: one line per event, as key=value text or as JSON,
+ * with stable keys (event, conn, peer, code, reason, ms). Peer-provided strings are escaped;
+ * message payloads are never logged. The file is reopened on request (SIGUSR1, for logrotate);
+ * catching the signal is the caller's job. Not thread-safe (one loop per process). */
 #ifndef WS_LOG_H
 #define WS_LOG_H
 
@@ -24,6 +25,15 @@ struct ws_log_line {
 
 /* Sets the minimum level written and the format. */
 void ws_log_setup(enum ws_log_level level, enum ws_log_format format);
+
+/* Appends the lines to the file at path (created with mode 0640) instead of stderr; NULL goes
+ * back to stderr. Returns 0, or WS_E_IO with the reason in err, the destination unchanged. */
+int ws_log_open(const char *path, char *err, size_t errlen);
+
+/* Opens the log file again by its name, so lines go to a fresh file once logrotate has moved the
+ * old one away, and logs event=log_reopened there. Nothing to do on stderr. Returns 0, or WS_E_IO
+ * (logged as log_reopen_failed) when it cannot be opened: the lines keep going to the old one. */
+int ws_log_reopen(void);
 
 /* Adds worker=<index> to every line from now on (0: none). */
 void ws_log_set_worker(int index);

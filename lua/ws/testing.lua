@@ -316,6 +316,7 @@ local OPTIONS = {
   {name = "log_level", type = "choice", choices = {"debug", "info", "warn", "error"},
    default = "info"},
   {name = "log_format", type = "choice", choices = {"text", "json"}, default = "text"},
+  {name = "log_file", live = false, type = "string"},
   {name = "watch", live = false, type = "bool", default = false},
   {name = "pidfile", live = false, type = "string"},
   {name = "user", live = false, type = "string"},

@@ -103,6 +103,8 @@ const struct ws_option ws_options[] = {
      "debug|info|warn|error (default info)"},
     {"log_format", WS_OPT_CHOICE, OFF(log_format), 0, 0, log_format_choices, true, "F",
      "text|json (default text)"},
+    {"log_file", WS_OPT_STRING, OFF(log_file), 0, 0, NULL, false, "FILE",
+     "append the log to FILE instead of stderr; SIGUSR1 reopens it (logrotate)"},
     {"watch", WS_OPT_BOOL, OFF(watch), 0, 0, NULL, false, NULL,
      "reload the app when its file or a module under its folder changes"},
     {"pidfile", WS_OPT_STRING, OFF(pidfile), 0, 0, NULL, false, "FILE",
@@ -503,4 +505,37 @@ void ws_config_copy_option(struct ws_config *dst, const struct ws_config *src,
         break;
     }
     }
+}
+
+const char *ws_config_format(const struct ws_config *cfg, const struct ws_option *opt, char *out,
+                             size_t cap)
+{
+    out[0] = 0;
+    switch (opt->type) {
+    case WS_OPT_INT:
+        snprintf(out, cap, "%lld", (long long)*FIELD(cfg, opt, int64_t));
+        break;
+    case WS_OPT_SECONDS:
+        snprintf(out, cap, "%g", *FIELD(cfg, opt, double));
+        break;
+    case WS_OPT_BOOL:
+        snprintf(out, cap, "%s", *FIELD(cfg, opt, bool) ? "true" : "false");
+        break;
+    case WS_OPT_STRING:
+    case WS_OPT_CHOICE: {
+        const char *v = *FIELD(cfg, opt, char *);
+        snprintf(out, cap, "%s", v ? v : "");
+        break;
+    }
+    case WS_OPT_LIST: {
+        const struct ws_string_list *list = FIELD(cfg, opt, struct ws_string_list);
+        size_t len = 0;
+        for (size_t i = 0; i < list->n && len < cap; i++) {
+            int k = snprintf(out + len, cap - len, "%s%s", i ? "," : "", list->items[i]);
+            len += k > 0 ? (size_t)k : 0;
+        }
+        break;
+    }
+    }
+    return out;
 }

@@ -1,12 +1,21 @@
 /* Log lines in text (key=value) or JSON, written whole with one write(2) so lines from a handler
- * and from the core never interleave. Escaping is the same for both formats' strings. */
+ * and from the core never interleave. Escaping is the same for both formats' strings. The
+ * destination is stderr or one file opened with O_APPEND (reopened by name on request); no
+ * rotation of its own: logrotate moves the file, SIGUSR1 makes us reopen it. */
 #include "ws/log.h"
 
+#include "ws/err.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+static int log_fd = STDERR_FILENO;
+static char log_path[PATH_MAX]; /* "" while logging to stderr */
 static enum ws_log_level min_level = WS_LOG_INFO;
 static enum ws_log_format format = WS_LOG_TEXT;
 static int worker; /* added to every line when > 0 */
@@ -36,6 +45,60 @@ void ws_log_setup(enum ws_log_level level, enum ws_log_format fmt)
 {
     min_level = level;
     format = fmt;
+}
+
+static int open_file(const char *path, char *err, size_t errlen)
+{
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open log file %s: %s", path, strerror(errno));
+        return WS_E_IO;
+    }
+    return fd;
+}
+
+static void use_fd(int fd)
+{
+    if (log_fd != STDERR_FILENO)
+        close(log_fd);
+    log_fd = fd;
+}
+
+int ws_log_open(const char *path, char *err, size_t errlen)
+{
+    if (!path) {
+        use_fd(STDERR_FILENO);
+        log_path[0] = 0;
+        return 0;
+    }
+    if (strlen(path) >= sizeof(log_path)) {
+        snprintf(err, errlen, "cannot open log file %s: %s", path, strerror(ENAMETOOLONG));
+        return WS_E_IO;
+    }
+    int fd = open_file(path, err, errlen);
+    if (fd < 0)
+        return fd;
+    use_fd(fd);
+    snprintf(log_path, sizeof(log_path), "%s", path);
+    return 0;
+}
+
+int ws_log_reopen(void)
+{
+    if (!log_path[0])
+        return 0;
+    char err[PATH_MAX + 64];
+    int fd = open_file(log_path, err, sizeof(err));
+    if (fd < 0) {
+        ws_log_msg(WS_LOG_ERROR, "log_reopen_failed", err);
+        return fd;
+    }
+    use_fd(fd);
+    struct ws_log_line l;
+    ws_log_begin(&l, WS_LOG_INFO, "log_reopened");
+    ws_log_cstr(&l, "file", log_path);
+    ws_log_end(&l);
+    return 0;
 }
 
 bool ws_log_enabled(enum ws_log_level level)
@@ -292,7 +355,7 @@ void ws_log_end(struct ws_log_line *l)
     if (format == WS_LOG_JSON)
         l->buf[l->len++] = '}';
     l->buf[l->len++] = '\n';
-    ssize_t ignored = write(STDERR_FILENO, l->buf, l->len);
+    ssize_t ignored = write(log_fd, l->buf, l->len);
     (void)ignored;
     l->len = 0;
     l->active = false;

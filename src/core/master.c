@@ -1,11 +1,13 @@
 /* The master of --workers N: forks the workers, restarts one that dies (backing off when it keeps
- * dying young), forwards SIGHUP and SIGTERM, and relays hub frames between workers. It runs a
+ * dying young), forwards SIGHUP, SIGUSR1 (after reopening its own log file) and SIGTERM, and
+ * relays hub frames between workers. It runs a
  * plain poll(2) loop of its own and never loads the app, so a worker's crash cannot take it down.
  */
 #include "ws/master.h"
 
 #include "ws/buf.h"
 #include "ws/log.h"
+#include "ws/notify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -81,7 +83,7 @@ static void set_handlers(void (*handler)(int))
     sa.sa_handler = handler;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = SA_RESTART;
-    int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGCHLD};
+    int sigs[] = {SIGHUP, SIGTERM, SIGINT, SIGCHLD, SIGUSR1};
     for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
         sigaction(sigs[i], &sa, NULL);
 }
@@ -107,6 +109,7 @@ static void spawn(struct master *m, int i)
     if (pid == 0) {
         /* the worker: nothing of the master's survives but the hub end */
         set_handlers(SIG_DFL);
+        signal(SIGUSR1, SIG_IGN); /* not fatal before the worker's loop reopens its log on it */
         close(sig_pipe[0]);
         close(sig_pipe[1]);
         for (int k = 0; k < m->n; k++)
@@ -315,8 +318,12 @@ int ws_master_run(int workers, double shutdown_timeout, ws_worker_fn fn, void *a
                 } else if (sigs[k] == SIGHUP) {
                     ws_log_msg(WS_LOG_INFO, "master_reload", "forwarding SIGHUP to the workers");
                     send_all(&m, SIGHUP);
+                } else if (sigs[k] == SIGUSR1) {
+                    ws_log_reopen();
+                    send_all(&m, SIGUSR1);
                 } else if (!m.stopping) {
                     m.stopping = true;
+                    ws_notify_stopping();
                     deadline = now_s() + shutdown_timeout + 5;
                     ws_log_msg(WS_LOG_INFO, "master_shutdown", "stopping the workers");
                     send_all(&m, SIGTERM);

@@ -9,6 +9,7 @@
 #include "ws/err.h"
 #include "ws/handshake.h"
 #include "ws/log.h"
+#include "ws/notify.h"
 #include "ws/server.h"
 
 #include <lauxlib.h>
@@ -441,6 +442,7 @@ static int call_shutdown(lua_State *L)
 static void on_shutdown(void *app, const char *reason)
 {
     struct lb_app *a = app;
+    ws_notify_stopping(); /* whatever began it: a signal or ws.shutdown() */
     if (!has_handler(a, LB_SHUTDOWN))
         return;
     struct event e = {.a = a, .text = reason};

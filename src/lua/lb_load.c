@@ -7,9 +7,11 @@
 #include "ws/buf.h"
 #include "ws/err.h"
 #include "ws/log.h"
+#include "ws/notify.h"
 #include "ws/server.h"
 
 #include <lauxlib.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,9 +84,10 @@ void lb_app_free(struct lb_app *a)
     }
     ev_idle_stop(a->loop, &a->reload_idle);
     if (!a->status_pid) {
-        char status[128];
-        lb_status_path(status, sizeof(status), (long)getpid());
-        unlink(status);
+        char status[PATH_MAX];
+        for (int i = 0; lb_status_path(status, sizeof(status), a->config.pidfile, getpid(), i) == 0;
+             i++)
+            unlink(status);
     }
     ws_config_free(&a->base);
     ws_config_free(&a->config);
@@ -236,37 +239,74 @@ static int check_routes(lua_State *L, int idx, char *err, size_t errlen)
     return 0;
 }
 
-void lb_status_path(char *out, size_t cap, long pid)
+int lb_status_path(char *out, size_t cap, const char *pidfile, long pid, int which)
 {
-    snprintf(out, cap, "/tmp/wsserver-%ld.status", pid);
+    const char *dirs[3];
+    int lens[3], n = 0;
+    const char *slash = pidfile ? strrchr(pidfile, '/') : NULL;
+    if (pidfile) {
+        dirs[n] = slash ? pidfile : ".";
+        lens[n++] = slash ? (int)(slash - pidfile) : 1;
+    }
+    const char *runtime = getenv("RUNTIME_DIRECTORY"); /* systemd: "a:b" for several folders */
+    if (runtime && *runtime) {
+        dirs[n] = runtime;
+        lens[n++] = (int)strcspn(runtime, ":");
+    }
+    dirs[n] = "/tmp";
+    lens[n++] = 4;
+    if (which < 0 || which >= n)
+        return WS_E_INVAL;
+    int k = snprintf(out, cap, "%.*s/wsserver-%ld.status", lens[which], dirs[which], pid);
+    return k < 0 || (size_t)k >= cap ? WS_E_INVAL : 0;
 }
 
-/* Publishes the latest reload result for "wsserver --reload": written to a temporary file and
- * renamed into place, so a reader never sees half a line and a planted symlink is replaced, not
- * followed. */
+/* Writes line to path through a temporary file renamed into place, so a reader never sees half
+ * a line and a planted symlink is replaced, not followed. False when the folder refuses. */
+static bool put_status(const char *path, const char *line, size_t n)
+{
+    char tmp[PATH_MAX + 8];
+    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return false;
+    bool written = write(fd, line, n) == (ssize_t)n;
+    close(fd);
+    if (written && rename(tmp, path) == 0)
+        return true;
+    unlink(tmp);
+    return false;
+}
+
+/* Publishes the latest reload result for "wsserver --reload" in the first folder of
+ * lb_status_path that lets us write (the pidfile's or the runtime folder: a private /tmp, as
+ * systemd's PrivateTmp= gives, is invisible to a --reload run from outside), and in /tmp too,
+ * where `--reload PID` without the pidfile looks. */
 static void write_status(struct lb_app *a, bool ok, const char *why)
 {
     if (ok && a->srv && a->srv->reload_error[0]) {
         ok = false; /* the app took over, but the TLS files did not: the operator must know */
         why = a->srv->reload_error;
     }
-    char path[128], tmp[160];
-    lb_status_path(path, sizeof(path), a->status_pid ? a->status_pid : (long)getpid());
-    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return;
     char line[700];
     int n = snprintf(line, sizeof(line), "attempt=%llu result=%s generation=%llu%s%s\n",
                      (unsigned long long)a->attempts, ok ? "ok" : "failed",
                      (unsigned long long)a->generation, why ? " error=" : "", why ? why : "");
+    if (n >= (int)sizeof(line)) {
+        n = (int)sizeof(line) - 1; /* a long error is cut; the line still ends the same way */
+        line[n - 1] = '\n';
+    }
     for (int i = 0; i < n - 1; i++)
         if (line[i] == '\n')
             line[i] = ' ';
-    bool written = write(fd, line, (size_t)n) == n;
-    close(fd);
-    if (!written || rename(tmp, path) < 0)
-        unlink(tmp);
+    char path[PATH_MAX], next[PATH_MAX];
+    long pid = a->status_pid ? a->status_pid : (long)getpid();
+    bool done = false;
+    for (int i = 0; lb_status_path(path, sizeof(path), a->config.pidfile, pid, i) == 0; i++) {
+        bool last = lb_status_path(next, sizeof(next), a->config.pidfile, pid, i + 1) < 0;
+        if (!done || last)
+            done = put_status(path, line, (size_t)n) || done;
+    }
 }
 
 static void log_reload(struct lb_app *a, const char *trigger, bool ok, const char *why)
@@ -529,6 +569,8 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     for (int i = 0; i < LB_HANDLER_COUNT; i++)
         v.handlers[i] = LUA_NOREF;
     a->config_error = false;
+    if (a->srv)
+        ws_notify_reloading(); /* systemd: reloading until READY=1, whatever the result */
     char raised[480];
     if (lb_protect(a, build_version, &v, raised, sizeof(raised)) < 0)
         snprintf(v.err, sizeof(v.err), "%s%s failed: %s", v.field ? "reading app." : "",
@@ -551,6 +593,8 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
         if (a->srv)
             a->srv->env.stats->reloads_failed++;
         log_reload(a, trigger, false, v.err);
+        if (a->srv)
+            ws_notify_ready(); /* the running version still serves */
         return WS_E_INVAL;
     }
     /* committed: from here on nothing fails and nothing touches Lua but dropping references */
@@ -576,8 +620,10 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     a->config = v.next;
     a->mem_limit = (size_t)v.next.lua_memory_limit;
     a->handler_timeout = v.next.handler_timeout;
-    if (a->srv)
+    if (a->srv) {
         log_reload(a, trigger, true, NULL);
+        ws_notify_ready();
+    }
     return 0;
 }
 

@@ -3,9 +3,10 @@ on (README "Command line", "Operations", "Changing a running app"; docs/wsserver
 contrib/wsserver.service; `wsserver --help`).
 
 1. `make install PREFIX=... DESTDIR=...` lays out a tree whose binary finds its Lua library
-   relative to itself, and whose man page renders.
+   relative to itself, whose man page renders, and whose systemd unit names that binary and
+   passes systemd-analyze verify.
 2. Supervision: --pidfile, SIGHUP, `wsserver --reload PIDFILE|PID`, SIGTERM -> exit 0 with the
-   pidfile and /tmp/wsserver-PID.status gone.
+   pidfile and the status files (in the pidfile's folder and /tmp) gone.
 3. --user: privileges dropped after binding, still serving; an unknown user is exit 1.
 4. /metrics under a known workload: exact values, counters monotonic (across a reload too);
    /healthz GET and HEAD.
@@ -289,12 +290,34 @@ def test_make_install_tree_is_self_contained(tmp_path):
     doc = root / "share" / "doc" / "wsserver"
     assert man.read_bytes() == (ROOT / "docs" / "wsserver.1").read_bytes()
     assert (doc / "README.md").read_bytes() == (ROOT / "README.md").read_bytes()
-    assert (doc / "wsserver.service").read_bytes() == \
-        (ROOT / "contrib" / "wsserver.service").read_bytes()
+    assert (doc / "logrotate").read_bytes() == (ROOT / "contrib" / "logrotate").read_bytes()
+    # the systemd unit, where systemd looks, naming this PREFIX's binary
+    unit = (root / "lib" / "systemd" / "system" / "wsserver.service").read_text()
+    assert re.search(rf"^ExecStart={prefix}/bin/wsserver ", unit, re.M), unit
+    assert re.search(rf"^ExecReload={prefix}/bin/wsserver --reload ", unit, re.M), unit
+    assert "/usr/local" not in unit and "@" not in re.sub(r"^#.*$", "", unit, flags=re.M)
+    assert (root / "lib" / "sysusers.d" / "wsserver.conf").is_file()
+    assert shutil.which("systemd-analyze"), "scripts/install-deps.sh installs systemd"
+    (tmp_path / "wsserver.service").write_text(unit.replace(f"{prefix}/bin/wsserver",
+                                                            str(root / "bin" / "wsserver")))
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                        str(tmp_path / "wsserver.service")], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "wsserver.service" not in r.stdout + r.stderr, \
+        r.stdout + r.stderr
     for rel in ("echo.lua", "auth.lua", "rooms.lua", "chat/chat.lua"):
         assert (doc / "examples" / rel).is_file(), rel
     # nothing written outside DESTDIR
     assert not os.path.exists(prefix)
+    # SYSTEMD_UNIT_DIR puts the unit elsewhere (PREFIX=/usr: the binary is /usr/bin/wsserver)
+    dest2 = tmp_path / "dest2"
+    r = subprocess.run(["make", "install", "PREFIX=/usr", f"DESTDIR={dest2}", f"BUILD={build}",
+                        "SYSTEMD_UNIT_DIR=/etc/systemd/system"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=75)
+    assert r.returncode == 0, r.stderr[-3000:]
+    unit2 = (dest2 / "etc" / "systemd" / "system" / "wsserver.service").read_text()
+    assert re.search(r"^ExecStart=/usr/bin/wsserver ", unit2, re.M), unit2
+    assert not (dest2 / "usr" / "lib" / "systemd").exists()
 
     # The installed binary, run from elsewhere, with no hint where its library is: it must find
     # share/wsserver/lua next to itself (the compiled-in PREFIX path does not exist here).
@@ -376,6 +399,8 @@ def test_pidfile_sighup_reload_and_sigterm(wsserver_factory, tmp_path):
     assert pidfile.read_text() == f"{server.pid}\n"
     status = status_path(server.pid)
     assert status.exists(), f"{status} missing while the server runs"
+    near = pidfile.parent / f"wsserver-{server.pid}.status"  # what a private /tmp cannot hide
+    assert near.exists(), f"{near} missing while the server runs"
 
     # a connection that lives through every reload below
     client = ws_open(server.port)
@@ -415,6 +440,7 @@ def test_pidfile_sighup_reload_and_sigterm(wsserver_factory, tmp_path):
     assert server.proc.wait(15) == 0, server.log()
     assert not pidfile.exists(), "pidfile left behind after a clean exit"
     assert not status.exists(), f"{status} left behind after a clean exit"
+    assert not near.exists(), f"{near} left behind after a clean exit"
     assert "event=exit" in server.log()
 
 
