@@ -96,6 +96,9 @@ bool ws_span_ieq(struct ws_span span, const char *s);
 /* True when c may appear in a token (RFC 9110 §5.6.2 tchar): method, field name, list element. */
 bool ws_http_is_tchar(unsigned char c);
 
+/* The value of hex digit c (0-9, a-f, A-F), or -1. */
+int ws_http_hexval(int c);
+
 /* Reason phrase for an HTTP status ("Bad Request"), "Unknown" for others. */
 const char *ws_http_reason(int status);
 

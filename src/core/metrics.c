@@ -249,6 +249,25 @@ static void labelled(struct ws_buf *out, const struct ws_metrics_board *b,
         printf_buf(out, "%s{%s} %.17g\n", name, labels, v);
 }
 
+/* A counter family labelled by number: the non-zero entries [lo, hi) of the uint64_t array at
+ * offset in each slot's stats. */
+static void counts(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
+                   const char *help, const char *label, size_t offset, int lo, int hi)
+{
+    header(out, name, "counter", help);
+    char labels[64];
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        const uint64_t *v = (const uint64_t *)((const char *)&s->stats + offset);
+        for (int k = lo; s->pid && k < hi; k++) {
+            if (!v[k])
+                continue;
+            snprintf(labels, sizeof(labels), "%s=\"%d\"", label, k);
+            labelled(out, b, s, name, labels, (double)v[k]);
+        }
+    }
+}
+
 void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *out)
 {
     for (size_t k = 0; k < sizeof(plain) / sizeof(plain[0]); k++) {
@@ -272,30 +291,11 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
         if (b->slots[i].pid)
             labelled(out, b, &b->slots[i], "wsserver_build_info", labels, 1);
 
-    header(out, "wsserver_closes_total", "counter", "Closed WebSocket connections by close code.");
-    for (int i = 0; i < b->n; i++) {
-        const struct ws_metrics_slot *s = &b->slots[i];
-        for (int code = 0; s->pid && code < 5000; code++) {
-            if (!s->stats.closes_by_code[code])
-                continue;
-            snprintf(labels, sizeof(labels), "code=\"%d\"", code);
-            labelled(out, b, s, "wsserver_closes_total", labels,
-                     (double)s->stats.closes_by_code[code]);
-        }
-    }
-
-    header(out, "wsserver_handshake_rejections_total", "counter",
-           "Refused WebSocket handshakes by HTTP status.");
-    for (int i = 0; i < b->n; i++) {
-        const struct ws_metrics_slot *s = &b->slots[i];
-        for (int status = 100; s->pid && status < 600; status++) {
-            if (!s->stats.rejections_by_status[status])
-                continue;
-            snprintf(labels, sizeof(labels), "status=\"%d\"", status);
-            labelled(out, b, s, "wsserver_handshake_rejections_total", labels,
-                     (double)s->stats.rejections_by_status[status]);
-        }
-    }
+    counts(out, b, "wsserver_closes_total", "Closed WebSocket connections by close code.", "code",
+           offsetof(struct ws_stats, closes_by_code), 0, 5000);
+    counts(out, b, "wsserver_handshake_rejections_total",
+           "Refused WebSocket handshakes by HTTP status.", "status",
+           offsetof(struct ws_stats, rejections_by_status), 100, 600);
 
     bool any_bus = false;
     for (int i = 0; i < b->n; i++)

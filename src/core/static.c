@@ -217,17 +217,6 @@ static bool format_http_date(time_t t, char *out, size_t size)
 
 /* ---- the request target ---- */
 
-static int hex(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Turns the target's path into a relative path of checked segments in rel[0..size): query and
  * fragment cut, percent-decoded (RFC 3986 §2.1), "." and empty segments dropped. Decoding comes
  * first so "%2e%2e" and "..%2f" meet the same checks as "..". Returns 0 or an HTTP status. */
@@ -245,8 +234,8 @@ static int target_path(struct ws_span target, char *rel, size_t size, bool *trai
     for (size_t i = 0; i < n; i++) {
         char ch = target.p[i];
         if (ch == '%') {
-            int hi = i + 2 < n ? hex(target.p[i + 1]) : -1;
-            int lo = i + 2 < n ? hex(target.p[i + 2]) : -1;
+            int hi = i + 2 < n ? ws_http_hexval(target.p[i + 1]) : -1;
+            int lo = i + 2 < n ? ws_http_hexval(target.p[i + 2]) : -1;
             if (hi < 0 || lo < 0)
                 return 400;
             ch = (char)(hi << 4 | lo);

@@ -6,6 +6,7 @@
 
 #include "ws/buf.h"
 #include "ws/err.h"
+#include "ws/http.h"
 #include "ws/log.h"
 #include "ws/server.h"
 
@@ -332,17 +333,6 @@ void lb_app_request_reload(struct lb_app *a)
     ev_idle_start(a->loop, &a->reload_idle);
 }
 
-static int hexval(int ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Pushes the form-decoded (percent and '+') string. [-0, +1, m] */
 static void push_decoded(lua_State *L, const char *s, size_t n)
 {
@@ -351,8 +341,9 @@ static void push_decoded(lua_State *L, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '+') {
             luaL_addchar(&b, ' ');
-        } else if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            luaL_addchar(&b, (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
+        } else if (s[i] == '%' && i + 2 < n && ws_http_hexval(s[i + 1]) >= 0 &&
+                   ws_http_hexval(s[i + 2]) >= 0) {
+            luaL_addchar(&b, (char)(ws_http_hexval(s[i + 1]) * 16 + ws_http_hexval(s[i + 2])));
             i += 2;
         } else {
             luaL_addchar(&b, s[i]);

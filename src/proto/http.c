@@ -401,7 +401,7 @@ void ws_http_chunked_init(struct ws_http_chunked *d)
     memset(d, 0, sizeof(*d));
 }
 
-static int hexdigit(uint8_t c)
+int ws_http_hexval(int c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -425,7 +425,7 @@ int ws_http_chunked_decode(struct ws_http_chunked *d, uint8_t *buf, size_t len, 
         uint8_t ch = buf[i];
         switch (d->state) {
         case CH_SIZE: {
-            int v = hexdigit(ch);
+            int v = ws_http_hexval(ch);
             if (v < 0) {
                 if (!d->digits)
                     return WS_E_HTTP_BAD;
