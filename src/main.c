@@ -426,6 +426,11 @@ static int serve(struct start *st, int index, int hub_fd)
         lb_app_free(app);
         return 1;
     }
+    /* as soon as the listeners are ours (a second instance that cannot listen must not touch
+     * it), and before dropping privileges: /run may be root's */
+    char *pidfile = app->config.pidfile && !st->master ? strdup(app->config.pidfile) : NULL;
+    if (pidfile)
+        write_pidfile(pidfile);
     srv->worker = index;
     ws_metrics_attach(srv, st->board, index, WS_VERSION);
     /* connection ids stay unique across the workers of a node (and below 2^53 for JSON) */
@@ -435,7 +440,10 @@ static int serve(struct start *st, int index, int hub_fd)
         bus = ws_bus_redis_new(loop, app->config.redis, NULL, NULL, err, sizeof(err));
         if (!bus) {
             fprintf(stderr, "wsserver: %s\n", err);
+            ws_metrics_detach(srv);
             ws_server_free(srv);
+            remove_pidfile(pidfile);
+            free(pidfile);
             lb_app_free(app);
             return 2;
         }
@@ -446,9 +454,6 @@ static int serve(struct start *st, int index, int hub_fd)
     }
     if (bus)
         ws_server_set_bus(srv, bus);
-    char *pidfile = app->config.pidfile && !st->master ? strdup(app->config.pidfile) : NULL;
-    if (pidfile)
-        write_pidfile(pidfile); /* before dropping privileges: /run may be root's */
     struct ws_watch *watch = NULL;
     if (app->config.user && drop_privileges(app->config.user, err, sizeof(err)) < 0) {
         fprintf(stderr, "wsserver: %s\n", err);

@@ -19,7 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HOOK_COUNT 10000 /* VM instructions between two looks at the clock */
+#define TRACEBACK_INDEX 1 /* stack slot of the message handler of calls from the loop */
+#define HOOK_COUNT 10000  /* VM instructions between two looks at the clock */
 
 static double mono_now(void)
 {
@@ -130,6 +131,9 @@ static int guarded_xpcall(lua_State *L)
     return lua_gettop(L);
 }
 
+static int finish(struct lb_app *a, int rc, bool top, double started, double saved_deadline,
+                  const char *what, uint64_t conn);
+
 int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_t conn)
 {
     lua_State *L = a->L;
@@ -145,7 +149,15 @@ int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_
         if (a->mem > a->mem_limit / 10 * 9)
             lua_gc(L, LUA_GCCOLLECT);
     }
-    /* the message handler goes below the function; pushing a light C function never
+    /* from the loop (no call or protected run around this one) the message handler waits at
+     * the bottom of the stack, so the hot path moves nothing */
+    if (a->depth == 0) {
+        a->depth++;
+        int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
+        a->depth--;
+        return finish(a, rc, top, started, saved_deadline, what, conn);
+    }
+    /* nested: the message handler goes below the function; pushing a light C function never
      * allocates, and the stack room is checked without raising */
     int base = lua_gettop(L) - nargs;
     if (!lua_checkstack(L, 2)) {
@@ -159,6 +171,14 @@ int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_
     int rc = lua_pcall(L, nargs, nres, base);
     a->depth--;
     lua_remove(L, base);
+    return finish(a, rc, top, started, saved_deadline, what, conn);
+}
+
+/* The end of an lb_call: the budget put back, the latency counted, an error logged. */
+static int finish(struct lb_app *a, int rc, bool top, double started, double saved_deadline,
+                  const char *what, uint64_t conn)
+{
+    lua_State *L = a->L;
     if (top) {
         if (a->timed_out)
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
@@ -320,6 +340,9 @@ int lb_state_open(struct lb_app *a, char *err, size_t errlen)
     lua_atpanic(a->L, on_panic);
     lua_setwarnf(a->L, on_warning, a);
     lua_sethook(a->L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    /* the message handler of every call from the loop stays at the bottom of the stack */
+    lua_pushcfunction(a->L, traceback);
+    assert(lua_gettop(a->L) == TRACEBACK_INDEX);
     if (lb_protect(a, open_state, a, err, errlen) < 0)
         return WS_E_NOMEM;
     return 0;

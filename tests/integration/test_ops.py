@@ -396,6 +396,7 @@ def test_pidfile_sighup_reload_and_sigterm(wsserver_factory, tmp_path):
     pidfile.parent.mkdir()
     server = wsserver_factory(app_source=ECHO_APP, args=["--pidfile", str(pidfile)])
     app = pathlib.Path(server.app)
+    wait_for(pidfile.exists, what="the pidfile")  # the port may answer a moment before
     assert pidfile.read_text() == f"{server.pid}\n"
     status = status_path(server.pid)
     assert status.exists(), f"{status} missing while the server runs"
@@ -448,6 +449,7 @@ def test_workers_under_a_supervisor(wsserver_factory, tmp_path):
     pidfile = tmp_path / "master.pid"
     server = wsserver_factory(app_source=ECHO_APP, args=["--workers", "2",
                                                          "--pidfile", str(pidfile)])
+    wait_for(pidfile.exists, what="the pidfile")
     assert pidfile.read_text() == f"{server.pid}\n", "the pidfile names the master"
     wait_for(lambda: server.log().count("event=app_loaded") == 2, what="both workers")
     r = subprocess.run([BINARY, "--reload", str(pidfile)], capture_output=True, text=True,
@@ -545,6 +547,8 @@ def test_user_pidfile_removed_at_exit_or_reported(wsserver_factory, tmp_path):
     pidfile = rundir / "wsserver.pid"
     server = wsserver_factory(app_source=ECHO_APP, args=["--user", "nobody",
                                                          "--pidfile", str(pidfile)])
+    # written right after the listeners open: the port may answer a moment before
+    wait_for(pidfile.exists, what="the pidfile")
     assert pidfile.read_text() == f"{server.pid}\n"
     server.signal(signal.SIGTERM)
     assert server.proc.wait(10) == 0
