@@ -17,7 +17,7 @@ PACKAGES=(
     python3 python3-websockets python3-pytest python3-prometheus-client
     nodejs
     openssl procps
-    systemd logrotate man-db
+    systemd logrotate man-db nginx-light
     chromium fonts-liberation
 )
 
