@@ -131,9 +131,6 @@ static int guarded_xpcall(lua_State *L)
     return lua_gettop(L);
 }
 
-static int finish(struct lb_app *a, int rc, bool top, double started, double saved_deadline,
-                  const char *what, uint64_t conn);
-
 int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_t conn)
 {
     lua_State *L = a->L;
@@ -150,35 +147,26 @@ int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_
             lua_gc(L, LUA_GCCOLLECT);
     }
     /* from the loop (no call or protected run around this one) the message handler waits at
-     * the bottom of the stack, so the hot path moves nothing */
-    if (a->depth == 0) {
-        a->depth++;
-        int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
-        a->depth--;
-        return finish(a, rc, top, started, saved_deadline, what, conn);
+     * the bottom of the stack, so the hot path moves nothing; nested, it goes below the
+     * function (pushing a light C function never allocates; the room is checked without
+     * raising) */
+    bool nested = a->depth > 0;
+    int msgh = TRACEBACK_INDEX;
+    if (nested) {
+        msgh = lua_gettop(L) - nargs;
+        if (!lua_checkstack(L, 2)) {
+            lua_settop(L, msgh - 1);
+            snprintf(a->last_error, sizeof(a->last_error), "stack overflow");
+            return -1;
+        }
+        lua_pushcfunction(L, traceback);
+        lua_insert(L, msgh);
     }
-    /* nested: the message handler goes below the function; pushing a light C function never
-     * allocates, and the stack room is checked without raising */
-    int base = lua_gettop(L) - nargs;
-    if (!lua_checkstack(L, 2)) {
-        lua_settop(L, base - 1);
-        snprintf(a->last_error, sizeof(a->last_error), "stack overflow");
-        return -1;
-    }
-    lua_pushcfunction(L, traceback);
-    lua_insert(L, base);
     a->depth++;
-    int rc = lua_pcall(L, nargs, nres, base);
+    int rc = lua_pcall(L, nargs, nres, msgh);
     a->depth--;
-    lua_remove(L, base);
-    return finish(a, rc, top, started, saved_deadline, what, conn);
-}
-
-/* The end of an lb_call: the budget put back, the latency counted, an error logged. */
-static int finish(struct lb_app *a, int rc, bool top, double started, double saved_deadline,
-                  const char *what, uint64_t conn)
-{
-    lua_State *L = a->L;
+    if (nested)
+        lua_remove(L, msgh);
     if (top) {
         if (a->timed_out)
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
