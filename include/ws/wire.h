@@ -29,8 +29,19 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
                   const struct ws_transport_ops *transport, void *transport_state,
                   void (*cb)(struct ev_loop *loop, ev_io *io, int revents), void *data);
 
-/* Watches for reading unless paused, and for writing when want_write. No-op once closed. */
-void ws_wire_watch(struct ws_wire *w, struct ev_loop *loop, bool want_write);
+/* Sets the watcher's events (what ws_wire_watch decided changed). */
+void ws_wire_rewatch(struct ws_wire *w, struct ev_loop *loop, int events);
+
+/* Watches for reading unless paused, and for writing when want_write. No-op once closed. Inline:
+ * it runs after every write and nearly always finds nothing to change. */
+static inline void ws_wire_watch(struct ws_wire *w, struct ev_loop *loop, bool want_write)
+{
+    if (w->fd < 0)
+        return;
+    int events = (w->reading_paused ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
+    if (events != (w->io.events & (EV_READ | EV_WRITE)) || !ev_is_active(&w->io))
+        ws_wire_rewatch(w, loop, events);
+}
 
 /* Advances the transport's handshake: 0 once done, WS_E_AGAIN while it waits for the socket
  * (the watcher is set for what it waits on), or the transport's error. */

@@ -23,13 +23,8 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
     ev_io_start(loop, &w->io);
 }
 
-void ws_wire_watch(struct ws_wire *w, struct ev_loop *loop, bool want_write)
+void ws_wire_rewatch(struct ws_wire *w, struct ev_loop *loop, int events)
 {
-    if (w->fd < 0)
-        return;
-    int events = (w->reading_paused ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
-    if (events == (w->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&w->io))
-        return;
     ev_io_stop(loop, &w->io);
     ev_io_set(&w->io, w->fd, events);
     if (events)
