@@ -599,7 +599,7 @@ class Run:
             try:
                 got = await asyncio.wait_for(self.canary_reply(reader, writer), 5)
             except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError) as e:
-                self.violation(f"canary {n} message {i}: no echo ({type(e).__name__})")
+                self.violation(f"canary {n} message {i}: no echo ({type(e).__name__}: {e})")
                 return
             if got != text.encode():
                 self.violation(f"canary {n} message {i}: got {got[:60]!r}")
