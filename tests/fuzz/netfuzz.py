@@ -88,7 +88,9 @@ COMMANDS = ["join r1", "join r2", "pub r1 t", "pub r2 x", "json {\"a\":[1,2,{\"b
             "echo héllo ✓", ""]
 APP_COMMANDS = {b"join", b"pub", b"json", b"flood", b"close", b"boom"}
 INTERESTING = [0x00, 0x01, 0x7D, 0x7E, 0x7F, 0x80, 0x81, 0x88, 0x89, 0x8A, 0xC1, 0xFF]
-SEND_CODES = set(range(1000, 1004)) | set(range(1007, 1012)) | set(range(3000, 5000))
+# RFC 6455 §7.4.1 and the IANA registry: 1012-1014 are assigned (an app may send them);
+# 1004-1006 and 1015 are never sent, 1016-2999 are unassigned
+SEND_CODES = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
 
 
 class Violation(Exception):
