@@ -470,6 +470,10 @@ static int serve(struct start *st, int index, int hub_fd)
         ev_signal_start(loop, &usr1);
         ws_notify_ready(); /* systemd Type=notify: listening, app loaded */
         ev_run(loop, 0);
+        /* the shutdown is done: a second SIGTERM (a supervisor repeating itself) must not turn
+         * the clean exit into a death by signal once the loop's watchers are gone */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
         ev_signal_stop(loop, &usr1);
         code = 0; /* the loop ends only after a graceful shutdown */
     }
