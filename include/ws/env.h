@@ -41,6 +41,7 @@ struct ws_stats {
     uint64_t handler_calls;
     double handler_seconds;
     uint64_t handler_buckets[WS_STATS_LATENCY_BUCKETS];
+    uint64_t handlers_waiting; /* gauge: handlers waiting now (SPEC §4a) */
 };
 
 /* Upper bounds (seconds) of the handler latency buckets; the last is +Inf. */
@@ -76,6 +77,7 @@ struct ws_env {
     struct ws_conn *flush_head; /* written to in this iteration */
     struct ws_conn *dead_head;  /* closed, to be freed */
     bool draining;              /* a graceful shutdown has begun */
+    bool stopped;               /* the server is being freed: the app holds no connection */
     struct ws_stats *stats;     /* own_stats, or a slot other processes can read (metrics) */
     struct ws_stats own_stats;
     /* Renders /metrics for the whole process (set by the owner; NULL: not served). */

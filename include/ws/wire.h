@@ -21,6 +21,7 @@ struct ws_wire {
     struct ws_outq out;
     bool secured;        /* the transport's own handshake (TLS) is done */
     bool reading_paused; /* the owner stopped reading (back-pressure) */
+    bool reading_held;   /* the app stopped reading (its handlers are behind) */
     bool wr_shut;        /* our sending side is shut: queued bytes are dropped */
 };
 
@@ -29,7 +30,7 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
                   const struct ws_transport_ops *transport, void *transport_state,
                   void (*cb)(struct ev_loop *loop, ev_io *io, int revents), void *data);
 
-/* Watches for reading unless paused, and for writing when want_write. No-op once closed. */
+/* Watches for reading unless paused or held, and for writing when want_write. No-op once closed. */
 void ws_wire_watch(struct ws_wire *w, struct ev_loop *loop, bool want_write);
 
 /* Advances the transport's handshake: 0 once done, WS_E_AGAIN while it waits for the socket

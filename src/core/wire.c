@@ -17,7 +17,7 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
     w->transport = transport;
     w->transport_state = transport_state;
     ws_outq_init(&w->out);
-    w->secured = w->reading_paused = w->wr_shut = false;
+    w->secured = w->reading_paused = w->reading_held = w->wr_shut = false;
     ev_io_init(&w->io, cb, fd, EV_READ);
     w->io.data = data;
     ev_io_start(loop, &w->io);
@@ -27,7 +27,7 @@ void ws_wire_watch(struct ws_wire *w, struct ev_loop *loop, bool want_write)
 {
     if (w->fd < 0)
         return;
-    int events = (w->reading_paused ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
+    int events = (w->reading_paused || w->reading_held ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
     if (events == (w->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&w->io))
         return;
     ev_io_stop(loop, &w->io);

@@ -78,6 +78,7 @@ void lb_app_free(struct lb_app *a)
         a->srv = NULL;
         a->closing = true;
         lb_ws_cancel_timers(a, 0);
+        lb_task_free_all(a);
         lua_close(a->L);
     }
     ev_idle_stop(a->loop, &a->reload_idle);
@@ -396,7 +397,10 @@ static int call_load(struct lb_app *a, int fn_ref, uint64_t generation, const ch
     struct load_call c = {a, fn_ref, generation, trigger};
     lua_pushcfunction(a->L, call_load_fn);
     lua_pushlightuserdata(a->L, &c);
-    return lb_call(a, 1, 0, "load");
+    a->in_load++; /* SPEC §4a: load cannot wait */
+    int rc = lb_call(a, 1, 0, "load");
+    a->in_load--;
+    return rc;
 }
 
 /* Keeps the value on top in the registry; *ref is set before anything else can fail.
