@@ -3,6 +3,7 @@
  *   lb_state  the VM (heap cap, handler time budget, lb_call) and shared helpers
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
+ *   lb_http   ws.http: outbound HTTP requests that wait
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
@@ -34,6 +35,7 @@ enum lb_handler {
 
 struct lb_timer;
 struct lb_task;
+struct ws_http_client;
 
 struct lb_app {
     lua_State *L;
@@ -75,7 +77,8 @@ struct lb_app {
     size_t nidle;
     struct lb_task *waiting; /* tasks waiting (SPEC §4a) */
     size_t nwaiting;
-    const char *stopping; /* set by lb_task_cancel_all: every wait returns nil, stopping */
+    const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
+    struct ws_http_client *http; /* ws.http's client, made on first use */
 };
 
 /* ---- lb_state ---- */
@@ -231,6 +234,11 @@ struct ws_conn *lb_conn_check(lua_State *L, int idx);
 /* Raises unless a text message is valid UTF-8 (RFC 6455 §5.6); hint says how to send binary
  * instead. [-0, +0, v] */
 void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint);
+
+/* ---- lb_http ---- */
+
+/* Pushes the ws.http table (request, get, post) and registers its metatables. [-0, +1, m] */
+void lb_http_open(lua_State *L);
 
 /* ---- lb_ws ---- */
 

@@ -252,7 +252,7 @@ static void check_done(struct ws_http_client *hc)
         if (rc == CURLE_OK) {
             res->ok = true;
             curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &res->status);
-        } else if (r->too_large) {
+        } else if (r->too_large || rc == CURLE_FILESIZE_EXCEEDED) {
             snprintf(res->err, sizeof(res->err), "response too large (max_body %zu bytes)",
                      r->max_body);
         } else if (rc == CURLE_OPERATION_TIMEDOUT) {

@@ -6,6 +6,7 @@
 
 #include "ws/buf.h"
 #include "ws/err.h"
+#include "ws/http_client.h"
 #include "ws/log.h"
 #include "ws/server.h"
 
@@ -81,6 +82,7 @@ void lb_app_free(struct lb_app *a)
         lb_task_free_all(a);
         lua_close(a->L);
     }
+    ws_http_client_free(a->http); /* after the state: nothing refers to a request any more */
     ev_idle_stop(a->loop, &a->reload_idle);
     if (!a->status_pid) {
         char status[128];
@@ -580,6 +582,8 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     a->config = v.next;
     a->mem_limit = (size_t)v.next.lua_memory_limit;
     a->handler_timeout = v.next.handler_timeout;
+    if (a->http)
+        ws_http_client_set_max(a->http, (size_t)a->config.http_max_concurrent);
     if (a->srv)
         log_reload(a, trigger, true, NULL);
     return 0;

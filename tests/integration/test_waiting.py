@@ -331,3 +331,226 @@ return {
     s.close()
     assert head.startswith(b"HTTP/1.1 500"), head
     wait_for(lambda: "ws.sleep cannot wait inside http" in server.log(), what="http error")
+
+
+# ---- ws.http against a Python http.server started by the test ----
+
+import http.server
+import threading
+import urllib.request
+
+from wsclient import fd_count
+
+
+class Upstream(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    release = threading.Event()
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, status, body, headers=()):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path == "/ok":
+            self.reply(200, b"hello", [("X-Test", "yes"), ("Set-Cookie", "a=1"),
+                                       ("Set-Cookie", "b=2")])
+        elif path == "/slow":
+            time.sleep(2)
+            self.reply(200, b"late")
+        elif path == "/short":
+            time.sleep(0.3)
+            self.reply(200, b"short")
+        elif path == "/hang":
+            Upstream.release.wait(30)
+        elif path == "/huge":
+            size = 20 * 1024 * 1024
+            self.send_response(200)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            try:
+                for _ in range(size // 65536):
+                    self.wfile.write(b"x" * 65536)
+            except OSError:
+                pass
+        elif path == "/redirect":
+            self.reply(302, b"", [("Location", "/ok")])
+        elif path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in (b"one,", b"two,", b"three"):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.reply(404, b"nothing here")
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        self.reply(200, b"%s %s %s" % (self.command.encode(), self.headers.get("X-Who", "").encode(),
+                                       body))
+
+    do_PUT = do_POST
+
+
+@pytest.fixture
+def upstream():
+    Upstream.release.clear()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    Upstream.release.set()
+    srv.shutdown()
+    srv.server_close()
+
+
+HTTP_APP = """
+return {
+  config = {metrics = true},
+  message = function(conn, data)
+    local req = ws.json.decode(data)
+    if req.many then
+      local left, results = req.many, {}
+      for i = 1, req.many do
+        ws.after(0, function()
+          local r, err = ws.http.get(req.url, {timeout = req.timeout})
+          results[#results + 1] = err or r.status
+          left = left - 1
+          if left == 0 then conn:send(ws.json.encode(results)) end
+        end)
+      end
+      return
+    end
+    local r, err
+    if req.post then
+      r, err = ws.http.post(req.url, req.post, {headers = {["X-Who"] = "me"}})
+    else
+      r, err = ws.http.request(req)
+    end
+    if not r then conn:send(ws.json.encode({err = err})) return end
+    conn:send(ws.json.encode({status = r.status, headers = r.headers, body = r.body,
+                               size = #r.body}))
+  end,
+}
+"""
+
+
+def test_http_client(wsserver_factory, upstream):
+    server = wsserver_factory(app_source=HTTP_APP)
+    refused = wsraw.free_port()
+
+    async def ask(ws, **req):
+        await ws.send(json.dumps(req))
+        return json.loads(await recv(ws, 10))
+
+    async def main():
+        async with connect(server.url) as ws:
+            r = await ask(ws, url=upstream + "/ok")
+            assert r["status"] == 200 and r["body"] == "hello"
+            assert r["headers"]["x-test"] == "yes"
+            assert r["headers"]["set-cookie"] == "a=1, b=2"
+            r = await ask(ws, url=upstream + "/missing")
+            assert r["status"] == 404 and r["body"] == "nothing here"
+            started = time.monotonic()
+            r = await ask(ws, url=upstream + "/slow", timeout=0.5)
+            assert r == {"err": "timeout"}
+            assert time.monotonic() - started < 1.5
+            r = await ask(ws, url=upstream + "/hang?secret=42", timeout=0.5)
+            assert r == {"err": "timeout"}
+            r = await ask(ws, url=upstream + "/huge", max_body=1048576)
+            assert r["err"].startswith("response too large"), r
+            r = await ask(ws, url=f"http://127.0.0.1:{refused}/")
+            assert str(refused) in r["err"], r
+            r = await ask(ws, url=upstream + "/redirect")
+            assert r["status"] == 302
+            r = await ask(ws, url=upstream + "/redirect", follow=True)
+            assert r["status"] == 200 and r["body"] == "hello"
+            r = await ask(ws, url=upstream + "/chunked")
+            assert r["body"] == "one,two,three"
+            r = await ask(ws, url=upstream + "/echo", post="payload")
+            assert r["body"] == "POST me payload"
+            r = await ask(ws, url=upstream + "/echo", method="PUT", body="x")
+            assert r["body"] == "PUT  x"
+
+    run(main())
+    log = server.log()
+    assert "event=http_failed" in log and "/hang" in log and "secret" not in log
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert 'wsserver_http_client_requests_total{result="timeout"} 2' in metrics
+    assert 'wsserver_http_client_requests_total{result="error"} 2' in metrics, metrics
+    assert "wsserver_handlers_waiting 0" in metrics
+
+
+def test_http_misuse_raises(wsserver_factory):
+    app = """
+return {
+  message = function(conn, data)
+    local calls = {
+      function() return ws.http.request("http://x") end,
+      function() return ws.http.request({}) end,
+      function() return ws.http.request({url = "ftp://x/"}) end,
+      function() return ws.http.request({url = "http://x/", timeout = -1}) end,
+      function() return ws.http.request({url = "http://x/", headers = {["a\\r\\nb"] = "c"}}) end,
+      function() return ws.http.request({url = "http://x/", method = "GE T"}) end,
+    }
+    local out = {}
+    for i, f in ipairs(calls) do
+      local ok, err = pcall(f)
+      out[i] = ok and "no error" or err
+    end
+    conn:send(ws.json.encode(out))
+  end,
+}
+"""
+    server = wsserver_factory(app_source=app)
+
+    async def main():
+        async with connect(server.url) as ws:
+            await ws.send("go")
+            out = json.loads(await recv(ws))
+            assert all(e != "no error" for e in out), out
+            assert "ws.http" in out[2] and "url must be" in out[2]
+
+    run(main())
+
+
+def test_many_hanging_requests_time_out_and_leave_no_descriptors(wsserver_factory, upstream):
+    server = wsserver_factory(app_source=HTTP_APP)
+
+    async def main():
+        async with connect(server.url) as ws:
+            await ws.send(json.dumps({"url": upstream + "/ok"}))
+            await recv(ws)  # the client is up
+            before = fd_count(server.pid)
+            await ws.send(json.dumps({"many": 200, "url": upstream + "/hang", "timeout": 1}))
+            results = json.loads(await recv(ws, 15))
+            assert results == ["timeout"] * 200
+            wait_for(lambda: fd_count(server.pid) <= before + 2, what="descriptors back")
+
+    run(main())
+
+
+def test_http_concurrency_cap_makes_calls_wait_their_turn(wsserver_factory, upstream):
+    server = wsserver_factory(app_source=HTTP_APP.replace(
+        "config = {metrics = true}", "config = {http_max_concurrent = 4}"))
+
+    async def main():
+        async with connect(server.url) as ws:
+            started = time.monotonic()
+            await ws.send(json.dumps({"many": 12, "url": upstream + "/short", "timeout": 5}))
+            results = json.loads(await recv(ws, 15))
+            assert results == [200] * 12
+            assert time.monotonic() - started >= 0.85  # 3 rounds of 0.3 s
+
+    run(main())
