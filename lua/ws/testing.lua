@@ -1363,6 +1363,18 @@ function Server:_build_ws()
     return (start_timer(true, ...))
   end)
 
+  -- Handlers that wait (SPEC §4a) are not simulated yet: the kit runs handlers as plain calls.
+  W.sleep = api("sleep", "field", function()
+    error("ws.sleep is not simulated by the testing kit yet", 2)
+  end)
+  local HTTP = {}
+  for _, name in ipairs({"request", "get", "post"}) do
+    HTTP[name] = api(name, "field", function()
+      error("ws.http." .. name .. " is not simulated by the testing kit yet", 2)
+    end)
+  end
+  W.http = readonly(HTTP)
+
   W.stats = api("stats", "field", function()
     local st = {}
     if s.attached then

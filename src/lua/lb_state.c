@@ -111,6 +111,34 @@ static int guarded_msgh(lua_State *L)
     return 1;
 }
 
+/* True when L is the coroutine of the running handler (lb_task): the app's code sees it as the
+ * main thread, which cannot yield: only waiting calls yield it. */
+static bool in_handler_thread(lua_State *L)
+{
+    struct lb_app *a = lb_app_of(L);
+    return a->current && a->current->co == L;
+}
+
+/* coroutine.yield: in a handler's own coroutine it raises as on the main thread (a pcall around
+ * it catches it); in a coroutine of the app's own it yields. [-?, +?, e] */
+static int guarded_yield(lua_State *L)
+{
+    if (in_handler_thread(L)) {
+        lua_pushliteral(L, "attempt to yield from outside a coroutine"); /* Lua's own words */
+        return lua_error(L);
+    }
+    return lua_yield(L, lua_gettop(L));
+}
+
+/* coroutine.isyieldable: false in a handler's own coroutine, as on the main thread. */
+static int guarded_isyieldable(lua_State *L)
+{
+    lua_State *co = lua_isnone(L, 1) ? L : lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "coroutine");
+    lua_pushboolean(L, lua_isyieldable(co) && !in_handler_thread(co));
+    return 1;
+}
+
 /* debug.sethook is not for apps: the handler budget (SPEC §4) is a hook. [-0, +0, v] */
 static int refuse_sethook(lua_State *L)
 {
@@ -353,6 +381,12 @@ static int open_state(lua_State *L)
     lua_getglobal(L, "debug");
     lua_pushcfunction(L, refuse_sethook);
     lua_setfield(L, -2, "sethook");
+    lua_pop(L, 1);
+    lua_getglobal(L, "coroutine");
+    lua_pushcfunction(L, guarded_yield);
+    lua_setfield(L, -2, "yield");
+    lua_pushcfunction(L, guarded_isyieldable);
+    lua_setfield(L, -2, "isyieldable");
     lua_pop(L, 1);
     set_paths(a);
     return 0;

@@ -294,6 +294,8 @@ return {
     elseif data == "sort" then
       ok, err = pcall(table.sort, {3, 2, 1}, function(a, b) ws.sleep(0) return a < b end)
     elseif data == "yield" then
+      ok, err = pcall(coroutine.yield)
+    elseif data == "yield!" then
       coroutine.yield()
     elseif data == "pcall" then
       ok, err = pcall(ws.sleep, 0.01)
@@ -314,8 +316,10 @@ return {
             assert "ws.sleep cannot wait here" in await recv(ws)
             await ws.send("pcall")
             assert await recv(ws) == "true:true|nil"  # pcall may wait
+            await ws.send("yield")
+            assert await recv(ws) == "false|attempt to yield from outside a coroutine"
         ws = await connect(server.url)
-        await ws.send("yield")
+        await ws.send("yield!")
         with pytest.raises(Exception):
             await recv(ws)
         assert ws.close_code == 1011
@@ -324,7 +328,7 @@ return {
     resp = wsraw.http_exchange(server.port, wsraw.build_request("/wait"))
     assert resp.status == 500
     log = server.log()
-    assert "attempt to yield outside a coroutine of the app's own" in log
+    assert "attempt to yield from outside a coroutine" in log
     s = socket.create_connection((server.host, server.port), timeout=STEP)
     s.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
     head = s.recv(4096)
