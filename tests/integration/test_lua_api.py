@@ -1156,9 +1156,10 @@ def test_http_routes_status_body_headers(wsserver_factory):
     req = json.loads(body)
     assert req["method"] == "GET" and req["path"] == "/req" and req["query"] == {"a": "1"}
     assert req["agent"] == "tester" and req["peer"].startswith("127.0.0.1:")
-    # no route: not ours (426 without --static); a known path with another method likewise
-    assert http_get(server, "/nope")[0] == 426
-    assert http_get(server, "/hello", method="POST")[0] in (405, 426)
+    # SPEC §3: an app with routes answers 404 for a path none of them serves; a known path
+    # with another method is not served either
+    assert http_get(server, "/nope")[0] == 404
+    assert http_get(server, "/hello", method="POST")[0] in (404, 405)
     log = server.log()
     assert "route exploded" in log
     assert 'http route \\"GET /empty\\" must return a status number from 100 to 599, got nil' in log
