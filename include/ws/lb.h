@@ -171,6 +171,7 @@ struct lb_task {
     lb_task_done_fn done; /* a task that waited: told of its end */
     void *ud;
     bool waiting;             /* yielded by a waiting call */
+    bool broken;              /* its coroutine ended in an error: not reused */
     bool sleeping;            /* the timer ending is the wait's success (ws.sleep) */
     const char *woke;         /* why the wait ended early: "timeout", "closed", ...; NULL: done */
     lb_task_cancel_fn cancel; /* stops the wait's own work, or NULL */

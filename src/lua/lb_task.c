@@ -70,7 +70,7 @@ static void recycle(struct lb_task *t)
     t->ud = NULL;
     t->cancel = NULL;
     t->wait_ud = NULL;
-    if (a->nidle >= POOL_MAX || a->closing) {
+    if (a->nidle >= POOL_MAX || a->closing || t->broken) {
         luaL_unref(a->L, LUA_REGISTRYINDEX, t->ref);
         free(t);
         return;
@@ -92,8 +92,9 @@ static int build_traceback(lua_State *L)
     return 1;
 }
 
-/* Logs the error that ended t's coroutine, with the coroutine's traceback, and resets the
- * coroutine for reuse. */
+/* Logs the error that ended t's coroutine, with the coroutine's traceback. The coroutine is not
+ * reused: an error raised by the budget hook leaves its hooks off (Lua restores allowhook only
+ * in a pcall), so a fresh one takes its place in the pool. */
 static void report(struct lb_task *t, const char *fixed)
 {
     struct lb_app *a = t->a;
@@ -113,7 +114,8 @@ static void report(struct lb_task *t, const char *fixed)
     } else {
         lb_report_error(a, t->what, t->conn, lb_error_text(t->co, -1));
     }
-    lua_resetthread(t->co);
+    lua_resetthread(t->co); /* closes its pending to-be-closed variables */
+    t->broken = true;
 }
 
 /* Resumes t (nargs on its stack) under a budget of its own. */

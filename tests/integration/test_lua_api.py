@@ -1209,7 +1209,7 @@ def test_http_router_through_the_server(wsserver_factory):
         assert http_get(server, "/files/a/b.txt")[2] == b"file a/b.txt"
         assert http_get(server, "/rooms/lobby", method="HEAD")[::2] == (200, b"")
         assert http_get(server, "/boom/1")[0] == 500
-        assert http_get(server, "/nothing/here")[0] == 426
+        assert http_get(server, "/nothing/here")[0] == 404  # SPEC §3: routes, no match
         c.echo_roundtrip()
     assert "router handler exploded" in server.log()
 
