@@ -12,7 +12,7 @@ CFLAGS ?= -O2 -g
 PREFIX ?= /usr/local
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DWS_LUA_DIR=\"$(PREFIX)/share/wsserver/lua\" $(WARN) $(CFLAGS) $(SAN) -Iinclude \
              $(shell pkg-config --cflags $(LUA_PKG) 2>/dev/null) -MMD -MP
-LDLIBS = -lev $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null || echo -llua5.4) -lhiredis -lssl -lcrypto -lz -lm
+LDLIBS = -lev $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null || echo -llua5.4) -lhiredis -lcurl -lssl -lcrypto -lz -lm
 LDFLAGS ?=
 
 # Three layers, each its own library; dependencies point down only (main -> lua -> core -> proto):

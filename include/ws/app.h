@@ -59,6 +59,14 @@ struct ws_app_ops {
     size_t (*memory)(void *app);
     /* The connection is about to be freed: drop every reference to it. */
     void (*release)(void *app, struct ws_conn *c);
+    /* c is CLOSED and about to be reported (close) and freed. True keeps it: the app is still
+     * running a handler for it (SPEC §4a: close runs after it), and calls ws_conn_unhold when
+     * done. Not asked once the server is being freed. */
+    bool (*hold)(void *app, struct ws_conn *c);
+    /* True while handlers wait (timers, HTTP): a graceful shutdown waits for them. */
+    bool (*busy)(void *app);
+    /* Ends every wait: each waiting call returns nil, reason, and later ones return at once. */
+    void (*cancel)(void *app, const char *reason);
 };
 
 #endif

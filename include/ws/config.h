@@ -46,6 +46,9 @@ struct ws_config {
     double pong_timeout;
     double idle_timeout;
     double handler_timeout;
+    double io_timeout;           /* a waiting call's default timeout (SPEC §4a) */
+    int64_t max_pending_bytes;   /* messages queued behind a waiting handler; 0: 2 x max_message */
+    int64_t http_max_concurrent; /* outbound HTTP requests in flight */
     int64_t lua_memory_limit;
     struct ws_string_list protocols;
     char *compression; /* "off" | "on" */

@@ -73,6 +73,8 @@ struct ws_conn {
     bool ops_port;   /* accepted on metrics_listen: served by ws_front_handle_ops */
     bool above_low;  /* queue went above the low-water mark: drain() is owed */
     bool ip_counted; /* counted in the per-IP table */
+    bool held;       /* CLOSED, kept for the app (ops->hold) until ws_conn_unhold */
+    void *app_state; /* the app's own per-connection state; the core never touches it */
 };
 
 /* Sends one message (WS_OP_TEXT / WS_OP_BINARY) or control frame. Returns WS_CONN_SENT or
@@ -105,6 +107,14 @@ size_t ws_conn_buffered(const struct ws_conn *c);
  * be refused at once (per-address limit): it is then already CLOSED and queued for freeing. */
 struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *sa, socklen_t salen,
                             const struct ws_transport_ops *transport, void *transport_state);
+
+/* Stops (held) or resumes reading the socket for the app: a connection whose handlers are
+ * behind stops reading, so TCP pushes back on the peer (SPEC §4a). */
+void ws_conn_hold_reading(struct ws_conn *c, bool held);
+
+/* The app is done with a connection it held (ops->hold): the next pass reports its close and
+ * frees it. No-op when it is not held. */
+void ws_conn_unhold(struct ws_conn *c);
 
 /* Writes what is queued now. */
 void ws_conn_flush(struct ws_conn *c);

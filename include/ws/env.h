@@ -23,6 +23,14 @@
 #define WS_ENV_READ_BYTES 65536 /* the shared read buffer */
 #define WS_STATS_LATENCY_BUCKETS 12
 
+/* How an outbound HTTP request ended, for /metrics. */
+enum ws_stats_http_result {
+    WS_STATS_HTTP_OK,      /* a response came (any status) */
+    WS_STATS_HTTP_ERROR,   /* connection, TLS, protocol or size failure */
+    WS_STATS_HTTP_TIMEOUT, /* its timeout passed */
+    WS_STATS_HTTP_RESULTS
+};
+
 /* Counters behind ws.stats() and /metrics: monotonic for the life of the process (a reload does
  * not reset them). */
 struct ws_stats {
@@ -41,10 +49,22 @@ struct ws_stats {
     uint64_t handler_calls;
     double handler_seconds;
     uint64_t handler_buckets[WS_STATS_LATENCY_BUCKETS];
+    uint64_t handlers_waiting; /* gauge: handlers waiting now (SPEC §4a) */
+    /* outbound HTTP requests (ws.http) by enum ws_stats_http_result, and their latency */
+    uint64_t http_results[WS_STATS_HTTP_RESULTS];
+    uint64_t http_calls;
+    double http_seconds;
+    uint64_t http_buckets[WS_STATS_LATENCY_BUCKETS];
 };
 
 /* Upper bounds (seconds) of the handler latency buckets; the last is +Inf. */
 extern const double ws_stats_latency_bounds[WS_STATS_LATENCY_BUCKETS];
+
+/* Upper bounds (seconds) of the outbound HTTP latency buckets; the last is +Inf. */
+extern const double ws_stats_http_bounds[WS_STATS_LATENCY_BUCKETS];
+
+/* Records one outbound HTTP request that ended as result after seconds. */
+void ws_stats_observe_http(struct ws_stats *st, enum ws_stats_http_result result, double seconds);
 
 /* Records one handler call that took seconds. */
 void ws_stats_observe_handler(struct ws_stats *st, double seconds);
@@ -76,6 +96,7 @@ struct ws_env {
     struct ws_conn *flush_head; /* written to in this iteration */
     struct ws_conn *dead_head;  /* closed, to be freed */
     bool draining;              /* a graceful shutdown has begun */
+    bool stopped;               /* the server is being freed: the app holds no connection */
     struct ws_stats *stats;     /* own_stats, or a slot other processes can read (metrics) */
     struct ws_stats own_stats;
     /* Renders /metrics for the whole process (set by the owner; NULL: not served). */

@@ -1,7 +1,9 @@
 /* The Lua application layer: one Lua 5.4 state per process running app.lua, implementing
  * struct ws_app_ops on top of it. Its files depend one way, each only on those before it:
  *   lb_state  the VM (heap cap, handler time budget, lb_call) and shared helpers
+ *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
+ *   lb_http   ws.http: outbound HTTP requests that wait
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
@@ -32,6 +34,8 @@ enum lb_handler {
 };
 
 struct lb_timer;
+struct lb_task;
+struct ws_http_client;
 
 struct lb_app {
     lua_State *L;
@@ -57,6 +61,7 @@ struct lb_app {
     int state_ref;       /* ws.state */
     uint64_t generation;
     bool loading;      /* a new version's chunk or load() is running */
+    int in_load;       /* load() is running (also at start and for --check) */
     bool config_error; /* the last failed load was refused for its config table */
     bool reload_pending;
     ev_idle reload_idle;     /* runs a requested reload between two loop iterations */
@@ -66,6 +71,14 @@ struct lb_app {
     bool closing;            /* lb_app_free is closing the state: no new timers */
     char warning[512];       /* a Lua warning being assembled from its pieces */
     size_t warning_len;
+    lua_State *hooked;       /* the thread whose budget hook fires at every instruction */
+    struct lb_task *current; /* the task running now, or NULL */
+    struct lb_task *idle;    /* finished tasks, their coroutines ready for reuse */
+    size_t nidle;
+    struct lb_task *waiting; /* tasks waiting (SPEC §4a) */
+    size_t nwaiting;
+    const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
+    struct ws_http_client *http; /* ws.http's client, made on first use */
 };
 
 /* ---- lb_state ---- */
@@ -85,6 +98,23 @@ int lb_state_open(struct lb_app *a, char *err, size_t errlen);
  * connection it ran for; the message and traceback as one multi-line field), keeping it in
  * a->last_error and counting it. */
 int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_t conn);
+
+/* The text of the error object at idx without running any metamethod or converting it.
+ * [-0, +0, -] */
+const char *lb_error_text(lua_State *L, int idx);
+
+/* Logs a handler's error (handler what, connection conn when not 0, msg with its traceback),
+ * keeps it in a->last_error and counts it. */
+void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg);
+
+/* Opens a handler run's time budget (SPEC §4: handler_timeout per run between two waits): a
+ * fresh one at the outermost level, the enclosing one when nested. Returns what lb_budget_end
+ * needs. */
+double lb_budget_begin(struct lb_app *a);
+
+/* Closes the budget lb_budget_begin opened (started is its result) and records the run's
+ * latency. */
+void lb_budget_end(struct lb_app *a, double started);
 
 /* lb_call_for without a connection. */
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what);
@@ -113,17 +143,87 @@ void lb_app_request_reload(struct lb_app *a);
  * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
 void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
 
+/* ---- lb_task ---- */
+
+/* How a task's run ended. */
+enum lb_task_result {
+    LB_TASK_DONE,    /* the handler returned */
+    LB_TASK_FAILED,  /* it raised: logged and counted (lb_report_error) */
+    LB_TASK_WAITING, /* it waits: set done/ud to hear of its end */
+};
+
+/* Called when a task that waited ends (failed: it raised). */
+typedef void (*lb_task_done_fn)(struct lb_app *a, void *ud, bool failed);
+/* Stops what a wait started (an HTTP request) when the wait ends early. */
+typedef void (*lb_task_cancel_fn)(struct lb_task *t);
+
+/* One handler run as a coroutine (SPEC §4a). Coroutines come from a pool: one that finished
+ * without waiting is reused at once. */
+struct lb_task {
+    ev_timer timer; /* the wait's timeout; also wakes a cancelled wait on the next iteration */
+    lua_State *co;
+    int ref; /* keeps co alive */
+    struct lb_app *a;
+    const char *what;     /* the handler, for logs and errors */
+    uint64_t conn;        /* the connection it runs for, or 0 */
+    const char *no_wait;  /* set: the handler cannot wait; waiting calls raise */
+    const char *gone;     /* set: waits return nil, gone at once ("closed", "shutdown") */
+    lb_task_done_fn done; /* a task that waited: told of its end */
+    void *ud;
+    bool waiting;             /* yielded by a waiting call */
+    bool broken;              /* its coroutine ended in an error: not reused */
+    bool sleeping;            /* the timer ending is the wait's success (ws.sleep) */
+    const char *woke;         /* why the wait ended early: "timeout", "closed", ...; NULL: done */
+    lb_task_cancel_fn cancel; /* stops the wait's own work, or NULL */
+    void *wait_ud;            /* the wait's own state */
+    double wait_started;      /* ev_now when the wait began */
+    struct lb_task *prev, *next; /* a->waiting, or a->idle */
+};
+
+/* A task from the pool with its coroutine empty; NULL when the heap is full. */
+struct lb_task *lb_task_new(struct lb_app *a);
+
+/* Runs the function below nargs arguments on t->co under the handler budget (what names it,
+ * conn the connection it runs for, or 0). DONE and FAILED give t back to the pool; WAITING
+ * leaves it running: set t->done and t->ud. */
+enum lb_task_result lb_task_start(struct lb_task *t, int nargs, const char *what, uint64_t conn);
+
+/* The task a waiting call (api names it) runs in. Raises for misuse: outside a handler, inside
+ * load, in a handler that cannot wait, inside a coroutine of the app's own, or where Lua cannot
+ * yield (a metamethod, a C function such as table.sort). [-0, +0, v] */
+struct lb_task *lb_task_waiter(lua_State *L, const char *api);
+
+/* Yields t (L is t->co) until lb_task_wake, or timeout seconds (sleeping: the timer ending is
+ * the success, else it wakes the task with "timeout"). On resumption k runs with t as its
+ * context; t->woke says why the wait ended. cancel/wait_ud: the wait's own work. [-?, +?, -] */
+int lb_task_wait(lua_State *L, struct lb_task *t, double timeout, bool sleeping,
+                 lb_task_cancel_fn cancel, void *wait_ud, lua_KFunction k);
+
+/* Ends t's wait now and resumes it (why: NULL for success, else the reason its waiting call
+ * reports). Calls t->cancel first when why is set. For watcher callbacks. */
+void lb_task_wake(struct lb_task *t, const char *why);
+
+/* The one cancel path (close, shutdown): ends t's wait with nil, why on the next loop
+ * iteration; later waits of t return nil, why at once. */
+void lb_task_cancel(struct lb_task *t, const char *why);
+
+/* Cancels every waiting task with why; waits that begin later return nil, why at once. */
+void lb_task_cancel_all(struct lb_app *a, const char *why);
+
+/* Frees the tasks (waiting ones never resume) before the state closes. */
+void lb_task_free_all(struct lb_app *a);
+
 /* ---- lb_conn ---- */
 
 /* Registers the conn metatable. [-0, +0, m] */
 void lb_conn_open(lua_State *L);
 
-/* Pushes the userdata for c, creating it on first use. [-0, +1, m] */
-void lb_conn_push(struct lb_app *a, struct ws_conn *c);
+/* Pushes the userdata for c onto L, creating it on first use. [-0, +1, m] */
+void lb_conn_push(lua_State *L, struct ws_conn *c);
 
-/* Pushes c's userdata when it exists already and returns true; pushes nothing and returns
- * false otherwise. Never allocates. [-0, +0|+1, -] */
-bool lb_conn_push_existing(struct lb_app *a, struct ws_conn *c);
+/* Pushes c's userdata onto L when it exists already and returns true; pushes nothing and
+ * returns false otherwise. Never allocates. [-0, +0|+1, -] */
+bool lb_conn_push_existing(lua_State *L, struct ws_conn *c);
 
 /* The connection is going away: the userdata becomes a stale handle. [-0, +0, -] */
 void lb_conn_release(struct lb_app *a, struct ws_conn *c);
@@ -135,6 +235,11 @@ struct ws_conn *lb_conn_check(lua_State *L, int idx);
 /* Raises unless a text message is valid UTF-8 (RFC 6455 §5.6); hint says how to send binary
  * instead. [-0, +0, v] */
 void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint);
+
+/* ---- lb_http ---- */
+
+/* Pushes the ws.http table (request, get, post) and registers its metatables. [-0, +1, m] */
+void lb_http_open(lua_State *L);
 
 /* ---- lb_ws ---- */
 

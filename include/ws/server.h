@@ -42,6 +42,7 @@ struct ws_server {
     ev_timer accept_retry; /* accepting again after running out of descriptors */
     ev_timer batch_timer;  /* the next batch of closes during a shutdown */
     int spare_fd;          /* kept open to recover from EMFILE */
+    bool cancelled;        /* the shutdown timeout ended the app's waiting handlers */
 };
 
 /* Creates a server on loop with a copy of cfg and the app. Returns NULL and fills err when a

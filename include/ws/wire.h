@@ -21,6 +21,7 @@ struct ws_wire {
     struct ws_outq out;
     bool secured;        /* the transport's own handshake (TLS) is done */
     bool reading_paused; /* the owner stopped reading (back-pressure) */
+    bool reading_held;   /* the app stopped reading (its handlers are behind) */
     bool wr_shut;        /* our sending side is shut: queued bytes are dropped */
 };
 
@@ -32,13 +33,14 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
 /* Sets the watcher's events (what ws_wire_watch decided changed). */
 void ws_wire_rewatch(struct ws_wire *w, struct ev_loop *loop, int events);
 
-/* Watches for reading unless paused, and for writing when want_write. No-op once closed. Inline:
+/* Watches for reading unless paused or held, and for writing when want_write. No-op once closed.
+ * Inline:
  * it runs after every write and nearly always finds nothing to change. */
 static inline void ws_wire_watch(struct ws_wire *w, struct ev_loop *loop, bool want_write)
 {
     if (w->fd < 0)
         return;
-    int events = (w->reading_paused ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
+    int events = (w->reading_paused || w->reading_held ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
     if (events != (w->io.events & (EV_READ | EV_WRITE)) || !ev_is_active(&w->io))
         ws_wire_rewatch(w, loop, events);
 }

@@ -298,6 +298,9 @@ local OPTIONS = {
   {name = "pong_timeout", type = "seconds", min = 0.01, max = 86400, default = 10},
   {name = "idle_timeout", type = "seconds", min = 0, max = 86400, default = 0},
   {name = "handler_timeout", type = "seconds", min = 0.001, max = 3600, default = 1},
+  {name = "io_timeout", type = "seconds", min = 0.001, max = 86400, default = 10},
+  {name = "max_pending_bytes", type = "int", min = 0, max = SIZE_LIMIT, default = 0},
+  {name = "http_max_concurrent", type = "int", min = 1, max = 1000000, default = 256},
   {name = "lua_memory_limit", type = "int", min = 1048576, max = 1099511627776,
    default = 536870912},
   {name = "protocols", type = "list"},
@@ -1360,6 +1363,18 @@ function Server:_build_ws()
   W.every = api("every", "field", function(...)
     return (start_timer(true, ...))
   end)
+
+  -- Handlers that wait (SPEC §4a) are not simulated yet: the kit runs handlers as plain calls.
+  W.sleep = api("sleep", "field", function()
+    error("ws.sleep is not simulated by the testing kit yet", 2)
+  end)
+  local HTTP = {}
+  for _, name in ipairs({"request", "get", "post"}) do
+    HTTP[name] = api(name, "field", function()
+      error("ws.http." .. name .. " is not simulated by the testing kit yet", 2)
+    end)
+  end
+  W.http = readonly(HTTP)
 
   W.stats = api("stats", "field", function()
     local st = {}

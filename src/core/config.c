@@ -67,7 +67,14 @@ const struct ws_option ws_options[] = {
     {"idle_timeout", WS_OPT_SECONDS, OFF(idle_timeout), 0, SECONDS_MAX, NULL, true, "S",
      "close after this long without a data message, 0 off (default 0)"},
     {"handler_timeout", WS_OPT_SECONDS, OFF(handler_timeout), 0.001, 3600, NULL, true, "S",
-     "a Lua callback running longer is interrupted (default 1)"},
+     "a handler running longer between two waits is interrupted (default 1)"},
+    {"io_timeout", WS_OPT_SECONDS, OFF(io_timeout), 0.001, SECONDS_MAX, NULL, true, "S",
+     "default timeout of a waiting call (ws.http, ...) (default 10)"},
+    {"max_pending_bytes", WS_OPT_INT, OFF(max_pending_bytes), 0, SIZE_LIMIT, NULL, true, "BYTES",
+     "message bytes queued behind a waiting handler before the connection stops reading "
+     "(default 0: 2 x max_message_size)"},
+    {"http_max_concurrent", WS_OPT_INT, OFF(http_max_concurrent), 1, 1000000, NULL, true, "N",
+     "outbound HTTP requests in flight; more wait their turn (default 256)"},
     {"lua_memory_limit", WS_OPT_INT, OFF(lua_memory_limit), 1048576, 1099511627776.0, NULL, true,
      "BYTES", "Lua heap cap (default 536870912)"},
     {"protocols", WS_OPT_LIST, OFF(protocols), 0, 0, NULL, true, "NAME",
@@ -143,6 +150,8 @@ void ws_config_init(struct ws_config *cfg)
     cfg->ping_interval = 30;
     cfg->pong_timeout = 10;
     cfg->handler_timeout = 1;
+    cfg->io_timeout = 10;
+    cfg->http_max_concurrent = 256;
     cfg->lua_memory_limit = 536870912;
     set_string(&cfg->compression, "off");
     cfg->compress_min_size = 128;

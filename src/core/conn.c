@@ -564,7 +564,7 @@ static void on_read(struct ws_conn *c)
         on_bytes(c, env->rbuf, (size_t)n);
         if (c->state == WS_CONN_CLOSED)
             return;
-    } while (ws_wire_pending(&c->wire));
+    } while (ws_wire_pending(&c->wire) && !c->wire.reading_held);
     /* Stop reading from a peer whose replies pile up, until they drain (TCP pushes back). */
     if (c->wire.out.bytes > (size_t)cfg(c)->max_buffered / 2 && c->state == WS_CONN_OPEN)
         c->wire.reading_paused = true;
@@ -583,6 +583,26 @@ static void on_io(struct ev_loop *loop, ev_io *w, int revents)
         else
             ws_conn_flush(c);
     }
+}
+
+void ws_conn_hold_reading(struct ws_conn *c, bool held)
+{
+    if (c->wire.reading_held == held || c->state == WS_CONN_CLOSED)
+        return;
+    c->wire.reading_held = held;
+    ws_wire_watch(&c->wire, c->env->loop, c->wire.out.bytes > 0);
+    /* TLS may hold decrypted bytes the socket will not signal again */
+    if (!held && c->wire.secured && ws_wire_pending(&c->wire))
+        ev_feed_event(c->env->loop, &c->wire.io, EV_READ);
+}
+
+void ws_conn_unhold(struct ws_conn *c)
+{
+    if (!c->held)
+        return;
+    c->held = false;
+    c->next_dead = c->env->dead_head;
+    c->env->dead_head = c;
 }
 
 /* ---- Timeouts: the table in heartbeat.c, carried out here ---- */
@@ -693,6 +713,12 @@ void ws_conn_run_pending(struct ws_env *env)
                 while (*p != c)
                     p = &(*p)->next_flush;
                 *p = c->next_flush;
+                c->in_flush_list = false;
+            }
+            /* SPEC §4a: a handler still running for c finishes first; close comes after it */
+            if (!env->stopped && c->opened && env->ops->hold && env->ops->hold(env->app, c)) {
+                c->held = true;
+                continue;
             }
             ws_conn_destroy(c);
         }

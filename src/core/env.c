@@ -14,6 +14,23 @@ const double ws_stats_latency_bounds[WS_STATS_LATENCY_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1.0, 1e300,
 };
 
+const double ws_stats_http_bounds[WS_STATS_LATENCY_BUCKETS] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 1e300,
+};
+
+void ws_stats_observe_http(struct ws_stats *st, enum ws_stats_http_result result, double seconds)
+{
+    st->http_results[result]++;
+    st->http_calls++;
+    st->http_seconds += seconds;
+    for (int i = 0; i < WS_STATS_LATENCY_BUCKETS; i++) {
+        if (seconds <= ws_stats_http_bounds[i]) {
+            st->http_buckets[i]++;
+            break;
+        }
+    }
+}
+
 void ws_stats_observe_handler(struct ws_stats *st, double seconds)
 {
     st->handler_calls++;

@@ -222,6 +222,8 @@ static const struct series plain[] = {
     {"wsserver_handler_errors_total", "counter", "Lua handler calls that failed.",
      U64(stats.handler_errors)},
     {"wsserver_lua_memory_bytes", "gauge", "Bytes of the Lua heap.", U64(lua_bytes)},
+    {"wsserver_handlers_waiting", "gauge", "Handlers waiting now (ws.sleep, ws.http).",
+     U64(stats.handlers_waiting)},
     {"process_start_time_seconds", "gauge",
      "Start time of the process since the Unix epoch in seconds.", DBL(started)},
     {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
@@ -352,6 +354,49 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
             printf_buf(out, "%s %.9f\n", name, s->stats.handler_seconds);
             printf_buf(out, "wsserver_handler_duration_seconds_count %llu\n",
                        (unsigned long long)s->stats.handler_calls);
+        }
+    }
+
+    static const char *const results[WS_STATS_HTTP_RESULTS] = {"ok", "error", "timeout"};
+    header(out, "wsserver_http_client_requests_total", "counter",
+           "Outbound HTTP requests (ws.http) by result.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        for (int k = 0; k < WS_STATS_HTTP_RESULTS; k++) {
+            snprintf(labels, sizeof(labels), "result=\"%s\"", results[k]);
+            labelled(out, b, s, "wsserver_http_client_requests_total", labels,
+                     (double)s->stats.http_results[k]);
+        }
+    }
+
+    header(out, "wsserver_http_client_duration_seconds", "histogram",
+           "Time outbound HTTP requests (ws.http) took.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        uint64_t cumulative = 0;
+        for (int k = 0; k < WS_STATS_LATENCY_BUCKETS; k++) {
+            cumulative += s->stats.http_buckets[k];
+            if (k == WS_STATS_LATENCY_BUCKETS - 1)
+                snprintf(labels, sizeof(labels), "le=\"+Inf\"");
+            else
+                snprintf(labels, sizeof(labels), "le=\"%g\"", ws_stats_http_bounds[k]);
+            labelled(out, b, s, "wsserver_http_client_duration_seconds_bucket", labels,
+                     (double)cumulative);
+        }
+        if (b->n > 1) {
+            printf_buf(out, "wsserver_http_client_duration_seconds_sum{worker=\"%d\"} %.9f\n",
+                       s->worker, s->stats.http_seconds);
+            printf_buf(out, "wsserver_http_client_duration_seconds_count{worker=\"%d\"} %llu\n",
+                       s->worker, (unsigned long long)s->stats.http_calls);
+        } else {
+            printf_buf(out, "wsserver_http_client_duration_seconds_sum %.9f\n",
+                       s->stats.http_seconds);
+            printf_buf(out, "wsserver_http_client_duration_seconds_count %llu\n",
+                       (unsigned long long)s->stats.http_calls);
         }
     }
 }

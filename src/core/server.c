@@ -259,7 +259,9 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
     (void)revents;
     struct ws_server *srv = w->data;
     ws_conn_run_pending(&srv->env);
-    if (srv->env.draining && srv->env.conns.count == 0)
+    /* SPEC §4a: a graceful shutdown also waits for the app's waiting handlers */
+    if (srv->env.draining && srv->env.conns.count == 0 &&
+        !(srv->env.ops->busy && srv->env.ops->busy(srv->env.app)))
         ev_break(loop, EVBREAK_ALL);
 }
 
@@ -290,6 +292,17 @@ static void on_shutdown_timer(struct ev_loop *loop, ev_timer *w, int revents)
     /* shutdown_timeout reached: drop whoever is left */
     for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
         ws_conn_abort((struct ws_conn *)node, 1001, "shutdown timeout");
+    /* waiting handlers end: their calls return nil, "shutdown" and they finish on the next
+     * iterations, which on_prepare ends once they have; a handler that does not is given one
+     * more second */
+    if (!srv->cancelled && srv->env.ops->cancel && srv->env.ops->busy &&
+        srv->env.ops->busy(srv->env.app)) {
+        srv->cancelled = true;
+        srv->env.ops->cancel(srv->env.app, "shutdown");
+        ev_timer_set(w, 1, 0);
+        ev_timer_start(loop, w);
+        return;
+    }
     ev_break(loop, EVBREAK_ALL);
 }
 
@@ -406,6 +419,12 @@ void ws_server_free(struct ws_server *srv)
         return;
     for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
         ws_conn_abort((struct ws_conn *)node, 1001, "server stopped");
+    if (srv->env.ops->cancel)
+        srv->env.ops->cancel(srv->env.app, "shutdown");
+    /* the app holds no connection any more: each one still held is reported and freed now */
+    srv->env.stopped = true;
+    for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
+        ws_conn_unhold((struct ws_conn *)node);
     ws_conn_run_pending(&srv->env);
     close_listeners(srv, false);
     ev_prepare_stop(srv->env.loop, &srv->prepare);

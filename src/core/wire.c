@@ -17,7 +17,7 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
     w->transport = transport;
     w->transport_state = transport_state;
     ws_outq_init(&w->out);
-    w->secured = w->reading_paused = w->wr_shut = false;
+    w->secured = w->reading_paused = w->reading_held = w->wr_shut = false;
     ev_io_init(&w->io, cb, fd, EV_READ);
     w->io.data = data;
     ev_io_start(loop, &w->io);

@@ -17,10 +17,11 @@
 #include <string.h>
 #include <strings.h>
 
-/* One event for a protected call. Building a handler's arguments and reading its results
- * allocate Lua memory and may run metamethods, so they run inside lb_call too: at the heap cap
+/* One event for a handler's task. Building a handler's arguments and reading its results
+ * allocate Lua memory and may run metamethods, so they run inside the task too: at the heap cap
  * (SPEC §4) an allocation failure fails that call instead of aborting the process from an
- * unprotected context. */
+ * unprotected context. The event lives on the caller's stack: a task reads it only before its
+ * first wait. */
 struct event {
     struct lb_app *a;
     struct ws_conn *c;
@@ -36,18 +37,68 @@ struct event {
     bool routed;                      /* http: a route matched */
 };
 
+/* An event that came while the connection's handler waits (SPEC §4a), its bytes copied. */
+struct pending {
+    struct pending *next;
+    enum lb_handler kind; /* LB_MESSAGE or LB_DRAIN */
+    bool binary;
+    size_t len;
+    uint8_t data[];
+};
+
+/* A connection's handlers in order: the task waiting for it and what came meanwhile. Made when
+ * one of its handlers first waits (c->app_state), freed with the connection. */
+struct connq {
+    struct lb_app *a;
+    struct ws_conn *c;    /* NULL once the connection is freed */
+    struct lb_task *task; /* the handler waiting, or NULL */
+    const char *what;     /* its name */
+    struct pending *head, *tail;
+    size_t bytes; /* message bytes queued */
+};
+
 static bool has_handler(struct lb_app *a, enum lb_handler h)
 {
     return a->handlers[h] != LUA_NOREF;
 }
 
-/* Runs fn with the event as its only (light userdata) argument under lb_call. Pushing a light C
- * function and a light userdata never allocates. Returns lb_call's result. */
-static int run(struct lb_app *a, lua_CFunction fn, struct event *e, int nres, const char *what)
+/* Runs fn with the event as its only (light userdata) argument in task t (or a new one).
+ * Pushing a light C function and a light userdata never allocates; a fresh coroutine has
+ * LUA_MINSTACK slots. *waiting gets the task when it waits. */
+static enum lb_task_result run_in(struct lb_app *a, struct lb_task *t, lua_CFunction fn,
+                                  struct event *e, const char *what, bool can_wait,
+                                  struct lb_task **waiting)
 {
-    lua_pushcfunction(a->L, fn);
-    lua_pushlightuserdata(a->L, e);
-    return lb_call_for(a, 1, nres, what, e->c ? e->c->node.id : 0);
+    uint64_t id = e->c ? e->c->node.id : 0;
+    if (!t)
+        t = lb_task_new(a);
+    if (!t) {
+        lb_report_error(a, what, id, "not enough memory");
+        return LB_TASK_FAILED;
+    }
+    if (!can_wait)
+        t->no_wait = what;
+    lua_pushcfunction(t->co, fn);
+    lua_pushlightuserdata(t->co, e);
+    enum lb_task_result r = lb_task_start(t, 1, what, id);
+    if (waiting)
+        *waiting = r == LB_TASK_WAITING ? t : NULL;
+    return r;
+}
+
+static enum lb_task_result run(struct lb_app *a, lua_CFunction fn, struct event *e,
+                               const char *what)
+{
+    return run_in(a, NULL, fn, e, what, true, NULL);
+}
+
+/* The continuation of a handler called with lua_callk: it waited and returned. */
+static int handler_done(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)L;
+    (void)status;
+    (void)ctx;
+    return 0;
 }
 
 /* app.error(message, conn) [-0, +0, e] */
@@ -56,8 +107,8 @@ static int call_error(lua_State *L)
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_ERROR]);
     lua_pushfstring(L, "%s handler failed: %s", e->text, e->a->last_error);
-    lb_conn_push(e->a, e->c);
-    lua_call(L, 2, 0);
+    lb_conn_push(L, e->c);
+    lua_callk(L, 2, 0, 0, handler_done);
     return 0;
 }
 
@@ -67,24 +118,102 @@ static void handler_failed(struct lb_app *a, struct ws_conn *c, const char *what
 {
     if (has_handler(a, LB_ERROR)) {
         struct event e = {.a = a, .c = c, .text = what};
-        run(a, call_error, &e, 0, "error");
+        run(a, call_error, &e, "error");
     }
     ws_conn_close(c, 1011, "internal error", 14);
 }
 
-/* Runs a connection's handler through fn; a failure goes to handler_failed. */
+/* ---- per-connection order (SPEC §4a) ---- */
+
+static void drain_queue(struct connq *q);
+
+/* Message bytes a waiting handler may have queued before its connection stops reading. */
+static size_t pending_limit(const struct ws_conn *c)
+{
+    const struct ws_config *cfg = &c->env->cfg;
+    return cfg->max_pending_bytes ? (size_t)cfg->max_pending_bytes
+                                  : 2 * (size_t)cfg->max_message_size;
+}
+
+static struct connq *queue_of(struct lb_app *a, struct ws_conn *c)
+{
+    struct connq *q = c->app_state;
+    if (!q) {
+        q = ws_xcalloc(1, sizeof(*q));
+        q->a = a;
+        q->c = c;
+        c->app_state = q;
+    }
+    return q;
+}
+
+/* True when c's handlers are behind: a new event must queue. */
+static bool busy(const struct ws_conn *c)
+{
+    const struct connq *q = c->app_state;
+    return q && (q->task || q->head);
+}
+
+static void enqueue(struct lb_app *a, struct ws_conn *c, enum lb_handler kind, const uint8_t *data,
+                    size_t len, bool binary)
+{
+    struct connq *q = queue_of(a, c);
+    struct pending *p = ws_xmalloc(sizeof(*p) + len);
+    p->next = NULL;
+    p->kind = kind;
+    p->binary = binary;
+    p->len = len;
+    if (len)
+        memcpy(p->data, data, len);
+    if (q->tail)
+        q->tail->next = p;
+    else
+        q->head = p;
+    q->tail = p;
+    q->bytes += len;
+    if (q->bytes > pending_limit(c))
+        ws_conn_hold_reading(c, true); /* TCP pushes back on the peer */
+}
+
+static void on_conn_task_done(struct lb_app *a, void *ud, bool failed)
+{
+    struct connq *q = ud;
+    q->task = NULL;
+    if (failed && q->c)
+        handler_failed(a, q->c, q->what);
+    drain_queue(q);
+}
+
+/* After a connection's handler ran: a failure closes the connection; a wait makes later events
+ * queue until it ends. */
+static void settle(struct lb_app *a, struct ws_conn *c, enum lb_task_result r, struct lb_task *t,
+                   const char *what)
+{
+    if (r == LB_TASK_FAILED) {
+        handler_failed(a, c, what);
+    } else if (r == LB_TASK_WAITING) {
+        struct connq *q = queue_of(a, c);
+        q->task = t;
+        q->what = what;
+        t->done = on_conn_task_done;
+        t->ud = q;
+    }
+}
+
+/* Runs a connection's handler through fn now. */
 static void call_conn(struct lb_app *a, lua_CFunction fn, struct event *e, const char *what)
 {
-    if (run(a, fn, e, 0, what) < 0)
-        handler_failed(a, e->c, what);
+    struct lb_task *t = NULL;
+    enum lb_task_result r = run_in(a, NULL, fn, e, what, true, &t);
+    settle(a, e->c, r, t, what);
 }
 
 /* ---- upgrade: the request as a table ---- */
+/* ---- upgrade: the request as a table ---- */
 
 /* Pushes req as the table upgrade() and http routes receive. [-0, +1, m] */
-static void push_request(struct lb_app *a, struct ws_conn *c, const struct ws_http_request *req)
+static void push_request(lua_State *L, struct ws_conn *c, const struct ws_http_request *req)
 {
-    lua_State *L = a->L;
     lua_createtable(L, 0, 10);
     lua_pushlstring(L, req->method.p, req->method.n);
     lua_setfield(L, -2, "method");
@@ -202,7 +331,7 @@ static int call_upgrade(lua_State *L)
     struct lb_app *a = e->a;
     struct ws_upgrade_reply *reply = e->upgrade;
     lb_push_ref(L, a->handlers[LB_UPGRADE]);
-    push_request(a, e->c, e->req);
+    push_request(L, e->c, e->req);
     lua_call(L, 1, 4);
     if (lua_istable(L, 2)) {
         /* accept with {protocol = ..., data = ...} */
@@ -212,7 +341,7 @@ static int call_upgrade(lua_State *L)
         lua_pop(L, 1);
         lua_getfield(L, 2, "data");
         if (!lua_isnil(L, -1)) {
-            lb_conn_push(a, e->c);
+            lb_conn_push(L, e->c);
             lua_pushvalue(L, -2);
             lua_setfield(L, -2, "data");
             lua_pop(L, 1);
@@ -245,7 +374,8 @@ static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_reques
     if (!has_handler(a, LB_UPGRADE))
         return;
     struct event e = {.a = a, .c = c, .req = req, .upgrade = reply};
-    if (run(a, call_upgrade, &e, 0, "upgrade") < 0) {
+    /* upgrade cannot wait (yet): the 101 or the refusal goes out when it returns */
+    if (run_in(a, NULL, call_upgrade, &e, "upgrade", false, NULL) != LB_TASK_DONE) {
         free(reply->body);
         free(reply->headers);
         reply->body = NULL;
@@ -260,8 +390,8 @@ static int call_open(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_OPEN]);
-    lb_conn_push(e->a, e->c);
-    lua_call(L, 1, 0);
+    lb_conn_push(L, e->c);
+    lua_callk(L, 1, 0, 0, handler_done);
     return 0;
 }
 
@@ -289,10 +419,41 @@ static int call_message(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_MESSAGE]);
-    lb_conn_push(e->a, e->c);
+    lb_conn_push(L, e->c);
     push_message(L, e->data, e->len, e->binary);
-    lua_call(L, 3, 0);
+    lua_callk(L, 3, 0, 0, handler_done);
     return 0;
+}
+
+/* Runs message(conn, data, kind) for c now. */
+static void dispatch_message(struct lb_app *a, struct ws_conn *c, const uint8_t *data, size_t len,
+                             bool binary, const char *gone)
+{
+    struct lb_task *t = lb_task_new(a);
+    if (!t) {
+        lb_report_error(a, "message", c->node.id, "not enough memory");
+        handler_failed(a, c, "message");
+        return;
+    }
+    t->gone = gone;
+    lua_State *co = t->co;
+    /* Fast path, the steady state: the conn userdata exists and the heap has room for the
+     * message, so the pushes below cannot raise outside a protected call (a coroutine of the
+     * pool has an empty stack of LUA_MINSTACK slots). */
+    if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096) {
+        lb_push_ref(co, a->handlers[LB_MESSAGE]);
+        if (lb_conn_push_existing(co, c)) {
+            push_message(co, data, len, binary);
+            enum lb_task_result r = lb_task_start(t, 3, "message", c->node.id);
+            settle(a, c, r, t, "message");
+            return;
+        }
+        lua_settop(co, 0);
+    }
+    struct event e = {.a = a, .c = c, .data = data, .len = len, .binary = binary};
+    struct lb_task *waiting = NULL;
+    enum lb_task_result r = run_in(a, t, call_message, &e, "message", true, &waiting);
+    settle(a, c, r, waiting, "message");
 }
 
 static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t len, bool binary)
@@ -300,21 +461,10 @@ static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t
     struct lb_app *a = app;
     if (!has_handler(a, LB_MESSAGE))
         return;
-    lua_State *L = a->L;
-    /* Fast path, the steady state: the conn userdata exists, the stack has room and the heap
-     * has room for the message, so the pushes below cannot raise outside a protected call. */
-    if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096 && lua_checkstack(L, 8)) {
-        lb_push_ref(L, a->handlers[LB_MESSAGE]);
-        if (lb_conn_push_existing(a, c)) {
-            push_message(L, data, len, binary);
-            if (lb_call_for(a, 3, 0, "message", c->node.id) < 0)
-                handler_failed(a, c, "message");
-            return;
-        }
-        lua_pop(L, 1);
-    }
-    struct event e = {.a = a, .c = c, .data = data, .len = len, .binary = binary};
-    call_conn(a, call_message, &e, "message");
+    if (busy(c)) /* SPEC §4a: after the handler that waits, in arrival order */
+        enqueue(a, c, LB_MESSAGE, data, len, binary);
+    else
+        dispatch_message(a, c, data, len, binary, NULL);
 }
 
 /* close(conn, code, reason) [-0, +0, e] */
@@ -322,10 +472,10 @@ static int call_close(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_CLOSE]);
-    lb_conn_push(e->a, e->c);
+    lb_conn_push(L, e->c);
     lua_pushinteger(L, e->code);
     lua_pushlstring(L, (const char *)e->data, e->len);
-    lua_call(L, 3, 0);
+    lua_callk(L, 3, 0, 0, handler_done);
     return 0;
 }
 
@@ -335,7 +485,8 @@ static void on_close(void *app, struct ws_conn *c, int code, const uint8_t *reas
     if (!has_handler(a, LB_CLOSE))
         return;
     struct event e = {.a = a, .c = c, .code = code, .data = reason, .len = len};
-    run(a, call_close, &e, 0, "close");
+    /* close may wait: the connection is freed meanwhile and its handle goes stale */
+    run(a, call_close, &e, "close");
 }
 
 /* drain(conn) [-0, +0, e] */
@@ -343,8 +494,8 @@ static int call_drain(lua_State *L)
 {
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_DRAIN]);
-    lb_conn_push(e->a, e->c);
-    lua_call(L, 1, 0);
+    lb_conn_push(L, e->c);
+    lua_callk(L, 1, 0, 0, handler_done);
     return 0;
 }
 
@@ -353,8 +504,71 @@ static void on_drain(void *app, struct ws_conn *c)
     struct lb_app *a = app;
     if (!has_handler(a, LB_DRAIN))
         return;
+    if (busy(c)) {
+        enqueue(a, c, LB_DRAIN, NULL, 0, false);
+        return;
+    }
     struct event e = {.a = a, .c = c};
     call_conn(a, call_drain, &e, "drain");
+}
+
+/* Runs the events that queued behind q's waiting handler, in order, until one of them waits.
+ * Once nothing is left, a connection held since it closed is let go: its close comes next. */
+static void drain_queue(struct connq *q)
+{
+    struct lb_app *a = q->a;
+    while (!q->task && q->head && q->c) {
+        struct ws_conn *c = q->c;
+        struct pending *p = q->head;
+        q->head = p->next;
+        if (!q->head)
+            q->tail = NULL;
+        q->bytes -= p->len;
+        if (c->wire.reading_held && q->bytes <= pending_limit(c) / 2)
+            ws_conn_hold_reading(c, false);
+        /* a connection that closed meanwhile: its handlers still run, in order, but cannot
+         * wait any more (a shutdown lets them: it waits for handlers) */
+        const char *gone = c->held && !c->env->draining ? "closed" : NULL;
+        if (p->kind == LB_MESSAGE && has_handler(a, LB_MESSAGE)) {
+            dispatch_message(a, c, p->data, p->len, p->binary, gone);
+        } else if (p->kind == LB_DRAIN && has_handler(a, LB_DRAIN)) {
+            struct event e = {.a = a, .c = c};
+            struct lb_task *t = lb_task_new(a);
+            if (t)
+                t->gone = gone;
+            struct lb_task *waiting = NULL;
+            enum lb_task_result r = run_in(a, t, call_drain, &e, "drain", true, &waiting);
+            settle(a, c, r, waiting, "drain");
+        }
+        free(p);
+    }
+    if (!q->task && !q->head && q->c && q->c->held)
+        ws_conn_unhold(q->c);
+}
+
+/* The core is about to report c's close and free it: while one of its handlers waits, or
+ * events are queued behind one, c is kept and that handler's wait ends with nil, "closed"
+ * (during a graceful shutdown it may finish its wait: the shutdown waits for it). */
+static bool on_hold(void *app, struct ws_conn *c)
+{
+    struct lb_app *a = app;
+    struct connq *q = c->app_state;
+    if (!q || (!q->task && !q->head))
+        return false;
+    if (q->task && !c->env->draining)
+        lb_task_cancel(q->task, "closed");
+    (void)a;
+    return true;
+}
+
+static bool on_busy(void *app)
+{
+    return ((struct lb_app *)app)->nwaiting > 0;
+}
+
+static void on_cancel(void *app, const char *reason)
+{
+    lb_task_cancel_all(app, reason);
 }
 
 /* app.http["METHOD /path"](req) -> status, body, headers. The lookup is an ordinary (not raw)
@@ -383,7 +597,7 @@ static int call_http(lua_State *L)
     if (lua_gettable(L, key - 1) != LUA_TFUNCTION)
         return 0;
     e->routed = true;
-    push_request(a, e->c, req);
+    push_request(L, e->c, req);
     lua_call(L, 1, 3);
     int isnum = 0;
     lua_Integer status = lua_type(L, -3) == LUA_TNUMBER ? lua_tointegerx(L, -3, &isnum) : 0;
@@ -414,7 +628,7 @@ static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *
         return false;
     struct event e = {.a = a, .c = c, .req = req, .http = reply};
     ws_buf_init(&e.headers);
-    if (run(a, call_http, &e, 0, "http") < 0) {
+    if (run_in(a, NULL, call_http, &e, "http", false, NULL) != LB_TASK_DONE) {
         /* the route (or a routing metamethod) failed */
         ws_buf_reset(&e.headers);
         free(reply->body);
@@ -435,7 +649,7 @@ static int call_shutdown(lua_State *L)
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_SHUTDOWN]);
     lua_pushstring(L, e->text);
-    lua_call(L, 1, 0);
+    lua_callk(L, 1, 0, 0, handler_done);
     return 0;
 }
 
@@ -446,7 +660,7 @@ static void on_shutdown(void *app, const char *reason)
     if (!has_handler(a, LB_SHUTDOWN))
         return;
     struct event e = {.a = a, .text = reason};
-    run(a, call_shutdown, &e, 0, "shutdown");
+    run(a, call_shutdown, &e, "shutdown");
 }
 
 static void on_reload(void *app)
@@ -468,6 +682,22 @@ static bool serves_http(void *app)
 
 static void on_release(void *app, struct ws_conn *c)
 {
+    struct connq *q = c->app_state;
+    if (q) {
+        /* only when the server is being freed can a handler still wait here: it never
+         * resumes */
+        if (q->task) {
+            q->task->done = NULL;
+            q->task->ud = NULL;
+        }
+        while (q->head) {
+            struct pending *p = q->head;
+            q->head = p->next;
+            free(p);
+        }
+        free(q);
+        c->app_state = NULL;
+    }
     lb_conn_release(app, c);
 }
 
@@ -483,4 +713,7 @@ const struct ws_app_ops lb_app_ops = {
     .shutdown = on_shutdown,
     .reload = on_reload,
     .release = on_release,
+    .hold = on_hold,
+    .busy = on_busy,
+    .cancel = on_cancel,
 };

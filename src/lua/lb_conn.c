@@ -38,11 +38,11 @@ struct ws_conn *lb_conn_check(lua_State *L, int idx)
     return check_box(L, idx)->c;
 }
 
-void lb_conn_push(struct lb_app *a, struct ws_conn *c)
+void lb_conn_push(lua_State *L, struct ws_conn *c)
 {
-    if (lb_conn_push_existing(a, c))
+    struct lb_app *a = lb_app_of(L);
+    if (lb_conn_push_existing(L, c))
         return;
-    lua_State *L = a->L;
     struct lb_box *box = lua_newuserdatauv(L, sizeof(*box), 1);
     box->c = c;
     box->id = c->node.id;
@@ -53,9 +53,9 @@ void lb_conn_push(struct lb_app *a, struct ws_conn *c)
     lua_pop(L, 1);
 }
 
-bool lb_conn_push_existing(struct lb_app *a, struct ws_conn *c)
+bool lb_conn_push_existing(lua_State *L, struct ws_conn *c)
 {
-    lua_State *L = a->L;
+    struct lb_app *a = lb_app_of(L);
     lb_push_ref(L, a->conns_ref);
     if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TNIL) {
         lua_pop(L, 2);

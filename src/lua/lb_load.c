@@ -6,6 +6,7 @@
 
 #include "ws/buf.h"
 #include "ws/err.h"
+#include "ws/http_client.h"
 #include "ws/log.h"
 #include "ws/notify.h"
 #include "ws/server.h"
@@ -80,8 +81,10 @@ void lb_app_free(struct lb_app *a)
         a->srv = NULL;
         a->closing = true;
         lb_ws_cancel_timers(a, 0);
+        lb_task_free_all(a);
         lua_close(a->L);
     }
+    ws_http_client_free(a->http); /* after the state: nothing refers to a request any more */
     ev_idle_stop(a->loop, &a->reload_idle);
     if (!a->status_pid) {
         char status[PATH_MAX];
@@ -436,7 +439,10 @@ static int call_load(struct lb_app *a, int fn_ref, uint64_t generation, const ch
     struct load_call c = {a, fn_ref, generation, trigger};
     lua_pushcfunction(a->L, call_load_fn);
     lua_pushlightuserdata(a->L, &c);
-    return lb_call(a, 1, 0, "load");
+    a->in_load++; /* SPEC §4a: load cannot wait */
+    int rc = lb_call(a, 1, 0, "load");
+    a->in_load--;
+    return rc;
 }
 
 /* Keeps the value on top in the registry; *ref is set before anything else can fail.
@@ -620,6 +626,8 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     a->config = v.next;
     a->mem_limit = (size_t)v.next.lua_memory_limit;
     a->handler_timeout = v.next.handler_timeout;
+    if (a->http)
+        ws_http_client_set_max(a->http, (size_t)a->config.http_max_concurrent);
     if (a->srv) {
         log_reload(a, trigger, true, NULL);
         ws_notify_ready();

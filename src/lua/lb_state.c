@@ -70,6 +70,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
             /* from now on raise at every instruction: a pcall loop cannot swallow it, the
              * error surfaces at the first instruction outside the innermost pcall */
             a->timed_out = true;
+            a->hooked = L; /* hooks are per thread: this one is put back after the run */
             lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
         }
         luaL_error(L, "handler exceeded handler_timeout (%f s)", a->handler_timeout);
@@ -91,7 +92,7 @@ static int traceback(lua_State *L)
 
 /* The text of the error object at idx without running any metamethod or converting it: what is
  * left of an error after a protected call, when nothing may raise any more. [-0, +0, -] */
-static const char *error_text(lua_State *L, int idx)
+const char *lb_error_text(lua_State *L, int idx)
 {
     if (lua_type(L, idx) == LUA_TSTRING)
         return lua_tostring(L, idx);
@@ -112,13 +113,49 @@ static int guarded_msgh(lua_State *L)
     return 1;
 }
 
+/* True when L is the coroutine of the running handler (lb_task): the app's code sees it as the
+ * main thread, which cannot yield: only waiting calls yield it. */
+static bool in_handler_thread(lua_State *L)
+{
+    struct lb_app *a = lb_app_of(L);
+    return a->current && a->current->co == L;
+}
+
+/* coroutine.yield: in a handler's own coroutine it raises as on the main thread (a pcall around
+ * it catches it); in a coroutine of the app's own it yields. [-?, +?, e] */
+static int guarded_yield(lua_State *L)
+{
+    if (in_handler_thread(L)) {
+        lua_pushliteral(L, "attempt to yield from outside a coroutine"); /* Lua's own words */
+        return lua_error(L);
+    }
+    return lua_yield(L, lua_gettop(L));
+}
+
+/* coroutine.isyieldable: false in a handler's own coroutine, as on the main thread. */
+static int guarded_isyieldable(lua_State *L)
+{
+    lua_State *co = lua_isnone(L, 1) ? L : lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "coroutine");
+    lua_pushboolean(L, lua_isyieldable(co) && !in_handler_thread(co));
+    return 1;
+}
+
 /* debug.sethook is not for apps: the handler budget (SPEC §4) is a hook. [-0, +0, v] */
 static int refuse_sethook(lua_State *L)
 {
     return luaL_error(L, "debug.sethook is not available: the server's handler budget uses it");
 }
 
-/* xpcall(f, msgh, ...) with msgh guarded. [-?, +?, e] */
+/* guarded_xpcall's continuation: a handler waited inside the xpcall. */
+static int xpcall_done(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L);
+}
+
+/* xpcall(f, msgh, ...) with msgh guarded; f may wait (SPEC §4a). [-?, +?, e] */
 static int guarded_xpcall(lua_State *L)
 {
     luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -127,8 +164,51 @@ static int guarded_xpcall(lua_State *L)
     lua_replace(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1)); /* the standard xpcall */
     lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, xpcall_done);
     return lua_gettop(L);
+}
+
+double lb_budget_begin(struct lb_app *a)
+{
+    double started = 0;
+    if (a->depth == a->base_depth) {
+        started = mono_now();
+        a->deadline = started + a->handler_timeout;
+        a->timed_out = false;
+        /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
+         * Lua's emergency collection, so garbage could fail a handler that would fit */
+        if (a->mem > a->mem_limit / 10 * 9)
+            lua_gc(a->L, LUA_GCCOLLECT);
+    }
+    a->depth++;
+    return started;
+}
+
+void lb_budget_end(struct lb_app *a, double started)
+{
+    a->depth--;
+    if (a->depth != a->base_depth)
+        return;
+    if (a->timed_out && a->hooked)
+        lua_sethook(a->hooked, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    a->hooked = NULL;
+    a->timed_out = false;
+    if (a->srv && started)
+        ws_stats_observe_handler(a->srv->env.stats, mono_now() - started);
+}
+
+void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg)
+{
+    snprintf(a->last_error, sizeof(a->last_error), "%s", msg);
+    struct ws_log_line l;
+    ws_log_begin(&l, WS_LOG_ERROR, "handler_error");
+    ws_log_cstr(&l, "handler", what);
+    if (conn)
+        ws_log_u64(&l, "conn", conn);
+    ws_log_text(&l, "error", msg, strlen(msg));
+    ws_log_end(&l);
+    if (a->srv)
+        a->srv->env.stats->handler_errors++;
 }
 
 int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_t conn)
@@ -162,14 +242,18 @@ int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_
         lua_pushcfunction(L, traceback);
         lua_insert(L, msgh);
     }
+    struct lb_task *task = a->current; /* on the main thread: no task's waits */
+    a->current = NULL;
     a->depth++;
     int rc = lua_pcall(L, nargs, nres, msgh);
     a->depth--;
+    a->current = task;
     if (nested)
         lua_remove(L, msgh);
     if (top) {
-        if (a->timed_out)
-            lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        if (a->timed_out && a->hooked)
+            lua_sethook(a->hooked, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        a->hooked = NULL;
         a->timed_out = false;
         if (a->depth > 0)
             a->deadline = saved_deadline; /* back to the enclosing lb_protect's budget */
@@ -180,17 +264,7 @@ int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_
         return 0;
     if (rc == LUA_ERRMEM && a->depth == 0)
         lua_gc(L, LUA_GCCOLLECT); /* what the failed handler built is garbage now */
-    const char *msg = error_text(L, -1);
-    snprintf(a->last_error, sizeof(a->last_error), "%s", msg);
-    struct ws_log_line l;
-    ws_log_begin(&l, WS_LOG_ERROR, "handler_error");
-    ws_log_cstr(&l, "handler", what);
-    if (conn)
-        ws_log_u64(&l, "conn", conn);
-    ws_log_text(&l, "error", msg, strlen(msg));
-    ws_log_end(&l);
-    if (a->srv)
-        a->srv->env.stats->handler_errors++;
+    lb_report_error(a, what, conn, lb_error_text(L, -1));
     lua_pop(L, 1);
     return -1;
 }
@@ -217,19 +291,23 @@ int lb_protect(struct lb_app *a, lua_CFunction fn, void *ud, char *err, size_t e
     }
     lua_pushcfunction(L, fn);
     lua_pushlightuserdata(L, ud);
+    struct lb_task *task = a->current;
+    a->current = NULL;
     a->depth++;
     a->base_depth = a->depth;
     int rc = lua_pcall(L, 1, 0, 0);
     a->base_depth = saved_base;
     a->depth--;
+    a->current = task;
     if (outermost) {
-        if (a->timed_out)
-            lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        if (a->timed_out && a->hooked)
+            lua_sethook(a->hooked, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        a->hooked = NULL;
         a->timed_out = false;
         a->deadline = saved_deadline;
     }
     if (rc != LUA_OK)
-        snprintf(err, errlen, "%s", error_text(L, -1));
+        snprintf(err, errlen, "%s", lb_error_text(L, -1));
     lua_settop(L, top);
     return rc == LUA_OK ? 0 : -1;
 }
@@ -270,7 +348,7 @@ static int on_panic(lua_State *L)
 {
     struct ws_log_line l;
     ws_log_begin(&l, WS_LOG_ERROR, "lua_panic");
-    ws_log_cstr(&l, "error", error_text(L, -1));
+    ws_log_cstr(&l, "error", lb_error_text(L, -1));
     ws_log_cstr(&l, "msg", "unprotected Lua error: the process aborts");
     ws_log_end(&l);
     ws_log_flush();
@@ -312,6 +390,12 @@ static int open_state(lua_State *L)
     lua_getglobal(L, "debug");
     lua_pushcfunction(L, refuse_sethook);
     lua_setfield(L, -2, "sethook");
+    lua_pop(L, 1);
+    lua_getglobal(L, "coroutine");
+    lua_pushcfunction(L, guarded_yield);
+    lua_setfield(L, -2, "yield");
+    lua_pushcfunction(L, guarded_isyieldable);
+    lua_setfield(L, -2, "isyieldable");
     lua_pop(L, 1);
     set_paths(a);
     return 0;

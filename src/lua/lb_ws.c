@@ -53,13 +53,18 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)revents;
     struct lb_timer *t = (struct lb_timer *)w;
     struct lb_app *a = t->a;
-    lua_State *L = a->L;
-    lb_push_ref(L, t->self_ref); /* keep the handle alive through the call */
-    lb_push_ref(L, t->fn_ref);
+    struct lb_task *task = lb_task_new(a);
+    const char *what = t->repeat ? "every" : "after";
+    if (!task) {
+        lb_report_error(a, what, 0, "not enough memory");
+        return;
+    }
+    /* the callback runs as a task of its own: it may wait (SPEC §4a); a repeating timer does
+     * not wait for the previous run */
+    lb_push_ref(task->co, t->fn_ref);
     if (!t->repeat)
-        timer_disarm(t);
-    lb_call(a, 0, 0, t->repeat ? "every" : "after");
-    lua_pop(L, 1);
+        timer_disarm(t); /* the handle may go now: nothing below touches it */
+    lb_task_start(task, 0, what, 0);
 }
 
 void lb_ws_cancel_timers(struct lb_app *a, uint64_t keep_generation)
@@ -131,7 +136,7 @@ static struct ws_server *server(lua_State *L)
 }
 
 struct filter_ctx {
-    struct lb_app *a;
+    lua_State *L; /* the thread ws.broadcast runs on */
     int fn_idx;
     bool failed; /* the error object is on the stack */
 };
@@ -140,7 +145,7 @@ struct filter_ctx {
  * raise (heap cap) and must not unwind through ws_server_broadcast. [-2, +1, e] */
 static int call_filter(lua_State *L)
 {
-    lb_conn_push(lb_app_of(L), lua_touserdata(L, 2));
+    lb_conn_push(L, lua_touserdata(L, 2));
     lua_replace(L, 2);
     lua_call(L, 1, 1);
     return 1;
@@ -149,7 +154,7 @@ static int call_filter(lua_State *L)
 static bool run_filter(void *ctx, struct ws_conn *c)
 {
     struct filter_ctx *f = ctx;
-    lua_State *L = f->a->L;
+    lua_State *L = f->L;
     if (f->failed)
         return false;
     lua_pushcfunction(L, call_filter);
@@ -205,7 +210,7 @@ static int ws_broadcast(lua_State *L)
     uint8_t opcode = opts_opcode(L, 2);
     lb_check_text(L, opcode, data, len, "pass {binary = true}");
     uint64_t except = except_id(L, 2);
-    struct filter_ctx f = {lb_app_of(L), 0, false};
+    struct filter_ctx f = {L, 0, false};
     if (!lua_isnoneornil(L, 2)) {
         lua_getfield(L, 2, "filter");
         if (!lua_isnil(L, -1)) {
@@ -300,7 +305,7 @@ static int ws_get(lua_State *L)
     struct ws_server *srv = server(L);
     struct ws_conn *c = srv && id > 0 ? ws_server_get(srv, (uint64_t)id) : NULL;
     if (c && c->opened)
-        lb_conn_push(lb_app_of(L), c);
+        lb_conn_push(L, c);
     else
         lua_pushnil(L);
     return 1;
@@ -335,7 +340,7 @@ static int ws_connections(lua_State *L)
          node = node->next) {
         struct ws_conn *c = (struct ws_conn *)node;
         if (c->state == WS_CONN_OPEN) {
-            lb_conn_push(a, c);
+            lb_conn_push(L, c);
             lua_rawseti(L, -2, ++i);
         }
     }
@@ -441,6 +446,30 @@ static int ws_now(lua_State *L)
     return 1;
 }
 
+/* ws.sleep's continuation: true, or nil and why the wait ended early. [-0, +1|+2, -] */
+static int sleep_done(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    struct lb_task *t = (struct lb_task *)ctx;
+    if (t->woke) {
+        lua_pushnil(L);
+        lua_pushstring(L, t->woke);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ws.sleep(seconds) -> true; nil, "closed" | "shutdown" when the wait was cancelled. Waits
+ * without blocking the loop (SPEC §4a). [-0, +1|+2, v] */
+static int ws_sleep(lua_State *L)
+{
+    lua_Number seconds = luaL_checknumber(L, 1);
+    luaL_argcheck(L, seconds >= 0 && isfinite(seconds), 1, "seconds must be a number >= 0");
+    struct lb_task *t = lb_task_waiter(L, "ws.sleep");
+    return lb_task_wait(L, t, seconds, true, NULL, NULL, sleep_done);
+}
+
 /* ws.reload() -> true: the app reloads between two loop iterations [-0, +1, -] */
 static int ws_reload(lua_State *L)
 {
@@ -484,6 +513,7 @@ static const luaL_Reg ws_funcs[] = {
     {"count", ws_count},
     {"after", ws_after},
     {"every", ws_every},
+    {"sleep", ws_sleep},
     {"stats", ws_stats},
     {"now", ws_now},
     {"reload", ws_reload},
@@ -546,6 +576,9 @@ void lb_ws_open(struct lb_app *a)
     }
     make_readonly(L);
     lua_setfield(L, -2, "close_codes");
+    lb_http_open(L);
+    make_readonly(L);
+    lua_setfield(L, -2, "http");
     lua_newtable(L);
     lua_pushvalue(L, -1);
     a->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
