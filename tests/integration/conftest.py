@@ -13,6 +13,7 @@ import tempfile
 import pytest
 
 import wsraw
+from wsclient import terminate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
@@ -49,14 +50,7 @@ class Server:
 
     def stop(self, timeout=15.0):
         """SIGTERM and wait; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
 
 @pytest.fixture(autouse=True)

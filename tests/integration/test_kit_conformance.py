@@ -32,6 +32,7 @@ import time
 import pytest
 
 import wsraw
+from wsclient import terminate
 from wsraw import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -76,13 +77,7 @@ class Server:
             return f.read()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.final_log = self.log()  # with whatever a sanitizer reported at exit
         os.unlink(self.log_file.name)
         return self.proc.returncode

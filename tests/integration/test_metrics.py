@@ -134,8 +134,7 @@ def test_every_worker_in_every_scrape_and_counters_never_go_back(tmp_path):
                 if name == "process_start_time_seconds"}
         assert pids == {"1", "2"}
     finally:
-        master.stop() if hasattr(master, "stop") else master.proc.send_signal(signal.SIGTERM)
-        master.proc.wait(20)
+        master.stop()
 
 
 def test_metrics_listen_is_checked_at_start(tmp_path):

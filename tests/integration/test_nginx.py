@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import wsraw
-from wsclient import wait_for
+from wsclient import terminate, wait_for
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -66,12 +66,7 @@ def nginx_in_front(wsserver_factory, tmp_path):
         wsraw.wait_listening(proc, port)
         yield server, port
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 10, signal.SIGQUIT)  # nginx's graceful stop
 
 
 def test_websocket_through_nginx_sees_the_client_address(nginx_in_front):

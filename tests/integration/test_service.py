@@ -30,7 +30,7 @@ import time
 import pytest
 
 import wsraw
-from wsclient import connect as ws_connect
+from wsclient import connect as ws_connect, terminate
 from wsclient import run
 from wsclient import wait_for
 
@@ -70,13 +70,7 @@ class Proc:
 
     def stop(self):
         """SIGTERM, wait; kill if it hangs. Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
         self._f.close()
         return self.proc.returncode
 

@@ -4,8 +4,10 @@ the server process."""
 import asyncio
 import os
 import resource
+import signal
 import socket
 import struct
+import subprocess
 import time
 
 import websockets
@@ -38,6 +40,19 @@ def connect(url, **kw):
 
 
 # --- polling -----------------------------------------------------------------------------------
+
+
+def terminate(proc, timeout=15.0, sig=signal.SIGTERM):
+    """Stops a process this test started: sig, then SIGKILL if it is still there after timeout.
+    Returns its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def _timed_out(timeout, what):
