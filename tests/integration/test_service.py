@@ -219,7 +219,10 @@ def private_tmp_prefix():
                            capture_output=True) if shutil.which("unshare") else None
     if probe is None or probe.returncode != 0:
         pytest.skip("needs unshare -m (root) to give the server a private /tmp")
-    return ["unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs /tmp && exec "$0" "$@"']
+    # the binary is opened before the mount and run through that descriptor: a build tree
+    # under /tmp (a CI clone) would be hidden by the fresh /tmp
+    return ["unshare", "-m", "sh", "-c",
+            'exec 3<"$0" && mount -t tmpfs tmpfs /tmp && exec /proc/self/fd/3 "$@"']
 
 
 @pytest.mark.parametrize("where", ["pidfile", "runtime_directory"])
