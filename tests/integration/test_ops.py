@@ -399,7 +399,8 @@ def test_pidfile_sighup_reload_and_sigterm(wsserver_factory, tmp_path):
     wait_for(pidfile.exists, what="the pidfile")  # the port may answer a moment before
     assert pidfile.read_text() == f"{server.pid}\n"
     status = status_path(server.pid)
-    assert status.exists(), f"{status} missing while the server runs"
+    # written when the app's start is reported, a moment after the port opens
+    wait_for(status.exists, what=f"{status} while the server runs")
     near = pidfile.parent / f"wsserver-{server.pid}.status"  # what a private /tmp cannot hide
     assert near.exists(), f"{near} missing while the server runs"
 

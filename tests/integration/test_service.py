@@ -243,7 +243,8 @@ def test_reload_with_a_private_tmp(procs, tmp_path, where):
     server.wait_listening()
     target = target or str(server.pid)
     status = rundir / f"wsserver-{server.pid}.status"
-    assert status.exists(), list(rundir.iterdir())
+    # written when the app's start is reported, a moment after the port opens
+    wait_for(status.exists, 10, f"the status file among {list(rundir.iterdir())}")
     assert not pathlib.Path(f"/tmp/wsserver-{server.pid}.status").exists(), \
         "the server's /tmp was meant to be private"
 
