@@ -270,6 +270,40 @@ static void counts(struct ws_buf *out, const struct ws_metrics_board *b, const c
     }
 }
 
+/* A histogram family: per slot, the cumulative buckets (uint64_t[WS_STATS_LATENCY_BUCKETS] at
+ * buckets in the stats, upper bounds in bounds, the last +Inf), the sum (a double) and the count
+ * (a uint64_t). */
+static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
+                      const char *help, const double *bounds, size_t buckets, size_t sum,
+                      size_t count)
+{
+    header(out, name, "histogram", help);
+    char labels[64], series[96];
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        const char *st = (const char *)&s->stats;
+        const uint64_t *bucket = (const uint64_t *)(st + buckets);
+        uint64_t cumulative = 0;
+        snprintf(series, sizeof(series), "%s_bucket", name);
+        for (int k = 0; k < WS_STATS_LATENCY_BUCKETS; k++) {
+            cumulative += bucket[k];
+            if (k == WS_STATS_LATENCY_BUCKETS - 1)
+                snprintf(labels, sizeof(labels), "le=\"+Inf\"");
+            else
+                snprintf(labels, sizeof(labels), "le=\"%g\"", bounds[k]);
+            labelled(out, b, s, series, labels, (double)cumulative);
+        }
+        char worker[32] = "";
+        if (b->n > 1)
+            snprintf(worker, sizeof(worker), "{worker=\"%d\"}", s->worker);
+        printf_buf(out, "%s_sum%s %.9f\n", name, worker, *(const double *)(st + sum));
+        printf_buf(out, "%s_count%s %llu\n", name, worker,
+                   (unsigned long long)*(const uint64_t *)(st + count));
+    }
+}
+
 void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *out)
 {
     for (size_t k = 0; k < sizeof(plain) / sizeof(plain[0]); k++) {
@@ -328,34 +362,9 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
                  (double)s->stats.reloads_failed);
     }
 
-    header(out, "wsserver_handler_duration_seconds", "histogram",
-           "Time spent in Lua handler calls.");
-    for (int i = 0; i < b->n; i++) {
-        const struct ws_metrics_slot *s = &b->slots[i];
-        if (!s->pid)
-            continue;
-        uint64_t cumulative = 0;
-        for (int k = 0; k < WS_STATS_LATENCY_BUCKETS; k++) {
-            cumulative += s->stats.handler_buckets[k];
-            if (k == WS_STATS_LATENCY_BUCKETS - 1)
-                snprintf(labels, sizeof(labels), "le=\"+Inf\"");
-            else
-                snprintf(labels, sizeof(labels), "le=\"%g\"", ws_stats_latency_bounds[k]);
-            labelled(out, b, s, "wsserver_handler_duration_seconds_bucket", labels,
-                     (double)cumulative);
-        }
-        char name[64];
-        snprintf(name, sizeof(name), "wsserver_handler_duration_seconds_sum");
-        if (b->n > 1) {
-            printf_buf(out, "%s{worker=\"%d\"} %.9f\n", name, s->worker, s->stats.handler_seconds);
-            printf_buf(out, "wsserver_handler_duration_seconds_count{worker=\"%d\"} %llu\n",
-                       s->worker, (unsigned long long)s->stats.handler_calls);
-        } else {
-            printf_buf(out, "%s %.9f\n", name, s->stats.handler_seconds);
-            printf_buf(out, "wsserver_handler_duration_seconds_count %llu\n",
-                       (unsigned long long)s->stats.handler_calls);
-        }
-    }
+    histogram(out, b, "wsserver_handler_duration_seconds", "Time spent in Lua handler calls.",
+              ws_stats_latency_bounds, offsetof(struct ws_stats, handler_buckets),
+              offsetof(struct ws_stats, handler_seconds), offsetof(struct ws_stats, handler_calls));
 
     static const char *const results[WS_STATS_HTTP_RESULTS] = {"ok", "error", "timeout"};
     header(out, "wsserver_http_client_requests_total", "counter",
@@ -371,32 +380,8 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
         }
     }
 
-    header(out, "wsserver_http_client_duration_seconds", "histogram",
-           "Time outbound HTTP requests (ws.http) took.");
-    for (int i = 0; i < b->n; i++) {
-        const struct ws_metrics_slot *s = &b->slots[i];
-        if (!s->pid)
-            continue;
-        uint64_t cumulative = 0;
-        for (int k = 0; k < WS_STATS_LATENCY_BUCKETS; k++) {
-            cumulative += s->stats.http_buckets[k];
-            if (k == WS_STATS_LATENCY_BUCKETS - 1)
-                snprintf(labels, sizeof(labels), "le=\"+Inf\"");
-            else
-                snprintf(labels, sizeof(labels), "le=\"%g\"", ws_stats_http_bounds[k]);
-            labelled(out, b, s, "wsserver_http_client_duration_seconds_bucket", labels,
-                     (double)cumulative);
-        }
-        if (b->n > 1) {
-            printf_buf(out, "wsserver_http_client_duration_seconds_sum{worker=\"%d\"} %.9f\n",
-                       s->worker, s->stats.http_seconds);
-            printf_buf(out, "wsserver_http_client_duration_seconds_count{worker=\"%d\"} %llu\n",
-                       s->worker, (unsigned long long)s->stats.http_calls);
-        } else {
-            printf_buf(out, "wsserver_http_client_duration_seconds_sum %.9f\n",
-                       s->stats.http_seconds);
-            printf_buf(out, "wsserver_http_client_duration_seconds_count %llu\n",
-                       (unsigned long long)s->stats.http_calls);
-        }
-    }
+    histogram(out, b, "wsserver_http_client_duration_seconds",
+              "Time outbound HTTP requests (ws.http) took.", ws_stats_http_bounds,
+              offsetof(struct ws_stats, http_buckets), offsetof(struct ws_stats, http_seconds),
+              offsetof(struct ws_stats, http_calls));
 }
