@@ -7,6 +7,7 @@
 
 #include "ws/app.h"
 #include "ws/buf.h"
+#include "ws/cidr.h"
 #include "ws/config.h"
 #include "ws/deflate.h"
 #include "ws/map.h"
@@ -79,7 +80,9 @@ struct ws_conn;
 
 struct ws_env {
     struct ev_loop *loop;
-    struct ws_config cfg; /* the live options (owned) */
+    struct ws_config cfg;                       /* the live options (owned) */
+    struct ws_cidr trusted[WS_CONFIG_MAX_LIST]; /* cfg.trusted_proxies, parsed */
+    size_t ntrusted;
     const struct ws_app_ops *ops;
     void *app;
     struct ws_registry conns; /* every connection, by id in arrival order */
@@ -108,6 +111,10 @@ struct ws_env {
  * cfg->compression is "on", the shared compressors. */
 void ws_env_init(struct ws_env *env, struct ev_loop *loop, const struct ws_config *cfg,
                  const struct ws_app_ops *ops, void *app);
+
+/* Parses cfg.trusted_proxies into trusted (after ws_env_init and each new cfg); entries that
+ * do not parse are skipped (ws_config_validate refuses them first). */
+void ws_env_parse_trusted(struct ws_env *env);
 
 /* Frees what ws_env_init made; the connections must be gone already. */
 void ws_env_free(struct ws_env *env);

@@ -65,6 +65,14 @@ static void set_state(struct ws_conn *c, enum ws_conn_state to)
         c->clock.closing_since = ev_now(c->env->loop);
 }
 
+/* Counts c against max_connections_per_ip under its peer address; false when that is one too
+ * many (the slot is taken all the same and given back when c goes). */
+static bool take_ip_slot(struct ws_conn *c)
+{
+    c->ip_counted = true;
+    return ws_env_ip_count(c->env, &c->peer.sa, 1) <= (uintptr_t)cfg(c)->max_connections_per_ip;
+}
+
 struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *sa, socklen_t salen,
                             const struct ws_transport_ops *transport, void *transport_state)
 {
@@ -89,8 +97,7 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
      * address must not be able to hold all the sockets the server accepts */
     if (env->cfg.max_connections_per_ip > 0 && c->peer.sa.sa_family != AF_UNIX &&
         !ws_front_trusted(env, &c->peer.sa)) {
-        c->ip_counted = true;
-        if (ws_env_ip_count(c->env, &c->peer.sa, 1) > (uintptr_t)env->cfg.max_connections_per_ip) {
+        if (!take_ip_slot(c)) {
             /* refused at once and not kept lingering: those sockets must not pile up either.
              * A fresh socket's send buffer takes the short answer whole. */
             static const char msg[] = "too many connections from this address\n";
@@ -414,10 +421,8 @@ static bool forwarded(struct ws_conn *c, const struct ws_http_request *req)
     if (!ws_front_client_address(c->env, &c->peer.sa, req, &client))
         return true;
     memcpy(&c->peer, &client, sizeof(c->peer));
-    int64_t max = cfg(c)->max_connections_per_ip;
-    if (max > 0 && !c->ip_counted) {
-        c->ip_counted = true;
-        if (ws_env_ip_count(c->env, &c->peer.sa, 1) > (uintptr_t)max) {
+    if (cfg(c)->max_connections_per_ip > 0 && !c->ip_counted) {
+        if (!take_ip_slot(c)) {
             struct ws_front_reply r = {0};
             const char *msg = "too many connections from this address";
             ws_front_error(&r, 503, msg, strlen(msg), NULL, true);

@@ -71,6 +71,7 @@ void ws_env_init(struct ws_env *env, struct ev_loop *loop, const struct ws_confi
     ws_chunk_pool_init(&env->pool, POOL_CHUNKS);
     env->rbuf = ws_xmalloc(WS_ENV_READ_BYTES);
     ws_buf_init(&env->zbuf);
+    ws_env_parse_trusted(env);
     ws_deflate_config_init(&env->deflate_cfg);
     if (strcmp(env->cfg.compression, "on") == 0) {
         struct ws_deflate_config *d = &env->deflate_cfg;
@@ -83,6 +84,14 @@ void ws_env_init(struct ws_env *env, struct ev_loop *loop, const struct ws_confi
         d->compress_min_size = (size_t)env->cfg.compress_min_size;
         env->deflate_shared = ws_deflate_shared_new(d->mem_level, d->level);
     }
+}
+
+void ws_env_parse_trusted(struct ws_env *env)
+{
+    env->ntrusted = 0;
+    for (size_t i = 0; i < env->cfg.trusted_proxies.n; i++)
+        if (ws_cidr_parse(env->cfg.trusted_proxies.items[i], &env->trusted[env->ntrusted]) == 0)
+            env->ntrusted++;
 }
 
 void ws_env_free(struct ws_env *env)

@@ -300,12 +300,9 @@ void ws_front_handle(struct ws_env *env, struct ws_conn *c, const struct ws_http
 
 bool ws_front_trusted(const struct ws_env *env, const struct sockaddr *sa)
 {
-    const struct ws_string_list *list = &env->cfg.trusted_proxies;
-    for (size_t i = 0; i < list->n; i++) {
-        struct ws_cidr net;
-        if (ws_cidr_parse(list->items[i], &net) == 0 && ws_cidr_match(&net, sa))
+    for (size_t i = 0; i < env->ntrusted; i++)
+        if (ws_cidr_match(&env->trusted[i], sa))
             return true;
-    }
     return false;
 }
 
@@ -367,7 +364,7 @@ static size_t collect_hops(const struct ws_http_request *req, struct ws_span *ho
 bool ws_front_client_address(const struct ws_env *env, const struct sockaddr *peer,
                              const struct ws_http_request *req, struct sockaddr_storage *out)
 {
-    if (!env->cfg.trusted_proxies.n || !ws_front_trusted(env, peer))
+    if (!env->ntrusted || !ws_front_trusted(env, peer))
         return false;
     struct ws_span hops[MAX_HOPS];
     size_t n = collect_hops(req, hops);

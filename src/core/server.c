@@ -454,6 +454,7 @@ void ws_server_apply_config(struct ws_server *srv, const struct ws_config *cfg)
             ws_config_copy_option(&next, &srv->env.cfg, opt);
     ws_config_free(&srv->env.cfg);
     srv->env.cfg = next;
+    ws_env_parse_trusted(&srv->env);
     ws_log_setup((enum ws_log_level)ws_log_level_parse(srv->env.cfg.log_level),
                  (enum ws_log_format)ws_log_format_parse(srv->env.cfg.log_format));
     for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next)
