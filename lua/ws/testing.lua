@@ -1429,6 +1429,7 @@ function Server:_build_ws()
   W.close_codes = readonly(CLOSE_CODES)
   W.state = s.state
   W.json = readonly(json)
+  W.null = json.null
   s.json = W.json
   s.W = W
   s.ws = readonly(W)

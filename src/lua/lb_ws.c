@@ -597,6 +597,9 @@ void lb_ws_open(struct lb_app *a)
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "ws.json");
     lua_pop(L, 1);
+    /* ws.null: the one null of replies and rows (Redis nil, SQL NULL), json.null itself */
+    lua_getfield(L, -1, "null");
+    lua_setfield(L, -3, "null");
     lua_setfield(L, -2, "json");
     lua_pushvalue(L, -1);
     a->ws_ref = luaL_ref(L, LUA_REGISTRYINDEX);

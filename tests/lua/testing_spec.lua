@@ -432,12 +432,13 @@ describe("ws.testing", function()
       assert.equal(1000, ws.close_codes.NORMAL)
       assert.equal(1011, ws.close_codes.INTERNAL_ERROR)
       assert.equal(json.null, ws.json.null)
+      assert.equal(json.null, ws.null)
       assert.equal(json.encode, ws.json.encode)
       local n = 0
       for _ in pairs(ws) do
         n = n + 1
       end
-      assert.equal(19, n) -- sleep and http included
+      assert.equal(20, n) -- sleep, http and null included
       ws.state.x = 1
       assert.equal(1, t.state.x)
     end)
