@@ -491,6 +491,46 @@ def test_http_client(wsserver_factory, upstream):
     assert "wsserver_handlers_waiting 0" in metrics
 
 
+@pytest.fixture
+def https_upstream(tmp_path):
+    """The same upstream over TLS, with a certificate from a throwaway CA (gen-test-cert.sh)."""
+    import ssl
+    from conftest import ROOT
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen-test-cert.sh"), str(tmp_path)],
+                   check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    srv.daemon_threads = True
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{srv.server_address[1]}", str(tmp_path / "ca.pem")
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_https_verifies_certificates_by_default(wsserver_factory, https_upstream):
+    url, ca = https_upstream
+    server = wsserver_factory(app_source=HTTP_APP)
+
+    async def ask(ws, **req):
+        await ws.send(json.dumps(req))
+        return json.loads(await recv(ws, 15))
+
+    async def main():
+        async with connect(server.url) as ws:
+            r = await ask(ws, url=url + "/ok")
+            assert "certificate" in r["err"].lower(), r  # an unknown CA is refused
+            r = await ask(ws, url=url + "/ok", ca_file=ca)
+            assert (r["status"], r["body"]) == (200, "hello"), r
+            r = await ask(ws, url=url + "/ok", insecure=True)
+            assert (r["status"], r["body"]) == (200, "hello"), r
+            r = await ask(ws, url=url.replace("127.0.0.1", "localhost") + "/chunked", ca_file=ca)
+            assert r["body"] == "one,two,three", r
+
+    run(main())
+
+
 def test_http_misuse_raises(wsserver_factory):
     app = """
 return {
