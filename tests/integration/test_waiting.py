@@ -444,13 +444,15 @@ return {
 """
 
 
+async def ask(ws, **req):
+    """One request through HTTP_APP: its answer (status, headers, body) or {"err": ...}."""
+    await ws.send(json.dumps(req))
+    return json.loads(await recv(ws, 15))
+
+
 def test_http_client(wsserver_factory, upstream):
     server = wsserver_factory(app_source=HTTP_APP)
     refused = wsraw.free_port()
-
-    async def ask(ws, **req):
-        await ws.send(json.dumps(req))
-        return json.loads(await recv(ws, 10))
 
     async def main():
         async with connect(server.url) as ws:
@@ -512,10 +514,6 @@ def https_upstream(tmp_path):
 def test_https_verifies_certificates_by_default(wsserver_factory, https_upstream):
     url, ca = https_upstream
     server = wsserver_factory(app_source=HTTP_APP)
-
-    async def ask(ws, **req):
-        await ws.send(json.dumps(req))
-        return json.loads(await recv(ws, 15))
 
     async def main():
         async with connect(server.url) as ws:
