@@ -569,6 +569,7 @@ static bool on_busy(void *app)
 static void on_cancel(void *app, const char *reason)
 {
     lb_task_cancel_all(app, reason);
+    lb_wsclient_shutdown(app);
 }
 
 /* app.http["METHOD /path"](req) -> status, body, headers. The lookup is an ordinary (not raw)

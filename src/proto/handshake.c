@@ -226,13 +226,16 @@ static bool parse_extension(struct cursor *c, bool *deflate, bool *valid,
     }
 }
 
-static void parse_offers(const struct ws_http_request *req, struct ws_handshake *hs)
+size_t ws_handshake_extensions(const struct ws_http_request *msg, struct ws_deflate_offer *offers,
+                               size_t max, size_t *noffers)
 {
+    size_t others = 0;
+    *noffers = 0;
     /* RFC 9110 §5.3: every Sec-WebSocket-Extensions field is part of one list. */
-    for (size_t i = 0; i < req->nheaders; i++) {
-        if (!ws_span_ieq(req->headers[i].name, "Sec-WebSocket-Extensions"))
+    for (size_t i = 0; i < msg->nheaders; i++) {
+        if (!ws_span_ieq(msg->headers[i].name, "Sec-WebSocket-Extensions"))
             continue;
-        struct ws_span value = req->headers[i].value;
+        struct ws_span value = msg->headers[i].value;
         struct cursor c = {value.p, value.p + value.n};
         for (;;) {
             while (c.p < c.end && (*c.p == ',' || *c.p == ' ' || *c.p == '\t'))
@@ -244,12 +247,16 @@ static void parse_offers(const struct ws_http_request *req, struct ws_handshake 
             bool valid = false;
             if (!parse_extension(&c, &deflate, &valid, &o)) {
                 skip_element(&c);
+                others++;
                 continue;
             }
-            if (deflate && valid && hs->noffers < WS_HANDSHAKE_MAX_OFFERS)
-                hs->offers[hs->noffers++] = o;
+            if (deflate && valid && *noffers < max)
+                offers[(*noffers)++] = o;
+            else
+                others++;
         }
     }
+    return others;
 }
 
 /* --- the request check ------------------------------------------------------------------ */
@@ -315,7 +322,7 @@ int ws_handshake_check(const struct ws_http_request *req, struct ws_handshake *h
 
     hs->key = *key;
     ws_handshake_accept_key(key->p, key->n, hs->accept);
-    parse_offers(req, hs);
+    ws_handshake_extensions(req, hs->offers, WS_HANDSHAKE_MAX_OFFERS, &hs->noffers);
     hs->status = 101;
     return 0;
 }
