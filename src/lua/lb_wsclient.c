@@ -240,12 +240,15 @@ static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct lb_wsclient *cl = w->data;
-    if (!cl->app_closed && !start(cl)) {
-        struct ws_log_line l;
-        ws_log_begin(&l, WS_LOG_WARN, "wsclient_failed");
-        ws_log_cstr(&l, "url", cl->url);
-        ws_log_cstr(&l, "error", cl->err);
-        ws_log_end(&l);
+    if (cl->app_closed) {
+        maybe_release(cl);
+        return;
+    }
+    if (!start(cl)) {
+        /* reported like any failed attempt: the close callback, then a retry if asked */
+        struct ws_client_end e = {.err = cl->err};
+        on_end(cl, NULL, &e);
+        return;
     }
     maybe_release(cl);
 }
@@ -748,11 +751,9 @@ static int ws_connect(lua_State *L)
             return luaL_error(L, "ws.connect: the server is stopping");
         lua_pushvalue(L, 3);
         cl->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-        if (!start(cl)) {
-            /* reported like any failure: the close callback, then a retry if asked */
-            struct ws_client_end e = {.err = cl->err};
-            on_end(cl, NULL, &e);
-        }
+        /* connects from the loop: the app's chunk may not be running on a server yet */
+        ev_timer_set(&cl->retry, 0, 0);
+        ev_timer_start(a->loop, &cl->retry);
         return 1;
     }
     struct lb_task *t = lb_task_waiter(L, "ws.connect");

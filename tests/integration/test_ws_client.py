@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import pathlib
+import signal
 import socket
 import struct
 import subprocess
@@ -85,8 +86,8 @@ def driver(wsserver_factory):
 class Upstream:
     """A server process started by a test; stopped (by PID) when the test ends."""
 
-    def __init__(self, cmd, cwd=None, env=None):
-        self.port = wsraw.free_port()
+    def __init__(self, cmd, cwd=None, env=None, port=None):
+        self.port = port or wsraw.free_port()
         self.lines = []
         self.proc = subprocess.Popen([*cmd, str(self.port)], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, cwd=cwd, env=env)
@@ -253,6 +254,68 @@ def test_metrics_count_outbound_connections(driver, py_upstream):
     assert 'wsserver_wsclient_connects_total{result="refused"} 1' in text
     assert "wsserver_wsclient_messages_sent_total 1" in text
     assert "wsserver_wsclient_connections_open 0" in text
+
+
+# --- the event style: examples/feed-bridge.lua ---------------------------------------------------
+
+
+def ticks(msgs):
+    return [int(m.split()[1]) for m in msgs if m.startswith("tick ")]
+
+
+def test_feed_bridge_republishes_and_reconnects(wsserver_factory, monkeypatch):
+    up = Upstream(["/usr/bin/python3", str(HERE / "upstream_py.py")])
+    monkeypatch.setenv("UPSTREAM", up.url("/feed"))
+    bridge = wsserver_factory(app=ROOT / "examples" / "feed-bridge.lua")
+
+    async def browsers():
+        async with connect(bridge.url) as a, connect(bridge.url) as b:
+            first = json.loads(await asyncio.wait_for(a.recv(), STEP))
+            assert first["type"] == "bridge"
+            got_a, got_b = [], []
+            while len(ticks(got_a)) < 20:
+                got_a.append(await asyncio.wait_for(a.recv(), STEP))
+            while len(ticks(got_b)) < 20:
+                got_b.append(await asyncio.wait_for(b.recv(), STEP))
+            # every tick, in order, to both
+            ta, tb = ticks(got_a), ticks(got_b)
+            assert ta == list(range(ta[0], ta[0] + len(ta))), ta
+            assert tb == list(range(tb[0], tb[0] + len(tb))), tb
+            # the upstream restarts on the same port: the browsers stay, the ticks come back
+            up.stop()
+            down = None
+            while down is None:
+                m = await asyncio.wait_for(a.recv(), STEP)
+                if m.startswith("{"):
+                    down = json.loads(m)
+            assert down["upstream"] == "down"
+            return a, b
+
+    try:
+        run(browsers(), 30)
+        up2 = Upstream(["/usr/bin/python3", str(HERE / "upstream_py.py")], port=up.port)
+        try:
+            async def back():
+                async with connect(bridge.url) as c:
+                    seen = []
+                    while len(ticks(seen)) < 5:
+                        seen.append(await asyncio.wait_for(c.recv(), STEP))
+                    return seen
+            seen = run(back(), 20)
+            # the new upstream counts from 1 again
+            assert ticks(seen)[0] < 50, seen
+            wait_for(lambda: bridge.log().count('msg="upstream_open"') >= 2, STEP,
+                     "the bridge to reconnect")
+            assert 'msg="upstream_closed"' in bridge.log()
+            # a reload: the old version's connection closes (1001), the new version opens one
+            bridge.signal(signal.SIGHUP)
+            up2.saw("CLOSE 1001")
+            wait_for(lambda: up2.lines.count("OPEN /feed") >= 2, STEP, lambda: up2.lines)
+        finally:
+            up2.stop()
+    finally:
+        up.stop()
+    assert bridge.stop() == 0
 
 
 # --- raw upstreams: the client role byte by byte ------------------------------------------------

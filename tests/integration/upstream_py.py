@@ -5,7 +5,8 @@
 Prints READY when listening, then one line per event (OPEN path, CLOSE code) to stdout.
 Behaviour by path: /echo echoes (the text "__info__" is answered with the subprotocol and the
 extensions agreed, as JSON); /refuse answers 403 with a body; /abrupt drops the TCP connection
-after the first message; /big answers a message of N bytes to the text N; /close closes with
+after the first message; /feed sends "tick N" every 20 ms (N counting from 1 per
+process); /big answers a message of N bytes to the text N; /close closes with
 4000 "bye" after the first message; /silent never answers; /slowhs delays the handshake 3 s.
 """
 import asyncio
@@ -28,9 +29,17 @@ async def process_request(path, headers):
     return None
 
 
+TICKS = [0]
+
+
 async def handler(ws, path):
     log("OPEN", path, ws.request_headers.get("X-Test", ""))
     try:
+        if path == "/feed":
+            while True:
+                TICKS[0] += 1
+                await ws.send(f"tick {TICKS[0]}")
+                await asyncio.sleep(0.02)
         async for msg in ws:
             if path == "/abrupt":
                 ws.transport.abort()
