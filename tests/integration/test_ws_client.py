@@ -507,3 +507,38 @@ def test_invalid_utf8_from_the_server_closes_1007(driver):
     r = drive(driver, {"url": up.url(), "receive": 1})
     up.eof.wait(STEP)
     assert r["got"][0][:3] == [None, "closed", 1007] and up.code == 1007, r
+
+
+# --- wss: verification by default, ca_file, insecure ---------------------------------------------
+
+
+def test_wss_verifies_the_certificate(driver, wsserver_factory, tmp_path):
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen-test-cert.sh"), str(tmp_path)], check=True,
+                   capture_output=True, timeout=30)
+    up = wsserver_factory(args=["--tls-cert", str(tmp_path / "server.pem"),
+                                "--tls-key", str(tmp_path / "server.key")])
+    url = f"wss://127.0.0.1:{up.port}/"
+    # the test CA is not in the system's store: refused, saying why
+    r = drive(driver, {"url": url})
+    assert r["ok"] is False and "certificate verification" in r["err"], r
+    r = drive(driver, {"url": url, "opts": {"ca_file": str(tmp_path / "ca.pem")},
+                       "send": [["over tls"]], "receive": 1, "close": True})
+    assert r["ok"] and r["got"][0][:2] == ["over tls", "text"], r
+    # by name too (SNI and the host check): the certificate names localhost
+    r = drive(driver, {"url": f"wss://localhost:{up.port}/",
+                       "opts": {"ca_file": str(tmp_path / "ca.pem")}, "close": True})
+    assert r["ok"], r
+    r = drive(driver, {"url": url, "opts": {"insecure": True}, "close": True})
+    assert r["ok"] and r["closed"][:3] == [None, "closed", 1000], r
+    r = drive(driver, {"url": url, "opts": {"ca_file": str(tmp_path / "missing.pem")}})
+    assert r["ok"] is False and "CA file" in r["err"], r
+
+
+def test_wss_refuses_a_certificate_for_another_host(driver, wsserver_factory, tmp_path):
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen-test-cert.sh"), str(tmp_path),
+                    "other.example"], check=True, capture_output=True, timeout=30)
+    up = wsserver_factory(args=["--tls-cert", str(tmp_path / "server.pem"),
+                                "--tls-key", str(tmp_path / "server.key")])
+    r = drive(driver, {"url": f"wss://127.0.0.1:{up.port}/",
+                       "opts": {"ca_file": str(tmp_path / "ca.pem")}})
+    assert r["ok"] is False and "mismatch" in r["err"], r
