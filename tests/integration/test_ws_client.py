@@ -542,3 +542,18 @@ def test_wss_refuses_a_certificate_for_another_host(driver, wsserver_factory, tm
     r = drive(driver, {"url": f"wss://127.0.0.1:{up.port}/",
                        "opts": {"ca_file": str(tmp_path / "ca.pem")}})
     assert r["ok"] is False and "mismatch" in r["err"], r
+
+
+# --- scripts/autobahn-client.lua: the fuzzingserver driver, against a stand-in ------------------
+
+
+def test_autobahn_driver_runs_every_case_and_exits(wsserver_factory, py_upstream, monkeypatch):
+    monkeypatch.setenv("AUTOBAHN", f"ws://127.0.0.1:{py_upstream.port}")
+    monkeypatch.setenv("AGENT", "wsserver-test")
+    srv = wsserver_factory(app=ROOT / "scripts" / "autobahn-client.lua")
+    wait_for(lambda: not srv.alive(), 20, lambda: "the driver to finish:\n" + srv.log())
+    assert srv.proc.returncode == 0
+    for n in (1, 2, 3):
+        assert f"CASE {n} OK" in py_upstream.lines, py_upstream.lines
+    assert "REPORTS wsserver-test" in py_upstream.lines
+    assert 'msg="autobahn_done"' in srv.log() and "cases=3" in srv.log()

@@ -7,7 +7,9 @@ Behaviour by path: /echo echoes (the text "__info__" is answered with the subpro
 extensions agreed, as JSON); /refuse answers 403 with a body; /abrupt drops the TCP connection
 after the first message; /feed sends "tick N" every 20 ms (N counting from 1 per
 process); /big answers a message of N bytes to the text N; /close closes with
-4000 "bye" after the first message; /silent never answers; /slowhs delays the handshake 3 s.
+4000 "bye" after the first message; /silent never answers; /slowhs delays the handshake 3 s. /getCaseCount, /runCase?case=N and /updateReports stand in
+for the Autobahn fuzzingserver's control protocol (3 cases, each a text and a binary message that
+must come back unchanged; CASE N OK or CASE N FAIL is printed).
 """
 import asyncio
 import http
@@ -35,6 +37,23 @@ TICKS = [0]
 async def handler(ws, path):
     log("OPEN", path, ws.request_headers.get("X-Test", ""))
     try:
+        if path.startswith("/getCaseCount"):
+            await ws.send("3")
+            await ws.wait_closed()
+            return
+        if path.startswith("/runCase"):
+            n = path.split("case=")[1].split("&")[0]
+            sent = [f"case {n} é", bytes([0, 1, 2, int(n)])]
+            for m in sent:
+                await ws.send(m)
+            got = [await asyncio.wait_for(ws.recv(), 5) for _ in sent]
+            log("CASE", n, "OK" if got == sent else "FAIL")
+            await ws.close(1000)
+            return
+        if path.startswith("/updateReports"):
+            log("REPORTS", path.split("agent=")[1])
+            await ws.close(1000)
+            return
         if path == "/feed":
             while True:
                 TICKS[0] += 1
