@@ -1,7 +1,7 @@
 /* The client side of the WebSocket opening handshake (RFC 6455 §4.1): the key, the upgrade
  * request, and the checks on the server's answer (status, Upgrade, Connection,
- * Sec-WebSocket-Accept, the subprotocol and the extensions, RFC 7692 for permessage-deflate).
- * Pure: the caller supplies the random bytes and does the I/O. */
+ * Sec-WebSocket-Accept, the subprotocol and the extensions, RFC 7692 for permessage-deflate),
+ * and ws:// URLs. Pure: the caller supplies the random bytes and does the I/O. */
 #ifndef WS_HANDSHAKE_CLIENT_H
 #define WS_HANDSHAKE_CLIENT_H
 
@@ -14,6 +14,18 @@
 #include <stdint.h>
 
 #define WS_HANDSHAKE_KEY_LEN 24 /* base64 of 16 bytes */
+
+/* A ws:// or wss:// URL taken apart (RFC 6455 §3). */
+struct ws_url {
+    bool tls;
+    char host[256]; /* as written, an IPv6 address with its brackets */
+    int port;
+    char target[4096]; /* path and query, "/" at least */
+};
+
+/* Takes url (NUL-terminated) apart: 0, or WS_E_INVAL with a static reason in *why (not ws:// or
+ * wss://, no host, user information or a fragment (RFC 6455 §3), a bad port, too long). */
+int ws_url_parse(const char *url, struct ws_url *u, const char **why);
 
 /* What the upgrade request says. Pointers are read during the call only. */
 struct ws_handshake_client_request {
@@ -41,7 +53,7 @@ struct ws_handshake_client_result {
  * per connection, base64-encoded) and a NUL into key. */
 void ws_handshake_client_key(const uint8_t nonce[16], char key[WS_HANDSHAKE_KEY_LEN + 1]);
 
-/* Writes the upgrade request (RFC 6455 §4.1 items 1-12) into out (cap bytes; not
+/* Writes the upgrade request (RFC 6455 §4.1 items 1-12; in handshake.c) into out (cap bytes; not
  * NUL-terminated). Returns its length, or 0 when cap is too small, a subprotocol is not a token
  * (RFC 6455 §4.1 item 10), or the host, target or an extra header holds a byte that would split
  * the request (a control character, or a space in the host or target). */

@@ -146,6 +146,11 @@ void lb_app_request_reload(struct lb_app *a);
  * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
 void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
 
+/* With a header name at -2 and its value at -1 (a lua_next pair of an opts.headers table),
+ * pushes and returns "Name: value", or raises naming api: the name must be a token, the value a
+ * string or number without CR, LF or NUL (RFC 9110 §5.5). [-0, +1, v] */
+const char *lb_push_header_line(lua_State *L, const char *api);
+
 /* ---- lb_task ---- */
 
 /* How a task's run ended. */

@@ -6,6 +6,7 @@
 #define WS_WSCLIENT_H
 
 #include "ws/env.h"
+#include "ws/handshake_client.h"
 
 #include <ev.h>
 #include <stdbool.h>
@@ -13,14 +14,6 @@
 #include <stdint.h>
 
 struct ws_client;
-
-/* A ws:// or wss:// URL taken apart (RFC 6455 §3). */
-struct ws_client_url {
-    bool tls;
-    char host[256]; /* as written, an IPv6 address with its brackets */
-    int port;
-    char target[4096]; /* path and query, "/" at least */
-};
 
 /* One connection. Every pointer is read during ws_client_connect only (copied). */
 struct ws_client_opts {
@@ -65,13 +58,9 @@ struct ws_client_ops {
     void (*end)(void *ud, struct ws_client *c, const struct ws_client_end *e);
 };
 
-/* Takes url apart: 0, or WS_E_INVAL with a static reason in *why (not ws:// or wss://, no host,
- * user information, a fragment, a bad port, or too long). */
-int ws_client_parse_url(const char *url, struct ws_client_url *u, const char **why);
-
 /* Starts connecting; ops->open or ops->end runs later from the loop. Returns the client, or NULL
- * with err filled (a bad URL or header, no thread or socket for the lookup). The caller frees it
- * with ws_client_free, after ops->end or to abort it (no callback runs then). */
+ * with err filled (a bad URL (ws_url_parse) or header, no thread or socket for the lookup). The
+ * caller frees it with ws_client_free, after ops->end or to abort it (no callback runs then). */
 struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client_opts *o,
                                     const struct ws_client_ops *ops, void *ud, char *err,
                                     size_t errlen);

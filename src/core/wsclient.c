@@ -1,4 +1,4 @@
-/* The client role on the loop: resolve (resolve.c), connect, secure (transport.c), upgrade
+/* The client role on the loop: connect (dial.c), secure (transport.c), upgrade
  * (handshake_client.c), then the same frame decoder and session as the server's, with masking
  * on the way out and masked frames refused on the way in. One state machine per client, one
  * timer (connect deadline, then the closing handshake's). No Lua, no knowledge of who waits. */
@@ -9,7 +9,7 @@
 #include "ws/handshake_client.h"
 #include "ws/http.h"
 #include "ws/log.h"
-#include "ws/resolve.h"
+#include "ws/dial.h"
 #include "ws/session.h"
 #include "ws/wire.h"
 
@@ -30,7 +30,6 @@
 #define MAX_BODY_BYTES 65536 /* of a refusal: what the caller gets back */
 
 enum state {
-    ST_RESOLVING,
     ST_CONNECTING,
     ST_SECURING,
     ST_HANDSHAKE,
@@ -45,7 +44,7 @@ struct ws_client {
     enum state state;
     const struct ws_client_ops *ops;
     void *ud;
-    struct ws_client_url url;
+    struct ws_url url;
     char log_url[256]; /* scheme, host and path, never the query */
     char *protocols[16];
     size_t nprotocols;
@@ -57,11 +56,7 @@ struct ws_client {
     double timeout, close_timeout;
     size_t max_message_bytes, max_buffered_bytes;
     struct ws_stats *stats;
-    struct ws_resolve *resolve;
-    struct addrinfo *addrs, *next_addr;
-    char connect_err[400]; /* the last address's failure */
-    int fd;                /* connecting socket, before the wire owns it */
-    ev_io conn_io;
+    struct ws_dial *dial; /* while connecting */
     struct ws_wire wire;
     bool wired;
     struct ws_chunk_pool pool;
@@ -89,87 +84,6 @@ struct ws_client {
 };
 
 static void on_wire(struct ev_loop *loop, ev_io *w, int revents);
-static void try_connect(struct ws_client *c);
-
-/* ---- URLs ---- */
-
-int ws_client_parse_url(const char *url, struct ws_client_url *u, const char **why)
-{
-    memset(u, 0, sizeof *u);
-    const char *p;
-    if (strncasecmp(url, "ws://", 5) == 0) {
-        p = url + 5;
-    } else if (strncasecmp(url, "wss://", 6) == 0) {
-        u->tls = true;
-        p = url + 6;
-    } else {
-        *why = "the URL must start with ws:// or wss://";
-        return WS_E_INVAL;
-    }
-    size_t alen = strcspn(p, "/?#");
-    const char *auth_end = p + alen;
-    /* RFC 6455 §3: no user information in a WebSocket URI */
-    if (memchr(p, '@', alen)) {
-        *why = "user information in a ws:// URL is not allowed";
-        return WS_E_INVAL;
-    }
-    const char *host_end;
-    const char *port = NULL;
-    if (*p == '[') {
-        const char *rb = memchr(p, ']', alen);
-        if (!rb) {
-            *why = "unterminated [IPv6] host";
-            return WS_E_INVAL;
-        }
-        host_end = rb + 1;
-        if (host_end < auth_end && *host_end != ':') {
-            *why = "bad host";
-            return WS_E_INVAL;
-        }
-    } else {
-        host_end = memchr(p, ':', alen);
-        if (!host_end)
-            host_end = auth_end;
-    }
-    if (host_end < auth_end)
-        port = host_end + 1;
-    size_t hlen = (size_t)(host_end - p);
-    if (hlen == 0 || hlen >= sizeof u->host) {
-        *why = hlen ? "the host is too long" : "the URL has no host";
-        return WS_E_INVAL;
-    }
-    memcpy(u->host, p, hlen);
-    u->port = u->tls ? 443 : 80;
-    if (port) {
-        long v = 0;
-        if (port == auth_end) {
-            *why = "empty port";
-            return WS_E_INVAL;
-        }
-        for (const char *q = port; q < auth_end; q++) {
-            if (*q < '0' || *q > '9' || (v = v * 10 + (*q - '0')) > 65535) {
-                *why = "the port must be a number 1-65535";
-                return WS_E_INVAL;
-            }
-        }
-        if (v == 0) {
-            *why = "the port must be a number 1-65535";
-            return WS_E_INVAL;
-        }
-        u->port = (int)v;
-    }
-    /* RFC 6455 §3: fragment identifiers must not be used */
-    if (strchr(auth_end, '#')) {
-        *why = "a ws:// URL has no fragment (#)";
-        return WS_E_INVAL;
-    }
-    int n = snprintf(u->target, sizeof u->target, "%s%s", *auth_end == '/' ? "" : "/", auth_end);
-    if (n < 0 || (size_t)n >= sizeof u->target) {
-        *why = "the path is too long";
-        return WS_E_INVAL;
-    }
-    return 0;
-}
 
 /* ---- the end ---- */
 
@@ -195,17 +109,13 @@ static void log_end(struct ws_client *c, const struct ws_client_end *e)
 
 static void stop_io(struct ws_client *c)
 {
-    if (c->resolve) {
-        ws_resolve_cancel(c->resolve);
-        c->resolve = NULL;
+    if (c->dial) {
+        ws_dial_cancel(c->dial);
+        c->dial = NULL;
     }
-    ev_io_stop(c->loop, &c->conn_io);
     ev_timer_stop(c->loop, &c->timer);
     if (c->wired && c->wire.fd >= 0)
         ws_wire_close(&c->wire, c->loop, &c->pool);
-    else if (!c->wired && c->fd >= 0)
-        close(c->fd);
-    c->fd = -1;
 }
 
 static void count_result(struct ws_client *c, enum ws_stats_wsclient_result r)
@@ -388,7 +298,7 @@ static void fail_open(struct ws_client *c, int err)
 static bool feed(struct ws_client *c, uint8_t *p, size_t n)
 {
     size_t off = 0;
-    while (off < n || n == 0) {
+    for (;;) {
         if (c->session.err)
             return true; /* after a violation bytes are read and dropped until the end */
         struct ws_session_event ev;
@@ -436,10 +346,7 @@ static bool feed(struct ws_client *c, uint8_t *p, size_t n)
             start_closing(c);
             break;
         }
-        if (n == 0)
-            return true;
     }
-    return true;
 }
 
 /* ---- the handshake ---- */
@@ -662,96 +569,41 @@ static void on_wire(struct ev_loop *loop, ev_io *w, int revents)
         do_read(c);
 }
 
-static void connected(struct ws_client *c)
+/* The URL's host without the brackets of an IPv6 address. */
+static void bare_host(const struct ws_url *u, char out[256])
 {
+    size_t n = strlen(u->host);
+    if (u->host[0] == '[')
+        snprintf(out, 256, "%.*s", (int)(n - 2), u->host + 1);
+    else
+        snprintf(out, 256, "%s", u->host);
+}
+
+static void on_dialled(void *ud, int fd, const char *err)
+{
+    struct ws_client *c = ud;
+    c->dial = NULL;
+    if (fd < 0) {
+        fail(c, err, false);
+        return;
+    }
     void *ts = NULL;
     const struct ws_transport_ops *tops = &ws_transport_plain;
     if (c->url.tls) {
-        char host[256];
-        /* the certificate names the address without its brackets */
-        size_t hl = strlen(c->url.host);
-        if (c->url.host[0] == '[')
-            snprintf(host, sizeof host, "%.*s", (int)(hl - 2), c->url.host + 1);
-        else
-            snprintf(host, sizeof host, "%s", c->url.host);
-        char err[256];
-        ts = ws_tls_client_new(c->fd, host, c->ca_file, c->insecure, err, sizeof err);
+        char host[256], why[256];
+        bare_host(&c->url, host); /* the certificate names the address without brackets */
+        ts = ws_tls_client_new(fd, host, c->ca_file, c->insecure, why, sizeof why);
         if (!ts) {
-            fail(c, err, false);
+            close(fd);
+            fail(c, why, false);
             return;
         }
         tops = &ws_transport_tls;
     }
-    freeaddrinfo(c->addrs);
-    c->addrs = c->next_addr = NULL;
-    ws_wire_init(&c->wire, c->loop, c->fd, tops, ts, on_wire, c);
+    ws_wire_init(&c->wire, c->loop, fd, tops, ts, on_wire, c);
     c->wired = true;
-    c->fd = -1;
     c->state = ST_SECURING;
     on_wire(c->loop, &c->wire.io, EV_WRITE);
-}
-
-static void on_connect(struct ev_loop *loop, ev_io *w, int revents)
-{
-    (void)revents;
-    struct ws_client *c = w->data;
-    ev_io_stop(loop, w);
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-        err = errno;
-    if (err == 0) {
-        connected(c);
-        return;
-    }
-    snprintf(c->connect_err, sizeof c->connect_err, "cannot connect to %s:%d: %s", c->url.host,
-             c->url.port, strerror(err));
-    close(c->fd);
-    c->fd = -1;
-    try_connect(c);
-}
-
-/* Tries the next address of the lookup (RFC 6555 would race them; in order is enough here). */
-static void try_connect(struct ws_client *c)
-{
-    while (c->next_addr) {
-        struct addrinfo *ai = c->next_addr;
-        c->next_addr = ai->ai_next;
-        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            snprintf(c->connect_err, sizeof c->connect_err, "cannot make a socket: %s",
-                     strerror(errno));
-            continue;
-        }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS) {
-            c->fd = fd;
-            c->state = ST_CONNECTING;
-            ev_io_init(&c->conn_io, on_connect, fd, EV_WRITE);
-            c->conn_io.data = c;
-            ev_io_start(c->loop, &c->conn_io);
-            return;
-        }
-        snprintf(c->connect_err, sizeof c->connect_err, "cannot connect to %s:%d: %s", c->url.host,
-                 c->url.port, strerror(errno));
-        close(fd);
-    }
-    fail(c, c->connect_err[0] ? c->connect_err : "no address to connect to", false);
-}
-
-static void on_resolved(void *ud, struct addrinfo *res, int gai_err)
-{
-    struct ws_client *c = ud;
-    c->resolve = NULL;
-    if (!res) {
-        snprintf(c->connect_err, sizeof c->connect_err, "cannot resolve %s: %s", c->url.host,
-                 gai_strerror(gai_err));
-        fail(c, c->connect_err, false);
-        return;
-    }
-    c->addrs = c->next_addr = res;
-    try_connect(c);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
@@ -776,9 +628,9 @@ struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client
                                     const struct ws_client_ops *ops, void *ud, char *err,
                                     size_t errlen)
 {
-    struct ws_client_url url;
+    struct ws_url url;
     const char *why = NULL;
-    if (ws_client_parse_url(o->url, &url, &why) < 0) {
+    if (ws_url_parse(o->url, &url, &why) < 0) {
         snprintf(err, errlen, "%s", why);
         return NULL;
     }
@@ -796,7 +648,6 @@ struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client
     c->ops = ops;
     c->ud = ud;
     c->url = url;
-    c->fd = -1;
     ws_handshake_client_key(nonce, c->key);
     struct ws_handshake_client_request r = {
         .host = url.host,
@@ -844,20 +695,11 @@ struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client
     ws_buf_init(&c->zbuf);
     ev_init(&c->timer, on_timer);
     c->timer.data = c;
-    ev_init(&c->conn_io, on_connect);
-    c->conn_io.data = c;
-    /* the lookup wants the address without its brackets */
     char host[256];
-    size_t hl = strlen(url.host);
-    if (url.host[0] == '[')
-        snprintf(host, sizeof host, "%.*s", (int)(hl - 2), url.host + 1);
-    else
-        snprintf(host, sizeof host, "%s", url.host);
-    char port[8];
-    snprintf(port, sizeof port, "%d", url.port);
-    c->state = ST_RESOLVING;
-    c->resolve = ws_resolve_start(loop, host, port, on_resolved, c);
-    if (!c->resolve) {
+    bare_host(&url, host); /* the lookup wants the address without its brackets */
+    c->state = ST_CONNECTING;
+    c->dial = ws_dial_start(loop, host, url.port, on_dialled, c);
+    if (!c->dial) {
         snprintf(err, errlen, "cannot start the name lookup: %s", strerror(errno));
         c->state = ST_ENDED;
         ws_client_free(c);
@@ -901,8 +743,6 @@ void ws_client_free(struct ws_client *c)
     }
     if (c->wired)
         ws_wire_free(&c->wire, &c->pool);
-    if (c->addrs)
-        freeaddrinfo(c->addrs);
     if (c->session_ready)
         ws_session_reset(&c->session);
     if (c->deflate_on)

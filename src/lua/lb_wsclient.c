@@ -6,6 +6,7 @@
 
 #include "ws/err.h"
 #include "ws/frame.h"
+#include "ws/http.h"
 #include "ws/log.h"
 #include "ws/server.h"
 #include "ws/session.h"
@@ -597,9 +598,7 @@ static void connect_cancel(struct lb_task *t)
 static bool is_token(const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (!strchr("!#$%&'*+-.^_`|~", s[i]) &&
-            !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'z') ||
-              (s[i] >= 'A' && s[i] <= 'Z')))
+        if (!ws_http_is_tchar((unsigned char)s[i]))
             return false;
     }
     return n > 0;
@@ -679,19 +678,10 @@ static void read_opts(lua_State *L, struct lb_wsclient *cl)
             luaL_error(L, "ws.connect: opts.headers must map names to values");
         lua_pushnil(L);
         while (lua_next(L, hidx)) {
-            size_t kn = 0, vn = 0;
-            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
-            int vt = lua_type(L, -1);
-            const char *v =
-                vt == LUA_TSTRING || vt == LUA_TNUMBER ? lua_tolstring(L, -1, &vn) : NULL;
-            if (!k || !v || !is_token(k, kn) || memchr(v, '\r', vn) || memchr(v, '\n', vn) ||
-                strlen(v) != vn)
-                luaL_error(L, "ws.connect: header %s is not a valid name and value",
-                           k ? k : "(not a string)");
             if (cl->nheaders == MAX_HEADERS)
                 luaL_error(L, "ws.connect: at most %d headers", MAX_HEADERS);
-            lua_pushfstring(L, "%s: %s", k, v);
-            cl->headers[cl->nheaders++] = ws_xstrndup(lua_tostring(L, -1), lua_rawlen(L, -1));
+            const char *line = lb_push_header_line(L, "ws.connect");
+            cl->headers[cl->nheaders++] = ws_xstrndup(line, strlen(line));
             lua_pop(L, 2);
         }
     }
@@ -723,9 +713,9 @@ static int ws_connect(lua_State *L)
     size_t ulen = 0;
     const char *url = luaL_checklstring(L, 1, &ulen);
     lua_settop(L, 2);
-    struct ws_client_url parsed;
+    struct ws_url parsed;
     const char *why = NULL;
-    if (strlen(url) != ulen || ws_client_parse_url(url, &parsed, &why) < 0)
+    if (strlen(url) != ulen || ws_url_parse(url, &parsed, &why) < 0)
         return luaL_error(L, "ws.connect: %s", why ? why : "the URL holds a NUL byte");
     if (a->closing)
         return luaL_error(L, "ws.connect: the server is stopping");

@@ -1,6 +1,7 @@
-/* Client side of the opening handshake (RFC 6455 §4.1): builds the upgrade request and checks
- * the answer, so the client role refuses exactly what the RFC says a client must refuse. The
- * random nonce comes from the caller; this file does no I/O and never allocates. */
+/* Client side of the opening handshake (RFC 6455 §4.1): takes the URL apart, makes the key and
+ * checks the answer, so the client role refuses exactly what the RFC says a client must refuse.
+ * The request itself is written by handshake.c beside the server's answers (they share the
+ * field writers). The random nonce comes from the caller; no I/O, no allocation. */
 #include "ws/handshake_client.h"
 
 #include "ws/err.h"
@@ -8,6 +9,7 @@
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 void ws_handshake_client_key(const uint8_t nonce[16], char key[WS_HANDSHAKE_KEY_LEN + 1])
 {
@@ -15,99 +17,87 @@ void ws_handshake_client_key(const uint8_t nonce[16], char key[WS_HANDSHAKE_KEY_
     EVP_EncodeBlock((unsigned char *)key, nonce, 16);
 }
 
-/* Appends to a fixed buffer; once something does not fit, everything after is dropped. */
-struct out {
-    char *p;
-    size_t cap;
-    size_t len;
-    bool full;
-};
+/* --- ws:// and wss:// URLs (RFC 6455 §3) ------------------------------------------------ */
 
-static void put(struct out *o, const char *s, size_t n)
+int ws_url_parse(const char *url, struct ws_url *u, const char **why)
 {
-    if (o->full || n > o->cap - o->len) {
-        o->full = true;
-        return;
+    memset(u, 0, sizeof *u);
+    const char *p;
+    if (strncasecmp(url, "ws://", 5) == 0) {
+        p = url + 5;
+    } else if (strncasecmp(url, "wss://", 6) == 0) {
+        u->tls = true;
+        p = url + 6;
+    } else {
+        *why = "the URL must start with ws:// or wss://";
+        return WS_E_INVAL;
     }
-    memcpy(o->p + o->len, s, n);
-    o->len += n;
-}
-
-static void put_str(struct out *o, const char *s)
-{
-    put(o, s, strlen(s));
-}
-
-/* True when s holds no byte that ends a line or a field (RFC 9110 §5.5); no spaces either when
- * strict (the request line and the Host value). */
-static bool safe(const char *s, bool strict)
-{
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c < 0x20 && c != '\t') || c == 0x7f || (strict && (c == ' ' || c == '\t')))
-            return false;
+    size_t alen = strcspn(p, "/?#");
+    const char *auth_end = p + alen;
+    /* RFC 6455 §3: no user information in a WebSocket URI */
+    if (memchr(p, '@', alen)) {
+        *why = "user information in a ws:// URL is not allowed";
+        return WS_E_INVAL;
     }
-    return true;
-}
-
-static bool is_token(const char *s)
-{
-    for (const char *p = s; *p; p++) {
-        if (!ws_http_is_tchar((unsigned char)*p))
-            return false;
-    }
-    return *s != '\0';
-}
-
-size_t ws_handshake_client_request(char *out, size_t cap,
-                                   const struct ws_handshake_client_request *r)
-{
-    if (!*r->host || !safe(r->host, true) || !safe(r->target, true) || r->target[0] != '/')
-        return 0;
-    for (size_t i = 0; i < r->nprotocols; i++) {
-        if (!is_token(r->protocols[i]))
-            return 0;
-    }
-    for (size_t i = 0; i < r->nheaders; i++) {
-        if (!safe(r->headers[i], false))
-            return 0;
-    }
-    struct out o = {out, cap, 0, false};
-    /* RFC 6455 §4.1 items 1-2: a GET with the resource name, HTTP/1.1 */
-    put_str(&o, "GET ");
-    put_str(&o, r->target);
-    put_str(&o, " HTTP/1.1\r\nHost: ");
-    /* RFC 6455 §4.1 item 4: the port only when it is not the scheme's default */
-    put_str(&o, r->host);
-    if (r->port != (r->tls ? 443 : 80)) {
-        char port[16];
-        snprintf(port, sizeof port, ":%d", r->port);
-        put_str(&o, port);
-    }
-    /* RFC 6455 §4.1 items 5-7, 9 */
-    put_str(&o, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
-    put(&o, r->key, WS_HANDSHAKE_KEY_LEN);
-    put_str(&o, "\r\nSec-WebSocket-Version: 13\r\n");
-    if (r->nprotocols) {
-        /* RFC 6455 §4.1 item 10: one field, the values in preference order */
-        put_str(&o, "Sec-WebSocket-Protocol: ");
-        for (size_t i = 0; i < r->nprotocols; i++) {
-            if (i)
-                put_str(&o, ", ");
-            put_str(&o, r->protocols[i]);
+    const char *host_end;
+    const char *port = NULL;
+    if (*p == '[') {
+        const char *rb = memchr(p, ']', alen);
+        if (!rb) {
+            *why = "unterminated [IPv6] host";
+            return WS_E_INVAL;
         }
-        put_str(&o, "\r\n");
+        host_end = rb + 1;
+        if (host_end < auth_end && *host_end != ':') {
+            *why = "bad host";
+            return WS_E_INVAL;
+        }
+    } else {
+        host_end = memchr(p, ':', alen);
+        if (!host_end)
+            host_end = auth_end;
     }
-    /* RFC 7692 §7.1.2.2: client_max_window_bits without a value lets the server pick ours */
-    if (r->deflate)
-        put_str(&o, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
-    for (size_t i = 0; i < r->nheaders; i++) {
-        put_str(&o, r->headers[i]);
-        put_str(&o, "\r\n");
+    if (host_end < auth_end)
+        port = host_end + 1;
+    size_t hlen = (size_t)(host_end - p);
+    if (hlen == 0 || hlen >= sizeof u->host) {
+        *why = hlen ? "the host is too long" : "the URL has no host";
+        return WS_E_INVAL;
     }
-    put_str(&o, "\r\n");
-    return o.full ? 0 : o.len;
+    memcpy(u->host, p, hlen);
+    u->port = u->tls ? 443 : 80;
+    if (port) {
+        long v = 0;
+        if (port == auth_end) {
+            *why = "empty port";
+            return WS_E_INVAL;
+        }
+        for (const char *q = port; q < auth_end; q++) {
+            if (*q < '0' || *q > '9' || (v = v * 10 + (*q - '0')) > 65535) {
+                *why = "the port must be a number 1-65535";
+                return WS_E_INVAL;
+            }
+        }
+        if (v == 0) {
+            *why = "the port must be a number 1-65535";
+            return WS_E_INVAL;
+        }
+        u->port = (int)v;
+    }
+    /* RFC 6455 §3: fragment identifiers must not be used */
+    if (strchr(auth_end, '#')) {
+        *why = "a ws:// URL has no fragment (#)";
+        return WS_E_INVAL;
+    }
+    int n = snprintf(u->target, sizeof u->target, "%s%s", *auth_end == '/' ? "" : "/", auth_end);
+    if (n < 0 || (size_t)n >= sizeof u->target) {
+        *why = "the path is too long";
+        return WS_E_INVAL;
+    }
+    return 0;
 }
+
+/* --- the answer (RFC 6455 §4.1) ------------------------------------------------------- */
 
 static int refuse(struct ws_handshake_client_result *out, const char *reason)
 {
