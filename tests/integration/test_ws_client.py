@@ -557,3 +557,43 @@ def test_autobahn_driver_runs_every_case_and_exits(wsserver_factory, py_upstream
         assert f"CASE {n} OK" in py_upstream.lines, py_upstream.lines
     assert "REPORTS wsserver-test" in py_upstream.lines
     assert 'msg="autobahn_done"' in srv.log() and "cases=3" in srv.log()
+
+
+EVENT_APP = r"""
+local got = {}
+ws.connect(os.getenv("UPSTREAM"), {
+  open = function(cl)
+    for i = 1, 5 do cl:send("m" .. i) end
+  end,
+  -- later messages wait for this one: the sleeps get shorter, the order must not change
+  message = function(cl, data)
+    ws.sleep(0.04 * (6 - tonumber(data:sub(2))))
+    got[#got + 1] = data
+    ws.state.order = table.concat(got, ",")
+  end,
+})
+return {
+  message = function(conn)
+    conn:send(ws.state.order or "pending")
+  end,
+}
+"""
+
+
+def test_callbacks_run_in_order_and_shutdown_closes_1001(wsserver_factory, py_upstream,
+                                                          monkeypatch):
+    monkeypatch.setenv("UPSTREAM", py_upstream.url())
+    srv = wsserver_factory(app_source=EVENT_APP)
+
+    async def order():
+        async with connect(srv.url) as ws:
+            while True:
+                await ws.send("?")
+                reply = await asyncio.wait_for(ws.recv(), STEP)
+                if reply.count(",") == 4:
+                    return reply
+                await asyncio.sleep(0.05)
+
+    assert run(order(), 20) == "m1,m2,m3,m4,m5"
+    assert srv.stop() == 0
+    py_upstream.saw("CLOSE 1001")
