@@ -192,8 +192,10 @@ def test_abrupt_close_is_1006(driver, upstream):
 
 
 def test_server_close_is_echoed_and_reported(driver, py_upstream):
-    r = drive(driver, {"url": py_upstream.url("/close"), "send": [["x"]], "receive": 1})
+    r = drive(driver, {"url": py_upstream.url("/close"), "send": [["x"]], "receive": 1,
+                       "opts": {"headers": {"X-Test": "extra header", "X-Num": 7}}})
     assert r["got"] == [[None, "closed", 4000, "bye"]], r
+    py_upstream.saw("OPEN /close extra header")
     py_upstream.saw("CLOSE 4000")
 
 
