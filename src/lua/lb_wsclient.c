@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define CLIENT_MT "wsserver.wsclient"
 #define MAX_PROTOCOLS 16
@@ -68,6 +69,7 @@ struct lb_wsclient {
     double timeout;
     size_t max_message_bytes;
     double delay, min_delay, max_delay; /* reconnect back-off */
+    uint64_t rng;                       /* its jitter */
     ev_timer retry;
     uint64_t generation;
     struct lb_wsclient *prev, *next; /* the app's clients */
@@ -159,11 +161,16 @@ static void on_message(void *ud, struct ws_client *c, const uint8_t *data, size_
         pump(cl);
 }
 
-/* Full jitter between half the delay and the delay (AWS architecture blog, "Exponential
- * backoff and jitter"): clients that lost the same server do not come back all at once. */
+/* "Equal jitter" between half the delay and the delay (AWS architecture blog, "Exponential
+ * backoff and jitter"): clients that lost the same server do not come back all at once. The
+ * generator is the client's own (xorshift64), seeded per client and process, so forked workers
+ * do not draw the same delays. */
 static double next_delay(struct lb_wsclient *cl)
 {
-    double d = cl->delay * (0.5 + 0.5 * ((double)random() / (double)RAND_MAX));
+    cl->rng ^= cl->rng << 13;
+    cl->rng ^= cl->rng >> 7;
+    cl->rng ^= cl->rng << 17;
+    double d = cl->delay * (0.5 + 0.5 * (double)(cl->rng >> 11) / (double)(1ULL << 53));
     cl->delay = cl->delay * 2 > cl->max_delay ? cl->max_delay : cl->delay * 2;
     return d;
 }
@@ -191,7 +198,6 @@ static void on_end(void *ud, struct ws_client *c, const struct ws_client_end *e)
         cl->body = ws_xmalloc(e->body_len);
         memcpy(cl->body, e->body, e->body_len);
     }
-    bool was_open = cl->opened;
     cl->opened = false;
     if (cl->waiter) {
         lb_task_wake(cl->waiter, NULL);
@@ -202,7 +208,6 @@ static void on_end(void *ud, struct ws_client *c, const struct ws_client_end *e)
     struct lb_app *a = cl->a;
     /* a connection that opened reports its close; a failed attempt reports 1006 and why */
     push_item(cl, ITEM_CLOSE, cl->code, cl->reason, cl->reason_len);
-    (void)was_open;
     if (cl->reconnect && !cl->app_closed && !a->stopping && !a->closing) {
         ev_timer_set(&cl->retry, next_delay(cl), 0);
         ev_timer_start(a->loop, &cl->retry);
@@ -729,6 +734,8 @@ static int ws_connect(lua_State *L)
     cl->a = a;
     cl->url = ws_xstrndup(url, ulen);
     cl->generation = a->generation + (a->loading ? 1 : 0);
+    cl->rng =
+        ((uint64_t)(uintptr_t)cl ^ (uint64_t)(ev_time() * 1e6) ^ (uint64_t)getpid() << 40) | 1;
     luaL_setmetatable(L, CLIENT_MT);
     cl->next = a->wsclients;
     if (a->wsclients)
