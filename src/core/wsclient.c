@@ -186,7 +186,8 @@ static void write_frame(struct ws_client *c, uint8_t opcode, uint8_t rsv, const 
         memcpy(c->tx.data, data, len);
     ws_frame_mask(c->tx.data, len, mask, 0);
     uint64_t out = 0;
-    ws_wire_write(&c->wire, &c->pool, hdr, hlen, c->tx.data, len, &out);
+    /* an empty payload still needs a real pointer: the TLS transport copies from it */
+    ws_wire_write(&c->wire, &c->pool, hdr, hlen, len ? c->tx.data : hdr, len, &out);
     if (c->tx.cap > 65536)
         ws_buf_reset(&c->tx);
     ws_wire_watch(&c->wire, c->loop, c->wire.out.bytes > 0);
@@ -548,8 +549,8 @@ static void on_wire(struct ev_loop *loop, ev_io *w, int revents)
         }
         c->state = ST_HANDSHAKE;
         uint64_t out = 0;
-        ws_wire_write(&c->wire, &c->pool, (const uint8_t *)c->request, c->request_len, NULL, 0,
-                      &out);
+        ws_wire_write(&c->wire, &c->pool, (const uint8_t *)c->request, c->request_len,
+                      (const uint8_t *)c->request, 0, &out);
         ws_wire_watch(&c->wire, loop, c->wire.out.bytes > 0);
         return;
     }
