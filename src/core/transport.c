@@ -155,17 +155,24 @@ void ws_tls_ctx_free(struct ws_tls_ctx *ctx)
     free(ctx);
 }
 
-void *ws_tls_session_new(struct ws_tls_ctx *ctx, int fd)
+/* The transport state for ssl on fd, in the server's role or the client's. */
+static struct tls_session *session_on(SSL *ssl, int fd, bool server)
 {
-    SSL *ssl = SSL_new(ctx->ssl);
-    if (!ssl)
-        return NULL;
     SSL_set_fd(ssl, fd);
-    SSL_set_accept_state(ssl);
+    if (server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
     struct tls_session *s = ws_xmalloc(sizeof(*s));
     s->ssl = ssl;
     s->retry_len = 0;
     return s;
+}
+
+void *ws_tls_session_new(struct ws_tls_ctx *ctx, int fd)
+{
+    SSL *ssl = SSL_new(ctx->ssl);
+    return ssl ? session_on(ssl, fd, true) : NULL;
 }
 
 void *ws_tls_client_new(int fd, const char *host, const char *ca_file, bool insecure, char *err,
@@ -208,12 +215,7 @@ void *ws_tls_client_new(int fd, const char *host, const char *ca_file, bool inse
         SSL_free(ssl);
         return NULL;
     }
-    SSL_set_fd(ssl, fd);
-    SSL_set_connect_state(ssl);
-    struct tls_session *s = ws_xmalloc(sizeof(*s));
-    s->ssl = ssl;
-    s->retry_len = 0;
-    return s;
+    return session_on(ssl, fd, false);
 }
 
 const char *ws_tls_verify_error(void *t)
