@@ -599,3 +599,35 @@ def test_callbacks_run_in_order_and_shutdown_closes_1001(wsserver_factory, py_up
     assert run(order(), 20) == "m1,m2,m3,m4,m5"
     assert srv.stop() == 0
     py_upstream.saw("CLOSE 1001")
+
+
+FLOOD_APP = r"""
+return {
+  config = {max_pending_bytes = 16384},
+  message = function(conn, url)
+    local cl = assert(ws.connect(url))
+    ws.sleep(0.5) -- the upstream floods meanwhile: past 16 KiB queued the socket is not read
+    local n, bad = 0, 0
+    while true do
+      local data, kind, code = cl:receive(5)
+      if not data then
+        conn:send(string.format("%d %d %s %s", n, bad, kind, tostring(code)))
+        return
+      end
+      if tonumber(data:sub(1, 4)) ~= n or #data ~= 1000 then bad = bad + 1 end
+      n = n + 1
+    end
+  end,
+}
+"""
+
+
+def test_unread_messages_hold_the_socket_and_none_is_lost(wsserver_factory, py_upstream):
+    srv = wsserver_factory(app_source=FLOOD_APP)
+
+    async def go():
+        async with connect(srv.url) as ws:
+            await ws.send(py_upstream.url("/flood"))
+            return await asyncio.wait_for(ws.recv(), 30)
+
+    assert run(go(), 40) == "2000 0 closed 1000"

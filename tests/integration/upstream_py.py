@@ -7,7 +7,7 @@ Behaviour by path: /echo echoes (the text "__info__" is answered with the subpro
 extensions agreed, as JSON); /refuse answers 403 with a body; /abrupt drops the TCP connection
 after the first message; /feed sends "tick N" every 20 ms (N counting from 1 per
 process); /big answers a message of N bytes to the text N; /close closes with
-4000 "bye" after the first message; /silent never answers; /slowhs delays the handshake 3 s. /getCaseCount, /runCase?case=N and /updateReports stand in
+4000 "bye" after the first message; /silent never answers; /slowhs delays the handshake 3 s; /flood sends 2000 messages of 1000 bytes, then closes. /getCaseCount, /runCase?case=N and /updateReports stand in
 for the Autobahn fuzzingserver's control protocol (3 cases, each a text and a binary message that
 must come back unchanged; CASE N OK or CASE N FAIL is printed).
 """
@@ -53,6 +53,11 @@ async def handler(ws, path):
         if path.startswith("/updateReports"):
             log("REPORTS", path.split("agent=")[1])
             await ws.close(1000)
+            return
+        if path == "/flood":
+            for i in range(2000):
+                await ws.send(f"{i:04d}" + "." * 996)
+            await ws.close(1000, "flooded")
             return
         if path == "/feed":
             while True:
