@@ -631,3 +631,10 @@ def test_unread_messages_hold_the_socket_and_none_is_lost(wsserver_factory, py_u
             return await asyncio.wait_for(ws.recv(), 30)
 
     assert run(go(), 40) == "2000 0 closed 1000"
+
+
+def test_frames_right_behind_the_101_are_kept(driver):
+    up = RawUpstream(answer=lambda key: default_answer(key) + unmasked(0x1, b"early") +
+                     unmasked(0x2, b"\x00bin"))
+    r = drive(driver, {"url": up.url(), "receive": 2})
+    assert r["got"] == [["early", "text", None, None], ["\x00bin", "binary", None, None]], r
