@@ -32,9 +32,14 @@ static void check_url(const uint8_t *data, size_t size)
     const char *why = NULL;
     if (ws_url_parse(url, &u, &why) == 0) {
         FUZZ_CHECK(u.host[0] != '\0' && u.port >= 1 && u.port <= 65535 && u.target[0] == '/');
-        struct ws_handshake_client_request r = {
-            .host = u.host, .port = u.port, .tls = u.tls, .target = u.target, .key = KEY,
-            .protocols = offered, .nprotocols = 2, .deflate = true};
+        struct ws_handshake_client_request r = {.host = u.host,
+                                                .port = u.port,
+                                                .tls = u.tls,
+                                                .target = u.target,
+                                                .key = KEY,
+                                                .protocols = offered,
+                                                .nprotocols = 2,
+                                                .deflate = true};
         char out[8192];
         size_t n = ws_handshake_client_request(out, sizeof out, &r);
         if (n > 0) {
