@@ -129,7 +129,8 @@ static int parse_status_line(const char *p, const char *eol, struct ws_http_requ
             return WS_E_HTTP_BAD;
         status = status * 10 + (p[i] - '0');
     }
-    /* RFC 9112 §4: the space after the code is required, a missing one is tolerated */
+    /* RFC 9112 §4 wants a space after the code even without a reason phrase; servers that end
+     * the line right after the code are common, so that is taken too */
     if (eol - p > 12 && p[12] != ' ')
         return WS_E_HTTP_BAD;
     if (status < 100)
