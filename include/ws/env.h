@@ -32,6 +32,15 @@ enum ws_stats_http_result {
     WS_STATS_HTTP_RESULTS
 };
 
+/* How an outbound WebSocket connection attempt (ws.connect) ended, for /metrics. */
+enum ws_stats_wsclient_result {
+    WS_STATS_WSCLIENT_OK,      /* the handshake completed */
+    WS_STATS_WSCLIENT_REFUSED, /* the server answered another status than 101 */
+    WS_STATS_WSCLIENT_ERROR,   /* lookup, connect, TLS or handshake failure */
+    WS_STATS_WSCLIENT_TIMEOUT, /* its timeout passed */
+    WS_STATS_WSCLIENT_RESULTS
+};
+
 /* Counters behind ws.stats() and /metrics: monotonic for the life of the process (a reload does
  * not reset them). */
 struct ws_stats {
@@ -56,6 +65,10 @@ struct ws_stats {
     uint64_t http_calls;
     double http_seconds;
     uint64_t http_buckets[WS_STATS_LATENCY_BUCKETS];
+    /* outbound WebSocket connections (ws.connect) */
+    uint64_t wsclient_connects[WS_STATS_WSCLIENT_RESULTS];
+    uint64_t wsclient_open; /* gauge */
+    uint64_t wsclient_messages_in, wsclient_messages_out;
 };
 
 /* Upper bounds (seconds) of the handler latency buckets; the last is +Inf. */

@@ -224,6 +224,12 @@ static const struct series plain[] = {
     {"wsserver_lua_memory_bytes", "gauge", "Bytes of the Lua heap.", U64(lua_bytes)},
     {"wsserver_handlers_waiting", "gauge", "Handlers waiting now (ws.sleep, ws.http).",
      U64(stats.handlers_waiting)},
+    {"wsserver_wsclient_connections_open", "gauge",
+     "Outbound WebSocket connections (ws.connect) open now.", U64(stats.wsclient_open)},
+    {"wsserver_wsclient_messages_received_total", "counter",
+     "Messages received on outbound WebSocket connections.", U64(stats.wsclient_messages_in)},
+    {"wsserver_wsclient_messages_sent_total", "counter",
+     "Messages sent on outbound WebSocket connections.", U64(stats.wsclient_messages_out)},
     {"process_start_time_seconds", "gauge",
      "Start time of the process since the Unix epoch in seconds.", DBL(started)},
     {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
@@ -384,4 +390,19 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
               "Time outbound HTTP requests (ws.http) took.", ws_stats_http_bounds,
               offsetof(struct ws_stats, http_buckets), offsetof(struct ws_stats, http_seconds),
               offsetof(struct ws_stats, http_calls));
+
+    static const char *const ws_results[WS_STATS_WSCLIENT_RESULTS] = {"ok", "refused", "error",
+                                                                      "timeout"};
+    header(out, "wsserver_wsclient_connects_total", "counter",
+           "Outbound WebSocket connection attempts (ws.connect) by result.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        for (int k = 0; k < WS_STATS_WSCLIENT_RESULTS; k++) {
+            snprintf(labels, sizeof(labels), "result=\"%s\"", ws_results[k]);
+            labelled(out, b, s, "wsserver_wsclient_connects_total", labels,
+                     (double)s->stats.wsclient_connects[k]);
+        }
+    }
 }

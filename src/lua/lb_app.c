@@ -670,6 +670,7 @@ static bool on_busy(void *app)
 static void on_cancel(void *app, const char *reason)
 {
     lb_task_cancel_all(app, reason);
+    lb_wsclient_shutdown(app);
 }
 
 /* Reads a route's results (status, body, headers: the top three, its key below them) into
