@@ -1375,6 +1375,9 @@ function Server:_build_ws()
     end)
   end
   W.http = readonly(HTTP)
+  W.connect = api("connect", "field", function()
+    error("ws.connect is not simulated by the testing kit yet", 2)
+  end)
 
   W.stats = api("stats", "field", function()
     local st = {}
