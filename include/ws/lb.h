@@ -4,6 +4,7 @@
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
  *   lb_http   ws.http: outbound HTTP requests that wait
+ *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
@@ -36,6 +37,7 @@ enum lb_handler {
 struct lb_timer;
 struct lb_task;
 struct ws_http_client;
+struct lb_pg;
 
 struct lb_app {
     lua_State *L;
@@ -79,6 +81,7 @@ struct lb_app {
     size_t nwaiting;
     const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
     struct ws_http_client *http; /* ws.http's client, made on first use */
+    struct lb_pg *pg;            /* ws.pg's pools, made on first use */
 };
 
 /* ---- lb_state ---- */
@@ -240,6 +243,14 @@ void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, c
 
 /* Pushes the ws.http table (request, get, post) and registers its metatables. [-0, +1, m] */
 void lb_http_open(lua_State *L);
+
+/* ---- lb_pg ---- */
+
+/* Pushes the ws.pg table (connect) and registers its metatables. [-0, +1, m] */
+void lb_pg_open(lua_State *L);
+
+/* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
+void lb_pg_free(struct lb_app *a);
 
 /* ---- lb_ws ---- */
 

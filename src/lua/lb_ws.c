@@ -579,6 +579,9 @@ void lb_ws_open(struct lb_app *a)
     lb_http_open(L);
     make_readonly(L);
     lua_setfield(L, -2, "http");
+    lb_pg_open(L);
+    make_readonly(L);
+    lua_setfield(L, -2, "pg");
     lua_newtable(L);
     lua_pushvalue(L, -1);
     a->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
