@@ -114,3 +114,29 @@ class PgCluster:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def main():
+    """For tests in other languages (tests/browser/board.test.js): makes a cluster, prints one
+    JSON line {"conninfo": ..., "port": ...}, and removes it when stdin closes or on SIGTERM."""
+    import json
+    import signal
+    import sys
+
+    cluster = PgCluster()
+
+    def stop(*_):
+        cluster.close()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        print(json.dumps({"conninfo": cluster.conninfo, "port": cluster.port,
+                          "dir": cluster.dir}), flush=True)
+        sys.stdin.read()
+    finally:
+        cluster.close()
+
+
+if __name__ == "__main__":
+    main()
