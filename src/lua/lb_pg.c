@@ -7,6 +7,7 @@
 #include "ws/log.h"
 #include "ws/pg_client.h"
 #include "ws/server.h"
+#include "ws/utf8.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -389,28 +390,6 @@ static struct pg_call *new_call(lua_State *L, struct lb_task *t, struct ws_pg_po
     return c;
 }
 
-static bool valid_utf8(const char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char b = (unsigned char)s[i];
-        size_t len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
-        if (!len || i + len > n || b == 0)
-            return false;
-        for (size_t k = 1; k < len; k++)
-            if (((unsigned char)s[i + k] >> 6) != 2)
-                return false;
-        /* overlong forms, surrogates and code points past U+10FFFF */
-        unsigned char b1 = len > 1 ? (unsigned char)s[i + 1] : 0;
-        if ((len == 2 && b < 0xc2) || (len == 3 && b == 0xe0 && b1 < 0xa0) ||
-            (len == 3 && b == 0xed && b1 >= 0xa0) || (len == 4 && b == 0xf0 && b1 < 0x90) ||
-            (len == 4 && (b > 0xf4 || (b == 0xf4 && b1 >= 0x90))))
-            return false;
-        i += len;
-    }
-    return true;
-}
-
 /* Turns the parameters from idx to the top into strings in place (nil and ws.null stay as they
  * are, for SQL NULL) and fills c's arrays. Strings that are not valid UTF-8 (or hold a NUL) go
  * in binary format, as bytea wants them. Raises for values SQL has no form for.
@@ -471,7 +450,8 @@ static void convert_params(lua_State *L, struct lb_app *a, int idx, struct pg_ca
             luaL_error(L, "ws.pg: parameter %d is too large", i + 1);
         c->values[i] = s;
         c->lengths[i] = (int)len;
-        c->formats[i] = valid_utf8(s, len) ? 0 : 1;
+        bool text = !memchr(s, '\0', len) && ws_utf8_validate((const uint8_t *)s, len) == 0;
+        c->formats[i] = text ? 0 : 1;
     }
     lua_settop(L, null_at - 2);
 }
