@@ -585,6 +585,19 @@ static int tx_after(lua_State *L, int status, lua_KContext ctx)
     return wait_answer(L, c, tx->conn, tx_ended);
 }
 
+/* The transaction could not begin (no connection; BEGIN failed or timed out): its connection
+ * goes back (closed if BEGIN went through) and the call answers nil, err. [-0, +2|+3, m] */
+static int tx_not_begun(lua_State *L, struct lb_task *t, struct pg_tx *tx, struct pg_call *c)
+{
+    tx->phase = TX_OVER;
+    int n = fail(L, c);
+    if (tx->conn)
+        ws_pg_conn_release(tx->conn);
+    tx->conn = NULL;
+    gauges(t->a);
+    return n;
+}
+
 /* BEGIN came back: fn(tx) runs, protected, and may wait. [-0, +?, e] */
 static int tx_begun(lua_State *L, int status, lua_KContext ctx)
 {
@@ -592,15 +605,8 @@ static int tx_begun(lua_State *L, int status, lua_KContext ctx)
     struct lb_task *t = (struct lb_task *)ctx;
     struct pg_tx *tx = lua_touserdata(L, TX_AT);
     struct pg_call *c = lua_touserdata(L, CALL_AT);
-    if (t->woke || c->failed) {
-        tx->phase = TX_OVER;
-        int n = fail(L, c);
-        if (tx->conn)
-            ws_pg_conn_release(tx->conn);
-        tx->conn = NULL;
-        gauges(t->a);
-        return n;
-    }
+    if (t->woke || c->failed)
+        return tx_not_begun(L, t, tx, c);
     observe(t->a, WS_STATS_STORE_OK, ev_now(t->a->loop) - c->started);
     call_release(c);
     tx->phase = TX_OPEN;
@@ -617,10 +623,8 @@ static int tx_acquired(lua_State *L, int status, lua_KContext ctx)
     struct lb_task *t = (struct lb_task *)ctx;
     struct pg_tx *tx = lua_touserdata(L, TX_AT);
     struct pg_call *c = lua_touserdata(L, CALL_AT);
-    if (t->woke || c->failed) {
-        tx->phase = TX_OVER;
-        return fail(L, c);
-    }
+    if (t->woke || c->failed)
+        return tx_not_begun(L, t, tx, c);
     tx->conn = c->conn; /* the transaction holds it now */
     c->conn = NULL;
     c->tx = tx;
