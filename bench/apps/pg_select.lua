@@ -1,8 +1,9 @@
 -- Benchmark app: one PostgreSQL SELECT by primary key per message (ws.pg, a pool of 16), then the
--- message goes back to its sender like the echo app. BENCH_PG is the conninfo; bench/pg_load.sh
--- makes the table bench_kv (id int PRIMARY KEY, v text) with rows 1..1000.
+-- message goes back to its sender like the echo app. BENCH_PG is the conninfo (BENCH_PG_POOL the
+-- pool size); bench/pg_load.sh makes the table bench_kv (id int PRIMARY KEY, v text) with rows
+-- 1..1000.
 local db = assert(ws.pg.connect(assert(os.getenv("BENCH_PG"), "BENCH_PG is not set"),
-  {pool = 16}))
+  {pool = tonumber(os.getenv("BENCH_PG_POOL")) or 16}))
 local n = 0
 
 return {

@@ -377,6 +377,32 @@ def test_close_while_waiting_cancels_the_query(server, pg):
     assert ok and vals == [8], vals
 
 
+def test_close_inside_a_transaction_discards_its_connection(server, pg):
+    pg.sql("DROP TABLE IF EXISTS held; CREATE TABLE held (id int)")
+    srv = server(pool=1)
+
+    async def main():
+        ws = await connect(srv.url)
+        await ws.send("""return db:transaction(function(tx)
+          assert(tx:query("INSERT INTO held VALUES (1)"))
+          return tx:query("SELECT pg_sleep(30) AS intx1")
+        end)""")
+        wait_active(pg, "intx1", 1)
+        await ws.close()
+
+    run(main())
+    wait_for(lambda: 'msg="closed"' in srv.log(), timeout=3, what="close handler")
+    # the statement is cancelled, the connection closed (never pooled inside a transaction), and
+    # the server rolled the insert back
+    wait_active(pg, "intx1", 0, timeout=5)
+    pg.wait_sql("SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+                lambda r: r == ["0"], timeout=5)
+    assert pg.sql("SELECT count(*) FROM held") == ["0"]
+    # the pool of one makes a new connection for the next caller
+    ok, vals = call(srv, "local r = assert(db:query('SELECT 11 AS x')) return r[1].x")
+    assert ok and vals == [11], vals
+
+
 def test_reload_while_waiting_keeps_a_working_client(server, pg):
     srv = server(pool=2)
 
