@@ -291,6 +291,27 @@ def metric(srv, name):
     raise AssertionError(f"{name} not in /metrics:\n{body}")
 
 
+def test_each_worker_has_its_own_pool(wsserver_factory, pg):
+    src = APP % {"conninfo": lua_str(pg.conninfo), "pool": 2, "timeout": 5}
+    srv = wsserver_factory(app_source=src, args=["--workers", "2"])
+
+    async def one(i):
+        async with connect(srv.url) as ws:
+            ok, vals = await ask(ws, "local r = assert(db:query("
+                                     "'SELECT $1::int AS i, pg_backend_pid() AS pid', %d)) "
+                                     "return r[1].i, r[1].pid" % i, timeout=10)
+            assert ok and vals[0] == i, vals
+            return vals[1]
+
+    async def main():
+        return await asyncio.gather(*(one(i) for i in range(20)))
+
+    pids = run(main())
+    assert len(pids) == 20
+    # at most 2 connections per worker, 2 workers
+    assert 1 <= len(set(pids)) <= 4, pids
+
+
 def test_metrics(server, pg):
     srv = server(pool=3)
     call(srv, "for i = 1, 5 do assert(db:query('SELECT $1::int AS x', i)) end "
