@@ -56,8 +56,9 @@ int ws_pg_conn_query(struct ws_pg_conn *c, const char *sql, int n, const char *c
                      void *ud, char *err, size_t errlen);
 
 /* Abandons c's query in flight: its callback does not run; the server is asked to cancel it
- * and its answer is drained before c takes another query (c stays the caller's). */
-void ws_pg_conn_abandon(struct ws_pg_conn *c);
+ * and its answer is drained before c takes another query (c stays the caller's). Returns true
+ * when a query was in flight. */
+bool ws_pg_conn_abandon(struct ws_pg_conn *c);
 
 /* Whether c can take a query now (not cancelling, not lost). */
 bool ws_pg_conn_ready(const struct ws_pg_conn *c);

@@ -641,10 +641,10 @@ static void *cancel_thread(void *arg)
     return NULL;
 }
 
-void ws_pg_conn_abandon(struct ws_pg_conn *c)
+bool ws_pg_conn_abandon(struct ws_pg_conn *c)
 {
     if (c->state != BUSY)
-        return;
+        return false;
     c->done = NULL;
     c->state = DRAINING;
     /* PQcancel opens a connection of its own and blocks until the server took the request */
@@ -662,6 +662,7 @@ void ws_pg_conn_abandon(struct ws_pg_conn *c)
     ev_timer_stop(c->p->loop, &c->timer);
     ev_timer_set(&c->timer, c->p->connect_timeout, 0);
     ev_timer_start(c->p->loop, &c->timer);
+    return true;
 }
 
 bool ws_pg_conn_ready(const struct ws_pg_conn *c)

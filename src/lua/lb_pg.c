@@ -121,10 +121,8 @@ static void call_release(struct pg_call *c)
     if (c->conn)
         ws_pg_conn_release(c->conn);
     c->conn = NULL;
-    if (c->tx && c->tx->conn && !ws_pg_conn_ready(c->tx->conn)) {
-        ws_pg_conn_abandon(c->tx->conn);
-        c->tx->aborted = true;
-    }
+    if (c->tx && c->tx->conn && ws_pg_conn_abandon(c->tx->conn))
+        c->tx->aborted = true; /* whether that query ran or not is unknown: no COMMIT */
     if (c->res)
         PQclear(c->res);
     c->res = NULL;
@@ -523,6 +521,17 @@ static struct pg_call *control(lua_State *L, const char *sql)
     return c;
 }
 
+/* The transaction is over: its connection goes back (closed when it is still in a transaction:
+ * the end failed or never ran, and the server rolls back). */
+static void tx_close(struct lb_task *t, struct pg_tx *tx)
+{
+    if (tx->conn)
+        ws_pg_conn_release(tx->conn);
+    tx->conn = NULL;
+    tx->phase = TX_OVER;
+    gauges(t->a);
+}
+
 /* COMMIT or ROLLBACK came back: the connection goes back; the transaction's results, or the
  * failure, or fn's error raised again. [-0, +?, e] */
 static int tx_ended(lua_State *L, int status, lua_KContext ctx)
@@ -537,11 +546,7 @@ static int tx_ended(lua_State *L, int status, lua_KContext ctx)
         observe(t->a, WS_STATS_STORE_OK, ev_now(t->a->loop) - c->started);
     int failed = ok ? 0 : fail(L, c);
     call_release(c);
-    if (tx->conn)
-        ws_pg_conn_release(tx->conn); /* after a failed end still in a transaction: closed */
-    tx->conn = NULL;
-    tx->phase = TX_OVER;
-    gauges(t->a);
+    tx_close(t, tx);
     if (tx->raised) {
         lua_settop(L, RESULTS_AT);
         return lua_error(L);
@@ -575,26 +580,25 @@ static int tx_after(lua_State *L, int status, lua_KContext ctx)
         push_failure(L, "the transaction is aborted (a query of it did not finish)", NULL);
     }
     struct pg_call *c = control(L, tx->committed ? "COMMIT" : "ROLLBACK");
-    if (!tx->conn || !ws_pg_conn_ready(tx->conn)) {
-        /* still cancelling the abandoned query: closing the connection rolls back */
-        t->woke = NULL;
-        c->failed = true;
-        snprintf(c->err, sizeof(c->err), "the transaction is aborted");
-        return tx_ended(L, LUA_OK, ctx);
+    if (tx->conn && ws_pg_conn_ready(tx->conn))
+        return wait_answer(L, c, tx->conn, tx_ended);
+    /* lost, or still cancelling an abandoned query: closing the connection rolls back */
+    tx_close(t, tx);
+    if (tx->raised) {
+        lua_settop(L, RESULTS_AT);
+        return lua_error(L);
     }
-    return wait_answer(L, c, tx->conn, tx_ended);
+    if (!tx->committed)
+        return lua_gettop(L) - RESULTS_AT + 1;
+    return push_failure(L, "connection lost: the transaction was not committed", NULL);
 }
 
 /* The transaction could not begin (no connection; BEGIN failed or timed out): its connection
  * goes back (closed if BEGIN went through) and the call answers nil, err. [-0, +2|+3, m] */
 static int tx_not_begun(lua_State *L, struct lb_task *t, struct pg_tx *tx, struct pg_call *c)
 {
-    tx->phase = TX_OVER;
     int n = fail(L, c);
-    if (tx->conn)
-        ws_pg_conn_release(tx->conn);
-    tx->conn = NULL;
-    gauges(t->a);
+    tx_close(t, tx);
     return n;
 }
 

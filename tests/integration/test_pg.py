@@ -382,6 +382,32 @@ def test_backend_terminated_mid_query(server, pg):
     assert ok and vals == [7], vals
 
 
+def test_backend_terminated_inside_a_transaction(server, pg):
+    pg.sql("DROP TABLE IF EXISTS lost_tx; CREATE TABLE lost_tx (id int)")
+    srv = server(pool=1)
+
+    async def main():
+        async with connect(srv.url) as ws:
+            await ws.send("""return db:transaction(function(tx)
+              assert(tx:query("INSERT INTO lost_tx VALUES (1)"))
+              local r, err = tx:query("SELECT pg_sleep(20) AS txvictim")
+              local again, err2 = tx:query("SELECT 1")
+              return r, err, again, err2
+            end)""")
+            wait_active(pg, "txvictim", 1)
+            pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+                   "'%AS txvictim%' AND pid <> pg_backend_pid()")
+            return unpack(await asyncio.wait_for(ws.recv(), 5))
+
+    vals = run(main())
+    # the query fails, the next one finds the connection gone, and the transaction cannot commit
+    assert vals[0] is True and vals[1] is None, vals
+    assert "connection lost" in vals[2] or "57P01" in vals[2], vals
+    assert pg.sql("SELECT count(*) FROM lost_tx") == ["0"]
+    ok, vals = call(srv, "local r = assert(db:query('SELECT 12 AS x')) return r[1].x")
+    assert ok and vals == [12], vals
+
+
 def test_close_while_waiting_cancels_the_query(server, pg):
     srv = server(pool=2)
 
