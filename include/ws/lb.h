@@ -4,6 +4,7 @@
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
  *   lb_http   ws.http: outbound HTTP requests that wait
+ *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
  *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
@@ -251,6 +252,22 @@ void lb_pg_open(lua_State *L);
 
 /* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
 void lb_pg_free(struct lb_app *a);
+
+/* ---- lb_pg_types ---- */
+
+struct pg_result; /* libpq's PGresult */
+
+/* Turns the n parameters from idx on into strings in place (nil and ws.null stay nil, for SQL
+ * NULL) and fills values, lengths and formats as PQsendQueryParams reads them: booleans, numbers
+ * as decimal text, tables as their JSON, strings as they are (binary format when not valid
+ * UTF-8 or holding a NUL, as bytea wants them). Raises for values SQL has no form for.
+ * [-0, +0, e] */
+void lb_pg_params(lua_State *L, struct lb_app *a, int idx, int n, const char **values, int *lengths,
+                  int *formats);
+
+/* Pushes the rows of res (tables keyed by column name, values by column type, NULL as ws.null)
+ * and the affected row count; returns 2. [-0, +2, e] */
+int lb_pg_push_rows(lua_State *L, struct lb_app *a, struct pg_result *res);
 
 /* ---- lb_ws ---- */
 
