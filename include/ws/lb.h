@@ -5,6 +5,8 @@
  *   lb_conn   the conn userdata
  *   lb_http   ws.http: outbound HTTP requests that wait
  *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
+ *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
+ *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
@@ -38,6 +40,7 @@ struct lb_timer;
 struct lb_task;
 struct ws_http_client;
 struct lb_wsclient;
+struct lb_pg;
 
 struct lb_app {
     lua_State *L;
@@ -82,6 +85,7 @@ struct lb_app {
     const char *stopping;          /* set by lb_task_cancel_all: every wait returns nil, stopping */
     struct ws_http_client *http;   /* ws.http's client, made on first use */
     struct lb_wsclient *wsclients; /* ws.connect's clients that are not collected yet */
+    struct lb_pg *pg;              /* ws.pg's pools, made on first use */
 };
 
 /* ---- lb_state ---- */
@@ -261,6 +265,30 @@ void lb_wsclient_cancel(struct lb_app *a, uint64_t keep_generation);
 
 /* A shutdown: every client closes with 1001 and none reconnects. */
 void lb_wsclient_shutdown(struct lb_app *a);
+
+/* ---- lb_pg ---- */
+
+/* Pushes the ws.pg table (connect) and registers its metatables. [-0, +1, m] */
+void lb_pg_open(lua_State *L);
+
+/* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
+void lb_pg_free(struct lb_app *a);
+
+/* ---- lb_pg_types ---- */
+
+struct pg_result; /* libpq's PGresult */
+
+/* Turns the n parameters from idx on into strings in place (nil and ws.null stay nil, for SQL
+ * NULL) and fills values, lengths and formats as PQsendQueryParams reads them: booleans, numbers
+ * as decimal text, tables as their JSON, strings as they are (binary format when not valid
+ * UTF-8 or holding a NUL, as bytea wants them). Raises for values SQL has no form for.
+ * [-0, +0, e] */
+void lb_pg_params(lua_State *L, struct lb_app *a, int idx, int n, const char **values, int *lengths,
+                  int *formats);
+
+/* Pushes the rows of res (tables keyed by column name, values by column type, NULL as ws.null)
+ * and the affected row count; returns 2. [-0, +2, e] */
+int lb_pg_push_rows(lua_State *L, struct lb_app *a, struct pg_result *res);
 
 /* ---- lb_ws ---- */
 

@@ -583,6 +583,9 @@ void lb_ws_open(struct lb_app *a)
     lua_setfield(L, -2, "http");
     lb_wsclient_open(L);
     lua_setfield(L, -2, "connect");
+    lb_pg_open(L);
+    make_readonly(L);
+    lua_setfield(L, -2, "pg");
     lua_newtable(L);
     lua_pushvalue(L, -1);
     a->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
