@@ -56,6 +56,13 @@ struct ws_stats {
     uint64_t http_calls;
     double http_seconds;
     uint64_t http_buckets[WS_STATS_LATENCY_BUCKETS];
+    /* Redis calls (ws.redis: a call or a pipeline) by enum ws_stats_http_result, their latency,
+     * and the pools' connections (gauges: open, busy with a call) */
+    uint64_t redis_results[WS_STATS_HTTP_RESULTS];
+    uint64_t redis_calls;
+    double redis_seconds;
+    uint64_t redis_buckets[WS_STATS_LATENCY_BUCKETS];
+    uint64_t redis_open, redis_busy;
 };
 
 /* Upper bounds (seconds) of the handler latency buckets; the last is +Inf. */
@@ -66,6 +73,10 @@ extern const double ws_stats_http_bounds[WS_STATS_LATENCY_BUCKETS];
 
 /* Records one outbound HTTP request that ended as result after seconds. */
 void ws_stats_observe_http(struct ws_stats *st, enum ws_stats_http_result result, double seconds);
+
+/* Records one Redis call (or pipeline) that ended as result after seconds (buckets: the
+ * handler latency bounds, 0.1 ms to 1 s). */
+void ws_stats_observe_redis(struct ws_stats *st, enum ws_stats_http_result result, double seconds);
 
 /* Records one handler call that took seconds. */
 void ws_stats_observe_handler(struct ws_stats *st, double seconds);

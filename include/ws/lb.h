@@ -7,6 +7,7 @@
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
+ *   lb_redis  ws.redis: pooled Redis clients whose calls wait, subscriptions
  * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
  * reload): nothing a Lua value does can raise outside a protected call. */
 #ifndef WS_LB_H
@@ -36,6 +37,7 @@ enum lb_handler {
 struct lb_timer;
 struct lb_task;
 struct ws_http_client;
+struct lb_redis;
 
 struct lb_app {
     lua_State *L;
@@ -79,6 +81,7 @@ struct lb_app {
     size_t nwaiting;
     const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
     struct ws_http_client *http; /* ws.http's client, made on first use */
+    struct lb_redis *redis;      /* ws.redis's pools and subscriptions, made on first use */
 };
 
 /* ---- lb_state ---- */
@@ -240,6 +243,19 @@ void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, c
 
 /* Pushes the ws.http table (request, get, post) and registers its metatables. [-0, +1, m] */
 void lb_http_open(lua_State *L);
+
+/* ---- lb_redis ---- */
+
+/* Pushes the ws.redis table (connect) and registers its metatables. [-0, +1, m] */
+void lb_redis_open(lua_State *L);
+
+/* Ends the subscriptions made by generations other than keep_generation (all when 0), like the
+ * timers of an older version. [-0, +0, -] */
+void lb_redis_cancel_subs(struct lb_app *a, uint64_t keep_generation);
+
+/* Closes every pool (after the state: no call refers to one any more); requests still in flight
+ * are dropped without a callback. */
+void lb_redis_free(struct lb_app *a);
 
 /* ---- lb_ws ---- */
 

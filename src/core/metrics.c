@@ -384,4 +384,32 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
               "Time outbound HTTP requests (ws.http) took.", ws_stats_http_bounds,
               offsetof(struct ws_stats, http_buckets), offsetof(struct ws_stats, http_seconds),
               offsetof(struct ws_stats, http_calls));
+
+    header(out, "wsserver_store_commands_total", "counter",
+           "Calls to outside stores (ws.redis: a call or a pipeline) by store and result.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        for (int k = 0; k < WS_STATS_HTTP_RESULTS; k++) {
+            snprintf(labels, sizeof(labels), "store=\"redis\",result=\"%s\"", results[k]);
+            labelled(out, b, s, "wsserver_store_commands_total", labels,
+                     (double)s->stats.redis_results[k]);
+        }
+    }
+    histogram(out, b, "wsserver_redis_duration_seconds",
+              "Time Redis calls (ws.redis) took, waiting for a connection included.",
+              ws_stats_latency_bounds, offsetof(struct ws_stats, redis_buckets),
+              offsetof(struct ws_stats, redis_seconds), offsetof(struct ws_stats, redis_calls));
+    header(out, "wsserver_store_connections", "gauge",
+           "Connections of the outside stores' pools (ws.redis) by store and state.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        labelled(out, b, s, "wsserver_store_connections", "store=\"redis\",state=\"open\"",
+                 (double)s->stats.redis_open);
+        labelled(out, b, s, "wsserver_store_connections", "store=\"redis\",state=\"busy\"",
+                 (double)s->stats.redis_busy);
+    }
 }

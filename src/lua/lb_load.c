@@ -85,6 +85,7 @@ void lb_app_free(struct lb_app *a)
         lua_close(a->L);
     }
     ws_http_client_free(a->http); /* after the state: nothing refers to a request any more */
+    lb_redis_free(a);
     ev_idle_stop(a->loop, &a->reload_idle);
     if (!a->status_pid) {
         char status[PATH_MAX];
