@@ -489,6 +489,17 @@ static int redis_connect(lua_State *L)
     return 1;
 }
 
+/* ws.redis.url() -> the server's Redis (--redis or config.redis) or nil. [-0, +1, -] */
+static int redis_url(lua_State *L)
+{
+    struct lb_app *a = lb_app_of(L);
+    if (a->config.redis)
+        lua_pushstring(L, a->config.redis);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
 void lb_redis_open(lua_State *L)
 {
     luaL_newmetatable(L, CALL_MT);
@@ -514,6 +525,7 @@ void lb_redis_open(lua_State *L)
     lua_pop(L, 1);
     static const luaL_Reg funcs[] = {
         {"connect", redis_connect},
+        {"url", redis_url},
         {NULL, NULL},
     };
     luaL_newlib(L, funcs);
