@@ -361,3 +361,74 @@ def test_metrics(wsserver_factory, redis):
     assert value(samples, "wsserver_redis_duration_seconds_count") == 8
     assert value(samples, "wsserver_store_connections", store="redis", state="busy") == 0
     assert value(samples, "wsserver_store_connections", store="redis", state="open") == 1
+
+
+CHAT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "chat", "chat.lua")
+
+
+async def chat_join(url, room, nick):
+    ws = await connect(url).__aenter__()
+    assert json.loads(await asyncio.wait_for(ws.recv(), STEP))["type"] == "welcome"
+    await ws.send(json.dumps({"type": "join", "room": room, "nick": nick}))
+    while True:
+        m = json.loads(await asyncio.wait_for(ws.recv(), STEP))
+        if m["type"] == "joined":
+            return ws, m
+
+
+async def chat_say(ws, text):
+    await ws.send(json.dumps({"type": "say", "text": text}))
+    while True:
+        m = json.loads(await asyncio.wait_for(ws.recv(), STEP))
+        if m["type"] == "message" and m["text"] == text:
+            return m
+
+
+def test_chat_history_in_redis_survives_restart_and_is_shared(wsserver_factory, redis):
+    """examples/chat with --redis: the history outlives the server and two nodes share it (and
+    their ids); the last 50 per room; Redis down: messages still flow, the history comes back
+    with Redis."""
+    first = wsserver_factory(app=CHAT, args=["--redis", redis.url])
+
+    async def before_restart():
+        ws, joined = await chat_join(first.url, "lobby", "José")
+        assert joined["history"] == []
+        for i in range(3):
+            assert (await chat_say(ws, f"m{i}"))["id"] == i + 1
+        await ws.close()
+
+    run(before_restart())
+    assert first.stop() == 0
+    assert redis.command("LLEN", "chat:room:lobby:history") == 3
+
+    a = wsserver_factory(app=CHAT, args=["--redis", redis.url])
+    b = wsserver_factory(app=CHAT, args=["--redis", redis.url])
+
+    async def two_nodes():
+        wa, joined = await chat_join(a.url, "lobby", "Мария")
+        assert [m["text"] for m in joined["history"]] == ["m0", "m1", "m2"]
+        assert joined["history"][0]["nick"] == "José"
+        # 60 more from seven members of the lobby, at most nine each: with its join, within
+        # each one's rate limit (a burst of ten)
+        senders = [wa] + [(await chat_join(a.url, "lobby", f"u{k}"))[0] for k in range(6)]
+        for i in range(60):
+            await chat_say(senders[i // 9], f"n{i}")
+        wb, joined = await chat_join(b.url, "lobby", "نور")
+        history = joined["history"]
+        assert len(history) == 50
+        assert history[-1]["text"] == "n59" and history[-1]["id"] == 63
+        assert history[0]["text"] == "n10"
+        # the other room's history is its own
+        wc, joined = await chat_join(b.url, "quiet", "李雷")
+        assert joined["history"] == []
+        # Redis down: the room still talks (across this node), history waits for Redis
+        redis.kill()
+        m = await chat_say(wc, "while down")
+        assert m["room"] == "quiet"
+        redis.start()
+        for w in senders + [wb, wc]:
+            await w.close()
+
+    run(two_nodes(), timeout=80)
+    assert "chat history not saved" in b.log()
+    assert "handler_error" not in a.log() + b.log()
