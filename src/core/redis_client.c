@@ -209,7 +209,8 @@ struct ws_redis_req {
     struct ws_buf cmds;
     struct ws_redis_result res;
     bool failed;
-    struct ws_redis_req *next; /* the queue */
+    struct ws_redis_req *prev, *next; /* the queue */
+    bool queued;
 };
 
 struct ws_redis_sub {
@@ -230,6 +231,7 @@ struct ws_redis {
     struct rconn *conns; /* open or opening */
     size_t nconns, nbusy;
     struct ws_redis_req *queue, *queue_tail;
+    size_t nqueued;
     double retry_at; /* ev_now before which no new connection is tried */
     double backoff;
     char last_err[512];
@@ -244,6 +246,35 @@ struct ws_redis {
 };
 
 static void pump(struct ws_redis *r);
+
+static void enqueue(struct ws_redis *r, struct ws_redis_req *q)
+{
+    q->prev = r->queue_tail;
+    q->next = NULL;
+    if (r->queue_tail)
+        r->queue_tail->next = q;
+    else
+        r->queue = q;
+    r->queue_tail = q;
+    q->queued = true;
+    r->nqueued++;
+}
+
+static void unqueue(struct ws_redis *r, struct ws_redis_req *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        r->queue = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        r->queue_tail = q->prev;
+    q->prev = q->next = NULL;
+    q->queued = false;
+    r->nqueued--;
+}
+
 static void on_sub_retry(struct ev_loop *loop, ev_timer *w, int revents);
 
 static void req_free(struct ws_redis_req *q)
@@ -330,9 +361,7 @@ static void on_flush(struct ev_loop *loop, ev_timer *w, int revents)
     }
     while (r->queue) {
         struct ws_redis_req *q = r->queue;
-        r->queue = q->next;
-        if (!r->queue)
-            r->queue_tail = NULL;
+        unqueue(r, q);
         fail(q, r->last_err);
         finish(q);
     }
@@ -480,19 +509,13 @@ static void pump(struct ws_redis *r)
         if (!c->ready || c->req)
             continue;
         struct ws_redis_req *q = r->queue;
-        r->queue = q->next;
-        if (!r->queue)
-            r->queue_tail = NULL;
-        q->next = NULL;
+        unqueue(r, q);
         dispatch(c, q);
     }
     size_t opening = 0;
     for (struct rconn *c = r->conns; c; c = c->next)
         opening += !c->ready;
-    size_t waiting = 0;
-    for (struct ws_redis_req *q = r->queue; q; q = q->next)
-        waiting++;
-    while (waiting > opening && r->nconns < r->pool && ev_now(r->loop) >= r->retry_at) {
+    while (r->nqueued > opening && r->nconns < r->pool && ev_now(r->loop) >= r->retry_at) {
         size_t before = r->nconns;
         open_conn(r);
         if (r->nconns == before)
@@ -553,11 +576,7 @@ struct ws_redis_req *ws_redis_command(struct ws_redis *r, size_t ncmds, const in
         q->cmd_end[i] = q->cmds.len;
         k += (size_t)argc[i];
     }
-    if (r->queue_tail)
-        r->queue_tail->next = q;
-    else
-        r->queue = q;
-    r->queue_tail = q;
+    enqueue(r, q);
     pump(r);
     return q;
 }
@@ -576,18 +595,8 @@ void ws_redis_cancel(struct ws_redis_req *q, bool close)
         }
         return;
     }
-    struct ws_redis_req *prev = NULL;
-    for (struct ws_redis_req *p = r->queue; p; prev = p, p = p->next) {
-        if (p == q) {
-            if (prev)
-                prev->next = q->next;
-            else
-                r->queue = q->next;
-            if (r->queue_tail == q)
-                r->queue_tail = prev;
-            break;
-        }
-    }
+    if (q->queued)
+        unqueue(r, q);
     req_free(q);
 }
 
@@ -755,7 +764,7 @@ void ws_redis_free(struct ws_redis *r)
         return;
     while (r->queue) {
         struct ws_redis_req *q = r->queue;
-        r->queue = q->next;
+        unqueue(r, q);
         req_free(q);
     }
     for (struct rconn *c = r->conns; c; c = c->next)
