@@ -38,6 +38,7 @@ struct lb_timer;
 struct lb_task;
 struct ws_http_client;
 struct lb_redis;
+struct ws_redis_ops;
 
 struct lb_app {
     lua_State *L;
@@ -82,6 +83,7 @@ struct lb_app {
     const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
     struct ws_http_client *http; /* ws.http's client, made on first use */
     struct lb_redis *redis;      /* ws.redis's pools and subscriptions, made on first use */
+    const struct ws_redis_ops *redis_ops; /* their calls: hiredis's (NULL), or a stand-in's */
 };
 
 /* ---- lb_state ---- */

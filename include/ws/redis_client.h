@@ -117,4 +117,24 @@ void ws_redis_unsubscribe(struct ws_redis_sub *s);
 size_t ws_redis_open(const struct ws_redis *r);
 size_t ws_redis_busy(const struct ws_redis *r);
 
+/* The calls a pool answers to, so that a stand-in (an in-memory Redis for app specs) can take the
+ * place of hiredis's: the binding reaches pools only through these. */
+struct ws_redis_ops {
+    struct ws_redis *(*create)(struct ev_loop *loop, const struct ws_redis_addr *addr, size_t pool,
+                               double connect_timeout);
+    void (*free)(struct ws_redis *r);
+    struct ws_redis_req *(*command)(struct ws_redis *r, size_t ncmds, const int *argc,
+                                    const char *const *argv, const size_t *argvlen,
+                                    ws_redis_done_fn done, void *ud, char *err, size_t errlen);
+    void (*cancel)(struct ws_redis_req *req, bool close);
+    struct ws_redis_sub *(*subscribe)(struct ws_redis *r, const char *channel, size_t len,
+                                      ws_redis_message_fn fn, void *ud);
+    void (*unsubscribe)(struct ws_redis_sub *s);
+    size_t (*open)(const struct ws_redis *r);
+    size_t (*busy)(const struct ws_redis *r);
+};
+
+/* The functions above: hiredis on the loop. */
+extern const struct ws_redis_ops ws_redis_hiredis;
+
 #endif

@@ -783,3 +783,8 @@ void ws_redis_free(struct ws_redis *r)
     sweep_subs(r);
     free(r);
 }
+
+const struct ws_redis_ops ws_redis_hiredis = {
+    ws_redis_new,       ws_redis_free,        ws_redis_command, ws_redis_cancel,
+    ws_redis_subscribe, ws_redis_unsubscribe, ws_redis_open,    ws_redis_busy,
+};

@@ -24,11 +24,13 @@ struct pool {
     struct pool *next;
     char *url;
     size_t size;
+    const struct ws_redis_ops *ops;
     struct ws_redis *r;
 };
 
 struct lb_redis_sub {
     struct lb_app *a;
+    const struct ws_redis_ops *ops;
     struct ws_redis_sub *s; /* NULL once unsubscribed */
     int fn_ref, self_ref;
     uint64_t generation;
@@ -48,6 +50,7 @@ struct client {
 
 /* One call in flight, on the waiting coroutine's stack; its __gc releases what is left. */
 struct redis_call {
+    const struct ws_redis_ops *ops;
     struct ws_redis_req *req;
     struct lb_task *t;
     struct ws_redis_result res;
@@ -61,8 +64,8 @@ static void set_gauges(struct lb_app *a)
         return;
     size_t open = 0, busy = 0;
     for (struct pool *p = a->redis->pools; p; p = p->next) {
-        open += ws_redis_open(p->r);
-        busy += ws_redis_busy(p->r);
+        open += p->ops->open(p->r);
+        busy += p->ops->busy(p->r);
     }
     a->srv->env.stats->redis_open = open;
     a->srv->env.stats->redis_busy = busy;
@@ -73,7 +76,7 @@ static int call_gc(lua_State *L)
 {
     struct redis_call *c = lua_touserdata(L, 1);
     if (c->req)
-        ws_redis_cancel(c->req, false);
+        c->ops->cancel(c->req, false);
     c->req = NULL;
     ws_redis_result_free(&c->res);
     return 0;
@@ -93,7 +96,7 @@ static void on_cancel(struct lb_task *t)
 {
     struct redis_call *c = t->wait_ud;
     if (c->req)
-        ws_redis_cancel(c->req, t->woke && strcmp(t->woke, "timeout") == 0);
+        c->ops->cancel(c->req, t->woke && strcmp(t->woke, "timeout") == 0);
     c->req = NULL;
     set_gauges(t->a);
 }
@@ -229,11 +232,12 @@ static int send_and_wait(lua_State *L, struct client *cl, int first, size_t ncmd
     memset(c, 0, sizeof(*c));
     luaL_setmetatable(L, CALL_MT);
     c->t = t;
+    c->ops = cl->p->ops;
     c->pipeline = pipeline;
     size_t n = argvlen[0] < sizeof(c->command) ? argvlen[0] : sizeof(c->command) - 1;
     memcpy(c->command, argv[0], n);
     char err[256];
-    c->req = ws_redis_command(cl->p->r, ncmds, argc, argv, argvlen, on_done, c, err, sizeof(err));
+    c->req = c->ops->command(cl->p->r, ncmds, argc, argv, argvlen, on_done, c, err, sizeof(err));
     set_gauges(a);
     if (!c->req) {
         struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
@@ -335,7 +339,7 @@ static void sub_end(struct lb_redis_sub *s)
     struct lb_app *a = s->a;
     if (!s->s)
         return;
-    ws_redis_unsubscribe(s->s);
+    s->ops->unsubscribe(s->s);
     s->s = NULL;
     if (s->prev)
         s->prev->next = s->next;
@@ -388,7 +392,8 @@ static int client_subscribe(lua_State *L)
     if (s->next)
         s->next->prev = s;
     a->redis->subs = s;
-    s->s = ws_redis_subscribe(cl->p->r, ch, len, on_message, s);
+    s->ops = cl->p->ops;
+    s->s = s->ops->subscribe(cl->p->r, ch, len, on_message, s);
     set_gauges(a);
     return 1;
 }
@@ -421,7 +426,7 @@ void lb_redis_free(struct lb_app *a)
     struct pool *p = a->redis->pools;
     while (p) {
         struct pool *next = p->next;
-        ws_redis_free(p->r);
+        p->ops->free(p->r);
         free(p->url);
         free(p);
         p = next;
@@ -478,7 +483,8 @@ static int redis_connect(lua_State *L)
         p = ws_xcalloc(1, sizeof(*p));
         p->url = ws_xstrndup(url, ulen);
         p->size = (size_t)size;
-        p->r = ws_redis_new(a->loop, &addr, p->size, timeout);
+        p->ops = a->redis_ops ? a->redis_ops : &ws_redis_hiredis;
+        p->r = p->ops->create(a->loop, &addr, p->size, timeout);
         p->next = a->redis->pools;
         a->redis->pools = p;
     }
