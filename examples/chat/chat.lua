@@ -22,8 +22,11 @@ client -> server
   {"type":"rooms"}                                  ask for the room list
 
 server -> client
-  {"type":"welcome", "id":7, "server":"65a1f0-3c2d", "rooms":[...], "limits":{...}}
-      on connect; "server" changes when the server restarts (not on a reload)
+  {"type":"welcome", "id":7, "server":"65a1f0-3c2d", "scope":"65a1f0-3c2d", "rooms":[...],
+   "limits":{...}}
+      on connect; "server" changes when the server restarts (not on a reload); message ids are
+      unique within "scope": the server's without Redis, "redis" with it (ids from Redis hold
+      across restarts and nodes)
   {"type":"joined", "room":"lobby", "nick":"alice", "members":["alice","bob"],
    "history":[message, ...]}                        to the joiner: the last 50 messages
   {"type":"left", "room":"lobby"}                   to the leaver
@@ -176,17 +179,16 @@ local function history_of(room)
   return out
 end
 
--- A message id: from Redis, so ids grow across restarts and nodes; from ws.state otherwise (or
--- while Redis fails).
+-- A message id: from Redis, so ids grow across restarts and nodes; from ws.state otherwise.
+-- While Redis fails, this process's own ids, as strings naming it, so they never collide with
+-- Redis's.
 local function next_id()
-  if R then
-    local id = R:call("INCR", "chat:last_id")
-    if id then
-      return id
-    end
+  local id = R and R:call("INCR", "chat:last_id")
+  if id then
+    return id
   end
   S.last_id = S.last_id + 1
-  return S.last_id
+  return R and S.boot .. "-" .. S.last_id or S.last_id
 end
 
 local function remember(room, m, encoded)
@@ -396,7 +398,8 @@ return {
   end,
 
   open = function(conn)
-    conn:send_json({type = "welcome", id = conn.id, server = S.boot, rooms = room_list(),
+    conn:send_json({type = "welcome", id = conn.id, server = S.boot, scope = R and "redis" or S.boot,
+                    rooms = room_list(),
                     limits = {text = LIMITS.text, nick = LIMITS.nick, room = LIMITS.room,
                               history = LIMITS.history, burst = LIMITS.burst,
                               per = LIMITS.per}})

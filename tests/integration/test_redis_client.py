@@ -10,6 +10,7 @@ connection, reload and shutdown cancels. Descriptors are counted before and afte
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -368,7 +369,8 @@ CHAT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "chat", "
 
 async def chat_join(url, room, nick):
     ws = await connect(url).__aenter__()
-    assert json.loads(await asyncio.wait_for(ws.recv(), STEP))["type"] == "welcome"
+    welcome = json.loads(await asyncio.wait_for(ws.recv(), STEP))
+    assert welcome["type"] == "welcome" and welcome["scope"] == "redis"
     await ws.send(json.dumps({"type": "join", "room": room, "nick": nick}))
     while True:
         m = json.loads(await asyncio.wait_for(ws.recv(), STEP))
@@ -424,7 +426,7 @@ def test_chat_history_in_redis_survives_restart_and_is_shared(wsserver_factory, 
         # Redis down: the room still talks (across this node), history waits for Redis
         redis.kill()
         m = await chat_say(wc, "while down")
-        assert m["room"] == "quiet"
+        assert m["room"] == "quiet" and re.fullmatch(r"[0-9a-f]+-[0-9a-f]+-1", m["id"]), m
         redis.start()
         for w in senders + [wb, wc]:
             await w.close()

@@ -20,6 +20,7 @@ const chat = {
   state: 'connecting', // connecting | online | reconnecting
   connections: 0, // WebSockets opened so far: a hot reload of the server must not add one
   server: null, // the server's boot id, from welcome: it changes when the server restarts
+  scope: null, // what message ids are unique in (welcome's scope): the server, or its Redis
   room: null, // the room we are in, as the server spelled it
   nick: null,
   wanted: null, // {room, nick} to join after (re)connecting
@@ -89,6 +90,7 @@ const handlers = {
   welcome(msg) {
     attempt = 0;
     chat.server = msg.server;
+    chat.scope = msg.scope || msg.server;
     renderRooms(msg.rooms);
   },
 
@@ -209,7 +211,7 @@ function append(li) {
 }
 
 function addMessage(m) {
-  const key = chat.server + ':' + m.id;
+  const key = chat.scope + ':' + m.id; // history replayed after a reconnect is shown once
   if (shown.has(key)) return;
   shown.add(key);
   const li = el('li', m.nick === chat.nick ? 'msg mine' : 'msg');
