@@ -316,3 +316,72 @@ describe('chat example in headless Chromium', { skip, timeout: 90000 }, () => {
     assert.doesNotMatch(server.log(), /handler_error/);
   });
 });
+
+// The same page on a server with --redis: the history lives in a redis-server started here
+// (stopped by its PID at the end), so a restart keeps it, and the page shows it once.
+describe('chat example with its history in Redis', { skip, timeout: 60000 }, () => {
+  const { spawn, execFileSync } = require('node:child_process');
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'wsserver-chat-redis-'));
+  let redis;
+  let server;
+  let browser;
+
+  before(async () => {
+    const port = await freePort();
+    redis = spawn('redis-server', ['--bind', '127.0.0.1', '--port', String(port), '--save', '',
+      '--appendonly', 'no'], { stdio: 'ignore' });
+    const deadline = Date.now() + STEP;
+    while (Date.now() < deadline) {
+      try {
+        if (execFileSync('redis-cli', ['-p', String(port), 'ping']).toString().trim() === 'PONG') break;
+      } catch { /* not up yet */ }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    server = new Server(await freePort(), path.join(tmp, 'wsserver.log'),
+      ['--redis', `redis://127.0.0.1:${port}`, '--static', PUBLIC, APP], STEP);
+    await server.start();
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    if (browser) await browser.close().catch(() => {});
+    if (server) await server.stop();
+    if (redis) redis.kill('SIGTERM');
+    fs.rmSync(tmp, { recursive: true, force: true });
+  });
+
+  test('a restart keeps the history, and the reconnected page shows it once', async () => {
+    const context = await browser.newContext({ viewport: { width: 1100, height: 680 } });
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP);
+    await page.goto(`http://127.0.0.1:${server.port}/`);
+    await page.waitForSelector('#status[data-state="online"]');
+    await page.fill('#nick', 'Мария');
+    await page.fill('#room', 'kept');
+    await page.click('#join button[type="submit"]');
+    await page.waitForFunction(() => window.chat.room === 'kept');
+    const texts = () => page.$$eval('#messages .msg .text', (ns) => ns.map((n) => n.textContent));
+    for (const text of ['first', 'second']) {
+      await page.fill('#text', text);
+      await page.press('#text', 'Enter');
+      await page.waitForFunction((n) => document.querySelectorAll('#messages .msg').length === n,
+        text === 'first' ? 1 : 2);
+    }
+    await server.stop();
+    await page.waitForFunction(() => window.chat.state === 'reconnecting');
+    await server.start();
+    await page.waitForFunction(() => window.chat.state === 'online' && window.chat.connections === 2,
+      null, { timeout: 10000 });
+    await page.waitForSelector('#messages .notice:has-text("reconnected to kept")');
+    assert.deepEqual(await texts(), ['first', 'second']);
+    // a page opened after the restart gets the history from Redis
+    const other = await (await browser.newContext()).newPage();
+    await other.goto(`http://127.0.0.1:${server.port}/`);
+    await other.waitForSelector('#status[data-state="online"]');
+    await other.fill('#nick', 'نور');
+    await other.fill('#room', 'kept');
+    await other.click('#join button[type="submit"]');
+    await other.waitForFunction(() => document.querySelectorAll('#messages .msg').length === 2);
+    assert.doesNotMatch(server.log(), /handler_error/);
+  });
+});
