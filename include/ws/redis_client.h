@@ -44,6 +44,12 @@ struct redisAsyncContext *ws_redis_connect(struct ev_loop *loop, const struct ws
                                            ws_redis_setup_fn setup, void *privdata, int *nsetup,
                                            char *err, size_t errlen);
 
+/* Reconnecting: starts t (not already active) after *backoff seconds and doubles *backoff, up to
+ * WS_REDIS_BACKOFF_MAX. A success sets *backoff back to WS_REDIS_BACKOFF_MIN. */
+#define WS_REDIS_BACKOFF_MIN 0.1
+#define WS_REDIS_BACKOFF_MAX 5.0
+void ws_redis_retry_later(struct ev_loop *loop, ev_timer *t, double *backoff);
+
 /* ---- replies ---- */
 
 enum ws_redis_kind {

@@ -26,8 +26,6 @@
 #define CHANNEL_ALL "wsserver:all"
 #define CHANNEL_TOPIC "wsserver:t:"
 #define PENDING_MAX (64u * 1024 * 1024) /* unsent PUBLISH bytes before messages are dropped */
-#define BACKOFF_MIN 0.1
-#define BACKOFF_MAX 5.0
 
 struct topic_entry {
     struct topic_entry *next; /* same hash */
@@ -52,11 +50,7 @@ static void connect_both(struct redis_bus *r);
 
 static void schedule_retry(struct redis_bus *r)
 {
-    if (ev_is_active(&r->retry))
-        return;
-    ev_timer_set(&r->retry, r->backoff, 0);
-    ev_timer_start(r->loop, &r->retry);
-    r->backoff = r->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : r->backoff * 2;
+    ws_redis_retry_later(r->loop, &r->retry, &r->backoff);
 }
 
 static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
@@ -124,7 +118,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         r->pub_up = true;
     }
     if (r->sub_up && r->pub_up) {
-        r->backoff = BACKOFF_MIN;
+        r->backoff = WS_REDIS_BACKOFF_MIN;
         ws_log_msg(WS_LOG_INFO, "bus_connected", r->name);
     }
 }
@@ -283,7 +277,7 @@ struct ws_bus *ws_bus_redis_new(struct ev_loop *loop, const char *url, ws_bus_de
     r->bus.deliver = deliver;
     r->bus.ctx = ctx;
     r->loop = loop;
-    r->backoff = BACKOFF_MIN;
+    r->backoff = WS_REDIS_BACKOFF_MIN;
     ws_map_init(&r->topics);
     ws_buf_init(&r->scratch);
     ev_init(&r->retry, on_retry);

@@ -23,9 +23,6 @@
 #include <hiredis/hiredis.h>
 #pragma GCC diagnostic pop
 
-#define BACKOFF_MIN 0.1
-#define BACKOFF_MAX 5.0
-
 /* ---- addresses ---- */
 
 static int copy_part(char *out, size_t cap, const char *p, size_t n)
@@ -137,6 +134,21 @@ struct redisAsyncContext *ws_redis_connect(struct ev_loop *loop, const struct ws
         (*nsetup)++;
     }
     return ac;
+}
+
+static double next_backoff(double *backoff)
+{
+    double now = *backoff;
+    *backoff = now * 2 > WS_REDIS_BACKOFF_MAX ? WS_REDIS_BACKOFF_MAX : now * 2;
+    return now;
+}
+
+void ws_redis_retry_later(struct ev_loop *loop, ev_timer *t, double *backoff)
+{
+    if (ev_is_active(t))
+        return;
+    ev_timer_set(t, next_backoff(backoff), 0);
+    ev_timer_start(loop, t);
 }
 
 /* ---- replies ---- */
@@ -340,8 +352,7 @@ static void connect_failed(struct ws_redis *r, const char *why)
 {
     snprintf(r->last_err, sizeof(r->last_err), "redis %.200s: %.200s", r->name, why);
     ws_log_msg(WS_LOG_WARN, "redis_connect_failed", r->last_err);
-    r->retry_at = ev_now(r->loop) + r->backoff;
-    r->backoff = r->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : r->backoff * 2;
+    r->retry_at = ev_now(r->loop) + next_backoff(&r->backoff);
     if (!ev_is_active(&r->flush)) {
         ev_timer_set(&r->flush, 0, 0);
         ev_timer_start(r->loop, &r->flush);
@@ -407,7 +418,7 @@ static void became_ready(struct rconn *c)
 {
     c->ready = true;
     ev_timer_stop(c->r->loop, &c->connect_timer);
-    c->r->backoff = BACKOFF_MIN;
+    c->r->backoff = WS_REDIS_BACKOFF_MIN;
     pump(c->r);
 }
 
@@ -533,7 +544,7 @@ struct ws_redis *ws_redis_new(struct ev_loop *loop, const struct ws_redis_addr *
     ws_redis_addr_name(addr, r->name, sizeof(r->name));
     r->pool = pool < 1 ? 1 : pool > WS_REDIS_MAX_POOL ? WS_REDIS_MAX_POOL : pool;
     r->connect_timeout = connect_timeout > 0 ? connect_timeout : 10;
-    r->backoff = r->sub_backoff = BACKOFF_MIN;
+    r->backoff = r->sub_backoff = WS_REDIS_BACKOFF_MIN;
     ev_init(&r->sub_retry, on_sub_retry);
     r->sub_retry.data = r;
     ev_init(&r->flush, on_flush);
@@ -616,11 +627,8 @@ static void sub_connect(struct ws_redis *r);
 
 static void sub_schedule(struct ws_redis *r)
 {
-    if (ev_is_active(&r->sub_retry) || !r->subs)
-        return;
-    ev_timer_set(&r->sub_retry, r->sub_backoff, 0);
-    ev_timer_start(r->loop, &r->sub_retry);
-    r->sub_backoff = r->sub_backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : r->sub_backoff * 2;
+    if (r->subs)
+        ws_redis_retry_later(r->loop, &r->sub_retry, &r->sub_backoff);
 }
 
 static void on_sub_retry(struct ev_loop *loop, ev_timer *w, int revents)
@@ -691,7 +699,7 @@ static void on_sub_connect(const redisAsyncContext *ac, int status)
         return;
     }
     r->sub_up = true;
-    r->sub_backoff = BACKOFF_MIN;
+    r->sub_backoff = WS_REDIS_BACKOFF_MIN;
     /* every subscription again (Redis ignores a channel subscribed twice) */
     for (struct ws_redis_sub *s = r->subs; s; s = s->next)
         if (s->fn)

@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include "testkit.h"
+
 #include "ws/err.h"
 #include "ws/redis_client.h"
 
@@ -58,19 +60,6 @@ static void test_parse_url(void **state)
         assert_int_equal(ws_redis_parse_url(bad[i], &a), WS_E_INVAL);
 }
 
-/* A listening socket on 127.0.0.1; *port gets its port. */
-static int listen_any(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    *port = ntohs(sa.sin_port);
-    return fd;
-}
-
 struct outcome {
     int calls;
     bool inside; /* set while ws_redis_command runs: done must not run then */
@@ -104,7 +93,7 @@ static void test_refused_then_backing_off(void **state)
     (void)state;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     int port;
-    close(listen_any(&port)); /* a port nobody listens on */
+    close(testkit_listen_tcp(&port)); /* a port nobody listens on */
     char url[64];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
     struct ws_redis_addr addr;
@@ -168,7 +157,7 @@ static void test_replies_of_every_kind(void **state)
     struct canned c = {
         .answer =
             ":-5\r\n*3\r\n$1\r\na\r\n$-1\r\n*1\r\n+OK\r\n-ERR no\r\n$2\r\nab\r\n*-1\r\n+PONG\r\n"};
-    int lfd = listen_any(&port);
+    int lfd = testkit_listen_tcp(&port);
     ev_io_init(&c.io, on_accept, lfd, EV_READ);
     ev_io_start(loop, &c.io);
     char url[64];
