@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -434,3 +435,46 @@ def test_chat_history_in_redis_survives_restart_and_is_shared(wsserver_factory, 
     run(two_nodes(), timeout=80)
     assert "chat history not saved" in b.log()
     assert "handler_error" not in a.log() + b.log()
+
+
+def test_hung_redis_and_a_peer_that_never_answers(wsserver_factory, redis):
+    """Redis stopped (SIGSTOP): calls end with nil, "timeout" at their timeout, their
+    connections are closed; once it runs again (SIGCONT) the pool serves at once. A peer that
+    accepts and never answers (AUTH/SELECT pending): calls end in time, and rounds of it leave
+    no descriptor behind."""
+    server = wsserver_factory(app_source=app_source())
+    u, opts = redis.url, {"timeout": 0.3, "pool": 2}
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes handshakes; nobody ever reads
+    mute = f"redis://127.0.0.1:{silent.getsockname()[1]}/1"
+
+    async def main():
+        async with connect(server.url) as ws:
+            assert (await ask(ws, call(u, "PING", opts=opts)))["ok"] == "PONG"
+            os.kill(redis.proc.pid, signal.SIGSTOP)
+            try:
+                for _ in range(3):
+                    started = time.monotonic()
+                    assert await ask(ws, call(u, "INCR", "h", opts=opts)) == {"err": "timeout"}
+                    assert 0.25 < time.monotonic() - started < 1.0
+            finally:
+                os.kill(redis.proc.pid, signal.SIGCONT)
+            started = time.monotonic()
+            assert (await ask(ws, call(u, "GET", "h", opts=opts)))["ok"] in ("1", "2", "3", None)
+            assert time.monotonic() - started < 0.5
+
+            fds = fd_count(server.pid)
+            for _ in range(5):
+                started = time.monotonic()
+                got = await ask(ws, call(mute, "PING", opts=opts))
+                assert got["err"] in ("timeout", f"redis 127.0.0.1:{silent.getsockname()[1]}: "
+                                      "connect timed out"), got
+                assert time.monotonic() - started < 1.0
+            await asyncio.sleep(1.2)  # the last connection attempt times out too
+            assert fd_count(server.pid) <= fds
+
+    try:
+        run(main())
+    finally:
+        silent.close()
