@@ -272,13 +272,16 @@ static void counts(struct ws_buf *out, const struct ws_metrics_board *b, const c
 
 /* A histogram family: per slot, the cumulative buckets (uint64_t[WS_STATS_LATENCY_BUCKETS] at
  * buckets in the stats, upper bounds in bounds, the last +Inf), the sum (a double) and the count
- * (a uint64_t). */
-static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
-                      const char *help, const double *bounds, size_t buckets, size_t sum,
-                      size_t count)
+ * (a uint64_t). extra: labels every sample carries (store="postgres"), or "". With header false
+ * the HELP and TYPE lines are left out (another label value of a family already begun). */
+static void histogram_of(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
+                         const char *help, bool with_header, const char *extra,
+                         const double *bounds, size_t buckets, size_t sum, size_t count)
 {
-    header(out, name, "histogram", help);
-    char labels[64], series[96];
+    if (with_header)
+        header(out, name, "histogram", help);
+    char labels[128], series[96];
+    const char *sep = extra[0] ? "," : "";
     for (int i = 0; i < b->n; i++) {
         const struct ws_metrics_slot *s = &b->slots[i];
         if (!s->pid)
@@ -290,17 +293,72 @@ static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, cons
         for (int k = 0; k < WS_STATS_LATENCY_BUCKETS; k++) {
             cumulative += bucket[k];
             if (k == WS_STATS_LATENCY_BUCKETS - 1)
-                snprintf(labels, sizeof(labels), "le=\"+Inf\"");
+                snprintf(labels, sizeof(labels), "%s%sle=\"+Inf\"", extra, sep);
             else
-                snprintf(labels, sizeof(labels), "le=\"%g\"", bounds[k]);
+                snprintf(labels, sizeof(labels), "%s%sle=\"%g\"", extra, sep, bounds[k]);
             labelled(out, b, s, series, labels, (double)cumulative);
         }
-        char worker[32] = "";
+        char tail[160] = "";
         if (b->n > 1)
-            snprintf(worker, sizeof(worker), "{worker=\"%d\"}", s->worker);
-        printf_buf(out, "%s_sum%s %.9f\n", name, worker, *(const double *)(st + sum));
-        printf_buf(out, "%s_count%s %llu\n", name, worker,
+            snprintf(tail, sizeof(tail), "{worker=\"%d\"%s%s}", s->worker, sep, extra);
+        else if (extra[0])
+            snprintf(tail, sizeof(tail), "{%s}", extra);
+        printf_buf(out, "%s_sum%s %.9f\n", name, tail, *(const double *)(st + sum));
+        printf_buf(out, "%s_count%s %llu\n", name, tail,
                    (unsigned long long)*(const uint64_t *)(st + count));
+    }
+}
+
+static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
+                      const char *help, const double *bounds, size_t buckets, size_t sum,
+                      size_t count)
+{
+    histogram_of(out, b, name, help, true, "", bounds, buckets, sum, count);
+}
+
+/* The stores (ws.pg): commands by result, their latency, the pool gauges; one label value of
+ * store per entry of enum ws_stats_store. */
+static void stores(struct ws_buf *out, const struct ws_metrics_board *b)
+{
+    static const char *const names[WS_STATS_STORES] = {"postgres", "redis"};
+    static const char *const results[WS_STATS_STORE_RESULTS] = {"ok", "error", "timeout"};
+    char labels[96];
+    header(out, "wsserver_store_commands_total", "counter",
+           "Database commands (ws.pg queries, BEGIN, COMMIT; ws.redis calls and pipelines) by "
+           "store and result.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        for (int k = 0; s->pid && k < WS_STATS_STORES; k++)
+            for (int r = 0; r < WS_STATS_STORE_RESULTS; r++) {
+                snprintf(labels, sizeof(labels), "store=\"%s\",result=\"%s\"", names[k],
+                         results[r]);
+                labelled(out, b, s, "wsserver_store_commands_total", labels,
+                         (double)s->stats.stores[k].results[r]);
+            }
+    }
+    header(out, "wsserver_store_pool_connections", "gauge",
+           "Database connections by store: open (connecting included) and in use.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        for (int k = 0; s->pid && k < WS_STATS_STORES; k++) {
+            snprintf(labels, sizeof(labels), "store=\"%s\",state=\"open\"", names[k]);
+            labelled(out, b, s, "wsserver_store_pool_connections", labels,
+                     (double)s->stats.stores[k].pool_open);
+            snprintf(labels, sizeof(labels), "store=\"%s\",state=\"in_use\"", names[k]);
+            labelled(out, b, s, "wsserver_store_pool_connections", labels,
+                     (double)s->stats.stores[k].pool_in_use);
+        }
+    }
+    for (int k = 0; k < WS_STATS_STORES; k++) {
+        snprintf(labels, sizeof(labels), "store=\"%s\"", names[k]);
+        size_t at =
+            offsetof(struct ws_stats, stores) + (size_t)k * sizeof(struct ws_stats_store_counts);
+        histogram_of(out, b, "wsserver_store_duration_seconds",
+                     "Time database commands took, waiting for a connection included.", k == 0,
+                     labels, ws_stats_store_bounds,
+                     at + offsetof(struct ws_stats_store_counts, buckets),
+                     at + offsetof(struct ws_stats_store_counts, seconds),
+                     at + offsetof(struct ws_stats_store_counts, calls));
     }
 }
 
@@ -385,31 +443,5 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
               offsetof(struct ws_stats, http_buckets), offsetof(struct ws_stats, http_seconds),
               offsetof(struct ws_stats, http_calls));
 
-    header(out, "wsserver_store_commands_total", "counter",
-           "Calls to outside stores (ws.redis: a call or a pipeline) by store and result.");
-    for (int i = 0; i < b->n; i++) {
-        const struct ws_metrics_slot *s = &b->slots[i];
-        if (!s->pid)
-            continue;
-        for (int k = 0; k < WS_STATS_HTTP_RESULTS; k++) {
-            snprintf(labels, sizeof(labels), "store=\"redis\",result=\"%s\"", results[k]);
-            labelled(out, b, s, "wsserver_store_commands_total", labels,
-                     (double)s->stats.redis_results[k]);
-        }
-    }
-    histogram(out, b, "wsserver_redis_duration_seconds",
-              "Time Redis calls (ws.redis) took, waiting for a connection included.",
-              ws_stats_latency_bounds, offsetof(struct ws_stats, redis_buckets),
-              offsetof(struct ws_stats, redis_seconds), offsetof(struct ws_stats, redis_calls));
-    header(out, "wsserver_store_connections", "gauge",
-           "Connections of the outside stores' pools (ws.redis) by store and state.");
-    for (int i = 0; i < b->n; i++) {
-        const struct ws_metrics_slot *s = &b->slots[i];
-        if (!s->pid)
-            continue;
-        labelled(out, b, s, "wsserver_store_connections", "store=\"redis\",state=\"open\"",
-                 (double)s->stats.redis_open);
-        labelled(out, b, s, "wsserver_store_connections", "store=\"redis\",state=\"busy\"",
-                 (double)s->stats.redis_busy);
-    }
+    stores(out, b);
 }

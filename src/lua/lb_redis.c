@@ -67,8 +67,8 @@ static void set_gauges(struct lb_app *a)
         open += p->ops->open(p->r);
         busy += p->ops->busy(p->r);
     }
-    a->srv->env.stats->redis_open = open;
-    a->srv->env.stats->redis_busy = busy;
+    a->srv->env.stats->stores[WS_STATS_STORE_REDIS].pool_open = open;
+    a->srv->env.stats->stores[WS_STATS_STORE_REDIS].pool_in_use = busy;
 }
 
 /* [-0, +0, -] */
@@ -167,7 +167,8 @@ static int call_done(lua_State *L, int status, lua_KContext ctx)
         /* a close or a shutdown is no failure of the command */
         bool cancelled = t->woke && !timeout;
         if (st && !cancelled)
-            ws_stats_observe_redis(st, timeout ? WS_STATS_HTTP_TIMEOUT : WS_STATS_HTTP_ERROR,
+            ws_stats_observe_store(st, WS_STATS_STORE_REDIS,
+                                   timeout ? WS_STATS_STORE_TIMEOUT : WS_STATS_STORE_ERROR,
                                    seconds);
         if (!cancelled)
             log_failure(t, c, why);
@@ -177,7 +178,7 @@ static int call_done(lua_State *L, int status, lua_KContext ctx)
         return 2;
     }
     if (st)
-        ws_stats_observe_redis(st, WS_STATS_HTTP_OK, seconds);
+        ws_stats_observe_store(st, WS_STATS_STORE_REDIS, WS_STATS_STORE_OK, seconds);
     lb_push_ref(L, a->ws_ref);
     lua_getfield(L, -1, "null");
     lua_remove(L, -2);
@@ -242,7 +243,7 @@ static int send_and_wait(lua_State *L, struct client *cl, int first, size_t ncmd
     if (!c->req) {
         struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
         if (st)
-            ws_stats_observe_redis(st, WS_STATS_HTTP_ERROR, 0);
+            ws_stats_observe_store(st, WS_STATS_STORE_REDIS, WS_STATS_STORE_ERROR, 0);
         log_failure(t, c, err);
         lua_pushnil(L);
         lua_pushstring(L, err);

@@ -360,9 +360,10 @@ def test_metrics(wsserver_factory, redis):
     assert value(samples, "wsserver_store_commands_total", store="redis", result="ok") == 6
     assert value(samples, "wsserver_store_commands_total", store="redis", result="error") == 1
     assert value(samples, "wsserver_store_commands_total", store="redis", result="timeout") == 1
-    assert value(samples, "wsserver_redis_duration_seconds_count") == 8
-    assert value(samples, "wsserver_store_connections", store="redis", state="busy") == 0
-    assert value(samples, "wsserver_store_connections", store="redis", state="open") == 1
+    assert value(samples, "wsserver_store_duration_seconds_count", store="redis") == 8
+    assert families["wsserver_store_pool_connections"] == "gauge"
+    assert value(samples, "wsserver_store_pool_connections", store="redis", state="in_use") == 0
+    assert value(samples, "wsserver_store_pool_connections", store="redis", state="open") == 1
 
 
 CHAT = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "chat", "chat.lua")
