@@ -210,6 +210,60 @@ static void check_arg(lua_State *L, int i, const char *api)
                    luaL_typename(L, i));
 }
 
+/* Commands that change the state of the connection they run on. A pool's next call may get
+ * another connection, and the next borrower this one: they are refused, with what to do
+ * instead. MULTI, EXEC and DISCARD may go in a pipeline (its commands share one connection). */
+static const struct {
+    const char *name;
+    const char *instead;
+} conn_state[] = {
+    {"MULTI", "put MULTI ... EXEC in one client:pipeline"},
+    {"EXEC", "put MULTI ... EXEC in one client:pipeline"},
+    {"DISCARD", "put MULTI ... DISCARD in one client:pipeline"},
+    {"SUBSCRIBE", "use client:subscribe"},
+    {"PSUBSCRIBE", "use client:subscribe"},
+    {"SSUBSCRIBE", "use client:subscribe"},
+    {"UNSUBSCRIBE", "use the handle client:subscribe returns"},
+    {"PUNSUBSCRIBE", "use the handle client:subscribe returns"},
+    {"SUNSUBSCRIBE", "use the handle client:subscribe returns"},
+    {"SELECT", "put the db in the URL (redis://host:port/db)"},
+    {"AUTH", "put the password in the URL (redis://:password@host:port)"},
+    {"HELLO", "put the password in the URL (redis://:password@host:port)"},
+    {"WATCH", "a pooled client cannot keep a connection between calls"},
+    {"UNWATCH", "a pooled client cannot keep a connection between calls"},
+    {"MONITOR", "a pooled client cannot keep a connection between calls"},
+    {"RESET", "a pooled client cannot keep a connection between calls"},
+    {"QUIT", "the pool closes its connections itself"},
+};
+
+/* Raises when the command at idx (its name) is one of conn_state; in a pipeline (*multi not
+ * NULL) MULTI, EXEC and DISCARD are allowed in that order, *multi saying a MULTI is open.
+ * [-0, +0, v] */
+static void check_command(lua_State *L, int idx, const char *api, bool *multi)
+{
+    size_t n;
+    const char *name = lua_tolstring(L, idx, &n);
+    char up[16];
+    if (n >= sizeof(up))
+        return;
+    for (size_t i = 0; i <= n; i++)
+        up[i] = (char)(name[i] >= 'a' && name[i] <= 'z' ? name[i] - 32 : name[i]);
+    for (size_t k = 0; k < sizeof(conn_state) / sizeof(conn_state[0]); k++) {
+        if (strcmp(up, conn_state[k].name) != 0)
+            continue;
+        if (multi && k == 0 && !*multi) {
+            *multi = true;
+            return;
+        }
+        if (multi && k <= 2 && k > 0 && *multi) {
+            *multi = false;
+            return;
+        }
+        luaL_error(L, "ws.redis: %s: %s changes the state of its connection: %s", api, up,
+                   conn_state[k].instead);
+    }
+}
+
 /* Sends the commands whose arguments are the strings and numbers from stack index first to the
  * top, command i having argc[i] of them, and waits. [-?, +1|+2, v] */
 static int send_and_wait(lua_State *L, struct client *cl, int first, size_t ncmds, const int *argc,
@@ -263,6 +317,7 @@ static int client_call(lua_State *L)
         return luaL_error(L, "ws.redis: at most %d arguments", MAX_ARGS);
     for (int i = 2; i <= top; i++)
         check_arg(L, i, "call");
+    check_command(L, 2, "call", NULL);
     int argc = top - 1;
     return send_and_wait(L, cl, 2, 1, &argc, false);
 }
@@ -307,6 +362,7 @@ static int client_pipeline(lua_State *L)
     int *argc = lua_newuserdatauv(L, (size_t)ncmds * sizeof(*argc), 0);
     lua_replace(L, 2); /* keeps it alive in the slot of the function */
     size_t total = 0;
+    bool multi = false;
     for (lua_Integer i = 1; i <= ncmds; i++) {
         lua_rawgeti(L, 3, i);
         lua_Integer n = luaL_len(L, -1);
@@ -319,7 +375,10 @@ static int client_pipeline(lua_State *L)
         for (lua_Integer k = 1; k <= n; k++)
             lua_rawgeti(L, list, k);
         lua_remove(L, list);
+        check_command(L, lua_gettop(L) - (int)n + 1, "pipeline", &multi);
     }
+    if (multi)
+        return luaL_error(L, "ws.redis: pipeline: MULTI without EXEC or DISCARD");
     return send_and_wait(L, cl, 4, (size_t)ncmds, argc, true);
 }
 

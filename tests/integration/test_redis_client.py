@@ -479,3 +479,40 @@ def test_hung_redis_and_a_peer_that_never_answers(wsserver_factory, redis):
         run(main())
     finally:
         silent.close()
+
+
+def test_commands_that_change_the_connection(wsserver_factory, redis):
+    """MULTI ... EXEC works inside a pipeline (one connection); alone, or commands that would
+    leave state on a pooled connection (SELECT, SUBSCRIBE, WATCH, ...), raise with what to do
+    instead; the pool stays clean for the next call."""
+    server = wsserver_factory(app_source=app_source())
+    u, one = redis.url, {"pool": 1}
+
+    async def main():
+        async with connect(server.url) as ws:
+            got = await ask(ws, {"op": "pipeline", "url": u, "opts": one, "cmds": [
+                ["MULTI"], ["INCR", "t"], ["INCR", "t"], ["exec"]]})
+            assert got["ok"] == ["OK", "QUEUED", "QUEUED", [1, 2]]
+        for msg, text in [
+            (call(u, "MULTI", opts=one), "call: MULTI changes the state of its connection: "
+                                         "put MULTI ... EXEC in one client:pipeline"),
+            (call(u, "select", 2, opts=one), "call: SELECT changes the state of its connection: "
+                                             "put the db in the URL"),
+            (call(u, "SUBSCRIBE", "x", opts=one), "SUBSCRIBE changes the state of its connection: "
+                                                  "use client:subscribe"),
+            (call(u, "WATCH", "t", opts=one), "WATCH changes the state"),
+            ({"op": "pipeline", "url": u, "opts": one, "cmds": [["MULTI"], ["INCR", "t"]]},
+             "pipeline: MULTI without EXEC or DISCARD"),
+            ({"op": "pipeline", "url": u, "opts": one, "cmds": [["EXEC"]]},
+             "pipeline: EXEC changes the state"),
+        ]:
+            async with connect(server.url) as ws:
+                await ws.send(json.dumps(msg))
+                with pytest.raises(Exception):
+                    await asyncio.wait_for(ws.recv(), STEP)
+            assert text in server.log(), text
+        async with connect(server.url) as ws:
+            # the one connection of the pool was never left inside a MULTI
+            assert (await ask(ws, call(u, "INCR", "t", opts=one)))["ok"] == 3
+
+    run(main())
