@@ -1,8 +1,9 @@
 /* A pooled Redis client on the server's libev loop: hiredis's async API with its libev adapter.
- * Commands (one, or several sent in one round trip) borrow a connection of the pool; when every
- * connection is busy they wait their turn in arrival order. Subscriptions share one more
- * connection. Callback-based: it knows nothing of Lua, timeouts or what waits for the answer.
- * The URL parsing and the connection set-up are shared with the Redis bus (bus_redis.c). */
+ * Requests (one command, or several sent in one round trip) go out on the pool's connections,
+ * several in flight on one connection (Redis answers in order), blocking commands on one of
+ * their own. Subscriptions share one more connection. Callback-based: it knows nothing of Lua,
+ * timeouts or what waits for the answer. The URL parsing and the connection set-up are shared
+ * with the Redis bus (bus_redis.c). */
 #ifndef WS_REDIS_CLIENT_H
 #define WS_REDIS_CLIENT_H
 
@@ -98,17 +99,21 @@ struct ws_redis *ws_redis_new(struct ev_loop *loop, const struct ws_redis_addr *
 void ws_redis_free(struct ws_redis *r);
 
 /* Sends ncmds commands in one round trip: command i has argc[i] arguments, taken in turn from
- * argv/argvlen (copied). done runs once with the replies, from the loop, never from inside this
- * call. Returns the request, or NULL with err filled when Redis is known to be unreachable (a
- * connection failed less than the back-off ago: 0.1 s, doubling up to 5 s, reset by a success). */
+ * argv/argvlen (copied). They go on an idle connection; when there is none, on a new one while
+ * the pool may grow, else on the least loaded connection (at most 64 requests in flight each).
+ * A request holding a blocking command (BLPOP, BRPOP, BLMOVE, BZPOPMIN, XREAD, WAIT, ...) waits
+ * for an idle connection and has it to itself (reserving the least loaded one so that it empties).
+ * done runs once with the replies, from the loop, never from inside this call. Returns the
+ * request, or NULL with err filled when Redis is known to be unreachable (no connection, and one
+ * failed less than the back-off ago: 0.1 s, doubling up to 5 s, reset by a success). */
 struct ws_redis_req *ws_redis_command(struct ws_redis *r, size_t ncmds, const int *argc,
                                       const char *const *argv, const size_t *argvlen,
                                       ws_redis_done_fn done, void *ud, char *err, size_t errlen);
 
 /* Forgets req: its callback never runs. A request still waiting for a connection is dropped. One
- * already sent: with close (a timeout: its fate is unknown, Redis may hang) its connection is
- * closed and leaves the pool; without, the connection stays busy until the replies arrive, and
- * they are discarded. */
+ * already sent stays on its connection until its replies arrive, and they are discarded; with
+ * close (a timeout), when nothing at all came back on that connection since req went out, Redis
+ * is not answering it: the connection is closed (its other requests fail) and leaves the pool. */
 void ws_redis_cancel(struct ws_redis_req *req, bool close);
 
 /* Calls fn for every message on channel until ws_redis_unsubscribe; on the subscription
@@ -119,7 +124,7 @@ struct ws_redis_sub *ws_redis_subscribe(struct ws_redis *r, const char *channel,
 /* Ends s (also from inside its own fn) and frees it. */
 void ws_redis_unsubscribe(struct ws_redis_sub *s);
 
-/* Connections open or opening, and those busy with a request. */
+/* Connections open or opening, and those with requests in flight. */
 size_t ws_redis_open(const struct ws_redis *r);
 size_t ws_redis_busy(const struct ws_redis *r);
 

@@ -1,8 +1,8 @@
-/* The pooled Redis client (ws.redis underneath): hiredis's async API on our libev loop. A request
- * borrows one ready connection (AUTH and SELECT done) until its replies are in; replies are
- * copied out of hiredis, so they outlive its callbacks. A lost connection fails its request and
- * leaves the pool; new ones are made on demand, with back-off after a failed attempt. No
- * timeouts of its own but the connect timeout: whoever waits sets them and cancels. */
+/* The pooled Redis client (ws.redis underneath): hiredis's async API on our libev loop. Requests
+ * go out on ready connections (AUTH and SELECT done), several in flight on each, blocking ones
+ * alone; replies are copied out of hiredis, so they outlive its callbacks. A lost connection
+ * fails its requests and leaves the pool; new ones are made on demand, with back-off after a
+ * failed attempt. No timeouts of its own but the connect timeout: whoever waits sets them. */
 #include "ws/redis_client.h"
 
 #include "ws/buf.h"
@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wstrict-prototypes"
@@ -22,6 +23,8 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #pragma GCC diagnostic pop
+
+#define MAX_INFLIGHT 64 /* requests sent on one connection and not answered yet */
 
 /* ---- addresses ---- */
 
@@ -208,7 +211,12 @@ struct rconn {
     ev_timer connect_timer;
     int setup_left; /* AUTH / SELECT replies still to come */
     bool connected, ready;
-    struct ws_redis_req *req; /* busy with, or NULL */
+    bool dying;                       /* hiredis reports it lost: no new request */
+    bool exclusive;                   /* carries a blocking command: no other request joins */
+    bool reserved;                    /* a blocking command waits for it to empty: no new request */
+    struct ws_redis_req *head, *tail; /* in flight, in the order of their replies */
+    size_t inflight;
+    double last_reply; /* ev_now of its latest reply */
     struct rconn *prev, *next;
 };
 
@@ -223,6 +231,10 @@ struct ws_redis_req {
     bool failed;
     struct ws_redis_req *prev, *next; /* the queue */
     bool queued;
+    bool exclusive;             /* holds a blocking command (BLPOP, XREAD, WAIT, ...) */
+    struct rconn *conn;         /* sent on, until its replies are in (NULL once that is lost) */
+    struct ws_redis_req *cnext; /* the next one in flight on conn */
+    double sent_at;
 };
 
 struct ws_redis_sub {
@@ -241,7 +253,7 @@ struct ws_redis {
     size_t pool;
     double connect_timeout;
     struct rconn *conns; /* open or opening */
-    size_t nconns, nbusy;
+    size_t nconns;
     struct ws_redis_req *queue, *queue_tail;
     size_t nqueued;
     double retry_at; /* ev_now before which no new connection is tried */
@@ -334,8 +346,8 @@ static void drop_conn(struct rconn *c, bool free_ac)
     if (c->next)
         c->next->prev = c->prev;
     r->nconns--;
-    if (c->req)
-        r->nbusy--;
+    for (struct ws_redis_req *q = c->head; q; q = q->cnext)
+        q->conn = NULL; /* their replies come back NULL: they fail */
     redisAsyncContext *ac = c->ac;
     c->ac = NULL;
     free(c);
@@ -389,22 +401,43 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
                  ac->errstr[0] ? ac->errstr : "connection closed");
         fail(q, why);
     }
+    struct rconn *c = q->conn;
+    if (c && reply)
+        c->last_reply = ev_now(c->r->loop);
+    else if (c)
+        c->dying = true; /* hiredis is closing it: the rest comes back NULL too */
     if (++q->replies < q->ncmds)
         return;
-    struct rconn *c = reply ? ac->data : NULL;
-    if (c && c->req == q) {
-        /* the connection is whole: back to the pool, and the queue goes first */
-        c->req = NULL;
-        c->r->nbusy--;
-        pump(c->r);
+    if (c) {
+        /* replies come in order: q is the oldest in flight */
+        c->head = q->cnext;
+        if (!c->head)
+            c->tail = NULL;
+        c->inflight--;
+        if (q->exclusive)
+            c->exclusive = false;
+        q->conn = NULL;
+        if (!c->dying)
+            pump(c->r); /* room on c: the queue goes first */
     }
     finish(q);
 }
 
 static void dispatch(struct rconn *c, struct ws_redis_req *q)
 {
-    c->req = q;
-    c->r->nbusy++;
+    q->conn = c;
+    q->cnext = NULL;
+    q->sent_at = ev_now(c->r->loop);
+    if (c->tail)
+        c->tail->cnext = q;
+    else
+        c->head = q;
+    c->tail = q;
+    c->inflight++;
+    if (q->exclusive) {
+        c->exclusive = true;
+        c->reserved = false;
+    }
     size_t start = 0;
     for (size_t i = 0; i < q->ncmds; i++) {
         redisAsyncFormattedCommand(c->ac, on_reply, q, (const char *)q->cmds.data + start,
@@ -513,15 +546,42 @@ static void open_conn(struct ws_redis *r)
     r->nconns++;
 }
 
-/* Gives waiting requests the idle connections, and opens connections for the rest. */
+/* The connection for q: an idle one first; else, while the pool may grow, none (a new one will
+ * be opened); else the least loaded one that takes more. A blocking command needs an idle
+ * connection: when there is none it reserves the least loaded one, which takes no new request
+ * until it is empty. */
+static struct rconn *pick(struct ws_redis *r, const struct ws_redis_req *q)
+{
+    struct rconn *best = NULL;
+    for (struct rconn *c = r->conns; c; c = c->next) {
+        if (!c->ready || c->dying || c->exclusive)
+            continue;
+        if (c->inflight == 0)
+            return c;
+        if (!c->reserved && (!best || c->inflight < best->inflight))
+            best = c;
+    }
+    bool may_grow = r->nconns < r->pool && ev_now(r->loop) >= r->retry_at;
+    if (q->exclusive) {
+        if (best && !may_grow)
+            best->reserved = true;
+        return NULL;
+    }
+    return may_grow || (best && best->inflight >= MAX_INFLIGHT) ? NULL : best;
+}
+
+/* Gives waiting requests connections, in arrival order, and opens connections for the rest. */
 static void pump(struct ws_redis *r)
 {
-    for (struct rconn *c = r->conns; c && r->queue; c = c->next) {
-        if (!c->ready || c->req)
-            continue;
-        struct ws_redis_req *q = r->queue;
-        unqueue(r, q);
-        dispatch(c, q);
+    for (struct rconn *c = r->conns; c; c = c->next)
+        c->reserved = false; /* the queue, in order, reserves again what it still needs */
+    for (struct ws_redis_req *q = r->queue, *next; q; q = next) {
+        next = q->next;
+        struct rconn *c = pick(r, q);
+        if (c) {
+            unqueue(r, q);
+            dispatch(c, q);
+        }
     }
     size_t opening = 0;
     for (struct rconn *c = r->conns; c; c = c->next)
@@ -552,14 +612,25 @@ struct ws_redis *ws_redis_new(struct ev_loop *loop, const struct ws_redis_addr *
     return r;
 }
 
+/* Commands Redis may hold until something happens: they must not delay others on a shared
+ * connection. */
+static bool blocking(const char *name, size_t n)
+{
+    static const char *const names[] = {
+        "BLPOP",    "BRPOP",  "BRPOPLPUSH", "BLMOVE",     "BLMPOP", "BZPOPMIN",
+        "BZPOPMAX", "BZMPOP", "XREAD",      "XREADGROUP", "WAIT",   "WAITAOF",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strlen(names[i]) == n && strncasecmp(names[i], name, n) == 0)
+            return true;
+    return false;
+}
+
 struct ws_redis_req *ws_redis_command(struct ws_redis *r, size_t ncmds, const int *argc,
                                       const char *const *argv, const size_t *argvlen,
                                       ws_redis_done_fn done, void *ud, char *err, size_t errlen)
 {
-    bool idle = false;
-    for (struct rconn *c = r->conns; c && !idle; c = c->next)
-        idle = c->ready && !c->req;
-    if (!idle && r->nconns == 0 && ev_now(r->loop) < r->retry_at) {
+    if (r->nconns == 0 && ev_now(r->loop) < r->retry_at) {
         snprintf(err, errlen, "%s", r->last_err);
         return NULL;
     }
@@ -585,6 +656,7 @@ struct ws_redis_req *ws_redis_command(struct ws_redis *r, size_t ncmds, const in
         ws_buf_append(&q->cmds, cmd, (size_t)len);
         redisFreeCommand(cmd);
         q->cmd_end[i] = q->cmds.len;
+        q->exclusive = q->exclusive || blocking(argv[k], argvlen[k]);
         k += (size_t)argc[i];
     }
     enqueue(r, q);
@@ -597,12 +669,11 @@ void ws_redis_cancel(struct ws_redis_req *q, bool close)
     struct ws_redis *r = q->r;
     if (q->sent) {
         q->done = NULL; /* on_reply frees it when the last reply (or the close) comes */
-        for (struct rconn *c = r->conns; c && close; c = c->next) {
-            if (c->req == q) {
-                drop_conn(c, true); /* its fate unknown: the connection goes too */
-                pump(r);
-                break;
-            }
+        struct rconn *c = q->conn;
+        if (close && c && c->last_reply <= q->sent_at) {
+            /* nothing came back on c since q went out: Redis is not answering it */
+            drop_conn(c, true);
+            pump(r);
         }
         return;
     }
@@ -618,7 +689,10 @@ size_t ws_redis_open(const struct ws_redis *r)
 
 size_t ws_redis_busy(const struct ws_redis *r)
 {
-    return r->nbusy;
+    size_t n = 0;
+    for (const struct rconn *c = r->conns; c; c = c->next)
+        n += c->inflight > 0;
+    return n;
 }
 
 /* ---- subscriptions ---- */
@@ -776,8 +850,8 @@ void ws_redis_free(struct ws_redis *r)
         req_free(q);
     }
     for (struct rconn *c = r->conns; c; c = c->next)
-        if (c->req)
-            c->req->done = NULL;
+        for (struct ws_redis_req *q = c->head; q; q = q->cnext)
+            q->done = NULL;
     while (r->conns)
         drop_conn(r->conns, true);
     ev_timer_stop(r->loop, &r->sub_retry);

@@ -516,3 +516,32 @@ def test_commands_that_change_the_connection(wsserver_factory, redis):
             assert (await ask(ws, call(u, "INCR", "t", opts=one)))["ok"] == 3
 
     run(main())
+
+
+def test_calls_share_the_pool_connections(wsserver_factory, redis):
+    """Forty handlers calling at once through a pool of two: every call answered, the commands
+    travel on two connections (CLIENT LIST), and a blocking command still gets a connection of
+    its own (the others are not held up behind it)."""
+    server = wsserver_factory(app_source=app_source())
+    u, two = redis.url, {"pool": 2, "timeout": 5}
+
+    async def main():
+        socks = [await connect(server.url).__aenter__() for _ in range(40)]
+        try:
+            blocker = socks[0]
+            await blocker.send(json.dumps(call(u, "BLPOP", "wake", 5, opts=two)))
+            await asyncio.sleep(0.1)
+            for ws in socks[1:]:
+                await ws.send(json.dumps(call(u, "INCR", "shared", opts=two)))
+            got = [json.loads(await asyncio.wait_for(ws.recv(), STEP)) for ws in socks[1:]]
+            assert sorted(g["ok"] for g in got) == list(range(1, 40))
+            clients = redis.command("CLIENT", "LIST").decode().count("\n")
+            assert clients == 3, redis.command("CLIENT", "LIST")  # the pool's two, and this one
+            redis.command("RPUSH", "wake", "now")
+            got = json.loads(await asyncio.wait_for(blocker.recv(), STEP))
+            assert got["ok"] == ["wake", "now"]
+        finally:
+            for ws in socks:
+                await ws.close()
+
+    run(main())
