@@ -581,6 +581,8 @@ static void pump(struct ws_redis *r)
         if (c) {
             unqueue(r, q);
             dispatch(c, q);
+        } else if (!q->exclusive) {
+            break; /* no idle connection and no room: nothing behind q gets one either */
         }
     }
     size_t opening = 0;
