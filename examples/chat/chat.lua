@@ -22,11 +22,10 @@ client -> server
   {"type":"rooms"}                                  ask for the room list
 
 server -> client
-  {"type":"welcome", "id":7, "server":"65a1f0-3c2d", "scope":"65a1f0-3c2d", "rooms":[...],
-   "limits":{...}}
+  {"type":"welcome", "id":7, "server":"65a1f0-3c2d", "rooms":[...], "limits":{...}}
       on connect; "server" changes when the server restarts (not on a reload); message ids are
-      unique within "scope": the server's without Redis, "redis" with it (ids from Redis hold
-      across restarts and nodes)
+      unique per "server", or, with "scope":"redis" (the history is in Redis), across restarts
+      and nodes
   {"type":"joined", "room":"lobby", "nick":"alice", "members":["alice","bob"],
    "history":[message, ...]}                        to the joiner: the last 50 messages
   {"type":"left", "room":"lobby"}                   to the leaver
@@ -398,7 +397,7 @@ return {
   end,
 
   open = function(conn)
-    conn:send_json({type = "welcome", id = conn.id, server = S.boot, scope = R and "redis" or S.boot,
+    conn:send_json({type = "welcome", id = conn.id, server = S.boot, scope = R and "redis" or nil,
                     rooms = room_list(),
                     limits = {text = LIMITS.text, nick = LIMITS.nick, room = LIMITS.room,
                               history = LIMITS.history, burst = LIMITS.burst,
