@@ -210,9 +210,10 @@ static void check_arg(lua_State *L, int i, const char *api)
                    luaL_typename(L, i));
 }
 
-/* Commands that change the state of the connection they run on. A pool's next call may get
- * another connection, and the next borrower this one: they are refused, with what to do
- * instead. MULTI, EXEC and DISCARD may go in a pipeline (its commands share one connection). */
+/* Commands that change the state of the connection they run on. A pool's calls share its
+ * connections, and a handler's next call may run on another one: they are refused, with what to
+ * do instead. MULTI, EXEC and DISCARD may go in a pipeline (its commands go out together on one
+ * connection). */
 static const struct {
     const char *name;
     const char *instead;
