@@ -248,7 +248,7 @@ void lb_http_open(lua_State *L);
 
 /* ---- lb_redis ---- */
 
-/* Pushes the ws.redis table (connect) and registers its metatables. [-0, +1, m] */
+/* Pushes the ws.redis table (connect, url) and registers its metatables. [-0, +1, m] */
 void lb_redis_open(lua_State *L);
 
 /* Ends the subscriptions made by generations other than keep_generation (all when 0), like the
