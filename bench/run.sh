@@ -110,6 +110,7 @@ start_server_once() {
             extra=(--tls-cert "$TMP/certs/server.pem" --tls-key "$TMP/certs/server.key")
             ;;
         *-deflate) extra=(--compression on) ;;
+        *-redis) file=$ROOT/bench/apps/redis_incr.lua ;;
         esac
         "${NICE[@]}" taskset -c "$SERVER_CPU" "$TMP/bin/wsserver" -l "$listen" --max-connections 20000 \
             --log-level warn "${extra[@]}" "$file" >>"$TMP/server.log" 2>&1 &
@@ -229,6 +230,30 @@ for run in $(seq "$RUNS"); do
         done
     done
 done
+
+# One Redis INCR per message (bench/apps/redis_incr.lua), beside echo-c100-d16 of the same run:
+# a redis-server of its own on the server's CPU, one fresh wsserver per run.
+REDIS_NAME=redis-incr-c100-d16
+if [[ " $IMPLS " == *" wsserver "* && ( -z $ONLY || $REDIS_NAME =~ $ONLY ) ]]; then
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+        SCENARIOS+=("$REDIS_NAME|echo-redis|echo -c 100 -s 32 -d 16||wsserver|echo-c100-d16")
+        REDIS_PORT=$(free_port)
+        taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" \
+            --appendonly no >"$TMP/redis.log" 2>&1 &
+        PIDS+=("$!")
+        for _ in $(seq 100); do
+            redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
+            sleep 0.05
+        done
+        export BENCH_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+        for run in $(seq "$RUNS"); do
+            run_group "$run" wsserver echo-redis || echo "  run $run wsserver echo-redis: aborted" >&2
+        done
+        echo "  redis: $(redis-cli -p "$REDIS_PORT" get bench:messages) INCRs in all"
+    else
+        echo "run.sh: redis-server or redis-cli missing: $REDIS_NAME skipped" >&2
+    fi
+fi
 
 # The chat load, once: 2000 clients of examples/chat in 50 rooms (bench/chat_load.sh).
 if [[ $CHAT_DURATION != 0 && " $IMPLS " == *" wsserver "* && ( -z $ONLY || $CHAT_NAME =~ $ONLY ) ]]; then

@@ -9,6 +9,7 @@
 #include "ws/master.h"
 #include "ws/metrics.h"
 #include "ws/notify.h"
+#include "ws/redis_client.h"
 #include "ws/server.h"
 #include "ws/transport.h"
 #include "ws/watch.h"
@@ -532,10 +533,8 @@ int main(int argc, char **argv)
     }
     double shutdown_timeout = app->config.shutdown_timeout;
     char *pidfile = app->config.pidfile ? strdup(app->config.pidfile) : NULL;
-    char host[256];
-    int port;
-    bool bad_redis = app->config.redis &&
-                     ws_bus_redis_parse_url(app->config.redis, host, sizeof(host), &port) < 0;
+    struct ws_redis_addr redis_addr;
+    bool bad_redis = app->config.redis && ws_redis_parse_url(app->config.redis, &redis_addr) < 0;
     bool unix_listener = false;
     for (size_t i = 0; i < app->config.listen.n; i++)
         unix_listener = unix_listener || strstr(app->config.listen.items[i], "unix:") != NULL;

@@ -5,8 +5,12 @@
 
 It shows the whole API at work: per-connection state in conn.data, shared state in ws.state
 (both survive a reload: `kill -HUP <pid>`), room fan-out with conn:subscribe + ws.publish,
-ws.broadcast for the room list, and a handler that never raises because it checks everything
-a client sends before using it.
+ws.broadcast for the room list, handlers that wait for Redis, and a handler that never raises
+because it checks everything a client sends before using it.
+
+History: the last 50 messages of each room. With a Redis (`--redis redis://host:port`, or
+`config.redis` in this file) they are kept there, so they survive a restart and every node
+serving the chat shares them; without one they are kept in ws.state (they survive a reload).
 
 Protocol: one JSON object per text frame, always with a "type". Unknown fields are ignored.
 
@@ -19,7 +23,9 @@ client -> server
 
 server -> client
   {"type":"welcome", "id":7, "server":"65a1f0-3c2d", "rooms":[...], "limits":{...}}
-      on connect; "server" changes when the server restarts (not on a reload)
+      on connect; "server" changes when the server restarts (not on a reload); message ids are
+      unique per "server", or, with "scope":"redis" (the history is in Redis), across restarts
+      and nodes
   {"type":"joined", "room":"lobby", "nick":"alice", "members":["alice","bob"],
    "history":[message, ...]}                        to the joiner: the last 50 messages
   {"type":"left", "room":"lobby"}                   to the leaver
@@ -31,6 +37,9 @@ server -> client
   {"type":"rooms", "rooms":[{"name":"lobby", "members":2}, ...]}
                                                     on request, and to everyone on each change
   {"type":"error", "code":"nick_taken", "message":"..."}
+
+Nicknames may use the letters of any script (José, Мария, 李雷, نور), digits, space, _ - and
+.; never control, invisible or direction-changing characters. Limits count characters.
 
 Error codes: bad_json, bad_message, unknown_type, binary, bad_room, bad_nick, nick_taken,
 not_in_room, bad_text, too_long, too_many_rooms, rate_limited (with "retry_after" seconds).
@@ -60,6 +69,10 @@ S.nrooms = S.nrooms or 0
 S.last_id = S.last_id or 0  -- message ids grow for the life of the process
 S.boot = S.boot or string.format("%x-%04x", os.time(), math.random(0, 0xffff))
 
+-- The server's Redis (--redis or config.redis), when it has one: the history goes there.
+local REDIS_URL = ws.redis and ws.redis.url and ws.redis.url()
+local R = REDIS_URL and assert(ws.redis.connect(REDIS_URL, {timeout = 2}))
+
 -- ---- helpers ---------------------------------------------------------------------------------
 
 local function topic(room)
@@ -72,21 +85,52 @@ local function send_error(conn, code, message, extra)
   conn:send_json(e)
 end
 
--- Trims and checks a client string. The raw length is checked first: trimming (like any
--- pattern) costs time proportional to the input, and the input is the client's to choose.
-local function clean(value, what, max, bad, allowed)
+-- Trims and checks a client string; max counts characters. The raw length is checked first:
+-- trimming (like any pattern) costs time proportional to the input, and the input is the
+-- client's to choose.
+local function clean(value, what, max, valid, allowed)
   if type(value) ~= "string" then
     return nil, what .. " must be a string"
   end
   local s = #value <= 4 * max and value:match("^%s*(.-)%s*$") or nil
-  if not s or #s > max then
+  local n = s and utf8.len(s) -- nil for invalid UTF-8 (a \u escape of half a surrogate pair)
+  if not s or (n or 0) > max then
     return nil, string.format("%s is too long (at most %d characters)", what, max)
   elseif s == "" then
     return nil, what .. " is empty"
-  elseif s:find(bad) then
+  elseif not n or not valid(s) then
     return nil, what .. " may only use " .. allowed
   end
   return s
+end
+
+local function valid_room(s)
+  return not s:find("[^%w_%-]")
+end
+
+-- Characters no nickname may hold: they are invisible, break lines or reorder the text around
+-- them (U+202E would make "ann" print someone else's words backwards).
+local function hidden(c)
+  return c <= 0xA0 or c == 0xAD or c == 0x034F or c == 0x061C or c == 0x115F or c == 0x1160
+    or (c >= 0x180B and c <= 0x180E) or (c >= 0x2000 and c <= 0x200F)
+    or (c >= 0x2028 and c <= 0x202F) or (c >= 0x205F and c <= 0x206F) or c == 0x3000
+    or c == 0x3164 or (c >= 0xD800 and c <= 0xF8FF) or (c >= 0xFE00 and c <= 0xFE0F)
+    or c == 0xFEFF or c == 0xFFA0 or c >= 0xFFF0
+end
+
+-- Letters of every script, digits, space, _ - and . (ASCII is checked by pattern, the rest by
+-- code point).
+local function valid_nick(s)
+  for _, c in utf8.codes(s) do
+    if c < 0x80 then
+      if not string.char(c):find("[%w _%.%-]") then
+        return false
+      end
+    elseif hidden(c) then
+      return false
+    end
+  end
+  return true
 end
 
 local function member_list(r)
@@ -107,6 +151,65 @@ local function room_list()
   end
   table.sort(list, function(a, b) return a.name < b.name end)
   return list
+end
+
+-- ---- history: in Redis when there is one, else in ws.state -----------------------------------
+
+local function history_key(room)
+  return "chat:room:" .. room .. ":history"
+end
+
+-- The room's last messages, oldest first. With Redis this waits; when Redis fails the chat goes
+-- on without the history (logged).
+local function history_of(room)
+  if not R then
+    local r = S.rooms[room]
+    return r and r.history or json.array()
+  end
+  local list, err = R:call("LRANGE", history_key(room), -LIMITS.history, -1)
+  local out = json.array()
+  if not list then
+    ws.log.warn("chat history unavailable", {room = room, error = err})
+    return out
+  end
+  for _, s in ipairs(list) do
+    out[#out + 1] = json.decode(s)
+  end
+  return out
+end
+
+-- A message id: from Redis, so ids grow across restarts and nodes; from ws.state otherwise.
+-- While Redis fails, this process's own ids, as strings naming it, so they never collide with
+-- Redis's.
+local function next_id()
+  local id = R and R:call("INCR", "chat:last_id")
+  if id then
+    return id
+  end
+  S.last_id = S.last_id + 1
+  return R and S.boot .. "-" .. S.last_id or S.last_id
+end
+
+local function remember(room, m, encoded)
+  if R then
+    -- one round trip: append, then keep the last ones
+    local ok, err = R:pipeline(function(p)
+      p:call("RPUSH", history_key(room), encoded)
+      p:call("LTRIM", history_key(room), -LIMITS.history, -1)
+    end)
+    if not ok then
+      ws.log.warn("chat history not saved", {room = room, error = err})
+    end
+    return
+  end
+  local r = S.rooms[room]
+  if not r then
+    return -- the room was forgotten while the id was being made
+  end
+  r.history[#r.history + 1] = m
+  if #r.history > LIMITS.history then
+    table.remove(r.history, 1)
+  end
 end
 
 -- Everyone sees the room list, so it goes to every connection: ws.broadcast encodes it once.
@@ -171,17 +274,20 @@ end
 local handle = {}
 
 function handle.join(conn, msg)
-  local room, why = clean(msg.room, "room", LIMITS.room, "[^%w_%-]", "letters, digits, _ and -")
+  local room, why = clean(msg.room, "room", LIMITS.room, valid_room, "letters, digits, _ and -")
   if not room then
     return send_error(conn, "bad_room", why)
   end
   room = room:lower() -- "Lobby" and "lobby" are one room
   local nick
-  nick, why = clean(msg.nick, "nick", LIMITS.nick, "[^%w _%.%-]",
+  nick, why = clean(msg.nick, "nick", LIMITS.nick, valid_nick,
                      "letters, digits, space, _ - and .")
   if not nick then
     return send_error(conn, "bad_nick", why)
   end
+  -- the history first: with Redis this waits, and what follows must see the rooms as they are
+  -- after the wait
+  local history = history_of(room)
   local r = S.rooms[room]
   for id, other in pairs(r and r.members or {}) do
     if id ~= conn.id and other:lower() == nick:lower() then
@@ -205,7 +311,7 @@ function handle.join(conn, msg)
   r.count = r.count + 1
   conn:subscribe(topic(room))
   conn:send_json({type = "joined", room = room, nick = nick, members = member_list(r),
-                  history = r.history})
+                  history = history})
   conn:publish(topic(room), json.encode({type = "presence", room = room, event = "join",
                                          nick = nick, members = member_list(r)}))
   broadcast_rooms()
@@ -225,19 +331,19 @@ function handle.say(conn, msg)
     return send_error(conn, "too_long",
                       string.format("Messages are limited to %d characters.", LIMITS.text))
   end
-  S.last_id = S.last_id + 1
+  local room, nick = d.room, d.nick
   -- ts: wall-clock milliseconds, as JavaScript's Date wants them (ws.now() is the event loop's
   -- clock: the one to measure intervals with, as the rate limit does)
-  local m = {type = "message", room = d.room, id = S.last_id, nick = d.nick, text = text,
+  local m = {type = "message", room = room, id = next_id(), nick = nick, text = text,
              ts = os.time() * 1000}
-  local r = S.rooms[d.room]
-  r.history[#r.history + 1] = m
-  if #r.history > LIMITS.history then
-    table.remove(r.history, 1)
+  local encoded = json.encode(m)
+  remember(room, m, encoded)
+  local r = S.rooms[room]
+  if r then
+    r.active = ws.now()
   end
-  r.active = ws.now()
   -- to every subscriber, the sender too: its copy carries the id and time the server gave it
-  ws.publish(topic(d.room), json.encode(m))
+  ws.publish(topic(room), encoded)
 end
 
 function handle.leave(conn)
@@ -291,7 +397,8 @@ return {
   end,
 
   open = function(conn)
-    conn:send_json({type = "welcome", id = conn.id, server = S.boot, rooms = room_list(),
+    conn:send_json({type = "welcome", id = conn.id, server = S.boot, scope = R and "redis" or nil,
+                    rooms = room_list(),
                     limits = {text = LIMITS.text, nick = LIMITS.nick, room = LIMITS.room,
                               history = LIMITS.history, burst = LIMITS.burst,
                               per = LIMITS.per}})

@@ -67,6 +67,7 @@ describe("chat", function()
     assert.same({}, w.rooms)
     assert.same({text = 2000, nick = 24, room = 32, history = 50, burst = 10, per = 5}, w.limits)
     assert.is_string(w.server)
+    assert.is_nil(w.scope) -- without Redis, ids are unique per server run
   end)
 
   it("serves WebSockets at / only", function()
@@ -195,6 +196,38 @@ describe("chat", function()
       assert.is_nil(t.state.rooms.r7)
       assert.is_table(t.state.rooms.r3)
     end)
+
+    it("accepts nicknames in every script and caps them in characters", function()
+      for i, nick in ipairs({"José", "Мария", "李雷", "نور", "Ἀθηνᾶ", "ann-2.0_x",
+                             string.rep("李", 24)}) do
+        local c = connect(t)
+        send(c, {type = "join", room = "r" .. i, nick = nick})
+        local joined = c:next_json()
+        assert.equal("joined", joined.type, nick .. ": " .. json.encode(joined))
+        assert.equal(nick, joined.nick)
+        t:advance(1)
+      end
+      local c = connect(t)
+      local cases = {
+        {string.rep("李", 25), "nick is too long (at most 24 characters)"},
+        {"ann\u{202E}", "nick may only use letters, digits, space, _ - and ."}, -- right-to-left override
+        {"a\u{200B}b", "nick may only use letters, digits, space, _ - and ."},  -- zero-width space
+        {"a\u{2028}b", "nick may only use letters, digits, space, _ - and ."},  -- line separator
+        {"a\tb", "nick may only use letters, digits, space, _ - and ."},
+        {"\u{3000}", "nick may only use letters, digits, space, _ - and ."},    -- ideographic space
+      }
+      for i, case in ipairs(cases) do
+        send(c, {type = "join", room = "ok", nick = case[1]})
+        local e = last_error(c)
+        assert.same({"bad_nick", case[2]}, {e.code, e.message}, "case " .. i)
+        t:advance(1)
+      end
+      -- half a surrogate pair, as a JSON escape: not UTF-8, refused without a handler error
+      c:send('{"type":"join","room":"ok","nick":"a\\ud800"}')
+      local e = last_error(c)
+      assert.is_truthy(e.code == "bad_json" or e.code == "bad_nick", e.code)
+      assert.same({}, t:logs("error"))
+    end)
   end)
 
   describe("messages", function()
@@ -223,6 +256,27 @@ describe("chat", function()
       assert.equal("m6", joined.history[1].text)
       assert.equal("m55", joined.history[50].text)
       assert.equal(55, joined.history[50].id)
+    end)
+
+    it("are kept per room in ws.state without Redis, the last 50 of each", function()
+      local a = member(t, "lobby", "ann")
+      local b = member(t, "other", "bea", {a})
+      for i = 1, 55 do
+        send(a, {type = "say", text = "a" .. i})
+        send(b, {type = "say", text = "b" .. i})
+        t:advance(0.5)
+      end
+      local lobby, other = t.state.rooms.lobby.history, t.state.rooms.other.history
+      assert.equal(50, #lobby)
+      assert.equal(50, #other)
+      assert.equal("a6", lobby[1].text)
+      assert.equal("b55", other[50].text)
+      assert.equal(110, other[50].id) -- one id sequence for every room
+      -- a reload keeps them
+      assert.is_true(t:reload())
+      local _, joined = member(t, "other", "cid", {a, b})
+      assert.equal("b6", joined.history[1].text)
+      assert.equal(50, #joined.history)
     end)
 
     it("must be a non-empty string of at most 2000 characters, in a room", function()

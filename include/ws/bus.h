@@ -65,11 +65,9 @@ uint64_t ws_bus_new_origin(void);
  * socketpair), which relays them to the other workers. */
 struct ws_bus *ws_bus_hub_new(struct ev_loop *loop, int fd, ws_bus_deliver_fn deliver, void *ctx);
 
-/* Parses a Redis URL into host and port. 0 or WS_E_INVAL. */
-int ws_bus_redis_parse_url(const char *url, char *host, size_t cap, int *port);
-
-/* Redis pub/sub at url ("redis://host:port[/db]" or "host:port"); reconnects with back-off and
- * restores its subscriptions. Returns NULL with a message in err for a malformed URL. */
+/* Redis pub/sub at url (any form ws_redis_parse_url takes: "redis://[:password@]host:port",
+ * "host:port", "unix:/path"); reconnects with back-off and restores its subscriptions. Returns NULL
+ * with a message in err for a malformed URL. */
 struct ws_bus *ws_bus_redis_new(struct ev_loop *loop, const char *url, ws_bus_deliver_fn deliver,
                                 void *ctx, char *err, size_t errlen);
 

@@ -41,8 +41,8 @@ enum ws_stats_wsclient_result {
     WS_STATS_WSCLIENT_RESULTS
 };
 
-/* The stores of ws.pg (and others like it), for /metrics: one entry each. */
-enum ws_stats_store { WS_STATS_STORE_POSTGRES, WS_STATS_STORES };
+/* The stores of ws.pg and ws.redis, for /metrics: one entry each. */
+enum ws_stats_store { WS_STATS_STORE_POSTGRES, WS_STATS_STORE_REDIS, WS_STATS_STORES };
 
 /* How a store's command (a query, BEGIN, COMMIT) ended. */
 enum ws_stats_store_result {

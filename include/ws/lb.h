@@ -10,6 +10,7 @@
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
+ *   lb_redis  ws.redis: pooled Redis clients whose calls wait, subscriptions
  * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
  * reload): nothing a Lua value does can raise outside a protected call. */
 #ifndef WS_LB_H
@@ -41,6 +42,8 @@ struct lb_task;
 struct ws_http_client;
 struct lb_wsclient;
 struct lb_pg;
+struct lb_redis;
+struct ws_redis_ops;
 
 struct lb_app {
     lua_State *L;
@@ -86,6 +89,8 @@ struct lb_app {
     struct ws_http_client *http;   /* ws.http's client, made on first use */
     struct lb_wsclient *wsclients; /* ws.connect's clients that are not collected yet */
     struct lb_pg *pg;              /* ws.pg's pools, made on first use */
+    struct lb_redis *redis;        /* ws.redis's pools and subscriptions, made on first use */
+    const struct ws_redis_ops *redis_ops; /* their calls: hiredis's (NULL), or a stand-in's */
 };
 
 /* ---- lb_state ---- */
@@ -289,6 +294,19 @@ void lb_pg_params(lua_State *L, struct lb_app *a, int idx, int n, const char **v
 /* Pushes the rows of res (tables keyed by column name, values by column type, NULL as ws.null)
  * and the affected row count; returns 2. [-0, +2, e] */
 int lb_pg_push_rows(lua_State *L, struct lb_app *a, struct pg_result *res);
+
+/* ---- lb_redis ---- */
+
+/* Pushes the ws.redis table (connect, url) and registers its metatables. [-0, +1, m] */
+void lb_redis_open(lua_State *L);
+
+/* Ends the subscriptions made by generations other than keep_generation (all when 0), like the
+ * timers of an older version. [-0, +0, -] */
+void lb_redis_cancel_subs(struct lb_app *a, uint64_t keep_generation);
+
+/* Closes every pool (after the state: no call refers to one any more); requests still in flight
+ * are dropped without a callback. */
+void lb_redis_free(struct lb_app *a);
 
 /* ---- lb_ws ---- */
 

@@ -1378,9 +1378,11 @@ function Server:_build_ws()
   W.connect = api("connect", "field", function()
     error("ws.connect is not simulated by the testing kit yet", 2)
   end)
-  W.pg = readonly({connect = api("connect", "field", function()
-    error("ws.pg.connect is not simulated by the testing kit yet", 2)
-  end)})
+  for _, store in ipairs({"pg", "redis"}) do
+    W[store] = readonly({connect = api("connect", "field", function()
+      error("ws." .. store .. ".connect is not simulated by the testing kit yet", 2)
+    end)})
+  end
 
   W.stats = api("stats", "field", function()
     local st = {}

@@ -7,6 +7,7 @@
 #include "ws/err.h"
 #include "ws/log.h"
 #include "ws/map.h"
+#include "ws/redis_client.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,6 @@
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #pragma GCC diagnostic ignored "-Wunused-parameter"
 #pragma GCC diagnostic ignored "-Wshadow"
-#include <hiredis/adapters/libev.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/sds.h>
@@ -26,8 +26,6 @@
 #define CHANNEL_ALL "wsserver:all"
 #define CHANNEL_TOPIC "wsserver:t:"
 #define PENDING_MAX (64u * 1024 * 1024) /* unsent PUBLISH bytes before messages are dropped */
-#define BACKOFF_MIN 0.1
-#define BACKOFF_MAX 5.0
 
 struct topic_entry {
     struct topic_entry *next; /* same hash */
@@ -38,8 +36,8 @@ struct topic_entry {
 struct redis_bus {
     struct ws_bus bus;
     struct ev_loop *loop;
-    char host[256];
-    int port;
+    struct ws_redis_addr addr;
+    char name[300]; /* host:port or the socket, for logs */
     redisAsyncContext *pub, *sub;
     bool pub_up, sub_up;
     ev_timer retry;
@@ -52,11 +50,7 @@ static void connect_both(struct redis_bus *r);
 
 static void schedule_retry(struct redis_bus *r)
 {
-    if (ev_is_active(&r->retry))
-        return;
-    ev_timer_set(&r->retry, r->backoff, 0);
-    ev_timer_start(r->loop, &r->retry);
-    r->backoff = r->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : r->backoff * 2;
+    ws_redis_retry_later(r->loop, &r->retry, &r->backoff);
 }
 
 static void on_retry(struct ev_loop *loop, ev_timer *w, int revents)
@@ -124,8 +118,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
         r->pub_up = true;
     }
     if (r->sub_up && r->pub_up) {
-        r->backoff = BACKOFF_MIN;
-        ws_log_msg(WS_LOG_INFO, "bus_connected", r->host);
+        r->backoff = WS_REDIS_BACKOFF_MIN;
+        ws_log_msg(WS_LOG_INFO, "bus_connected", r->name);
     }
 }
 
@@ -148,16 +142,16 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
 
 static redisAsyncContext *open_one(struct redis_bus *r)
 {
-    redisAsyncContext *ac = redisAsyncConnect(r->host, r->port);
-    if (!ac)
-        return NULL;
-    if (ac->err) {
-        ws_log_msg(WS_LOG_WARN, "bus_connect_failed", ac->errstr);
-        redisAsyncFree(ac);
+    char err[256];
+    int nsetup;
+    /* AUTH when the URL has a password; SELECT does not matter to pub/sub */
+    redisAsyncContext *ac =
+        ws_redis_connect(r->loop, &r->addr, NULL, NULL, &nsetup, err, sizeof(err));
+    if (!ac) {
+        ws_log_msg(WS_LOG_WARN, "bus_connect_failed", err);
         return NULL;
     }
     ac->data = r;
-    redisLibevAttach(r->loop, ac);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     return ac;
@@ -268,44 +262,22 @@ static void redis_free(struct ws_bus *bus)
 static const struct ws_bus_ops redis_ops = {redis_publish, redis_subscribe, redis_unsubscribe,
                                             redis_free};
 
-/* Parses "redis://host:port[/db]", "host:port" or "host" (port 6379). */
-int ws_bus_redis_parse_url(const char *url, char *host, size_t cap, int *port)
-{
-    if (strncmp(url, "redis://", 8) == 0)
-        url += 8;
-    const char *end = url + strcspn(url, "/");
-    const char *colon = memchr(url, ':', (size_t)(end - url));
-    size_t hlen = (size_t)((colon ? colon : end) - url);
-    if (hlen == 0 || hlen >= cap)
-        return WS_E_INVAL;
-    memcpy(host, url, hlen);
-    host[hlen] = 0;
-    *port = 6379;
-    if (colon) {
-        char *stop;
-        long p = strtol(colon + 1, &stop, 10);
-        if (stop != end || p < 1 || p > 65535)
-            return WS_E_INVAL;
-        *port = (int)p;
-    }
-    return 0;
-}
-
 struct ws_bus *ws_bus_redis_new(struct ev_loop *loop, const char *url, ws_bus_deliver_fn deliver,
                                 void *ctx, char *err, size_t errlen)
 {
     struct redis_bus *r = ws_xcalloc(1, sizeof(*r));
-    if (ws_bus_redis_parse_url(url, r->host, sizeof(r->host), &r->port) < 0) {
+    if (ws_redis_parse_url(url, &r->addr) < 0) {
         snprintf(err, errlen, "invalid value for redis: %s (expected redis://host:port)", url);
         free(r);
         return NULL;
     }
+    ws_redis_addr_name(&r->addr, r->name, sizeof(r->name));
     r->bus.ops = &redis_ops;
     r->bus.origin = ws_bus_new_origin();
     r->bus.deliver = deliver;
     r->bus.ctx = ctx;
     r->loop = loop;
-    r->backoff = BACKOFF_MIN;
+    r->backoff = WS_REDIS_BACKOFF_MIN;
     ws_map_init(&r->topics);
     ws_buf_init(&r->scratch);
     ev_init(&r->retry, on_retry);

@@ -326,11 +326,12 @@ static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, cons
  * store per entry of enum ws_stats_store. */
 static void stores(struct ws_buf *out, const struct ws_metrics_board *b)
 {
-    static const char *const names[WS_STATS_STORES] = {"postgres"};
+    static const char *const names[WS_STATS_STORES] = {"postgres", "redis"};
     static const char *const results[WS_STATS_STORE_RESULTS] = {"ok", "error", "timeout"};
     char labels[96];
     header(out, "wsserver_store_commands_total", "counter",
-           "Database commands (ws.pg queries, BEGIN, COMMIT) by store and result.");
+           "Database commands (ws.pg queries, BEGIN, COMMIT; ws.redis calls and pipelines) by "
+           "store and result.");
     for (int i = 0; i < b->n; i++) {
         const struct ws_metrics_slot *s = &b->slots[i];
         for (int k = 0; s->pid && k < WS_STATS_STORES; k++)

@@ -86,6 +86,7 @@ void lb_app_free(struct lb_app *a)
     }
     ws_http_client_free(a->http); /* after the state: nothing refers to a request any more */
     lb_pg_free(a);
+    lb_redis_free(a);
     ev_idle_stop(a->loop, &a->reload_idle);
     if (!a->status_pid) {
         char status[PATH_MAX];

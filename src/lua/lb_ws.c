@@ -78,6 +78,7 @@ void lb_ws_cancel_timers(struct lb_app *a, uint64_t keep_generation)
             timer_disarm(t);
         t = next;
     }
+    lb_redis_cancel_subs(a, keep_generation); /* an old version's subscriptions go too */
 }
 
 static int start_timer(lua_State *L, bool repeat)
@@ -586,6 +587,9 @@ void lb_ws_open(struct lb_app *a)
     lb_pg_open(L);
     make_readonly(L);
     lua_setfield(L, -2, "pg");
+    lb_redis_open(L);
+    make_readonly(L);
+    lua_setfield(L, -2, "redis");
     lua_newtable(L);
     lua_pushvalue(L, -1);
     a->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -179,7 +179,9 @@ HOSTILE = [
     ({"type": "join", "room": "lobby", "nick": "<b>bob</b>"}, "bad_nick"),
     ({"type": "join", "room": "lobby", "nick": "bob\u0000"}, "bad_nick"),
     ({"type": "join", "room": "lobby", "nick": "tab\there"}, "bad_nick"),
-    ({"type": "join", "room": "lobby", "nick": "Zo\u00eb"}, "bad_nick"),
+    ({"type": "join", "room": "lobby", "nick": "ann\u202e"}, "bad_nick"),  # right-to-left override
+    ({"type": "join", "room": "lobby", "nick": "a\u200bb"}, "bad_nick"),  # zero-width space
+    ({"type": "join", "room": "lobby", "nick": "\u674e" * 25}, "bad_nick"),  # 25 characters
 ]
 
 

@@ -438,7 +438,7 @@ describe("ws.testing", function()
       for _ in pairs(ws) do
         n = n + 1
       end
-      assert.equal(22, n) -- sleep, http, null, connect and pg included
+      assert.equal(23, n) -- sleep, http, null, connect, pg and redis included
       ws.state.x = 1
       assert.equal(1, t.state.x)
     end)

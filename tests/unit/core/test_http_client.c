@@ -8,6 +8,8 @@
 
 #include <cmocka.h>
 
+#include "testkit.h"
+
 #include "ws/http_client.h"
 
 #include <arpa/inet.h>
@@ -17,19 +19,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-/* A listening socket on 127.0.0.1; *port gets its port. */
-static int listen_any(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    *port = ntohs(sa.sin_port);
-    return fd;
-}
 
 /* The test server: accepts, reads the request head, writes the canned answer, closes. */
 struct server {
@@ -109,7 +98,7 @@ static void test_response(void **state)
     int port;
     struct server s = {.answer = "HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n"
                                  "Connection: close\r\n\r\nhi"};
-    int lfd = listen_any(&port);
+    int lfd = testkit_listen_tcp(&port);
     ev_io_init(&s.io, on_accept, lfd, EV_READ);
     ev_io_start(loop, &s.io);
     struct ws_http_client *hc = ws_http_client_new(loop, 4);
@@ -142,7 +131,7 @@ static void test_body_over_the_limit(void **state)
     int port;
     struct server s = {.answer = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                                  "a\r\n0123456789\r\n0\r\n\r\n"};
-    int lfd = listen_any(&port);
+    int lfd = testkit_listen_tcp(&port);
     ev_io_init(&s.io, on_accept, lfd, EV_READ);
     ev_io_start(loop, &s.io);
     struct ws_http_client *hc = ws_http_client_new(loop, 4);
@@ -167,7 +156,7 @@ static void test_refused_names_the_port(void **state)
     (void)state;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     int port;
-    close(listen_any(&port)); /* nobody listens there now */
+    close(testkit_listen_tcp(&port)); /* nobody listens there now */
     struct ws_http_client *hc = ws_http_client_new(loop, 4);
     char url[128], err[128], want[16];
     struct ws_http_opts o = opts_for(url, sizeof(url), port, "/");
@@ -205,7 +194,7 @@ static void test_cap_queue_and_cancel(void **state)
     (void)state;
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     int port;
-    int lfd = listen_any(&port); /* never accepts: the requests hang */
+    int lfd = testkit_listen_tcp(&port); /* never accepts: the requests hang */
     struct ws_http_client *hc = ws_http_client_new(loop, 1);
     char url[128], err[128];
     struct ws_http_opts o = opts_for(url, sizeof(url), port, "/");

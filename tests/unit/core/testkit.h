@@ -144,4 +144,8 @@ bool testclient_wait_eof(struct testkit *k, struct testclient *cl);
 
 void testframe_free(struct testframe *f);
 
+/* A listening TCP socket on 127.0.0.1 (any free port, backlog 16); *port gets its port. For the
+ * tests of the outbound clients (HTTP, Redis), whose peers are canned servers in the test. */
+int testkit_listen_tcp(int *port);
+
 #endif
