@@ -107,14 +107,19 @@ const char *lb_error_text(lua_State *L, int idx);
  * keeps it in a->last_error and counts it. */
 void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg);
 
-/* Opens a handler run's time budget (SPEC §4: handler_timeout per run between two waits): a
- * fresh one at the outermost level, the enclosing one when nested. Returns what lb_budget_end
- * needs. */
-double lb_budget_begin(struct lb_app *a);
+/* A handler run's budget, between lb_budget_begin and lb_budget_end. */
+struct lb_run {
+    double started;  /* monotonic seconds, 0 when nested */
+    lua_State *prev; /* the thread that ran before (nested) */
+};
 
-/* Closes the budget lb_budget_begin opened (started is its result) and records the run's
- * latency. */
-void lb_budget_end(struct lb_app *a, double started);
+/* Opens a handler run's time budget (SPEC §4: handler_timeout per run between two waits) for
+ * the run of thread co: a fresh one at the outermost level, the enclosing one when nested. The
+ * budget's watchdog interrupts co (or a coroutine it resumes) once the budget is spent. */
+void lb_budget_begin(struct lb_app *a, lua_State *co, struct lb_run *run);
+
+/* Closes the budget lb_budget_begin opened for co and records the run's latency. */
+void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run);
 
 /* lb_call_for without a connection. */
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what);

@@ -125,10 +125,11 @@ static enum lb_task_result resume(struct lb_task *t, int nargs)
     struct lb_task *outer = a->current;
     lua_State *from = outer ? outer->co : a->L;
     a->current = t;
-    double started = lb_budget_begin(a);
+    struct lb_run run;
+    lb_budget_begin(a, t->co, &run);
     int nres = 0;
     int rc = lua_resume(t->co, from, nargs, &nres);
-    lb_budget_end(a, started);
+    lb_budget_end(a, t->co, &run);
     a->current = outer;
     if (rc == LUA_YIELD && t->waiting)
         return LB_TASK_WAITING;
