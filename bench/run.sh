@@ -67,7 +67,9 @@ fi
 # TLS or with permessage-deflate, compared with that row of the same run).
 # Server apps: echo, broadcast, idle (bench/apps/*.lua, node: bench/node/*.js); echo-tls (echo on
 # a tls: listener, certificate from scripts/gen-test-cert.sh); echo-deflate, broadcast-deflate
-# (--compression on). The echo rows at 10, 100 and 1000 connections feed bench/plot.py.
+# (--compression on); sleep0 (echo after one ws.sleep(0): the cost of one wait); http-get (echo
+# after one ws.http.get to a local upstream, bench/apps/upstream.lua on wsbench's CPU). The echo
+# rows at 10, 100 and 1000 connections feed bench/plot.py. A new app: a line in app_file.
 SCENARIOS=(
     "echo-c10|echo|echo -c 10 -s 32 -d 1|||"
     "echo-c100|echo|echo -c 100 -s 32 -d 1|1.5||"
@@ -85,9 +87,48 @@ SCENARIOS=(
     "tls-connect|echo-tls|connect -c 50 --tls||wsserver|connect"
     "deflate-echo-json1k|echo-deflate|echo -c 100 -s 1024 --json -d 16 --deflate||wsserver|echo-json1k"
     "deflate-broadcast-json1k|broadcast-deflate|broadcast -c 1000 -s 1024 --json -d 16 --deflate||wsserver|broadcast-json1k"
+    "sleep0-echo-c100-d16|sleep0|echo -c 100 -s 32 -d 16||wsserver|echo-c100-d16"
+    "http-get-echo-c100|http-get|echo -c 100 -s 32 -d 1||wsserver|echo-c100"
 )
+# Server app groups in the order they run; variants right after the group of their reference rows.
+APPS=(echo echo-tls echo-deflate sleep0 http-get broadcast broadcast-deflate idle)
 CHAT_NAME=chat-2000
 CHAT_DURATION=${BENCH_CHAT_DURATION:-10}
+
+# app_file APP -> the wsserver app (bench/apps) a server app runs.
+app_file() {
+    case $1 in
+    broadcast*) echo broadcast ;;
+    sleep0) echo sleep0 ;;
+    http-get) echo http_get ;;
+    *) echo echo ;;
+    esac
+}
+
+# wait_listening PID PORT: true once PID listens on PORT (5 s at most).
+wait_listening() {
+    for _ in $(seq 100); do
+        ss -Hltnp "sport = :$2" 2>/dev/null | grep -q "pid=$1," && return 0
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# The http-get app's upstream: a wsserver with bench/apps/upstream.lua on wsbench's CPU, started
+# once; sets UPSTREAM.
+UPSTREAM=
+start_upstream() {
+    [[ -z $UPSTREAM ]] || return 0
+    local port pid
+    port=$(free_port)
+    "${NICE[@]}" taskset -c "$CLIENT_CPU" "$TMP/bin/wsserver" -l "127.0.0.1:$port" --log-level warn \
+        "$ROOT/bench/apps/upstream.lua" >>"$TMP/upstream.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_listening "$pid" "$port" || { echo "run.sh: the upstream did not start" >&2; return 1; }
+    UPSTREAM=http://127.0.0.1:$port/
+}
 
 # start_server IMPL APP -> sets SPID and SPORT; retries on another port if one was taken meanwhile.
 start_server() {
@@ -102,7 +143,11 @@ start_server_once() {
     local -a extra=()
     SPORT=$(free_port)
     if [[ $impl == wsserver ]]; then
-        file=$ROOT/bench/apps/$([[ $app == broadcast* ]] && echo broadcast || echo echo).lua
+        file=$ROOT/bench/apps/$(app_file "$app").lua
+        if [[ $app == http-get ]]; then
+            start_upstream || return 1
+            export BENCH_UPSTREAM=$UPSTREAM
+        fi
         listen=127.0.0.1:$SPORT
         case $app in
         *-tls)
@@ -119,13 +164,7 @@ start_server_once() {
     fi
     SPID=$!
     PIDS+=("$SPID")
-    for _ in $(seq 100); do
-        if ss -Hltnp "sport = :$SPORT" 2>/dev/null | grep -q "pid=$SPID,"; then
-            return 0
-        fi
-        kill -0 "$SPID" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_listening "$SPID" "$SPORT" && return 0
     echo "run.sh: $impl ($app) did not start on port $SPORT; log:" >&2
     tail -3 "$TMP/server.log" >&2
     kill -KILL "$SPID" 2>/dev/null || true
@@ -223,7 +262,7 @@ fi
 # wsserver and node alternate group by group, so that both see the same machine noise; the
 # wsserver-only variants run right after the group of their reference rows.
 for run in $(seq "$RUNS"); do
-    for app in echo echo-tls echo-deflate broadcast broadcast-deflate idle; do
+    for app in "${APPS[@]}"; do
         for impl in $IMPLS; do
             run_group "$run" "$impl" "$app" || echo "  run $run $impl $app: group aborted" >&2
         done
@@ -343,6 +382,8 @@ for row in scenarios:
         row["ref_ratio"] = v["value"] / r["value"]
     if v and r and v["server_cpu_us_per_msg"] and r["server_cpu_us_per_msg"]:
         row["ref_cpu_ratio"] = v["server_cpu_us_per_msg"] / r["server_cpu_us_per_msg"]
+        # what the variant adds per message (a wait: ws.sleep(0), ws.http.get)
+        row["ref_cpu_added_us"] = v["server_cpu_us_per_msg"] - r["server_cpu_us_per_msg"]
 
 # The chat load: one run.
 chat = None
@@ -415,7 +456,7 @@ if variants:
     print()
     print("wsserver variants against a reference row of the same run (wsserver both):")
     hdr = ("variant", "reference", "unit", "variant", "reference", "ratio", "srv us/msg var/ref",
-           "cpu ratio", "ws B/msg in var/ref", "wsbench cpu% var/ref", "others cpu%", "p99 us var/ref", "errors")
+           "cpu ratio", "added us/msg", "ws B/msg in var/ref", "wsbench cpu% var/ref", "others cpu%", "p99 us var/ref", "errors")
     rows = [hdr]
     for s in variants:
         v, r = s.get("wsserver") or {}, (by_name.get(s["ref"], {}).get("wsserver") or {})
@@ -424,6 +465,7 @@ if variants:
             f"{s['ref_ratio']:.2f}x" if s.get("ref_ratio") else "-",
             f"{f(v.get('server_cpu_us_per_msg'))}/{f(r.get('server_cpu_us_per_msg'))}",
             f"{s['ref_cpu_ratio']:.2f}x" if s.get("ref_cpu_ratio") else "-",
+            f"{s['ref_cpu_added_us']:+.2f}" if s.get("ref_cpu_added_us") is not None else "-",
             f"{f(v.get('ws_bytes_in_per_msg'))}/{f(r.get('ws_bytes_in_per_msg'))}",
             f"{pct(v.get('client_cpu_pct'))}/{pct(r.get('client_cpu_pct'))}",
             f"{pct(v.get('other_cpu_pct'))}/{pct(r.get('other_cpu_pct'))}",
@@ -435,7 +477,8 @@ if variants:
         print("  ".join(str(c).rjust(widths[k]) if k > 2 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
-    print("ratio and cpu ratio: variant/reference (TLS/plain, compression on/off); ws B/msg in: WebSocket")
+    print("ratio and cpu ratio: variant/reference (TLS/plain, compression on/off, one wait per message);")
+    print("  added us/msg: server CPU per message of the variant minus the reference's; ws B/msg in: WebSocket")
     print("  bytes received per message or delivery (frames; under TLS the plaintext).")
 
 if chat:

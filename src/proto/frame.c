@@ -164,11 +164,23 @@ int ws_frame_decode(struct ws_frame_decoder *d, uint8_t *data, size_t len, size_
     case WS_FRAME_STATE_ERROR:
         return d->err;
     case WS_FRAME_STATE_HEADER:
-        rc = take_header(d, data, len, used);
-        if (rc == WS_E_AGAIN)
-            return rc;
-        if (rc < 0)
-            return fail(d, rc);
+        if (d->hdr_len == 0 && len >= 6 && (data[1] & 0x7F) < 126 && d->require_mask) {
+            /* the common case: a whole short masked header in the buffer, checked in place */
+            *used = 1; /* the bytes taken include an offending one, as take_header's */
+            if ((rc = check_byte0(d, data[0])) < 0)
+                return fail(d, rc);
+            *used = 2;
+            if ((rc = check_byte1(d, data[1])) < 0)
+                return fail(d, rc);
+            memcpy(d->header.mask, data + 2, 4);
+            *used = 6;
+        } else {
+            rc = take_header(d, data, len, used);
+            if (rc == WS_E_AGAIN)
+                return rc;
+            if (rc < 0)
+                return fail(d, rc);
+        }
         d->state = WS_FRAME_STATE_PAYLOAD;
         d->remaining = d->header.length;
         d->offset = 0;
@@ -239,8 +251,9 @@ void ws_frame_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
     uint8_t m8[8];
     uint64_t m, w0, w1, w2, w3;
 
-    /* Byte steps up to an 8-byte boundary so the word loop never splits a cache line. */
-    while (n > 0 && ((uintptr_t)p & 7)) {
+    /* Byte steps up to an 8-byte boundary so the word loop never splits a cache line (for a
+     * short payload the steps would cost more than the split loads). */
+    while (n >= 64 && ((uintptr_t)p & 7)) {
         *p++ ^= mask[k];
         k = (k + 1) & 3;
         n--;
