@@ -87,6 +87,7 @@ SCENARIOS=(
     "tls-connect|echo-tls|connect -c 50 --tls||wsserver|connect"
     "deflate-echo-json1k|echo-deflate|echo -c 100 -s 1024 --json -d 16 --deflate||wsserver|echo-json1k"
     "deflate-broadcast-json1k|broadcast-deflate|broadcast -c 1000 -s 1024 --json -d 16 --deflate||wsserver|broadcast-json1k"
+    "sleep0-echo-c100|sleep0|echo -c 100 -s 32 -d 1||wsserver|echo-c100"
     "sleep0-echo-c100-d16|sleep0|echo -c 100 -s 32 -d 16||wsserver|echo-c100-d16"
     "http-get-echo-c100|http-get|echo -c 100 -s 32 -d 1||wsserver|echo-c100"
 )

@@ -57,6 +57,7 @@ struct lb_app {
     int http_ref;        /* app.http routes table or LUA_NOREF */
     int conns_ref;       /* id -> conn userdata */
     const void *conn_mt; /* the conn metatable, compared by address */
+    int kind_refs[2];    /* the strings "text" and "binary", made once (message's kind) */
     int ws_ref;          /* the real ws table */
     int state_ref;       /* ws.state */
     uint64_t generation;

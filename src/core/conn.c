@@ -147,8 +147,7 @@ static void queue_frame(struct ws_conn *c, uint8_t opcode, bool fin, uint8_t rsv
 {
     uint8_t hdr[WS_FRAME_MAX_HEADER];
     size_t n = ws_frame_encode_header(hdr, fin, rsv, opcode, len, NULL);
-    ws_outq_append(&c->wire.out, &c->env->pool, hdr, n);
-    ws_outq_append(&c->wire.out, &c->env->pool, data, len);
+    ws_outq_append2(&c->wire.out, &c->env->pool, hdr, n, data, len);
 }
 
 /* Queues our close frame and enters CLOSING: nothing is sent after it. */
@@ -306,6 +305,10 @@ void ws_conn_flush(struct ws_conn *c)
         return;
     if (!c->wire.secured)
         return; /* the transport's handshake comes first */
+    /* nothing queued and nothing to change: the loop's flush pass after on_read wrote */
+    if (c->wire.out.bytes == 0 && c->state == WS_CONN_OPEN && !c->above_low &&
+        !c->wire.reading_paused && !(c->wire.io.events & EV_WRITE) && ev_is_active(&c->wire.io))
+        return;
     uint64_t before = c->bytes_out;
     int rc = ws_wire_flush(&c->wire, env->loop, &env->pool, &c->bytes_out);
     env->stats->bytes_out += c->bytes_out - before;

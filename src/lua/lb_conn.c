@@ -368,8 +368,13 @@ static int conn_eq(lua_State *L)
 
 void lb_conn_open(lua_State *L)
 {
+    struct lb_app *a = lb_app_of(L);
+    lua_pushliteral(L, "text");
+    a->kind_refs[0] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "binary");
+    a->kind_refs[1] = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_newmetatable(L, CONN_MT);
-    lb_app_of(L)->conn_mt = lua_topointer(L, -1);
+    a->conn_mt = lua_topointer(L, -1);
     luaL_newlibtable(L, methods);
     lua_pushliteral(L, "sent");
     luaL_setfuncs(L, methods, 1);
