@@ -88,9 +88,11 @@ struct lb_app {
 struct lb_app *lb_app_of(lua_State *L);
 
 /* Creates a->L: the capped allocator, a panic handler that logs (an error outside any protected
- * call would be our bug), Lua warnings to the log, the standard libraries, the budget hook, a
- * guarded xpcall, package.path with the app's folder and the shipped library. Returns 0, or
- * WS_E_NOMEM with err filled. [-0, +0, -] */
+ * call would be our bug), Lua warnings to the log, the standard libraries, the budget's
+ * watchdog (a SIGPROF timer on the calling thread's CPU clock, once per process; it arms a count
+ * hook only in a run that overruns), a guarded xpcall and coroutine.resume/wrap, package.path
+ * with the app's folder and the shipped library. Returns 0, or WS_E_NOMEM with err filled.
+ * [-0, +0, -] */
 int lb_state_open(struct lb_app *a, char *err, size_t errlen);
 
 /* Calls the function below nargs arguments on the stack with a traceback handler and the
