@@ -22,6 +22,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Reads of a connection still sending its request are at most this long, and a request may hold
+ * this much past its limits (the bytes of one read); an open connection reads the whole buffer
+ * (WS_ENV_READ_BYTES), so a large frame usually arrives whole and is not assembled by a copy. */
+#define REQUEST_READ_BYTES 65536
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void kill_conn(struct ws_conn *c, int code, const char *reason);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
@@ -440,7 +445,7 @@ static bool forwarded(struct ws_conn *c, const struct ws_http_request *req)
 static void on_request_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
 {
     const struct ws_request_limits lim = {(size_t)cfg(c)->max_header_size,
-                                          (size_t)cfg(c)->max_body_size, WS_ENV_READ_BYTES};
+                                          (size_t)cfg(c)->max_body_size, REQUEST_READ_BYTES};
     struct ws_http_request req;
     int rc = ws_request_feed(&c->request, data, len, &lim, &req);
     if (rc == WS_E_AGAIN)
@@ -562,7 +567,9 @@ static void on_read(struct ws_conn *c)
         return;
     /* TLS may hold decrypted bytes that the socket will not signal again: drain them */
     do {
-        ssize_t n = ws_wire_read(&c->wire, env->loop, env->rbuf, WS_ENV_READ_BYTES);
+        ssize_t n =
+            ws_wire_read(&c->wire, env->loop, env->rbuf,
+                         c->state == WS_CONN_CONNECTING ? REQUEST_READ_BYTES : WS_ENV_READ_BYTES);
         if (n == WS_E_AGAIN)
             break;
         if (n <= 0) {

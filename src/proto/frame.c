@@ -245,24 +245,49 @@ size_t ws_frame_encode_header(uint8_t out[WS_FRAME_MAX_HEADER], bool fin, uint8_
     return n;
 }
 
+/* 16 bytes XORed as one (SSE2 on x86-64, NEON on arm64; plain words elsewhere). */
+typedef uint8_t mask_vec __attribute__((vector_size(16)));
+
 void ws_frame_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
 {
     size_t k = offset & 3;
-    uint8_t m8[8];
+    uint8_t m4[4];
+    uint32_t m32;
     uint64_t m, w0, w1, w2, w3;
+    mask_vec mv, v0, v1, v2, v3;
 
-    /* Byte steps up to an 8-byte boundary so the word loop never splits a cache line (for a
+    /* Byte steps up to a 16-byte boundary so the vector loop never splits a cache line (for a
      * short payload the steps would cost more than the split loads). */
-    while (n >= 64 && ((uintptr_t)p & 7)) {
+    while (n >= 128 && ((uintptr_t)p & 15)) {
         *p++ ^= mask[k];
         k = (k + 1) & 3;
         n--;
     }
-    /* RFC 6455 §5.3: byte i is XORed with mask[i % 4]; 8 is a multiple of 4, so one word of mask
-     * rotated to the current position serves every word. memcpy keeps the loads well-defined. */
-    for (size_t i = 0; i < 8; i++)
-        m8[i] = mask[(k + i) & 3];
-    memcpy(&m, m8, 8);
+    /* RFC 6455 §5.3: byte i is XORed with mask[i % 4]; 16 and 8 are multiples of 4, so one vector
+     * (one word) of mask rotated to the current position serves every one. memcpy keeps the
+     * loads well-defined. */
+    for (size_t i = 0; i < 4; i++)
+        m4[i] = mask[(k + i) & 3];
+    memcpy(&m32, m4, 4);
+    m = (uint64_t)m32 << 32 | m32;
+    if (n >= 64) {
+        uint64_t m2[2] = {m, m};
+        memcpy(&mv, m2, 16);
+        for (; n >= 64; p += 64, n -= 64) {
+            memcpy(&v0, p, 16);
+            memcpy(&v1, p + 16, 16);
+            memcpy(&v2, p + 32, 16);
+            memcpy(&v3, p + 48, 16);
+            v0 ^= mv;
+            v1 ^= mv;
+            v2 ^= mv;
+            v3 ^= mv;
+            memcpy(p, &v0, 16);
+            memcpy(p + 16, &v1, 16);
+            memcpy(p + 32, &v2, 16);
+            memcpy(p + 48, &v3, 16);
+        }
+    }
     for (; n >= 32; p += 32, n -= 32) {
         memcpy(&w0, p, 8);
         memcpy(&w1, p + 8, 8);
@@ -283,5 +308,5 @@ void ws_frame_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
         memcpy(p, &w0, 8);
     }
     for (size_t i = 0; i < n; i++)
-        p[i] ^= m8[i];
+        p[i] ^= m4[i & 3];
 }
