@@ -3,8 +3,9 @@
 # compares two commits. For each scenario wsserver runs its app under callgrind and wsbench
 # (native) sends N messages; a second run with N/10 messages is subtracted, so start-up,
 # handshakes and shutdown cancel out. The first scenario (echo, 20 connections, depth 1) is the
-# figure quoted in commit messages; the others: pipelined echo, 64 KiB binary echo, and one
-# ws.sleep(0) per message (the cost of one wait).
+# figure quoted in commit messages; the others: pipelined echo, 64 KiB binary echo, one
+# ws.sleep(0) per message (the cost of one wait), and connect-upgrade-close cycles (two runs of
+# different lengths; per handshake).
 #
 # Environment: WSSERVER, WSBENCH (set by make), COUNT_MESSAGES (20000: messages of the first
 # scenario; the others scale from it), COUNT_ONLY (regex on scenario names), COUNT_KEEP (a
@@ -18,13 +19,15 @@ MESSAGES=${COUNT_MESSAGES:-20000}
 ONLY=${COUNT_ONLY:-}
 KEEP=${COUNT_KEEP:-}
 
-# Scenarios: name | app (bench/apps) | wsbench echo arguments | messages, as a fraction
-# (percent) of COUNT_MESSAGES. Rows are added here.
+# Scenarios: name | app (bench/apps) | wsbench arguments (mode first) | how much: messages as a
+# percentage of COUNT_MESSAGES, or tSECONDS for a mode that runs for a time (connect: the two
+# runs last SECONDS/4 and SECONDS; per handshake). Rows are added here.
 SCENARIOS=(
-    "echo-d1|echo|-c 20 -s 32 -d 1|100"
-    "echo-c100-d16|echo|-c 100 -s 32 -d 16|200"
-    "echo-64k|echo|-c 10 -s 65536 -b -d 1|10"
-    "sleep0-d1|sleep0|-c 20 -s 32 -d 1|100"
+    "echo-d1|echo|echo -c 20 -s 32 -d 1|100"
+    "echo-c100-d16|echo|echo -c 100 -s 32 -d 16|200"
+    "echo-64k|echo|echo -c 10 -s 65536 -b -d 1|10"
+    "sleep0-d1|sleep0|echo -c 20 -s 32 -d 1|100"
+    "connect|echo|connect -c 10|t8"
 )
 
 for f in "$WSSERVER" "$WSBENCH"; do
@@ -65,15 +68,18 @@ start() {
     return 1
 }
 
-# count TAG APP N ARGS... -> prints "IR REPLIES ERRORS RATE" for a server that echoed N messages.
+# count TAG APP AMOUNT MODE ARGS... -> prints "IR MESSAGES ERRORS RATE" for a server that echoed
+# AMOUNT messages (-n AMOUNT), or ran for AMOUNT seconds (tAMOUNT).
 count() {
-    local tag=$1 app=$2 n=$3 port out rc=0
-    shift 3
+    local tag=$1 app=$2 amount=$3 mode=$4 port out rc=0
+    shift 4
+    local -a how=(-n "$amount" --stall 30)
+    [[ $amount != t* ]] || how=(-t "${amount#t}" -w 0)
     start "$tag" "$app" || start "$tag" "$app" || start "$tag" "$app" ||
         { tail -5 "$TMP/server.$tag.log" >&2; return 1; }
     port=$PORT
     # shellcheck disable=SC2068 # the arguments are a word list on purpose
-    out=$("$WSBENCH" echo -p "$port" $@ -n "$n" --stall 30 \
+    out=$("$WSBENCH" "$mode" -p "$port" $@ "${how[@]}" \
         --server-pid "$SPID" 2>>"$TMP/wsbench.log") || rc=$?
     kill -TERM "$SPID"
     for _ in $(seq 300); do kill -0 "$SPID" 2>/dev/null || break; sleep 0.1; done
@@ -95,9 +101,14 @@ FIRST=
 for entry in "${SCENARIOS[@]}"; do
     IFS='|' read -r name app args pct <<<"$entry"
     [[ -z $ONLY || $name =~ $ONLY ]] || continue
-    full=$((MESSAGES * pct / 100))
-    base=$((full / 10))
-    echo "callgrind: $name (bench/apps/$app.lua; wsbench echo $args)"
+    if [[ $pct == t* ]]; then
+        full=$pct
+        base=t$(((${pct#t} + 3) / 4))
+    else
+        full=$((MESSAGES * pct / 100))
+        base=$((full / 10))
+    fi
+    echo "callgrind: $name (bench/apps/$app.lua; wsbench $args)"
     # shellcheck disable=SC2086 # args is a word list on purpose
     read -r IR_B N_B E_B RATE_B < <(count "$name.base" "$app" "$base" $args)
     echo "  $N_B messages: $IR_B Ir (errors $E_B, $RATE_B msg/s under callgrind)"
