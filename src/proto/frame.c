@@ -253,7 +253,7 @@ void ws_frame_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
     size_t k = offset & 3;
     uint8_t m4[4];
     uint32_t m32;
-    uint64_t m, w0, w1, w2, w3;
+    uint64_t m, w0;
     mask_vec mv, v0, v1, v2, v3;
 
     /* Byte steps up to a 16-byte boundary so the vector loop never splits a cache line (for a
@@ -270,7 +270,7 @@ void ws_frame_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
         m4[i] = mask[(k + i) & 3];
     memcpy(&m32, m4, 4);
     m = (uint64_t)m32 << 32 | m32;
-    if (n >= 64) {
+    if (n >= 16) {
         uint64_t m2[2] = {m, m};
         memcpy(&mv, m2, 16);
         for (; n >= 64; p += 64, n -= 64) {
@@ -287,20 +287,11 @@ void ws_frame_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
             memcpy(p + 32, &v2, 16);
             memcpy(p + 48, &v3, 16);
         }
-    }
-    for (; n >= 32; p += 32, n -= 32) {
-        memcpy(&w0, p, 8);
-        memcpy(&w1, p + 8, 8);
-        memcpy(&w2, p + 16, 8);
-        memcpy(&w3, p + 24, 8);
-        w0 ^= m;
-        w1 ^= m;
-        w2 ^= m;
-        w3 ^= m;
-        memcpy(p, &w0, 8);
-        memcpy(p + 8, &w1, 8);
-        memcpy(p + 16, &w2, 8);
-        memcpy(p + 24, &w3, 8);
+        for (; n >= 16; p += 16, n -= 16) {
+            memcpy(&v0, p, 16);
+            v0 ^= mv;
+            memcpy(p, &v0, 16);
+        }
     }
     for (; n >= 8; p += 8, n -= 8) {
         memcpy(&w0, p, 8);
