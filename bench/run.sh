@@ -68,7 +68,8 @@ fi
 # Server apps: echo, broadcast, idle (bench/apps/*.lua, node: bench/node/*.js); echo-tls (echo on
 # a tls: listener, certificate from scripts/gen-test-cert.sh); echo-deflate, broadcast-deflate
 # (--compression on); sleep0 (echo after one ws.sleep(0): the cost of one wait); http-get (echo
-# after one ws.http.get to a local upstream, bench/apps/upstream.lua on wsbench's CPU). The echo
+# after one ws.http.get to a local keep-alive upstream, bench/node/upstream.js on wsbench's
+# CPU). The echo
 # rows at 10, 100 and 1000 connections feed bench/plot.py. A new app: a line in app_file.
 SCENARIOS=(
     "echo-c10|echo|echo -c 10 -s 32 -d 1|||"
@@ -116,15 +117,15 @@ wait_listening() {
     return 1
 }
 
-# The http-get app's upstream: a wsserver with bench/apps/upstream.lua on wsbench's CPU, started
-# once; sets UPSTREAM.
+# The http-get app's upstream: node's http server (bench/node/upstream.js) on wsbench's CPU,
+# started once; sets UPSTREAM.
 UPSTREAM=
 start_upstream() {
     [[ -z $UPSTREAM ]] || return 0
     local port pid
     port=$(free_port)
-    "${NICE[@]}" taskset -c "$CLIENT_CPU" "$TMP/bin/wsserver" -l "127.0.0.1:$port" --log-level warn \
-        "$ROOT/bench/apps/upstream.lua" >>"$TMP/upstream.log" 2>&1 &
+    "${NICE[@]}" taskset -c "$CLIENT_CPU" node "$ROOT/bench/node/upstream.js" "$port" \
+        >>"$TMP/upstream.log" 2>&1 &
     pid=$!
     PIDS+=("$pid")
     wait_listening "$pid" "$port" || { echo "run.sh: the upstream did not start" >&2; return 1; }
