@@ -69,7 +69,7 @@ fi
 # a tls: listener, certificate from scripts/gen-test-cert.sh); echo-deflate, broadcast-deflate
 # (--compression on); sleep0 (echo after one ws.sleep(0): the cost of one wait); http-get (echo
 # after one ws.http.get to a local keep-alive upstream, bench/node/upstream.js on wsbench's
-# CPU). The echo
+# CPU); publish (broadcast through a topic: ws.publish against ws.broadcast). The echo
 # rows at 10, 100 and 1000 connections feed bench/plot.py. A new app: a line in app_file.
 SCENARIOS=(
     "echo-c10|echo|echo -c 10 -s 32 -d 1|||"
@@ -91,9 +91,10 @@ SCENARIOS=(
     "sleep0-echo-c100|sleep0|echo -c 100 -s 32 -d 1||wsserver|echo-c100"
     "sleep0-echo-c100-d16|sleep0|echo -c 100 -s 32 -d 16||wsserver|echo-c100-d16"
     "http-get-echo-c100|http-get|echo -c 100 -s 32 -d 1||wsserver|echo-c100"
+    "publish-1000|publish|broadcast -c 1000 -s 32 -d 16||wsserver|broadcast-1000"
 )
 # Server app groups in the order they run; variants right after the group of their reference rows.
-APPS=(echo echo-tls echo-deflate sleep0 http-get broadcast broadcast-deflate idle)
+APPS=(echo echo-tls echo-deflate sleep0 http-get broadcast broadcast-deflate publish idle)
 CHAT_NAME=chat-2000
 CHAT_DURATION=${BENCH_CHAT_DURATION:-10}
 
@@ -101,6 +102,7 @@ CHAT_DURATION=${BENCH_CHAT_DURATION:-10}
 app_file() {
     case $1 in
     broadcast*) echo broadcast ;;
+    publish) echo publish ;;
     sleep0) echo sleep0 ;;
     http-get) echo http_get ;;
     *) echo echo ;;
@@ -350,7 +352,8 @@ for line in open(scen_path):
             "runs": len(rs),
             "value": med([r["rss_per_conn_bytes"] if idle else r["msgs_per_s"] for r in ok]),
             "unit": "bytes/conn" if idle else ("handshakes/s" if args.startswith("connect")
-                                             else "deliveries/s" if app.startswith("broadcast") else "msgs/s"),
+                                             else "deliveries/s" if app.startswith(("broadcast", "publish"))
+                                             else "msgs/s"),
             "mb_per_s": med([r["mb_per_s"] for r in ok]),
             "p50_us": med([r["latency_us"]["p50"] for r in ok]),
             "p99_us": med([r["latency_us"]["p99"] for r in ok]),
