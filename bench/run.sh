@@ -10,7 +10,9 @@
 # BENCH_WARMUP (1 s), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1), BENCH_ONLY (regex on scenario
 # names, chat-2000 included), BENCH_IMPLS ("wsserver node"), BENCH_OUT (results file), BENCH_NICE
 # (e.g. -10: run the servers and wsbench at that niceness, to stand out from other work on a
-# shared machine), BENCH_CHAT_DURATION (10 s; 0 skips the chat load).
+# shared machine), BENCH_CHAT_DURATION (10 s; 0 skips the chat load), BENCH_UWS (a local build of
+# uWebSockets' examples/EchoServer.cpp listening on $PORT, see docs/performance.md: then "uws"
+# runs the echo, connect and idle rows too, a C++ reference of the same run).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +27,11 @@ ONLY=${BENCH_ONLY:-}
 NICE=()
 [[ -n ${BENCH_NICE:-} ]] && NICE=(nice -n "$BENCH_NICE")
 IMPLS=${BENCH_IMPLS:-wsserver node}
+UWS=${BENCH_UWS:-}
+if [[ -n $UWS ]]; then
+    [[ -x $UWS ]] || { echo "run.sh: BENCH_UWS=$UWS is not an executable" >&2; exit 2; }
+    IMPLS="$IMPLS uws"
+fi
 PY=/usr/bin/python3
 WS_MODULE=$ROOT/tests/node_modules/ws
 
@@ -146,7 +153,9 @@ start_server_once() {
     local impl=$1 app=$2 file listen
     local -a extra=()
     SPORT=$(free_port)
-    if [[ $impl == wsserver ]]; then
+    if [[ $impl == uws ]]; then
+        PORT=$SPORT "${NICE[@]}" taskset -c "$SERVER_CPU" "$UWS" >>"$TMP/server.log" 2>&1 &
+    elif [[ $impl == wsserver ]]; then
         file=$ROOT/bench/apps/$(app_file "$app").lua
         if [[ $app == http-get ]]; then
             start_upstream || return 1
@@ -199,6 +208,7 @@ run_group() {
     local run=$1 impl=$2 app=$3 entry name sapp args rc out
     local -a todo=()
     local impls
+    [[ $impl != uws || $app == echo || $app == idle ]] || return 0 # its app echoes only
     for entry in "${SCENARIOS[@]}"; do
         IFS='|' read -r name sapp args _ impls _ <<<"$entry"
         [[ $sapp == "$app" ]] || continue
@@ -455,6 +465,30 @@ for i, r in enumerate(rows):
     print("  ".join(str(c).rjust(widths[k]) if k > 1 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
     if i == 0:
         print("  ".join("-" * w for w in widths))
+
+uws_rows = [s for s in scenarios if s.get("uws") and s.get("wsserver")]
+if uws_rows:
+    print()
+    print("uWebSockets (examples/EchoServer.cpp, C++) in the same run:")
+    hdr = ("scenario", "unit", "wsserver", "uws", "ratio", "srv us/msg ws", "srv us/msg uws",
+           "cpu ratio ws/uws", "p99 us ws/uws", "errors")
+    rows = [hdr]
+    for s in uws_rows:
+        w, u = s["wsserver"], s["uws"]
+        ratio = w["value"] / u["value"] if w["value"] and u["value"] else None
+        cw, cu = w.get("server_cpu_us_per_msg"), u.get("server_cpu_us_per_msg")
+        rows.append((s["name"], w["unit"], f(w["value"]), f(u["value"]),
+                     f"{ratio:.2f}x" if ratio else "-", f(cw), f(cu),
+                     f"{cw / cu:.2f}x" if cw and cu else "-",
+                     f"{f(w.get('p99_us'))}/{f(u.get('p99_us'))}",
+                     f"{w.get('errors', 0)}/{u.get('errors', 0)}"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
+    for i, r in enumerate(rows):
+        print("  ".join(str(c).rjust(widths[k]) if k > 1 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print("ratio: wsserver/uws of the rate (idle: of the memory per connection); cpu ratio: wsserver's")
+    print("  server CPU per message over uws's (above 1: wsserver spends more).")
 
 variants = [s for s in scenarios if "ref" in s]
 if variants:
