@@ -436,6 +436,15 @@ def f(v, unit=""):
 def pct(v):
     return "-" if v is None else f"{v:.0f}"
 
+def print_table(rows, text_cols):
+    """rows[0] is the header; the first text_cols columns are left-aligned, the others right."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(str(c).ljust(widths[k]) if k < text_cols else str(c).rjust(widths[k])
+                        for k, c in enumerate(r)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
 print()
 print(f"medians of {$RUNS} runs; commit {doc['commit']}{' (dirty tree)' if doc['dirty'] else ''}; "
       f"{doc['machine']['cpu_model']}, {doc['machine']['nproc']} CPUs, kernel {doc['machine']['kernel']}")
@@ -460,11 +469,7 @@ for s in scenarios:
         f"{f(w.get('p99_us'))}/{f(n.get('p99_us'))}",
         f"{w.get('errors', 0)}/{n.get('errors', 0)}" + (" FAILED RUNS" if w.get("failed_runs") or n.get("failed_runs") else ""),
     ))
-widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
-for i, r in enumerate(rows):
-    print("  ".join(str(c).rjust(widths[k]) if k > 1 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
-    if i == 0:
-        print("  ".join("-" * w for w in widths))
+print_table(rows, 2)
 
 uws_rows = [s for s in scenarios if s.get("uws") and s.get("wsserver")]
 if uws_rows:
@@ -482,11 +487,7 @@ if uws_rows:
                      f"{cw / cu:.2f}x" if cw and cu else "-",
                      f"{f(w.get('p99_us'))}/{f(u.get('p99_us'))}",
                      f"{w.get('errors', 0)}/{u.get('errors', 0)}"))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
-    for i, r in enumerate(rows):
-        print("  ".join(str(c).rjust(widths[k]) if k > 1 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows, 2)
     print("ratio: wsserver/uws of the rate (idle: of the memory per connection); cpu ratio: wsserver's")
     print("  server CPU per message over uws's (above 1: wsserver spends more).")
 
@@ -511,11 +512,7 @@ if variants:
             f"{f(v.get('p99_us'))}/{f(r.get('p99_us'))}",
             f"{v.get('errors', 0)}/{r.get('errors', 0)}" + (" FAILED RUNS" if v.get("failed_runs") or r.get("failed_runs") else ""),
         ))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
-    for i, r in enumerate(rows):
-        print("  ".join(str(c).rjust(widths[k]) if k > 2 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print_table(rows, 3)
     print("ratio and cpu ratio: variant/reference (TLS/plain, compression on/off, one wait per message);")
     print("  added us/msg: server CPU per message of the variant minus the reference's; ws B/msg in: WebSocket")
     print("  bytes received per message or delivery (frames; under TLS the plaintext).")
