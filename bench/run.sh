@@ -10,7 +10,9 @@
 # BENCH_WARMUP (1 s), BENCH_SERVER_CPU (0), BENCH_CLIENT_CPU (1), BENCH_ONLY (regex on scenario
 # names, chat-2000 included), BENCH_IMPLS ("wsserver node"), BENCH_OUT (results file), BENCH_NICE
 # (e.g. -10: run the servers and wsbench at that niceness, to stand out from other work on a
-# shared machine), BENCH_CHAT_DURATION (10 s; 0 skips the chat load).
+# shared machine), BENCH_CHAT_DURATION (10 s; 0 skips the chat load), BENCH_UWS (a local build of
+# uWebSockets' examples/EchoServer.cpp listening on $PORT, see docs/performance.md: then "uws"
+# runs the echo, connect and idle rows too, a C++ reference of the same run).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +27,11 @@ ONLY=${BENCH_ONLY:-}
 NICE=()
 [[ -n ${BENCH_NICE:-} ]] && NICE=(nice -n "$BENCH_NICE")
 IMPLS=${BENCH_IMPLS:-wsserver node}
+UWS=${BENCH_UWS:-}
+if [[ -n $UWS ]]; then
+    [[ -x $UWS ]] || { echo "run.sh: BENCH_UWS=$UWS is not an executable" >&2; exit 2; }
+    IMPLS="$IMPLS uws"
+fi
 PY=/usr/bin/python3
 WS_MODULE=$ROOT/tests/node_modules/ws
 
@@ -67,7 +74,10 @@ fi
 # TLS or with permessage-deflate, compared with that row of the same run).
 # Server apps: echo, broadcast, idle (bench/apps/*.lua, node: bench/node/*.js); echo-tls (echo on
 # a tls: listener, certificate from scripts/gen-test-cert.sh); echo-deflate, broadcast-deflate
-# (--compression on). The echo rows at 10, 100 and 1000 connections feed bench/plot.py.
+# (--compression on); sleep0 (echo after one ws.sleep(0): the cost of one wait); http-get (echo
+# after one ws.http.get to a local keep-alive upstream, bench/node/upstream.js on wsbench's
+# CPU); publish (broadcast through a topic: ws.publish against ws.broadcast). The echo
+# rows at 10, 100 and 1000 connections feed bench/plot.py. A new app: a line in app_file.
 SCENARIOS=(
     "echo-c10|echo|echo -c 10 -s 32 -d 1|||"
     "echo-c100|echo|echo -c 100 -s 32 -d 1|1.5||"
@@ -85,9 +95,51 @@ SCENARIOS=(
     "tls-connect|echo-tls|connect -c 50 --tls||wsserver|connect"
     "deflate-echo-json1k|echo-deflate|echo -c 100 -s 1024 --json -d 16 --deflate||wsserver|echo-json1k"
     "deflate-broadcast-json1k|broadcast-deflate|broadcast -c 1000 -s 1024 --json -d 16 --deflate||wsserver|broadcast-json1k"
+    "sleep0-echo-c100|sleep0|echo -c 100 -s 32 -d 1||wsserver|echo-c100"
+    "sleep0-echo-c100-d16|sleep0|echo -c 100 -s 32 -d 16||wsserver|echo-c100-d16"
+    "http-get-echo-c100|http-get|echo -c 100 -s 32 -d 1||wsserver|echo-c100"
+    "publish-1000|publish|broadcast -c 1000 -s 32 -d 16||wsserver|broadcast-1000"
 )
+# Server app groups in the order they run; variants right after the group of their reference rows.
+APPS=(echo echo-tls echo-deflate sleep0 http-get broadcast broadcast-deflate publish idle)
 CHAT_NAME=chat-2000
 CHAT_DURATION=${BENCH_CHAT_DURATION:-10}
+
+# app_file APP -> the wsserver app (bench/apps) a server app runs.
+app_file() {
+    case $1 in
+    broadcast*) echo broadcast ;;
+    publish) echo publish ;;
+    sleep0) echo sleep0 ;;
+    http-get) echo http_get ;;
+    *) echo echo ;;
+    esac
+}
+
+# wait_listening PID PORT: true once PID listens on PORT (5 s at most).
+wait_listening() {
+    for _ in $(seq 100); do
+        ss -Hltnp "sport = :$2" 2>/dev/null | grep -q "pid=$1," && return 0
+        kill -0 "$1" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# The http-get app's upstream: node's http server (bench/node/upstream.js) on wsbench's CPU,
+# started once; sets UPSTREAM.
+UPSTREAM=
+start_upstream() {
+    [[ -z $UPSTREAM ]] || return 0
+    local port pid
+    port=$(free_port)
+    "${NICE[@]}" taskset -c "$CLIENT_CPU" node "$ROOT/bench/node/upstream.js" "$port" \
+        >>"$TMP/upstream.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    wait_listening "$pid" "$port" || { echo "run.sh: the upstream did not start" >&2; return 1; }
+    UPSTREAM=http://127.0.0.1:$port/
+}
 
 # start_server IMPL APP -> sets SPID and SPORT; retries on another port if one was taken meanwhile.
 start_server() {
@@ -101,8 +153,14 @@ start_server_once() {
     local impl=$1 app=$2 file listen
     local -a extra=()
     SPORT=$(free_port)
-    if [[ $impl == wsserver ]]; then
-        file=$ROOT/bench/apps/$([[ $app == broadcast* ]] && echo broadcast || echo echo).lua
+    if [[ $impl == uws ]]; then
+        PORT=$SPORT "${NICE[@]}" taskset -c "$SERVER_CPU" "$UWS" >>"$TMP/server.log" 2>&1 &
+    elif [[ $impl == wsserver ]]; then
+        file=$ROOT/bench/apps/$(app_file "$app").lua
+        if [[ $app == http-get ]]; then
+            start_upstream || return 1
+            export BENCH_UPSTREAM=$UPSTREAM
+        fi
         listen=127.0.0.1:$SPORT
         case $app in
         *-tls)
@@ -120,13 +178,7 @@ start_server_once() {
     fi
     SPID=$!
     PIDS+=("$SPID")
-    for _ in $(seq 100); do
-        if ss -Hltnp "sport = :$SPORT" 2>/dev/null | grep -q "pid=$SPID,"; then
-            return 0
-        fi
-        kill -0 "$SPID" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_listening "$SPID" "$SPORT" && return 0
     echo "run.sh: $impl ($app) did not start on port $SPORT; log:" >&2
     tail -3 "$TMP/server.log" >&2
     kill -KILL "$SPID" 2>/dev/null || true
@@ -157,6 +209,7 @@ run_group() {
     local run=$1 impl=$2 app=$3 entry name sapp args rc out
     local -a todo=()
     local impls
+    [[ $impl != uws || $app == echo || $app == idle ]] || return 0 # its app echoes only
     for entry in "${SCENARIOS[@]}"; do
         IFS='|' read -r name sapp args _ impls _ <<<"$entry"
         [[ $sapp == "$app" ]] || continue
@@ -224,7 +277,7 @@ fi
 # wsserver and node alternate group by group, so that both see the same machine noise; the
 # wsserver-only variants run right after the group of their reference rows.
 for run in $(seq "$RUNS"); do
-    for app in echo echo-tls echo-deflate broadcast broadcast-deflate idle; do
+    for app in "${APPS[@]}"; do
         for impl in $IMPLS; do
             run_group "$run" "$impl" "$app" || echo "  run $run $impl $app: group aborted" >&2
         done
@@ -365,7 +418,8 @@ for line in open(scen_path):
             "runs": len(rs),
             "value": med([r["rss_per_conn_bytes"] if idle else r["msgs_per_s"] for r in ok]),
             "unit": "bytes/conn" if idle else ("handshakes/s" if args.startswith("connect")
-                                             else "deliveries/s" if app.startswith("broadcast") else "msgs/s"),
+                                             else "deliveries/s" if app.startswith(("broadcast", "publish"))
+                                             else "msgs/s"),
             "mb_per_s": med([r["mb_per_s"] for r in ok]),
             "p50_us": med([r["latency_us"]["p50"] for r in ok]),
             "p99_us": med([r["latency_us"]["p99"] for r in ok]),
@@ -399,6 +453,8 @@ for row in scenarios:
         row["ref_ratio"] = v["value"] / r["value"]
     if v and r and v["server_cpu_us_per_msg"] and r["server_cpu_us_per_msg"]:
         row["ref_cpu_ratio"] = v["server_cpu_us_per_msg"] / r["server_cpu_us_per_msg"]
+        # what the variant adds per message (a wait: ws.sleep(0), ws.http.get)
+        row["ref_cpu_added_us"] = v["server_cpu_us_per_msg"] - r["server_cpu_us_per_msg"]
 
 # The chat load: one run.
 chat = None
@@ -436,6 +492,15 @@ def f(v, unit=""):
 def pct(v):
     return "-" if v is None else f"{v:.0f}"
 
+def print_table(rows, text_cols):
+    """rows[0] is the header; the first text_cols columns are left-aligned, the others right."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for i, r in enumerate(rows):
+        print("  ".join(str(c).ljust(widths[k]) if k < text_cols else str(c).rjust(widths[k])
+                        for k, c in enumerate(r)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
 print()
 print(f"medians of {$RUNS} runs; commit {doc['commit']}{' (dirty tree)' if doc['dirty'] else ''}; "
       f"{doc['machine']['cpu_model']}, {doc['machine']['nproc']} CPUs, kernel {doc['machine']['kernel']}")
@@ -460,18 +525,34 @@ for s in scenarios:
         f"{f(w.get('p99_us'))}/{f(n.get('p99_us'))}",
         f"{w.get('errors', 0)}/{n.get('errors', 0)}" + (" FAILED RUNS" if w.get("failed_runs") or n.get("failed_runs") else ""),
     ))
-widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
-for i, r in enumerate(rows):
-    print("  ".join(str(c).rjust(widths[k]) if k > 1 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
-    if i == 0:
-        print("  ".join("-" * w for w in widths))
+print_table(rows, 2)
+
+uws_rows = [s for s in scenarios if s.get("uws") and s.get("wsserver")]
+if uws_rows:
+    print()
+    print("uWebSockets (examples/EchoServer.cpp, C++) in the same run:")
+    hdr = ("scenario", "unit", "wsserver", "uws", "ratio", "srv us/msg ws", "srv us/msg uws",
+           "cpu ratio ws/uws", "p99 us ws/uws", "errors")
+    rows = [hdr]
+    for s in uws_rows:
+        w, u = s["wsserver"], s["uws"]
+        ratio = w["value"] / u["value"] if w["value"] and u["value"] else None
+        cw, cu = w.get("server_cpu_us_per_msg"), u.get("server_cpu_us_per_msg")
+        rows.append((s["name"], w["unit"], f(w["value"]), f(u["value"]),
+                     f"{ratio:.2f}x" if ratio else "-", f(cw), f(cu),
+                     f"{cw / cu:.2f}x" if cw and cu else "-",
+                     f"{f(w.get('p99_us'))}/{f(u.get('p99_us'))}",
+                     f"{w.get('errors', 0)}/{u.get('errors', 0)}"))
+    print_table(rows, 2)
+    print("ratio: wsserver/uws of the rate (idle: of the memory per connection); cpu ratio: wsserver's")
+    print("  server CPU per message over uws's (above 1: wsserver spends more).")
 
 variants = [s for s in scenarios if "ref" in s]
 if variants:
     print()
     print("wsserver variants against a reference row of the same run (wsserver both):")
     hdr = ("variant", "reference", "unit", "variant", "reference", "ratio", "srv us/msg var/ref",
-           "cpu ratio", "ws B/msg in var/ref", "wsbench cpu% var/ref", "others cpu%", "p99 us var/ref", "errors")
+           "cpu ratio", "added us/msg", "ws B/msg in var/ref", "wsbench cpu% var/ref", "others cpu%", "p99 us var/ref", "errors")
     rows = [hdr]
     for s in variants:
         v, r = s.get("wsserver") or {}, (by_name.get(s["ref"], {}).get("wsserver") or {})
@@ -480,18 +561,16 @@ if variants:
             f"{s['ref_ratio']:.2f}x" if s.get("ref_ratio") else "-",
             f"{f(v.get('server_cpu_us_per_msg'))}/{f(r.get('server_cpu_us_per_msg'))}",
             f"{s['ref_cpu_ratio']:.2f}x" if s.get("ref_cpu_ratio") else "-",
+            f"{s['ref_cpu_added_us']:+.2f}" if s.get("ref_cpu_added_us") is not None else "-",
             f"{f(v.get('ws_bytes_in_per_msg'))}/{f(r.get('ws_bytes_in_per_msg'))}",
             f"{pct(v.get('client_cpu_pct'))}/{pct(r.get('client_cpu_pct'))}",
             f"{pct(v.get('other_cpu_pct'))}/{pct(r.get('other_cpu_pct'))}",
             f"{f(v.get('p99_us'))}/{f(r.get('p99_us'))}",
             f"{v.get('errors', 0)}/{r.get('errors', 0)}" + (" FAILED RUNS" if v.get("failed_runs") or r.get("failed_runs") else ""),
         ))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(hdr))]
-    for i, r in enumerate(rows):
-        print("  ".join(str(c).rjust(widths[k]) if k > 2 else str(c).ljust(widths[k]) for k, c in enumerate(r)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
-    print("ratio and cpu ratio: variant/reference (TLS/plain, compression on/off); ws B/msg in: WebSocket")
+    print_table(rows, 3)
+    print("ratio and cpu ratio: variant/reference (TLS/plain, compression on/off, one wait per message);")
+    print("  added us/msg: server CPU per message of the variant minus the reference's; ws B/msg in: WebSocket")
     print("  bytes received per message or delivery (frames; under TLS the plaintext).")
 
 if chat:

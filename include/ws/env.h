@@ -21,7 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define WS_ENV_READ_BYTES 65536 /* the shared read buffer */
+#define WS_ENV_READ_BYTES 262144 /* the shared read buffer: a 64 KiB frame and more in one read */
 #define WS_STATS_LATENCY_BUCKETS 12
 
 /* How an outbound HTTP request ended, for /metrics. */

@@ -65,6 +65,7 @@ struct lb_app {
     int http_ref;        /* app.http routes table or LUA_NOREF */
     int conns_ref;       /* id -> conn userdata */
     const void *conn_mt; /* the conn metatable, compared by address */
+    int kind_refs[2];    /* the strings "text" and "binary", made once (message's kind) */
     int ws_ref;          /* the real ws table */
     int state_ref;       /* ws.state */
     uint64_t generation;
@@ -99,9 +100,11 @@ struct lb_app {
 struct lb_app *lb_app_of(lua_State *L);
 
 /* Creates a->L: the capped allocator, a panic handler that logs (an error outside any protected
- * call would be our bug), Lua warnings to the log, the standard libraries, the budget hook, a
- * guarded xpcall, package.path with the app's folder and the shipped library. Returns 0, or
- * WS_E_NOMEM with err filled. [-0, +0, -] */
+ * call would be our bug), Lua warnings to the log, the standard libraries, the budget's
+ * watchdog (a SIGPROF timer on the calling thread's CPU clock, once per process; it arms a count
+ * hook only in a run that overruns), a guarded xpcall and coroutine.resume/wrap, package.path
+ * with the app's folder and the shipped library. Returns 0, or WS_E_NOMEM with err filled.
+ * [-0, +0, -] */
 int lb_state_open(struct lb_app *a, char *err, size_t errlen);
 
 /* Calls the function below nargs arguments on the stack with a traceback handler and the
@@ -119,14 +122,19 @@ const char *lb_error_text(lua_State *L, int idx);
  * keeps it in a->last_error and counts it. */
 void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg);
 
-/* Opens a handler run's time budget (SPEC §4: handler_timeout per run between two waits): a
- * fresh one at the outermost level, the enclosing one when nested. Returns what lb_budget_end
- * needs. */
-double lb_budget_begin(struct lb_app *a);
+/* A handler run's budget, between lb_budget_begin and lb_budget_end. */
+struct lb_run {
+    double started;  /* monotonic seconds, 0 when nested */
+    lua_State *prev; /* the thread that ran before (nested) */
+};
 
-/* Closes the budget lb_budget_begin opened (started is its result) and records the run's
- * latency. */
-void lb_budget_end(struct lb_app *a, double started);
+/* Opens a handler run's time budget (SPEC §4: handler_timeout per run between two waits) for
+ * the run of thread co: a fresh one at the outermost level, the enclosing one when nested. The
+ * budget's watchdog interrupts co (or a coroutine it resumes) once the budget is spent. */
+void lb_budget_begin(struct lb_app *a, lua_State *co, struct lb_run *run);
+
+/* Closes the budget lb_budget_begin opened for co and records the run's latency. */
+void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run);
 
 /* lb_call_for without a connection. */
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what);

@@ -56,6 +56,10 @@ void ws_outq_init(struct ws_outq *q);
 /* Appends a copy of n bytes. */
 void ws_outq_append(struct ws_outq *q, struct ws_chunk_pool *pool, const void *p, size_t n);
 
+/* ws_outq_append of a[0..na) then b[0..nb) (a frame's header and payload) in one step. */
+void ws_outq_append2(struct ws_outq *q, struct ws_chunk_pool *pool, const void *a, size_t na,
+                     const void *b, size_t nb);
+
 /* Appends a reference to s (s->len bytes); small strings are copied instead. */
 void ws_outq_append_shared(struct ws_outq *q, struct ws_chunk_pool *pool, struct ws_shared *s);
 

@@ -22,6 +22,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+/* Reads of a connection still sending its request are at most this long, and a request may hold
+ * this much past its limits (the bytes of one read); an open connection reads the whole buffer
+ * (WS_ENV_READ_BYTES), so a large frame usually arrives whole and is not assembled by a copy. */
+#define REQUEST_READ_BYTES 65536
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void kill_conn(struct ws_conn *c, int code, const char *reason);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
@@ -147,8 +152,7 @@ static void queue_frame(struct ws_conn *c, uint8_t opcode, bool fin, uint8_t rsv
 {
     uint8_t hdr[WS_FRAME_MAX_HEADER];
     size_t n = ws_frame_encode_header(hdr, fin, rsv, opcode, len, NULL);
-    ws_outq_append(&c->wire.out, &c->env->pool, hdr, n);
-    ws_outq_append(&c->wire.out, &c->env->pool, data, len);
+    ws_outq_append2(&c->wire.out, &c->env->pool, hdr, n, data, len);
 }
 
 /* Queues our close frame and enters CLOSING: nothing is sent after it. */
@@ -306,6 +310,10 @@ void ws_conn_flush(struct ws_conn *c)
         return;
     if (!c->wire.secured)
         return; /* the transport's handshake comes first */
+    /* nothing queued and nothing to change: the loop's flush pass after on_read wrote */
+    if (c->wire.out.bytes == 0 && c->state == WS_CONN_OPEN && !c->above_low &&
+        !c->wire.reading_paused && !(c->wire.io.events & EV_WRITE) && ev_is_active(&c->wire.io))
+        return;
     uint64_t before = c->bytes_out;
     int rc = ws_wire_flush(&c->wire, env->loop, &env->pool, &c->bytes_out);
     env->stats->bytes_out += c->bytes_out - before;
@@ -498,7 +506,7 @@ static bool forwarded(struct ws_conn *c, const struct ws_http_request *req)
 static void on_request_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
 {
     const struct ws_request_limits lim = {(size_t)cfg(c)->max_header_size,
-                                          (size_t)cfg(c)->max_body_size, WS_ENV_READ_BYTES};
+                                          (size_t)cfg(c)->max_body_size, REQUEST_READ_BYTES};
     struct ws_http_request req;
     int rc = ws_request_feed(&c->request, data, len, &lim, &req);
     if (rc == WS_E_AGAIN)
@@ -623,7 +631,9 @@ static void on_read(struct ws_conn *c)
         return;
     /* TLS may hold decrypted bytes that the socket will not signal again: drain them */
     do {
-        ssize_t n = ws_wire_read(&c->wire, env->loop, env->rbuf, WS_ENV_READ_BYTES);
+        ssize_t n =
+            ws_wire_read(&c->wire, env->loop, env->rbuf,
+                         c->state == WS_CONN_CONNECTING ? REQUEST_READ_BYTES : WS_ENV_READ_BYTES);
         if (n == WS_E_AGAIN)
             break;
         if (n <= 0) {

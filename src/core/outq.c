@@ -121,6 +121,29 @@ void ws_outq_append(struct ws_outq *q, struct ws_chunk_pool *pool, const void *p
     link_chunk(q, c);
 }
 
+void ws_outq_append2(struct ws_outq *q, struct ws_chunk_pool *pool, const void *a, size_t na,
+                     const void *b, size_t nb)
+{
+    struct ws_chunk *t = q->tail;
+    if (!t || t->shared || t->cap - t->len < na + nb) {
+        if (na + nb > WS_OUTQ_CHUNK_BYTES) {
+            ws_outq_append(q, pool, a, na);
+            ws_outq_append(q, pool, b, nb);
+            return;
+        }
+        t = chunk_get(pool, na + nb);
+        link_chunk(q, t);
+    }
+    /* the common case, a small frame: both into one chunk */
+    if (na)
+        memcpy(t->bytes + t->len, a, na);
+    if (nb)
+        memcpy(t->bytes + t->len + na, b, nb);
+    t->len += na + nb;
+    q->bytes += na + nb;
+    pool->queued += na + nb;
+}
+
 void ws_outq_append_shared(struct ws_outq *q, struct ws_chunk_pool *pool, struct ws_shared *s)
 {
     if (s->len < WS_OUTQ_SHARE_MIN) {

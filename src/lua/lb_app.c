@@ -510,10 +510,7 @@ static void on_open(void *app, struct ws_conn *c)
 static void push_message(lua_State *L, const uint8_t *data, size_t len, bool binary)
 {
     lua_pushlstring(L, (const char *)data, len);
-    if (binary)
-        lua_pushliteral(L, "binary");
-    else
-        lua_pushliteral(L, "text");
+    lb_push_ref(L, lb_app_of(L)->kind_refs[binary]); /* made once: no hashing per message */
 }
 
 static int call_message(lua_State *L)

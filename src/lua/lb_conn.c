@@ -16,20 +16,19 @@
 #define CONN_MT "wsserver.conn"
 
 struct lb_box {
+    const void *mt;    /* the conn metatable's address: marks the box as ours */
     struct ws_conn *c; /* NULL once the connection is gone */
     uint64_t id;
 };
 
 static struct lb_box *check_box(lua_State *L, int idx)
 {
-    /* hot path: compare the metatable by address instead of looking it up by name */
+    /* hot path: a userdata of our size whose first word is the conn metatable's address is a
+     * box (no other userdata can hold that address: it is a live table's); no metatable
+     * lookup */
     struct lb_box *box = lua_touserdata(L, idx);
-    if (box && lua_getmetatable(L, idx)) {
-        bool ours = lua_topointer(L, -1) == lb_app_of(L)->conn_mt;
-        lua_pop(L, 1);
-        if (ours)
-            return box;
-    }
+    if (box && lua_rawlen(L, idx) == sizeof(*box) && box->mt == lb_app_of(L)->conn_mt)
+        return box;                          /* a light userdata's length is 0 */
     return luaL_checkudata(L, idx, CONN_MT); /* raises the usual "conn expected" error */
 }
 
@@ -44,6 +43,7 @@ void lb_conn_push(lua_State *L, struct ws_conn *c)
     if (lb_conn_push_existing(L, c))
         return;
     struct lb_box *box = lua_newuserdatauv(L, sizeof(*box), 1);
+    box->mt = a->conn_mt;
     box->c = c;
     box->id = c->node.id;
     luaL_setmetatable(L, CONN_MT);
@@ -91,11 +91,12 @@ static struct ws_conn *open_or_fail(lua_State *L, struct ws_conn **out)
     return *out;
 }
 
-/* Maps ws_conn_send's result to Lua: "sent", "queued", or nil, "closed" / "dropped". */
+/* Maps ws_conn_send's result to Lua: "sent", "queued", or nil, "closed" / "dropped". The
+ * methods' upvalue 1 is the string "sent", made once. */
 static int push_send_result(lua_State *L, int rc)
 {
     if (rc == WS_CONN_SENT) {
-        lua_pushliteral(L, "sent");
+        lua_pushvalue(L, lua_upvalueindex(1));
         return 1;
     }
     if (rc == WS_CONN_QUEUED) {
@@ -367,9 +368,16 @@ static int conn_eq(lua_State *L)
 
 void lb_conn_open(lua_State *L)
 {
+    struct lb_app *a = lb_app_of(L);
+    lua_pushliteral(L, "text");
+    a->kind_refs[0] = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pushliteral(L, "binary");
+    a->kind_refs[1] = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_newmetatable(L, CONN_MT);
-    lb_app_of(L)->conn_mt = lua_topointer(L, -1);
-    luaL_newlib(L, methods);
+    a->conn_mt = lua_topointer(L, -1);
+    luaL_newlibtable(L, methods);
+    lua_pushliteral(L, "sent");
+    luaL_setfuncs(L, methods, 1);
     lua_pushcclosure(L, conn_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, conn_newindex);

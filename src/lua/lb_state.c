@@ -1,7 +1,7 @@
-/* The Lua VM: a capped allocator, the handler time budget (a count hook), lb_call() for handlers,
- * lb_protect() for the rest of our work on the state, a panic handler that logs, and the small
- * helpers every other lb_* file uses. The bottom of the Lua layer: it calls no other lb_* file;
- * loading the app is lb_load's job. */
+/* The Lua VM: a capped allocator, the handler time budget (a watchdog that arms a count hook only
+ * in a run that overruns), lb_call() for handlers, lb_protect() for the rest of our work on the
+ * state, a panic handler that logs, and the small helpers every other lb_* file uses. The bottom
+ * of the Lua layer: it calls no other lb_* file; loading the app is lb_load's job. */
 #include "ws/lb.h"
 
 #include "ws/buf.h"
@@ -11,22 +11,126 @@
 #include "ws/server.h"
 
 #include <assert.h>
+#include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #define TRACEBACK_INDEX 1 /* stack slot of the message handler of calls from the loop */
-#define HOOK_COUNT 10000  /* VM instructions between two looks at the clock */
+#define HOOK_COUNT 10000  /* VM instructions between two looks at the clock, once armed */
+#define TICK_NS 5000000   /* the watchdog's period, in CPU time of the loop's thread */
 
 static double mono_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The budget watchdog. A count hook makes every VM instruction trap, so runs go without one: a
+ * timer on the loop thread's CPU clock ticks every TICK_NS while that thread computes, and a
+ * tick that finds the same run as the tick before (it has computed for a full period) arms the
+ * count hook on the thread running it, as lua.c arms its hook from a signal handler; from then on
+ * budget_hook looks at the clock every HOOK_COUNT instructions. A run only bumps seq and says
+ * which thread runs: no clock read, no hook. An idle server's thread uses no CPU: no ticks.
+ * Process-wide (one loop thread per process); a forked worker starts its own. */
+static struct {
+    lua_State *volatile running;  /* the thread of the run in progress, or NULL between runs */
+    volatile unsigned long seq;   /* bumped when a run starts */
+    volatile unsigned long seen;  /* seq at the latest tick */
+    volatile unsigned long armed; /* seq of the run a hook was armed in */
+    pid_t pid;                    /* the process whose timer ticks */
+} watchdog;
+
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* SIGPROF, delivered to the loop thread only. lua_sethook is safe in a signal handler. */
+static void on_tick(int sig)
+{
+    (void)sig;
+    lua_State *L = watchdog.running;
+    unsigned long seq = watchdog.seq;
+    if (L && seq == watchdog.seen && watchdog.armed != seq) {
+        watchdog.armed = seq;
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    }
+    watchdog.seen = seq;
+}
+
+/* Starts this process's watchdog timer (once per process). Returns 0 or -1 with errno. */
+static int start_watchdog(void)
+{
+    if (watchdog.pid == getpid())
+        return 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_tick;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGPROF, &sa, NULL) < 0)
+        return -1;
+    struct sigevent sev;
+    memset(&sev, 0, sizeof(sev));
+    sev.sigev_notify = SIGEV_THREAD_ID; /* never another thread (libcurl's resolver) */
+    sev.sigev_signo = SIGPROF;
+    sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    timer_t timer;
+    if (timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &timer) < 0)
+        return -1;
+    struct itimerspec its = {.it_interval = {0, TICK_NS}, .it_value = {0, TICK_NS}};
+    if (timer_settime(timer, 0, &its, NULL) < 0) {
+        timer_delete(timer);
+        return -1;
+    }
+    watchdog.pid = getpid();
+    return 0;
+}
+
+/* Makes co the running thread; returns the one before. A hook armed in this run goes with it. */
+static lua_State *run_on(lua_State *co)
+{
+    lua_State *prev = watchdog.running;
+    watchdog.running = co;
+    if (prev && prev != co && lua_gethook(prev) == budget_hook && watchdog.armed == watchdog.seq)
+        lua_sethook(co, budget_hook, LUA_MASKCOUNT, lua_gethookcount(prev));
+    return prev;
+}
+
+/* Back to prev after co ran (NULL: the run is over). */
+static void run_off(lua_State *co, lua_State *prev)
+{
+    watchdog.running = prev;
+    if (prev && prev != co && lua_gethook(co) == budget_hook && watchdog.armed == watchdog.seq)
+        lua_sethook(prev, budget_hook, LUA_MASKCOUNT, lua_gethookcount(co));
+}
+
+/* A fresh run starts on co; returns the thread that ran before (a run inside lb_protect). */
+static lua_State *run_start(lua_State *co)
+{
+    lua_State *prev = watchdog.running;
+    watchdog.running = NULL;
+    watchdog.seq++;
+    watchdog.running = co;
+    return prev;
+}
+
+/* The run on co is over: its hooks come off and prev (NULL: none) runs on. */
+static void run_end(struct lb_app *a, lua_State *co, lua_State *prev)
+{
+    watchdog.running = prev;
+    if (watchdog.armed == watchdog.seq) {
+        lua_sethook(co, NULL, 0, 0);
+        if (a->hooked)
+            lua_sethook(a->hooked, NULL, 0, 0);
+    }
+    a->hooked = NULL;
+    a->timed_out = false;
 }
 
 struct lb_app *lb_app_of(lua_State *L)
@@ -65,7 +169,11 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     struct lb_app *a = lb_app_of(L);
-    if (a->depth > 0 && (a->timed_out || mono_now() > a->deadline)) {
+    if (watchdog.armed != watchdog.seq || a->depth == 0) {
+        lua_sethook(L, NULL, 0, 0); /* armed in a run that is over */
+        return;
+    }
+    if (a->timed_out || mono_now() > a->deadline) {
         if (!a->timed_out) {
             /* from now on raise at every instruction: a pcall loop cannot swallow it, the
              * error surfaces at the first instruction outside the innermost pcall */
@@ -141,6 +249,52 @@ static int guarded_isyieldable(lua_State *L)
     return 1;
 }
 
+/* Calls the function below nargs arguments (a resume of co) with co as the running thread, so
+ * that the watchdog interrupts co when it loops; errors go on up after the running thread is
+ * back. [-(nargs+1), +?, e] */
+static int resume_as(lua_State *L, lua_State *co, int nargs)
+{
+    lua_State *prev = run_on(co);
+    int base = lua_gettop(L) - nargs - 1;
+    int rc = lua_pcall(L, nargs, LUA_MULTRET, 0);
+    run_off(co, prev);
+    if (rc != LUA_OK)
+        return lua_error(L);
+    return lua_gettop(L) - base;
+}
+
+/* coroutine.resume(co, ...): the standard one (upvalue 1), run as co. [-?, +?, e] */
+static int guarded_resume(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 1);
+    luaL_argexpected(L, co, 1, "coroutine");
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    return resume_as(L, co, lua_gettop(L) - 1);
+}
+
+/* A function coroutine.wrap made: the standard one (upvalue 1) run as its coroutine (upvalue
+ * 2). [-?, +?, e] */
+static int guarded_wrapped(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    return resume_as(L, lua_tothread(L, lua_upvalueindex(2)), lua_gettop(L) - 1);
+}
+
+/* coroutine.wrap(f): the standard one (upvalue 1), its function guarded. Its coroutine is that
+ * function's first upvalue (lcorolib's auxwrap). [-1, +1, m] */
+static int guarded_wrap(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    if (!lua_getupvalue(L, 1, 1) || !lua_isthread(L, -1))
+        return luaL_error(L, "coroutine.wrap: unexpected standard library");
+    lua_pushcclosure(L, guarded_wrapped, 2);
+    return 1;
+}
+
 /* debug.sethook is not for apps: the handler budget (SPEC §4) is a hook. [-0, +0, v] */
 static int refuse_sethook(lua_State *L)
 {
@@ -168,33 +322,34 @@ static int guarded_xpcall(lua_State *L)
     return lua_gettop(L);
 }
 
-double lb_budget_begin(struct lb_app *a)
+void lb_budget_begin(struct lb_app *a, lua_State *co, struct lb_run *run)
 {
-    double started = 0;
+    run->started = 0;
     if (a->depth == a->base_depth) {
-        started = mono_now();
-        a->deadline = started + a->handler_timeout;
+        run->started = mono_now();
+        a->deadline = run->started + a->handler_timeout;
         a->timed_out = false;
         /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
          * Lua's emergency collection, so garbage could fail a handler that would fit */
         if (a->mem > a->mem_limit / 10 * 9)
             lua_gc(a->L, LUA_GCCOLLECT);
+        run->prev = run_start(co);
+    } else {
+        run->prev = run_on(co);
     }
     a->depth++;
-    return started;
 }
 
-void lb_budget_end(struct lb_app *a, double started)
+void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run)
 {
     a->depth--;
-    if (a->depth != a->base_depth)
+    if (a->depth != a->base_depth) {
+        run_off(co, run->prev);
         return;
-    if (a->timed_out && a->hooked)
-        lua_sethook(a->hooked, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
-    a->hooked = NULL;
-    a->timed_out = false;
-    if (a->srv && started)
-        ws_stats_observe_handler(a->srv->env.stats, mono_now() - started);
+    }
+    run_end(a, co, run->prev);
+    if (a->srv && run->started)
+        ws_stats_observe_handler(a->srv->env.stats, mono_now() - run->started);
 }
 
 void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg)
@@ -216,16 +371,7 @@ int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_
     lua_State *L = a->L;
     /* the outermost call (or the outermost inside lb_protect) gets a fresh budget */
     bool top = a->depth == a->base_depth;
-    double started = 0, saved_deadline = a->deadline;
-    if (top) {
-        started = mono_now();
-        a->deadline = started + a->handler_timeout;
-        a->timed_out = false;
-        /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
-         * Lua's emergency collection, so garbage could fail a handler that would fit */
-        if (a->mem > a->mem_limit / 10 * 9)
-            lua_gc(L, LUA_GCCOLLECT);
-    }
+    double saved_deadline = a->deadline;
     /* from the loop (no call or protected run around this one) the message handler waits at
      * the bottom of the stack, so the hot path moves nothing; nested, it goes below the
      * function (pushing a light C function never allocates; the room is checked without
@@ -244,22 +390,15 @@ int lb_call_for(struct lb_app *a, int nargs, int nres, const char *what, uint64_
     }
     struct lb_task *task = a->current; /* on the main thread: no task's waits */
     a->current = NULL;
-    a->depth++;
+    struct lb_run run;
+    lb_budget_begin(a, L, &run);
     int rc = lua_pcall(L, nargs, nres, msgh);
-    a->depth--;
+    lb_budget_end(a, L, &run);
     a->current = task;
     if (nested)
         lua_remove(L, msgh);
-    if (top) {
-        if (a->timed_out && a->hooked)
-            lua_sethook(a->hooked, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
-        a->hooked = NULL;
-        a->timed_out = false;
-        if (a->depth > 0)
-            a->deadline = saved_deadline; /* back to the enclosing lb_protect's budget */
-        if (a->srv)
-            ws_stats_observe_handler(a->srv->env.stats, mono_now() - started);
-    }
+    if (top && a->depth > 0)
+        a->deadline = saved_deadline; /* back to the enclosing lb_protect's budget */
     if (rc == LUA_OK)
         return 0;
     if (rc == LUA_ERRMEM && a->depth == 0)
@@ -285,9 +424,13 @@ int lb_protect(struct lb_app *a, lua_CFunction fn, void *ud, char *err, size_t e
     int saved_base = a->base_depth;
     double saved_deadline = a->deadline;
     bool outermost = a->depth == a->base_depth;
+    lua_State *prev;
     if (outermost) {
         a->deadline = mono_now() + a->handler_timeout;
         a->timed_out = false;
+        prev = run_start(L);
+    } else {
+        prev = run_on(L);
     }
     lua_pushcfunction(L, fn);
     lua_pushlightuserdata(L, ud);
@@ -300,11 +443,10 @@ int lb_protect(struct lb_app *a, lua_CFunction fn, void *ud, char *err, size_t e
     a->depth--;
     a->current = task;
     if (outermost) {
-        if (a->timed_out && a->hooked)
-            lua_sethook(a->hooked, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
-        a->hooked = NULL;
-        a->timed_out = false;
+        run_end(a, L, prev);
         a->deadline = saved_deadline;
+    } else {
+        run_off(L, prev);
     }
     if (rc != LUA_OK)
         snprintf(err, errlen, "%s", lb_error_text(L, -1));
@@ -396,6 +538,13 @@ static int open_state(lua_State *L)
     lua_setfield(L, -2, "yield");
     lua_pushcfunction(L, guarded_isyieldable);
     lua_setfield(L, -2, "isyieldable");
+    /* the budget's watchdog must know which coroutine runs */
+    lua_getfield(L, -1, "resume");
+    lua_pushcclosure(L, guarded_resume, 1);
+    lua_setfield(L, -2, "resume");
+    lua_getfield(L, -1, "wrap");
+    lua_pushcclosure(L, guarded_wrap, 1);
+    lua_setfield(L, -2, "wrap");
     lua_pop(L, 1);
     set_paths(a);
     return 0;
@@ -411,7 +560,12 @@ int lb_state_open(struct lb_app *a, char *err, size_t errlen)
     *(struct lb_app **)lua_getextraspace(a->L) = a;
     lua_atpanic(a->L, on_panic);
     lua_setwarnf(a->L, on_warning, a);
-    lua_sethook(a->L, budget_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    if (start_watchdog() < 0) {
+        snprintf(err, errlen, "cannot start the handler budget's timer: %s", strerror(errno));
+        lua_close(a->L);
+        a->L = NULL;
+        return WS_E_NOMEM;
+    }
     /* the message handler of every call from the loop stays at the bottom of the stack */
     lua_pushcfunction(a->L, traceback);
     assert(lua_gettop(a->L) == TRACEBACK_INDEX);

@@ -80,16 +80,25 @@ static void recycle(struct lb_task *t)
     a->nidle++;
 }
 
-/* The traceback of the error at the top of co, built protected on the main thread (it
- * allocates). [-0, +1, m] */
+/* The text and traceback of the error that ended a coroutine, built by lb_protect on the main
+ * thread (it allocates, and a looping __tostring is interrupted by the budget). */
+struct failure {
+    lua_State *co;
+    char *text; /* owned, NULL until built */
+};
+
 static int build_traceback(lua_State *L)
 {
-    lua_State *co = lua_touserdata(L, 1);
-    int t = lua_type(L, 2);
+    struct failure *f = lua_touserdata(L, 1);
+    lua_xmove(f->co, L, 1);
+    int t = lua_type(L, -1);
     const char *msg =
-        t == LUA_TSTRING || t == LUA_TNUMBER ? lua_tostring(L, 2) : luaL_tolstring(L, 2, NULL);
-    luaL_traceback(L, co, msg, 0);
-    return 1;
+        t == LUA_TSTRING || t == LUA_TNUMBER ? lua_tostring(L, -1) : luaL_tolstring(L, -1, NULL);
+    luaL_traceback(L, f->co, msg, 0);
+    size_t n;
+    const char *s = lua_tolstring(L, -1, &n);
+    f->text = ws_xstrndup(s, n);
+    return 0;
 }
 
 /* Logs the error that ended t's coroutine, with the coroutine's traceback. The coroutine is not
@@ -98,21 +107,16 @@ static int build_traceback(lua_State *L)
 static void report(struct lb_task *t, const char *fixed)
 {
     struct lb_app *a = t->a;
-    lua_State *L = a->L;
     if (fixed) {
         lb_report_error(a, t->what, t->conn, fixed);
-    } else if (lua_checkstack(L, 3)) {
-        lua_pushcfunction(L, build_traceback);
-        lua_pushlightuserdata(L, t->co);
-        lua_xmove(t->co, L, 1);
-        a->depth++; /* a looping __tostring is interrupted by the budget */
-        int rc = lua_pcall(L, 2, 1, 0);
-        a->depth--;
-        lb_report_error(a, t->what, t->conn, lb_error_text(L, -1));
-        (void)rc;
-        lua_pop(L, 1);
     } else {
-        lb_report_error(a, t->what, t->conn, lb_error_text(t->co, -1));
+        struct failure f = {.co = t->co, .text = NULL};
+        char err[512];
+        if (lb_protect(a, build_traceback, &f, err, sizeof(err)) < 0)
+            lb_report_error(a, t->what, t->conn, err);
+        else
+            lb_report_error(a, t->what, t->conn, f.text);
+        free(f.text);
     }
     lua_resetthread(t->co); /* closes its pending to-be-closed variables */
     t->broken = true;
@@ -125,10 +129,11 @@ static enum lb_task_result resume(struct lb_task *t, int nargs)
     struct lb_task *outer = a->current;
     lua_State *from = outer ? outer->co : a->L;
     a->current = t;
-    double started = lb_budget_begin(a);
+    struct lb_run run;
+    lb_budget_begin(a, t->co, &run);
     int nres = 0;
     int rc = lua_resume(t->co, from, nargs, &nres);
-    lb_budget_end(a, started);
+    lb_budget_end(a, t->co, &run);
     a->current = outer;
     if (rc == LUA_YIELD && t->waiting)
         return LB_TASK_WAITING;

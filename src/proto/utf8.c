@@ -66,8 +66,18 @@ int ws_utf8_feed(struct ws_utf8 *v, const uint8_t *p, size_t n)
         return WS_E_UTF8;
     while (i < n) {
         if (s == S_ACCEPT && p[i] < 0x80) {
-            /* ASCII between code points: skip whole words of it, then the odd bytes. */
-            uint64_t w;
+            /* ASCII between code points: skip 32 bytes at a time while all four words are
+             * ASCII, then whole words, then the odd bytes. */
+            uint64_t w, w1, w2, w3;
+            while (n - i >= 32) {
+                memcpy(&w, p + i, 8);
+                memcpy(&w1, p + i + 8, 8);
+                memcpy(&w2, p + i + 16, 8);
+                memcpy(&w3, p + i + 24, 8);
+                if ((w | w1 | w2 | w3) & HIGH_BITS)
+                    break;
+                i += 32;
+            }
             while (n - i >= 8) {
                 memcpy(&w, p + i, 8);
                 if (w & HIGH_BITS)

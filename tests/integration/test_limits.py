@@ -726,6 +726,15 @@ return {
       end)
     elseif data == "coroutine" then
       coroutine.wrap(function() while true do end end)()
+    elseif data == "resume" then                 -- swallows the error coroutine.resume returns
+      while true do coroutine.resume(coroutine.create(function() while true do end end)) end
+    elseif data == "old-coroutine" then          -- a coroutine made by an earlier run
+      conn.data.co = conn.data.co or coroutine.create(function()
+        coroutine.yield()
+        while true do end
+      end)
+      coroutine.resume(conn.data.co)
+      if coroutine.status(conn.data.co) == "suspended" then conn:send("made") end
     elseif data == "timer" then                  -- not tied to this connection
       ws.after(0, function() while true do end end)
       conn:send("armed")
@@ -739,7 +748,7 @@ BUDGET = 0.5
 
 
 @pytest.mark.parametrize("how", [
-    "spin", "coroutine", "timer", "pcall",
+    "spin", "coroutine", "resume", "old-coroutine", "timer", "pcall",
     "xpcall",
 ])
 def test_handler_timeout_interrupts_and_others_wait_at_most_the_budget(wsserver_factory, peers,
@@ -747,6 +756,9 @@ def test_handler_timeout_interrupts_and_others_wait_at_most_the_budget(wsserver_
     server = wsserver_factory(app_source=SPIN_APP)
     bystander = peers(server)
     victim = peers(server)
+    if how == "old-coroutine":
+        victim.send(frame(OP_TEXT, how))
+        assert victim.recv_message() == (OP_TEXT, b"made")
     started = time.monotonic()
     victim.send(frame(OP_TEXT, how))
     time.sleep(0.05)

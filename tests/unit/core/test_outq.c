@@ -1,7 +1,8 @@
 /* Unit tests for the send queue (src/core/outq.c): coalescing into pooled chunks, big appends,
  * shared frames referenced without copying and counted once in pool.queued, order kept across
- * owned and shared chunks, the iovec limit, partial writes across chunk boundaries checked against
- * a byte model, and clear returning chunks to the pool up to its limit. */
+ * owned and shared chunks, a frame's header and payload in one step, the iovec limit, partial
+ * writes across chunk boundaries checked against a byte model, and clear returning chunks to the
+ * pool up to its limit. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -421,6 +422,50 @@ static void test_random_against_model(void **state)
     free(out);
 }
 
+/* ws_outq_append2 (a frame's header and payload) gives the bytes of the two appends it stands for:
+ * into an empty queue, into a tail with room, past a full tail, after a shared chunk, and a pair
+ * larger than a chunk. */
+static void test_append2_as_two_appends(void **state)
+{
+    (void)state;
+    static uint8_t big[CHUNK + 100], want[3 * CHUNK + 400], got[3 * CHUNK + 400];
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = pattern(i);
+    struct ws_chunk_pool pool;
+    struct ws_outq q;
+    ws_chunk_pool_init(&pool, 4);
+    ws_outq_init(&q);
+    size_t n = 0;
+    ws_outq_append2(&q, &pool, "\x81\x03", 2, "abc", 3); /* empty queue */
+    n = put(want, n,
+            "\x81\x03"
+            "abc",
+            5);
+    ws_outq_append2(&q, &pool, "\x82\x00", 2, NULL, 0); /* empty payload */
+    n = put(want, n, "\x82\x00", 2);
+    ws_outq_append2(&q, &pool, "HH", 2, big, CHUNK - 10); /* past the tail's room */
+    n = put(want, n, "HH", 2);
+    n = put(want, n, big, CHUNK - 10);
+    struct ws_shared *s = shared_of(WS_OUTQ_SHARE_MIN, 9); /* a shared tail */
+    ws_outq_append_shared(&q, &pool, s);
+    n = put(want, n, s->data, s->len);
+    ws_shared_unref(s);
+    ws_outq_append2(&q, &pool, "\x81\x01", 2, "z", 1);
+    n = put(want, n,
+            "\x81\x01"
+            "z",
+            3);
+    ws_outq_append2(&q, &pool, "LONG", 4, big, sizeof(big)); /* more than a chunk */
+    n = put(want, n, "LONG", 4);
+    n = put(want, n, big, sizeof(big));
+    assert_int_equal(q.bytes, n);
+    gather(&q, got, sizeof(got));
+    assert_memory_equal(got, want, n);
+    ws_outq_clear(&q, &pool);
+    assert_int_equal(pool.queued, 0);
+    ws_chunk_pool_free(&pool);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -432,6 +477,7 @@ int main(void)
         cmocka_unit_test(test_order_across_owned_and_shared),
         cmocka_unit_test(test_clear_returns_chunks_to_pool),
         cmocka_unit_test(test_random_against_model),
+        cmocka_unit_test(test_append2_as_two_appends),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
