@@ -4,6 +4,7 @@
  * wrong on the network comes back as nil, message. */
 #include "ws/lb.h"
 
+#include "ws/clock.h"
 #include "ws/http_client.h"
 #include "ws/log.h"
 #include "ws/server.h"
@@ -123,7 +124,7 @@ static int request_done(lua_State *L, int status, lua_KContext ctx)
     struct http_call *c = t->wait_ud;
     struct lb_app *a = t->a;
     struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
-    double seconds = ev_now(a->loop) - t->wait_started;
+    double seconds = ws_clock_now(a->loop) - t->wait_started;
     const char *why = t->woke;
     if (!why && !c->res.ok)
         why = c->res.err;
