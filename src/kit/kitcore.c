@@ -1,0 +1,448 @@
+/* ws.kitcore: the real server in-process for Lua specs (a C module for lua5.4, loaded through
+ * package.cpath). An engine is the real core, the real lb_* bindings and the app's own Lua state
+ * on a loop with a simulated clock; its clients are in-memory connections (mempipe), so their
+ * bytes go through the real handshake, frame and session code. It speaks bytes and frames only:
+ * what the server does and answers is the server's own code, never re-implemented here. */
+#include "ws/clock.h"
+#include "ws/config.h"
+#include "ws/err.h"
+#include "ws/frame.h"
+#include "ws/lb.h"
+#include "ws/log.h"
+#include "ws/mempipe.h"
+#include "ws/server.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define ENGINE_MT "ws.kitcore.engine"
+#define SETTLE_ROUNDS 10000
+
+struct client {
+    struct ws_mempipe *pipe;
+    uint64_t id; /* the server's connection id */
+};
+
+struct engine {
+    struct ev_loop *loop;
+    struct lb_app *app;
+    struct ws_server *srv;
+    char dir[64]; /* the app file when given as source, the (unused) listener, the log */
+    struct client *clients;
+    size_t nclients, cap;
+};
+
+static struct engine *check_engine(lua_State *L)
+{
+    struct engine *e = luaL_checkudata(L, 1, ENGINE_MT);
+    luaL_argcheck(L, e->loop != NULL, 1, "engine closed");
+    return e;
+}
+
+static uint64_t moved(const struct engine *e)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < e->nclients; i++)
+        n += ws_mempipe_moved(e->clients[i].pipe);
+    return n;
+}
+
+/* Runs the loop without waiting until a round moves no byte and fires no timer due now: what
+ * the last input set off has all happened. */
+static void settle(struct engine *e)
+{
+    int quiet = 0;
+    for (int i = 0; i < SETTLE_ROUNDS && quiet < 2; i++) {
+        uint64_t before = moved(e);
+        ev_run(e->loop, EVRUN_NOWAIT);
+        size_t fired = ws_clock_advance(e->loop, 0);
+        quiet = fired == 0 && moved(e) == before ? quiet + 1 : 0;
+    }
+}
+
+static void free_engine(struct engine *e)
+{
+    if (!e->loop)
+        return;
+    ws_server_free(e->srv);
+    lb_app_free(e->app);
+    for (size_t i = 0; i < e->nclients; i++)
+        ws_mempipe_release(e->clients[i].pipe);
+    free(e->clients);
+    ws_clock_unsimulate(e->loop);
+    ev_loop_destroy(e->loop);
+    e->loop = NULL;
+    char p[128];
+    static const char *const files[] = {"app.lua", "s", "log"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(*files); i++) {
+        snprintf(p, sizeof(p), "%s/%s", e->dir, files[i]);
+        unlink(p);
+    }
+    rmdir(e->dir);
+}
+
+static int set_option(struct ws_config *cfg, const char *name, const char *value, char *err,
+                      size_t errlen)
+{
+    const struct ws_option *opt = ws_config_find(name, false);
+    if (!opt) {
+        snprintf(err, errlen, "unknown option '%s'", name);
+        return WS_E_INVAL;
+    }
+    return ws_config_set(cfg, opt, value, true, err, errlen);
+}
+
+/* The options of opts.config (values as text, as on the command line) over the defaults. */
+static int read_config(lua_State *L, int opts, struct ws_config *cfg, char *err, size_t errlen)
+{
+    if (lua_getfield(L, opts, "config") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *name = lua_tostring(L, -2);
+        const char *value = luaL_tolstring(L, -1, NULL);
+        int rc = name ? set_option(cfg, name, value, err, errlen) : WS_E_INVAL;
+        lua_pop(L, 2);
+        if (rc < 0) {
+            lua_pop(L, 2);
+            return rc;
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* kitcore.load(path_or_source [, {config = {name = value}, now = seconds}]) -> engine, or
+ * nil, err when the server refuses the app (its own reason). */
+static int kit_load(lua_State *L)
+{
+    size_t n;
+    const char *app = luaL_checklstring(L, 1, &n);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TTABLE);
+    struct engine *e = lua_newuserdatauv(L, sizeof(*e), 0);
+    memset(e, 0, sizeof(*e));
+    luaL_setmetatable(L, ENGINE_MT);
+    int self = lua_gettop(L);
+    snprintf(e->dir, sizeof(e->dir), "/tmp/wskit.XXXXXX");
+    if (!mkdtemp(e->dir))
+        return luaL_error(L, "cannot make a temporary folder");
+    e->loop = ev_loop_new(EVFLAG_AUTO);
+    if (!e->loop)
+        return luaL_error(L, "cannot make an event loop");
+    double now = 1e9;
+    if (lua_istable(L, 2) && lua_getfield(L, 2, "now") != LUA_TNIL)
+        now = luaL_checknumber(L, -1);
+    ws_clock_simulate(e->loop, now);
+
+    char path[128], logpath[128], addr[128], err[1024] = "";
+    snprintf(path, sizeof(path), "%s/app.lua", e->dir);
+    const char *file = app;
+    if (memchr(app, '\n', n) || (n < 4 || strcmp(app + n - 4, ".lua") != 0)) {
+        FILE *f = fopen(path, "w");
+        if (!f || fwrite(app, 1, n, f) != n || fclose(f) != 0)
+            return luaL_error(L, "cannot write %s", path);
+        file = path;
+    }
+    snprintf(logpath, sizeof(logpath), "%s/log", e->dir);
+    ws_log_setup(WS_LOG_INFO, WS_LOG_TEXT);
+    ws_log_open(logpath, err, sizeof(err));
+    struct ws_config cli;
+    ws_config_init(&cli);
+    snprintf(addr, sizeof(addr), "unix:%s/s", e->dir);
+    int rc = set_option(&cli, "listen", addr, err, sizeof(err));
+    if (rc == 0 && lua_istable(L, 2))
+        rc = read_config(L, 2, &cli, err, sizeof(err));
+    bool config_error = false;
+    if (rc == 0)
+        e->app = lb_app_new(e->loop, file, &cli, &config_error, err, sizeof(err));
+    ws_config_free(&cli);
+    if (e->app)
+        e->srv = ws_server_new(e->loop, &e->app->config, &lb_app_ops, e->app, err, sizeof(err));
+    if (e->srv) {
+        /* signals are the process's, not a test's: many engines live side by side */
+        ev_signal_stop(e->loop, &e->srv->sig_term);
+        ev_signal_stop(e->loop, &e->srv->sig_int);
+        ev_signal_stop(e->loop, &e->srv->sig_hup);
+        if (lb_app_attach(e->app, e->srv, err, sizeof(err)) == 0) {
+            settle(e);
+            lua_pushvalue(L, self);
+            return 1;
+        }
+    }
+    /* the reason is the server's log line (lb_app_new logs it and points there) */
+    lua_pushnil(L);
+    lua_pushstring(L, err[0] ? err : "the app did not load");
+    FILE *f = fopen(logpath, "r");
+    char line[2048], last[2048] = "";
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, "level=error"))
+            snprintf(last, sizeof(last), "%s", line);
+    if (f)
+        fclose(f);
+    if (last[0]) {
+        lua_pushfstring(L, ": %s", last);
+        lua_concat(L, 2);
+    }
+    free_engine(e);
+    return 2;
+}
+
+static struct client *check_client(lua_State *L, struct engine *e, int idx)
+{
+    lua_Integer i = luaL_checkinteger(L, idx);
+    luaL_argcheck(L, i >= 1 && (size_t)i <= e->nclients, idx, "no such client");
+    return &e->clients[i - 1];
+}
+
+/* e:connect() -> client: a new in-memory connection (accepted; nothing sent yet) and its id. */
+static int engine_connect(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    int fd;
+    struct ws_mempipe *p = ws_mempipe_new(&fd);
+    if (!p)
+        return luaL_error(L, "no descriptor left");
+    if (e->nclients == e->cap) {
+        e->cap = e->cap ? 2 * e->cap : 16;
+        e->clients = ws_xrealloc(e->clients, e->cap * sizeof(*e->clients));
+    }
+    struct sockaddr_in in = {.sin_family = AF_INET,
+                             .sin_port = htons((uint16_t)(40000 + e->nclients % 20000)),
+                             .sin_addr.s_addr = htonl(0x7f000001)};
+    struct ws_conn *c =
+        ws_conn_new(&e->srv->env, fd, (struct sockaddr *)&in, sizeof(in), &ws_transport_memory, p);
+    ws_mempipe_attach(p, e->loop, &c->wire.io);
+    e->clients[e->nclients++] = (struct client){p, c->node.id};
+    settle(e);
+    lua_pushinteger(L, (lua_Integer)e->nclients);
+    lua_pushinteger(L, (lua_Integer)e->clients[e->nclients - 1].id);
+    return 2;
+}
+
+/* e:write(client, bytes): the client sends; returns once the server is done with them. */
+static int engine_write(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    struct client *c = check_client(L, e, 2);
+    size_t n;
+    const char *s = luaL_checklstring(L, 3, &n);
+    ws_mempipe_send(c->pipe, s, n);
+    settle(e);
+    return 0;
+}
+
+/* e:read(client) -> bytes, ended: what the server wrote since the last read, and whether it
+ * has ended its side (no more will come). */
+static int engine_read(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    struct client *c = check_client(L, e, 2);
+    settle(e);
+    size_t n;
+    const uint8_t *p = ws_mempipe_output(c->pipe, &n);
+    lua_pushlstring(L, (const char *)p, n);
+    ws_mempipe_take(c->pipe, n);
+    lua_pushboolean(L, ws_mempipe_ended(c->pipe));
+    return 2;
+}
+
+/* e:shutdown(client): the client ends its sending side (FIN). */
+static int engine_shutdown(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    ws_mempipe_shutdown(check_client(L, e, 2)->pipe);
+    settle(e);
+    return 0;
+}
+
+/* e:pause(client, paused): the client stops or resumes reading. */
+static int engine_pause(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    struct client *c = check_client(L, e, 2);
+    ws_mempipe_pause(c->pipe, lua_toboolean(L, 3));
+    settle(e);
+    return 0;
+}
+
+/* e:advance(seconds) -> timers fired: moves the simulated clock. */
+static int engine_advance(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    double s = luaL_checknumber(L, 2);
+    luaL_argcheck(L, s >= 0, 2, "time moves forward only");
+    size_t fired = ws_clock_advance(e->loop, s);
+    settle(e);
+    lua_pushinteger(L, (lua_Integer)fired);
+    return 1;
+}
+
+static int engine_now(lua_State *L)
+{
+    lua_pushnumber(L, ws_clock_now(check_engine(L)->loop));
+    return 1;
+}
+
+struct eval {
+    const char *code;
+    size_t len;
+    char out[65536];
+};
+
+/* In the app's state: runs the chunk and encodes its first result with ws.json. */
+static int eval_in_app(lua_State *L)
+{
+    struct eval *ev = lua_touserdata(L, 1);
+    if (luaL_loadbuffer(L, ev->code, ev->len, "=eval") != LUA_OK)
+        return lua_error(L);
+    lua_call(L, 0, 1);
+    lua_getglobal(L, "ws");
+    lua_getfield(L, -1, "json");
+    lua_getfield(L, -1, "encode");
+    lua_pushvalue(L, -4);
+    lua_call(L, 1, 1);
+    size_t n;
+    const char *s = luaL_checklstring(L, -1, &n);
+    if (n >= sizeof(ev->out))
+        return luaL_error(L, "result too large");
+    memcpy(ev->out, s, n + 1);
+    return 0;
+}
+
+/* e:eval(code) -> json, or nil, err: runs code in the app's Lua state (its globals, ws.state)
+ * and returns its first result encoded by the app's ws.json. */
+static int engine_eval(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    struct eval *ev = ws_xmalloc(sizeof(*ev));
+    ev->code = luaL_checklstring(L, 2, &ev->len);
+    char err[1024];
+    int rc = lb_protect(e->app, eval_in_app, ev, err, sizeof(err));
+    if (rc == 0)
+        lua_pushstring(L, ev->out);
+    else
+        lua_pushnil(L);
+    free(ev);
+    settle(e);
+    if (rc == 0)
+        return 1;
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* e:log() -> text: the server's log lines so far. */
+static int engine_log(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/log", e->dir);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+            luaL_addlstring(&b, chunk, n);
+        fclose(f);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int engine_close(lua_State *L)
+{
+    free_engine(luaL_checkudata(L, 1, ENGINE_MT));
+    return 0;
+}
+
+/* kitcore.frame(opcode, payload [, fin]) -> bytes: one masked client frame (RFC 6455 §5.3). */
+static int kit_frame(lua_State *L)
+{
+    lua_Integer op = luaL_checkinteger(L, 1);
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    bool fin = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
+    luaL_argcheck(L, op >= 0 && op <= 15, 1, "opcode 0..15");
+    static const uint8_t mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    uint8_t hdr[WS_FRAME_MAX_HEADER];
+    size_t h = ws_frame_encode_header(hdr, fin, 0, (uint8_t)op, n, mask);
+    luaL_Buffer b;
+    uint8_t *out = (uint8_t *)luaL_buffinitsize(L, &b, h + n);
+    memcpy(out, hdr, h);
+    memcpy(out + h, p, n);
+    ws_frame_mask(out + h, n, mask, 0);
+    luaL_pushresultsize(&b, h + n);
+    return 1;
+}
+
+/* kitcore.take(bytes) -> opcode, payload, fin, rest: the first whole server frame of bytes,
+ * or nil when bytes do not hold one yet. */
+static int kit_take(lua_State *L)
+{
+    size_t avail;
+    const uint8_t *p = (const uint8_t *)luaL_checklstring(L, 1, &avail);
+    if (avail < 2)
+        return 0;
+    uint64_t len = p[1] & 0x7f;
+    size_t h = 2;
+    if (len == 126) {
+        if (avail < 4)
+            return 0;
+        len = (uint64_t)p[2] << 8 | p[3];
+        h = 4;
+    } else if (len == 127) {
+        if (avail < 10)
+            return 0;
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = len << 8 | p[2 + i];
+        h = 10;
+    }
+    if (p[1] & 0x80)
+        h += 4; /* a server must not mask (RFC 6455 §5.1); taken as it is */
+    if (avail < h || avail - h < len)
+        return 0;
+    lua_pushinteger(L, p[0] & 0x0f);
+    lua_pushlstring(L, (const char *)p + h, (size_t)len);
+    lua_pushboolean(L, p[0] & 0x80);
+    lua_pushlstring(L, (const char *)p + h + len, avail - h - (size_t)len);
+    return 4;
+}
+
+int luaopen_ws_kitcore(lua_State *L);
+
+int luaopen_ws_kitcore(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"connect", engine_connect},
+        {"write", engine_write},
+        {"read", engine_read},
+        {"shutdown", engine_shutdown},
+        {"pause", engine_pause},
+        {"advance", engine_advance},
+        {"now", engine_now},
+        {"eval", engine_eval},
+        {"log", engine_log},
+        {"close", engine_close},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, ENGINE_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, engine_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {
+        {"load", kit_load}, {"frame", kit_frame}, {"take", kit_take}, {NULL, NULL}};
+    luaL_newlib(L, funcs);
+    return 1;
+}
