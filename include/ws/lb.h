@@ -36,6 +36,7 @@ enum lb_handler {
 struct lb_timer;
 struct lb_task;
 struct ws_http_client;
+struct ws_http_client_ops;
 
 struct lb_app {
     lua_State *L;
@@ -79,6 +80,7 @@ struct lb_app {
     size_t nwaiting;
     const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
     struct ws_http_client *http; /* ws.http's client, made on first use */
+    const struct ws_http_client_ops *http_ops; /* its calls: libcurl's, or a stand-in's */
 };
 
 /* ---- lb_state ---- */

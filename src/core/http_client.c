@@ -364,3 +364,10 @@ void ws_http_result_free(struct ws_http_result *res)
     ws_buf_reset(&res->headers);
     ws_buf_reset(&res->body);
 }
+
+const struct ws_http_client_ops ws_http_client_libcurl = {
+    ws_http_client_request,
+    ws_http_client_cancel,
+    ws_http_client_set_max,
+    ws_http_client_free,
+};

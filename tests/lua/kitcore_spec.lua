@@ -155,4 +155,60 @@ describe("ws.kitcore", function()
     assert.matches("event=access", e:log())
     e:close()
   end)
+  it("answers ws.http from the spec: the request as sent, responses, errors, delays, timeouts", function()
+    local e = assert(kitcore.load([[
+      return {message = function(conn, data)
+        local opts = {headers = {Authorization = "Bearer t"}, timeout = 2}
+        local r, err
+        if data == "post" then
+          r, err = ws.http.post("http://api.test/items?x=1", "payload", opts)
+        else
+          r, err = ws.http.get("http://api.test/" .. data, opts)
+        end
+        if not r then return conn:send("err:" .. err) end
+        conn:send(r.status .. ":" .. r.body .. ":" .. tostring(r.headers["x-y"]))
+      end}
+    ]], {now = 0}))
+    local c = client(e)
+    send(c, "a")
+    local op, payload = next_frame(c)
+    assert.equal(TEXT, op)
+    assert.matches("^err:no stand%-in answers ws.http", payload)
+
+    local seen = {}
+    e:on_http(function(req)
+      table.insert(seen, req)
+      if req.url:find("/down$") then return nil, "upstream down" end
+      if req.url:find("/slow$") then return {status = 200, body = "late", delay = 3} end
+      if req.url:find("/later$") then return {status = 200, body = "soon", delay = 1} end
+      if req.url:find("/boom$") then error("stand-in broke") end
+      return {status = 201, headers = {["X-Y"] = "z"}, body = "ok"}
+    end)
+    send(c, "post")
+    assert.same({TEXT, "201:ok:z"}, {next_frame(c)})
+    assert.equal("POST", seen[1].method)
+    assert.equal("http://api.test/items?x=1", seen[1].url)
+    assert.equal("Bearer t", seen[1].headers.authorization)
+    assert.equal("payload", seen[1].body)
+
+    send(c, "down")
+    assert.same({TEXT, "err:upstream down"}, {next_frame(c)})
+    send(c, "boom")
+    op, payload = next_frame(c)
+    assert.matches("stand%-in broke", payload)
+
+    send(c, "later")
+    assert.is_nil(next_frame(c))
+    e:advance(1)
+    assert.same({TEXT, "200:soon:nil"}, {next_frame(c)})
+
+    send(c, "slow") -- answers after 3 s; the call's timeout is 2 s
+    e:advance(1.9)
+    assert.is_nil(next_frame(c))
+    e:advance(0.2)
+    assert.same({TEXT, "err:timeout"}, {next_frame(c)})
+    e:advance(5)
+    assert.is_nil(next_frame(c))
+    e:close()
+  end)
 end)
