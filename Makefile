@@ -154,7 +154,7 @@ test-lua: $(KIT_SO)
 	    $(BUSTED) --lpath="lua/?.lua" tests/lua; \
 	fi
 
-test-integration: all
+test-integration: all $(KIT_SO)
 	WSSERVER=$(abspath $(BUILD)/wsserver) $(PYTHON) -m pytest -q -x tests/integration
 
 # End-to-end tests in headless Chromium (Debian's chromium driven by playwright-core).

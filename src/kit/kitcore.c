@@ -378,6 +378,11 @@ static int kit_load(lua_State *L)
     e->loop = ev_loop_new(EVFLAG_AUTO);
     if (!e->loop)
         return luaL_error(L, "cannot make an event loop");
+    /* the app finds the shipped library (ws.rooms, ...) where the spec does */
+    if (!getenv("WSSERVER_LUA_PATH") && lua_getglobal(L, "package") == LUA_TTABLE &&
+        lua_getfield(L, -1, "path") == LUA_TSTRING)
+        setenv("WSSERVER_LUA_PATH", lua_tostring(L, -1), 0);
+    lua_settop(L, self);
     double now = 1e9;
     if (lua_istable(L, 2) && lua_getfield(L, 2, "now") != LUA_TNIL)
         now = luaL_checknumber(L, -1);
@@ -516,6 +521,17 @@ static int engine_pause(lua_State *L)
     ws_mempipe_pause(c->pipe, lua_toboolean(L, 3));
     settle(e);
     return 0;
+}
+
+/* e:reload([trigger]) -> ok: reloads the app from its file, as SIGHUP does (trigger, default
+ * "SIGHUP", is what load's info.trigger says; the reason of a failure is in the log). */
+static int engine_reload(lua_State *L)
+{
+    struct engine *e = check_engine(L);
+    int rc = lb_app_reload(e->app, luaL_optstring(L, 2, "SIGHUP"));
+    settle(e);
+    lua_pushboolean(L, rc == 0);
+    return 1;
 }
 
 /* e:advance(seconds) -> timers fired: moves the simulated clock. */
@@ -668,10 +684,19 @@ int luaopen_ws_kitcore(lua_State *L);
 int luaopen_ws_kitcore(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"connect", engine_connect},   {"write", engine_write},     {"read", engine_read},
-        {"shutdown", engine_shutdown}, {"pause", engine_pause},     {"advance", engine_advance},
-        {"now", engine_now},           {"on_http", engine_on_http}, {"eval", engine_eval},
-        {"log", engine_log},           {"close", engine_close},     {NULL, NULL},
+        {"connect", engine_connect},
+        {"write", engine_write},
+        {"read", engine_read},
+        {"shutdown", engine_shutdown},
+        {"pause", engine_pause},
+        {"advance", engine_advance},
+        {"now", engine_now},
+        {"on_http", engine_on_http},
+        {"reload", engine_reload},
+        {"eval", engine_eval},
+        {"log", engine_log},
+        {"close", engine_close},
+        {NULL, NULL},
     };
     luaL_newmetatable(L, ENGINE_MT);
     luaL_newlib(L, methods);

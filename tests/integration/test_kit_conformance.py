@@ -12,9 +12,13 @@ same file):
    step the driver waits until every client has received at least what the kit's transcript says
    (bounded), then a short quiet period to catch anything extra; "wait" steps wait for real.
 
-The two transcripts must match step by step (JSON text is compared parsed, so key order does not
+A third run, tests/kit/driver_core.lua, plays the scenario on the real server in-process
+(ws.kitcore: in-memory connections, the simulated clock): its transcript must match the server's
+too, which proves the in-memory transport and the simulated clock.
+
+The transcripts must match step by step (JSON text is compared parsed, so key order does not
 matter; a scenario may mask fields such as timestamps). Steps may also carry expected entries,
-checked against both. Handler errors the kit reports must match the server's handler_error lines.
+checked against the server's. Handler errors each kit reports must match the server's handler_error lines.
 A second group compares the kit's load-time validation messages with `wsserver --check`.
 """
 import json
@@ -40,6 +44,8 @@ BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
 LUA = os.environ.get("LUA", "lua5.4")
 SCENARIOS = sorted((ROOT / "tests" / "kit" / "scenarios").glob("*.json"))
 DRIVER = ROOT / "tests" / "kit" / "driver.lua"
+DRIVER_CORE = ROOT / "tests" / "kit" / "driver_core.lua"
+KITCORE = pathlib.Path(BINARY).parent / "lua"  # ws/kitcore.so beside the binary (make kit)
 
 STEP_TIMEOUT = 5.0  # longest wait for what the kit predicts a step produces
 QUIET = 0.08  # then how long to watch for anything extra
@@ -360,6 +366,17 @@ def run_kit(scenario_path, scenario, app_path):
     return json.loads(out.stdout)
 
 
+def run_core(scenario_path, scenario, app_path):
+    """The scenario on the real server in-process (ws.kitcore: in-memory connections, the
+    simulated clock), through tests/kit/driver_core.lua."""
+    shutil_copy(ROOT / scenario["app"], app_path)
+    env = dict(os.environ, LUA_CPATH=f"{KITCORE}/?.so;;")
+    out = subprocess.run([LUA, str(DRIVER_CORE), str(scenario_path), str(app_path)],
+                         cwd=str(ROOT), capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, f"kitcore driver failed:\n{out.stderr}"
+    return json.loads(out.stdout)
+
+
 # --- comparing ---------------------------------------------------------------------------------
 
 
@@ -415,37 +432,54 @@ def test_scenario(path, tmp_path):
     mask = set(scenario.get("mask", []))
     app_path = tmp_path / "app.lua"
     kit = run_kit(path, scenario, app_path)
+    core = run_core(path, scenario, app_path)
     real, log = run_on_server(scenario, app_path, kit)
+    problems = expectations(scenario, mask, real)
+    problems += differences(scenario, mask, "kit", kit, real, log)
+    problems += differences(scenario, mask, "kitcore", core, real, log)
+    assert not problems, (f"{path.name}: the kit and the server differ\n" + "\n".join(problems)
+                          + f"\n--- server log ---\n{log[-4000:]}")
 
+
+def expectations(scenario, mask, real):
+    """Where the server's transcript differs from what the scenario's steps expect."""
+    problems = []
+    for i, step in enumerate(scenario["steps"]):
+        r = real[i]
+        for name, want in step.get("expect", {}).items():
+            want, rl = norm_list(want, mask), norm_list(r["received"].get(name, []), mask)
+            if want != rl:
+                problems.append(f"step {i + 1}, client {name} (expected):\n  want:   {want}\n"
+                                f"  server: {rl}")
+        if "expect_result" in step:
+            bad = subset_mismatch(step["expect_result"], r["result"] or {})
+            if bad:
+                problems.append(f"step {i + 1} result (expected, server): {bad}")
+    return problems
+
+
+def differences(scenario, mask, who, kit, real, log):
+    """What differs between a transcript of the kit (who names it) and the server's."""
     problems = []
     for i, step in enumerate(scenario["steps"]):
         k, r = kit["steps"][i], real[i]
-        label = f"step {i + 1} ({k['op']})"
+        label = f"{who}: step {i + 1} ({k['op']})"
         names = sorted(set(k["received"]) | set(r["received"]))
         for name in names:
             kl = norm_list(k["received"].get(name, []), mask)
             rl = norm_list(r["received"].get(name, []), mask)
             if kl != rl:
-                problems.append(f"{label}, client {name}:\n  kit:    {kl}\n  server: {rl}")
-            if name in step.get("expect", {}):
-                want = norm_list(step["expect"][name], mask)
-                if want != rl:
-                    problems.append(f"{label}, client {name} (expected):\n  want:   {want}\n"
-                                    f"  server: {rl}")
+                problems.append(f"{label}, client {name}:\n  {who}: {kl}\n  server: {rl}")
         if (k.get("result") or r["result"]) and k.get("result") != r["result"]:
-            problems.append(f"{label} result:\n  kit:    {k.get('result')}\n"
+            problems.append(f"{label} result:\n  {who}: {k.get('result')}\n"
                             f"  server: {r['result']}")
-        if "expect_result" in step:
-            bad = subset_mismatch(step["expect_result"], r["result"] or {})
-            if bad:
-                problems.append(f"{label} result (expected, server): {bad}")
     kit_errors = [(e["handler"], unaddressed(e["message"].split("\n")[0]))
                   for e in kit["errors"]]
     real_errors = handler_errors(log)
     if kit_errors != real_errors:
-        problems.append(f"handler errors:\n  kit:    {kit_errors}\n  server: {real_errors}")
-    assert not problems, (f"{path.name}: the kit and the server differ\n" + "\n".join(problems)
-                          + f"\n--- server log ---\n{log[-4000:]}")
+        problems.append(f"{who}: handler errors:\n  {who}: {kit_errors}\n"
+                        f"  server: {real_errors}")
+    return problems
 
 
 # --- load-time validation: the kit's messages against `wsserver --check` ------------------------
