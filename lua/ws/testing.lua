@@ -2709,6 +2709,270 @@ function Client:data()
   return self.conn.data
 end
 
+-- ---- testing.start: the real server in-process ----------------------------------------------
+-- The app runs in the real server (the C core, the lb_* bindings, its own Lua state) loaded as a
+-- C module, ws.kitcore, on a simulated clock; clients are in-memory connections speaking the
+-- real handshake and frames. Nothing below re-implements the server: it builds requests and
+-- frames as a client does and reads what the server wrote.
+
+local Real, RealClient = {}, {}
+Real.__index, RealClient.__index = Real, RealClient
+
+local OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 1, 2, 8, 9, 10
+
+local function form(v, sep)
+  if type(v) ~= "table" then
+    return v
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = k end
+  table.sort(keys)
+  local parts = {}
+  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. tostring(v[k]) end
+  return table.concat(parts, sep)
+end
+
+local function head_lines(lines, headers)
+  local names = {}
+  for k in pairs(headers or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do lines[#lines + 1] = k .. ": " .. headers[k] end
+  return table.concat(lines, "\r\n") .. "\r\n\r\n"
+end
+
+-- status, headers (names lower-cased), the bytes after the head; nil before a whole head.
+local function parse_head(bytes)
+  local head, rest = bytes:match("^(.-)\r\n\r\n(.*)$")
+  if not head then
+    return nil
+  end
+  local headers = {}
+  for name, value in head:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+    headers[name:lower()] = value
+  end
+  return tonumber(head:match("^HTTP/1%.1 (%d+)")), headers, rest
+end
+
+--- testing.start(path_or_source [, {config = {name = value}, now = seconds}]) -> t: the app in the
+--- real server, in-process, on a simulated clock starting at now (default 1e9). Raises with the
+--- server's reason when the app does not load.
+function M.start(app, opts)
+  opts = opts or {}
+  local kitcore = require "ws.kitcore"
+  local e, err = kitcore.load(app, {config = opts.config, now = opts.now})
+  if not e then
+    error(err, 2)
+  end
+  return setmetatable({e = e, core = kitcore, clients = {}}, Real)
+end
+
+--- t:connect([{path =, query =, headers =, cookies =, protocols =, origin =, peer =}]) -> client,
+--- or nil, status, body, headers when the server refuses the upgrade.
+function Real:connect(o)
+  o = o or {}
+  local target = o.path or "/"
+  local query = form(o.query, "&")
+  if query and query ~= "" then
+    target = target .. (target:find("?", 1, true) and "&" or "?") .. query
+  end
+  local lines = {"GET " .. target .. " HTTP/1.1", "Host: " .. (o.host or "127.0.0.1"),
+                 "Upgrade: websocket", "Connection: Upgrade",
+                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", "Sec-WebSocket-Version: 13"}
+  if o.protocols and #o.protocols > 0 then
+    lines[#lines + 1] = "Sec-WebSocket-Protocol: " .. table.concat(o.protocols, ", ")
+  end
+  if o.origin then lines[#lines + 1] = "Origin: " .. o.origin end
+  local cookies = form(o.cookies, "; ")
+  if cookies and cookies ~= "" then lines[#lines + 1] = "Cookie: " .. cookies end
+  local ip, port = (o.peer or ""):match("^%[?([^%]]-)%]?:(%d+)$")
+  ip = ip or o.peer
+  local n, id = self.e:connect(ip, tonumber(port))
+  self.e:write(n, head_lines(lines, o.headers))
+  local status, headers, rest = parse_head(self.e:read(n))
+  if status ~= 101 then
+    self.e:shutdown(n)
+    return nil, status, rest, headers
+  end
+  local c = setmetatable({t = self, n = n, id = id, buf = rest, queue = {}, all = {}, pings = {},
+                          protocol = headers["sec-websocket-protocol"]}, RealClient)
+  self.clients[#self.clients + 1] = c
+  c:_read()
+  return c
+end
+
+--- t:http(method, target [, headers]) -> status, body, headers (names lower-cased).
+function Real:http(method, target, headers)
+  local n = self.e:connect()
+  self.e:write(n, head_lines({method .. " " .. target .. " HTTP/1.1", "Host: 127.0.0.1"}, headers))
+  local status, hdrs, body = parse_head(self.e:read(n))
+  self.e:shutdown(n)
+  return status, body, hdrs
+end
+
+--- t:advance(seconds): moves the clock; timers, timeouts and waiting handlers fire on the way.
+function Real:advance(seconds)
+  self.e:advance(seconds)
+  for _, c in ipairs(self.clients) do c:_read() end
+end
+
+function Real:now()
+  return self.e:now()
+end
+
+--- t:on_http(fn): fn(req) answers the app's ws.http calls: req = {method =, url =, headers =,
+--- body =}; fn returns {status =, headers =, body =, delay = seconds} or nil, err.
+function Real:on_http(fn)
+  self.e:on_http(fn)
+end
+
+--- t:reload() -> ok: a new version from the app's file as it is now (as SIGHUP; the reason of
+--- a failure is in t:log()).
+function Real:reload()
+  local ok = self.e:reload()
+  for _, c in ipairs(self.clients) do c:_read() end
+  return ok
+end
+
+--- t:eval(code) -> value: runs code in the app's Lua state (ws.state, its globals) and returns
+--- its first result, copied through JSON.
+function Real:eval(code)
+  local out, err = self.e:eval(code)
+  if not out then
+    error(err, 2)
+  end
+  return json.decode(out)
+end
+
+--- t:log() -> text: the server's log lines so far.
+function Real:log()
+  return self.e:log()
+end
+
+function Real:close()
+  self.e:close()
+end
+
+-- Reads what the server wrote: answers pings and a close it did not start, as a browser does.
+function RealClient:_read()
+  if self.ended then
+    return
+  end
+  local more, ended = self.t.e:read(self.n)
+  self.buf = self.buf .. more
+  while true do
+    local op, payload, fin, rest = self.t.core.take(self.buf)
+    if not op then break end
+    self.buf = rest
+    self:_frame(op, payload, fin)
+  end
+  if ended then
+    self.ended = true
+    self.t.e:shutdown(self.n)
+  end
+end
+
+function RealClient:_push(entry)
+  self.queue[#self.queue + 1] = entry
+  self.all[#self.all + 1] = entry
+end
+
+function RealClient:_frame(op, payload, fin)
+  if op == OP_PING then
+    self.pings[#self.pings + 1] = payload
+    if not self.close_sent then self.t.e:write(self.n, self.t.core.frame(OP_PONG, payload)) end
+  elseif op == OP_CLOSE then
+    local code = #payload >= 2 and payload:byte(1) * 256 + payload:byte(2) or 1005
+    self.close_code, self.close_reason = code, payload:sub(3)
+    self:_push({kind = "close", code = code, reason = payload:sub(3)})
+    if not self.close_sent then
+      self.close_sent = true
+      self.t.e:write(self.n, self.t.core.frame(OP_CLOSE, payload))
+    end
+  elseif op ~= OP_PONG then
+    if op ~= 0 then self.fragments = {op = op} end
+    self.fragments[#self.fragments + 1] = payload
+    if fin then
+      local kind = self.fragments.op == OP_TEXT and "text" or "binary"
+      self:_push({kind = kind, data = table.concat(self.fragments)})
+      self.fragments = nil
+    end
+  end
+end
+
+function RealClient:_write(op, data)
+  if self.close_sent or self.ended then
+    return nil, "closed"
+  end
+  self.t.e:write(self.n, self.t.core.frame(op, data))
+  for _, c in ipairs(self.t.clients) do c:_read() end
+  return true
+end
+
+--- c:send(text), c:send_binary(bytes) -> true | nil, "closed"
+function RealClient:send(text)
+  return self:_write(OP_TEXT, text)
+end
+
+function RealClient:send_binary(bytes)
+  return self:_write(OP_BINARY, bytes)
+end
+
+--- c:close([code [, reason]]): a close frame; the server answers and ends the connection.
+function RealClient:close(code, reason)
+  local payload = code and string.char(code // 256, code % 256) .. (reason or "") or ""
+  local ok, err = self:_write(OP_CLOSE, payload)
+  self.close_sent = true
+  return ok, err
+end
+
+--- c:drop(): the client goes away without a close frame.
+function RealClient:drop()
+  self.t.e:shutdown(self.n)
+  self.close_sent = true
+  for _, c in ipairs(self.t.clients) do c:_read() end
+end
+
+--- c:pause(), c:resume(): stop and start reading (the server's send queue grows meanwhile).
+function RealClient:pause()
+  self.t.e:pause(self.n, true)
+end
+
+function RealClient:resume()
+  self.t.e:pause(self.n, false)
+  for _, c in ipairs(self.t.clients) do c:_read() end
+end
+
+function RealClient:is_open()
+  self:_read()
+  return not self.ended and not self.close_sent and self.close_code == nil
+end
+
+--- c:next() -> {kind = "text"|"binary", data =} | {kind = "close", code =, reason =} | nil
+function RealClient:next()
+  self:_read()
+  return table.remove(self.queue, 1)
+end
+
+function RealClient:received()
+  self:_read()
+  local out = self.queue
+  self.queue = {}
+  return out
+end
+
+function RealClient:history()
+  self:_read()
+  return self.all
+end
+
+function RealClient:next_json()
+  local e = self:next()
+  assert(e and e.kind == "text", "no text message waiting")
+  return json.decode(e.data)
+end
+
+M.Real, M.RealClient = Real, RealClient
+
 M.Server = Server
 M.Client = Client
 M.json = json

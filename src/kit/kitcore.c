@@ -15,6 +15,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -359,7 +360,8 @@ static int read_config(lua_State *L, int opts, struct ws_config *cfg, char *err,
 }
 
 /* kitcore.load(path_or_source [, {config = {name = value}, now = seconds}]) -> engine, or
- * nil, err when the server refuses the app (its own reason). */
+ * nil, err when the server refuses the app (its own reason). A readable file's name is loaded
+ * from there; anything else is source, written to app.lua in the engine's folder. */
 static int kit_load(lua_State *L)
 {
     size_t n;
@@ -391,7 +393,7 @@ static int kit_load(lua_State *L)
     char path[128], logpath[128], addr[128], err[1024] = "";
     snprintf(path, sizeof(path), "%s/app.lua", e->dir);
     const char *file = app;
-    if (memchr(app, '\n', n) || (n < 4 || strcmp(app + n - 4, ".lua") != 0)) {
+    if (memchr(app, '\n', n) || strlen(app) != n || access(app, R_OK) != 0) { /* source */
         FILE *f = fopen(path, "w");
         if (!f || fwrite(app, 1, n, f) != n || fclose(f) != 0)
             return luaL_error(L, "cannot write %s", path);
@@ -452,10 +454,30 @@ static struct client *check_client(lua_State *L, struct engine *e, int idx)
     return &e->clients[i - 1];
 }
 
-/* e:connect() -> client: a new in-memory connection (accepted; nothing sent yet) and its id. */
+/* e:connect([ip [, port]]) -> client, id: a new in-memory connection from ip (IPv4 or IPv6,
+ * default 127.0.0.1), accepted with nothing sent yet, and the server's id for it. */
 static int engine_connect(lua_State *L)
 {
     struct engine *e = check_engine(L);
+    const char *ip = luaL_optstring(L, 2, "127.0.0.1");
+    lua_Integer port = luaL_optinteger(L, 3, 40000 + (lua_Integer)(e->nclients % 20000));
+    luaL_argcheck(L, port > 0 && port < 65536, 3, "port 1-65535");
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t salen;
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        salen = sizeof(*in4);
+    } else if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        salen = sizeof(*in6);
+    } else {
+        return luaL_argerror(L, 2, "not an IPv4 or IPv6 address");
+    }
     int fd;
     struct ws_mempipe *p = ws_mempipe_new(&fd);
     if (!p)
@@ -464,11 +486,8 @@ static int engine_connect(lua_State *L)
         e->cap = e->cap ? 2 * e->cap : 16;
         e->clients = ws_xrealloc(e->clients, e->cap * sizeof(*e->clients));
     }
-    struct sockaddr_in in = {.sin_family = AF_INET,
-                             .sin_port = htons((uint16_t)(40000 + e->nclients % 20000)),
-                             .sin_addr.s_addr = htonl(0x7f000001)};
     struct ws_conn *c =
-        ws_conn_new(&e->srv->env, fd, (struct sockaddr *)&in, sizeof(in), &ws_transport_memory, p);
+        ws_conn_new(&e->srv->env, fd, (struct sockaddr *)&ss, salen, &ws_transport_memory, p);
     ws_mempipe_attach(p, e->loop, &c->wire.io);
     e->clients[e->nclients++] = (struct client){p, c->node.id};
     settle(e);

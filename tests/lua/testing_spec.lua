@@ -1053,3 +1053,117 @@ describe("ws.testing", function()
     end)
   end)
 end)
+
+describe("testing.start: the real server in-process", function()
+  it("speaks to the app through the real handshake and frames", function()
+    local t = testing.start([[return {
+      upgrade = function(req) if req.query.token ~= "ok" then return false, 403, "who are you" end end,
+      open = function(conn) conn:send("hello " .. conn.peer) end,
+      message = function(conn, data, kind) conn:send(data, kind) end,
+    }]])
+    local refused, status, body = t:connect{path = "/", query = {token = "no"}}
+    assert.same({nil, 403, "who are you\n"}, {refused, status, body})
+    local c = t:connect{path = "/chat", query = {token = "ok"}, peer = "10.0.0.7:5555"}
+    assert.same({kind = "text", data = "hello 10.0.0.7:5555"}, c:next())
+    c:send("one")
+    c:send_binary("\0\1")
+    assert.same({{kind = "text", data = "one"}, {kind = "binary", data = "\0\1"}}, c:received())
+    c:send("\255") -- the server's own UTF-8 check and close code
+    assert.same({kind = "close", code = 1007, reason = "invalid UTF-8 in text message"}, c:next())
+    assert.is_false(c:is_open())
+    assert.same({nil, "closed"}, {c:send("late")})
+    t:close()
+  end)
+
+  it("finishes ws.sleep when the spec moves the clock, in order per connection", function()
+    local t = testing.start([[return {message = function(conn, data)
+      ws.sleep(tonumber(data))
+      conn:send(data .. " at " .. ws.now())
+    end}]], {now = 100})
+    local c = t:connect()
+    c:send("10")
+    c:send("1") -- queued behind the first: events of a connection never overlap
+    t:advance(9.5)
+    assert.is_nil(c:next())
+    t:advance(0.5)
+    assert.same({"10 at 110.0"}, texts(c:received()))
+    t:advance(1)
+    assert.same({"1 at 111.0"}, texts(c:received()))
+    local started = os.clock()
+    t:advance(3600) -- an hour of virtual time
+    assert.is_true(os.clock() - started < 1)
+    t:close()
+  end)
+
+  it("lets the spec answer ws.http: responses, errors, delays and the call's timeout", function()
+    local t = testing.start([[return {message = function(conn, data)
+      local r, err = ws.http.get("http://auth.test/check?token=" .. data, {timeout = 5})
+      conn:send(r and (r.status .. " " .. r.body .. " " .. r.headers["x-user"]) or ("error " .. err))
+    end}]])
+    local c = t:connect()
+    c:send("a")
+    assert.matches("^error no stand%-in answers ws.http", c:next().data)
+    local asked = {}
+    t:on_http(function(req)
+      asked[#asked + 1] = req.method .. " " .. req.url
+      local token = req.url:match("token=(%w+)")
+      if token == "down" then return nil, "connection refused" end
+      if token == "slow" then return {status = 200, body = "late", delay = 6} end
+      return {status = 200, headers = {["X-User"] = token}, body = "ok", delay = 0.5}
+    end)
+    c:send("alice")
+    assert.is_nil(c:next()) -- the answer comes half a second later
+    t:advance(0.5)
+    assert.same({kind = "text", data = "200 ok alice"}, c:next())
+    c:send("down")
+    assert.same({kind = "text", data = "error connection refused"}, c:next())
+    c:send("slow")
+    t:advance(5)
+    assert.same({kind = "text", data = "error timeout"}, c:next())
+    assert.same({"GET http://auth.test/check?token=alice", "GET http://auth.test/check?token=down",
+                 "GET http://auth.test/check?token=slow"}, asked)
+    t:close()
+  end)
+
+  it("pauses a client: queued and drain come from the server's own queue", function()
+    local t = testing.start([[return {
+      message = function(conn)
+        local r
+        for _ = 1, 100 do r = conn:send(string.rep("x", 1000)) end
+        ws.state.last = r
+      end,
+      drain = function(conn) conn:send("drained") end,
+    }]], {config = {max_buffered = 1048576}})
+    local c = t:connect()
+    c:pause()
+    c:send("go")
+    assert.equal("queued", t:eval("return ws.state.last"))
+    assert.is_nil(c:next())
+    c:resume()
+    local got = c:received()
+    assert.equal(101, #got)
+    assert.equal("drained", got[101].data)
+    t:close()
+  end)
+
+  it("serves plain HTTP and reloads from the app's file with the server's checks", function()
+    local path = os.tmpname()
+    local function write(src)
+      local f = assert(io.open(path, "w"))
+      f:write(src)
+      f:close()
+    end
+    write('return {http = {["GET /v"] = function() return 200, "one" end}}')
+    local t = testing.start(path)
+    assert.same({200, "one"}, two(t:http("GET", "/v")))
+    write('return {http = {["GET /v"] = function() return 200, "two" end}}')
+    assert.is_true(t:reload())
+    assert.same({200, "two"}, two(t:http("GET", "/v")))
+    write("return {mesage = function() end}")
+    assert.is_false(t:reload())
+    assert.matches("unknown app field 'mesage'", t:log())
+    assert.same({200, "two"}, two(t:http("GET", "/v")))
+    t:close()
+    os.remove(path)
+  end)
+end)
