@@ -106,12 +106,13 @@ DESTDIR ?=
 SYSCONFDIR ?= /etc
 SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERS_DIR ?= $(PREFIX)/lib/sysusers.d
-install: all
+install: all $(KIT_SO)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws \
 	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/doc/wsserver/examples \
 	    $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(SYSUSERS_DIR)
 	install -m 755 $(BUILD)/wsserver $(DESTDIR)$(PREFIX)/bin/wsserver
 	install -m 644 lua/ws/*.lua $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws/
+	install -m 644 $(KIT_SO) $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws/
 	install -d $(DESTDIR)$(PREFIX)/share/wsserver/chat
 	install -m 644 examples/chat/public/* $(DESTDIR)$(PREFIX)/share/wsserver/chat/
 	install -m 644 $(BUILD)/wsserver.1 $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1
