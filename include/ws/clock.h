@@ -28,8 +28,13 @@ void ws_clock_simulate(struct ev_loop *loop, double start);
 /* Moves the simulated time of loop forward by seconds (>= 0), firing every timer due on the
  * way, in order of deadline (equal deadlines in the order they were started), with one
  * non-blocking loop iteration (ev_run EVRUN_NOWAIT) after each, so what a timer set off (the
- * per-iteration pass, fed events) happens at that moment. Returns the timers fired. */
+ * per-iteration pass, fed events) happens at that moment. A timer a callback starts for the
+ * moment it runs at (0 s) fires at the next step of time, as on the loop's next iteration, so a
+ * timer that keeps re-arming itself cannot hold time still. Returns the timers fired. */
 size_t ws_clock_advance(struct ev_loop *loop, double seconds);
+
+/* The simulated time at which the next timer of loop falls due; -1 when none runs. */
+double ws_clock_next(struct ev_loop *loop);
 
 /* Timers running on loop's simulated clock. */
 size_t ws_clock_timers(struct ev_loop *loop);

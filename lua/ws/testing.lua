@@ -2809,10 +2809,15 @@ function Real:http(method, target, headers)
   return status, body, hdrs
 end
 
---- t:advance(seconds): moves the clock; timers, timeouts and waiting handlers fire on the way.
+--- t:advance(seconds): moves the clock; timers, timeouts and waiting handlers fire on the way,
+--- and the clients read (and answer pings) at each of those moments, as live clients would.
 function Real:advance(seconds)
-  self.e:advance(seconds)
-  for _, c in ipairs(self.clients) do c:_read() end
+  local target = self.e:now() + seconds
+  repeat
+    local now, at = self.e:now(), self.e:next_timer()
+    self.e:advance((at and at > now and at < target) and at - now or target - now)
+    for _, c in ipairs(self.clients) do c:_read() end
+  until self.e:now() >= target
 end
 
 function Real:now()

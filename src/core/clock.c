@@ -128,16 +128,37 @@ void ws_clock_simulate(struct ev_loop *loop, double start)
     ev_set_userdata(loop, c);
 }
 
+/* The earliest deadline after now, or until when none comes before it. */
+static double next_after(const struct ws_clock *c, double now, double until)
+{
+    double next = until;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->heap[i].at > now && c->heap[i].at < next)
+            next = c->heap[i].at;
+    return next;
+}
+
 size_t ws_clock_advance(struct ev_loop *loop, double seconds)
 {
     struct ws_clock *c = sim(loop);
     assert(c && seconds >= 0);
     double until = c->now + seconds;
     size_t fired = 0;
+    uint64_t limit = c->seq; /* timers started from here on at this instant wait for the next */
     while (c->n > 0 && c->heap[0].at <= until) {
         ev_timer *w = c->heap[0].w;
-        if (c->heap[0].at > c->now)
+        if (c->heap[0].at > c->now) {
             c->now = c->heap[0].at;
+            limit = c->seq;
+        } else if (c->heap[0].seq >= limit) {
+            /* started by a callback at this instant (a 0 s timer re-arming itself): as on the
+             * loop, it fires at the next step of time, not again now */
+            if (c->now >= until)
+                break;
+            c->now = next_after(c, c->now, until);
+            limit = c->seq;
+            continue;
+        }
         sim_remove(c, w);
         if (w->repeat > 0)
             sim_add(c, w, c->now + w->repeat);
@@ -147,6 +168,12 @@ size_t ws_clock_advance(struct ev_loop *loop, double seconds)
     }
     c->now = until;
     return fired;
+}
+
+double ws_clock_next(struct ev_loop *loop)
+{
+    struct ws_clock *c = sim(loop);
+    return c && c->n > 0 ? c->heap[0].at : -1;
 }
 
 size_t ws_clock_timers(struct ev_loop *loop)

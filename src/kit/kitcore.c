@@ -565,6 +565,16 @@ static int engine_advance(lua_State *L)
     return 1;
 }
 
+/* e:next_timer() -> seconds | nil: when the next timer falls due (on the clock of e:now()). */
+static int engine_next_timer(lua_State *L)
+{
+    double at = ws_clock_next(check_engine(L)->loop);
+    if (at < 0)
+        return 0;
+    lua_pushnumber(L, at);
+    return 1;
+}
+
 static int engine_now(lua_State *L)
 {
     lua_pushnumber(L, ws_clock_now(check_engine(L)->loop));
@@ -703,19 +713,13 @@ int luaopen_ws_kitcore(lua_State *L);
 int luaopen_ws_kitcore(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"connect", engine_connect},
-        {"write", engine_write},
-        {"read", engine_read},
-        {"shutdown", engine_shutdown},
-        {"pause", engine_pause},
-        {"advance", engine_advance},
-        {"now", engine_now},
-        {"on_http", engine_on_http},
-        {"reload", engine_reload},
-        {"eval", engine_eval},
-        {"log", engine_log},
-        {"close", engine_close},
-        {NULL, NULL},
+        {"connect", engine_connect}, {"write", engine_write},
+        {"read", engine_read},       {"shutdown", engine_shutdown},
+        {"pause", engine_pause},     {"advance", engine_advance},
+        {"now", engine_now},         {"next_timer", engine_next_timer},
+        {"on_http", engine_on_http}, {"reload", engine_reload},
+        {"eval", engine_eval},       {"log", engine_log},
+        {"close", engine_close},     {NULL, NULL},
     };
     luaL_newmetatable(L, ENGINE_MT);
     luaL_newlib(L, methods);

@@ -12,9 +12,9 @@ same file):
    step the driver waits until every client has received at least what the kit's transcript says
    (bounded), then a short quiet period to catch anything extra; "wait" steps wait for real.
 
-A third run, tests/kit/driver_core.lua, plays the scenario on the real server in-process
-(ws.kitcore: in-memory connections, the simulated clock): its transcript must match the server's
-too, which proves the in-memory transport and the simulated clock.
+A third run, tests/kit/driver.lua --core, plays the scenario in testing.start: the real server
+in-process (ws.kitcore: in-memory connections, the simulated clock). Its transcript must match
+the server's too, which proves the in-memory transport and the simulated clock.
 
 The transcripts must match step by step (JSON text is compared parsed, so key order does not
 matter; a scenario may mask fields such as timestamps). Steps may also carry expected entries,
@@ -44,7 +44,6 @@ BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
 LUA = os.environ.get("LUA", "lua5.4")
 SCENARIOS = sorted((ROOT / "tests" / "kit" / "scenarios").glob("*.json"))
 DRIVER = ROOT / "tests" / "kit" / "driver.lua"
-DRIVER_CORE = ROOT / "tests" / "kit" / "driver_core.lua"
 KITCORE = pathlib.Path(BINARY).parent / "lua"  # ws/kitcore.so beside the binary (make kit)
 
 STEP_TIMEOUT = 5.0  # longest wait for what the kit predicts a step produces
@@ -367,11 +366,11 @@ def run_kit(scenario_path, scenario, app_path):
 
 
 def run_core(scenario_path, scenario, app_path):
-    """The scenario on the real server in-process (ws.kitcore: in-memory connections, the
-    simulated clock), through tests/kit/driver_core.lua."""
+    """The scenario on the real server in-process (testing.start: ws.kitcore, in-memory
+    connections, the simulated clock), through tests/kit/driver.lua --core."""
     shutil_copy(ROOT / scenario["app"], app_path)
     env = dict(os.environ, LUA_CPATH=f"{KITCORE}/?.so;;")
-    out = subprocess.run([LUA, str(DRIVER_CORE), str(scenario_path), str(app_path)],
+    out = subprocess.run([LUA, str(DRIVER), "--core", str(scenario_path), str(app_path)],
                          cwd=str(ROOT), capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, f"kitcore driver failed:\n{out.stderr}"
     return json.loads(out.stdout)

@@ -1,9 +1,12 @@
 -- Runs one conformance scenario (tests/kit/scenarios/*.json) in the ws.testing kit and prints
 -- its transcript as JSON: for every step, what each client received during it and the step's
 -- result (connect, http, reload). tests/integration/test_kit_conformance.py runs the same
--- scenario against build/wsserver and compares the two transcripts.
+-- scenario against build/wsserver and compares the transcripts.
 --
---   lua5.4 tests/kit/driver.lua SCENARIO.json [APP.lua]
+--   lua5.4 tests/kit/driver.lua [--core] SCENARIO.json [APP.lua]
+--
+-- --core: in testing.start (the real server in-process: ws.kitcore on LUA_CPATH, in-memory
+-- connections, the simulated clock) instead of the simulation (testing.load).
 --
 -- APP.lua (default: the scenario's "app") is the file the kit loads; the conformance test passes
 -- a copy so the server and the kit load the same path (error messages name it). A "reload" step
@@ -51,6 +54,10 @@ local function entry(e)
   return {kind = "text", data = e.data}
 end
 
+local core = arg[1] == "--core"
+if core then
+  table.remove(arg, 1)
+end
 local scenario_path, app_path = arg[1], arg[2]
 local scenario = assert(json.decode(read(scenario_path)))
 local scratch
@@ -61,7 +68,10 @@ if not app_path then
   write(app_path, read(root .. "/" .. scenario.app))
 end
 
-local t = testing.load(app_path, {config = scenario.cli, now = 1700000000})
+local t = (core and testing.start or testing.load)(app_path,
+                                                   {config = scenario.cli, now = 1700000000})
+-- headers of the transport, not of the app (the simulation has none)
+local TRANSPORT = core and {["content-length"] = true, connection = true} or {}
 local clients = {}
 local out = array()
 
@@ -106,7 +116,7 @@ for i, step in ipairs(scenario.steps) do
     local status, body, headers = t:http(step.http, step.path, step.headers)
     rec.result = {status = status, body = body, content_type = headers["content-type"]}
     for k, v in pairs(headers) do
-      if k ~= "content-type" then
+      if k ~= "content-type" and not TRANSPORT[k] then
         rec.result[k] = v
       end
     end
@@ -129,8 +139,27 @@ for i, step in ipairs(scenario.steps) do
   out[#out + 1] = rec
 end
 
+-- The server's handler_error lines: the handler and the message (escapes undone).
+local function logged_errors(log)
+  local out = {}
+  for handler, rest in log:gmatch('event=handler_error handler="([^"]*)"[^\n]- error="([^\n]*)') do
+    local msg, i = {}, 1
+    while i <= #rest and rest:sub(i, i) ~= '"' do
+      local ch = rest:sub(i, i)
+      if ch == "\\" then
+        local nx = rest:sub(i + 1, i + 1)
+        ch, i = ({n = "\n", t = "\t"})[nx] or nx, i + 1
+      end
+      msg[#msg + 1] = ch
+      i = i + 1
+    end
+    out[#out + 1] = {handler = handler, message = table.concat(msg)}
+  end
+  return out
+end
+
 local errors = array()
-for _, e in ipairs(t:errors()) do
+for _, e in ipairs(core and logged_errors(t:log()) or t:errors()) do
   errors[#errors + 1] = {handler = e.handler, message = e.message}
 end
 io.write(json.encode({steps = out, errors = errors}), "\n")

@@ -66,6 +66,7 @@ static void test_order_ties_and_now(void **state)
     ws_timer_start(loop, &t[4], 0, 0);
     assert_true(ev_is_active(&t[0]));
     assert_int_equal(ws_clock_timers(loop), 5);
+    assert_true(ws_clock_next(loop) == 1000); /* e: due now */
     assert_true(ws_clock_now(loop) == 1000);
 
     assert_int_equal(ws_clock_advance(loop, 0), 1); /* a 0 timer fires on the next move */
@@ -77,6 +78,7 @@ static void test_order_ties_and_now(void **state)
     assert_true(ws_clock_now(loop) == 1012.5);
     assert_false(ev_is_active(&t[0]));
     assert_int_equal(ws_clock_timers(loop), 0);
+    assert_true(ws_clock_next(loop) == -1);
     free_loop(loop);
 }
 
@@ -100,6 +102,35 @@ static void test_repeat_restart_stop(void **state)
     assert_true(ev_is_active(&every));
     ws_timer_stop(loop, &every);
     assert_int_equal(ws_clock_advance(loop, 100), 0);
+    free_loop(loop);
+}
+
+static int rearms;
+
+static void on_rearm(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)revents;
+    rearms++;
+    ws_timer_start(loop, w, 0, 0);
+}
+
+static void test_zero_timer_rearming_itself_lets_time_move(void **state)
+{
+    (void)state;
+    struct ev_loop *loop = sim_loop(0);
+    ev_timer spin, later;
+    ev_init(&spin, on_rearm);
+    arm(&later, "l");
+    ws_timer_start(loop, &spin, 0, 0);
+    ws_timer_start(loop, &later, 5, 0);
+    rearms = 0;
+    ws_clock_advance(loop, 0); /* once now; its next run waits for time to move */
+    assert_int_equal(rearms, 1);
+    ws_clock_advance(loop, 10); /* the next iteration (still 0), then once per step: 5, 10 */
+    assert_int_equal(rearms, 4);
+    assert_string_equal(fired, "l");
+    assert_true(ws_clock_now(loop) == 10);
+    ws_timer_stop(loop, &spin);
     free_loop(loop);
 }
 
@@ -185,6 +216,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order_ties_and_now),
         cmocka_unit_test(test_repeat_restart_stop),
+        cmocka_unit_test(test_zero_timer_rearming_itself_lets_time_move),
         cmocka_unit_test(test_many_timers_in_order),
         cmocka_unit_test_teardown(test_connection_timeouts_on_simulated_clock, testkit_teardown),
     };
