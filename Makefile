@@ -65,12 +65,13 @@ $(BUILD)/wsserver: $(BUILD)/obj/main.o $(LIBS)
 # code. Lua's own symbols come from the interpreter that loads it.
 pic = $(patsubst src/%.c,$(BUILD)/pic/%.o,$(1))
 KIT_SO = $(BUILD)/lua/ws/kitcore.so
+KIT_SRC = $(wildcard src/kit/*.c)
 
 $(BUILD)/pic/%.o: src/%.c
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -fPIC -c $< -o $@
 
-$(KIT_SO): $(call pic,src/kit/kitcore.c $(LUA_SRC) $(CORE_SRC) $(PROTO_SRC))
+$(KIT_SO): $(call pic,$(KIT_SRC) $(LUA_SRC) $(CORE_SRC) $(PROTO_SRC))
 	@mkdir -p $(@D)
 	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ -lev -lhiredis -lcurl -lssl -lcrypto -lz -lm
 
@@ -234,4 +235,4 @@ clean:
 	rm -rf build
 
 -include $(patsubst %.o,%.d,$(call obj,$(PROTO_SRC) $(CORE_SRC) $(LUA_SRC) src/main.c)) $(UNIT_BIN:=.d)
--include $(patsubst %.o,%.d,$(call pic,src/kit/kitcore.c $(LUA_SRC) $(CORE_SRC) $(PROTO_SRC)))
+-include $(patsubst %.o,%.d,$(call pic,$(KIT_SRC) $(LUA_SRC) $(CORE_SRC) $(PROTO_SRC)))

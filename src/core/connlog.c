@@ -1,8 +1,9 @@
 /* The log lines of a connection's life: one access line per HTTP answer (the 101 included),
  * one close line per WebSocket connection, and events (timeouts, protocol errors) carrying the
  * connection's id and peer. Formatting only: when to log is the connection's call. */
-#include "ws/clock.h"
 #include "ws/connlog.h"
+
+#include "ws/clock.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>

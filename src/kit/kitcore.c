@@ -3,11 +3,12 @@
  * on a loop with a simulated clock; its clients are in-memory connections (mempipe), so their
  * bytes go through the real handshake, frame and session code. It speaks bytes and frames only:
  * what the server does and answers is the server's own code, never re-implemented here. */
+#include "ws/kit.h"
+
 #include "ws/clock.h"
 #include "ws/config.h"
 #include "ws/err.h"
 #include "ws/frame.h"
-#include "ws/http_client.h"
 #include "ws/lb.h"
 #include "ws/log.h"
 #include "ws/mempipe.h"
@@ -25,34 +26,15 @@
 #define ENGINE_MT "ws.kitcore.engine"
 #define SETTLE_ROUNDS 10000
 
-struct standin_req;
-
-struct client {
-    struct ws_mempipe *pipe;
-    uint64_t id; /* the server's connection id */
-};
-
-struct engine {
-    struct ev_loop *loop;
-    struct lb_app *app;
-    struct ws_server *srv;
-    char dir[64]; /* the app file when given as source, the (unused) listener, the log */
-    struct client *clients;
-    size_t nclients, cap;
-    lua_State *L;                 /* the spec's thread in the engine call running now */
-    int http_fn;                  /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
-    struct standin_req *requests; /* ws.http calls the stand-in has not answered yet */
-};
-
-static struct engine *check_engine(lua_State *L)
+static struct kit_engine *check_engine(lua_State *L)
 {
-    struct engine *e = luaL_checkudata(L, 1, ENGINE_MT);
+    struct kit_engine *e = luaL_checkudata(L, 1, ENGINE_MT);
     luaL_argcheck(L, e->loop != NULL, 1, "engine closed");
     e->L = L;
     return e;
 }
 
-static uint64_t moved(const struct engine *e)
+static uint64_t moved(const struct kit_engine *e)
 {
     uint64_t n = 0;
     for (size_t i = 0; i < e->nclients; i++)
@@ -62,7 +44,7 @@ static uint64_t moved(const struct engine *e)
 
 /* Runs the loop without waiting until a round moves no byte and fires no timer due now: what
  * the last input set off has all happened. */
-static void settle(struct engine *e)
+static void settle(struct kit_engine *e)
 {
     int quiet = 0;
     for (int i = 0; i < SETTLE_ROUNDS && quiet < 2; i++) {
@@ -73,244 +55,25 @@ static void settle(struct engine *e)
     }
 }
 
-/* ---- ws.http's stand-in: the spec answers (struct ws_http_client_ops) ---- */
-
-struct standin_req {
-    ev_timer timer; /* first: the answer comes from the loop, after delay when the spec says so */
-    struct engine *e;
-    ws_http_done_fn done;
-    void *ud;
-    char *method, *url, *body;
-    size_t body_len;
-    char **headers;
-    size_t nheaders;
-    double started;
-    bool answered; /* res is filled; waiting for its delay */
-    struct ws_http_result res;
-    struct standin_req *prev, *next;
-};
-
-static void standin_forget(struct standin_req *r)
-{
-    struct engine *e = r->e;
-    ws_timer_stop(e->loop, &r->timer);
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        e->requests = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    for (size_t i = 0; i < r->nheaders; i++)
-        free(r->headers[i]);
-    free(r->headers);
-    free(r->method);
-    free(r->url);
-    free(r->body);
-    free(r);
-}
-
-/* Pushes the request as the spec sees it: {method =, url =, headers = {name = value}, body =}
- * (names lower-cased). [-0, +1, m] */
-static void push_request(lua_State *L, const struct standin_req *r)
-{
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, r->method);
-    lua_setfield(L, -2, "method");
-    lua_pushstring(L, r->url);
-    lua_setfield(L, -2, "url");
-    lua_newtable(L);
-    for (size_t i = 0; i < r->nheaders; i++) {
-        const char *h = r->headers[i], *colon = strchr(h, ':');
-        if (!colon)
-            continue;
-        luaL_Buffer b;
-        luaL_buffinit(L, &b);
-        for (const char *p = h; p < colon; p++)
-            luaL_addchar(&b, (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p));
-        luaL_pushresult(&b);
-        const char *v = colon + 1;
-        while (*v == ' ')
-            v++;
-        lua_pushstring(L, v);
-        lua_rawset(L, -3);
-    }
-    lua_setfield(L, -2, "headers");
-    if (r->body) {
-        lua_pushlstring(L, r->body, r->body_len);
-        lua_setfield(L, -2, "body");
-    }
-}
-
-static void standin_fail(struct standin_req *r, const char *msg)
-{
-    r->res.ok = false;
-    snprintf(r->res.err, sizeof(r->res.err), "%s", msg);
-}
-
-/* Reads the stand-in's answer below the top two values: {status =, headers =, body =, delay =}
- * or nil, err. Returns the delay in seconds. [-0, +0, m] */
-static double read_answer(lua_State *L, struct standin_req *r)
-{
-    if (!lua_istable(L, -2)) {
-        standin_fail(r,
-                     lua_isstring(L, -1) ? lua_tostring(L, -1) : "the stand-in answered nothing");
-        return 0;
-    }
-    r->res.ok = true;
-    lua_getfield(L, -2, "status");
-    r->res.status = lua_isinteger(L, -1) ? (long)lua_tointeger(L, -1) : 200;
-    lua_pop(L, 1);
-    char line[64];
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %ld\r\n", r->res.status);
-    ws_buf_append(&r->res.headers, line, (size_t)n);
-    lua_getfield(L, -2, "headers");
-    if (lua_istable(L, -1)) {
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-            if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
-                size_t kn, vn;
-                const char *k = lua_tolstring(L, -2, &kn), *v = lua_tolstring(L, -1, &vn);
-                ws_buf_append(&r->res.headers, k, kn);
-                ws_buf_append(&r->res.headers, ": ", 2);
-                ws_buf_append(&r->res.headers, v, vn);
-                ws_buf_append(&r->res.headers, "\r\n", 2);
-            }
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
-    lua_getfield(L, -2, "body");
-    size_t bn = 0;
-    const char *body = lua_isstring(L, -1) ? lua_tolstring(L, -1, &bn) : NULL;
-    if (body)
-        ws_buf_append(&r->res.body, body, bn);
-    lua_pop(L, 1);
-    lua_getfield(L, -2, "delay");
-    double delay = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
-    lua_pop(L, 1);
-    return delay > 0 ? delay : 0;
-}
-
-static void on_standin(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)loop;
-    (void)revents;
-    struct standin_req *r = (struct standin_req *)w;
-    struct engine *e = r->e;
-    if (!r->answered) {
-        r->answered = true;
-        lua_State *L = e->L;
-        double delay = 0;
-        if (e->http_fn == LUA_NOREF) {
-            standin_fail(r, "no stand-in answers ws.http in this test (on_http)");
-        } else if (!lua_checkstack(L, 8)) {
-            standin_fail(r, "the spec's stack is full");
-        } else {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, e->http_fn);
-            push_request(L, r);
-            if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
-                standin_fail(r, lua_isstring(L, -1) ? lua_tostring(L, -1) : "the stand-in failed");
-                lua_pop(L, 1);
-            } else {
-                delay = read_answer(L, r);
-                lua_pop(L, 2);
-            }
-        }
-        if (delay > 0) {
-            ws_timer_start(e->loop, &r->timer, delay, 0);
-            return;
-        }
-    }
-    r->res.seconds = ws_clock_now(e->loop) - r->started;
-    ws_http_done_fn done = r->done;
-    void *ud = r->ud;
-    struct ws_http_result res = r->res; /* the callback owns the buffers now */
-    standin_forget(r);
-    done(ud, &res);
-}
-
-static struct ws_http_req *standin_request(struct ws_http_client *hc, const struct ws_http_opts *o,
-                                           ws_http_done_fn done, void *ud, char *err, size_t errlen)
-{
-    (void)err;
-    (void)errlen;
-    struct engine *e = (struct engine *)hc;
-    struct standin_req *r = ws_xcalloc(1, sizeof(*r));
-    r->e = e;
-    r->done = done;
-    r->ud = ud;
-    r->method = strdup(o->method ? o->method : "GET");
-    r->url = strdup(o->url);
-    if (o->body) {
-        r->body = ws_xmalloc(o->body_len + 1);
-        memcpy(r->body, o->body, o->body_len);
-        r->body_len = o->body_len;
-    }
-    r->headers = ws_xcalloc(o->nheaders + 1, sizeof(*r->headers));
-    for (size_t i = 0; i < o->nheaders; i++)
-        r->headers[r->nheaders++] = strdup(o->headers[i]);
-    ws_buf_init(&r->res.headers);
-    ws_buf_init(&r->res.body);
-    r->started = ws_clock_now(e->loop);
-    r->next = e->requests;
-    if (e->requests)
-        e->requests->prev = r;
-    e->requests = r;
-    ev_init(&r->timer, on_standin);
-    ws_timer_start(e->loop, &r->timer, 0, 0); /* answered from the loop, never from in here */
-    return (struct ws_http_req *)r;
-}
-
-static void standin_cancel(struct ws_http_req *req)
-{
-    struct standin_req *r = (struct standin_req *)req;
-    if (r->answered)
-        ws_http_result_free(&r->res);
-    standin_forget(r);
-}
-
-static void standin_set_max(struct ws_http_client *hc, size_t max_concurrent)
-{
-    (void)hc;
-    (void)max_concurrent;
-}
-
-static void standin_free(struct ws_http_client *hc)
-{
-    struct engine *e = (struct engine *)hc;
-    while (e->requests)
-        standin_cancel((struct ws_http_req *)e->requests);
-}
-
-static const struct ws_http_client_ops standin_ops = {
-    standin_request,
-    standin_cancel,
-    standin_set_max,
-    standin_free,
-};
-
 /* e:on_http(fn): fn(req) answers the app's ws.http calls from now on: {status =, headers =,
  * body =, delay = seconds} or nil, err. nil: no stand-in (calls answer nil, err). */
 static int engine_on_http(lua_State *L)
 {
-    struct engine *e = check_engine(L);
+    struct kit_engine *e = check_engine(L);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_unref(L, LUA_REGISTRYINDEX, e->http_fn);
     lua_settop(L, 2);
-    e->http_fn = lua_isnil(L, 2) ? LUA_NOREF : luaL_ref(L, LUA_REGISTRYINDEX);
+    kit_http_answer_with(e, L);
     return 0;
 }
 
-static void free_engine(struct engine *e)
+static void free_engine(struct kit_engine *e)
 {
     if (!e->loop)
         return;
     ws_server_free(e->srv);
     lb_app_free(e->app);
-    if (e->L)
-        luaL_unref(e->L, LUA_REGISTRYINDEX, e->http_fn);
-    e->http_fn = LUA_NOREF;
+    kit_http_answer_with(e, NULL);
     for (size_t i = 0; i < e->nclients; i++)
         ws_mempipe_release(e->clients[i].pipe);
     free(e->clients);
@@ -368,7 +131,7 @@ static int kit_load(lua_State *L)
     const char *app = luaL_checklstring(L, 1, &n);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TTABLE);
-    struct engine *e = lua_newuserdatauv(L, sizeof(*e), 0);
+    struct kit_engine *e = lua_newuserdatauv(L, sizeof(*e), 0);
     memset(e, 0, sizeof(*e));
     e->http_fn = LUA_NOREF;
     e->L = L;
@@ -412,10 +175,8 @@ static int kit_load(lua_State *L)
     if (rc == 0)
         e->app = lb_app_new(e->loop, file, &cli, &config_error, err, sizeof(err));
     ws_config_free(&cli);
-    if (e->app) { /* the kit never reaches the network: the spec answers ws.http */
-        e->app->http = (struct ws_http_client *)e;
-        e->app->http_ops = &standin_ops;
-    }
+    if (e->app) /* the kit never reaches the network: the spec answers ws.http */
+        kit_http_install(e);
     if (e->app)
         e->srv = ws_server_new(e->loop, &e->app->config, &lb_app_ops, e->app, err, sizeof(err));
     if (e->srv) {
@@ -447,7 +208,7 @@ static int kit_load(lua_State *L)
     return 2;
 }
 
-static struct client *check_client(lua_State *L, struct engine *e, int idx)
+static struct kit_client *check_client(lua_State *L, struct kit_engine *e, int idx)
 {
     lua_Integer i = luaL_checkinteger(L, idx);
     luaL_argcheck(L, i >= 1 && (size_t)i <= e->nclients, idx, "no such client");
@@ -458,7 +219,7 @@ static struct client *check_client(lua_State *L, struct engine *e, int idx)
  * default 127.0.0.1), accepted with nothing sent yet, and the server's id for it. */
 static int engine_connect(lua_State *L)
 {
-    struct engine *e = check_engine(L);
+    struct kit_engine *e = check_engine(L);
     const char *ip = luaL_optstring(L, 2, "127.0.0.1");
     lua_Integer port = luaL_optinteger(L, 3, 40000 + (lua_Integer)(e->nclients % 20000));
     luaL_argcheck(L, port > 0 && port < 65536, 3, "port 1-65535");
@@ -489,7 +250,7 @@ static int engine_connect(lua_State *L)
     struct ws_conn *c =
         ws_conn_new(&e->srv->env, fd, (struct sockaddr *)&ss, salen, &ws_transport_memory, p);
     ws_mempipe_attach(p, e->loop, &c->wire.io);
-    e->clients[e->nclients++] = (struct client){p, c->node.id};
+    e->clients[e->nclients++] = (struct kit_client){p, c->node.id};
     settle(e);
     lua_pushinteger(L, (lua_Integer)e->nclients);
     lua_pushinteger(L, (lua_Integer)e->clients[e->nclients - 1].id);
@@ -499,8 +260,8 @@ static int engine_connect(lua_State *L)
 /* e:write(client, bytes): the client sends; returns once the server is done with them. */
 static int engine_write(lua_State *L)
 {
-    struct engine *e = check_engine(L);
-    struct client *c = check_client(L, e, 2);
+    struct kit_engine *e = check_engine(L);
+    struct kit_client *c = check_client(L, e, 2);
     size_t n;
     const char *s = luaL_checklstring(L, 3, &n);
     ws_mempipe_send(c->pipe, s, n);
@@ -512,8 +273,8 @@ static int engine_write(lua_State *L)
  * has ended its side (no more will come). */
 static int engine_read(lua_State *L)
 {
-    struct engine *e = check_engine(L);
-    struct client *c = check_client(L, e, 2);
+    struct kit_engine *e = check_engine(L);
+    struct kit_client *c = check_client(L, e, 2);
     settle(e);
     size_t n;
     const uint8_t *p = ws_mempipe_output(c->pipe, &n);
@@ -526,7 +287,7 @@ static int engine_read(lua_State *L)
 /* e:shutdown(client): the client ends its sending side (FIN). */
 static int engine_shutdown(lua_State *L)
 {
-    struct engine *e = check_engine(L);
+    struct kit_engine *e = check_engine(L);
     ws_mempipe_shutdown(check_client(L, e, 2)->pipe);
     settle(e);
     return 0;
@@ -535,8 +296,8 @@ static int engine_shutdown(lua_State *L)
 /* e:pause(client, paused): the client stops or resumes reading. */
 static int engine_pause(lua_State *L)
 {
-    struct engine *e = check_engine(L);
-    struct client *c = check_client(L, e, 2);
+    struct kit_engine *e = check_engine(L);
+    struct kit_client *c = check_client(L, e, 2);
     ws_mempipe_pause(c->pipe, lua_toboolean(L, 3));
     settle(e);
     return 0;
@@ -546,7 +307,7 @@ static int engine_pause(lua_State *L)
  * "SIGHUP", is what load's info.trigger says; the reason of a failure is in the log). */
 static int engine_reload(lua_State *L)
 {
-    struct engine *e = check_engine(L);
+    struct kit_engine *e = check_engine(L);
     int rc = lb_app_reload(e->app, luaL_optstring(L, 2, "SIGHUP"));
     settle(e);
     lua_pushboolean(L, rc == 0);
@@ -556,7 +317,7 @@ static int engine_reload(lua_State *L)
 /* e:advance(seconds) -> timers fired: moves the simulated clock. */
 static int engine_advance(lua_State *L)
 {
-    struct engine *e = check_engine(L);
+    struct kit_engine *e = check_engine(L);
     double s = luaL_checknumber(L, 2);
     luaL_argcheck(L, s >= 0, 2, "time moves forward only");
     size_t fired = ws_clock_advance(e->loop, s);
@@ -611,7 +372,7 @@ static int eval_in_app(lua_State *L)
  * and returns its first result encoded by the app's ws.json. */
 static int engine_eval(lua_State *L)
 {
-    struct engine *e = check_engine(L);
+    struct kit_engine *e = check_engine(L);
     struct eval *ev = ws_xmalloc(sizeof(*ev));
     ev->code = luaL_checklstring(L, 2, &ev->len);
     char err[1024];
@@ -631,7 +392,7 @@ static int engine_eval(lua_State *L)
 /* e:log() -> text: the server's log lines so far. */
 static int engine_log(lua_State *L)
 {
-    struct engine *e = check_engine(L);
+    struct kit_engine *e = check_engine(L);
     char path[128];
     snprintf(path, sizeof(path), "%s/log", e->dir);
     luaL_Buffer b;
@@ -650,7 +411,9 @@ static int engine_log(lua_State *L)
 
 static int engine_close(lua_State *L)
 {
-    free_engine(luaL_checkudata(L, 1, ENGINE_MT));
+    struct kit_engine *e = luaL_checkudata(L, 1, ENGINE_MT);
+    e->L = L; /* the thread that last called may be gone (a finalizer runs on any) */
+    free_engine(e);
     return 0;
 }
 
