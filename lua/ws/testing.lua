@@ -2716,7 +2716,15 @@ end
 -- frames as a client does and reads what the server wrote.
 
 local Real, RealClient = {}, {}
-Real.__index, RealClient.__index = Real, RealClient
+RealClient.__index = RealClient
+
+-- t.state: a copy of ws.state as it is now (tables copied deeply; see t:eval).
+function Real.__index(t, k)
+  if k == "state" then
+    return t:eval("return ws.state")
+  end
+  return Real[k]
+end
 
 local OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 1, 2, 8, 9, 10
 
@@ -2839,13 +2847,91 @@ function Real:reload()
 end
 
 --- t:eval(code) -> value: runs code in the app's Lua state (ws.state, its globals) and returns
---- its first result, copied through JSON.
+--- a copy of its first result: tables deeply, functions and userdata as "<type>" strings, a
+--- connection as "<conn ID>". Raises the app state's error.
 function Real:eval(code)
-  local out, err = self.e:eval(code)
-  if not out then
-    error(err, 2)
+  local ok, v, err = pcall(self.e.eval, self.e, code)
+  if not ok or (v == nil and err) then
+    error(ok and err or v, 2)
   end
-  return json.decode(out)
+  return v
+end
+
+function Real:stats()
+  return self:eval("return ws.stats()")
+end
+
+function Real:count()
+  return self:eval("return ws.count()")
+end
+
+function Real:topics()
+  return self:eval("return ws.topics()")
+end
+
+function Real:subscribers(topic)
+  return self:eval(string.format("return ws.subscribers(%q)", topic))
+end
+
+-- The key=value fields of one log line (values unquoted and unescaped).
+local function log_fields(line)
+  local f, i = {}, 1
+  while i <= #line do
+    local k, j = line:match("^([%w_]+)=()", i)
+    if not k then
+      i = (line:find(" ", i, true) or #line) + 1
+    elseif line:sub(j, j) == '"' then
+      local v, p = {}, j + 1
+      while p <= #line and line:sub(p, p) ~= '"' do
+        local ch = line:sub(p, p)
+        if ch == "\\" then
+          p = p + 1
+          ch = ({n = "\n", t = "\t"})[line:sub(p, p)] or line:sub(p, p)
+        end
+        v[#v + 1] = ch
+        p = p + 1
+      end
+      f[k], i = table.concat(v), p + 2
+    else
+      local v, p = line:match("^(%S*)()", j)
+      f[k], i = v, p + 1
+    end
+  end
+  return f
+end
+
+local LEVELS = {debug = 1, info = 2, warn = 3, error = 4}
+
+--- t:logs([min_level]) -> {{level =, msg =, fields =}, ...}: the app's ws.log lines.
+function Real:logs(level)
+  local out = {}
+  for line in self.e:log():gmatch("[^\n]+") do
+    local f = log_fields(line)
+    if f.event == "app" and LEVELS[f.level] >= LEVELS[level or "debug"] then
+      local fields = {}
+      for k, v in pairs(f) do
+        if k ~= "level" and k ~= "event" and k ~= "msg" and k ~= "worker" then
+          fields[k] = tonumber(v) or v
+        end
+      end
+      out[#out + 1] = {level = f.level, msg = f.msg, fields = fields}
+    end
+  end
+  return out
+end
+
+--- t:errors() -> {{handler =, conn =, message =, traceback =}, ...}: the server's handler_error
+--- lines (message: the error's first line).
+function Real:errors()
+  local out = {}
+  for line in self.e:log():gmatch("[^\n]+") do
+    local f = log_fields(line)
+    if f.event == "handler_error" then
+      out[#out + 1] = {handler = f.handler, conn = tonumber(f.conn), traceback = f.error,
+                       message = f.error:match("^[^\n]*")}
+    end
+  end
+  return out
 end
 
 --- t:log() -> text: the server's log lines so far.
@@ -2968,6 +3054,15 @@ end
 function RealClient:history()
   self:_read()
   return self.all
+end
+
+--- c:data(), c:topics(): the connection's conn.data and topics, copied from the server.
+function RealClient:data()
+  return self.t:eval(string.format("local c = ws.get(%d) return c and c.data", self.id))
+end
+
+function RealClient:topics()
+  return self.t:eval(string.format("local c = ws.get(%d) return c and c:topics()", self.id))
 end
 
 function RealClient:next_json()

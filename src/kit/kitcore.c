@@ -18,6 +18,7 @@
 #include <lua.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,49 +343,112 @@ static int engine_now(lua_State *L)
     return 1;
 }
 
+#define COPY_DEPTH 100
+
 struct eval {
     const char *code;
     size_t len;
-    char out[65536];
+    lua_State *to; /* the spec's state: the result goes there */
+    int map;       /* index in to of the table of tables copied so far (by address) */
+    const void *conn_mt;
 };
 
-/* In the app's state: runs the chunk and encodes its first result with ws.json. */
+/* Pushes onto ev->to a copy of the value at idx of L (the app's state): nil, booleans, numbers
+ * and strings as they are, tables deeply (raw access, no metamethod runs; shared and cyclic
+ * tables stay shared), anything else as a "<type>" string ("<conn 7>" for a connection). */
+static void copy_value(lua_State *L, int idx, struct eval *ev, int depth)
+{
+    lua_State *to = ev->to;
+    idx = lua_absindex(L, idx);
+    if (!lua_checkstack(L, 4) || !lua_checkstack(to, 6))
+        luaL_error(L, "value too deep to copy");
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        lua_pushnil(to);
+        return;
+    case LUA_TBOOLEAN:
+        lua_pushboolean(to, lua_toboolean(L, idx));
+        return;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            lua_pushinteger(to, lua_tointeger(L, idx));
+        else
+            lua_pushnumber(to, lua_tonumber(L, idx));
+        return;
+    case LUA_TSTRING: {
+        size_t n;
+        const char *p = lua_tolstring(L, idx, &n);
+        lua_pushlstring(to, p, n);
+        return;
+    }
+    case LUA_TTABLE:
+        break;
+    default: {
+        bool conn = false;
+        if (lua_getmetatable(L, idx)) {
+            conn = lua_topointer(L, -1) == ev->conn_mt;
+            lua_pop(L, 1);
+        }
+        struct ws_conn *c = conn ? lb_conn_check(L, idx) : NULL;
+        if (c)
+            lua_pushfstring(to, "<conn %I>", (lua_Integer)c->node.id);
+        else
+            lua_pushfstring(to, "<%s>", conn ? "conn (closed)" : luaL_typename(L, idx));
+        return;
+    }
+    }
+    const void *addr = lua_topointer(L, idx);
+    if (lua_rawgetp(to, ev->map, addr) != LUA_TNIL)
+        return;
+    lua_pop(to, 1);
+    if (depth >= COPY_DEPTH) {
+        lua_pushliteral(to, "<too deep>");
+        return;
+    }
+    lua_newtable(to);
+    lua_pushvalue(to, -1);
+    lua_rawsetp(to, ev->map, addr);
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        copy_value(L, -2, ev, depth + 1);
+        copy_value(L, -1, ev, depth + 1);
+        if (lua_isnil(to, -2))
+            lua_pop(to, 2);
+        else
+            lua_rawset(to, -3);
+        lua_pop(L, 1);
+    }
+}
+
+/* In the app's state: runs the chunk and copies its first result to the spec's state. */
 static int eval_in_app(lua_State *L)
 {
     struct eval *ev = lua_touserdata(L, 1);
     if (luaL_loadbuffer(L, ev->code, ev->len, "=eval") != LUA_OK)
         return lua_error(L);
     lua_call(L, 0, 1);
-    lua_getglobal(L, "ws");
-    lua_getfield(L, -1, "json");
-    lua_getfield(L, -1, "encode");
-    lua_pushvalue(L, -4);
-    lua_call(L, 1, 1);
-    size_t n;
-    const char *s = luaL_checklstring(L, -1, &n);
-    if (n >= sizeof(ev->out))
-        return luaL_error(L, "result too large");
-    memcpy(ev->out, s, n + 1);
+    copy_value(L, -1, ev, 0);
     return 0;
 }
 
-/* e:eval(code) -> json, or nil, err: runs code in the app's Lua state (its globals, ws.state)
- * and returns its first result encoded by the app's ws.json. */
+/* e:eval(code) -> value, or nil, err: runs code in the app's Lua state (its globals, ws.state)
+ * and returns a copy of its first result (tables copied deeply; functions, userdata and
+ * threads as "<type>" strings, a connection as "<conn ID>"). */
 static int engine_eval(lua_State *L)
 {
     struct kit_engine *e = check_engine(L);
-    struct eval *ev = ws_xmalloc(sizeof(*ev));
-    ev->code = luaL_checklstring(L, 2, &ev->len);
+    struct eval ev = {.to = L, .conn_mt = e->app->conn_mt};
+    ev.code = luaL_checklstring(L, 2, &ev.len);
+    lua_settop(L, 2);
+    lua_newtable(L);
+    ev.map = lua_gettop(L);
     char err[1024];
-    int rc = lb_protect(e->app, eval_in_app, ev, err, sizeof(err));
-    if (rc == 0)
-        lua_pushstring(L, ev->out);
-    else
-        lua_pushnil(L);
-    free(ev);
+    int rc = lb_protect(e->app, eval_in_app, &ev, err, sizeof(err));
     settle(e);
     if (rc == 0)
         return 1;
+    lua_settop(L, ev.map);
+    lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
 }

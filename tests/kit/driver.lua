@@ -139,27 +139,8 @@ for i, step in ipairs(scenario.steps) do
   out[#out + 1] = rec
 end
 
--- The server's handler_error lines: the handler and the message (escapes undone).
-local function logged_errors(log)
-  local out = {}
-  for handler, rest in log:gmatch('event=handler_error handler="([^"]*)"[^\n]- error="([^\n]*)') do
-    local msg, i = {}, 1
-    while i <= #rest and rest:sub(i, i) ~= '"' do
-      local ch = rest:sub(i, i)
-      if ch == "\\" then
-        local nx = rest:sub(i + 1, i + 1)
-        ch, i = ({n = "\n", t = "\t"})[nx] or nx, i + 1
-      end
-      msg[#msg + 1] = ch
-      i = i + 1
-    end
-    out[#out + 1] = {handler = handler, message = table.concat(msg)}
-  end
-  return out
-end
-
 local errors = array()
-for _, e in ipairs(core and logged_errors(t:log()) or t:errors()) do
+for _, e in ipairs(t:errors()) do
   errors[#errors + 1] = {handler = e.handler, message = e.message}
 end
 io.write(json.encode({steps = out, errors = errors}), "\n")

@@ -88,7 +88,7 @@ describe("ws.kitcore", function()
     local t0 = os.clock()
     e:advance(3600)
     local ms = (os.clock() - t0) * 1000
-    assert.equal(3630, json.decode(e:eval("return ws.state.ticks")))
+    assert.equal(3630, e:eval("return ws.state.ticks"))
     assert.is_true(ms < 1000, ms .. " ms for an hour")
     if os.getenv("KIT_TIMING") then print(("an hour of virtual time: %.1f ms"):format(ms)) end
     local op, payload = next_frame(c) -- idle_timeout: the server's own close
@@ -130,16 +130,36 @@ describe("ws.kitcore", function()
     local c = client(e)
     e:pause(c.n, true)
     send(c, "go")
-    local results = json.decode(e:eval("return ws.state.results"))
+    local results = e:eval("return ws.state.results")
     assert.equal(200, #results)
     assert.equal("sent", results[1])
     assert.equal("queued", results[200])
-    assert.equal("nil", json.decode(e:eval("return tostring(ws.state.drained)")))
+    assert.is_nil(e:eval("return ws.state.drained"))
     e:pause(c.n, false)
     local n = 0
     while next_frame(c) do n = n + 1 end
     assert.equal(200, n)
-    assert.equal(true, json.decode(e:eval("return ws.state.drained")))
+    assert.equal(true, e:eval("return ws.state.drained"))
+    e:close()
+  end)
+
+  it("copies values out of the app's state: tables deeply, cycles kept, others named", function()
+    local e = assert(kitcore.load([[
+      local shared = {n = 1}
+      ws.state.v = {list = {1, 2.5, "x", true}, a = shared, b = shared, f = print}
+      ws.state.v.self = ws.state.v
+      return {open = function(conn) ws.state.conn = conn end}
+    ]]))
+    local v = e:eval("return ws.state.v")
+    assert.same({1, 2.5, "x", true}, v.list)
+    assert.equal(v.a, v.b)
+    assert.equal(v, v.self)
+    assert.equal("<function>", v.f)
+    local c = client(e)
+    assert.equal("<conn " .. c.id .. ">", e:eval("return ws.state.conn"))
+    local none, err = e:eval("error('no')")
+    assert.is_nil(none)
+    assert.matches("eval:1: no", err)
     e:close()
   end)
 

@@ -1166,4 +1166,33 @@ describe("testing.start: the real server in-process", function()
     t:close()
     os.remove(path)
   end)
+  it("shows the server's state, counters, logs and errors", function()
+    local t = testing.start([[return {
+      open = function(conn) conn:subscribe("room") conn.data.name = "n" .. conn.id
+        ws.state.opened = (ws.state.opened or 0) + 1 end,
+      message = function(conn, data)
+        if data == "boom" then error("boom") end
+        ws.log.warn("said", {text = data, n = 3})
+      end,
+    }]])
+    local a, b = t:connect(), t:connect()
+    a:send("hi")
+    b:send("boom")
+    assert.equal(2, t.state.opened)
+    assert.same({name = "n1"}, a:data())
+    assert.same({"room"}, a:topics())
+    assert.equal(1, t:subscribers("room")) -- b was closed (1011) by its handler's error
+    assert.same({"room"}, t:topics())
+    assert.equal(1, t:count())
+    assert.equal(1, t:stats().handler_errors)
+    assert.same({{level = "warn", msg = "said", fields = {text = "hi", n = 3}}}, t:logs("warn"))
+    local errs = t:errors()
+    assert.equal(1, #errs)
+    assert.equal("message", errs[1].handler)
+    assert.equal(2, errs[1].conn)
+    assert.matches("app.lua:5: boom$", errs[1].message)
+    assert.matches("stack traceback", errs[1].traceback)
+    assert.same({kind = "close", code = 1011, reason = "internal error"}, b:next())
+    t:close()
+  end)
 end)
