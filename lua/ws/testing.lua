@@ -3065,10 +3065,35 @@ function RealClient:topics()
   return self.t:eval(string.format("local c = ws.get(%d) return c and c:topics()", self.id))
 end
 
+--- c:next_json() -> the next message decoded (it stays queued when it is not JSON text);
+--- c:received_json() -> the waiting messages decoded, up to the first that is not JSON text.
 function RealClient:next_json()
-  local e = self:next()
-  assert(e and e.kind == "text", "no text message waiting")
-  return json.decode(e.data)
+  self:_read()
+  local e = self.queue[1]
+  if not e or e.kind ~= "text" then
+    error("ws.testing: client " .. self.id .. " has no message waiting" ..
+          (e and " (next: " .. e.kind .. ")" or ""), 2)
+  end
+  local v, err = json.decode(e.data)
+  if v == nil then
+    error("ws.testing: the next message is not JSON: " .. tostring(err), 2)
+  end
+  table.remove(self.queue, 1)
+  return v
+end
+
+function RealClient:received_json()
+  self:_read()
+  local out = {}
+  while self.queue[1] and self.queue[1].kind == "text" do
+    local v = json.decode(self.queue[1].data)
+    if v == nil then
+      break
+    end
+    table.remove(self.queue, 1)
+    out[#out + 1] = v
+  end
+  return out
 end
 
 M.Real, M.RealClient = Real, RealClient

@@ -556,6 +556,8 @@ describe("ws.testing", function()
       assert.equal(2, t:subscribers("room"))
       assert.same({"room"}, t:topics())
       assert.same({"room"}, a:topics())
+    a:send('{"x": 1}')
+    assert.same({}, a:received_json()) -- nothing came back
       a:send("say hi")
       assert.same({"true", "reached 1"}, texts(a:received()))
       assert.same({"hi"}, texts(b:received()))
@@ -1181,6 +1183,8 @@ describe("testing.start: the real server in-process", function()
     assert.equal(2, t.state.opened)
     assert.same({name = "n1"}, a:data())
     assert.same({"room"}, a:topics())
+    a:send('{"x": 1}')
+    assert.same({}, a:received_json()) -- nothing came back
     assert.equal(1, t:subscribers("room")) -- b was closed (1011) by its handler's error
     assert.same({"room"}, t:topics())
     assert.equal(1, t:count())
