@@ -177,8 +177,9 @@ static struct ws_http_req *standin_request(struct ws_http_client *hc, const stru
     r->e = e;
     r->done = done;
     r->ud = ud;
-    r->method = strdup(o->method ? o->method : "GET");
-    r->url = strdup(o->url);
+    const char *method = o->method ? o->method : "GET";
+    r->method = ws_xstrndup(method, strlen(method));
+    r->url = ws_xstrndup(o->url, strlen(o->url));
     if (o->body) {
         r->body = ws_xmalloc(o->body_len + 1);
         memcpy(r->body, o->body, o->body_len);
@@ -186,7 +187,7 @@ static struct ws_http_req *standin_request(struct ws_http_client *hc, const stru
     }
     r->headers = ws_xcalloc(o->nheaders + 1, sizeof(*r->headers));
     for (size_t i = 0; i < o->nheaders; i++)
-        r->headers[r->nheaders++] = strdup(o->headers[i]);
+        r->headers[r->nheaders++] = ws_xstrndup(o->headers[i], strlen(o->headers[i]));
     ws_buf_init(&r->res.headers);
     ws_buf_init(&r->res.body);
     r->started = ws_clock_now(e->loop);
