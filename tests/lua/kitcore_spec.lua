@@ -231,4 +231,29 @@ describe("ws.kitcore", function()
     assert.is_nil(next_frame(c))
     e:close()
   end)
+  it("applies per-address limits to in-memory peers, and carries a thousand clients", function()
+    local e = assert(kitcore.load([[
+      return {message = function(conn, data) ws.broadcast(data) end}
+    ]], {config = {max_connections_per_ip = 1000}}))
+    local clients = {}
+    local t0 = os.clock()
+    for i = 1, 1000 do
+      clients[i] = client(e)
+      assert.equal(101, clients[i].status)
+    end
+    -- the 1001st from 127.0.0.1: dropped at once (the server writes its short 503 straight to
+    -- a plain TCP socket only, so this in-memory peer just sees the end)
+    local n = e:connect()
+    assert.same({"", true}, {e:read(n)})
+    local n2 = e:connect("10.1.1.1") -- another address is welcome
+    e:write(n2, "GET /healthz HTTP/1.1\r\nHost: kit\r\n\r\n")
+    assert.matches("^HTTP/1%.1 200", (e:read(n2)))
+    send(clients[1], "to all")
+    for i = 1, 1000 do
+      assert.same({TEXT, "to all"}, {next_frame(clients[i])})
+    end
+    local ms = (os.clock() - t0) * 1000
+    if os.getenv("KIT_TIMING") then print(("1000 clients, a broadcast: %.0f ms"):format(ms)) end
+    e:close()
+  end)
 end)
