@@ -34,6 +34,26 @@ struct kit_engine {
     struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
 };
 
+/* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
+void kit_settle(struct kit_engine *e);
+
+/* Where kit_value_out copies to: the spec's state, a table there of the tables copied so far (by
+ * address), the engine's userdata there (its first user value caches the handles). */
+struct kit_copy {
+    lua_State *to;
+    int map, engine;
+    struct kit_engine *e;
+};
+
+/* Pushes onto c->to the value at idx of L (the app's state): nil, booleans, numbers, strings and
+ * tables without a metatable copied (deeply, at most 100 levels), anything else as a handle
+ * that runs what the spec does with it on the object in the app's state. Raises in L (run it
+ * under lb_protect). [-0, +0, v] (on L); [-0, +1, m] (on c->to) */
+void kit_value_out(lua_State *L, int idx, struct kit_copy *c, int depth);
+
+/* Registers the handles' metatable in L. [-0, +0, m] */
+void kit_value_open(lua_State *L);
+
 /* Makes e's app send its ws.http calls to the stand-in (before the app serves). */
 void kit_http_install(struct kit_engine *e);
 

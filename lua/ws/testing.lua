@@ -2718,12 +2718,22 @@ end
 local Real, RealClient = {}, {}
 RealClient.__index = RealClient
 
--- t.state: a copy of ws.state as it is now (tables copied deeply; see t:eval).
+-- t.state: ws.state as it is now (data copied, conns and functions as handles; see t:eval);
+-- t.ws: the app's ws table (a handle); t.config: the options the server runs with.
 function Real.__index(t, k)
   if k == "state" then
     return t:eval("return ws.state")
+  elseif k == "ws" then
+    return t:eval("return ws")
+  elseif k == "config" then
+    return t.e:config()
   end
   return Real[k]
+end
+
+--- t:get(id) -> the server's conn with that id (a handle), or nil.
+function Real:get(id)
+  return self:eval(string.format("return ws.get(%d)", id))
 end
 
 local OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 1, 2, 8, 9, 10
@@ -2804,6 +2814,9 @@ function Real:connect(o)
   local c = setmetatable({t = self, n = n, id = id, buf = rest, queue = {}, all = {}, pings = {},
                           protocol = headers["sec-websocket-protocol"]}, RealClient)
   self.clients[#self.clients + 1] = c
+  -- c.conn: the server's conn, a handle whose methods and fields run in the server (a stale
+  -- handle once the connection is gone, as in the app)
+  c.conn = self:eval(string.format("return ws.get(%d)", id))
   c:_read()
   return c
 end

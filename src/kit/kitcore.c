@@ -45,7 +45,7 @@ static uint64_t moved(const struct kit_engine *e)
 
 /* Runs the loop without waiting until a round moves no byte and fires no timer due now: what
  * the last input set off has all happened. */
-static void settle(struct kit_engine *e)
+void kit_settle(struct kit_engine *e)
 {
     int quiet = 0;
     for (int i = 0; i < SETTLE_ROUNDS && quiet < 2; i++) {
@@ -132,8 +132,14 @@ static int kit_load(lua_State *L)
     const char *app = luaL_checklstring(L, 1, &n);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TTABLE);
-    struct kit_engine *e = lua_newuserdatauv(L, sizeof(*e), 0);
+    struct kit_engine *e = lua_newuserdatauv(L, sizeof(*e), 1);
     memset(e, 0, sizeof(*e));
+    lua_newtable(L); /* the handles made for the app's objects, by address (weak) */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, -2, 1);
     e->http_fn = LUA_NOREF;
     e->L = L;
     luaL_setmetatable(L, ENGINE_MT);
@@ -186,7 +192,7 @@ static int kit_load(lua_State *L)
         ev_signal_stop(e->loop, &e->srv->sig_int);
         ev_signal_stop(e->loop, &e->srv->sig_hup);
         if (lb_app_attach(e->app, e->srv, err, sizeof(err)) == 0) {
-            settle(e);
+            kit_settle(e);
             lua_pushvalue(L, self);
             return 1;
         }
@@ -252,7 +258,7 @@ static int engine_connect(lua_State *L)
         ws_conn_new(&e->srv->env, fd, (struct sockaddr *)&ss, salen, &ws_transport_memory, p);
     ws_mempipe_attach(p, e->loop, &c->wire.io);
     e->clients[e->nclients++] = (struct kit_client){p, c->node.id};
-    settle(e);
+    kit_settle(e);
     lua_pushinteger(L, (lua_Integer)e->nclients);
     lua_pushinteger(L, (lua_Integer)e->clients[e->nclients - 1].id);
     return 2;
@@ -266,7 +272,7 @@ static int engine_write(lua_State *L)
     size_t n;
     const char *s = luaL_checklstring(L, 3, &n);
     ws_mempipe_send(c->pipe, s, n);
-    settle(e);
+    kit_settle(e);
     return 0;
 }
 
@@ -276,7 +282,7 @@ static int engine_read(lua_State *L)
 {
     struct kit_engine *e = check_engine(L);
     struct kit_client *c = check_client(L, e, 2);
-    settle(e);
+    kit_settle(e);
     size_t n;
     const uint8_t *p = ws_mempipe_output(c->pipe, &n);
     lua_pushlstring(L, (const char *)p, n);
@@ -290,7 +296,7 @@ static int engine_shutdown(lua_State *L)
 {
     struct kit_engine *e = check_engine(L);
     ws_mempipe_shutdown(check_client(L, e, 2)->pipe);
-    settle(e);
+    kit_settle(e);
     return 0;
 }
 
@@ -300,7 +306,7 @@ static int engine_pause(lua_State *L)
     struct kit_engine *e = check_engine(L);
     struct kit_client *c = check_client(L, e, 2);
     ws_mempipe_pause(c->pipe, lua_toboolean(L, 3));
-    settle(e);
+    kit_settle(e);
     return 0;
 }
 
@@ -310,7 +316,7 @@ static int engine_reload(lua_State *L)
 {
     struct kit_engine *e = check_engine(L);
     int rc = lb_app_reload(e->app, luaL_optstring(L, 2, "SIGHUP"));
-    settle(e);
+    kit_settle(e);
     lua_pushboolean(L, rc == 0);
     return 1;
 }
@@ -322,8 +328,51 @@ static int engine_advance(lua_State *L)
     double s = luaL_checknumber(L, 2);
     luaL_argcheck(L, s >= 0, 2, "time moves forward only");
     size_t fired = ws_clock_advance(e->loop, s);
-    settle(e);
+    kit_settle(e);
     lua_pushinteger(L, (lua_Integer)fired);
+    return 1;
+}
+
+/* e:config() -> {name = value}: the options the server runs with now (numbers, booleans,
+ * strings; lists as tables; unset strings absent). */
+static int engine_config(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    lua_newtable(L);
+    for (const struct ws_option *o = ws_options; o->name; o++) {
+        char v[4096];
+        ws_config_format(&e->app->config, o, v, sizeof(v));
+        switch (o->type) {
+        case WS_OPT_INT:
+        case WS_OPT_SECONDS:
+            lua_pushstring(L, v);
+            if (!lua_stringtonumber(L, v))
+                lua_pushnil(L);
+            lua_remove(L, -2);
+            break;
+        case WS_OPT_BOOL:
+            lua_pushboolean(L, strcmp(v, "true") == 0);
+            break;
+        case WS_OPT_LIST: {
+            lua_newtable(L);
+            lua_Integer n = 0;
+            for (char *item = strtok(v, ","); item; item = strtok(NULL, ","))
+                if (*item) {
+                    lua_pushstring(L, item);
+                    lua_rawseti(L, -2, ++n);
+                }
+            break;
+        }
+        default:
+            if (!v[0]) {
+                lua_pushnil(L);
+                break;
+            }
+            lua_pushstring(L, v);
+            break;
+        }
+        lua_setfield(L, -2, o->name);
+    }
     return 1;
 }
 
@@ -343,82 +392,11 @@ static int engine_now(lua_State *L)
     return 1;
 }
 
-#define COPY_DEPTH 100
-
 struct eval {
     const char *code;
     size_t len;
-    lua_State *to; /* the spec's state: the result goes there */
-    int map;       /* index in to of the table of tables copied so far (by address) */
-    const void *conn_mt;
+    struct kit_copy out;
 };
-
-/* Pushes onto ev->to a copy of the value at idx of L (the app's state): nil, booleans, numbers
- * and strings as they are, tables deeply (raw access, no metamethod runs; shared and cyclic
- * tables stay shared), anything else as a "<type>" string ("<conn 7>" for a connection). */
-static void copy_value(lua_State *L, int idx, struct eval *ev, int depth)
-{
-    lua_State *to = ev->to;
-    idx = lua_absindex(L, idx);
-    if (!lua_checkstack(L, 4) || !lua_checkstack(to, 6))
-        luaL_error(L, "value too deep to copy");
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        lua_pushnil(to);
-        return;
-    case LUA_TBOOLEAN:
-        lua_pushboolean(to, lua_toboolean(L, idx));
-        return;
-    case LUA_TNUMBER:
-        if (lua_isinteger(L, idx))
-            lua_pushinteger(to, lua_tointeger(L, idx));
-        else
-            lua_pushnumber(to, lua_tonumber(L, idx));
-        return;
-    case LUA_TSTRING: {
-        size_t n;
-        const char *p = lua_tolstring(L, idx, &n);
-        lua_pushlstring(to, p, n);
-        return;
-    }
-    case LUA_TTABLE:
-        break;
-    default: {
-        bool conn = false;
-        if (lua_getmetatable(L, idx)) {
-            conn = lua_topointer(L, -1) == ev->conn_mt;
-            lua_pop(L, 1);
-        }
-        struct ws_conn *c = conn ? lb_conn_check(L, idx) : NULL;
-        if (c)
-            lua_pushfstring(to, "<conn %I>", (lua_Integer)c->node.id);
-        else
-            lua_pushfstring(to, "<%s>", conn ? "conn (closed)" : luaL_typename(L, idx));
-        return;
-    }
-    }
-    const void *addr = lua_topointer(L, idx);
-    if (lua_rawgetp(to, ev->map, addr) != LUA_TNIL)
-        return;
-    lua_pop(to, 1);
-    if (depth >= COPY_DEPTH) {
-        lua_pushliteral(to, "<too deep>");
-        return;
-    }
-    lua_newtable(to);
-    lua_pushvalue(to, -1);
-    lua_rawsetp(to, ev->map, addr);
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        copy_value(L, -2, ev, depth + 1);
-        copy_value(L, -1, ev, depth + 1);
-        if (lua_isnil(to, -2))
-            lua_pop(to, 2);
-        else
-            lua_rawset(to, -3);
-        lua_pop(L, 1);
-    }
-}
 
 /* In the app's state: runs the chunk and copies its first result to the spec's state. */
 static int eval_in_app(lua_State *L)
@@ -427,27 +405,26 @@ static int eval_in_app(lua_State *L)
     if (luaL_loadbuffer(L, ev->code, ev->len, "=eval") != LUA_OK)
         return lua_error(L);
     lua_call(L, 0, 1);
-    copy_value(L, -1, ev, 0);
+    kit_value_out(L, -1, &ev->out, 0);
     return 0;
 }
 
 /* e:eval(code) -> value, or nil, err: runs code in the app's Lua state (its globals, ws.state)
- * and returns a copy of its first result (tables copied deeply; functions, userdata and
- * threads as "<type>" strings, a connection as "<conn ID>"). */
+ * and returns its first result (kit_value_out: data copied, anything else a handle). */
 static int engine_eval(lua_State *L)
 {
     struct kit_engine *e = check_engine(L);
-    struct eval ev = {.to = L, .conn_mt = e->app->conn_mt};
+    struct eval ev = {.out = {.to = L, .engine = 1, .e = e}};
     ev.code = luaL_checklstring(L, 2, &ev.len);
     lua_settop(L, 2);
     lua_newtable(L);
-    ev.map = lua_gettop(L);
+    ev.out.map = lua_gettop(L);
     char err[1024];
     int rc = lb_protect(e->app, eval_in_app, &ev, err, sizeof(err));
-    settle(e);
+    kit_settle(e);
     if (rc == 0)
         return 1;
-    lua_settop(L, ev.map);
+    lua_settop(L, ev.out.map);
     lua_pushnil(L);
     lua_pushstring(L, err);
     return 2;
@@ -540,14 +517,13 @@ int luaopen_ws_kitcore(lua_State *L);
 int luaopen_ws_kitcore(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"connect", engine_connect}, {"write", engine_write},
-        {"read", engine_read},       {"shutdown", engine_shutdown},
-        {"pause", engine_pause},     {"advance", engine_advance},
-        {"now", engine_now},         {"next_timer", engine_next_timer},
-        {"on_http", engine_on_http}, {"reload", engine_reload},
-        {"eval", engine_eval},       {"log", engine_log},
-        {"close", engine_close},     {NULL, NULL},
+        {"connect", engine_connect},   {"write", engine_write},   {"read", engine_read},
+        {"shutdown", engine_shutdown}, {"pause", engine_pause},   {"advance", engine_advance},
+        {"now", engine_now},           {"config", engine_config}, {"next_timer", engine_next_timer},
+        {"on_http", engine_on_http},   {"reload", engine_reload}, {"eval", engine_eval},
+        {"log", engine_log},           {"close", engine_close},   {NULL, NULL},
     };
+    kit_value_open(L);
     luaL_newmetatable(L, ENGINE_MT);
     luaL_newlib(L, methods);
     lua_setfield(L, -2, "__index");

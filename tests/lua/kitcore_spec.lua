@@ -143,10 +143,11 @@ describe("ws.kitcore", function()
     e:close()
   end)
 
-  it("copies values out of the app's state: tables deeply, cycles kept, others named", function()
+  it("copies data out of the app's state and hands over the rest as handles", function()
     local e = assert(kitcore.load([[
       local shared = {n = 1}
-      ws.state.v = {list = {1, 2.5, "x", true}, a = shared, b = shared, f = print}
+      ws.state.v = {list = {1, 2.5, "x", true}, a = shared, b = shared,
+                    double = function(x) return x * 2 end}
       ws.state.v.self = ws.state.v
       return {open = function(conn) ws.state.conn = conn end}
     ]]))
@@ -154,12 +155,26 @@ describe("ws.kitcore", function()
     assert.same({1, 2.5, "x", true}, v.list)
     assert.equal(v.a, v.b)
     assert.equal(v, v.self)
-    assert.equal("<function>", v.f)
+    assert.equal(6, v.double(3)) -- runs in the app's state
     local c = client(e)
-    assert.equal("<conn " .. c.id .. ">", e:eval("return ws.state.conn"))
-    local none, err = e:eval("error('no')")
+    local conn = e:eval("return ws.state.conn")
+    assert.equal(conn, e:eval("return ws.get(" .. c.id .. ")")) -- one handle per object
+    assert.equal("conn " .. c.id, tostring(conn))
+    assert.equal(c.id, conn.id)
+    assert.equal("sent", conn:send("from the spec"))
+    assert.same({TEXT, "from the spec"}, {next_frame(c)})
+    local ok, err = pcall(conn.close, conn, 5000) -- the server's own check and message
+    assert.is_false(ok)
+    assert.matches("bad argument #2 to '%?' %(close code must be", err)
+    local ws = e:eval("return ws")
+    ok, err = pcall(function() ws.x = 1 end)
+    assert.matches("read%-only", err)
+    local n = 0
+    for _ in pairs(ws) do n = n + 1 end
+    assert.is_true(n > 10)
+    local none, why = e:eval("error('no')")
     assert.is_nil(none)
-    assert.matches("eval:1: no", err)
+    assert.matches("eval:1: no", why)
     e:close()
   end)
 
