@@ -26,11 +26,13 @@ struct kit_engine {
     struct ev_loop *loop;
     struct lb_app *app;
     struct ws_server *srv;
-    char dir[64]; /* the app file when given as source, the (unused) listener, the log */
+    char dir[64];  /* the app file when given as source, the (unused) listener, the log */
+    char name[64]; /* the app file's name in dir when given as source ("" otherwise) */
     struct kit_client *clients;
     size_t nclients, cap;
-    lua_State *L;                  /* the spec's thread in the engine call running now */
-    int http_fn;                   /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
+    lua_State *L; /* the spec's thread in the engine call running now */
+    int spec_dir; /* while the loop runs in an app's folder: the spec's, to call it there */
+    int http_fn;  /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
     struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
 };
 

@@ -2738,7 +2738,12 @@ end
 
 local OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 1, 2, 8, 9, 10
 
-local function form(v, sep)
+local function pct(s)
+  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+-- A query (percent-encoded) or cookie header from a table; a string as it is.
+local function form(v, sep, encode)
   if type(v) ~= "table" then
     return v
   end
@@ -2746,7 +2751,9 @@ local function form(v, sep)
   for k in pairs(v) do keys[#keys + 1] = k end
   table.sort(keys)
   local parts = {}
-  for _, k in ipairs(keys) do parts[#parts + 1] = k .. "=" .. tostring(v[k]) end
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = (encode and pct(k) or k) .. "=" .. (encode and pct(v[k]) or tostring(v[k]))
+  end
   return table.concat(parts, sep)
 end
 
@@ -2777,9 +2784,9 @@ end
 function M.start(app, opts)
   opts = opts or {}
   local kitcore = require "ws.kitcore"
-  local e, err = kitcore.load(app, {config = opts.config, now = opts.now})
+  local e, err, log = kitcore.load(app, {config = opts.config, now = opts.now, name = opts.name})
   if not e then
-    error(err, 2)
+    error("ws.testing.load: " .. Real._load_failure(err, log or ""), 2)
   end
   return setmetatable({e = e, core = kitcore, clients = {}}, Real)
 end
@@ -2787,9 +2794,12 @@ end
 --- t:connect([{path =, query =, headers =, cookies =, protocols =, origin =, peer =}]) -> client,
 --- or nil, status, body, headers when the server refuses the upgrade.
 function Real:connect(o)
+  if self.shut then
+    error("ws.testing: the server is shutting down: it accepts no connection", 2)
+  end
   o = o or {}
   local target = o.path or "/"
-  local query = form(o.query, "&")
+  local query = form(o.query, "&", true)
   if query and query ~= "" then
     target = target .. (target:find("?", 1, true) and "&" or "?") .. query
   end
@@ -2851,12 +2861,41 @@ function Real:on_http(fn)
   self.e:on_http(fn)
 end
 
---- t:reload() -> ok: a new version from the app's file as it is now (as SIGHUP; the reason of
---- a failure is in t:log()).
-function Real:reload()
+--- t:reload([source_or_path]) -> true | false, err: a new version, as SIGHUP does: from the app's
+--- file as it is now, or, for an app given as source, from new source (or a file's).
+function Real:reload(src)
+  if src then
+    local f = not src:find("\n") and io.open(src, "rb")
+    if f then
+      src = f:read("a")
+      f:close()
+    end
+    local path = self.e:path()
+    assert(path:find("^/tmp/wskit%."), "ws.testing: t:reload(source) needs an app given as source")
+    f = assert(io.open(path, "wb"))
+    f:write(src)
+    f:close()
+  end
   local ok = self.e:reload()
   for _, c in ipairs(self.clients) do c:_read() end
-  return ok
+  if ok then
+    return true
+  end
+  return false, (Real._load_failure("", self.e:log()):gsub("^.-: the app failed to load: ", ""))
+end
+
+--- t:shutdown([reason]): a graceful shutdown, as SIGTERM: app.shutdown(reason), then every
+--- connection closed with 1001 (in batches, as the clock moves).
+function Real:shutdown(reason)
+  self.shut = true
+  self.e:shutdown_server(reason)
+  for _, c in ipairs(self.clients) do c:_read() end
+end
+
+--- t:flush(): lets what is pending happen (the loop runs until nothing moves).
+function Real:flush()
+  self.e:advance(0)
+  for _, c in ipairs(self.clients) do c:_read() end
 end
 
 --- t:eval(code) -> value: runs code in the app's Lua state (ws.state, its globals) and returns
@@ -2915,6 +2954,42 @@ end
 
 local LEVELS = {debug = 1, info = 2, warn = 3, error = 4}
 
+-- The fields of the server's log lines for event.
+function Real:_log_events(event)
+  local out = {}
+  for line in self.e:log():gmatch("[^\n]+") do
+    local f = log_fields(line)
+    if f.event == event then
+      out[#out + 1] = f
+    end
+  end
+  return out
+end
+
+-- Why the app did not load, from the server's error and log: "<file>: the app failed to load:
+-- <reason>", "<file>: load() failed: <error>", or an option's own message.
+function Real._load_failure(err, log)
+  local failed, handler
+  for line in log:gmatch("[^\n]+") do
+    local f = log_fields(line)
+    if f.event == "app_load_failed" then failed = f end
+    if f.event == "handler_error" then handler = f end
+  end
+  local file, what = err:match("^(.-): (load%(%) failed)")
+  if what and handler then
+    return file .. ": load() failed: " .. handler.error:match("^[^\n]*")
+  end
+  if not failed then
+    return err
+  end
+  local reason = failed.error
+  if reason:find("(see the handler_error above)", 1, true) and handler then
+    reason = reason:gsub(" %(see the handler_error above%)", "") .. ": " ..
+             handler.error:match("^[^\n]*")
+  end
+  return (failed.file or "app") .. ": the app failed to load: " .. reason
+end
+
 --- t:logs([min_level]) -> {{level =, msg =, fields =}, ...}: the app's ws.log lines.
 function Real:logs(level)
   local out = {}
@@ -2924,7 +2999,7 @@ function Real:logs(level)
       local fields = {}
       for k, v in pairs(f) do
         if k ~= "level" and k ~= "event" and k ~= "msg" and k ~= "worker" then
-          fields[k] = tonumber(v) or v
+          fields[k] = tonumber(v) or ({["true"] = true, ["false"] = false})[v] or v
         end
       end
       out[#out + 1] = {level = f.level, msg = f.msg, fields = fields}
@@ -3021,8 +3096,19 @@ function RealClient:send_binary(bytes)
   return self:_write(OP_BINARY, bytes)
 end
 
---- c:close([code [, reason]]): a close frame; the server answers and ends the connection.
+--- c:close([code [, reason]]): a close frame; the server answers and ends the connection. Like a
+--- browser, refuses a code a client may not send and a reason without a code.
 function RealClient:close(code, reason)
+  code = code ~= nil and (math.tointeger(code) or code) or nil
+  if code ~= nil and (math.type(code) ~= "integer" or not (code == 1000 or
+      (code >= 1001 and code <= 1003) or (code >= 1007 and code <= 1014) or
+      (code >= 3000 and code <= 4999))) then
+    error("ws.testing: a client may close with 1000-1003, 1007-1014 or 3000-4999, not " ..
+          tostring(code), 2)
+  end
+  if code == nil and reason and reason ~= "" then
+    error("ws.testing: a close reason needs a code", 2)
+  end
   local payload = code and string.char(code // 256, code % 256) .. (reason or "") or ""
   local ok, err = self:_write(OP_CLOSE, payload)
   self.close_sent = true

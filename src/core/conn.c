@@ -105,8 +105,10 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
             char out[512];
             size_t n =
                 ws_handshake_error_response(out, sizeof(out), 503, msg, sizeof(msg) - 1, NULL);
-            if (transport == &ws_transport_plain)
-                (void)!send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (transport != &ws_transport_tls) { /* TLS has no session yet to say it in */
+                struct iovec iov = {out, n};
+                (void)transport->writev(transport_state, fd, &iov, 1);
+            }
             ws_stats_count_refusal(env->stats, 503);
             ws_connlog_access(c, 503, "too many connections from this address", NULL, n);
             kill_conn(c, 0, NULL);

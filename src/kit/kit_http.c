@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct kit_http_req {
     ev_timer timer; /* first: the answer comes from the loop, after delay when the spec says so */
@@ -146,7 +147,12 @@ static void on_standin(struct ev_loop *loop, ev_timer *w, int revents)
         } else {
             lua_rawgeti(L, LUA_REGISTRYINDEX, e->http_fn);
             push_request(L, r);
-            if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+            /* the spec's code runs in the spec's folder */
+            bool moved = e->spec_dir >= 0 && fchdir(e->spec_dir) == 0;
+            int rc = lua_pcall(L, 1, 2, 0);
+            if (moved)
+                (void)!chdir(e->dir);
+            if (rc != LUA_OK) {
                 standin_fail(r, lua_isstring(L, -1) ? lua_tostring(L, -1) : "the stand-in failed");
                 lua_pop(L, 1);
             } else {

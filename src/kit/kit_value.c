@@ -313,5 +313,7 @@ void kit_value_open(lua_State *L)
     };
     luaL_newmetatable(L, HANDLE_MT);
     luaL_setfuncs(L, mt, 0);
+    lua_pushnil(L); /* argument errors call a handle a userdata, as the app's own objects */
+    lua_setfield(L, -2, "__name");
     lua_pop(L, 1);
 }

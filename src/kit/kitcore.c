@@ -22,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <unistd.h>
 
 #define ENGINE_MT "ws.kitcore.engine"
@@ -43,10 +45,35 @@ static uint64_t moved(const struct kit_engine *e)
     return n;
 }
 
+/* An app given as source is loaded, and reloaded, from its own folder under its bare name, so
+ * that error positions and info.file say "app.lua" as for a file beside the server. Returns
+ * the descriptor of the folder to go back to, or -1. */
+static int in_app_dir(const struct kit_engine *e)
+{
+    if (!e->name[0])
+        return -1;
+    int cwd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cwd >= 0 && chdir(e->dir) != 0) {
+        close(cwd);
+        return -1;
+    }
+    return cwd;
+}
+
+static void back_from_app_dir(int cwd)
+{
+    if (cwd < 0)
+        return;
+    (void)!fchdir(cwd);
+    close(cwd);
+}
+
 /* Runs the loop without waiting until a round moves no byte and fires no timer due now: what
  * the last input set off has all happened. */
 void kit_settle(struct kit_engine *e)
 {
+    int cwd = in_app_dir(e); /* a reload it runs finds the app where it was loaded */
+    e->spec_dir = cwd;
     int quiet = 0;
     for (int i = 0; i < SETTLE_ROUNDS && quiet < 2; i++) {
         uint64_t before = moved(e);
@@ -54,6 +81,8 @@ void kit_settle(struct kit_engine *e)
         size_t fired = ws_clock_advance(e->loop, 0);
         quiet = fired == 0 && moved(e) == before ? quiet + 1 : 0;
     }
+    e->spec_dir = -1;
+    back_from_app_dir(cwd);
 }
 
 /* e:on_http(fn): fn(req) answers the app's ws.http calls from now on: {status =, headers =,
@@ -82,7 +111,7 @@ static void free_engine(struct kit_engine *e)
     ev_loop_destroy(e->loop);
     e->loop = NULL;
     char p[128];
-    static const char *const files[] = {"app.lua", "s", "log"};
+    const char *const files[] = {e->name, "s", "log"};
     for (size_t i = 0; i < sizeof(files) / sizeof(*files); i++) {
         snprintf(p, sizeof(p), "%s/%s", e->dir, files[i]);
         unlink(p);
@@ -95,7 +124,7 @@ static int set_option(struct ws_config *cfg, const char *name, const char *value
 {
     const struct ws_option *opt = ws_config_find(name, false);
     if (!opt) {
-        snprintf(err, errlen, "unknown option '%s'", name);
+        snprintf(err, errlen, "unknown config key '%s'", name);
         return WS_E_INVAL;
     }
     return ws_config_set(cfg, opt, value, true, err, errlen);
@@ -123,9 +152,35 @@ static int read_config(lua_State *L, int opts, struct ws_config *cfg, char *err,
     return 0;
 }
 
-/* kitcore.load(path_or_source [, {config = {name = value}, now = seconds}]) -> engine, or
- * nil, err when the server refuses the app (its own reason). A readable file's name is loaded
- * from there; anything else is source, written to app.lua in the engine's folder. */
+/* WSSERVER_LUA_PATH from the spec's package.path, its relative entries made absolute (an app
+ * given as source runs in its own folder). */
+static void set_lib_path(lua_State *L, const char *path)
+{
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof(cwd)))
+        return;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (const char *p = path; *p;) {
+        const char *end = strchr(p, ';');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n && p[0] != '/') {
+            luaL_addstring(&b, cwd);
+            luaL_addchar(&b, '/');
+        }
+        luaL_addlstring(&b, p, n);
+        luaL_addchar(&b, ';');
+        p += n + (end ? 1 : 0);
+    }
+    luaL_pushresult(&b);
+    setenv("WSSERVER_LUA_PATH", lua_tostring(L, -1), 0);
+    lua_pop(L, 1);
+}
+
+/* kitcore.load(path_or_source [, {config = {name = value}, now = seconds, name = file}]) ->
+ * engine, or nil, err, log when the server refuses the app (the log holds its reason). A readable
+ * file's name is loaded from there; anything else is source, written to app.lua in the engine's
+ * folder. */
 static int kit_load(lua_State *L)
 {
     size_t n;
@@ -134,6 +189,7 @@ static int kit_load(lua_State *L)
         luaL_checktype(L, 2, LUA_TTABLE);
     struct kit_engine *e = lua_newuserdatauv(L, sizeof(*e), 1);
     memset(e, 0, sizeof(*e));
+    e->spec_dir = -1;
     lua_newtable(L); /* the handles made for the app's objects, by address (weak) */
     lua_createtable(L, 0, 1);
     lua_pushliteral(L, "v");
@@ -153,21 +209,27 @@ static int kit_load(lua_State *L)
     /* the app finds the shipped library (ws.rooms, ...) where the spec does */
     if (!getenv("WSSERVER_LUA_PATH") && lua_getglobal(L, "package") == LUA_TTABLE &&
         lua_getfield(L, -1, "path") == LUA_TSTRING)
-        setenv("WSSERVER_LUA_PATH", lua_tostring(L, -1), 0);
+        set_lib_path(L, lua_tostring(L, -1));
     lua_settop(L, self);
     double now = 1e9;
     if (lua_istable(L, 2) && lua_getfield(L, 2, "now") != LUA_TNIL)
         now = luaL_checknumber(L, -1);
     ws_clock_simulate(e->loop, now);
 
-    char path[128], logpath[128], addr[128], err[1024] = "";
-    snprintf(path, sizeof(path), "%s/app.lua", e->dir);
+    char path[192], logpath[128], addr[128], err[1024] = "";
     const char *file = app;
     if (memchr(app, '\n', n) || strlen(app) != n || access(app, R_OK) != 0) { /* source */
+        const char *name = "app.lua";
+        if (lua_istable(L, 2) && lua_getfield(L, 2, "name") == LUA_TSTRING)
+            name = lua_tostring(L, -1);
+        luaL_argcheck(L, !strchr(name, '/') && strlen(name) < sizeof(e->name) && name[0] != '.', 2,
+                      "name: a file name");
+        snprintf(e->name, sizeof(e->name), "%s", name);
+        snprintf(path, sizeof(path), "%s/%s", e->dir, e->name);
         FILE *f = fopen(path, "w");
         if (!f || fwrite(app, 1, n, f) != n || fclose(f) != 0)
             return luaL_error(L, "cannot write %s", path);
-        file = path;
+        file = e->name; /* loaded from its folder: positions and info.file name it alone */
     }
     snprintf(logpath, sizeof(logpath), "%s/log", e->dir);
     ws_log_setup(WS_LOG_INFO, WS_LOG_TEXT);
@@ -179,6 +241,7 @@ static int kit_load(lua_State *L)
     if (rc == 0 && lua_istable(L, 2))
         rc = read_config(L, 2, &cli, err, sizeof(err));
     bool config_error = false;
+    int cwd = in_app_dir(e);
     if (rc == 0)
         e->app = lb_app_new(e->loop, file, &cli, &config_error, err, sizeof(err));
     ws_config_free(&cli);
@@ -192,27 +255,28 @@ static int kit_load(lua_State *L)
         ev_signal_stop(e->loop, &e->srv->sig_int);
         ev_signal_stop(e->loop, &e->srv->sig_hup);
         if (lb_app_attach(e->app, e->srv, err, sizeof(err)) == 0) {
+            back_from_app_dir(cwd);
             kit_settle(e);
             lua_pushvalue(L, self);
             return 1;
         }
     }
-    /* the reason is the server's log line (lb_app_new logs it and points there) */
+    back_from_app_dir(cwd);
+    /* the reason is in the server's log (lb_app_new logs it and points there): its text too */
     lua_pushnil(L);
     lua_pushstring(L, err[0] ? err : "the app did not load");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
     FILE *f = fopen(logpath, "r");
-    char line[2048], last[2048] = "";
-    while (f && fgets(line, sizeof(line), f))
-        if (strstr(line, "level=error"))
-            snprintf(last, sizeof(last), "%s", line);
+    char chunk[4096];
+    size_t got;
+    while (f && (got = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        luaL_addlstring(&b, chunk, got);
     if (f)
         fclose(f);
-    if (last[0]) {
-        lua_pushfstring(L, ": %s", last);
-        lua_concat(L, 2);
-    }
+    luaL_pushresult(&b);
     free_engine(e);
-    return 2;
+    return 3;
 }
 
 static struct kit_client *check_client(lua_State *L, struct kit_engine *e, int idx)
@@ -315,7 +379,9 @@ static int engine_pause(lua_State *L)
 static int engine_reload(lua_State *L)
 {
     struct kit_engine *e = check_engine(L);
+    int cwd = in_app_dir(e);
     int rc = lb_app_reload(e->app, luaL_optstring(L, 2, "SIGHUP"));
+    back_from_app_dir(cwd);
     kit_settle(e);
     lua_pushboolean(L, rc == 0);
     return 1;
@@ -374,6 +440,27 @@ static int engine_config(lua_State *L)
         lua_setfield(L, -2, o->name);
     }
     return 1;
+}
+
+/* e:path() -> the app's file. */
+static int engine_path(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    if (e->name[0])
+        lua_pushfstring(L, "%s/%s", e->dir, e->name);
+    else
+        lua_pushstring(L, e->app->path);
+    return 1;
+}
+
+/* e:shutdown_server([reason]): a graceful shutdown, as SIGTERM (app.shutdown, then 1001 to
+ * every connection in batches); its timers run as the clock moves. */
+static int engine_shutdown_server(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    ws_server_shutdown(e->srv, luaL_optstring(L, 2, "SIGTERM"));
+    kit_settle(e);
+    return 0;
 }
 
 /* e:next_timer() -> seconds | nil: when the next timer falls due (on the clock of e:now()). */
@@ -517,11 +604,23 @@ int luaopen_ws_kitcore(lua_State *L);
 int luaopen_ws_kitcore(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"connect", engine_connect},   {"write", engine_write},   {"read", engine_read},
-        {"shutdown", engine_shutdown}, {"pause", engine_pause},   {"advance", engine_advance},
-        {"now", engine_now},           {"config", engine_config}, {"next_timer", engine_next_timer},
-        {"on_http", engine_on_http},   {"reload", engine_reload}, {"eval", engine_eval},
-        {"log", engine_log},           {"close", engine_close},   {NULL, NULL},
+        {"connect", engine_connect},
+        {"write", engine_write},
+        {"read", engine_read},
+        {"shutdown", engine_shutdown},
+        {"pause", engine_pause},
+        {"advance", engine_advance},
+        {"now", engine_now},
+        {"path", engine_path},
+        {"shutdown_server", engine_shutdown_server},
+        {"config", engine_config},
+        {"next_timer", engine_next_timer},
+        {"on_http", engine_on_http},
+        {"reload", engine_reload},
+        {"eval", engine_eval},
+        {"log", engine_log},
+        {"close", engine_close},
+        {NULL, NULL},
     };
     kit_value_open(L);
     luaL_newmetatable(L, ENGINE_MT);

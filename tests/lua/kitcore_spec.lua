@@ -67,9 +67,10 @@ describe("ws.kitcore", function()
     assert.equal(403, client(e, "/no").status)
     assert.equal(101, client(e, "/ok").status)
     e:close()
-    local bad, err = kitcore.load("return {mesage = function() end}\n")
+    local bad, err, log = kitcore.load("return {mesage = function() end}\n")
     assert.is_nil(bad)
-    assert.matches("mesage", err)
+    assert.matches("the app failed to load", err)
+    assert.matches("event=app_load_failed .*unknown app field 'mesage'", log)
   end)
 
   it("moves time only when told: ws.after, ws.every, idle timeout, an hour in milliseconds", function()
@@ -256,10 +257,10 @@ describe("ws.kitcore", function()
       clients[i] = client(e)
       assert.equal(101, clients[i].status)
     end
-    -- the 1001st from 127.0.0.1: dropped at once (the server writes its short 503 straight to
-    -- a plain TCP socket only, so this in-memory peer just sees the end)
-    local n = e:connect()
-    assert.same({"", true}, {e:read(n)})
+    local n = e:connect() -- the 1001st from 127.0.0.1: refused at once
+    local out, ended = e:read(n)
+    assert.matches("^HTTP/1%.1 503.*too many connections from this address\n$", out)
+    assert.is_true(ended)
     local n2 = e:connect("10.1.1.1") -- another address is welcome
     e:write(n2, "GET /healthz HTTP/1.1\r\nHost: kit\r\n\r\n")
     assert.matches("^HTTP/1%.1 200", (e:read(n2)))
