@@ -45,12 +45,13 @@ struct kit_copy {
     lua_State *to;
     int map, engine;
     struct kit_engine *e;
+    const char *name; /* the field read, for a handle made now (or NULL) */
 };
 
-/* Pushes onto c->to the value at idx of L (the app's state): nil, booleans, numbers, strings and
- * tables without a metatable copied (deeply, at most 100 levels), anything else as a handle
- * that runs what the spec does with it on the object in the app's state. Raises in L (run it
- * under lb_protect). [-0, +0, v] (on L); [-0, +1, m] (on c->to) */
+/* Pushes onto c->to the value at idx of L (the app's state): nil, booleans, numbers, strings,
+ * bare pointers (lightuserdata: ws.null) and tables without a metatable copied (deeply, at most 100
+ * levels), anything else as a handle that runs what the spec does with it on the object in the
+ * app's state. Raises in L (run it under lb_protect). [-0, +0, v] (on L); [-0, +1, m] (on c->to) */
 void kit_value_out(lua_State *L, int idx, struct kit_copy *c, int depth);
 
 /* Registers the handles' metatable in L. [-0, +0, m] */

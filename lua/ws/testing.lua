@@ -2837,6 +2837,7 @@ function Real:http(method, target, headers)
   self.e:write(n, head_lines({method .. " " .. target .. " HTTP/1.1", "Host: 127.0.0.1"}, headers))
   local status, hdrs, body = parse_head(self.e:read(n))
   self.e:shutdown(n)
+  hdrs["connection"], hdrs["content-length"] = nil, nil -- the transport's, not the app's
   return status, body, hdrs
 end
 
@@ -2999,7 +3000,7 @@ function Real:logs(level)
       local fields = {}
       for k, v in pairs(f) do
         if k ~= "level" and k ~= "event" and k ~= "msg" and k ~= "worker" then
-          fields[k] = tonumber(v) or ({["true"] = true, ["false"] = false})[v] or v
+          fields[k] = v:match("^%-?%d+$") and math.tointeger(v) or v -- integers are logged as such
         end
       end
       out[#out + 1] = {level = f.level, msg = f.msg, fields = fields}

@@ -6,6 +6,7 @@
 #include "ws/kit.h"
 
 #include <lauxlib.h>
+#include <stdio.h>
 #include <stdbool.h>
 #include <string.h>
 
@@ -14,7 +15,8 @@
 
 struct handle {
     struct kit_engine *e;
-    int ref; /* the object, in the app's registry */
+    int ref;       /* the object, in the app's registry */
+    char name[32]; /* the field it was first read from, to name it in argument errors */
 };
 
 /* Pushes onto c->to the handle for the value at idx of L (the app's state): the one made before
@@ -32,6 +34,7 @@ static void push_handle(lua_State *L, int idx, struct kit_copy *c)
         lua_pop(to, 1); /* rawgetp's nil */
     struct handle *h = lua_newuserdatauv(to, sizeof(*h), 1);
     h->e = c->e;
+    snprintf(h->name, sizeof(h->name), "%s", c->name ? c->name : "");
     lua_pushvalue(L, idx);
     h->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_setmetatable(to, HANDLE_MT);
@@ -69,6 +72,9 @@ void kit_value_out(lua_State *L, int idx, struct kit_copy *c, int depth)
         lua_pushlstring(to, s, n);
         return;
     }
+    case LUA_TLIGHTUSERDATA: /* a bare pointer (ws.null): the same value on both sides */
+        lua_pushlightuserdata(to, lua_touserdata(L, idx));
+        return;
     case LUA_TTABLE:
         if (!lua_getmetatable(L, idx))
             break;
@@ -95,6 +101,11 @@ void kit_value_out(lua_State *L, int idx, struct kit_copy *c, int depth)
         lua_rawset(to, -3);
         lua_pop(L, 1);
     }
+}
+
+static int spec_function(lua_State *L)
+{
+    return luaL_error(L, "a function of the spec cannot run in the app");
 }
 
 /* Pushes onto L (the app's state) a copy of the value at idx of the spec's state from: handles
@@ -124,8 +135,14 @@ static void value_in(lua_State *from, int idx, lua_State *L, int map, struct kit
         lua_pushlstring(L, s, n);
         return;
     }
+    case LUA_TLIGHTUSERDATA:
+        lua_pushlightuserdata(L, lua_touserdata(from, idx));
+        return;
     case LUA_TTABLE:
         break;
+    case LUA_TFUNCTION: /* it stays in the spec: the app gets one that says so when called */
+        lua_pushcfunction(L, spec_function);
+        return;
     default: {
         struct handle *h = luaL_testudata(from, idx, HANDLE_MT);
         if (!h || h->e != e)
@@ -175,6 +192,8 @@ static int run_op(lua_State *L)
     switch (k->op) {
     case OP_INDEX:
         value_in(k->spec, k->first, L, 1, k->h->e, 0);
+        if (lua_type(L, -1) == LUA_TSTRING)
+            k->out.name = lua_tostring(k->spec, k->first);
         lua_gettable(L, 2);
         break;
     case OP_NEWINDEX:
@@ -242,7 +261,13 @@ static int handle_op(lua_State *L, enum op op)
     kit_settle(e);
     if (rc != 0) {
         lua_settop(L, top);
-        lua_pushstring(L, err);
+        /* called from C it has no name; called from the app's code it would have its field's */
+        const char *anon = op == OP_CALL && h->name[0] ? strstr(err, " to '?' (") : NULL;
+        if (anon)
+            lua_pushfstring(L, "%s to '%s' (%s", lua_pushlstring(L, err, (size_t)(anon - err)),
+                            h->name, anon + 9);
+        else
+            lua_pushstring(L, err);
         return lua_error(L);
     }
     return k.nres;

@@ -232,7 +232,7 @@ static int kit_load(lua_State *L)
         file = e->name; /* loaded from its folder: positions and info.file name it alone */
     }
     snprintf(logpath, sizeof(logpath), "%s/log", e->dir);
-    ws_log_setup(WS_LOG_INFO, WS_LOG_TEXT);
+    ws_log_setup(WS_LOG_DEBUG, WS_LOG_TEXT); /* ws.log.debug lines too */
     ws_log_open(logpath, err, sizeof(err));
     struct ws_config cli;
     ws_config_init(&cli);
