@@ -1,5 +1,6 @@
-"""The ws.testing kit (lua/ws/testing.lua) against the real server: the same app must behave the
-same in both.
+"""The ws.testing kit (lua/ws/testing.lua: the real server in-process, ws.kitcore, with in-memory
+connections and a simulated clock) against the real server over sockets: the same app must
+behave the same in both, which proves the in-memory transport and the simulated clock.
 
 Every scenario in tests/kit/scenarios/*.json (connect clients, send, close, drop, wait, plain
 HTTP requests, reloads) runs twice on a copy of its app at one path (so error messages name the
@@ -12,14 +13,10 @@ same file):
    step the driver waits until every client has received at least what the kit's transcript says
    (bounded), then a short quiet period to catch anything extra; "wait" steps wait for real.
 
-A third run, tests/kit/driver.lua --core, plays the scenario in testing.start: the real server
-in-process (ws.kitcore: in-memory connections, the simulated clock). Its transcript must match
-the server's too, which proves the in-memory transport and the simulated clock.
-
 The transcripts must match step by step (JSON text is compared parsed, so key order does not
 matter; a scenario may mask fields such as timestamps). Steps may also carry expected entries,
 checked against the server's. Handler errors each kit reports must match the server's handler_error lines.
-A second group compares the kit's load-time validation messages with `wsserver --check`.
+A second group compares the kit's load-time failure messages with `wsserver --check`.
 """
 import json
 import os
@@ -357,22 +354,16 @@ def shutil_copy(src, dst):
     pathlib.Path(dst).write_bytes(pathlib.Path(src).read_bytes())
 
 
+def kit_env(**extra):
+    """The environment a kit process needs: ws.kitcore on LUA_CPATH (make kit)."""
+    return dict(os.environ, LUA_CPATH=f"{KITCORE}/?.so;;", **extra)
+
+
 def run_kit(scenario_path, scenario, app_path):
     shutil_copy(ROOT / scenario["app"], app_path)
     out = subprocess.run([LUA, str(DRIVER), str(scenario_path), str(app_path)], cwd=str(ROOT),
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, env=kit_env())
     assert out.returncode == 0, f"kit driver failed:\n{out.stderr}"
-    return json.loads(out.stdout)
-
-
-def run_core(scenario_path, scenario, app_path):
-    """The scenario on the real server in-process (testing.start: ws.kitcore, in-memory
-    connections, the simulated clock), through tests/kit/driver.lua --core."""
-    shutil_copy(ROOT / scenario["app"], app_path)
-    env = dict(os.environ, LUA_CPATH=f"{KITCORE}/?.so;;")
-    out = subprocess.run([LUA, str(DRIVER), "--core", str(scenario_path), str(app_path)],
-                         cwd=str(ROOT), capture_output=True, text=True, timeout=60, env=env)
-    assert out.returncode == 0, f"kitcore driver failed:\n{out.stderr}"
     return json.loads(out.stdout)
 
 
@@ -431,11 +422,9 @@ def test_scenario(path, tmp_path):
     mask = set(scenario.get("mask", []))
     app_path = tmp_path / "app.lua"
     kit = run_kit(path, scenario, app_path)
-    core = run_core(path, scenario, app_path)
     real, log = run_on_server(scenario, app_path, kit)
     problems = expectations(scenario, mask, real)
     problems += differences(scenario, mask, "kit", kit, real, log)
-    problems += differences(scenario, mask, "kitcore", core, real, log)
     assert not problems, (f"{path.name}: the kit and the server differ\n" + "\n".join(problems)
                           + f"\n--- server log ---\n{log[-4000:]}")
 
@@ -541,7 +530,7 @@ def kit_load_error(app):
             'assert(not ok, "the kit loaded it")\n'
             'io.write((err:gsub("^ws.testing.load: .-: the app failed to load: ", "")))\n')
     out = subprocess.run([LUA, "-e", code], cwd=str(ROOT), capture_output=True, text=True,
-                         timeout=30, env=dict(os.environ, KIT_APP=str(app)))
+                         timeout=30, env=kit_env(KIT_APP=str(app)))
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -551,18 +540,3 @@ def test_load_errors_match_check(name, tmp_path):
     app = tmp_path / f"{name}.lua"
     app.write_text(BAD_APPS[name])
     assert kit_load_error(app) == server_check_error(app)
-
-
-def test_kit_knows_every_option():
-    """The kit validates config tables with its own copy of the option table (src/core/config.c):
-    every option `wsserver --help` lists must be in it."""
-    out = subprocess.run([BINARY, "--help"], capture_output=True, text=True, timeout=30)
-    text = out.stdout + out.stderr
-    section = text.split("the command line wins.", 1)[1]
-    server = {m.group(1).replace("-", "_") for m in re.finditer(r"^\s+--([a-z-]+)", section, re.M)}
-    code = ('package.path = "lua/?.lua;" .. package.path\n'
-            'for _, o in ipairs(require("ws.testing").options) do print(o.name) end\n')
-    kit = set(subprocess.run([LUA, "-e", code], cwd=str(ROOT), capture_output=True, text=True,
-                             check=True).stdout.split())
-    assert server - kit == set(), "options the kit does not know"
-    assert kit - server == set(), "options the server does not have"

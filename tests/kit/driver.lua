@@ -3,10 +3,10 @@
 -- result (connect, http, reload). tests/integration/test_kit_conformance.py runs the same
 -- scenario against build/wsserver and compares the transcripts.
 --
---   lua5.4 tests/kit/driver.lua [--core] SCENARIO.json [APP.lua]
+--   LUA_CPATH="build/lua/?.so;;" lua5.4 tests/kit/driver.lua SCENARIO.json [APP.lua]
 --
--- --core: in testing.start (the real server in-process: ws.kitcore on LUA_CPATH, in-memory
--- connections, the simulated clock) instead of the simulation (testing.load).
+-- The kit is the real server in-process (ws.kitcore: in-memory connections, the simulated
+-- clock), so the scenarios prove those two against the server on sockets.
 --
 -- APP.lua (default: the scenario's "app") is the file the kit loads; the conformance test passes
 -- a copy so the server and the kit load the same path (error messages name it). A "reload" step
@@ -54,10 +54,6 @@ local function entry(e)
   return {kind = "text", data = e.data}
 end
 
-local core = arg[1] == "--core"
-if core then
-  table.remove(arg, 1)
-end
 local scenario_path, app_path = arg[1], arg[2]
 local scenario = assert(json.decode(read(scenario_path)))
 local scratch
@@ -68,10 +64,7 @@ if not app_path then
   write(app_path, read(root .. "/" .. scenario.app))
 end
 
-local t = (core and testing.start or testing.load)(app_path,
-                                                   {config = scenario.cli, now = 1700000000})
--- headers of the transport, not of the app (the simulation has none)
-local TRANSPORT = core and {["content-length"] = true, connection = true} or {}
+local t = testing.load(app_path, {config = scenario.cli, now = 1700000000})
 local clients = {}
 local out = array()
 
@@ -116,7 +109,7 @@ for i, step in ipairs(scenario.steps) do
     local status, body, headers = t:http(step.http, step.path, step.headers)
     rec.result = {status = status, body = body, content_type = headers["content-type"]}
     for k, v in pairs(headers) do
-      if k ~= "content-type" and not TRANSPORT[k] then
+      if k ~= "content-type" then
         rec.result[k] = v
       end
     end
