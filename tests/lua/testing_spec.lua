@@ -1,5 +1,6 @@
--- ws.testing (lua/ws/testing.lua): the simulated server app authors test their handlers with.
--- Behaviour that must match the real server is also checked against build/wsserver by
+-- ws.testing (lua/ws/testing.lua): the real server in-process (ws.kitcore, on LUA_CPATH) that app
+-- authors test their handlers with, on in-memory connections and a simulated clock. Its
+-- transcripts are also compared with build/wsserver over sockets by
 -- tests/integration/test_kit_conformance.py; this spec pins the kit's own API and the details.
 local testing = require "ws.testing"
 local json = require "ws.json"
@@ -1053,9 +1054,9 @@ describe("ws.testing", function()
   end)
 end)
 
-describe("testing.start: the real server in-process", function()
+describe("ws.testing: the real server in-process", function()
   it("speaks to the app through the real handshake and frames", function()
-    local t = testing.start([[return {
+    local t = testing.load([[return {
       upgrade = function(req) if req.query.token ~= "ok" then return false, 403, "who are you" end end,
       open = function(conn) conn:send("hello " .. conn.peer) end,
       message = function(conn, data, kind) conn:send(data, kind) end,
@@ -1075,7 +1076,7 @@ describe("testing.start: the real server in-process", function()
   end)
 
   it("finishes ws.sleep when the spec moves the clock, in order per connection", function()
-    local t = testing.start([[return {message = function(conn, data)
+    local t = testing.load([[return {message = function(conn, data)
       ws.sleep(tonumber(data))
       conn:send(data .. " at " .. ws.now())
     end}]], {now = 100})
@@ -1095,7 +1096,7 @@ describe("testing.start: the real server in-process", function()
   end)
 
   it("lets the spec answer ws.http: responses, errors, delays and the call's timeout", function()
-    local t = testing.start([[return {message = function(conn, data)
+    local t = testing.load([[return {message = function(conn, data)
       local r, err = ws.http.get("http://auth.test/check?token=" .. data, {timeout = 5})
       conn:send(r and (r.status .. " " .. r.body .. " " .. r.headers["x-user"]) or ("error " .. err))
     end}]])
@@ -1125,7 +1126,7 @@ describe("testing.start: the real server in-process", function()
   end)
 
   it("pauses a client: queued and drain come from the server's own queue", function()
-    local t = testing.start([[return {
+    local t = testing.load([[return {
       message = function(conn)
         local r
         for _ = 1, 100 do r = conn:send(string.rep("x", 1000)) end
@@ -1153,7 +1154,7 @@ describe("testing.start: the real server in-process", function()
       f:close()
     end
     write('return {http = {["GET /v"] = function() return 200, "one" end}}')
-    local t = testing.start(path)
+    local t = testing.load(path)
     assert.same({200, "one"}, two(t:http("GET", "/v")))
     write('return {http = {["GET /v"] = function() return 200, "two" end}}')
     assert.is_true(t:reload())
@@ -1166,7 +1167,7 @@ describe("testing.start: the real server in-process", function()
     os.remove(path)
   end)
   it("shows the server's state, counters, logs and errors", function()
-    local t = testing.start([[return {
+    local t = testing.load([[return {
       open = function(conn) conn:subscribe("room") conn.data.name = "n" .. conn.id
         ws.state.opened = (ws.state.opened or 0) + 1 end,
       message = function(conn, data)
