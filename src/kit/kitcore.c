@@ -233,6 +233,7 @@ static int kit_load(lua_State *L)
     }
     snprintf(logpath, sizeof(logpath), "%s/log", e->dir);
     ws_log_setup(WS_LOG_DEBUG, WS_LOG_TEXT); /* ws.log.debug lines too */
+    ws_log_set_flood_control(false);         /* t:errors and t:logs see every line */
     ws_log_open(logpath, err, sizeof(err));
     struct ws_config cli;
     ws_config_init(&cli);
