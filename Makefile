@@ -13,6 +13,9 @@ PREFIX ?= /usr/local
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -DWS_LUA_DIR=\"$(PREFIX)/share/wsserver/lua\" $(WARN) $(CFLAGS) $(SAN) -Iinclude \
              $(shell pkg-config --cflags $(LUA_PKG) 2>/dev/null) -MMD -MP
 LDLIBS = -lev $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null || echo -llua5.4) -lhiredis -lcurl -lssl -lcrypto -lz -lm
+# ws.pg: libpq (Debian's libpq-dev); its threads only run PQcancel
+ALL_CFLAGS += $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
+LDLIBS += $(shell pkg-config --libs libpq 2>/dev/null || echo -lpq) -lpthread
 LDFLAGS ?=
 
 # Three layers, each its own library; dependencies point down only (main -> lua -> core -> proto):
@@ -73,7 +76,7 @@ $(BUILD)/pic/%.o: src/%.c
 
 $(KIT_SO): $(call pic,$(KIT_SRC) $(LUA_SRC) $(CORE_SRC) $(PROTO_SRC))
 	@mkdir -p $(@D)
-	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ -lev -lhiredis -lcurl -lssl -lcrypto -lz -lm
+	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ $(filter-out -llua%,$(LDLIBS))
 
 kit: $(KIT_SO)
 

@@ -257,6 +257,37 @@ print(f'  chat load  {r["connections"]} clients, {r["rooms"]} rooms: {r["says_pe
 EOF
 fi
 
+# Postgres: one SELECT by primary key per message (bench/pg_load.sh: a throwaway cluster,
+# bench/apps/pg_select.lua) beside plain echo with the same wsbench arguments, alternating,
+# BENCH_RUNS times. Rows pg-select-c100-d16 and pg-echo-c100-d16 in the results' "raw".
+PG_NAME=pg-select-c100-d16
+if [[ " $IMPLS " == *" wsserver "* && ( -z $ONLY || $PG_NAME =~ $ONLY ) ]]; then
+    rc=0
+    WSSERVER="$TMP/bin/wsserver" WSBENCH="$WSBENCH" PG_RUNS="$RUNS" PG_DURATION="$DURATION" \
+        PG_WARMUP="$WARMUP" bash "$ROOT/bench/pg_load.sh" >"$TMP/pg.jsonl" 2>>"$TMP/wsbench.log" || rc=$?
+    ((rc == 0)) || { echo "  postgres load failed (exit $rc):" >&2; tail -5 "$TMP/wsbench.log" >&2; }
+    $PY - "$TMP/pg.jsonl" "$RAW" <<'EOF2'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+with open(sys.argv[2], "a") as raw:
+    for i, r in enumerate(rows):
+        name = "pg-select-c100-d16" if r["app"] == "pg_select" else "pg-echo-c100-d16"
+        raw.write(json.dumps({"run": i // 2 + 1, "impl": "wsserver", "scenario": name,
+                              "args": "echo -c 100 -s 32 -d 16", "exit": 0, "server_alive": True,
+                              "result": r}) + "\n")
+def med(app, f):
+    xs = [f(r) for r in rows if r["app"] == app]
+    return statistics.median(xs) if xs else None
+pg, echo = med("pg_select", lambda r: r["msgs_per_s"]), med("echo", lambda r: r["msgs_per_s"])
+if pg is None or echo is None:
+    print("  postgres load: no result"); sys.exit()
+pg99, echo99 = med("pg_select", lambda r: r["latency_us"]["p99"]), med("echo", lambda r: r["latency_us"]["p99"])
+print(f"  postgres load (echo -c 100 -s 32 -d 16, median of {len(rows) // 2}): one SELECT by primary key"
+      f" per message {pg:,.0f} msgs/s, p99 {pg99:,.0f} us; plain echo {echo:,.0f} msgs/s,"
+      f" p99 {echo99:,.0f} us; {pg / echo:.3f}x of echo")
+EOF2
+fi
+
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 OUT=${BENCH_OUT:-$ROOT/bench/results/$(date -u +%Y%m%d-%H%M%S)-$COMMIT.json}
 mkdir -p "$(dirname "$OUT")"

@@ -14,6 +14,7 @@ PACKAGES=(
     build-essential pkg-config clang clang-format
     liblua5.4-dev lua5.4 libev-dev libssl-dev zlib1g-dev
     libcmocka-dev lua-busted lua-cjson libhiredis-dev libcurl4-openssl-dev redis-server
+    libpq-dev postgresql
     python3 python3-websockets python3-pytest python3-prometheus-client
     nodejs
     openssl procps

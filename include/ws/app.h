@@ -21,6 +21,7 @@ struct ws_upgrade_reply {
     size_t body_len;
     char *protocol; /* accept: chosen subprotocol (owned); must be one the client offered */
     char *headers;  /* refusal: extra header lines, each ending in CRLF (owned), or NULL */
+    bool pending;   /* the app decides later and then calls ws_conn_upgrade_decided */
 };
 
 /* What an http() route answers. */
@@ -30,10 +31,11 @@ struct ws_http_reply {
     size_t body_len;
     char *headers;      /* extra header lines, each ending in CRLF (owned), or NULL */
     char *content_type; /* owned, or NULL for text/plain */
+    bool pending;       /* the app answers later and then calls ws_conn_http_answered */
 };
 
 struct ws_app_ops {
-    /* Before the 101: may refuse or pick a protocol. */
+    /* Before the 101: may refuse or pick a protocol, or decide later (reply->pending). */
     void (*upgrade)(void *app, struct ws_conn *c, const struct ws_http_request *req,
                     struct ws_upgrade_reply *reply);
     void (*open)(void *app, struct ws_conn *c);
@@ -45,7 +47,7 @@ struct ws_app_ops {
     /* The send queue emptied after having been above the low-water mark. */
     void (*drain)(void *app, struct ws_conn *c);
     /* A plain HTTP request (no upgrade; req->body holds its body). Returns true when it answered
-     * in *reply. */
+     * in *reply, or will answer later (reply->pending). */
     bool (*http)(void *app, struct ws_conn *c, const struct ws_http_request *req,
                  struct ws_http_reply *reply);
     /* True when the app serves HTTP routes: a GET no route or file serves is then a 404, not a

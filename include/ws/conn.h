@@ -6,6 +6,7 @@
 #ifndef WS_CONN_H
 #define WS_CONN_H
 
+#include "ws/app.h"
 #include "ws/buf.h"
 #include "ws/deflate.h"
 #include "ws/env.h"
@@ -36,6 +37,13 @@ enum ws_conn_state {
 #define WS_CONN_QUEUED 1 /* accepted; queue above the low-water mark: wait for drain */
 
 /* Who began the end of a WebSocket connection, for the close log. */
+/* A request whose answer the app gives later (SPEC §4a: upgrade and http handlers may wait). */
+enum ws_conn_decision {
+    WS_CONN_DECIDED,          /* nothing deferred */
+    WS_CONN_DECIDING_UPGRADE, /* waiting for ws_conn_upgrade_decided */
+    WS_CONN_DECIDING_HTTP,    /* waiting for ws_conn_http_answered */
+};
+
 enum ws_conn_closer {
     WS_CONN_BY_NONE,   /* nobody sent a close frame: the connection dropped */
     WS_CONN_BY_SERVER, /* we sent the first close frame */
@@ -51,7 +59,6 @@ struct ws_conn {
     ev_timer timer; /* the one timer: handshake, ping, pong, idle and close deadlines */
     struct ws_session session;
     struct ws_request request;        /* the HTTP request while CONNECTING, then empty */
-    struct ws_conn_body *body;        /* a plain request\'s body being read, or NULL */
     struct ws_heartbeat_clocks clock; /* what the timeouts are measured from */
     union {
         struct sockaddr sa;
@@ -63,6 +70,7 @@ struct ws_conn {
     struct ws_deflate *deflate; /* permessage-deflate state when negotiated (owned) */
     uint16_t close_code;        /* code to report to the app's close callback */
     uint8_t closed_by;          /* enum ws_conn_closer */
+    uint8_t deciding;           /* enum ws_conn_decision */
     uint32_t messages_in, messages_out;
     uint64_t bytes_in, bytes_out;
     char *close_reason;         /* owned, may be NULL */
@@ -115,6 +123,14 @@ void ws_conn_hold_reading(struct ws_conn *c, bool held);
 /* The app is done with a connection it held (ops->hold): the next pass reports its close and
  * frees it. No-op when it is not held. */
 void ws_conn_unhold(struct ws_conn *c);
+
+/* The app's decision on an upgrade request it deferred (reply->pending): the 101 (then open) or
+ * the refusal goes out now. A connection that closed meanwhile (the client left,
+ * handshake_timeout) gets nothing. What reply owns is taken or freed either way. */
+void ws_conn_upgrade_decided(struct ws_conn *c, struct ws_upgrade_reply *reply);
+
+/* The same for a plain request's route answer (reply->pending in ops->http). */
+void ws_conn_http_answered(struct ws_conn *c, struct ws_http_reply *reply);
 
 /* Writes what is queued now. */
 void ws_conn_flush(struct ws_conn *c);

@@ -32,6 +32,35 @@ enum ws_stats_http_result {
     WS_STATS_HTTP_RESULTS
 };
 
+/* How an outbound WebSocket connection attempt (ws.connect) ended, for /metrics. */
+enum ws_stats_wsclient_result {
+    WS_STATS_WSCLIENT_OK,      /* the handshake completed */
+    WS_STATS_WSCLIENT_REFUSED, /* the server answered another status than 101 */
+    WS_STATS_WSCLIENT_ERROR,   /* lookup, connect, TLS or handshake failure */
+    WS_STATS_WSCLIENT_TIMEOUT, /* its timeout passed */
+    WS_STATS_WSCLIENT_RESULTS
+};
+
+/* The stores of ws.pg (and others like it), for /metrics: one entry each. */
+enum ws_stats_store { WS_STATS_STORE_POSTGRES, WS_STATS_STORES };
+
+/* How a store's command (a query, BEGIN, COMMIT) ended. */
+enum ws_stats_store_result {
+    WS_STATS_STORE_OK,      /* the server answered */
+    WS_STATS_STORE_ERROR,   /* the server refused it (SQLSTATE) or the connection failed */
+    WS_STATS_STORE_TIMEOUT, /* its timeout passed */
+    WS_STATS_STORE_RESULTS
+};
+
+/* One store's counters, latency histogram and pool gauges. */
+struct ws_stats_store_counts {
+    uint64_t results[WS_STATS_STORE_RESULTS];
+    uint64_t calls;
+    double seconds;
+    uint64_t buckets[WS_STATS_LATENCY_BUCKETS];
+    uint64_t pool_open, pool_in_use; /* gauges: connections open, handed out */
+};
+
 /* Counters behind ws.stats() and /metrics: monotonic for the life of the process (a reload does
  * not reset them). */
 struct ws_stats {
@@ -56,6 +85,11 @@ struct ws_stats {
     uint64_t http_calls;
     double http_seconds;
     uint64_t http_buckets[WS_STATS_LATENCY_BUCKETS];
+    /* outbound WebSocket connections (ws.connect) */
+    uint64_t wsclient_connects[WS_STATS_WSCLIENT_RESULTS];
+    uint64_t wsclient_open; /* gauge */
+    uint64_t wsclient_messages_in, wsclient_messages_out;
+    struct ws_stats_store_counts stores[WS_STATS_STORES];
 };
 
 /* Upper bounds (seconds) of the handler latency buckets; the last is +Inf. */
@@ -66,6 +100,13 @@ extern const double ws_stats_http_bounds[WS_STATS_LATENCY_BUCKETS];
 
 /* Records one outbound HTTP request that ended as result after seconds. */
 void ws_stats_observe_http(struct ws_stats *st, enum ws_stats_http_result result, double seconds);
+
+/* Upper bounds (seconds) of the store command latency buckets; the last is +Inf. */
+extern const double ws_stats_store_bounds[WS_STATS_LATENCY_BUCKETS];
+
+/* Records one command of store that ended as result after seconds. */
+void ws_stats_observe_store(struct ws_stats *st, enum ws_stats_store store,
+                            enum ws_stats_store_result result, double seconds);
 
 /* Records one handler call that took seconds. */
 void ws_stats_observe_handler(struct ws_stats *st, double seconds);

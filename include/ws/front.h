@@ -20,6 +20,7 @@ struct ws_conn;
 enum ws_front_action {
     WS_FRONT_ANSWER,  /* send response, then close */
     WS_FRONT_UPGRADE, /* send response (the 101), then speak WebSocket */
+    WS_FRONT_PENDING, /* the app decides later: ws_front_upgrade_decided / ws_front_http_answered */
 };
 
 struct ws_front_reply {
@@ -37,6 +38,15 @@ struct ws_front_reply {
  * Always fills *reply, which must be freed with ws_front_reply_free. */
 void ws_front_handle(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
                      struct ws_front_reply *reply);
+
+/* The rest of the decision on an upgrade request req whose app hook answered later: app is the
+ * hook's reply (what it owns is taken or freed here). Fills *reply as ws_front_handle does. */
+void ws_front_upgrade_decided(struct ws_env *env, const struct ws_http_request *req,
+                              struct ws_upgrade_reply *app, struct ws_front_reply *reply);
+
+/* The answer to a plain request req whose app route answered later (app: freed here). */
+void ws_front_http_answered(struct ws_env *env, const struct ws_http_request *req,
+                            struct ws_http_reply *app, struct ws_front_reply *reply);
 
 /* The metrics listener (metrics_listen): /metrics and /healthz only, never an upgrade. */
 void ws_front_handle_ops(struct ws_env *env, const struct ws_http_request *req,

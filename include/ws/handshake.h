@@ -36,6 +36,13 @@ struct ws_handshake {
  * (invalid offers are skipped, not fatal). hs may point into req's buffer. */
 int ws_handshake_check(const struct ws_http_request *req, struct ws_handshake *hs);
 
+/* Parses every Sec-WebSocket-Extensions field of msg (a request or a response; RFC 6455 §9.1):
+ * the valid permessage-deflate elements go to offers[0..max) in order (*noffers of them). Returns
+ * how many other elements there were: other extensions, permessage-deflate elements with
+ * unknown, repeated or invalid parameters (RFC 7692 §7), syntax errors, and offers past max. */
+size_t ws_handshake_extensions(const struct ws_http_request *msg, struct ws_deflate_offer *offers,
+                               size_t max, size_t *noffers);
+
 /* True when req asks for a WebSocket upgrade at all (Upgrade: websocket present), so a plain
  * GET can be routed elsewhere. */
 bool ws_handshake_is_upgrade(const struct ws_http_request *req);

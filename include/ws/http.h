@@ -26,11 +26,19 @@ struct ws_http_request {
     struct ws_span method;
     struct ws_span target; /* request-target as sent: path and query */
     int version_minor;     /* HTTP/1.x */
+    int status;            /* a response's status code (ws_http_parse_response), else 0 */
     struct ws_http_header headers[WS_HTTP_MAX_HEADERS];
     size_t nheaders;
     size_t head_len;     /* bytes of the head including the final CRLF CRLF */
     struct ws_span body; /* the body, once the caller has read it (the parser leaves it empty) */
 };
+
+/* Parses a response head (RFC 9112 §4: status-line, then fields) at buf[0..len) like
+ * ws_http_parse: resp->status holds the code (100..999), method and target stay empty, the reason
+ * phrase is not kept. Same returns; a status line that is not "HTTP/1.x NNN" is WS_E_HTTP_BAD
+ * (WS_E_HTTP_VERSION for another major version). */
+int ws_http_parse_response(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
+                           struct ws_http_request *resp);
 
 /* How a request's body is framed. */
 struct ws_http_framing {

@@ -4,6 +4,9 @@
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
  *   lb_http   ws.http: outbound HTTP requests that wait
+ *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
+ *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
+ *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
@@ -37,6 +40,8 @@ struct lb_timer;
 struct lb_task;
 struct ws_http_client;
 struct ws_http_client_ops;
+struct lb_wsclient;
+struct lb_pg;
 
 struct lb_app {
     lua_State *L;
@@ -81,6 +86,8 @@ struct lb_app {
     const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
     struct ws_http_client *http; /* ws.http's client, made on first use */
     const struct ws_http_client_ops *http_ops; /* its calls: libcurl's, or a stand-in's */
+    struct lb_wsclient *wsclients;             /* ws.connect's clients that are not collected yet */
+    struct lb_pg *pg;                          /* ws.pg's pools, made on first use */
 };
 
 /* ---- lb_state ---- */
@@ -144,6 +151,11 @@ void lb_app_request_reload(struct lb_app *a);
 /* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
  * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
 void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
+
+/* With a header name at -2 and its value at -1 (a lua_next pair of an opts.headers table),
+ * pushes and returns "Name: value", or raises naming api: the name must be a token, the value a
+ * string or number without CR, LF or NUL (RFC 9110 §5.5). [-0, +1, v] */
+const char *lb_push_header_line(lua_State *L, const char *api);
 
 /* ---- lb_task ---- */
 
@@ -242,6 +254,43 @@ void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, c
 
 /* Pushes the ws.http table (request, get, post) and registers its metatables. [-0, +1, m] */
 void lb_http_open(lua_State *L);
+
+/* ---- lb_wsclient ---- */
+
+/* Registers the client metatable and pushes the ws.connect function. [-0, +1, m] */
+void lb_wsclient_open(lua_State *L);
+
+/* A reload (keep_generation: the version now running): clients with callbacks that an older
+ * version started close with 1001 and do not reconnect. keep_generation 0 (the state closes):
+ * every connection is dropped at once. */
+void lb_wsclient_cancel(struct lb_app *a, uint64_t keep_generation);
+
+/* A shutdown: every client closes with 1001 and none reconnects. */
+void lb_wsclient_shutdown(struct lb_app *a);
+
+/* ---- lb_pg ---- */
+
+/* Pushes the ws.pg table (connect) and registers its metatables. [-0, +1, m] */
+void lb_pg_open(lua_State *L);
+
+/* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
+void lb_pg_free(struct lb_app *a);
+
+/* ---- lb_pg_types ---- */
+
+struct pg_result; /* libpq's PGresult */
+
+/* Turns the n parameters from idx on into strings in place (nil and ws.null stay nil, for SQL
+ * NULL) and fills values, lengths and formats as PQsendQueryParams reads them: booleans, numbers
+ * as decimal text, tables as their JSON, strings as they are (binary format when not valid
+ * UTF-8 or holding a NUL, as bytea wants them). Raises for values SQL has no form for.
+ * [-0, +0, e] */
+void lb_pg_params(lua_State *L, struct lb_app *a, int idx, int n, const char **values, int *lengths,
+                  int *formats);
+
+/* Pushes the rows of res (tables keyed by column name, values by column type, NULL as ws.null)
+ * and the affected row count; returns 2. [-0, +2, e] */
+int lb_pg_push_rows(lua_State *L, struct lb_app *a, struct pg_result *res);
 
 /* ---- lb_ws ---- */
 

@@ -41,4 +41,8 @@ int ws_request_feed(struct ws_request *r, const uint8_t *data, size_t len,
 /* The head, when it is complete (also after an error in the body): true and *req filled. */
 bool ws_request_head(const struct ws_request *r, struct ws_http_request *req);
 
+/* The complete request again, head and body (after ws_request_feed returned 0): true and *req
+ * filled, with spans into r->in as they are now. */
+bool ws_request_complete(const struct ws_request *r, struct ws_http_request *req);
+
 #endif

@@ -60,6 +60,10 @@ void ws_session_init(struct ws_session *s, size_t max_message_bytes);
  * and its payload is inflated into the message (bounded by max_message_bytes as it inflates). */
 void ws_session_set_deflate(struct ws_session *s, struct ws_deflate *d);
 
+/* The client role: right after ws_session_init, the peer is a server, whose frames must not be
+ * masked (WS_E_MASKED otherwise). Everything else is the same in both roles. */
+void ws_session_set_client(struct ws_session *s);
+
 /* Frees the message buffer; the session may be initialised again. */
 void ws_session_reset(struct ws_session *s);
 

@@ -44,4 +44,15 @@ void ws_tls_ctx_free(struct ws_tls_ctx *ctx);
 /* A TLS session for a new accepted socket (the transport state for ws_transport_tls). */
 void *ws_tls_session_new(struct ws_tls_ctx *ctx, int fd);
 
+/* A TLS client session on the connected socket fd (the transport state for ws_transport_tls):
+ * TLS 1.2+, SNI with host unless it is an address literal, and unless insecure the server's
+ * certificate verified against ca_file (PEM; NULL: the system's store) and checked to name host.
+ * Returns NULL with a message in err when the context cannot be made (ca_file unreadable). */
+void *ws_tls_client_new(int fd, const char *host, const char *ca_file, bool insecure, char *err,
+                        size_t errlen);
+
+/* After a failed handshake of a client session: why the certificate was refused, or NULL when
+ * verification was not the problem. Static storage. */
+const char *ws_tls_verify_error(void *t);
+
 #endif

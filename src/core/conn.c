@@ -399,6 +399,23 @@ static void refuse_request(struct ws_conn *c, int err, const struct ws_http_requ
     ws_front_reply_free(&r);
 }
 
+/* Carries out the front's decision on req (r is freed). */
+static void carry_out(struct ws_conn *c, struct ws_front_reply *r,
+                      const struct ws_http_request *req)
+{
+    if (r->action == WS_FRONT_PENDING) {
+        /* the request stays in c->request until the app decides */
+        c->deciding =
+            ws_handshake_is_upgrade(req) ? WS_CONN_DECIDING_UPGRADE : WS_CONN_DECIDING_HTTP;
+    } else if (r->action == WS_FRONT_UPGRADE) {
+        open_ws(c, r, req);
+        ws_request_reset(&c->request);
+    } else {
+        answer(c, r, req);
+    }
+    ws_front_reply_free(r);
+}
+
 /* The whole request is here (head, and body when it has one): the front decides. */
 static void decide(struct ws_conn *c, const struct ws_http_request *req)
 {
@@ -407,13 +424,57 @@ static void decide(struct ws_conn *c, const struct ws_http_request *req)
         ws_front_handle_ops(c->env, req, &r);
     else
         ws_front_handle(c->env, c, req, &r);
-    if (r.action == WS_FRONT_UPGRADE) {
-        open_ws(c, &r, req);
-        ws_request_reset(&c->request);
-    } else {
-        answer(c, &r, req);
+    carry_out(c, &r, req);
+}
+
+/* Bytes that come while the app decides. An upgrade's are its first frames: kept, and past one
+ * read's worth reading stops until the decision. A plain request's are not read (it closes after
+ * its answer). Reading goes on otherwise, so a client that leaves is seen. */
+static void while_deciding(struct ws_conn *c, const uint8_t *data, size_t n)
+{
+    if (c->deciding != WS_CONN_DECIDING_UPGRADE)
+        return;
+    ws_buf_append(&c->request.in, data, n);
+    if (c->request.in.len - c->request.head_len > WS_ENV_READ_BYTES)
+        ws_conn_hold_reading(c, true);
+}
+
+/* The app decided: false when the connection went away meanwhile. */
+static bool decided(struct ws_conn *c, enum ws_conn_decision was)
+{
+    bool live = c->deciding == was && c->state == WS_CONN_CONNECTING;
+    c->deciding = WS_CONN_DECIDED;
+    if (live)
+        ws_conn_hold_reading(c, false);
+    return live;
+}
+
+void ws_conn_upgrade_decided(struct ws_conn *c, struct ws_upgrade_reply *app)
+{
+    struct ws_http_request req;
+    if (!decided(c, WS_CONN_DECIDING_UPGRADE) || !ws_request_head(&c->request, &req)) {
+        free(app->body);
+        free(app->headers);
+        free(app->protocol);
+        return;
     }
-    ws_front_reply_free(&r);
+    struct ws_front_reply r;
+    ws_front_upgrade_decided(c->env, &req, app, &r);
+    carry_out(c, &r, &req);
+}
+
+void ws_conn_http_answered(struct ws_conn *c, struct ws_http_reply *app)
+{
+    struct ws_http_request req;
+    if (!decided(c, WS_CONN_DECIDING_HTTP) || !ws_request_complete(&c->request, &req)) {
+        free(app->body);
+        free(app->headers);
+        free(app->content_type);
+        return;
+    }
+    struct ws_front_reply r;
+    ws_front_http_answered(c->env, &req, app, &r);
+    carry_out(c, &r, &req);
 }
 
 /* Behind a trusted proxy the client is the address it forwards: the peer from now on (logs,
@@ -542,7 +603,10 @@ static void on_bytes(struct ws_conn *c, uint8_t *data, size_t n)
     c->clock.ping_sent = 0; /* any bytes prove the peer alive */
     switch (c->state) {
     case WS_CONN_CONNECTING:
-        on_request_bytes(c, data, n);
+        if (c->deciding)
+            while_deciding(c, data, n);
+        else
+            on_request_bytes(c, data, n);
         break;
     case WS_CONN_OPEN:
     case WS_CONN_CLOSING:
@@ -723,7 +787,8 @@ void ws_conn_run_pending(struct ws_env *env)
                 c->in_flush_list = false;
             }
             /* SPEC §4a: a handler still running for c finishes first; close comes after it */
-            if (!env->stopped && c->opened && env->ops->hold && env->ops->hold(env->app, c)) {
+            if (!env->stopped && (c->opened || c->deciding) && env->ops->hold &&
+                env->ops->hold(env->app, c)) {
                 c->held = true;
                 continue;
             }

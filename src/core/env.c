@@ -18,29 +18,44 @@ const double ws_stats_http_bounds[WS_STATS_LATENCY_BUCKETS] = {
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 1e300,
 };
 
+const double ws_stats_store_bounds[WS_STATS_LATENCY_BUCKETS] = {
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 1e300,
+};
+
+/* Counts seconds in the first of buckets whose bound holds it. */
+static void bucket(uint64_t *buckets, const double *bounds, double seconds)
+{
+    for (int i = 0; i < WS_STATS_LATENCY_BUCKETS; i++) {
+        if (seconds <= bounds[i]) {
+            buckets[i]++;
+            break;
+        }
+    }
+}
+
 void ws_stats_observe_http(struct ws_stats *st, enum ws_stats_http_result result, double seconds)
 {
     st->http_results[result]++;
     st->http_calls++;
     st->http_seconds += seconds;
-    for (int i = 0; i < WS_STATS_LATENCY_BUCKETS; i++) {
-        if (seconds <= ws_stats_http_bounds[i]) {
-            st->http_buckets[i]++;
-            break;
-        }
-    }
+    bucket(st->http_buckets, ws_stats_http_bounds, seconds);
+}
+
+void ws_stats_observe_store(struct ws_stats *st, enum ws_stats_store store,
+                            enum ws_stats_store_result result, double seconds)
+{
+    struct ws_stats_store_counts *s = &st->stores[store];
+    s->results[result]++;
+    s->calls++;
+    s->seconds += seconds;
+    bucket(s->buckets, ws_stats_store_bounds, seconds);
 }
 
 void ws_stats_observe_handler(struct ws_stats *st, double seconds)
 {
     st->handler_calls++;
     st->handler_seconds += seconds;
-    for (int i = 0; i < WS_STATS_LATENCY_BUCKETS; i++) {
-        if (seconds <= ws_stats_latency_bounds[i]) {
-            st->handler_buckets[i]++;
-            break;
-        }
-    }
+    bucket(st->handler_buckets, ws_stats_latency_bounds, seconds);
 }
 
 void ws_stats_count_close(struct ws_stats *st, int code)

@@ -7,6 +7,8 @@
 #include "ws/log.h"
 #include "ws/static.h"
 
+#include <assert.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +137,17 @@ static void metrics(struct ws_env *env, bool head, struct ws_front_reply *r)
     ws_buf_reset(&out);
 }
 
+/* An app route's answer; what app owns is freed. */
+static void answer_app(const struct ws_http_request *req, struct ws_http_reply *app,
+                       struct ws_front_reply *r)
+{
+    answer(r, app->status, app->content_type ? app->content_type : "text/plain; charset=utf-8",
+           app->body, app->body_len, app->headers, method_is(req, "HEAD"));
+    free(app->body);
+    free(app->headers);
+    free(app->content_type);
+}
+
 /* A plain request: built-in endpoints, the app's routes, static files, or a refusal. */
 static void answer_http(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
                         struct ws_front_reply *r)
@@ -149,11 +162,10 @@ static void answer_http(struct ws_env *env, struct ws_conn *c, const struct ws_h
     } else if (builtin && env->cfg.metrics && env->render_metrics && path_is(req, "/metrics")) {
         metrics(env, head, r);
     } else if (env->ops->http && env->ops->http(env->app, c, req, &app)) {
-        answer(r, app.status, app.content_type ? app.content_type : "text/plain; charset=utf-8",
-               app.body, app.body_len, app.headers, head);
-        free(app.body);
-        free(app.headers);
-        free(app.content_type);
+        if (app.pending)
+            reset(r, WS_FRONT_PENDING, 0);
+        else
+            answer_app(req, &app, r);
     } else if (get && env->cfg.static_dir) {
         serve_static(env, req, head, r);
     } else if (!get) {
@@ -220,6 +232,10 @@ static bool origin_allowed(const struct ws_env *env, const struct ws_http_reques
     return false;
 }
 
+static void upgrade_decided(struct ws_env *env, const struct ws_http_request *req,
+                            const struct ws_handshake *hs, struct ws_upgrade_reply *app,
+                            struct ws_front_reply *r);
+
 static void upgrade(struct ws_env *env, struct ws_conn *c, const struct ws_http_request *req,
                     struct ws_front_reply *r)
 {
@@ -239,27 +255,69 @@ static void upgrade(struct ws_env *env, struct ws_conn *c, const struct ws_http_
     struct ws_upgrade_reply app = {0};
     if (env->ops->upgrade)
         env->ops->upgrade(env->app, c, req, &app);
-    if (app.status) {
-        ws_front_error(r, app.status, app.body, app.body ? app.body_len : 0, app.headers, true);
-        free(app.body);
-        free(app.headers);
-        free(app.protocol);
+    if (app.pending)
+        reset(r, WS_FRONT_PENDING, 0);
+    else
+        upgrade_decided(env, req, &hs, &app, r);
+}
+
+void ws_front_upgrade_decided(struct ws_env *env, const struct ws_http_request *req,
+                              struct ws_upgrade_reply *app, struct ws_front_reply *r)
+{
+    memset(r, 0, sizeof(*r));
+    ws_buf_init(&r->response);
+    struct ws_handshake hs;
+    int rc = ws_handshake_check(req, &hs); /* passed before the app was asked */
+    assert(rc == 0);
+    (void)rc;
+    /* connections may have opened while the app decided */
+    if (!app->status && env->nupgraded >= (size_t)env->cfg.max_connections) {
+        free(app->protocol);
+        app->protocol = NULL;
+        app->status = 503;
+        app->body = ws_xstrndup("server full", 11);
+        app->body_len = 11;
+    }
+    upgrade_decided(env, req, &hs, app, r);
+}
+
+void ws_front_http_answered(struct ws_env *env, const struct ws_http_request *req,
+                            struct ws_http_reply *app, struct ws_front_reply *r)
+{
+    (void)env;
+    memset(r, 0, sizeof(*r));
+    ws_buf_init(&r->response);
+    answer_app(req, app, r);
+}
+
+/* After the app's upgrade hook: its refusal, or the 101 with the subprotocol and compression.
+ * What app owns is taken or freed. */
+static void upgrade_decided(struct ws_env *env, const struct ws_http_request *req,
+                            const struct ws_handshake *hs, struct ws_upgrade_reply *app,
+                            struct ws_front_reply *r)
+{
+    if (app->status) {
+        ws_front_error(r, app->status, app->body, app->body ? app->body_len : 0, app->headers,
+                       true);
+        free(app->body);
+        free(app->headers);
+        free(app->protocol);
         return;
     }
-    free(app.body);
-    free(app.headers);
-    if (!choose_protocol(env, req, app.protocol, r)) {
+    free(app->body);
+    free(app->headers);
+    if (!choose_protocol(env, req, app->protocol, r)) {
         ws_front_error(r, 500, "internal error", 14, NULL, true);
         return;
     }
     /* RFC 7692 §5: accept the first permessage-deflate offer we can honour */
     char ext[WS_DEFLATE_RESPONSE_MAX];
-    r->deflate = env->deflate_cfg.enabled && hs.noffers &&
-                 ws_deflate_negotiate(&env->deflate_cfg, hs.offers, hs.noffers, &r->params, ext,
+    r->deflate = env->deflate_cfg.enabled && hs->noffers &&
+                 ws_deflate_negotiate(&env->deflate_cfg, hs->offers, hs->noffers, &r->params, ext,
                                       sizeof(ext)) == 1;
     char out[RESPONSE_HEAD_MAX];
     size_t n =
-        ws_handshake_response(out, sizeof(out), &hs, r->protocol,
+        ws_handshake_response(out, sizeof(out), hs, r->protocol,
                               r->protocol ? strlen(r->protocol) : 0, r->deflate ? ext : NULL);
     if (!n) {
         ws_front_error(r, 500, "internal error", 14, NULL, true);

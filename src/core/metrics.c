@@ -225,6 +225,12 @@ static const struct series plain[] = {
     {"wsserver_lua_memory_bytes", "gauge", "Bytes of the Lua heap.", U64(lua_bytes)},
     {"wsserver_handlers_waiting", "gauge", "Handlers waiting now (ws.sleep, ws.http).",
      U64(stats.handlers_waiting)},
+    {"wsserver_wsclient_connections_open", "gauge",
+     "Outbound WebSocket connections (ws.connect) open now.", U64(stats.wsclient_open)},
+    {"wsserver_wsclient_messages_received_total", "counter",
+     "Messages received on outbound WebSocket connections.", U64(stats.wsclient_messages_in)},
+    {"wsserver_wsclient_messages_sent_total", "counter",
+     "Messages sent on outbound WebSocket connections.", U64(stats.wsclient_messages_out)},
     {"process_start_time_seconds", "gauge",
      "Start time of the process since the Unix epoch in seconds.", DBL(started)},
     {"process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
@@ -273,13 +279,16 @@ static void counts(struct ws_buf *out, const struct ws_metrics_board *b, const c
 
 /* A histogram family: per slot, the cumulative buckets (uint64_t[WS_STATS_LATENCY_BUCKETS] at
  * buckets in the stats, upper bounds in bounds, the last +Inf), the sum (a double) and the count
- * (a uint64_t). */
-static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
-                      const char *help, const double *bounds, size_t buckets, size_t sum,
-                      size_t count)
+ * (a uint64_t). extra: labels every sample carries (store="postgres"), or "". With header false
+ * the HELP and TYPE lines are left out (another label value of a family already begun). */
+static void histogram_of(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
+                         const char *help, bool with_header, const char *extra,
+                         const double *bounds, size_t buckets, size_t sum, size_t count)
 {
-    header(out, name, "histogram", help);
-    char labels[64], series[96];
+    if (with_header)
+        header(out, name, "histogram", help);
+    char labels[128], series[96];
+    const char *sep = extra[0] ? "," : "";
     for (int i = 0; i < b->n; i++) {
         const struct ws_metrics_slot *s = &b->slots[i];
         if (!s->pid)
@@ -291,17 +300,71 @@ static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, cons
         for (int k = 0; k < WS_STATS_LATENCY_BUCKETS; k++) {
             cumulative += bucket[k];
             if (k == WS_STATS_LATENCY_BUCKETS - 1)
-                snprintf(labels, sizeof(labels), "le=\"+Inf\"");
+                snprintf(labels, sizeof(labels), "%s%sle=\"+Inf\"", extra, sep);
             else
-                snprintf(labels, sizeof(labels), "le=\"%g\"", bounds[k]);
+                snprintf(labels, sizeof(labels), "%s%sle=\"%g\"", extra, sep, bounds[k]);
             labelled(out, b, s, series, labels, (double)cumulative);
         }
-        char worker[32] = "";
+        char tail[160] = "";
         if (b->n > 1)
-            snprintf(worker, sizeof(worker), "{worker=\"%d\"}", s->worker);
-        printf_buf(out, "%s_sum%s %.9f\n", name, worker, *(const double *)(st + sum));
-        printf_buf(out, "%s_count%s %llu\n", name, worker,
+            snprintf(tail, sizeof(tail), "{worker=\"%d\"%s%s}", s->worker, sep, extra);
+        else if (extra[0])
+            snprintf(tail, sizeof(tail), "{%s}", extra);
+        printf_buf(out, "%s_sum%s %.9f\n", name, tail, *(const double *)(st + sum));
+        printf_buf(out, "%s_count%s %llu\n", name, tail,
                    (unsigned long long)*(const uint64_t *)(st + count));
+    }
+}
+
+static void histogram(struct ws_buf *out, const struct ws_metrics_board *b, const char *name,
+                      const char *help, const double *bounds, size_t buckets, size_t sum,
+                      size_t count)
+{
+    histogram_of(out, b, name, help, true, "", bounds, buckets, sum, count);
+}
+
+/* The stores (ws.pg): commands by result, their latency, the pool gauges; one label value of
+ * store per entry of enum ws_stats_store. */
+static void stores(struct ws_buf *out, const struct ws_metrics_board *b)
+{
+    static const char *const names[WS_STATS_STORES] = {"postgres"};
+    static const char *const results[WS_STATS_STORE_RESULTS] = {"ok", "error", "timeout"};
+    char labels[96];
+    header(out, "wsserver_store_commands_total", "counter",
+           "Database commands (ws.pg queries, BEGIN, COMMIT) by store and result.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        for (int k = 0; s->pid && k < WS_STATS_STORES; k++)
+            for (int r = 0; r < WS_STATS_STORE_RESULTS; r++) {
+                snprintf(labels, sizeof(labels), "store=\"%s\",result=\"%s\"", names[k],
+                         results[r]);
+                labelled(out, b, s, "wsserver_store_commands_total", labels,
+                         (double)s->stats.stores[k].results[r]);
+            }
+    }
+    header(out, "wsserver_store_pool_connections", "gauge",
+           "Database connections by store: open (connecting included) and in use.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        for (int k = 0; s->pid && k < WS_STATS_STORES; k++) {
+            snprintf(labels, sizeof(labels), "store=\"%s\",state=\"open\"", names[k]);
+            labelled(out, b, s, "wsserver_store_pool_connections", labels,
+                     (double)s->stats.stores[k].pool_open);
+            snprintf(labels, sizeof(labels), "store=\"%s\",state=\"in_use\"", names[k]);
+            labelled(out, b, s, "wsserver_store_pool_connections", labels,
+                     (double)s->stats.stores[k].pool_in_use);
+        }
+    }
+    for (int k = 0; k < WS_STATS_STORES; k++) {
+        snprintf(labels, sizeof(labels), "store=\"%s\"", names[k]);
+        size_t at =
+            offsetof(struct ws_stats, stores) + (size_t)k * sizeof(struct ws_stats_store_counts);
+        histogram_of(out, b, "wsserver_store_duration_seconds",
+                     "Time database commands took, waiting for a connection included.", k == 0,
+                     labels, ws_stats_store_bounds,
+                     at + offsetof(struct ws_stats_store_counts, buckets),
+                     at + offsetof(struct ws_stats_store_counts, seconds),
+                     at + offsetof(struct ws_stats_store_counts, calls));
     }
 }
 
@@ -385,4 +448,20 @@ void ws_metrics_render_board(const struct ws_metrics_board *b, struct ws_buf *ou
               "Time outbound HTTP requests (ws.http) took.", ws_stats_http_bounds,
               offsetof(struct ws_stats, http_buckets), offsetof(struct ws_stats, http_seconds),
               offsetof(struct ws_stats, http_calls));
+
+    static const char *const ws_results[WS_STATS_WSCLIENT_RESULTS] = {"ok", "refused", "error",
+                                                                      "timeout"};
+    header(out, "wsserver_wsclient_connects_total", "counter",
+           "Outbound WebSocket connection attempts (ws.connect) by result.");
+    for (int i = 0; i < b->n; i++) {
+        const struct ws_metrics_slot *s = &b->slots[i];
+        if (!s->pid)
+            continue;
+        for (int k = 0; k < WS_STATS_WSCLIENT_RESULTS; k++) {
+            snprintf(labels, sizeof(labels), "result=\"%s\"", ws_results[k]);
+            labelled(out, b, s, "wsserver_wsclient_connects_total", labels,
+                     (double)s->stats.wsclient_connects[k]);
+        }
+    }
+    stores(out, b);
 }

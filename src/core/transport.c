@@ -7,9 +7,11 @@
 #include "ws/err.h"
 #include "ws/log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,17 +155,74 @@ void ws_tls_ctx_free(struct ws_tls_ctx *ctx)
     free(ctx);
 }
 
-void *ws_tls_session_new(struct ws_tls_ctx *ctx, int fd)
+/* The transport state for ssl on fd, in the server's role or the client's. */
+static struct tls_session *session_on(SSL *ssl, int fd, bool server)
 {
-    SSL *ssl = SSL_new(ctx->ssl);
-    if (!ssl)
-        return NULL;
     SSL_set_fd(ssl, fd);
-    SSL_set_accept_state(ssl);
+    if (server)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
     struct tls_session *s = ws_xmalloc(sizeof(*s));
     s->ssl = ssl;
     s->retry_len = 0;
     return s;
+}
+
+void *ws_tls_session_new(struct ws_tls_ctx *ctx, int fd)
+{
+    SSL *ssl = SSL_new(ctx->ssl);
+    return ssl ? session_on(ssl, fd, true) : NULL;
+}
+
+void *ws_tls_client_new(int fd, const char *host, const char *ca_file, bool insecure, char *err,
+                        size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        openssl_error(err, errlen, "TLS:", "client context");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    SSL *ssl = NULL;
+    int ok = insecure  ? 1
+             : ca_file ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL)
+                       : SSL_CTX_set_default_verify_paths(ctx);
+    if (ok != 1) {
+        openssl_error(err, errlen, "cannot load the CA file", ca_file ? ca_file : "(system)");
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    SSL_CTX_set_verify(ctx, insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, NULL);
+    ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx); /* the session holds its own reference */
+    if (!ssl) {
+        openssl_error(err, errlen, "TLS:", "session");
+        return NULL;
+    }
+    /* RFC 6066 §3: SNI carries a name, never an address; RFC 6125: the certificate must name the
+     * host (or hold the address) we asked for */
+    struct in6_addr a6;
+    struct in_addr a4;
+    bool literal = inet_pton(AF_INET, host, &a4) == 1 || inet_pton(AF_INET6, host, &a6) == 1;
+    if ((!literal && SSL_set_tlsext_host_name(ssl, host) != 1) ||
+        (!insecure && (literal ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host)
+                               : SSL_set1_host(ssl, host)) != 1)) {
+        openssl_error(err, errlen, "TLS: cannot set the host name", host);
+        SSL_free(ssl);
+        return NULL;
+    }
+    return session_on(ssl, fd, false);
+}
+
+const char *ws_tls_verify_error(void *t)
+{
+    struct tls_session *s = t;
+    long v = SSL_get_verify_result(s->ssl);
+    return v == X509_V_OK ? NULL : X509_verify_cert_error_string(v);
 }
 
 /* Maps an SSL_* result to ours; the OpenSSL error queue is cleared either way. */

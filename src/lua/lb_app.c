@@ -54,7 +54,17 @@ struct connq {
     struct lb_task *task; /* the handler waiting, or NULL */
     const char *what;     /* its name */
     struct pending *head, *tail;
-    size_t bytes; /* message bytes queued */
+    size_t bytes;              /* message bytes queued */
+    struct decision *decision; /* an upgrade or http handler waiting, or NULL */
+};
+
+/* Where an upgrade or http handler that waited builds its answer (SPEC §4a: the 101, the
+ * refusal or the route's response goes out when it returns). */
+struct decision {
+    bool is_http;
+    struct ws_upgrade_reply upgrade;
+    struct ws_http_reply http;
+    struct ws_buf headers; /* http: extra header lines being built */
 };
 
 static bool has_handler(struct lb_app *a, enum lb_handler h)
@@ -324,15 +334,17 @@ static void collect_headers(lua_State *L, int idx, struct ws_buf *out, char **co
     ws_buf_append(out, "", 1);
 }
 
-/* upgrade(req) -> false, status, body, headers | {protocol =, data =} [-0, +0, e] */
-static int call_upgrade(lua_State *L)
+/* The connection whose upgrade or http handler the running task is, once it has waited (its
+ * caller has returned: the answer is built in the connection's decision). */
+static struct connq *waited(lua_State *L)
 {
-    struct event *e = lua_touserdata(L, 1);
-    struct lb_app *a = e->a;
-    struct ws_upgrade_reply *reply = e->upgrade;
-    lb_push_ref(L, a->handlers[LB_UPGRADE]);
-    push_request(L, e->c, e->req);
-    lua_call(L, 1, 4);
+    return lb_app_of(L)->current->ud;
+}
+
+/* Reads upgrade's results (false, status, body, headers | {protocol =, data =}) at 2..5 into
+ * reply. [-0, +0, e] */
+static void upgrade_results(lua_State *L, struct ws_conn *c, struct ws_upgrade_reply *reply)
+{
     if (lua_istable(L, 2)) {
         /* accept with {protocol = ..., data = ...} */
         lua_getfield(L, 2, "protocol");
@@ -341,7 +353,7 @@ static int call_upgrade(lua_State *L)
         lua_pop(L, 1);
         lua_getfield(L, 2, "data");
         if (!lua_isnil(L, -1)) {
-            lb_conn_push(L, e->c);
+            lb_conn_push(L, c);
             lua_pushvalue(L, -2);
             lua_setfield(L, -2, "data");
             lua_pop(L, 1);
@@ -364,7 +376,97 @@ static int call_upgrade(lua_State *L)
             reply->headers = (char *)h.data;
         }
     }
+}
+
+/* upgrade(req) returned after waiting. [-0, +0, e] */
+static int upgrade_returned(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    struct connq *q = waited(L);
+    upgrade_results(L, q->c, &q->decision->upgrade);
     return 0;
+}
+
+/* upgrade(req) [-0, +0, e] */
+static int call_upgrade(lua_State *L)
+{
+    struct event *e = lua_touserdata(L, 1);
+    lb_push_ref(L, e->a->handlers[LB_UPGRADE]);
+    push_request(L, e->c, e->req);
+    lua_callk(L, 1, 4, 0, upgrade_returned);
+    upgrade_results(L, e->c, e->upgrade);
+    return 0;
+}
+
+/* Frees what an upgrade reply owns and empties it. */
+static void clear_upgrade(struct ws_upgrade_reply *reply)
+{
+    free(reply->body);
+    free(reply->headers);
+    free(reply->protocol);
+    memset(reply, 0, sizeof(*reply));
+}
+
+/* Frees what a route's reply (and its header lines being built) owns and empties it. */
+static void clear_http(struct ws_http_reply *reply, struct ws_buf *headers)
+{
+    ws_buf_reset(headers);
+    free(reply->body);
+    free(reply->content_type);
+    memset(reply, 0, sizeof(*reply));
+}
+
+static void fail_upgrade(struct ws_upgrade_reply *reply)
+{
+    clear_upgrade(reply);
+    reply->status = 500;
+}
+
+static void fail_http(struct ws_http_reply *reply, struct ws_buf *headers)
+{
+    clear_http(reply, headers);
+    reply->status = 500;
+    reply->body = strdup("internal error\n");
+    reply->body_len = strlen(reply->body);
+}
+
+/* An upgrade or http handler that waited returned (or raised): its answer goes out. */
+static void on_decision_done(struct lb_app *a, void *ud, bool failed)
+{
+    struct connq *q = ud;
+    struct decision *d = q->decision;
+    q->decision = NULL;
+    q->task = NULL;
+    if (d->is_http) {
+        if (failed)
+            fail_http(&d->http, &d->headers);
+        else
+            d->http.headers = (char *)d->headers.data;
+        ws_conn_http_answered(q->c, &d->http);
+    } else {
+        if (failed)
+            fail_upgrade(&d->upgrade);
+        ws_conn_upgrade_decided(q->c, &d->upgrade);
+    }
+    free(d);
+    drain_queue(q); /* open may have begun waiting; a held connection is let go */
+    (void)a;
+}
+
+/* An upgrade or http handler t waits: its connection's request waits for it. */
+static struct decision *defer(struct lb_app *a, struct ws_conn *c, struct lb_task *t,
+                              const char *what)
+{
+    struct connq *q = queue_of(a, c);
+    struct decision *d = ws_xcalloc(1, sizeof(*d));
+    ws_buf_init(&d->headers);
+    q->decision = d;
+    q->task = t;
+    q->what = what;
+    t->done = on_decision_done;
+    t->ud = q;
+    return d;
 }
 
 static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_request *req,
@@ -374,14 +476,13 @@ static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_reques
     if (!has_handler(a, LB_UPGRADE))
         return;
     struct event e = {.a = a, .c = c, .req = req, .upgrade = reply};
-    /* upgrade cannot wait (yet): the 101 or the refusal goes out when it returns */
-    if (run_in(a, NULL, call_upgrade, &e, "upgrade", false, NULL) != LB_TASK_DONE) {
-        free(reply->body);
-        free(reply->headers);
-        reply->body = NULL;
-        reply->headers = NULL;
-        reply->body_len = 0;
-        reply->status = 500;
+    struct lb_task *t = NULL;
+    enum lb_task_result r = run_in(a, NULL, call_upgrade, &e, "upgrade", true, &t);
+    if (r == LB_TASK_WAITING) {
+        defer(a, c, t, "upgrade");
+        reply->pending = true;
+    } else if (r == LB_TASK_FAILED) {
+        fail_upgrade(reply);
     }
 }
 
@@ -569,6 +670,42 @@ static bool on_busy(void *app)
 static void on_cancel(void *app, const char *reason)
 {
     lb_task_cancel_all(app, reason);
+    lb_wsclient_shutdown(app);
+}
+
+/* Reads a route's results (status, body, headers: the top three, its key below them) into
+ * reply. [-0, +0, e] */
+static void http_results(lua_State *L, struct ws_http_reply *reply, struct ws_buf *headers)
+{
+    int key = lua_gettop(L) - 3;
+    int isnum = 0;
+    lua_Integer status = lua_type(L, -3) == LUA_TNUMBER ? lua_tointegerx(L, -3, &isnum) : 0;
+    if (!isnum || status < 100 || status > 599)
+        luaL_error(L, "http route \"%s\" must return a status number from 100 to 599, got %s",
+                   lua_tostring(L, key),
+                   lua_type(L, -3) == LUA_TNUMBER ? luaL_tolstring(L, -3, NULL)
+                                                  : luaL_typename(L, -3));
+    if (!lua_isnil(L, -2) && lua_type(L, -2) != LUA_TSTRING)
+        luaL_error(L, "http route \"%s\" must return a string body (or nil), got %s",
+                   lua_tostring(L, key), luaL_typename(L, -2));
+    if (!lua_isnil(L, -1) && !lua_istable(L, -1))
+        luaL_error(L, "http route \"%s\" must return a headers table (or nil), got %s",
+                   lua_tostring(L, key), luaL_typename(L, -1));
+    reply->status = (int)status;
+    if (lua_type(L, -2) == LUA_TSTRING)
+        reply->body = dup_string(L, -2, &reply->body_len);
+    if (lua_istable(L, -1))
+        collect_headers(L, lua_gettop(L), headers, &reply->content_type);
+}
+
+/* A route returned after waiting. [-0, +0, e] */
+static int http_returned(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    struct decision *d = waited(L)->decision;
+    http_results(L, &d->http, &d->headers);
+    return 0;
 }
 
 /* app.http["METHOD /path"](req) -> status, body, headers. The lookup is an ordinary (not raw)
@@ -581,7 +718,6 @@ static int call_http(lua_State *L)
     struct event *e = lua_touserdata(L, 1);
     struct lb_app *a = e->a;
     const struct ws_http_request *req = e->req;
-    struct ws_http_reply *reply = e->http;
     const char *q = memchr(req->target.p, '?', req->target.n);
     size_t path_len = q ? (size_t)(q - req->target.p) : req->target.n;
     lb_push_ref(L, a->http_ref);
@@ -598,25 +734,8 @@ static int call_http(lua_State *L)
         return 0;
     e->routed = true;
     push_request(L, e->c, req);
-    lua_call(L, 1, 3);
-    int isnum = 0;
-    lua_Integer status = lua_type(L, -3) == LUA_TNUMBER ? lua_tointegerx(L, -3, &isnum) : 0;
-    if (!isnum || status < 100 || status > 599)
-        return luaL_error(
-            L, "http route \"%s\" must return a status number from 100 to 599, got %s",
-            lua_tostring(L, key),
-            lua_type(L, -3) == LUA_TNUMBER ? luaL_tolstring(L, -3, NULL) : luaL_typename(L, -3));
-    if (!lua_isnil(L, -2) && lua_type(L, -2) != LUA_TSTRING)
-        return luaL_error(L, "http route \"%s\" must return a string body (or nil), got %s",
-                          lua_tostring(L, key), luaL_typename(L, -2));
-    if (!lua_isnil(L, -1) && !lua_istable(L, -1))
-        return luaL_error(L, "http route \"%s\" must return a headers table (or nil), got %s",
-                          lua_tostring(L, key), luaL_typename(L, -1));
-    reply->status = (int)status;
-    if (lua_type(L, -2) == LUA_TSTRING)
-        reply->body = dup_string(L, -2, &reply->body_len);
-    if (lua_istable(L, -1))
-        collect_headers(L, lua_gettop(L), &e->headers, &reply->content_type);
+    lua_callk(L, 1, 3, 0, http_returned);
+    http_results(L, e->http, &e->headers);
     return 0;
 }
 
@@ -628,15 +747,16 @@ static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *
         return false;
     struct event e = {.a = a, .c = c, .req = req, .http = reply};
     ws_buf_init(&e.headers);
-    if (run_in(a, NULL, call_http, &e, "http", false, NULL) != LB_TASK_DONE) {
+    struct lb_task *t = NULL;
+    enum lb_task_result r = run_in(a, NULL, call_http, &e, "http", true, &t);
+    if (r == LB_TASK_WAITING) {
+        defer(a, c, t, "http")->is_http = true;
+        reply->pending = true;
+        return true;
+    }
+    if (r == LB_TASK_FAILED) {
         /* the route (or a routing metamethod) failed */
-        ws_buf_reset(&e.headers);
-        free(reply->body);
-        free(reply->content_type);
-        reply->content_type = NULL;
-        reply->status = 500;
-        reply->body = strdup("internal error\n");
-        reply->body_len = strlen(reply->body);
+        fail_http(reply, &e.headers);
         return true;
     }
     reply->headers = (char *)e.headers.data;
@@ -689,6 +809,11 @@ static void on_release(void *app, struct ws_conn *c)
         if (q->task) {
             q->task->done = NULL;
             q->task->ud = NULL;
+        }
+        if (q->decision) {
+            clear_upgrade(&q->decision->upgrade);
+            clear_http(&q->decision->http, &q->decision->headers);
+            free(q->decision);
         }
         while (q->head) {
             struct pending *p = q->head;

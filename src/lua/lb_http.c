@@ -237,25 +237,12 @@ static int http_request(lua_State *L)
         luaL_argexpected(L, lua_istable(L, hidx), 1, "opts.headers as a table");
         lua_pushnil(L);
         while (lua_next(L, hidx)) {
-            size_t kn = 0, vn = 0;
-            const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
-            int vt = lua_type(L, -1);
-            const char *v =
-                vt == LUA_TSTRING || vt == LUA_TNUMBER ? lua_tolstring(L, -1, &vn) : NULL;
-            if (!k || !v)
-                return luaL_error(L, "ws.http: opts.headers maps names to string values");
-            bool ok = kn > 0;
-            for (size_t i = 0; ok && i < kn; i++)
-                ok = token_char(k[i]);
-            if (!ok || memchr(v, '\r', vn) || memchr(v, '\n', vn) || strlen(v) != vn)
-                return luaL_error(L, "ws.http: header %s is not a valid name and value", k);
             if (o.nheaders == WS_HTTP_MAX_HEADERS)
                 return luaL_error(L, "ws.http: at most %d headers", WS_HTTP_MAX_HEADERS);
-            lua_pop(L, 1);
             /* the line stays on the stack until the request is made */
-            lua_pushfstring(L, "%s: %s", k, v);
-            o.headers[o.nheaders++] = lua_tostring(L, -1);
+            o.headers[o.nheaders++] = lb_push_header_line(L, "ws.http");
             lua_insert(L, hidx + 1);
+            lua_pop(L, 1);
         }
     }
     struct lb_task *t = lb_task_waiter(L, "ws.http.request");

@@ -87,6 +87,7 @@ void lb_app_free(struct lb_app *a)
     }
     if (a->http) /* after the state: nothing refers to a request any more */
         a->http_ops->free(a->http);
+    lb_pg_free(a);
     ev_idle_stop(a->loop, &a->reload_idle);
     if (!a->status_pid) {
         char status[PATH_MAX];

@@ -487,3 +487,21 @@ void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode)
         i = end + 1;
     }
 }
+
+const char *lb_push_header_line(lua_State *L, const char *api)
+{
+    size_t kn = 0, vn = 0;
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kn) : NULL;
+    int vt = lua_type(L, -1);
+    /* converting the value in place is fine: lua_next needs only the key as it was */
+    const char *v = vt == LUA_TSTRING || vt == LUA_TNUMBER ? lua_tolstring(L, -1, &vn) : NULL;
+    if (!k || !v)
+        luaL_error(L, "%s: opts.headers maps names to string values", api);
+    bool ok = kn > 0;
+    for (size_t i = 0; ok && i < kn; i++)
+        ok = ws_http_is_tchar((unsigned char)k[i]);
+    /* RFC 9110 §5.5: CR, LF and NUL would end the field (or the head) early */
+    if (!ok || memchr(v, '\r', vn) || memchr(v, '\n', vn) || strlen(v) != vn)
+        luaL_error(L, "%s: header %s is not a valid name and value", api, k);
+    return lua_pushfstring(L, "%s: %s", k, v);
+}

@@ -70,6 +70,8 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 
 void lb_ws_cancel_timers(struct lb_app *a, uint64_t keep_generation)
 {
+    /* the callbacks of ws.connect clients go with the version's timers */
+    lb_wsclient_cancel(a, keep_generation);
     struct lb_timer *t = a->timers;
     while (t) {
         struct lb_timer *next = t->next;
@@ -580,6 +582,11 @@ void lb_ws_open(struct lb_app *a)
     lb_http_open(L);
     make_readonly(L);
     lua_setfield(L, -2, "http");
+    lb_wsclient_open(L);
+    lua_setfield(L, -2, "connect");
+    lb_pg_open(L);
+    make_readonly(L);
+    lua_setfield(L, -2, "pg");
     lua_newtable(L);
     lua_pushvalue(L, -1);
     a->state_ref = luaL_ref(L, LUA_REGISTRYINDEX);

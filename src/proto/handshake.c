@@ -1,8 +1,11 @@
 /* Server side of the WebSocket opening handshake (RFC 6455 §4.2): validates a parsed request,
  * computes Sec-WebSocket-Accept, selects a subprotocol, collects permessage-deflate offers
- * (RFC 7692 §7) and formats the 101 or the rejection. It does not decide which offer to accept
+ * (RFC 7692 §7) and formats the 101 or the rejection — and the client's request (§4.1), which
+ * shares the field writers. It does not decide which offer to accept
  * (the deflate module does) and never allocates or does I/O. */
 #include "ws/handshake.h"
+
+#include "ws/handshake_client.h"
 
 #include "ws/err.h"
 
@@ -226,13 +229,16 @@ static bool parse_extension(struct cursor *c, bool *deflate, bool *valid,
     }
 }
 
-static void parse_offers(const struct ws_http_request *req, struct ws_handshake *hs)
+size_t ws_handshake_extensions(const struct ws_http_request *msg, struct ws_deflate_offer *offers,
+                               size_t max, size_t *noffers)
 {
+    size_t others = 0;
+    *noffers = 0;
     /* RFC 9110 §5.3: every Sec-WebSocket-Extensions field is part of one list. */
-    for (size_t i = 0; i < req->nheaders; i++) {
-        if (!ws_span_ieq(req->headers[i].name, "Sec-WebSocket-Extensions"))
+    for (size_t i = 0; i < msg->nheaders; i++) {
+        if (!ws_span_ieq(msg->headers[i].name, "Sec-WebSocket-Extensions"))
             continue;
-        struct ws_span value = req->headers[i].value;
+        struct ws_span value = msg->headers[i].value;
         struct cursor c = {value.p, value.p + value.n};
         for (;;) {
             while (c.p < c.end && (*c.p == ',' || *c.p == ' ' || *c.p == '\t'))
@@ -244,12 +250,16 @@ static void parse_offers(const struct ws_http_request *req, struct ws_handshake 
             bool valid = false;
             if (!parse_extension(&c, &deflate, &valid, &o)) {
                 skip_element(&c);
+                others++;
                 continue;
             }
-            if (deflate && valid && hs->noffers < WS_HANDSHAKE_MAX_OFFERS)
-                hs->offers[hs->noffers++] = o;
+            if (deflate && valid && *noffers < max)
+                offers[(*noffers)++] = o;
+            else
+                others++;
         }
     }
+    return others;
 }
 
 /* --- the request check ------------------------------------------------------------------ */
@@ -315,7 +325,7 @@ int ws_handshake_check(const struct ws_http_request *req, struct ws_handshake *h
 
     hs->key = *key;
     ws_handshake_accept_key(key->p, key->n, hs->accept);
-    parse_offers(req, hs);
+    ws_handshake_extensions(req, hs->offers, WS_HANDSHAKE_MAX_OFFERS, &hs->noffers);
     hs->status = 101;
     return 0;
 }
@@ -441,6 +451,70 @@ size_t ws_handshake_response(char *out, size_t cap, const struct ws_handshake *h
     }
     put_str(&o, "\r\n");
     return finish(&o);
+}
+
+/* --- the client's request (RFC 6455 §4.1) ---------------------------------------------------- */
+
+/* True when s holds no byte that ends a line or a field (RFC 9110 §5.5); no spaces either when
+ * strict (the request line and the Host value). */
+static bool safe(const char *s, bool strict)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c < 0x20 && c != '\t') || c == 0x7f || (strict && (c == ' ' || c == '\t')))
+            return false;
+    }
+    return true;
+}
+
+size_t ws_handshake_client_request(char *out, size_t cap,
+                                   const struct ws_handshake_client_request *r)
+{
+    if (!*r->host || !safe(r->host, true) || !safe(r->target, true) || r->target[0] != '/')
+        return 0;
+    for (size_t i = 0; i < r->nprotocols; i++) {
+        if (!is_token(r->protocols[i], strlen(r->protocols[i])))
+            return 0;
+    }
+    for (size_t i = 0; i < r->nheaders; i++) {
+        if (!safe(r->headers[i], false))
+            return 0;
+    }
+    struct out o = {out, cap, 0, false};
+    /* RFC 6455 §4.1 items 1-2: a GET with the resource name, HTTP/1.1 */
+    put_str(&o, "GET ");
+    put_str(&o, r->target);
+    put_str(&o, " HTTP/1.1\r\nHost: ");
+    /* RFC 6455 §4.1 item 4: the port only when it is not the scheme's default */
+    put_str(&o, r->host);
+    if (r->port != (r->tls ? 443 : 80)) {
+        char port[16];
+        snprintf(port, sizeof port, ":%d", r->port);
+        put_str(&o, port);
+    }
+    /* RFC 6455 §4.1 items 5-7, 9 */
+    put_str(&o, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
+    put(&o, r->key, WS_HANDSHAKE_KEY_LEN);
+    put_str(&o, "\r\nSec-WebSocket-Version: 13\r\n");
+    if (r->nprotocols) {
+        /* RFC 6455 §4.1 item 10: one field, the values in preference order */
+        put_str(&o, "Sec-WebSocket-Protocol: ");
+        for (size_t i = 0; i < r->nprotocols; i++) {
+            if (i)
+                put_str(&o, ", ");
+            put_str(&o, r->protocols[i]);
+        }
+        put_str(&o, "\r\n");
+    }
+    /* RFC 7692 §7.1.2.2: client_max_window_bits without a value lets the server pick ours */
+    if (r->deflate)
+        put_str(&o, "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+    for (size_t i = 0; i < r->nheaders; i++) {
+        put_str(&o, r->headers[i]);
+        put_str(&o, "\r\n");
+    }
+    put_str(&o, "\r\n");
+    return o.full ? 0 : o.len;
 }
 
 /* True when the CRLF-separated lines of headers contain a field called name. */

@@ -115,8 +115,33 @@ static int parse_field(const char *p, const char *eol, struct ws_http_header *h)
     return 0;
 }
 
-/* Parses the complete head buf[0..head_len), which ends with CRLF CRLF. */
-static int parse_head(const char *buf, size_t head_len, struct ws_http_request *req)
+/* RFC 9112 §4: status-line = HTTP-version SP status-code SP [ reason-phrase ]. The reason is
+ * not kept: nothing may depend on it (RFC 9112 §4). */
+static int parse_status_line(const char *p, const char *eol, struct ws_http_request *req)
+{
+    if (eol - p < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9' || p[8] != ' ')
+        return eol - p >= 5 && memcmp(p, "HTTP/", 5) == 0 && p[5] != '1' ? WS_E_HTTP_VERSION
+                                                                         : WS_E_HTTP_BAD;
+    req->version_minor = p[7] - '0';
+    int status = 0;
+    for (int i = 9; i < 12; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return WS_E_HTTP_BAD;
+        status = status * 10 + (p[i] - '0');
+    }
+    /* RFC 9112 §4 wants a space after the code even without a reason phrase; servers that end
+     * the line right after the code are common, so that is taken too */
+    if (eol - p > 12 && p[12] != ' ')
+        return WS_E_HTTP_BAD;
+    if (status < 100)
+        return WS_E_HTTP_BAD;
+    req->status = status;
+    return 0;
+}
+
+/* Parses the complete head buf[0..head_len), which ends with CRLF CRLF: a request, or a
+ * response when response is set. */
+static int parse_head(const char *buf, size_t head_len, bool response, struct ws_http_request *req)
 {
     const char *p = buf;
     const char *end = buf + head_len - 2; /* the final empty line's CRLF */
@@ -126,7 +151,7 @@ static int parse_head(const char *buf, size_t head_len, struct ws_http_request *
         if (!eol || eol[1] != '\n')
             return WS_E_HTTP_BAD;
         if (first) {
-            int rc = parse_request_line(p, eol, req);
+            int rc = response ? parse_status_line(p, eol, req) : parse_request_line(p, eol, req);
             if (rc < 0)
                 return rc;
             first = false;
@@ -144,8 +169,8 @@ static int parse_head(const char *buf, size_t head_len, struct ws_http_request *
     return first ? WS_E_HTTP_BAD : 0;
 }
 
-int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
-                  struct ws_http_request *req)
+static int parse(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned, bool response,
+                 struct ws_http_request *req)
 {
     assert(buf || len == 0);
     assert(scanned && req);
@@ -173,7 +198,19 @@ int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *sc
 
     memset(req, 0, sizeof *req);
     req->head_len = head_len;
-    return parse_head(buf, req->head_len, req);
+    return parse_head(buf, req->head_len, response, req);
+}
+
+int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
+                  struct ws_http_request *req)
+{
+    return parse(buf, len, max_head_bytes, scanned, false, req);
+}
+
+int ws_http_parse_response(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
+                           struct ws_http_request *resp)
+{
+    return parse(buf, len, max_head_bytes, scanned, true, resp);
 }
 
 bool ws_span_ieq(struct ws_span span, const char *s)

@@ -28,12 +28,22 @@ bool ws_request_head(const struct ws_request *r, struct ws_http_request *req)
     return ws_http_parse((const char *)r->in.data, r->head_len, r->head_len, &scanned, req) == 0;
 }
 
+bool ws_request_complete(const struct ws_request *r, struct ws_http_request *req)
+{
+    if (!ws_request_head(r, req))
+        return false;
+    size_t len = r->framing.chunked ? r->chunked.out : (size_t)r->framing.length;
+    if (r->framing.chunked || len)
+        req->body = (struct ws_span){(const char *)r->in.data + r->head_len, len};
+    return true;
+}
+
 /* The body so far; 0 when it is complete. */
 static int read_body(struct ws_request *r, const struct ws_request_limits *lim,
                      struct ws_http_request *req)
 {
     uint8_t *p = r->in.data + r->head_len;
-    size_t have = r->in.len - r->head_len, len = (size_t)r->framing.length;
+    size_t have = r->in.len - r->head_len;
     if (r->framing.chunked) {
         int rc = ws_http_chunked_decode(&r->chunked, p, have, lim->max_body_bytes);
         if (rc == WS_E_AGAIN) {
@@ -45,14 +55,10 @@ static int read_body(struct ws_request *r, const struct ws_request_limits *lim,
         }
         if (rc < 0)
             return rc;
-        len = r->chunked.out;
-    } else if (have < len) {
+    } else if (have < (size_t)r->framing.length) {
         return WS_E_AGAIN;
     }
-    if (!ws_request_head(r, req))
-        return WS_E_HTTP_BAD;
-    req->body = (struct ws_span){(const char *)p, len};
-    return 0;
+    return ws_request_complete(r, req) ? 0 : WS_E_HTTP_BAD;
 }
 
 int ws_request_feed(struct ws_request *r, const uint8_t *data, size_t len,

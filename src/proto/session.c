@@ -38,6 +38,12 @@ void ws_session_set_deflate(struct ws_session *s, struct ws_deflate *d)
     s->dec.rsv_allowed = WS_FRAME_RSV1; /* RFC 7692 §6: "Per-Message Compressed" bit */
 }
 
+void ws_session_set_client(struct ws_session *s)
+{
+    /* RFC 6455 §5.1: a client fails the connection on a masked server frame */
+    s->dec.require_mask = false;
+}
+
 void ws_session_reset(struct ws_session *s)
 {
     ws_buf_reset(&s->msg);

@@ -21,14 +21,15 @@ EXAMPLES = ROOT / "examples"
 
 
 class Server:
-    def __init__(self, app, args, cwd):
+    def __init__(self, app, args, cwd, env=None):
         self.port = wsraw.free_port()
         self.host = "127.0.0.1"
         self.url = f"ws://{self.host}:{self.port}/"
         self.app = str(app)
         self.logfile = tempfile.NamedTemporaryFile(prefix="wsserver-", suffix=".log", delete=False)
         cmd = [BINARY, "-l", f"{self.host}:{self.port}", *args, self.app]
-        self.proc = subprocess.Popen(cmd, stdout=self.logfile, stderr=subprocess.STDOUT, cwd=cwd)
+        self.proc = subprocess.Popen(cmd, stdout=self.logfile, stderr=subprocess.STDOUT, cwd=cwd,
+                                     env=None if env is None else {**os.environ, **env})
         self.pid = self.proc.pid
         self._wait_ready()
 
@@ -73,11 +74,11 @@ def _deadline(request):
 def wsserver_factory(tmp_path):
     started = []
 
-    def start(app=EXAMPLES / "echo.lua", args=(), app_source=None):
+    def start(app=EXAMPLES / "echo.lua", args=(), app_source=None, env=None):
         if app_source is not None:
             app = tmp_path / f"app{len(started)}.lua"
             app.write_text(app_source)
-        server = Server(app, list(args), cwd=str(ROOT))
+        server = Server(app, list(args), cwd=str(ROOT), env=env)
         started.append(server)
         return server
 

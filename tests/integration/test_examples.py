@@ -1,9 +1,11 @@
-"""The example apps (examples/broadcast.lua, auth.lua, rooms.lua) run by the real binary and
+"""The example apps (examples/broadcast.lua, auth.lua, auth-http.lua, rooms.lua) run by the real binary and
 driven by real clients (Python websockets, and raw sockets for refused handshakes)."""
 import asyncio
+import http.server
 import json
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -177,6 +179,107 @@ def test_auth_accepts_query_or_cookie_and_sets_the_user(wsserver_factory):
     app_lines = [ln for ln in server.log().splitlines() if "event=app " in ln]
     assert any('msg="auth_ok"' in ln and 'user="alice"' in ln for ln in app_lines)
     assert not any("-token" in ln for ln in app_lines)
+
+
+# --- auth-http.lua: upgrade waits for an HTTP auth service -------------------------------------
+
+
+class AuthService(http.server.BaseHTTPRequestHandler):
+    """GET /session with Authorization: Bearer good-<user> -> 200 {"user": user}; bad-* -> 401;
+    slow-* answers after 3 s (past the app's 2 s timeout); anything else -> 500."""
+    protocol_version = "HTTP/1.1"
+    calls = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+        AuthService.calls.append(token)
+        if token.startswith("slow-"):
+            time.sleep(3)
+        if token.startswith("good-"):
+            status, body = 200, json.dumps({"user": token[5:]}).encode()
+        elif token.startswith("bad-"):
+            status, body = 401, b"no"
+        else:
+            status, body = 500, b"oops"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def auth_service():
+    AuthService.calls = []
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), AuthService)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/session"
+    srv.shutdown()
+    srv.server_close()
+
+
+def bearer(token):
+    return (("Authorization", f"Bearer {token}"),)
+
+
+def test_auth_http_checks_tokens_with_the_service_and_caches_answers(wsserver_factory,
+                                                                       auth_service):
+    server = wsserver_factory(app=EXAMPLES / "auth-http.lua", env={"AUTH_URL": auth_service})
+
+    async def go():
+        alice = await connect(server.url, extra_headers=bearer("good-alice"))
+        assert await recv_json(alice) == {"type": "welcome", "user": "alice"}
+        again = await connect(server.url, extra_headers=[("Cookie", "token=good-alice")])
+        assert await recv_json(again) == {"type": "welcome", "user": "alice"}
+        await again.send("hi")
+        assert await recv_json(alice) == {"type": "message", "from": "alice", "text": "hi"}
+        await alice.close()
+        await again.close()
+
+    run(go())
+    assert AuthService.calls == ["good-alice"]  # the second connection used the cache
+    for _ in range(2):
+        resp = wsraw.http_exchange(server.port, wsraw.build_request(extra=bearer("bad-mallory")))
+        assert resp.status == 401 and resp.body == b"invalid token\n"
+        assert resp.header("WWW-Authenticate") == 'Bearer error="invalid_token"'
+    assert AuthService.calls == ["good-alice", "bad-mallory"]  # refusals are cached too
+    resp = wsraw.http_exchange(server.port, wsraw.build_request())
+    assert resp.status == 401 and b"missing token" in resp.body
+    resp = wsraw.http_exchange(server.port, wsraw.build_request(extra=bearer("broken")))
+    assert resp.status == 503 and resp.header("Retry-After") == "5"
+    assert "auth service answered 500" in server.log()
+    assert not any(t in server.log() for t in ("good-alice", "bad-mallory"))  # never logged
+
+
+def test_auth_http_a_slow_or_absent_service_refuses_with_503_and_blocks_nobody(wsserver_factory,
+                                                                              auth_service):
+    server = wsserver_factory(app=EXAMPLES / "auth-http.lua", env={"AUTH_URL": auth_service})
+
+    async def go():
+        slow = asyncio.ensure_future(asyncio.to_thread(
+            wsraw.http_exchange, server.port, wsraw.build_request(extra=bearer("slow-sam"))))
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        bob = await connect(server.url, extra_headers=bearer("good-bob"))
+        assert await recv_json(bob) == {"type": "welcome", "user": "bob"}
+        assert time.monotonic() - t0 < 1.5  # served while the other upgrade waits
+        await bob.close()
+        resp = await slow
+        assert resp.status == 503  # the app's 2 s timeout
+        assert time.monotonic() - t0 < 3
+
+    run(go())
+    assert "timeout" in server.log()
+    absent = wsserver_factory(app=EXAMPLES / "auth-http.lua",
+                              env={"AUTH_URL": f"http://127.0.0.1:{wsraw.free_port()}/session"})
+    resp = wsraw.http_exchange(absent.port, wsraw.build_request(extra=bearer("good-alice")))
+    assert resp.status == 503 and b"unavailable" in resp.body
 
 
 # --- rooms.lua ---------------------------------------------------------------------------------

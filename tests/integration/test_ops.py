@@ -510,6 +510,9 @@ def test_user_drops_privileges_after_binding(wsserver_factory):
     low = free_low_port()  # only root may bind it: proves the listeners open before the drop
     server = wsserver_factory(app_source=ECHO_APP,
                               args=["--user", "nobody", "-l", f"{HOST}:{low}"])
+    # the kernel completes connections on a listening socket before the server drops root and
+    # starts accepting: wait for the drop, not for the port
+    wait_for(lambda: proc_ids(server.pid)[0] != [0] * 4, what="the privileges dropped")
     uids, gids, groups = proc_ids(server.pid)
     assert uids == [nobody.pw_uid] * 4, f"Uid: {uids}"
     assert gids == [nobody.pw_gid] * 4, f"Gid: {gids}"

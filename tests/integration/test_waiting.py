@@ -39,10 +39,10 @@ return {
 
 
 def test_sleep_keeps_per_connection_order_under_load(wsserver_factory):
-    """200 connections x 50 messages, the handler sleeping 0-5 ms at random: every reply comes
+    """1000 connections x 100 messages, the handler sleeping 0-5 ms at random: every reply comes
     back, once, in order."""
     server = wsserver_factory(app_source=ORDER_APP)
-    conns, per = 200, 50
+    conns, per = 1000, 100
     rng = random.Random(18)
     delays = [[rng.randint(0, 5) for _ in range(per)] for _ in range(conns)]
 
@@ -283,10 +283,6 @@ def test_waiting_in_load_is_refused_with_a_clear_error(tmp_path):
 def test_misplaced_waits_raise(wsserver_factory):
     app = """
 return {
-  upgrade = function(req)
-    if req.path == "/wait" then ws.sleep(0.1) end
-  end,
-  http = { ["GET /wait"] = function() ws.sleep(0.1); return 200, "no" end },
   message = function(conn, data)
     local ok, err
     if data == "coroutine" then
@@ -325,16 +321,7 @@ return {
         assert ws.close_code == 1011
 
     run(main())
-    resp = wsraw.http_exchange(server.port, wsraw.build_request("/wait"))
-    assert resp.status == 500
-    log = server.log()
-    assert "attempt to yield from outside a coroutine" in log
-    s = socket.create_connection((server.host, server.port), timeout=STEP)
-    s.sendall(b"GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
-    head = s.recv(4096)
-    s.close()
-    assert head.startswith(b"HTTP/1.1 500"), head
-    wait_for(lambda: "ws.sleep cannot wait inside http" in server.log(), what="http error")
+    assert "attempt to yield from outside a coroutine" in server.log()
 
 
 # ---- ws.http against a Python http.server started by the test ----
@@ -344,6 +331,11 @@ import threading
 import urllib.request
 
 from wsclient import fd_count
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -430,7 +422,10 @@ return {
           local r, err = ws.http.get(req.url, {timeout = req.timeout})
           results[#results + 1] = err or r.status
           left = left - 1
-          if left == 0 then conn:send(ws.json.encode(results)) end
+          if left == 0 then
+            collectgarbage()
+            conn:send(ws.json.encode(results))
+          end
         end)
       end
       return
@@ -449,13 +444,15 @@ return {
 """
 
 
+async def ask(ws, **req):
+    """One request through HTTP_APP: its answer (status, headers, body) or {"err": ...}."""
+    await ws.send(json.dumps(req))
+    return json.loads(await recv(ws, 15))
+
+
 def test_http_client(wsserver_factory, upstream):
     server = wsserver_factory(app_source=HTTP_APP)
     refused = wsraw.free_port()
-
-    async def ask(ws, **req):
-        await ws.send(json.dumps(req))
-        return json.loads(await recv(ws, 10))
 
     async def main():
         async with connect(server.url) as ws:
@@ -494,6 +491,42 @@ def test_http_client(wsserver_factory, upstream):
     assert 'wsserver_http_client_requests_total{result="timeout"} 2' in metrics
     assert 'wsserver_http_client_requests_total{result="error"} 2' in metrics, metrics
     assert "wsserver_handlers_waiting 0" in metrics
+
+
+@pytest.fixture
+def https_upstream(tmp_path):
+    """The same upstream over TLS, with a certificate from a throwaway CA (gen-test-cert.sh)."""
+    import ssl
+    from conftest import ROOT
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen-test-cert.sh"), str(tmp_path)],
+                   check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    srv.daemon_threads = True
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{srv.server_address[1]}", str(tmp_path / "ca.pem")
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_https_verifies_certificates_by_default(wsserver_factory, https_upstream):
+    url, ca = https_upstream
+    server = wsserver_factory(app_source=HTTP_APP)
+
+    async def main():
+        async with connect(server.url) as ws:
+            r = await ask(ws, url=url + "/ok")
+            assert "certificate" in r["err"].lower(), r  # an unknown CA is refused
+            r = await ask(ws, url=url + "/ok", ca_file=ca)
+            assert (r["status"], r["body"]) == (200, "hello"), r
+            r = await ask(ws, url=url + "/ok", insecure=True)
+            assert (r["status"], r["body"]) == (200, "hello"), r
+            r = await ask(ws, url=url.replace("127.0.0.1", "localhost") + "/chunked", ca_file=ca)
+            assert r["body"] == "one,two,three", r
+
+    run(main())
 
 
 def test_http_misuse_raises(wsserver_factory):
@@ -537,10 +570,16 @@ def test_many_hanging_requests_time_out_and_leave_no_descriptors(wsserver_factor
             await ws.send(json.dumps({"url": upstream + "/ok"}))
             await recv(ws)  # the client is up
             before = fd_count(server.pid)
-            await ws.send(json.dumps({"many": 200, "url": upstream + "/hang", "timeout": 1}))
-            results = json.loads(await recv(ws, 15))
-            assert results == ["timeout"] * 200
-            wait_for(lambda: fd_count(server.pid) <= before + 2, what="descriptors back")
+            rss = []
+            for _ in range(6):
+                await ws.send(json.dumps({"many": 10000, "url": upstream + "/hang",
+                                          "timeout": 1}))
+                results = json.loads(await recv(ws, 30))
+                assert results == ["timeout"] * 10000
+                wait_for(lambda: fd_count(server.pid) <= before + 2, what="descriptors back")
+                rss.append(rss_kib(server.pid))
+            # the first rounds grow the heap to its working size; later ones reuse it
+            assert rss[-1] - rss[1] < 1024, f"RSS grew round after round: {rss} KiB"
 
     run(main())
 
@@ -558,3 +597,137 @@ def test_http_concurrency_cap_makes_calls_wait_their_turn(wsserver_factory, upst
             assert time.monotonic() - started >= 0.85  # 3 rounds of 0.3 s
 
     run(main())
+
+
+# ---- upgrade and http routes that wait: the answer goes out when they return ----
+
+FRONT_APP = """
+return {
+  config = {handshake_timeout = 1},
+  upgrade = function(req)
+    local ms = tonumber(req.query.ms) or 0
+    ws.sleep(ms / 1000)
+    if req.query.fail then error("boom after a wait") end
+    if req.query.refuse then
+      return false, 401, "no after " .. ms, {["WWW-Authenticate"] = "Bearer"}
+    end
+    return {protocol = req.protocols[1], data = {ms = ms}}
+  end,
+  open = function(conn)
+    ws.state.opens = (ws.state.opens or 0) + 1
+    conn:send("open " .. conn.data.ms .. " " .. tostring(conn.protocol))
+  end,
+  message = function(conn, data) conn:send("echo " .. data) end,
+  http = {
+    ["GET /opens"] = function() return 200, tostring(ws.state.opens or 0) end,
+    ["POST /slow"] = function(req)
+      ws.sleep(0.2)
+      return 201, "got " .. req.body, {["X-After"] = "wait"}
+    end,
+    ["GET /slow"] = function()
+      ws.sleep(0.2)
+      return 200, "slow get", {["Content-Type"] = "text/x-test"}
+    end,
+    ["GET /fail"] = function() ws.sleep(0.05); error("route boom") end,
+    ["GET /bad"] = function() ws.sleep(0.05); return "x" end,
+  },
+}
+"""
+
+
+def opens(server):
+    return int(wsraw.http_exchange(server.port, b"GET /opens HTTP/1.1\r\nHost: x\r\n\r\n").body)
+
+
+def test_upgrade_waits_while_other_connections_are_served(wsserver_factory):
+    server = wsserver_factory(app_source=FRONT_APP)
+
+    async def main():
+        slow = asyncio.ensure_future(
+            connect(server.url + "?ms=600", subprotocols=["chat"], open_timeout=5))
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        async with connect(server.url) as fast:
+            assert await recv(fast) == "open 0 nil"
+            await fast.send("x")
+            assert await recv(fast) == "echo x"
+        assert time.monotonic() - t0 < 0.45, "a waiting upgrade delayed another connection"
+        assert not slow.done()
+        ws = await slow
+        assert ws.subprotocol == "chat"
+        assert await recv(ws) == "open 600 chat"
+        await ws.close()
+
+    run(main())
+
+
+def test_upgrade_refuses_or_fails_after_a_wait(wsserver_factory):
+    server = wsserver_factory(app_source=FRONT_APP)
+    resp = wsraw.http_exchange(server.port, wsraw.build_request("/?ms=100&refuse=1"))
+    assert resp.status == 401
+    assert resp.body == b"no after 100\n"
+    assert resp.header("WWW-Authenticate") == "Bearer"
+    resp = wsraw.http_exchange(server.port, wsraw.build_request("/?ms=50&fail=1"))
+    assert resp.status == 500
+    wait_for(lambda: "boom after a wait" in server.log(), what="the upgrade's error logged")
+    assert opens(server) == 0
+
+
+def test_frames_sent_before_a_waiting_upgrade_is_decided_are_kept(wsserver_factory):
+    server = wsserver_factory(app_source=FRONT_APP)
+    early = wsraw.encode_frame(wsraw.OP_TEXT, b"early") * 3
+    with wsraw.connect(server.port, path="/?ms=200", first_bytes=early) as c:
+        c.expect_message(wsraw.OP_TEXT, b"open 200 nil")
+        for _ in range(3):
+            c.expect_message(wsraw.OP_TEXT, b"echo early")
+        c.send_text("late")
+        c.expect_message(wsraw.OP_TEXT, b"echo late")
+
+
+def test_a_client_that_leaves_while_upgrade_waits_is_never_opened(wsserver_factory):
+    server = wsserver_factory(app_source=FRONT_APP)
+    assert opens(server) == 0
+    time.sleep(0.2)  # that request's socket is closed by now
+    before = fd_count(server.pid)
+    socks = []
+    for _ in range(50):
+        s = socket.create_connection((server.host, server.port), timeout=STEP)
+        s.sendall(wsraw.build_request("/?ms=300"))
+        socks.append(s)
+    wait_for(lambda: fd_count(server.pid) >= before + 50, what="the connections accepted")
+    for s in socks:
+        s.close()
+    time.sleep(0.6)  # the upgrades have returned by now
+    assert opens(server) == 0
+    wait_for(lambda: fd_count(server.pid) <= before, what="descriptors back")
+    # handshake_timeout (1 s) still applies to an upgrade that waits longer
+    s = socket.create_connection((server.host, server.port), timeout=STEP)
+    s.sendall(wsraw.build_request("/?ms=3000"))
+    t0 = time.monotonic()
+    assert s.recv(4096) == b""  # dropped without a 101
+    assert 0.8 < time.monotonic() - t0 < 2.5
+    s.close()
+    time.sleep(2.3)  # past the upgrade's end: it finds its connection gone
+    assert opens(server) == 0
+    assert "handler_error" not in server.log()
+
+
+def test_http_routes_wait_then_answer(wsserver_factory):
+    server = wsserver_factory(app_source=FRONT_APP)
+    body = b"x" * 100000
+    req = (b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    resp = wsraw.http_exchange(server.port, req)
+    assert resp.status == 201
+    assert resp.body == b"got " + body
+    assert resp.header("X-After") == "wait"
+    chunked = b"POST /slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" \
+              b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    assert wsraw.http_exchange(server.port, chunked).body == b"got abcde"
+    resp = wsraw.http_exchange(server.port, b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (resp.status, resp.body, resp.header("Content-Type")) == (200, b"slow get", "text/x-test")
+    resp = wsraw.http_exchange(server.port, b"HEAD /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (resp.status, resp.body, resp.header("Content-Length")) == (200, b"", "8")
+    for path, error in (("/fail", "route boom"), ("/bad", "must return a status number")):
+        resp = wsraw.http_exchange(server.port, b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        assert resp.status == 500, path
+        wait_for(lambda: error in server.log(), what=f"{path}'s error logged")

@@ -438,7 +438,7 @@ describe("ws.testing", function()
       for _ in pairs(ws) do
         n = n + 1
       end
-      assert.equal(20, n) -- sleep, http and null included
+      assert.equal(22, n) -- sleep, http, null, connect and pg included
       t:eval("ws.state.x = 1") -- ws.state is the app's: t.state and t.ws.state are copies
       assert.equal(1, t.state.x)
     end)

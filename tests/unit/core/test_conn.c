@@ -439,6 +439,62 @@ static void test_http_route_and_fallback(void **state)
     testclient_close(&cl);
 }
 
+/* An upgrade and a route the app answers later: nothing goes out until it does; frames sent
+ * meanwhile run after the 101 and open. */
+static void test_deferred_upgrade_and_http(void **state)
+{
+    struct testkit *k = start(state);
+    k->app.act.defer = true;
+    k->app.act.echo = true;
+    k->app.act.http_path = "/later";
+    struct testclient cl;
+    testclient_pair(k, &cl, SOCK_STREAM, NULL, 0);
+    struct ws_buf b;
+    ws_buf_init(&b);
+    testclient_add_request(&b, "/", "chat");
+    testclient_add_frame(&b, true, WS_OP_TEXT, "early", 5);
+    testclient_write(k, &cl, b.data, b.len);
+    testclient_send(k, &cl, WS_OP_TEXT, "later", 5);
+    ws_buf_reset(&b);
+    assert_false(testclient_has_input(k, &cl));
+    assert_int_equal(cl.conn->state, WS_CONN_CONNECTING);
+    assert_int_equal(testapp_count(&k->app, TA_OPEN, 0), 0);
+    struct ws_upgrade_reply up = {.protocol = ws_xstrndup("chat", 4)};
+    ws_conn_upgrade_decided(cl.conn, &up);
+    char head[1024];
+    assert_int_equal(testclient_head(k, &cl, head, sizeof(head)), 101);
+    assert_non_null(strstr(head, "\r\nSec-WebSocket-Protocol: chat\r\n"));
+    expect_frame(k, &cl, WS_OP_TEXT, "early");
+    expect_frame(k, &cl, WS_OP_TEXT, "later");
+    assert_true(testapp_index(&k->app, TA_OPEN, cl.id) < testapp_index(&k->app, TA_MESSAGE, cl.id));
+    testclient_close(&cl);
+
+    /* a refusal decided later */
+    testclient_pair(k, &cl, SOCK_STREAM, NULL, 0);
+    testclient_add_request(&b, "/", NULL);
+    testclient_write(k, &cl, b.data, b.len);
+    ws_buf_reset(&b);
+    assert_false(testclient_has_input(k, &cl));
+    struct ws_upgrade_reply no = {.status = 401, .body = ws_xstrndup("who?", 4), .body_len = 4};
+    ws_conn_upgrade_decided(cl.conn, &no);
+    assert_int_equal(testclient_head(k, &cl, NULL, 0), 401);
+    assert_true(testclient_wait_eof(k, &cl));
+    assert_string_equal((char *)cl.in.data, "who?\n");
+    testclient_close(&cl);
+
+    /* a route answered later sees its body; bytes after the request are not read for it */
+    testclient_pair(k, &cl, SOCK_STREAM, NULL, 0);
+    const char *req = "POST /later HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGARBAGE";
+    testclient_write(k, &cl, req, strlen(req));
+    assert_false(testclient_has_input(k, &cl));
+    struct ws_http_reply ok = {.status = 202, .body = ws_xstrndup("done", 4), .body_len = 4};
+    ws_conn_http_answered(cl.conn, &ok);
+    assert_int_equal(testclient_head(k, &cl, head, sizeof(head)), 202);
+    assert_true(testclient_wait_eof(k, &cl));
+    assert_string_equal((char *)cl.in.data, "done");
+    testclient_close(&cl);
+}
+
 static void test_send_on_open_follows_the_101(void **state)
 {
     struct testkit *k = start(state);
@@ -853,6 +909,7 @@ int main(void)
         cmocka_unit_test_teardown(test_invalid_utf8_is_1007, testkit_teardown),
         cmocka_unit_test_teardown(test_refused_upgrade, testkit_teardown),
         cmocka_unit_test_teardown(test_http_route_and_fallback, testkit_teardown),
+        cmocka_unit_test_teardown(test_deferred_upgrade_and_http, testkit_teardown),
         cmocka_unit_test_teardown(test_send_on_open_follows_the_101, testkit_teardown),
         cmocka_unit_test_teardown(test_backpressure_queued_then_drain, testkit_teardown),
         cmocka_unit_test_teardown(test_backpressure_close_is_1008, testkit_teardown),

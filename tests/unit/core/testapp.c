@@ -63,6 +63,10 @@ static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_reques
         e->protocols = ws_xstrndup((const char *)offered.data, offered.len);
     }
     ws_buf_reset(&offered);
+    if (a->act.defer) {
+        reply->pending = true;
+        return;
+    }
     if (a->act.refuse_status) {
         reply->status = a->act.refuse_status;
         reply->body = dup_str(a->act.refuse_body);
@@ -128,6 +132,10 @@ static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *
     set_data(e, req->target.p, req->target.n);
     if (!a->act.http_path || strcmp(e->data, a->act.http_path) != 0)
         return false;
+    if (a->act.defer) {
+        reply->pending = true;
+        return true;
+    }
     reply->status = a->act.http_status;
     reply->body = dup_str(a->act.http_body);
     reply->body_len = a->act.http_body ? strlen(a->act.http_body) : 0;

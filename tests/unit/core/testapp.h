@@ -54,6 +54,7 @@ struct testapp_behaviour {
     const char *http_path;   /* http: answer this target ... */
     int http_status;         /* ... with this status ... */
     const char *http_body;   /* ... and this body; other targets are not answered */
+    bool defer;              /* upgrade, http (a matched target): answer later (pending) */
 };
 
 struct testapp {

@@ -1,0 +1,75 @@
+/* A PostgreSQL connection pool on the server's libev loop: libpq's asynchronous API (connecting
+ * with PQconnectStart/PQconnectPoll, queries with PQsendQueryParams and prepared statements
+ * cached per connection), each connection's socket watched by an ev_io. Callback-based; knows
+ * nothing of Lua or of who waits. Results are libpq's PGresult, handed to the callback. */
+#ifndef WS_PG_CLIENT_H
+#define WS_PG_CLIENT_H
+
+#include <ev.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+struct ws_pg_pool;
+struct ws_pg_conn;
+struct ws_pg_wait;
+
+/* A connection for a waiter, or NULL with err set (connecting failed). Runs from the loop. */
+typedef void (*ws_pg_conn_fn)(void *ud, struct ws_pg_conn *c, const char *err);
+
+/* A query's end. res: its result (PGRES_TUPLES_OK or PGRES_COMMAND_OK), owned by the callback
+ * (PQclear). Else err says why: the server's message, with sqlstate its SQLSTATE code ("" when
+ * the failure is not the server's answer: the connection was lost). Runs from the loop. */
+typedef void (*ws_pg_result_fn)(void *ud, PGresult *res, const char *err, const char *sqlstate);
+
+/* A pool of at most max_conns connections to conninfo (a libpq keyword/value string or URI),
+ * made on demand; connect_timeout bounds each connection attempt and the draining of a
+ * cancelled query. Returns NULL with err filled when conninfo does not parse. */
+struct ws_pg_pool *ws_pg_pool_new(struct ev_loop *loop, const char *conninfo, size_t max_conns,
+                                  double connect_timeout, char *err, size_t errlen);
+
+/* Changes the size cap; connections over it are closed as they come back. */
+void ws_pg_pool_set_max(struct ws_pg_pool *p, size_t max_conns);
+
+/* Closes every connection and drops every waiter (no callback runs); NULL is a no-op. The
+ * connections handed out must not be used afterwards. */
+void ws_pg_pool_free(struct ws_pg_pool *p);
+
+/* An idle connection of the pool, now the caller's, or NULL (none idle, or waiters queued
+ * before the caller). */
+struct ws_pg_conn *ws_pg_pool_take(struct ws_pg_pool *p);
+
+/* Queues for a connection (a new one is made while the pool is under its cap); done runs once,
+ * from the loop, never from inside this call. */
+struct ws_pg_wait *ws_pg_pool_acquire(struct ws_pg_pool *p, ws_pg_conn_fn done, void *ud);
+
+/* Leaves the queue; done does not run. w is freed. */
+void ws_pg_pool_acquire_cancel(struct ws_pg_wait *w);
+
+/* Sends sql with n parameters (values[i] NULL: SQL NULL; lengths and formats as
+ * PQsendQueryParams reads them: format 1 sends the bytes as they are) on c, which must be idle.
+ * prepare: through a statement prepared on c, kept for the next time (at most 64 per
+ * connection). The values are copied. done runs from the loop. Returns 0, or -1 with err filled
+ * (c is busy or lost; nothing was sent). */
+int ws_pg_conn_query(struct ws_pg_conn *c, const char *sql, int n, const char *const *values,
+                     const int *lengths, const int *formats, bool prepare, ws_pg_result_fn done,
+                     void *ud, char *err, size_t errlen);
+
+/* Abandons c's query in flight: its callback does not run; the server is asked to cancel it
+ * and its answer is drained before c takes another query (c stays the caller's). Returns true
+ * when a query was in flight. */
+bool ws_pg_conn_abandon(struct ws_pg_conn *c);
+
+/* Whether c can take a query now (not cancelling, not lost). */
+bool ws_pg_conn_ready(const struct ws_pg_conn *c);
+
+/* Hands c back to the pool. A query in flight is abandoned first; a connection that is lost, in
+ * a transaction, or over the cap is closed instead of reused. */
+void ws_pg_conn_release(struct ws_pg_conn *c);
+
+/* Connections open (connecting included), handed out, and callers queued for one. */
+size_t ws_pg_pool_open(const struct ws_pg_pool *p);
+size_t ws_pg_pool_in_use(const struct ws_pg_pool *p);
+size_t ws_pg_pool_waiting(const struct ws_pg_pool *p);
+
+#endif

@@ -1,0 +1,101 @@
+/* Outbound WebSocket connections (the client role, RFC 6455 §4.1, §5.3) on the server's libev
+ * loop: name lookup off the loop, TCP connect, TLS with certificate verification, the opening
+ * handshake, then frames through the same session code the server uses, masked with a fresh key
+ * per frame. Callback-based; knows nothing of Lua or of who waits for what. */
+#ifndef WS_WSCLIENT_H
+#define WS_WSCLIENT_H
+
+#include "ws/env.h"
+#include "ws/handshake_client.h"
+
+#include <ev.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct ws_client;
+
+/* One connection. Every pointer is read during ws_client_connect only (copied). */
+struct ws_client_opts {
+    const char *url;
+    const char *const *protocols; /* subprotocols offered, in preference order */
+    size_t nprotocols;
+    const char *const *headers; /* extra "Name: value" request lines */
+    size_t nheaders;
+    double timeout;            /* seconds for lookup, connect, TLS and the handshake together */
+    double close_timeout;      /* seconds the closing handshake may take */
+    size_t max_message_bytes;  /* a larger message from the server closes with 1009 */
+    size_t max_buffered_bytes; /* ws_client_send refuses while more than this waits to be sent */
+    bool compression;          /* offer permessage-deflate */
+    const char *ca_file;       /* PEM CA bundle for wss (NULL: the system's) */
+    bool insecure;             /* wss without certificate verification */
+    struct ws_stats *stats;    /* counted here when not NULL (/metrics) */
+};
+
+/* How a client ended: once, through ops->end. */
+struct ws_client_end {
+    bool opened; /* the handshake had completed */
+    /* opened: the close code (the server's, ours when we failed the connection, 1006 when the
+     * connection ended without a close frame) and its reason (not NUL-terminated) */
+    int code;
+    const char *reason;
+    size_t reason_len;
+    /* not opened: the server's HTTP status and body when it answered something else than 101,
+     * else 0 and empty */
+    int status;
+    const uint8_t *body;
+    size_t body_len;
+    const char *err; /* what went wrong, or NULL after a clean close handshake */
+    bool timed_out;  /* the connect timeout or the close timeout passed */
+};
+
+/* The owner's callbacks, run from the loop, never from inside a ws_client_* call. Inside them
+ * the owner may send, close and free the client (a free then happens once the callback returns).
+ * Pointers are valid during the call only. */
+struct ws_client_ops {
+    void (*open)(void *ud, struct ws_client *c);
+    void (*message)(void *ud, struct ws_client *c, const uint8_t *data, size_t len, bool binary);
+    void (*end)(void *ud, struct ws_client *c, const struct ws_client_end *e);
+};
+
+/* Starts connecting; ops->open or ops->end runs later from the loop. Returns the client, or NULL
+ * with err filled (a bad URL (ws_url_parse) or header, no thread or socket for the lookup). The
+ * caller frees it with ws_client_free, after ops->end or to abort it (no callback runs then). */
+struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client_opts *o,
+                                    const struct ws_client_ops *ops, void *ud, char *err,
+                                    size_t errlen);
+
+/* Sends one text (binary false) or binary message of len bytes (copied). Returns 0, WS_E_CLOSED
+ * when the client is not open (connecting, closing or ended), or WS_E_LIMIT when more than
+ * max_buffered_bytes already wait to be sent. Text must be UTF-8: the caller checks. */
+int ws_client_send(struct ws_client *c, const void *data, size_t len, bool binary);
+
+/* Sends a ping with up to 125 bytes of payload. 0, WS_E_CLOSED or WS_E_INVAL (too long). */
+int ws_client_ping(struct ws_client *c, const void *data, size_t len);
+
+/* Starts the closing handshake (RFC 6455 §7.1.2) with code (0: no code; else one
+ * ws_close_code_valid accepts) and reason (cut to fit); ops->end runs once the server has
+ * answered and closed TCP, or close_timeout later. Returns 0 or WS_E_CLOSED when not open. */
+int ws_client_close(struct ws_client *c, int code, const char *reason, size_t len);
+
+/* True between ops->open and the start of the closing handshake. */
+bool ws_client_is_open(const struct ws_client *c);
+
+/* The subprotocol the server picked ("" for none); valid until ws_client_free. */
+const char *ws_client_protocol(const struct ws_client *c);
+
+/* Bytes waiting to be sent. */
+size_t ws_client_buffered(const struct ws_client *c);
+
+/* Stops (held true) or resumes reading the socket, so a server cannot make the owner queue
+ * without bound: TCP flow control holds it back. Messages already read are still delivered. */
+void ws_client_hold(struct ws_client *c, bool held);
+
+/* Counts into stats from now on (NULL: nowhere), e.g. before the server's counters go away. */
+void ws_client_set_stats(struct ws_client *c, struct ws_stats *stats);
+
+/* Aborts (no callback runs; an open connection is dropped without a close frame) and frees c;
+ * NULL is a no-op. From inside a callback the free happens when the callback returns. */
+void ws_client_free(struct ws_client *c);
+
+#endif
