@@ -43,7 +43,7 @@ unit_libs = $(if $(findstring /proto/,$(1)),$(PROTO_LIB),$(CORE_SUPPORT) \
             $(if $(findstring /core/,$(1)),$(CORE_LIB) $(PROTO_LIB),$(LIBS)))
 
 .PHONY: bench bench-count fuzz fuzz-run fuzz-net install uninstall man deb
-.PHONY: test-browser
+.PHONY: test-browser kit
 .PHONY: all run test test-unit test-lua test-integration asan ubsan format format-check clean deps \
         check-layers
 
@@ -62,6 +62,23 @@ $(LIBS):
 
 $(BUILD)/wsserver: $(BUILD)/obj/main.o $(LIBS)
 	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# ws.kitcore (src/kit): the real core, bindings and app state in-process for Lua specs, a C module
+# for lua5.4 (package.cpath "$(BUILD)/lua/?.so"); every layer built again as position-independent
+# code. Lua's own symbols come from the interpreter that loads it.
+pic = $(patsubst src/%.c,$(BUILD)/pic/%.o,$(1))
+KIT_SO = $(BUILD)/lua/ws/kitcore.so
+KIT_SRC = $(wildcard src/kit/*.c)
+
+$(BUILD)/pic/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -fPIC -c $< -o $@
+
+$(KIT_SO): $(call pic,$(KIT_SRC) $(LUA_SRC) $(CORE_SRC) $(PROTO_SRC))
+	@mkdir -p $(@D)
+	$(CC) $(SAN) $(LDFLAGS) -shared -o $@ $^ $(filter-out -llua%,$(LDLIBS))
+
+kit: $(KIT_SO)
 
 # Every ws_/lb_ symbol a layer leaves undefined must be defined by a layer below it.
 check-layers: $(LIBS)
@@ -93,12 +110,13 @@ DESTDIR ?=
 SYSCONFDIR ?= /etc
 SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
 SYSUSERS_DIR ?= $(PREFIX)/lib/sysusers.d
-install: all
+install: all $(KIT_SO)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws \
 	    $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/doc/wsserver/examples \
 	    $(DESTDIR)$(SYSTEMD_UNIT_DIR) $(DESTDIR)$(SYSUSERS_DIR)
 	install -m 755 $(BUILD)/wsserver $(DESTDIR)$(PREFIX)/bin/wsserver
 	install -m 644 lua/ws/*.lua $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws/
+	install -m 644 $(KIT_SO) $(DESTDIR)$(PREFIX)/share/wsserver/lua/ws/
 	install -d $(DESTDIR)$(PREFIX)/share/wsserver/chat
 	install -m 644 examples/chat/public/* $(DESTDIR)$(PREFIX)/share/wsserver/chat/
 	install -m 644 $(BUILD)/wsserver.1 $(DESTDIR)$(PREFIX)/share/man/man1/wsserver.1
@@ -135,12 +153,13 @@ run: deps
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
-test-lua:
+test-lua: $(KIT_SO)
 	@if ls tests/lua/*_spec.lua >/dev/null 2>&1; then \
-	    LUA_PATH="lua/?.lua;lua/?/init.lua;;" $(BUSTED) --lpath="lua/?.lua" tests/lua; \
+	    LUA_PATH="lua/?.lua;lua/?/init.lua;;" LUA_CPATH="$(BUILD)/lua/?.so;;" \
+	    $(BUSTED) --lpath="lua/?.lua" tests/lua; \
 	fi
 
-test-integration: all
+test-integration: all $(KIT_SO)
 	WSSERVER=$(abspath $(BUILD)/wsserver) $(PYTHON) -m pytest -q -x tests/integration
 
 # End-to-end tests in headless Chromium (Debian's chromium driven by playwright-core).
@@ -219,3 +238,4 @@ clean:
 	rm -rf build
 
 -include $(patsubst %.o,%.d,$(call obj,$(PROTO_SRC) $(CORE_SRC) $(LUA_SRC) src/main.c)) $(UNIT_BIN:=.d)
+-include $(patsubst %.o,%.d,$(call pic,$(KIT_SRC) $(LUA_SRC) $(CORE_SRC) $(PROTO_SRC)))

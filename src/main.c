@@ -228,6 +228,16 @@ static int run_specs(int argc, char **argv)
     const char *old = getenv("LUA_PATH");
     snprintf(lpath, sizeof(lpath), "%s%s", lib, old ? old : ";"); /* ";;": Lua's default path */
     setenv("LUA_PATH", lpath, 1);
+    /* ws.kitcore, the real server for testing.start: beside the binary or installed */
+    char exe[PATH_MAX], cpath[3 * PATH_MAX + 64];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    exe[n > 0 ? n : 0] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = 0;
+    const char *oldc = getenv("LUA_CPATH");
+    snprintf(cpath, sizeof(cpath), "%s/lua/?.so;" WS_LUA_DIR "/?.so;%s", exe, oldc ? oldc : ";");
+    setenv("LUA_CPATH", cpath, 1);
     char **args = calloc((size_t)argc + 3, sizeof(*args));
     int k = 0;
     args[k++] = "lua5.4";

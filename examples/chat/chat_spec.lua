@@ -1,7 +1,8 @@
--- Specs for the chat app (chat.lua), written with ws.testing: the app runs in a simulated server
--- with the real `ws` and `conn` API, no sockets and no waiting (time is virtual).
+-- Specs for the chat app (chat.lua), written with ws.testing: the app runs in the real server,
+-- in-process, with in-memory clients and a simulated clock (no sockets, no waiting).
 --
---   lua5.4 /usr/bin/busted --lpath="lua/?.lua" examples/chat/chat_spec.lua     (repo root)
+--   lua5.4 /usr/bin/busted --lpath="lua/?.lua" --cpath="build/lua/?.so" examples/chat/chat_spec.lua
+--                                                  (repo root, after make)
 --   make test-lua                                  (runs it through tests/lua/chat_app_spec.lua)
 local testing = require "ws.testing"
 local json = require "ws.json"
@@ -74,7 +75,7 @@ describe("chat", function()
     local c, status, body = t:connect{path = "/elsewhere"}
     assert.is_nil(c)
     assert.equal(404, status)
-    assert.equal("no WebSocket endpoint here\n\n", body) -- the server adds a newline to the body
+    assert.equal("no WebSocket endpoint here\n", body)
   end)
 
   describe("rooms", function()

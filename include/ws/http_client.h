@@ -67,6 +67,20 @@ void ws_http_client_cancel(struct ws_http_req *r);
 size_t ws_http_client_active(const struct ws_http_client *hc);
 size_t ws_http_client_queued(const struct ws_http_client *hc);
 
+/* The calls a client answers to, so that a stand-in can take the place of libcurl's (the testing
+ * kit answers requests itself): lb_app keeps the client and a pointer to its ops. The clients of
+ * other outside services (Redis, Postgres, upstream WebSockets) are swapped the same way. */
+struct ws_http_client_ops {
+    struct ws_http_req *(*request)(struct ws_http_client *hc, const struct ws_http_opts *o,
+                                   ws_http_done_fn done, void *ud, char *err, size_t errlen);
+    void (*cancel)(struct ws_http_req *r);
+    void (*set_max)(struct ws_http_client *hc, size_t max_concurrent);
+    void (*free)(struct ws_http_client *hc);
+};
+
+/* The functions above: the client ws_http_client_new makes. */
+extern const struct ws_http_client_ops ws_http_client_libcurl;
+
 /* Frees what a result holds. */
 void ws_http_result_free(struct ws_http_result *res);
 

@@ -40,6 +40,7 @@ enum lb_handler {
 struct lb_timer;
 struct lb_task;
 struct ws_http_client;
+struct ws_http_client_ops;
 struct lb_wsclient;
 struct lb_pg;
 struct lb_redis;
@@ -86,11 +87,12 @@ struct lb_app {
     size_t nidle;
     struct lb_task *waiting; /* tasks waiting (SPEC §4a) */
     size_t nwaiting;
-    const char *stopping;          /* set by lb_task_cancel_all: every wait returns nil, stopping */
-    struct ws_http_client *http;   /* ws.http's client, made on first use */
-    struct lb_wsclient *wsclients; /* ws.connect's clients that are not collected yet */
-    struct lb_pg *pg;              /* ws.pg's pools, made on first use */
-    struct lb_redis *redis;        /* ws.redis's pools and subscriptions, made on first use */
+    const char *stopping;        /* set by lb_task_cancel_all: every wait returns nil, stopping */
+    struct ws_http_client *http; /* ws.http's client, made on first use */
+    const struct ws_http_client_ops *http_ops; /* its calls: libcurl's, or a stand-in's */
+    struct lb_wsclient *wsclients;             /* ws.connect's clients that are not collected yet */
+    struct lb_pg *pg;                          /* ws.pg's pools, made on first use */
+    struct lb_redis *redis; /* ws.redis's pools and subscriptions, made on first use */
     const struct ws_redis_ops *redis_ops; /* their calls: hiredis's (NULL), or a stand-in's */
 };
 
@@ -121,6 +123,11 @@ const char *lb_error_text(lua_State *L, int idx);
 /* Logs a handler's error (handler what, connection conn when not 0, msg with its traceback),
  * keeps it in a->last_error and counts it. */
 void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg);
+
+/* Stops this process's budget watchdog (its CPU timer and SIGPROF handler), for when no app is
+ * left and the code of its handler may go away (the testing kit's module is unloaded); the next
+ * state started (lb_state_open) starts it again. */
+void lb_budget_stop(void);
 
 /* A handler run's budget, between lb_budget_begin and lb_budget_end. */
 struct lb_run {

@@ -35,6 +35,10 @@ int ws_log_open(const char *path, char *err, size_t errlen);
  * (logged as log_reopen_failed) when it cannot be opened: the lines keep going to the old one. */
 int ws_log_reopen(void);
 
+/* Turns flood control (at most 100 lines of one event per second) off or back on: a test that
+ * reads the log needs every line. On by default. */
+void ws_log_set_flood_control(bool on);
+
 /* Adds worker=<index> to every line from now on (0: none). */
 void ws_log_set_worker(int index);
 

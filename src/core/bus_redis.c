@@ -4,6 +4,7 @@
  * delivery goes on, and both reconnect with back-off and restore their subscriptions. */
 #include "ws/bus.h"
 
+#include "ws/clock.h"
 #include "ws/err.h"
 #include "ws/log.h"
 #include "ws/map.h"
@@ -238,7 +239,7 @@ static void redis_unsubscribe(struct ws_bus *bus, const char *topic, size_t len)
 static void redis_free(struct ws_bus *bus)
 {
     struct redis_bus *r = (struct redis_bus *)bus;
-    ev_timer_stop(r->loop, &r->retry);
+    ws_timer_stop(r->loop, &r->retry);
     redisAsyncContext *contexts[2] = {r->sub, r->pub};
     for (int i = 0; i < 2; i++) {
         if (contexts[i]) {

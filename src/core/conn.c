@@ -5,6 +5,7 @@
  * waits for ws_conn_run_pending, never happens during a callback. */
 #include "ws/conn.h"
 
+#include "ws/clock.h"
 #include "ws/err.h"
 #include "ws/frame.h"
 #include "ws/front.h"
@@ -67,7 +68,7 @@ static void set_state(struct ws_conn *c, enum ws_conn_state to)
     if (to == WS_CONN_OPEN)
         c->env->nopen++;
     if (to == WS_CONN_CLOSING)
-        c->clock.closing_since = ev_now(c->env->loop);
+        c->clock.closing_since = ws_clock_now(c->env->loop);
 }
 
 /* Counts c against max_connections_per_ip under its peer address; false when that is one too
@@ -89,7 +90,7 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
         salen = sizeof(c->peer);
     memcpy(&c->peer, sa, salen);
     c->state = WS_CONN_CONNECTING;
-    c->clock.started = c->clock.last_read = c->clock.last_message = ev_now(env->loop);
+    c->clock.started = c->clock.last_read = c->clock.last_message = ws_clock_now(env->loop);
     ws_session_init(&c->session, (size_t)env->cfg.max_message_size);
     ws_request_init(&c->request);
     ws_wire_init(&c->wire, env->loop, fd, transport, transport_state, on_io, c);
@@ -109,8 +110,10 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
             char out[512];
             size_t n =
                 ws_handshake_error_response(out, sizeof(out), 503, msg, sizeof(msg) - 1, NULL);
-            if (transport == &ws_transport_plain)
-                (void)!send(fd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (transport != &ws_transport_tls) { /* TLS has no session yet to say it in */
+                struct iovec iov = {out, n};
+                (void)transport->writev(transport_state, fd, &iov, 1);
+            }
             ws_stats_count_refusal(env->stats, 503);
             ws_connlog_access(c, 503, "too many connections from this address", NULL, n);
             kill_conn(c, 0, NULL);
@@ -131,7 +134,7 @@ static void kill_conn(struct ws_conn *c, int code, const char *reason)
             c->close_reason = ws_xstrndup(reason, strlen(reason));
     }
     set_state(c, WS_CONN_CLOSED);
-    ev_timer_stop(c->env->loop, &c->timer);
+    ws_timer_stop(c->env->loop, &c->timer);
     ws_wire_close(&c->wire, c->env->loop, &c->env->pool);
     c->next_dead = c->env->dead_head;
     c->env->dead_head = c;
@@ -380,7 +383,7 @@ static void open_ws(struct ws_conn *c, struct ws_front_reply *r, const struct ws
     set_state(c, WS_CONN_OPEN);
     env->nupgraded++;
     c->opened = true;
-    c->clock.last_read = c->clock.last_message = ev_now(env->loop);
+    c->clock.last_read = c->clock.last_message = ws_clock_now(env->loop);
     rearm(c);
     want_flush(c);
     env->stats->upgrades_total++;
@@ -566,7 +569,7 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
                 break; /* RFC 6455 §1.4: data after our close frame is discarded */
             env->stats->messages_in++;
             c->messages_in++;
-            c->clock.last_message = ev_now(env->loop);
+            c->clock.last_message = ws_clock_now(env->loop);
             if (env->ops->message)
                 env->ops->message(env->app, c, ev.data, ev.len, ev.opcode == WS_OP_BINARY);
             break;
@@ -604,7 +607,7 @@ static void on_bytes(struct ws_conn *c, uint8_t *data, size_t n)
     struct ws_env *env = c->env;
     env->stats->bytes_in += n;
     c->bytes_in += n;
-    c->clock.last_read = ev_now(env->loop);
+    c->clock.last_read = ws_clock_now(env->loop);
     c->clock.ping_sent = 0; /* any bytes prove the peer alive */
     switch (c->state) {
     case WS_CONN_CONNECTING:
@@ -695,22 +698,21 @@ static const enum ws_heartbeat_phase phases[] = {
 static void rearm(struct ws_conn *c)
 {
     struct ev_loop *loop = c->env->loop;
-    ev_timer_stop(loop, &c->timer);
+    ws_timer_stop(loop, &c->timer);
     if (c->state == WS_CONN_CLOSED)
         return;
     ev_tstamp at = ws_heartbeat_next(phases[c->state], &c->clock, cfg(c));
     if (!at)
         return;
-    ev_tstamp in = at - ev_now(loop);
-    ev_timer_set(&c->timer, in > 0.001 ? in : 0.001, 0);
-    ev_timer_start(loop, &c->timer);
+    ev_tstamp in = at - ws_clock_now(loop);
+    ws_timer_start(loop, &c->timer, in > 0.001 ? in : 0.001, 0);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
 {
     (void)revents;
     struct ws_conn *c = w->data;
-    ev_tstamp now = ev_now(loop);
+    ev_tstamp now = ws_clock_now(loop);
     enum ws_conn_state state = c->state;
     const struct ws_heartbeat_rule *r;
     while (c->state == state &&

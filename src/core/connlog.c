@@ -3,6 +3,8 @@
  * connection's id and peer. Formatting only: when to log is the connection's call. */
 #include "ws/connlog.h"
 
+#include "ws/clock.h"
+
 #include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
@@ -45,7 +47,7 @@ void ws_connlog_event(struct ws_conn *c, enum ws_log_level level, const char *ev
         ws_log_i64(&l, "code", code);
     if (reason)
         ws_log_cstr(&l, "reason", reason);
-    ws_log_ms(&l, "ms", ev_now(c->env->loop) - c->clock.started);
+    ws_log_ms(&l, "ms", ws_clock_now(c->env->loop) - c->clock.started);
     ws_log_end(&l);
 }
 
@@ -73,7 +75,7 @@ void ws_connlog_access(struct ws_conn *c, int status, const char *reason,
         ws_log_str(&l, "ua", ua->p, ua->n);
     ws_log_u64(&l, "bytes_in", c->bytes_in);
     ws_log_u64(&l, "bytes_out", bytes_out);
-    ws_log_ms(&l, "ms", ev_now(c->env->loop) - c->clock.started);
+    ws_log_ms(&l, "ms", ws_clock_now(c->env->loop) - c->clock.started);
     ws_log_end(&l);
 }
 
@@ -96,6 +98,6 @@ void ws_connlog_close(struct ws_conn *c, int code)
     ws_log_u64(&l, "bytes_out", c->bytes_out);
     ws_log_u64(&l, "messages_in", c->messages_in);
     ws_log_u64(&l, "messages_out", c->messages_out);
-    ws_log_ms(&l, "ms", ev_now(c->env->loop) - c->clock.started);
+    ws_log_ms(&l, "ms", ws_clock_now(c->env->loop) - c->clock.started);
     ws_log_end(&l);
 }

@@ -4,6 +4,7 @@
 #include "ws/http_client.h"
 
 #include "ws/buf.h"
+#include "ws/clock.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -104,11 +105,9 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
 {
     (void)multi;
     struct ws_http_client *hc = userp;
-    ev_timer_stop(hc->loop, &hc->timer);
-    if (timeout_ms >= 0) {
-        ev_timer_set(&hc->timer, (double)timeout_ms / 1000.0, 0);
-        ev_timer_start(hc->loop, &hc->timer);
-    }
+    ws_timer_stop(hc->loop, &hc->timer);
+    if (timeout_ms >= 0)
+        ws_timer_start(hc->loop, &hc->timer, (double)timeout_ms / 1000.0, 0);
     return 0;
 }
 
@@ -209,7 +208,7 @@ void ws_http_client_free(struct ws_http_client *hc)
         unlink_req(r);
         free_req(r);
     }
-    ev_timer_stop(hc->loop, &hc->timer);
+    ws_timer_stop(hc->loop, &hc->timer);
     curl_multi_cleanup(hc->multi); /* removes the remaining sockets through sock_cb */
     free(hc);
 }
@@ -221,7 +220,7 @@ static void start_queued(struct ws_http_client *hc)
         struct ws_http_req *r = hc->queue_head;
         unlink_req(r);
         r->started = true;
-        r->started_at = ev_now(hc->loop);
+        r->started_at = ws_clock_now(hc->loop);
         r->prev = NULL;
         r->next = hc->active;
         if (hc->active)
@@ -248,7 +247,7 @@ static void check_done(struct ws_http_client *hc)
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&r);
         CURLcode rc = m->data.result;
         struct ws_http_result *res = &r->res;
-        res->seconds = ev_now(hc->loop) - r->started_at;
+        res->seconds = ws_clock_now(hc->loop) - r->started_at;
         if (rc == CURLE_OK) {
             res->ok = true;
             curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &res->status);
@@ -365,3 +364,10 @@ void ws_http_result_free(struct ws_http_result *res)
     ws_buf_reset(&res->headers);
     ws_buf_reset(&res->body);
 }
+
+const struct ws_http_client_ops ws_http_client_libcurl = {
+    ws_http_client_request,
+    ws_http_client_cancel,
+    ws_http_client_set_max,
+    ws_http_client_free,
+};

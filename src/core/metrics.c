@@ -4,6 +4,7 @@
 #include "ws/metrics.h"
 
 #include "ws/bus.h"
+#include "ws/clock.h"
 #include "ws/server.h"
 
 #include <dirent.h>
@@ -160,10 +161,10 @@ void ws_metrics_attach(struct ws_server *srv, struct ws_metrics_board *board, in
     srv->env.render_metrics = render;
     srv->env.metrics_ctx = at;
     refresh(at);
-    ev_timer_init(&at->refresh, on_refresh, REFRESH_SECONDS, REFRESH_SECONDS);
+    ev_init(&at->refresh, on_refresh);
     at->refresh.data = at;
     if (at->board->n > 1) { /* alone, a scrape refreshes what it renders */
-        ev_timer_start(srv->env.loop, &at->refresh);
+        ws_timer_start(srv->env.loop, &at->refresh, REFRESH_SECONDS, REFRESH_SECONDS);
         ev_unref(srv->env.loop); /* the refresh alone keeps no loop running */
     }
 }
@@ -175,7 +176,7 @@ void ws_metrics_detach(struct ws_server *srv)
         return;
     if (ev_is_active(&at->refresh)) {
         ev_ref(srv->env.loop);
-        ev_timer_stop(srv->env.loop, &at->refresh);
+        ws_timer_stop(srv->env.loop, &at->refresh);
     }
     srv->env.own_stats = at->slot->stats;
     srv->env.stats = &srv->env.own_stats;

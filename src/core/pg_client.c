@@ -6,6 +6,7 @@
 #include "ws/pg_client.h"
 
 #include "ws/buf.h"
+#include "ws/clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -106,8 +107,7 @@ static void kick(struct ws_pg_pool *p)
 {
     if (!p->wait_head || ev_is_active(&p->kick))
         return;
-    ev_timer_set(&p->kick, 0, 0);
-    ev_timer_start(p->loop, &p->kick);
+    ws_timer_start(p->loop, &p->kick, 0, 0);
 }
 
 static void watch(struct ws_pg_conn *c, int events)
@@ -144,7 +144,7 @@ static void close_conn(struct ws_pg_conn *c)
 {
     struct ws_pg_pool *p = c->p;
     ev_io_stop(p->loop, &c->io);
-    ev_timer_stop(p->loop, &c->timer);
+    ws_timer_stop(p->loop, &c->timer);
     if (c->state == CONNECTING)
         p->nconnecting--;
     if (c->pg)
@@ -217,9 +217,8 @@ static void start_connect(struct ws_pg_pool *p)
     p->nopen++;
     p->nconnecting++;
     /* failures are reported from the loop, like the others */
-    ev_timer_set(&c->timer, !c->pg || PQstatus(c->pg) == CONNECTION_BAD ? 0 : p->connect_timeout,
-                 0);
-    ev_timer_start(p->loop, &c->timer);
+    ws_timer_start(p->loop, &c->timer,
+                   !c->pg || PQstatus(c->pg) == CONNECTION_BAD ? 0 : p->connect_timeout, 0);
     if (c->pg && PQstatus(c->pg) != CONNECTION_BAD) {
         PQsetNoticeProcessor(c->pg, no_notice, NULL);
         watch(c, EV_WRITE);
@@ -267,7 +266,7 @@ static void connect_step(struct ws_pg_conn *c)
         connect_failed(c, PQerrorMessage(c->pg));
         return;
     }
-    ev_timer_stop(c->p->loop, &c->timer);
+    ws_timer_stop(c->p->loop, &c->timer);
     c->p->nconnecting--;
     c->state = IDLE;
     settle(c);
@@ -301,7 +300,7 @@ static void finished(struct ws_pg_conn *c)
     if (c->state == DRAINING) {
         if (res)
             PQclear(res);
-        ev_timer_stop(c->p->loop, &c->timer);
+        ws_timer_stop(c->p->loop, &c->timer);
         c->state = IDLE;
         clear_pending(c);
         if (!c->out)
@@ -509,7 +508,7 @@ void ws_pg_pool_free(struct ws_pg_pool *p)
         p->wait_head = w->next;
         free(w);
     }
-    ev_timer_stop(p->loop, &p->kick);
+    ws_timer_stop(p->loop, &p->kick);
     free(p->conninfo);
     free(p);
 }
@@ -659,9 +658,7 @@ bool ws_pg_conn_abandon(struct ws_pg_conn *c)
     } else if (k) {
         PQfreeCancel(k);
     }
-    ev_timer_stop(c->p->loop, &c->timer);
-    ev_timer_set(&c->timer, c->p->connect_timeout, 0);
-    ev_timer_start(c->p->loop, &c->timer);
+    ws_timer_start(c->p->loop, &c->timer, c->p->connect_timeout, 0);
     return true;
 }
 

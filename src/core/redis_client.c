@@ -6,6 +6,7 @@
 #include "ws/redis_client.h"
 
 #include "ws/buf.h"
+#include "ws/clock.h"
 #include "ws/err.h"
 #include "ws/log.h"
 
@@ -150,8 +151,7 @@ void ws_redis_retry_later(struct ev_loop *loop, ev_timer *t, double *backoff)
 {
     if (ev_is_active(t))
         return;
-    ev_timer_set(t, next_backoff(backoff), 0);
-    ev_timer_start(loop, t);
+    ws_timer_start(loop, t, next_backoff(backoff), 0);
 }
 
 /* ---- replies ---- */
@@ -216,7 +216,7 @@ struct rconn {
     bool reserved;                    /* a blocking command waits for it to empty: no new request */
     struct ws_redis_req *head, *tail; /* in flight, in the order of their replies */
     size_t inflight;
-    double last_reply; /* ev_now of its latest reply */
+    double last_reply; /* ws_clock_now of its latest reply */
     struct rconn *prev, *next;
 };
 
@@ -256,7 +256,7 @@ struct ws_redis {
     size_t nconns;
     struct ws_redis_req *queue, *queue_tail;
     size_t nqueued;
-    double retry_at; /* ev_now before which no new connection is tried */
+    double retry_at; /* ws_clock_now before which no new connection is tried */
     double backoff;
     char last_err[512];
     ev_timer flush; /* answers the queue after a failed attempt, from the loop */
@@ -338,7 +338,7 @@ static void fail(struct ws_redis_req *q, const char *err)
 static void drop_conn(struct rconn *c, bool free_ac)
 {
     struct ws_redis *r = c->r;
-    ev_timer_stop(r->loop, &c->connect_timer);
+    ws_timer_stop(r->loop, &c->connect_timer);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -364,10 +364,9 @@ static void connect_failed(struct ws_redis *r, const char *why)
 {
     snprintf(r->last_err, sizeof(r->last_err), "redis %.200s: %.200s", r->name, why);
     ws_log_msg(WS_LOG_WARN, "redis_connect_failed", r->last_err);
-    r->retry_at = ev_now(r->loop) + next_backoff(&r->backoff);
+    r->retry_at = ws_clock_now(r->loop) + next_backoff(&r->backoff);
     if (!ev_is_active(&r->flush)) {
-        ev_timer_set(&r->flush, 0, 0);
-        ev_timer_start(r->loop, &r->flush);
+        ws_timer_start(r->loop, &r->flush, 0, 0);
     }
 }
 
@@ -403,7 +402,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
     struct rconn *c = q->conn;
     if (c && reply)
-        c->last_reply = ev_now(c->r->loop);
+        c->last_reply = ws_clock_now(c->r->loop);
     else if (c)
         c->dying = true; /* hiredis is closing it: the rest comes back NULL too */
     if (++q->replies < q->ncmds)
@@ -427,7 +426,7 @@ static void dispatch(struct rconn *c, struct ws_redis_req *q)
 {
     q->conn = c;
     q->cnext = NULL;
-    q->sent_at = ev_now(c->r->loop);
+    q->sent_at = ws_clock_now(c->r->loop);
     if (c->tail)
         c->tail->cnext = q;
     else
@@ -450,7 +449,7 @@ static void dispatch(struct rconn *c, struct ws_redis_req *q)
 static void became_ready(struct rconn *c)
 {
     c->ready = true;
-    ev_timer_stop(c->r->loop, &c->connect_timer);
+    ws_timer_stop(c->r->loop, &c->connect_timer);
     c->r->backoff = WS_REDIS_BACKOFF_MIN;
     pump(c->r);
 }
@@ -536,9 +535,9 @@ static void open_conn(struct ws_redis *r)
     c->ac->data = c;
     redisAsyncSetConnectCallback(c->ac, on_connect);
     redisAsyncSetDisconnectCallback(c->ac, on_disconnect);
-    ev_timer_init(&c->connect_timer, on_connect_timeout, r->connect_timeout, 0);
+    ev_init(&c->connect_timer, on_connect_timeout);
     c->connect_timer.data = c;
-    ev_timer_start(r->loop, &c->connect_timer);
+    ws_timer_start(r->loop, &c->connect_timer, r->connect_timeout, 0);
     c->next = r->conns;
     if (r->conns)
         r->conns->prev = c;
@@ -561,7 +560,7 @@ static struct rconn *pick(struct ws_redis *r, const struct ws_redis_req *q)
         if (!c->reserved && (!best || c->inflight < best->inflight))
             best = c;
     }
-    bool may_grow = r->nconns < r->pool && ev_now(r->loop) >= r->retry_at;
+    bool may_grow = r->nconns < r->pool && ws_clock_now(r->loop) >= r->retry_at;
     if (q->exclusive) {
         if (best && !may_grow)
             best->reserved = true;
@@ -588,7 +587,7 @@ static void pump(struct ws_redis *r)
     size_t opening = 0;
     for (struct rconn *c = r->conns; c; c = c->next)
         opening += !c->ready;
-    while (r->nqueued > opening && r->nconns < r->pool && ev_now(r->loop) >= r->retry_at) {
+    while (r->nqueued > opening && r->nconns < r->pool && ws_clock_now(r->loop) >= r->retry_at) {
         size_t before = r->nconns;
         open_conn(r);
         if (r->nconns == before)
@@ -632,7 +631,7 @@ struct ws_redis_req *ws_redis_command(struct ws_redis *r, size_t ncmds, const in
                                       const char *const *argv, const size_t *argvlen,
                                       ws_redis_done_fn done, void *ud, char *err, size_t errlen)
 {
-    if (r->nconns == 0 && ev_now(r->loop) < r->retry_at) {
+    if (r->nconns == 0 && ws_clock_now(r->loop) < r->retry_at) {
         snprintf(err, errlen, "%s", r->last_err);
         return NULL;
     }
@@ -856,8 +855,8 @@ void ws_redis_free(struct ws_redis *r)
             q->done = NULL;
     while (r->conns)
         drop_conn(r->conns, true);
-    ev_timer_stop(r->loop, &r->sub_retry);
-    ev_timer_stop(r->loop, &r->flush);
+    ws_timer_stop(r->loop, &r->sub_retry);
+    ws_timer_stop(r->loop, &r->flush);
     if (r->sub) {
         r->sub->data = NULL;
         redisAsyncFree(r->sub);

@@ -5,6 +5,7 @@
 
 #include "ws/buf.h"
 #include "ws/bus.h"
+#include "ws/clock.h"
 #include "ws/err.h"
 #include "ws/frame.h"
 #include "ws/log.h"
@@ -212,9 +213,7 @@ static void on_fd_exhausted(struct ws_server *srv, int lfd)
     }
     ws_log_msg(WS_LOG_WARN, "accept_paused", "out of file descriptors");
     set_accepting(srv, false);
-    ev_timer_stop(srv->env.loop, &srv->accept_retry);
-    ev_timer_set(&srv->accept_retry, 0.1, 0);
-    ev_timer_start(srv->env.loop, &srv->accept_retry);
+    ws_timer_start(srv->env.loop, &srv->accept_retry, 0.1, 0);
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
@@ -280,8 +279,7 @@ static void shutdown_batch(struct ws_server *srv)
     }
     if (n == SHUTDOWN_BATCH) {
         /* more to go: continue on the next iteration so the loop keeps serving writes */
-        ev_timer_set(&srv->batch_timer, 0, 0);
-        ev_timer_start(srv->env.loop, &srv->batch_timer);
+        ws_timer_start(srv->env.loop, &srv->batch_timer, 0, 0);
     }
 }
 
@@ -299,8 +297,7 @@ static void on_shutdown_timer(struct ev_loop *loop, ev_timer *w, int revents)
         srv->env.ops->busy(srv->env.app)) {
         srv->cancelled = true;
         srv->env.ops->cancel(srv->env.app, "shutdown");
-        ev_timer_set(w, 1, 0);
-        ev_timer_start(loop, w);
+        ws_timer_start(loop, w, 1, 0);
         return;
     }
     ev_break(loop, EVBREAK_ALL);
@@ -336,8 +333,7 @@ void ws_server_shutdown(struct ws_server *srv, const char *reason)
     close_listeners(srv, true);
     if (srv->env.ops->shutdown)
         srv->env.ops->shutdown(srv->env.app, reason);
-    ev_timer_set(&srv->shutdown_timer, srv->env.cfg.shutdown_timeout, 0);
-    ev_timer_start(srv->env.loop, &srv->shutdown_timer);
+    ws_timer_start(srv->env.loop, &srv->shutdown_timer, srv->env.cfg.shutdown_timeout, 0);
     shutdown_batch(srv);
 }
 
@@ -431,9 +427,9 @@ void ws_server_free(struct ws_server *srv)
     ev_signal_stop(srv->env.loop, &srv->sig_term);
     ev_signal_stop(srv->env.loop, &srv->sig_int);
     ev_signal_stop(srv->env.loop, &srv->sig_hup);
-    ev_timer_stop(srv->env.loop, &srv->shutdown_timer);
-    ev_timer_stop(srv->env.loop, &srv->accept_retry);
-    ev_timer_stop(srv->env.loop, &srv->batch_timer);
+    ws_timer_stop(srv->env.loop, &srv->shutdown_timer);
+    ws_timer_stop(srv->env.loop, &srv->accept_retry);
+    ws_timer_stop(srv->env.loop, &srv->batch_timer);
     if (srv->spare_fd >= 0)
         close(srv->spare_fd);
     ws_tls_ctx_free(srv->tls);

@@ -3,6 +3,7 @@
 #include "ws/watch.h"
 
 #include "ws/buf.h"
+#include "ws/clock.h"
 #include "ws/log.h"
 
 #include <dirent.h>
@@ -30,6 +31,7 @@ struct ws_watch {
     struct watched dirs[MAX_DIRS]; /* to name the folders created later inside them */
     ev_io io;
     ev_timer debounce;
+    double debounce_s; /* the quiet period a burst of saves must end with */
     ws_watch_fn fn;
     void *ctx;
     int ndirs;
@@ -102,7 +104,7 @@ static void on_inotify(struct ev_loop *loop, ev_io *io, int revents)
     }
     if (relevant) {
         /* restart the quiet period: one callback per burst of saves */
-        ev_timer_again(loop, &w->debounce);
+        ws_timer_start(loop, &w->debounce, w->debounce_s, 0);
     }
 }
 
@@ -110,7 +112,7 @@ static void on_debounce(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     struct ws_watch *w = t->data;
-    ev_timer_stop(loop, t);
+    ws_timer_stop(loop, t);
     w->fn(w->ctx);
 }
 
@@ -137,7 +139,7 @@ struct ws_watch *ws_watch_new(struct ev_loop *loop, const char *dir, double debo
     w->io.data = w;
     ev_io_start(loop, &w->io);
     ev_init(&w->debounce, on_debounce);
-    w->debounce.repeat = debounce_s;
+    w->debounce_s = debounce_s;
     w->debounce.data = w;
     return w;
 }
@@ -147,7 +149,7 @@ void ws_watch_free(struct ws_watch *w)
     if (!w)
         return;
     ev_io_stop(w->loop, &w->io);
-    ev_timer_stop(w->loop, &w->debounce);
+    ws_timer_stop(w->loop, &w->debounce);
     close(w->fd);
     for (int i = 0; i < w->ndirs; i++)
         free(w->dirs[i].path);

@@ -4,6 +4,7 @@
  * timer (connect deadline, then the closing handshake's). No Lua, no knowledge of who waits. */
 #include "ws/wsclient.h"
 
+#include "ws/clock.h"
 #include "ws/deflate.h"
 #include "ws/err.h"
 #include "ws/handshake_client.h"
@@ -113,7 +114,7 @@ static void stop_io(struct ws_client *c)
         ws_dial_cancel(c->dial);
         c->dial = NULL;
     }
-    ev_timer_stop(c->loop, &c->timer);
+    ws_timer_stop(c->loop, &c->timer);
     if (c->wired && c->wire.fd >= 0)
         ws_wire_close(&c->wire, c->loop, &c->pool);
 }
@@ -218,9 +219,7 @@ static void set_end(struct ws_client *c, int code, const char *reason, size_t le
 static void start_closing(struct ws_client *c)
 {
     c->state = ST_CLOSING;
-    ev_timer_stop(c->loop, &c->timer);
-    ev_timer_set(&c->timer, c->close_timeout, 0);
-    ev_timer_start(c->loop, &c->timer);
+    ws_timer_start(c->loop, &c->timer, c->close_timeout, 0);
 }
 
 int ws_client_send(struct ws_client *c, const void *data, size_t len, bool binary)
@@ -364,7 +363,7 @@ static void opened(struct ws_client *c, const struct ws_handshake_client_result 
         ws_session_set_deflate(&c->session, &c->deflate);
         c->deflate_on = true;
     }
-    ev_timer_stop(c->loop, &c->timer);
+    ws_timer_stop(c->loop, &c->timer);
     c->state = ST_OPEN;
     count_result(c, WS_STATS_WSCLIENT_OK);
     if (c->stats)
@@ -706,8 +705,7 @@ struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client
         ws_client_free(c);
         return NULL;
     }
-    ev_timer_set(&c->timer, o->timeout, 0);
-    ev_timer_start(loop, &c->timer);
+    ws_timer_start(loop, &c->timer, o->timeout, 0);
     return c;
 }
 

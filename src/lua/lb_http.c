@@ -4,6 +4,7 @@
  * wrong on the network comes back as nil, message. */
 #include "ws/lb.h"
 
+#include "ws/clock.h"
 #include "ws/http_client.h"
 #include "ws/log.h"
 #include "ws/server.h"
@@ -20,6 +21,7 @@
  * wait; its __gc releases whatever is left. */
 struct http_call {
     struct ws_http_req *req; /* in flight, or NULL */
+    const struct ws_http_client_ops *ops;
     struct lb_task *t;
     struct ws_http_result res;
     bool done;
@@ -31,7 +33,7 @@ static int call_gc(lua_State *L)
 {
     struct http_call *c = lua_touserdata(L, 1);
     if (c->req)
-        ws_http_client_cancel(c->req);
+        c->ops->cancel(c->req);
     c->req = NULL;
     ws_http_result_free(&c->res);
     return 0;
@@ -51,7 +53,7 @@ static void on_cancel(struct lb_task *t)
 {
     struct http_call *c = t->wait_ud;
     if (c->req)
-        ws_http_client_cancel(c->req);
+        c->ops->cancel(c->req);
     c->req = NULL;
 }
 
@@ -123,7 +125,7 @@ static int request_done(lua_State *L, int status, lua_KContext ctx)
     struct http_call *c = t->wait_ud;
     struct lb_app *a = t->a;
     struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
-    double seconds = ev_now(a->loop) - t->wait_started;
+    double seconds = ws_clock_now(a->loop) - t->wait_started;
     const char *why = t->woke;
     if (!why && !c->res.ok)
         why = c->res.err;
@@ -255,6 +257,7 @@ static int http_request(lua_State *L)
     ws_buf_init(&c->res.body);
     luaL_setmetatable(L, CALL_MT);
     c->t = t;
+    c->ops = a->http_ops;
     url_for_log(c->url, sizeof(c->url), o.url, url_len);
     char err[256];
     if (!a->http) {
@@ -265,7 +268,7 @@ static int http_request(lua_State *L)
             return 2;
         }
     }
-    c->req = ws_http_client_request(a->http, &o, on_done, c, err, sizeof(err));
+    c->req = a->http_ops->request(a->http, &o, on_done, c, err, sizeof(err));
     if (!c->req) {
         lua_pushnil(L);
         lua_pushstring(L, err);

@@ -50,6 +50,7 @@ struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct w
     a->mem_limit = (size_t)cli->lua_memory_limit;
     a->handler_timeout = cli->handler_timeout;
     a->app_ref = a->http_ref = a->conns_ref = a->state_ref = a->ws_ref = LUA_NOREF;
+    a->http_ops = &ws_http_client_libcurl;
     for (int i = 0; i < LB_HANDLER_COUNT; i++)
         a->handlers[i] = LUA_NOREF;
     ev_idle_init(&a->reload_idle, on_reload_idle);
@@ -84,7 +85,8 @@ void lb_app_free(struct lb_app *a)
         lb_task_free_all(a);
         lua_close(a->L);
     }
-    ws_http_client_free(a->http); /* after the state: nothing refers to a request any more */
+    if (a->http) /* after the state: nothing refers to a request any more */
+        a->http_ops->free(a->http);
     lb_pg_free(a);
     lb_redis_free(a);
     ev_idle_stop(a->loop, &a->reload_idle);
@@ -629,7 +631,7 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
     a->mem_limit = (size_t)v.next.lua_memory_limit;
     a->handler_timeout = v.next.handler_timeout;
     if (a->http)
-        ws_http_client_set_max(a->http, (size_t)a->config.http_max_concurrent);
+        a->http_ops->set_max(a->http, (size_t)a->config.http_max_concurrent);
     if (a->srv) {
         log_reload(a, trigger, true, NULL);
         ws_notify_ready();

@@ -4,6 +4,7 @@
  * raises; what goes wrong with the server comes back as nil, message (and the SQLSTATE). */
 #include "ws/lb.h"
 
+#include "ws/clock.h"
 #include "ws/log.h"
 #include "ws/pg_client.h"
 #include "ws/server.h"
@@ -203,7 +204,7 @@ static int fail(lua_State *L, struct pg_call *c)
     call_release(c);
     if (!cancelled) {
         observe(a, timeout ? WS_STATS_STORE_TIMEOUT : WS_STATS_STORE_ERROR,
-                ev_now(a->loop) - c->started);
+                ws_clock_now(a->loop) - c->started);
         if (!c->sqlstate[0])
             log_failure(t, why);
     } else {
@@ -229,7 +230,7 @@ static int wait_answer(lua_State *L, struct pg_call *c, struct ws_pg_conn *conn,
         c->t->wait_ud = c; /* as the continuation finds it after a wait */
         return k(L, LUA_OK, (lua_KContext)c->t);
     }
-    double left = c->timeout - (ev_now(c->t->a->loop) - c->started);
+    double left = c->timeout - (ws_clock_now(c->t->a->loop) - c->started);
     return lb_task_wait(L, c->t, left > 0.001 ? left : 0.001, false, on_cancel, c, k);
 }
 
@@ -244,7 +245,7 @@ static int query_done(lua_State *L, int status, lua_KContext ctx)
     if (c->conn)
         ws_pg_conn_release(c->conn);
     c->conn = NULL;
-    observe(t->a, WS_STATS_STORE_OK, ev_now(t->a->loop) - c->started);
+    observe(t->a, WS_STATS_STORE_OK, ws_clock_now(t->a->loop) - c->started);
     return lb_pg_push_rows(L, t->a, c->res); /* c's __gc frees res, even if this raises */
 }
 
@@ -286,7 +287,7 @@ static struct pg_call *new_call(lua_State *L, struct lb_task *t, struct ws_pg_po
     c->t = t;
     c->pool = pool;
     c->timeout = timeout;
-    c->started = ev_now(t->a->loop);
+    c->started = ws_clock_now(t->a->loop);
     c->n = n;
     c->values = (const char **)(c + 1);
     c->lengths = (int *)(c->values + n);
@@ -355,7 +356,7 @@ static struct pg_call *control(lua_State *L, const char *sql)
     call_release(c);
     c->failed = false;
     c->err[0] = c->sqlstate[0] = '\0';
-    c->started = ev_now(c->t->a->loop);
+    c->started = ws_clock_now(c->t->a->loop);
     c->sql = sql;
     c->prepare = false;
     return c;
@@ -383,7 +384,7 @@ static int tx_ended(lua_State *L, int status, lua_KContext ctx)
     bool ok = !t->woke && !c->failed;
     bool rolled_back = ok && tx->committed && strcmp(PQcmdStatus(c->res), "ROLLBACK") == 0;
     if (ok)
-        observe(t->a, WS_STATS_STORE_OK, ev_now(t->a->loop) - c->started);
+        observe(t->a, WS_STATS_STORE_OK, ws_clock_now(t->a->loop) - c->started);
     int failed = ok ? 0 : fail(L, c);
     call_release(c);
     tx_close(t, tx);
@@ -451,7 +452,7 @@ static int tx_begun(lua_State *L, int status, lua_KContext ctx)
     struct pg_call *c = lua_touserdata(L, CALL_AT);
     if (t->woke || c->failed)
         return tx_not_begun(L, t, tx, c);
-    observe(t->a, WS_STATS_STORE_OK, ev_now(t->a->loop) - c->started);
+    observe(t->a, WS_STATS_STORE_OK, ws_clock_now(t->a->loop) - c->started);
     call_release(c);
     tx->phase = TX_OPEN;
     lua_settop(L, CALL_AT);

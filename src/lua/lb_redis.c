@@ -4,6 +4,8 @@
  * raises; what goes wrong with Redis comes back as nil, message. */
 #include "ws/lb.h"
 
+#include "ws/clock.h"
+
 #include "ws/log.h"
 #include "ws/redis_client.h"
 #include "ws/server.h"
@@ -155,7 +157,7 @@ static int call_done(lua_State *L, int status, lua_KContext ctx)
     struct redis_call *c = t->wait_ud;
     struct lb_app *a = t->a;
     struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
-    double seconds = ev_now(a->loop) - t->wait_started;
+    double seconds = ws_clock_now(a->loop) - t->wait_started;
     set_gauges(a);
     const char *why = t->woke;
     if (!why && !c->res.ok)

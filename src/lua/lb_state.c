@@ -46,6 +46,7 @@ static struct {
     volatile unsigned long seen;  /* seq at the latest tick */
     volatile unsigned long armed; /* seq of the run a hook was armed in */
     pid_t pid;                    /* the process whose timer ticks */
+    timer_t timer;
 } watchdog;
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
@@ -88,8 +89,18 @@ static int start_watchdog(void)
         timer_delete(timer);
         return -1;
     }
+    watchdog.timer = timer;
     watchdog.pid = getpid();
     return 0;
+}
+
+void lb_budget_stop(void)
+{
+    if (watchdog.pid != getpid())
+        return;
+    timer_delete(watchdog.timer);
+    signal(SIGPROF, SIG_IGN); /* a tick already on its way finds no handler to call */
+    watchdog.pid = 0;
 }
 
 /* Makes co the running thread; returns the one before. A hook armed in this run goes with it. */

@@ -4,6 +4,7 @@
  * for (a timer, an HTTP transfer) is the waiting call's business, not this file's. */
 #include "ws/lb.h"
 
+#include "ws/clock.h"
 #include "ws/err.h"
 #include "ws/log.h"
 #include "ws/server.h"
@@ -204,9 +205,8 @@ int lb_task_wait(lua_State *L, struct lb_task *t, double timeout, bool sleeping,
     t->woke = NULL;
     t->cancel = cancel;
     t->wait_ud = wait_ud;
-    t->wait_started = ev_now(a->loop);
-    ev_timer_set(&t->timer, timeout, 0);
-    ev_timer_start(a->loop, &t->timer);
+    t->wait_started = ws_clock_now(a->loop);
+    ws_timer_start(a->loop, &t->timer, timeout, 0);
     t->prev = NULL;
     t->next = a->waiting;
     if (a->waiting)
@@ -221,7 +221,7 @@ int lb_task_wait(lua_State *L, struct lb_task *t, double timeout, bool sleeping,
 static void unlist(struct lb_task *t)
 {
     struct lb_app *a = t->a;
-    ev_timer_stop(a->loop, &t->timer);
+    ws_timer_stop(a->loop, &t->timer);
     if (!t->waiting)
         return;
     t->waiting = false;
@@ -277,9 +277,7 @@ void lb_task_cancel(struct lb_task *t, const char *why)
         t->cancel(t);
     t->cancel = NULL;
     /* resumed from the loop, never from inside the caller (a sweep, a registry walk) */
-    ev_timer_stop(t->a->loop, &t->timer);
-    ev_timer_set(&t->timer, 0, 0);
-    ev_timer_start(t->a->loop, &t->timer);
+    ws_timer_start(t->a->loop, &t->timer, 0, 0);
 }
 
 void lb_task_cancel_all(struct lb_app *a, const char *why)

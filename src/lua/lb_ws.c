@@ -5,6 +5,7 @@
 #include "ws/lb.h"
 
 #include "ws/bus.h"
+#include "ws/clock.h"
 #include "ws/conn.h"
 #include "ws/err.h"
 #include "ws/frame.h"
@@ -34,7 +35,7 @@ static void timer_disarm(struct lb_timer *t)
     struct lb_app *a = t->a;
     if (t->self_ref == LUA_NOREF)
         return;
-    ev_timer_stop(a->loop, &t->w);
+    ws_timer_stop(a->loop, &t->w);
     if (t->prev)
         t->prev->next = t->next;
     else
@@ -100,8 +101,8 @@ static int start_timer(lua_State *L, bool repeat)
     t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, -1);
     t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    ev_timer_init(&t->w, on_timer, seconds, repeat ? seconds : 0);
-    ev_timer_start(a->loop, &t->w);
+    ev_init(&t->w, on_timer);
+    ws_timer_start(a->loop, &t->w, seconds, repeat ? seconds : 0);
     t->next = a->timers;
     if (a->timers)
         a->timers->prev = t;
@@ -445,7 +446,7 @@ static int ws_stats(lua_State *L)
  * cheap to call; for intervals and timestamps alike) [-0, +1, -] */
 static int ws_now(lua_State *L)
 {
-    lua_pushnumber(L, ev_now(lb_app_of(L)->loop));
+    lua_pushnumber(L, ws_clock_now(lb_app_of(L)->loop));
     return 1;
 }
 

@@ -4,6 +4,7 @@
  * optional reconnect after a jittered back-off). Misuse raises; network failures are nil, err. */
 #include "ws/lb.h"
 
+#include "ws/clock.h"
 #include "ws/err.h"
 #include "ws/frame.h"
 #include "ws/http.h"
@@ -209,8 +210,7 @@ static void on_end(void *ud, struct ws_client *c, const struct ws_client_end *e)
     /* a connection that opened reports its close; a failed attempt reports 1006 and why */
     push_item(cl, ITEM_CLOSE, cl->code, cl->reason, cl->reason_len);
     if (cl->reconnect && !cl->app_closed && !a->stopping && !a->closing) {
-        ev_timer_set(&cl->retry, next_delay(cl), 0);
-        ev_timer_start(a->loop, &cl->retry);
+        ws_timer_start(a->loop, &cl->retry, next_delay(cl), 0);
     }
     pump(cl);
 }
@@ -344,7 +344,7 @@ static int client_gc(lua_State *L)
     if (cl->c)
         ws_client_free(cl->c);
     cl->c = NULL;
-    ev_timer_stop(cl->a->loop, &cl->retry);
+    ws_timer_stop(cl->a->loop, &cl->retry);
     while (cl->head)
         free(pop_item(cl));
     for (int i = 0; i < FN_COUNT; i++)
@@ -484,7 +484,7 @@ static int client_ping(lua_State *L)
 static void shut(struct lb_wsclient *cl, int code, const char *reason, size_t len)
 {
     cl->app_closed = true;
-    ev_timer_stop(cl->a->loop, &cl->retry);
+    ws_timer_stop(cl->a->loop, &cl->retry);
     if (!cl->c)
         return;
     if (ws_client_is_open(cl->c)) {
@@ -749,8 +749,7 @@ static int ws_connect(lua_State *L)
         lua_pushvalue(L, 3);
         cl->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
         /* connects from the loop: the app's chunk may not be running on a server yet */
-        ev_timer_set(&cl->retry, 0, 0);
-        ev_timer_start(a->loop, &cl->retry);
+        ws_timer_start(a->loop, &cl->retry, 0, 0);
         return 1;
     }
     struct lb_task *t = lb_task_waiter(L, "ws.connect");
@@ -775,7 +774,7 @@ void lb_wsclient_cancel(struct lb_app *a, uint64_t keep_generation)
         struct lb_wsclient *next = cl->next;
         if (keep_generation == 0) {
             /* the state closes: drop every connection now, count nothing more */
-            ev_timer_stop(a->loop, &cl->retry);
+            ws_timer_stop(a->loop, &cl->retry);
             cl->app_closed = true;
             if (cl->c) {
                 ws_client_set_stats(cl->c, NULL);

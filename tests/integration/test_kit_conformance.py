@@ -1,5 +1,6 @@
-"""The ws.testing kit (lua/ws/testing.lua) against the real server: the same app must behave the
-same in both.
+"""The ws.testing kit (lua/ws/testing.lua: the real server in-process, ws.kitcore, with in-memory
+connections and a simulated clock) against the real server over sockets: the same app must
+behave the same in both, which proves the in-memory transport and the simulated clock.
 
 Every scenario in tests/kit/scenarios/*.json (connect clients, send, close, drop, wait, plain
 HTTP requests, reloads) runs twice on a copy of its app at one path (so error messages name the
@@ -12,10 +13,10 @@ same file):
    step the driver waits until every client has received at least what the kit's transcript says
    (bounded), then a short quiet period to catch anything extra; "wait" steps wait for real.
 
-The two transcripts must match step by step (JSON text is compared parsed, so key order does not
+The transcripts must match step by step (JSON text is compared parsed, so key order does not
 matter; a scenario may mask fields such as timestamps). Steps may also carry expected entries,
-checked against both. Handler errors the kit reports must match the server's handler_error lines.
-A second group compares the kit's load-time validation messages with `wsserver --check`.
+checked against the server's. Handler errors each kit reports must match the server's handler_error lines.
+A second group compares the kit's load-time failure messages with `wsserver --check`.
 """
 import json
 import os
@@ -40,6 +41,7 @@ BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
 LUA = os.environ.get("LUA", "lua5.4")
 SCENARIOS = sorted((ROOT / "tests" / "kit" / "scenarios").glob("*.json"))
 DRIVER = ROOT / "tests" / "kit" / "driver.lua"
+KITCORE = pathlib.Path(BINARY).parent / "lua"  # ws/kitcore.so beside the binary (make kit)
 
 STEP_TIMEOUT = 5.0  # longest wait for what the kit predicts a step produces
 QUIET = 0.08  # then how long to watch for anything extra
@@ -352,10 +354,15 @@ def shutil_copy(src, dst):
     pathlib.Path(dst).write_bytes(pathlib.Path(src).read_bytes())
 
 
+def kit_env(**extra):
+    """The environment a kit process needs: ws.kitcore on LUA_CPATH (make kit)."""
+    return dict(os.environ, LUA_CPATH=f"{KITCORE}/?.so;;", **extra)
+
+
 def run_kit(scenario_path, scenario, app_path):
     shutil_copy(ROOT / scenario["app"], app_path)
     out = subprocess.run([LUA, str(DRIVER), str(scenario_path), str(app_path)], cwd=str(ROOT),
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, env=kit_env())
     assert out.returncode == 0, f"kit driver failed:\n{out.stderr}"
     return json.loads(out.stdout)
 
@@ -416,36 +423,51 @@ def test_scenario(path, tmp_path):
     app_path = tmp_path / "app.lua"
     kit = run_kit(path, scenario, app_path)
     real, log = run_on_server(scenario, app_path, kit)
+    problems = expectations(scenario, mask, real)
+    problems += differences(scenario, mask, "kit", kit, real, log)
+    assert not problems, (f"{path.name}: the kit and the server differ\n" + "\n".join(problems)
+                          + f"\n--- server log ---\n{log[-4000:]}")
 
+
+def expectations(scenario, mask, real):
+    """Where the server's transcript differs from what the scenario's steps expect."""
+    problems = []
+    for i, step in enumerate(scenario["steps"]):
+        r = real[i]
+        for name, want in step.get("expect", {}).items():
+            want, rl = norm_list(want, mask), norm_list(r["received"].get(name, []), mask)
+            if want != rl:
+                problems.append(f"step {i + 1}, client {name} (expected):\n  want:   {want}\n"
+                                f"  server: {rl}")
+        if "expect_result" in step:
+            bad = subset_mismatch(step["expect_result"], r["result"] or {})
+            if bad:
+                problems.append(f"step {i + 1} result (expected, server): {bad}")
+    return problems
+
+
+def differences(scenario, mask, who, kit, real, log):
+    """What differs between a transcript of the kit (who names it) and the server's."""
     problems = []
     for i, step in enumerate(scenario["steps"]):
         k, r = kit["steps"][i], real[i]
-        label = f"step {i + 1} ({k['op']})"
+        label = f"{who}: step {i + 1} ({k['op']})"
         names = sorted(set(k["received"]) | set(r["received"]))
         for name in names:
             kl = norm_list(k["received"].get(name, []), mask)
             rl = norm_list(r["received"].get(name, []), mask)
             if kl != rl:
-                problems.append(f"{label}, client {name}:\n  kit:    {kl}\n  server: {rl}")
-            if name in step.get("expect", {}):
-                want = norm_list(step["expect"][name], mask)
-                if want != rl:
-                    problems.append(f"{label}, client {name} (expected):\n  want:   {want}\n"
-                                    f"  server: {rl}")
+                problems.append(f"{label}, client {name}:\n  {who}: {kl}\n  server: {rl}")
         if (k.get("result") or r["result"]) and k.get("result") != r["result"]:
-            problems.append(f"{label} result:\n  kit:    {k.get('result')}\n"
+            problems.append(f"{label} result:\n  {who}: {k.get('result')}\n"
                             f"  server: {r['result']}")
-        if "expect_result" in step:
-            bad = subset_mismatch(step["expect_result"], r["result"] or {})
-            if bad:
-                problems.append(f"{label} result (expected, server): {bad}")
     kit_errors = [(e["handler"], unaddressed(e["message"].split("\n")[0]))
                   for e in kit["errors"]]
     real_errors = handler_errors(log)
     if kit_errors != real_errors:
-        problems.append(f"handler errors:\n  kit:    {kit_errors}\n  server: {real_errors}")
-    assert not problems, (f"{path.name}: the kit and the server differ\n" + "\n".join(problems)
-                          + f"\n--- server log ---\n{log[-4000:]}")
+        problems.append(f"{who}: handler errors:\n  {who}: {kit_errors}\n"
+                        f"  server: {real_errors}")
+    return problems
 
 
 # --- load-time validation: the kit's messages against `wsserver --check` ------------------------
@@ -508,7 +530,7 @@ def kit_load_error(app):
             'assert(not ok, "the kit loaded it")\n'
             'io.write((err:gsub("^ws.testing.load: .-: the app failed to load: ", "")))\n')
     out = subprocess.run([LUA, "-e", code], cwd=str(ROOT), capture_output=True, text=True,
-                         timeout=30, env=dict(os.environ, KIT_APP=str(app)))
+                         timeout=30, env=kit_env(KIT_APP=str(app)))
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -518,18 +540,3 @@ def test_load_errors_match_check(name, tmp_path):
     app = tmp_path / f"{name}.lua"
     app.write_text(BAD_APPS[name])
     assert kit_load_error(app) == server_check_error(app)
-
-
-def test_kit_knows_every_option():
-    """The kit validates config tables with its own copy of the option table (src/core/config.c):
-    every option `wsserver --help` lists must be in it."""
-    out = subprocess.run([BINARY, "--help"], capture_output=True, text=True, timeout=30)
-    text = out.stdout + out.stderr
-    section = text.split("the command line wins.", 1)[1]
-    server = {m.group(1).replace("-", "_") for m in re.finditer(r"^\s+--([a-z-]+)", section, re.M)}
-    code = ('package.path = "lua/?.lua;" .. package.path\n'
-            'for _, o in ipairs(require("ws.testing").options) do print(o.name) end\n')
-    kit = set(subprocess.run([LUA, "-e", code], cwd=str(ROOT), capture_output=True, text=True,
-                             check=True).stdout.split())
-    assert server - kit == set(), "options the kit does not know"
-    assert kit - server == set(), "options the server does not have"

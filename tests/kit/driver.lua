@@ -1,9 +1,12 @@
 -- Runs one conformance scenario (tests/kit/scenarios/*.json) in the ws.testing kit and prints
 -- its transcript as JSON: for every step, what each client received during it and the step's
 -- result (connect, http, reload). tests/integration/test_kit_conformance.py runs the same
--- scenario against build/wsserver and compares the two transcripts.
+-- scenario against build/wsserver and compares the transcripts.
 --
---   lua5.4 tests/kit/driver.lua SCENARIO.json [APP.lua]
+--   LUA_CPATH="build/lua/?.so;;" lua5.4 tests/kit/driver.lua SCENARIO.json [APP.lua]
+--
+-- The kit is the real server in-process (ws.kitcore: in-memory connections, the simulated
+-- clock), so the scenarios prove those two against the server on sockets.
 --
 -- APP.lua (default: the scenario's "app") is the file the kit loads; the conformance test passes
 -- a copy so the server and the kit load the same path (error messages name it). A "reload" step

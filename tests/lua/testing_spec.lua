@@ -1,5 +1,6 @@
--- ws.testing (lua/ws/testing.lua): the simulated server app authors test their handlers with.
--- Behaviour that must match the real server is also checked against build/wsserver by
+-- ws.testing (lua/ws/testing.lua): the real server in-process (ws.kitcore, on LUA_CPATH) that app
+-- authors test their handlers with, on in-memory connections and a simulated clock. Its
+-- transcripts are also compared with build/wsserver over sockets by
 -- tests/integration/test_kit_conformance.py; this spec pins the kit's own API and the details.
 local testing = require "ws.testing"
 local json = require "ws.json"
@@ -390,9 +391,8 @@ describe("ws.testing", function()
       assert.equal("ok 0", eval("return conn:publish('t', 'x')"))
     end)
 
-    it("names the function but has no position for an error in a tail call", function()
-      -- the kit's API is Lua: a tail call drops the caller's frame (the server's C API keeps it)
-      assert.equal("error bad argument #1 to 'close' (" .. CLOSE_CODE .. ")",
+    it("keeps the position of an error in a tail call (the API is C)", function()
+      assert.equal("error eval:1: bad argument #1 to 'close' (" .. CLOSE_CODE .. ")",
                    eval("return conn:close(5000)"))
     end)
 
@@ -433,13 +433,13 @@ describe("ws.testing", function()
       assert.equal(1011, ws.close_codes.INTERNAL_ERROR)
       assert.equal(json.null, ws.json.null)
       assert.equal(json.null, ws.null)
-      assert.equal(json.encode, ws.json.encode)
+      assert.equal('{"a":[1]}', ws.json.encode({a = {1}})) -- the app's own ws.json
       local n = 0
       for _ in pairs(ws) do
         n = n + 1
       end
       assert.equal(23, n) -- sleep, http, null, connect, pg and redis included
-      ws.state.x = 1
+      t:eval("ws.state.x = 1") -- ws.state is the app's: t.state and t.ws.state are copies
       assert.equal(1, t.state.x)
     end)
 
@@ -880,7 +880,7 @@ describe("ws.testing", function()
       local c = t:connect()
       c:pause()
       t:advance(39)
-      assert.equal("open", c.c.state)
+      assert.is_true(c.conn:is_open())
       t:advance(2)
       c:resume()
       assert.same({kind = "close", code = 1001, reason = "pong timeout"}, c:received()[1])
@@ -900,7 +900,7 @@ describe("ws.testing", function()
         c:send(how)
         assert.same({"close 1011 internal error"}, texts(c:received()), how)
       end
-      assert.equal("handler exceeded handler_timeout (0.050000 s)",
+      assert.equal("handler exceeded handler_timeout (0.05 s)",
                    t:errors()[1].message:gsub("^[^:]*:%d+: ", ""))
       local c = t:connect()
       c:send("ok")
@@ -1051,5 +1051,150 @@ describe("ws.testing", function()
       u:connect():send("stop")
       assert.equal("ws.shutdown", u.state.reason)
     end)
+  end)
+end)
+
+describe("ws.testing: the real server in-process", function()
+  it("speaks to the app through the real handshake and frames", function()
+    local t = testing.load([[return {
+      upgrade = function(req) if req.query.token ~= "ok" then return false, 403, "who are you" end end,
+      open = function(conn) conn:send("hello " .. conn.peer) end,
+      message = function(conn, data, kind) conn:send(data, kind) end,
+    }]])
+    local refused, status, body = t:connect{path = "/", query = {token = "no"}}
+    assert.same({nil, 403, "who are you\n"}, {refused, status, body})
+    local c = t:connect{path = "/chat", query = {token = "ok"}, peer = "10.0.0.7:5555"}
+    assert.same({kind = "text", data = "hello 10.0.0.7:5555"}, c:next())
+    c:send("one")
+    c:send_binary("\0\1")
+    assert.same({{kind = "text", data = "one"}, {kind = "binary", data = "\0\1"}}, c:received())
+    c:send("\255") -- the server's own UTF-8 check and close code
+    assert.same({kind = "close", code = 1007, reason = "invalid UTF-8 in text message"}, c:next())
+    assert.is_false(c:is_open())
+    assert.same({nil, "closed"}, {c:send("late")})
+    t:close()
+  end)
+
+  it("finishes ws.sleep when the spec moves the clock, in order per connection", function()
+    local t = testing.load([[return {message = function(conn, data)
+      ws.sleep(tonumber(data))
+      conn:send(data .. " at " .. ws.now())
+    end}]], {now = 100})
+    local c = t:connect()
+    c:send("10")
+    c:send("1") -- queued behind the first: events of a connection never overlap
+    t:advance(9.5)
+    assert.is_nil(c:next())
+    t:advance(0.5)
+    assert.same({"10 at 110.0"}, texts(c:received()))
+    t:advance(1)
+    assert.same({"1 at 111.0"}, texts(c:received()))
+    local started = os.clock()
+    t:advance(3600) -- an hour of virtual time
+    assert.is_true(os.clock() - started < 1)
+    t:close()
+  end)
+
+  it("lets the spec answer ws.http: responses, errors, delays and the call's timeout", function()
+    local t = testing.load([[return {message = function(conn, data)
+      local r, err = ws.http.get("http://auth.test/check?token=" .. data, {timeout = 5})
+      conn:send(r and (r.status .. " " .. r.body .. " " .. r.headers["x-user"]) or ("error " .. err))
+    end}]])
+    local c = t:connect()
+    c:send("a")
+    assert.matches("^error no stand%-in answers ws.http", c:next().data)
+    local asked = {}
+    t:on_http(function(req)
+      asked[#asked + 1] = req.method .. " " .. req.url
+      local token = req.url:match("token=(%w+)")
+      if token == "down" then return nil, "connection refused" end
+      if token == "slow" then return {status = 200, body = "late", delay = 6} end
+      return {status = 200, headers = {["X-User"] = token}, body = "ok", delay = 0.5}
+    end)
+    c:send("alice")
+    assert.is_nil(c:next()) -- the answer comes half a second later
+    t:advance(0.5)
+    assert.same({kind = "text", data = "200 ok alice"}, c:next())
+    c:send("down")
+    assert.same({kind = "text", data = "error connection refused"}, c:next())
+    c:send("slow")
+    t:advance(5)
+    assert.same({kind = "text", data = "error timeout"}, c:next())
+    assert.same({"GET http://auth.test/check?token=alice", "GET http://auth.test/check?token=down",
+                 "GET http://auth.test/check?token=slow"}, asked)
+    t:close()
+  end)
+
+  it("pauses a client: queued and drain come from the server's own queue", function()
+    local t = testing.load([[return {
+      message = function(conn)
+        local r
+        for _ = 1, 100 do r = conn:send(string.rep("x", 1000)) end
+        ws.state.last = r
+      end,
+      drain = function(conn) conn:send("drained") end,
+    }]], {config = {max_buffered = 1048576}})
+    local c = t:connect()
+    c:pause()
+    c:send("go")
+    assert.equal("queued", t:eval("return ws.state.last"))
+    assert.is_nil(c:next())
+    c:resume()
+    local got = c:received()
+    assert.equal(101, #got)
+    assert.equal("drained", got[101].data)
+    t:close()
+  end)
+
+  it("serves plain HTTP and reloads from the app's file with the server's checks", function()
+    local path = os.tmpname()
+    local function write(src)
+      local f = assert(io.open(path, "w"))
+      f:write(src)
+      f:close()
+    end
+    write('return {http = {["GET /v"] = function() return 200, "one" end}}')
+    local t = testing.load(path)
+    assert.same({200, "one"}, two(t:http("GET", "/v")))
+    write('return {http = {["GET /v"] = function() return 200, "two" end}}')
+    assert.is_true(t:reload())
+    assert.same({200, "two"}, two(t:http("GET", "/v")))
+    write("return {mesage = function() end}")
+    assert.is_false(t:reload())
+    assert.matches("unknown app field 'mesage'", t:log())
+    assert.same({200, "two"}, two(t:http("GET", "/v")))
+    t:close()
+    os.remove(path)
+  end)
+  it("shows the server's state, counters, logs and errors", function()
+    local t = testing.load([[return {
+      open = function(conn) conn:subscribe("room") conn.data.name = "n" .. conn.id
+        ws.state.opened = (ws.state.opened or 0) + 1 end,
+      message = function(conn, data)
+        if data == "boom" then error("boom") end
+        ws.log.warn("said", {text = data, n = 3})
+      end,
+    }]])
+    local a, b = t:connect(), t:connect()
+    a:send("hi")
+    b:send("boom")
+    assert.equal(2, t.state.opened)
+    assert.same({name = "n1"}, a:data())
+    assert.same({"room"}, a:topics())
+    assert.equal(1, t:subscribers("room")) -- b was closed (1011) by its handler's error
+    assert.same({"room"}, t:topics())
+    assert.equal(1, t:count())
+    assert.equal(1, t:stats().handler_errors)
+    assert.same({{level = "warn", msg = "said", fields = {text = "hi", n = 3}}}, t:logs("warn"))
+    a:send('{"x": 1}')
+    assert.same({}, a:received_json()) -- nothing came back
+    local errs = t:errors()
+    assert.equal(1, #errs)
+    assert.equal("message", errs[1].handler)
+    assert.equal(2, errs[1].conn)
+    assert.matches("app.lua:5: boom$", errs[1].message)
+    assert.matches("stack traceback", errs[1].traceback)
+    assert.same({kind = "close", code = 1011, reason = "internal error"}, b:next())
+    t:close()
   end)
 end)

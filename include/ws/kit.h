@@ -1,0 +1,69 @@
+/* The parts of ws.kitcore (src/kit), the real server in-process for Lua specs: the engine (the
+ * server and its app on a loop with a simulated clock, clients on in-memory connections) and the
+ * stand-ins that answer for outside services, one file each (kit_http.c: ws.http). A stand-in
+ * replaces the client's ops table in struct lb_app and asks a function of the spec's, in the
+ * spec's Lua state, always from the loop and on the simulated clock. */
+#ifndef WS_KIT_H
+#define WS_KIT_H
+
+#include "ws/lb.h"
+#include "ws/mempipe.h"
+#include "ws/server.h"
+
+#include <ev.h>
+#include <lua.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct kit_client {
+    struct ws_mempipe *pipe;
+    uint64_t id; /* the server's connection id */
+};
+
+struct kit_http_req;
+
+struct kit_engine {
+    struct ev_loop *loop;
+    struct lb_app *app;
+    struct ws_server *srv;
+    char dir[64];  /* the app file when given as source, the (unused) listener, the log */
+    char name[64]; /* the app file's name in dir when given as source ("" otherwise) */
+    struct kit_client *clients;
+    size_t nclients, cap;
+    lua_State *L; /* the spec's thread in the engine call running now */
+    int spec_dir; /* while the loop runs in an app's folder: the spec's, to call it there */
+    int http_fn;  /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
+    struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
+};
+
+/* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
+void kit_settle(struct kit_engine *e);
+
+/* Where kit_value_out copies to: the spec's state, a table there of the tables copied so far (by
+ * address), the engine's userdata there (its first user value caches the handles). */
+struct kit_copy {
+    lua_State *to;
+    int map, engine;
+    struct kit_engine *e;
+    const char *name; /* the field read, for a handle made now (or NULL) */
+};
+
+/* Pushes onto c->to the value at idx of L (the app's state): nil, booleans, numbers, strings,
+ * bare pointers (lightuserdata: ws.null) and tables without a metatable copied (deeply, at most 100
+ * levels), anything else as a handle that runs what the spec does with it on the object in the
+ * app's state. Raises in L (run it under lb_protect). [-0, +0, v] (on L); [-0, +1, m] (on c->to) */
+void kit_value_out(lua_State *L, int idx, struct kit_copy *c, int depth);
+
+/* Registers the handles' metatable in L. [-0, +0, m] */
+void kit_value_open(lua_State *L);
+
+/* Makes e's app send its ws.http calls to the stand-in (before the app serves). */
+void kit_http_install(struct kit_engine *e);
+
+/* The function on top of L's stack (or nil; L NULL: none, at the end) answers the app's ws.http
+ * calls from now on: fn(req) with req = {method =, url =, headers =, body =} returns {status =,
+ * headers =, body =, delay = seconds} or nil, err. Without one a call answers nil and an error
+ * naming on_http. Pops the value. [-1, +0, m] */
+void kit_http_answer_with(struct kit_engine *e, lua_State *L);
+
+#endif

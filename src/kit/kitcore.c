@@ -1,0 +1,641 @@
+/* ws.kitcore: the real server in-process for Lua specs (a C module for lua5.4, loaded through
+ * package.cpath). An engine is the real core, the real lb_* bindings and the app's own Lua state
+ * on a loop with a simulated clock; its clients are in-memory connections (mempipe), so their
+ * bytes go through the real handshake, frame and session code. It speaks bytes and frames only:
+ * what the server does and answers is the server's own code, never re-implemented here. */
+#include "ws/kit.h"
+
+#include "ws/clock.h"
+#include "ws/config.h"
+#include "ws/err.h"
+#include "ws/frame.h"
+#include "ws/lb.h"
+#include "ws/log.h"
+#include "ws/mempipe.h"
+#include "ws/server.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
+
+#define ENGINE_MT "ws.kitcore.engine"
+#define SETTLE_ROUNDS 10000
+
+static struct kit_engine *check_engine(lua_State *L)
+{
+    struct kit_engine *e = luaL_checkudata(L, 1, ENGINE_MT);
+    luaL_argcheck(L, e->loop != NULL, 1, "engine closed");
+    e->L = L;
+    return e;
+}
+
+static uint64_t moved(const struct kit_engine *e)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < e->nclients; i++)
+        n += ws_mempipe_moved(e->clients[i].pipe);
+    return n;
+}
+
+/* An app given as source is loaded, and reloaded, from its own folder under its bare name, so
+ * that error positions and info.file say "app.lua" as for a file beside the server. Returns
+ * the descriptor of the folder to go back to, or -1. */
+static int in_app_dir(const struct kit_engine *e)
+{
+    if (!e->name[0])
+        return -1;
+    int cwd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (cwd >= 0 && chdir(e->dir) != 0) {
+        close(cwd);
+        return -1;
+    }
+    return cwd;
+}
+
+static void back_from_app_dir(int cwd)
+{
+    if (cwd < 0)
+        return;
+    (void)!fchdir(cwd);
+    close(cwd);
+}
+
+/* Runs the loop without waiting until a round moves no byte and fires no timer due now: what
+ * the last input set off has all happened. */
+void kit_settle(struct kit_engine *e)
+{
+    int cwd = in_app_dir(e); /* a reload it runs finds the app where it was loaded */
+    e->spec_dir = cwd;
+    int quiet = 0;
+    for (int i = 0; i < SETTLE_ROUNDS && quiet < 2; i++) {
+        uint64_t before = moved(e);
+        ev_run(e->loop, EVRUN_NOWAIT);
+        size_t fired = ws_clock_advance(e->loop, 0);
+        quiet = fired == 0 && moved(e) == before ? quiet + 1 : 0;
+    }
+    e->spec_dir = -1;
+    back_from_app_dir(cwd);
+}
+
+/* e:on_http(fn): fn(req) answers the app's ws.http calls from now on: {status =, headers =,
+ * body =, delay = seconds} or nil, err. nil: no stand-in (calls answer nil, err). */
+static int engine_on_http(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    kit_http_answer_with(e, L);
+    return 0;
+}
+
+static size_t live_engines; /* engines with a loop: the budget watchdog runs while there are */
+
+static void free_engine(struct kit_engine *e)
+{
+    if (!e->loop)
+        return;
+    ws_server_free(e->srv);
+    lb_app_free(e->app);
+    kit_http_answer_with(e, NULL);
+    for (size_t i = 0; i < e->nclients; i++)
+        ws_mempipe_release(e->clients[i].pipe);
+    free(e->clients);
+    ws_clock_unsimulate(e->loop);
+    ev_loop_destroy(e->loop);
+    e->loop = NULL;
+    if (--live_engines == 0)
+        lb_budget_stop(); /* before this module may be unloaded */
+    char p[128];
+    const char *const files[] = {e->name, "s", "log"};
+    for (size_t i = 0; i < sizeof(files) / sizeof(*files); i++) {
+        snprintf(p, sizeof(p), "%s/%s", e->dir, files[i]);
+        unlink(p);
+    }
+    rmdir(e->dir);
+}
+
+static int set_option(struct ws_config *cfg, const char *name, const char *value, char *err,
+                      size_t errlen)
+{
+    const struct ws_option *opt = ws_config_find(name, false);
+    if (!opt) {
+        snprintf(err, errlen, "unknown config key '%s'", name);
+        return WS_E_INVAL;
+    }
+    return ws_config_set(cfg, opt, value, true, err, errlen);
+}
+
+/* The options of opts.config (values as text, as on the command line) over the defaults. */
+static int read_config(lua_State *L, int opts, struct ws_config *cfg, char *err, size_t errlen)
+{
+    if (lua_getfield(L, opts, "config") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        const char *name = lua_tostring(L, -2);
+        const char *value = luaL_tolstring(L, -1, NULL);
+        int rc = name ? set_option(cfg, name, value, err, errlen) : WS_E_INVAL;
+        lua_pop(L, 2);
+        if (rc < 0) {
+            lua_pop(L, 2);
+            return rc;
+        }
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* WSSERVER_LUA_PATH from the spec's package.path, its relative entries made absolute (an app
+ * given as source runs in its own folder). */
+static void set_lib_path(lua_State *L, const char *path)
+{
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof(cwd)))
+        return;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (const char *p = path; *p;) {
+        const char *end = strchr(p, ';');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        if (n && p[0] != '/') {
+            luaL_addstring(&b, cwd);
+            luaL_addchar(&b, '/');
+        }
+        luaL_addlstring(&b, p, n);
+        luaL_addchar(&b, ';');
+        p += n + (end ? 1 : 0);
+    }
+    luaL_pushresult(&b);
+    setenv("WSSERVER_LUA_PATH", lua_tostring(L, -1), 0);
+    lua_pop(L, 1);
+}
+
+/* kitcore.load(path_or_source [, {config = {name = value}, now = seconds, name = file}]) ->
+ * engine, or nil, err, log when the server refuses the app (the log holds its reason). A readable
+ * file's name is loaded from there; anything else is source, written to app.lua in the engine's
+ * folder. */
+static int kit_load(lua_State *L)
+{
+    size_t n;
+    const char *app = luaL_checklstring(L, 1, &n);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TTABLE);
+    struct kit_engine *e = lua_newuserdatauv(L, sizeof(*e), 1);
+    memset(e, 0, sizeof(*e));
+    e->spec_dir = -1;
+    lua_newtable(L); /* the handles made for the app's objects, by address (weak) */
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "v");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_setiuservalue(L, -2, 1);
+    e->http_fn = LUA_NOREF;
+    e->L = L;
+    luaL_setmetatable(L, ENGINE_MT);
+    int self = lua_gettop(L);
+    snprintf(e->dir, sizeof(e->dir), "/tmp/wskit.XXXXXX");
+    if (!mkdtemp(e->dir))
+        return luaL_error(L, "cannot make a temporary folder");
+    e->loop = ev_loop_new(EVFLAG_AUTO);
+    if (!e->loop)
+        return luaL_error(L, "cannot make an event loop");
+    live_engines++;
+    /* the app finds the shipped library (ws.rooms, ...) where the spec does */
+    if (!getenv("WSSERVER_LUA_PATH") && lua_getglobal(L, "package") == LUA_TTABLE &&
+        lua_getfield(L, -1, "path") == LUA_TSTRING)
+        set_lib_path(L, lua_tostring(L, -1));
+    lua_settop(L, self);
+    double now = 1e9;
+    if (lua_istable(L, 2) && lua_getfield(L, 2, "now") != LUA_TNIL)
+        now = luaL_checknumber(L, -1);
+    ws_clock_simulate(e->loop, now);
+
+    char path[192], logpath[128], addr[128], err[1024] = "";
+    const char *file = app;
+    if (memchr(app, '\n', n) || strlen(app) != n || access(app, R_OK) != 0) { /* source */
+        const char *name = "app.lua";
+        if (lua_istable(L, 2) && lua_getfield(L, 2, "name") == LUA_TSTRING)
+            name = lua_tostring(L, -1);
+        luaL_argcheck(L, !strchr(name, '/') && strlen(name) < sizeof(e->name) && name[0] != '.', 2,
+                      "name: a file name");
+        snprintf(e->name, sizeof(e->name), "%s", name);
+        snprintf(path, sizeof(path), "%s/%s", e->dir, e->name);
+        FILE *f = fopen(path, "w");
+        if (!f || fwrite(app, 1, n, f) != n || fclose(f) != 0)
+            return luaL_error(L, "cannot write %s", path);
+        file = e->name; /* loaded from its folder: positions and info.file name it alone */
+    }
+    snprintf(logpath, sizeof(logpath), "%s/log", e->dir);
+    ws_log_setup(WS_LOG_DEBUG, WS_LOG_TEXT); /* ws.log.debug lines too */
+    ws_log_set_flood_control(false);         /* t:errors and t:logs see every line */
+    ws_log_open(logpath, err, sizeof(err));
+    struct ws_config cli;
+    ws_config_init(&cli);
+    snprintf(addr, sizeof(addr), "unix:%s/s", e->dir);
+    int rc = set_option(&cli, "listen", addr, err, sizeof(err));
+    if (rc == 0 && lua_istable(L, 2))
+        rc = read_config(L, 2, &cli, err, sizeof(err));
+    bool config_error = false;
+    int cwd = in_app_dir(e);
+    if (rc == 0)
+        e->app = lb_app_new(e->loop, file, &cli, &config_error, err, sizeof(err));
+    ws_config_free(&cli);
+    if (e->app) /* the kit never reaches the network: the spec answers ws.http */
+        kit_http_install(e);
+    if (e->app)
+        e->srv = ws_server_new(e->loop, &e->app->config, &lb_app_ops, e->app, err, sizeof(err));
+    if (e->srv) {
+        /* signals are the process's, not a test's: many engines live side by side */
+        ev_signal_stop(e->loop, &e->srv->sig_term);
+        ev_signal_stop(e->loop, &e->srv->sig_int);
+        ev_signal_stop(e->loop, &e->srv->sig_hup);
+        if (lb_app_attach(e->app, e->srv, err, sizeof(err)) == 0) {
+            back_from_app_dir(cwd);
+            kit_settle(e);
+            lua_pushvalue(L, self);
+            return 1;
+        }
+    }
+    back_from_app_dir(cwd);
+    /* the reason is in the server's log (lb_app_new logs it and points there): its text too */
+    lua_pushnil(L);
+    lua_pushstring(L, err[0] ? err : "the app did not load");
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    FILE *f = fopen(logpath, "r");
+    char chunk[4096];
+    size_t got;
+    while (f && (got = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        luaL_addlstring(&b, chunk, got);
+    if (f)
+        fclose(f);
+    luaL_pushresult(&b);
+    free_engine(e);
+    return 3;
+}
+
+static struct kit_client *check_client(lua_State *L, struct kit_engine *e, int idx)
+{
+    lua_Integer i = luaL_checkinteger(L, idx);
+    luaL_argcheck(L, i >= 1 && (size_t)i <= e->nclients, idx, "no such client");
+    return &e->clients[i - 1];
+}
+
+/* e:connect([ip [, port]]) -> client, id: a new in-memory connection from ip (IPv4 or IPv6,
+ * default 127.0.0.1), accepted with nothing sent yet, and the server's id for it. */
+static int engine_connect(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    const char *ip = luaL_optstring(L, 2, "127.0.0.1");
+    lua_Integer port = luaL_optinteger(L, 3, 40000 + (lua_Integer)(e->nclients % 20000));
+    luaL_argcheck(L, port > 0 && port < 65536, 3, "port 1-65535");
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t salen;
+    struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        salen = sizeof(*in4);
+    } else if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        salen = sizeof(*in6);
+    } else {
+        return luaL_argerror(L, 2, "not an IPv4 or IPv6 address");
+    }
+    int fd;
+    struct ws_mempipe *p = ws_mempipe_new(&fd);
+    if (!p)
+        return luaL_error(L, "no descriptor left");
+    if (e->nclients == e->cap) {
+        e->cap = e->cap ? 2 * e->cap : 16;
+        e->clients = ws_xrealloc(e->clients, e->cap * sizeof(*e->clients));
+    }
+    struct ws_conn *c =
+        ws_conn_new(&e->srv->env, fd, (struct sockaddr *)&ss, salen, &ws_transport_memory, p);
+    ws_mempipe_attach(p, e->loop, &c->wire.io);
+    e->clients[e->nclients++] = (struct kit_client){p, c->node.id};
+    kit_settle(e);
+    lua_pushinteger(L, (lua_Integer)e->nclients);
+    lua_pushinteger(L, (lua_Integer)e->clients[e->nclients - 1].id);
+    return 2;
+}
+
+/* e:write(client, bytes): the client sends; returns once the server is done with them. */
+static int engine_write(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    struct kit_client *c = check_client(L, e, 2);
+    size_t n;
+    const char *s = luaL_checklstring(L, 3, &n);
+    ws_mempipe_send(c->pipe, s, n);
+    kit_settle(e);
+    return 0;
+}
+
+/* e:read(client) -> bytes, ended: what the server wrote since the last read, and whether it
+ * has ended its side (no more will come). */
+static int engine_read(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    struct kit_client *c = check_client(L, e, 2);
+    size_t n; /* every call that sets the server off lets it finish: nothing is pending here */
+    const uint8_t *p = ws_mempipe_output(c->pipe, &n);
+    lua_pushlstring(L, (const char *)p, n);
+    ws_mempipe_take(c->pipe, n);
+    lua_pushboolean(L, ws_mempipe_ended(c->pipe));
+    return 2;
+}
+
+/* e:shutdown(client): the client ends its sending side (FIN). */
+static int engine_shutdown(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    ws_mempipe_shutdown(check_client(L, e, 2)->pipe);
+    kit_settle(e);
+    return 0;
+}
+
+/* e:pause(client, paused): the client stops or resumes reading. */
+static int engine_pause(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    struct kit_client *c = check_client(L, e, 2);
+    ws_mempipe_pause(c->pipe, lua_toboolean(L, 3));
+    kit_settle(e);
+    return 0;
+}
+
+/* e:reload([trigger]) -> ok: reloads the app from its file, as SIGHUP does (trigger, default
+ * "SIGHUP", is what load's info.trigger says; the reason of a failure is in the log). */
+static int engine_reload(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    int cwd = in_app_dir(e);
+    int rc = lb_app_reload(e->app, luaL_optstring(L, 2, "SIGHUP"));
+    back_from_app_dir(cwd);
+    kit_settle(e);
+    lua_pushboolean(L, rc == 0);
+    return 1;
+}
+
+/* e:advance(seconds) -> timers fired: moves the simulated clock. */
+static int engine_advance(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    double s = luaL_checknumber(L, 2);
+    luaL_argcheck(L, s >= 0, 2, "time moves forward only");
+    size_t fired = ws_clock_advance(e->loop, s);
+    kit_settle(e);
+    lua_pushinteger(L, (lua_Integer)fired);
+    return 1;
+}
+
+/* e:config() -> {name = value}: the options the server runs with now (numbers, booleans,
+ * strings; lists as tables; unset strings absent). */
+static int engine_config(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    lua_newtable(L);
+    for (const struct ws_option *o = ws_options; o->name; o++) {
+        char v[4096];
+        ws_config_format(&e->app->config, o, v, sizeof(v));
+        switch (o->type) {
+        case WS_OPT_INT:
+        case WS_OPT_SECONDS:
+            lua_pushstring(L, v);
+            if (!lua_stringtonumber(L, v))
+                lua_pushnil(L);
+            lua_remove(L, -2);
+            break;
+        case WS_OPT_BOOL:
+            lua_pushboolean(L, strcmp(v, "true") == 0);
+            break;
+        case WS_OPT_LIST: {
+            lua_newtable(L);
+            lua_Integer n = 0;
+            for (char *item = strtok(v, ","); item; item = strtok(NULL, ","))
+                if (*item) {
+                    lua_pushstring(L, item);
+                    lua_rawseti(L, -2, ++n);
+                }
+            break;
+        }
+        default:
+            if (!v[0]) {
+                lua_pushnil(L);
+                break;
+            }
+            lua_pushstring(L, v);
+            break;
+        }
+        lua_setfield(L, -2, o->name);
+    }
+    return 1;
+}
+
+/* e:path() -> the app's file. */
+static int engine_path(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    if (e->name[0])
+        lua_pushfstring(L, "%s/%s", e->dir, e->name);
+    else
+        lua_pushstring(L, e->app->path);
+    return 1;
+}
+
+/* e:shutdown_server([reason]): a graceful shutdown, as SIGTERM (app.shutdown, then 1001 to
+ * every connection in batches); its timers run as the clock moves. */
+static int engine_shutdown_server(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    ws_server_shutdown(e->srv, luaL_optstring(L, 2, "SIGTERM"));
+    kit_settle(e);
+    return 0;
+}
+
+/* e:next_timer() -> seconds | nil: when the next timer falls due (on the clock of e:now()). */
+static int engine_next_timer(lua_State *L)
+{
+    double at = ws_clock_next(check_engine(L)->loop);
+    if (at < 0)
+        return 0;
+    lua_pushnumber(L, at);
+    return 1;
+}
+
+static int engine_now(lua_State *L)
+{
+    lua_pushnumber(L, ws_clock_now(check_engine(L)->loop));
+    return 1;
+}
+
+struct eval {
+    const char *code;
+    size_t len;
+    struct kit_copy out;
+};
+
+/* In the app's state: runs the chunk and copies its first result to the spec's state. */
+static int eval_in_app(lua_State *L)
+{
+    struct eval *ev = lua_touserdata(L, 1);
+    if (luaL_loadbuffer(L, ev->code, ev->len, "=eval") != LUA_OK)
+        return lua_error(L);
+    lua_call(L, 0, 1);
+    kit_value_out(L, -1, &ev->out, 0);
+    return 0;
+}
+
+/* e:eval(code) -> value, or nil, err: runs code in the app's Lua state (its globals, ws.state)
+ * and returns its first result (kit_value_out: data copied, anything else a handle). */
+static int engine_eval(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    struct eval ev = {.out = {.to = L, .engine = 1, .e = e}};
+    ev.code = luaL_checklstring(L, 2, &ev.len);
+    lua_settop(L, 2);
+    lua_newtable(L);
+    ev.out.map = lua_gettop(L);
+    char err[1024];
+    int rc = lb_protect(e->app, eval_in_app, &ev, err, sizeof(err));
+    kit_settle(e);
+    if (rc == 0)
+        return 1;
+    lua_settop(L, ev.out.map);
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+}
+
+/* e:log() -> text: the server's log lines so far. */
+static int engine_log(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/log", e->dir);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char chunk[4096];
+        size_t n;
+        while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+            luaL_addlstring(&b, chunk, n);
+        fclose(f);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int engine_close(lua_State *L)
+{
+    struct kit_engine *e = luaL_checkudata(L, 1, ENGINE_MT);
+    e->L = L; /* the thread that last called may be gone (a finalizer runs on any) */
+    free_engine(e);
+    return 0;
+}
+
+/* kitcore.frame(opcode, payload [, fin]) -> bytes: one masked client frame (RFC 6455 §5.3). */
+static int kit_frame(lua_State *L)
+{
+    lua_Integer op = luaL_checkinteger(L, 1);
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    bool fin = lua_isnoneornil(L, 3) || lua_toboolean(L, 3);
+    luaL_argcheck(L, op >= 0 && op <= 15, 1, "opcode 0..15");
+    static const uint8_t mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    uint8_t hdr[WS_FRAME_MAX_HEADER];
+    size_t h = ws_frame_encode_header(hdr, fin, 0, (uint8_t)op, n, mask);
+    luaL_Buffer b;
+    uint8_t *out = (uint8_t *)luaL_buffinitsize(L, &b, h + n);
+    memcpy(out, hdr, h);
+    memcpy(out + h, p, n);
+    ws_frame_mask(out + h, n, mask, 0);
+    luaL_pushresultsize(&b, h + n);
+    return 1;
+}
+
+/* kitcore.take(bytes) -> opcode, payload, fin, rest: the first whole server frame of bytes,
+ * or nil when bytes do not hold one yet. */
+static int kit_take(lua_State *L)
+{
+    size_t avail;
+    const uint8_t *p = (const uint8_t *)luaL_checklstring(L, 1, &avail);
+    if (avail < 2)
+        return 0;
+    uint64_t len = p[1] & 0x7f;
+    size_t h = 2;
+    if (len == 126) {
+        if (avail < 4)
+            return 0;
+        len = (uint64_t)p[2] << 8 | p[3];
+        h = 4;
+    } else if (len == 127) {
+        if (avail < 10)
+            return 0;
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = len << 8 | p[2 + i];
+        h = 10;
+    }
+    if (p[1] & 0x80)
+        h += 4; /* a server must not mask (RFC 6455 §5.1); taken as it is */
+    if (avail < h || avail - h < len)
+        return 0;
+    lua_pushinteger(L, p[0] & 0x0f);
+    lua_pushlstring(L, (const char *)p + h, (size_t)len);
+    lua_pushboolean(L, p[0] & 0x80);
+    lua_pushlstring(L, (const char *)p + h + len, avail - h - (size_t)len);
+    return 4;
+}
+
+int luaopen_ws_kitcore(lua_State *L);
+
+int luaopen_ws_kitcore(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"connect", engine_connect},
+        {"write", engine_write},
+        {"read", engine_read},
+        {"shutdown", engine_shutdown},
+        {"pause", engine_pause},
+        {"advance", engine_advance},
+        {"now", engine_now},
+        {"path", engine_path},
+        {"shutdown_server", engine_shutdown_server},
+        {"config", engine_config},
+        {"next_timer", engine_next_timer},
+        {"on_http", engine_on_http},
+        {"reload", engine_reload},
+        {"eval", engine_eval},
+        {"log", engine_log},
+        {"close", engine_close},
+        {NULL, NULL},
+    };
+    kit_value_open(L);
+    luaL_newmetatable(L, ENGINE_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, engine_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    static const luaL_Reg funcs[] = {
+        {"load", kit_load}, {"frame", kit_frame}, {"take", kit_take}, {NULL, NULL}};
+    luaL_newlib(L, funcs);
+    return 1;
+}
