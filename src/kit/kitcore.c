@@ -253,6 +253,8 @@ static int kit_load(lua_State *L)
     ws_config_free(&cli);
     if (e->app) /* the kit never reaches the network: the spec answers ws.http */
         kit_http_install(e);
+    if (e->app) /* nobody runs wsserver --reload against a spec */
+        e->app->status_pid = -1;
     if (e->app)
         e->srv = ws_server_new(e->loop, &e->app->config, &lb_app_ops, e->app, err, sizeof(err));
     if (e->srv) {

@@ -291,6 +291,8 @@ static bool put_status(const char *path, const char *line, size_t n)
  * where `--reload PID` without the pidfile looks. */
 static void write_status(struct lb_app *a, bool ok, const char *why)
 {
+    if (a->status_pid < 0)
+        return;
     if (ok && a->srv && a->srv->reload_error[0]) {
         ok = false; /* the app took over, but the TLS files did not: the operator must know */
         why = a->srv->reload_error;
