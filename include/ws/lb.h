@@ -77,9 +77,9 @@ struct lb_app {
     ev_idle reload_idle;     /* runs a requested reload between two loop iterations */
     struct lb_timer *timers; /* active ws.after/ws.every timers */
     uint64_t attempts;       /* loads tried, the first included */
-    long status_pid; /* whose status file reload results go to (0: this process; < 0: none) */
-    bool closing;            /* lb_app_free is closing the state: no new timers */
-    char warning[512];       /* a Lua warning being assembled from its pieces */
+    long status_pid;   /* whose status file reload results go to (0: this process; < 0: none) */
+    bool closing;      /* lb_app_free is closing the state: no new timers */
+    char warning[512]; /* a Lua warning being assembled from its pieces */
     size_t warning_len;
     lua_State *hooked;       /* the thread whose budget hook fires at every instruction */
     struct lb_task *current; /* the task running now, or NULL */
