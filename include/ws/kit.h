@@ -55,6 +55,11 @@ struct kit_copy {
  * app's state. Raises in L (run it under lb_protect). [-0, +0, v] (on L); [-0, +1, m] (on c->to) */
 void kit_value_out(lua_State *L, int idx, struct kit_copy *c, int depth);
 
+/* Pushes onto L (the app's state) a copy of the value at idx of the spec's state from: handles
+ * become their objects again, tables are copied deeply (map: a table on L of those copied, by
+ * address). Raises in L. [-0, +1, e] (on L) */
+void kit_value_in(lua_State *from, int idx, lua_State *L, int map, struct kit_engine *e, int depth);
+
 /* Registers the handles' metatable in L. [-0, +0, m] */
 void kit_value_open(lua_State *L);
 

@@ -14,7 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define COPY_DEPTH 32
+#define COPY_DEPTH 100 /* as kit_value_in copies */
 
 /* The rows of an answer: the spec's table, kept in the spec's registry until the app takes it. */
 struct kit_pg_rows {
@@ -74,63 +74,26 @@ static void rows_free(struct ws_pg_rows *base)
     free(r);
 }
 
-/* Pushes onto L a copy of the value at idx of from: plain data (tables without a metatable,
- * deeply), as validate let through. [-0, +1, m] */
-static void copy_value(lua_State *from, int idx, lua_State *L, int depth)
-{
-    idx = lua_absindex(from, idx);
-    if (!lua_checkstack(L, 4) || !lua_checkstack(from, 4) || depth > COPY_DEPTH)
-        luaL_error(L, "ws.pg: the stand-in's rows are too deep");
-    switch (lua_type(from, idx)) {
-    case LUA_TBOOLEAN:
-        lua_pushboolean(L, lua_toboolean(from, idx));
-        return;
-    case LUA_TNUMBER:
-        if (lua_isinteger(from, idx))
-            lua_pushinteger(L, lua_tointeger(from, idx));
-        else
-            lua_pushnumber(L, lua_tonumber(from, idx));
-        return;
-    case LUA_TSTRING: {
-        size_t n;
-        const char *s = lua_tolstring(from, idx, &n);
-        lua_pushlstring(L, s, n);
-        return;
-    }
-    case LUA_TLIGHTUSERDATA: /* ws.null */
-        lua_pushlightuserdata(L, lua_touserdata(from, idx));
-        return;
-    case LUA_TTABLE:
-        lua_newtable(L);
-        lua_pushnil(from);
-        while (lua_next(from, idx)) {
-            copy_value(from, -2, L, depth + 1);
-            copy_value(from, -1, L, depth + 1);
-            lua_rawset(L, -3);
-            lua_pop(from, 1);
-        }
-        return;
-    default:
-        lua_pushnil(L);
-    }
-}
-
 /* The rows, as the spec gave them (their delay field left out), and the count. */
 static int rows_push(struct ws_pg_rows *base, struct lua_State *L)
 {
     struct kit_pg_rows *r = (struct kit_pg_rows *)base;
     lua_State *from = r->e->L;
     luaL_checkstack(from, 4, "ws.pg");
+    luaL_checkstack(L, 4, "ws.pg");
     lua_rawgeti(from, LUA_REGISTRYINDEX, r->ref);
     lua_Integer n = (lua_Integer)lua_rawlen(from, -1);
+    lua_newtable(L); /* the tables copied, by address */
+    int map = lua_gettop(L);
     lua_createtable(L, (int)n, 0);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(from, -1, i);
-        copy_value(from, -1, L, 1);
+        kit_value_in(from, -1, L, map, r->e, 1);
         lua_rawseti(L, -2, i);
         lua_pop(from, 1);
     }
     lua_pop(from, 1);
+    lua_remove(L, map);
     lua_pushinteger(L, r->count);
     return 2;
 }
@@ -154,9 +117,10 @@ static bool plain(lua_State *L, int idx, int depth, char *why, size_t whylen)
                  luaL_typename(L, idx));
         return false;
     }
-    if (depth > COPY_DEPTH || lua_getmetatable(L, idx) || !lua_checkstack(L, 4)) {
-        if (depth <= COPY_DEPTH)
-            lua_pop(L, 1);
+    bool has_mt = lua_getmetatable(L, idx);
+    if (has_mt)
+        lua_pop(L, 1);
+    if (has_mt || depth > COPY_DEPTH || !lua_checkstack(L, 4)) {
         snprintf(why, whylen, "a row holds a table with a metatable or nested too deep");
         return false;
     }

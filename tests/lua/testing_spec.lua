@@ -1305,6 +1305,24 @@ end}]]
     t:close()
   end)
 
+  it("copies nested tables, and keeps answering after a reload (the pools stay)", function()
+    local src = [[
+local db = ws.pg.connect("dbname=none")
+return {message = function(conn)
+  local rows = db:query("SELECT doc FROM t")
+  conn:send(ws.json.encode(rows[1].doc) .. " v%d")
+end}]]
+    local t = testing.load(src:format(1))
+    t:on_pg(function() return {{doc = {tags = {"a", "b"}, n = testing.null}}} end)
+    local c = t:connect()
+    c:send("x")
+    assert.same({tags = {"a", "b"}, n = json.null}, json.decode((c:next().data:gsub(" v1$", ""))))
+    assert.is_true(t:reload(src:format(2)))
+    c:send("x")
+    assert.matches(" v2$", c:next().data)
+    t:close()
+  end)
+
   it("passes BEGIN, COMMIT and ROLLBACK to fn, which accepts them by answering nothing", function()
     local t = testing.load([[
 local db = ws.pg.connect("dbname=none")
