@@ -447,6 +447,10 @@ void kit_pg_answer_with(struct kit_engine *e, lua_State *L)
         for (size_t i = 0; i < nengines; i++)
             if (engines[i] == e)
                 engines[i] = engines[--nengines];
+        if (nengines == 0) {
+            free(engines);
+            engines = NULL;
+        }
         return;
     }
     if (lua_isnil(L, -1))
