@@ -11,8 +11,8 @@ The app runs in the real server: the C core, the lb_* bindings and the app's own
 loaded as a C module (ws.kitcore, built by `make`; `wsserver --test` finds it). Its clients are
 in-memory connections whose bytes go through the server's own handshake, frame and session
 code, and time is simulated: it moves only with t:advance(seconds), so an hour of timers runs in
-milliseconds. Handlers may wait: ws.sleep ends when the clock gets there, and t:on_http(fn)
-answers ws.http. Nothing here re-implements the server: this file builds what a client sends,
+milliseconds. Handlers may wait: ws.sleep ends when the clock gets there, t:on_http(fn)
+answers ws.http and t:on_pg(fn) ws.pg. Nothing here re-implements the server: this file builds what a client sends,
 reads what the server wrote, and moves values between the two Lua states (data is copied; the
 app's functions, conns and other objects reach the spec as handles whose fields and methods run
 in the server). Clients answer pings and a close frame they did not start, as browsers do,
