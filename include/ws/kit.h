@@ -34,6 +34,7 @@ struct kit_engine {
     int spec_dir; /* while the loop runs in an app's folder: the spec's, to call it there */
     int http_fn;  /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
     struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
+    int pg_fn;                     /* the spec's ws.pg stand-in (a registry ref), or LUA_NOREF */
 };
 
 /* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
@@ -54,6 +55,11 @@ struct kit_copy {
  * app's state. Raises in L (run it under lb_protect). [-0, +0, v] (on L); [-0, +1, m] (on c->to) */
 void kit_value_out(lua_State *L, int idx, struct kit_copy *c, int depth);
 
+/* Pushes onto L (the app's state) a copy of the value at idx of the spec's state from: handles
+ * become their objects again, tables are copied deeply (map: a table on L of those copied, by
+ * address). Raises in L. [-0, +1, e] (on L) */
+void kit_value_in(lua_State *from, int idx, lua_State *L, int map, struct kit_engine *e, int depth);
+
 /* Registers the handles' metatable in L. [-0, +0, m] */
 void kit_value_open(lua_State *L);
 
@@ -65,5 +71,16 @@ void kit_http_install(struct kit_engine *e);
  * headers =, body =, delay = seconds} or nil, err. Without one a call answers nil and an error
  * naming on_http. Pops the value. [-1, +0, m] */
 void kit_http_answer_with(struct kit_engine *e, lua_State *L);
+
+/* Makes e's app send its ws.pg calls to the stand-in (after the app loaded, before it serves):
+ * the pools its chunk made are made again on it. */
+void kit_pg_install(struct kit_engine *e);
+
+/* The function on top of L's stack (or nil; L NULL: none, at the end) answers the app's ws.pg
+ * queries from now on: fn(sql, params) with params the values as the server would receive them
+ * (strings, ws.null for NULL) returns rows [, count] (rows.delay = seconds before the answer),
+ * nothing (no rows), or nil, err [, sqlstate]. Without one a query answers nil and an error
+ * naming on_pg. Pops the value. [-1, +0, m] */
+void kit_pg_answer_with(struct kit_engine *e, lua_State *L);
 
 #endif

@@ -43,6 +43,7 @@ struct ws_http_client;
 struct ws_http_client_ops;
 struct lb_wsclient;
 struct lb_pg;
+struct ws_pg_ops;
 struct lb_redis;
 struct ws_redis_ops;
 
@@ -92,6 +93,7 @@ struct lb_app {
     const struct ws_http_client_ops *http_ops; /* its calls: libcurl's, or a stand-in's */
     struct lb_wsclient *wsclients;             /* ws.connect's clients that are not collected yet */
     struct lb_pg *pg;                          /* ws.pg's pools, made on first use */
+    const struct ws_pg_ops *pg_ops;            /* their calls: libpq's (NULL), or a stand-in's */
     struct lb_redis *redis; /* ws.redis's pools and subscriptions, made on first use */
     const struct ws_redis_ops *redis_ops; /* their calls: hiredis's (NULL), or a stand-in's */
 };
@@ -293,6 +295,11 @@ void lb_pg_open(lua_State *L);
 
 /* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
 void lb_pg_free(struct lb_app *a);
+
+/* Sends ws.pg's calls through ops (a stand-in's, whose pool_new makes a pool for any conninfo)
+ * from now on: the pools made so far, by the app's chunk (which cannot wait, so none has a
+ * connection yet), are made again on ops, and the clients on them follow. */
+void lb_pg_set_ops(struct lb_app *a, const struct ws_pg_ops *ops);
 
 /* ---- lb_pg_types ---- */
 

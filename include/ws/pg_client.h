@@ -13,14 +13,27 @@
 struct ws_pg_pool;
 struct ws_pg_conn;
 struct ws_pg_wait;
+struct lua_State;
 
 /* A connection for a waiter, or NULL with err set (connecting failed). Runs from the loop. */
 typedef void (*ws_pg_conn_fn)(void *ud, struct ws_pg_conn *c, const char *err);
 
+/* A result made by a stand-in in place of libpq's PGresult (the testing kit answers queries
+ * itself): rows it pushes onto a Lua state of the layer above, which this layer does not know. */
+struct ws_pg_rows {
+    /* Pushes the rows (an array of tables keyed by column name) and the affected row count onto
+     * L and returns 2. [-0, +2, m] */
+    int (*push)(struct ws_pg_rows *rows, struct lua_State *L);
+    void (*free)(struct ws_pg_rows *rows);
+    const char *status; /* the command tag, as PQcmdStatus gives it */
+};
+
 /* A query's end. res: its result (PGRES_TUPLES_OK or PGRES_COMMAND_OK), owned by the callback
- * (PQclear). Else err says why: the server's message, with sqlstate its SQLSTATE code ("" when
- * the failure is not the server's answer: the connection was lost). Runs from the loop. */
-typedef void (*ws_pg_result_fn)(void *ud, PGresult *res, const char *err, const char *sqlstate);
+ * (PQclear); or rows: a stand-in's, owned by the callback too (rows->free). Else err says why:
+ * the server's message, with sqlstate its SQLSTATE code ("" when the failure is not the server's
+ * answer: the connection was lost). Runs from the loop. */
+typedef void (*ws_pg_result_fn)(void *ud, PGresult *res, struct ws_pg_rows *rows, const char *err,
+                                const char *sqlstate);
 
 /* A pool of at most max_conns connections to conninfo (a libpq keyword/value string or URI),
  * made on demand; connect_timeout bounds each connection attempt and the draining of a
@@ -71,5 +84,29 @@ void ws_pg_conn_release(struct ws_pg_conn *c);
 size_t ws_pg_pool_open(const struct ws_pg_pool *p);
 size_t ws_pg_pool_in_use(const struct ws_pg_pool *p);
 size_t ws_pg_pool_waiting(const struct ws_pg_pool *p);
+
+/* The calls a pool answers to, so that a stand-in can take the place of libpq's (the testing kit
+ * answers queries itself): lb_app keeps a pointer to them (NULL: ws_pg_libpq's). Each is the
+ * function above of the same name. */
+struct ws_pg_ops {
+    struct ws_pg_pool *(*pool_new)(struct ev_loop *loop, const char *conninfo, size_t max_conns,
+                                   double connect_timeout, char *err, size_t errlen);
+    void (*pool_set_max)(struct ws_pg_pool *p, size_t max_conns);
+    void (*pool_free)(struct ws_pg_pool *p);
+    struct ws_pg_conn *(*pool_take)(struct ws_pg_pool *p);
+    struct ws_pg_wait *(*pool_acquire)(struct ws_pg_pool *p, ws_pg_conn_fn done, void *ud);
+    void (*pool_acquire_cancel)(struct ws_pg_wait *w);
+    int (*conn_query)(struct ws_pg_conn *c, const char *sql, int n, const char *const *values,
+                      const int *lengths, const int *formats, bool prepare, ws_pg_result_fn done,
+                      void *ud, char *err, size_t errlen);
+    bool (*conn_abandon)(struct ws_pg_conn *c);
+    bool (*conn_ready)(const struct ws_pg_conn *c);
+    void (*conn_release)(struct ws_pg_conn *c);
+    size_t (*pool_open)(const struct ws_pg_pool *p);
+    size_t (*pool_in_use)(const struct ws_pg_pool *p);
+};
+
+/* The functions above: the pools ws_pg_pool_new makes, on libpq. */
+extern const struct ws_pg_ops ws_pg_libpq;
 
 #endif

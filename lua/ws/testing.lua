@@ -11,8 +11,8 @@ The app runs in the real server: the C core, the lb_* bindings and the app's own
 loaded as a C module (ws.kitcore, built by `make`; `wsserver --test` finds it). Its clients are
 in-memory connections whose bytes go through the server's own handshake, frame and session
 code, and time is simulated: it moves only with t:advance(seconds), so an hour of timers runs in
-milliseconds. Handlers may wait: ws.sleep ends when the clock gets there, and t:on_http(fn)
-answers ws.http. Nothing here re-implements the server: this file builds what a client sends,
+milliseconds. Handlers may wait: ws.sleep ends when the clock gets there, t:on_http(fn)
+answers ws.http and t:on_pg(fn) ws.pg. Nothing here re-implements the server: this file builds what a client sends,
 reads what the server wrote, and moves values between the two Lua states (data is copied; the
 app's functions, conns and other objects reach the spec as handles whose fields and methods run
 in the server). Clients answer pings and a close frame they did not start, as browsers do,
@@ -29,6 +29,7 @@ unless paused (c:pause()): then the server's send queue grows ("queued", drain, 
   t:advance(seconds)  t:now()  t:flush()  t:shutdown([reason])  t:close()
   t:reload([source_or_path]) -> true | false, err
   t:on_http(fn)   fn(req) -> {status =, headers =, body =, delay =} | nil, err
+  t:on_pg(fn)     fn(sql, params) -> rows [, count] (rows.delay =) | nothing | nil, err [, sqlstate]
   t.state (ws.state)  t.ws (the app's ws)  t.config  t:eval(code)  t:log()
   t:subscribers(topic)  t:topics()  t:count()  t:get(id)  t:stats()
   t:logs([min_level]) -> {{level =, msg =, fields =}, ...}   every ws.log line
@@ -195,6 +196,15 @@ end
 --- body =}; fn returns {status =, headers =, body =, delay = seconds} or nil, err.
 function Real:on_http(fn)
   self.e:on_http(fn)
+end
+
+--- t:on_pg(fn): fn(sql, params) answers the app's ws.pg queries, BEGIN, COMMIT and ROLLBACK
+--- included: params are the values as the server would receive them (strings; testing.null for
+--- NULL); fn returns rows (an array of tables keyed by column name, reaching the app as given;
+--- rows.delay = seconds before the answer) and the count (default #rows), nothing (no rows), or
+--- nil, err [, sqlstate]. nil: no stand-in (queries answer nil, err).
+function Real:on_pg(fn)
+  self.e:on_pg(fn)
 end
 
 --- t:reload([source_or_path]) -> true | false, err: a new version, as SIGHUP does: from the app's
@@ -533,4 +543,5 @@ end
 
 M.start = M.load
 M.json = json
+M.null = json.null -- ws.null in the app: SQL NULL in t:on_pg's params and rows
 return M

@@ -189,7 +189,7 @@ static void lose(struct ws_pg_conn *c, const char *why)
     if (!c->out)
         free_conn(c);
     if (done)
-        done(ud, NULL, err, "");
+        done(ud, NULL, NULL, err, "");
 }
 
 static void pg_lost(struct ws_pg_conn *c)
@@ -326,7 +326,7 @@ static void finished(struct ws_pg_conn *c)
     c->done = NULL;
     c->state = IDLE;
     if (ok) {
-        done(ud, res, NULL, NULL);
+        done(ud, res, NULL, NULL, NULL);
         return;
     }
     char err[512], sqlstate[6] = "";
@@ -339,7 +339,7 @@ static void finished(struct ws_pg_conn *c)
     } else {
         copy_msg(err, sizeof(err), "", PQerrorMessage(c->pg));
     }
-    done(ud, NULL, err, sqlstate);
+    done(ud, NULL, NULL, err, sqlstate);
 }
 
 /* Reads what arrived and hands over every finished command. */
@@ -694,3 +694,9 @@ size_t ws_pg_pool_waiting(const struct ws_pg_pool *p)
 {
     return p->nwaiting;
 }
+
+const struct ws_pg_ops ws_pg_libpq = {
+    ws_pg_pool_new,     ws_pg_pool_set_max,        ws_pg_pool_free,  ws_pg_pool_take,
+    ws_pg_pool_acquire, ws_pg_pool_acquire_cancel, ws_pg_conn_query, ws_pg_conn_abandon,
+    ws_pg_conn_ready,   ws_pg_conn_release,        ws_pg_pool_open,  ws_pg_pool_in_use,
+};

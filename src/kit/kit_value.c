@@ -108,10 +108,7 @@ static int spec_function(lua_State *L)
     return luaL_error(L, "a function of the spec cannot run in the app");
 }
 
-/* Pushes onto L (the app's state) a copy of the value at idx of the spec's state from: handles
- * become their objects again, tables are copied deeply (map: a table on L of those copied). */
-static void value_in(lua_State *from, int idx, lua_State *L, int map, struct kit_engine *e,
-                     int depth)
+void kit_value_in(lua_State *from, int idx, lua_State *L, int map, struct kit_engine *e, int depth)
 {
     idx = lua_absindex(from, idx);
     if (!lua_checkstack(L, 6) || !lua_checkstack(from, 4))
@@ -162,8 +159,8 @@ static void value_in(lua_State *from, int idx, lua_State *L, int map, struct kit
     lua_rawsetp(L, map, addr);
     lua_pushnil(from);
     while (lua_next(from, idx)) {
-        value_in(from, -2, L, map, e, depth + 1);
-        value_in(from, -1, L, map, e, depth + 1);
+        kit_value_in(from, -2, L, map, e, depth + 1);
+        kit_value_in(from, -1, L, map, e, depth + 1);
         lua_rawset(L, -3);
         lua_pop(from, 1);
     }
@@ -191,20 +188,20 @@ static int run_op(lua_State *L)
     int base = lua_gettop(L);
     switch (k->op) {
     case OP_INDEX:
-        value_in(k->spec, k->first, L, 1, k->h->e, 0);
+        kit_value_in(k->spec, k->first, L, 1, k->h->e, 0);
         if (lua_type(L, -1) == LUA_TSTRING)
             k->out.name = lua_tostring(k->spec, k->first);
         lua_gettable(L, 2);
         break;
     case OP_NEWINDEX:
-        value_in(k->spec, k->first, L, 1, k->h->e, 0);
-        value_in(k->spec, k->first + 1, L, 1, k->h->e, 0);
+        kit_value_in(k->spec, k->first, L, 1, k->h->e, 0);
+        kit_value_in(k->spec, k->first + 1, L, 1, k->h->e, 0);
         lua_settable(L, 2);
         break;
     case OP_CALL:
         lua_pushvalue(L, 2);
         for (int i = k->first; i <= k->top; i++)
-            value_in(k->spec, i, L, 1, k->h->e, 0);
+            kit_value_in(k->spec, i, L, 1, k->h->e, 0);
         lua_call(L, k->top - k->first + 1, LUA_MULTRET);
         break;
     case OP_TOSTRING:

@@ -97,6 +97,18 @@ static int engine_on_http(lua_State *L)
     return 0;
 }
 
+/* e:on_pg(fn): fn(sql, params) answers the app's ws.pg queries from now on: rows [, count] |
+ * nil, err [, sqlstate]. nil: no stand-in (queries answer nil, err). */
+static int engine_on_pg(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    kit_pg_answer_with(e, L);
+    return 0;
+}
+
 static size_t live_engines; /* engines with a loop: the budget watchdog runs while there are */
 
 static void free_engine(struct kit_engine *e)
@@ -106,6 +118,7 @@ static void free_engine(struct kit_engine *e)
     ws_server_free(e->srv);
     lb_app_free(e->app);
     kit_http_answer_with(e, NULL);
+    kit_pg_answer_with(e, NULL);
     for (size_t i = 0; i < e->nclients; i++)
         ws_mempipe_release(e->clients[i].pipe);
     free(e->clients);
@@ -201,6 +214,7 @@ static int kit_load(lua_State *L)
     lua_setmetatable(L, -2);
     lua_setiuservalue(L, -2, 1);
     e->http_fn = LUA_NOREF;
+    e->pg_fn = LUA_NOREF;
     e->L = L;
     luaL_setmetatable(L, ENGINE_MT);
     int self = lua_gettop(L);
@@ -255,6 +269,8 @@ static int kit_load(lua_State *L)
         kit_http_install(e);
     if (e->app) /* nobody runs wsserver --reload against a spec */
         e->app->status_pid = -1;
+    if (e->app) /* and ws.pg */
+        kit_pg_install(e);
     if (e->app)
         e->srv = ws_server_new(e->loop, &e->app->config, &lb_app_ops, e->app, err, sizeof(err));
     if (e->srv) {
@@ -623,6 +639,7 @@ int luaopen_ws_kitcore(lua_State *L)
         {"config", engine_config},
         {"next_timer", engine_next_timer},
         {"on_http", engine_on_http},
+        {"on_pg", engine_on_pg},
         {"reload", engine_reload},
         {"eval", engine_eval},
         {"log", engine_log},

@@ -23,18 +23,23 @@
 #define MAX_POOL_SIZE 1000
 #define MAX_PARAMS 65535 /* the protocol's Bind message counts them in 16 bits */
 
+/* One pool of the app: what made it, so that lb_pg_set_ops can make it again. */
+struct pool_slot {
+    char *conninfo;
+    struct ws_pg_pool *pool;
+    size_t max_conns;
+    double connect_timeout;
+};
+
 /* The app's pools, one per conninfo, alive until the app is freed: a reload keeps them (its
  * connect finds the same pool), so no client outlives its connections. */
 struct lb_pg {
-    struct {
-        char *conninfo;
-        struct ws_pg_pool *pool;
-    } pools[MAX_POOLS];
+    struct pool_slot pools[MAX_POOLS];
     size_t n;
 };
 
 struct pg_client {
-    struct ws_pg_pool *pool;
+    struct pool_slot *slot; /* its pool, in the app's lb_pg */
     double timeout;
     int pool_size;
 };
@@ -43,6 +48,7 @@ enum tx_phase { TX_BEGIN, TX_OPEN, TX_ENDING, TX_OVER };
 
 /* The transaction handed to fn: its connection for as long as fn runs. */
 struct pg_tx {
+    const struct ws_pg_ops *ops;
     struct ws_pg_pool *pool;
     struct ws_pg_conn *conn;
     double timeout;
@@ -56,11 +62,13 @@ struct pg_tx {
  * wait; its __gc releases whatever is left. The parameter arrays follow it. */
 struct pg_call {
     struct lb_task *t;
+    const struct ws_pg_ops *ops;
     struct ws_pg_pool *pool;
     struct pg_tx *tx;        /* the statement runs in this transaction, or NULL */
     struct ws_pg_wait *wait; /* queued for a connection */
     struct ws_pg_conn *conn; /* held by this call (outside a transaction) */
     PGresult *res;
+    struct ws_pg_rows *rows; /* a stand-in's result, in place of res */
     bool failed;
     char err[512];
     char sqlstate[6];
@@ -71,6 +79,11 @@ struct pg_call {
     const char **values;
     int *lengths, *formats;
 };
+
+static const struct ws_pg_ops *ops_of(const struct lb_app *a)
+{
+    return a->pg_ops ? a->pg_ops : &ws_pg_libpq;
+}
 
 static struct lb_pg *pools_of(struct lb_app *a)
 {
@@ -85,10 +98,11 @@ static void gauges(struct lb_app *a)
     struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
     if (!st || !a->pg)
         return;
+    const struct ws_pg_ops *ops = ops_of(a);
     uint64_t open = 0, in_use = 0;
     for (size_t i = 0; i < a->pg->n; i++) {
-        open += ws_pg_pool_open(a->pg->pools[i].pool);
-        in_use += ws_pg_pool_in_use(a->pg->pools[i].pool);
+        open += ops->pool_open(a->pg->pools[i].pool);
+        in_use += ops->pool_in_use(a->pg->pools[i].pool);
     }
     st->stores[WS_STATS_STORE_POSTGRES].pool_open = open;
     st->stores[WS_STATS_STORE_POSTGRES].pool_in_use = in_use;
@@ -117,16 +131,19 @@ static void log_failure(struct lb_task *t, const char *why)
 static void call_release(struct pg_call *c)
 {
     if (c->wait)
-        ws_pg_pool_acquire_cancel(c->wait);
+        c->ops->pool_acquire_cancel(c->wait);
     c->wait = NULL;
     if (c->conn)
-        ws_pg_conn_release(c->conn);
+        c->ops->conn_release(c->conn);
     c->conn = NULL;
-    if (c->tx && c->tx->conn && ws_pg_conn_abandon(c->tx->conn))
+    if (c->tx && c->tx->conn && c->ops->conn_abandon(c->tx->conn))
         c->tx->aborted = true; /* whether that query ran or not is unknown: no COMMIT */
     if (c->res)
         PQclear(c->res);
     c->res = NULL;
+    if (c->rows)
+        c->rows->free(c->rows);
+    c->rows = NULL;
 }
 
 /* [-0, +0, -] */
@@ -141,7 +158,7 @@ static int tx_gc(lua_State *L)
 {
     struct pg_tx *tx = lua_touserdata(L, 1);
     if (tx->conn)
-        ws_pg_conn_release(tx->conn); /* still in a transaction: closed, the server rolls back */
+        tx->ops->conn_release(tx->conn); /* still in a transaction: closed, the server rolls back */
     tx->conn = NULL;
     tx->phase = TX_OVER;
     return 0;
@@ -160,11 +177,13 @@ static void on_conn(void *ud, struct ws_pg_conn *conn, const char *err)
     lb_task_wake(c->t, NULL);
 }
 
-static void on_result(void *ud, PGresult *res, const char *err, const char *sqlstate)
+static void on_result(void *ud, PGresult *res, struct ws_pg_rows *rows, const char *err,
+                      const char *sqlstate)
 {
     struct pg_call *c = ud;
-    if (res) {
+    if (res || rows) {
         c->res = res;
+        c->rows = rows;
     } else {
         c->failed = true;
         snprintf(c->err, sizeof(c->err), "%s", err);
@@ -216,8 +235,8 @@ static int fail(lua_State *L, struct pg_call *c)
 /* Sends c's statement on conn; on failure c is marked failed. */
 static void send_stmt(struct pg_call *c, struct ws_pg_conn *conn)
 {
-    if (ws_pg_conn_query(conn, c->sql, c->n, c->values, c->lengths, c->formats, c->prepare,
-                         on_result, c, c->err, sizeof(c->err)) != 0)
+    if (c->ops->conn_query(conn, c->sql, c->n, c->values, c->lengths, c->formats, c->prepare,
+                           on_result, c, c->err, sizeof(c->err)) != 0)
         c->failed = true;
 }
 
@@ -243,9 +262,11 @@ static int query_done(lua_State *L, int status, lua_KContext ctx)
     if (t->woke || c->failed)
         return fail(L, c);
     if (c->conn)
-        ws_pg_conn_release(c->conn);
+        c->ops->conn_release(c->conn);
     c->conn = NULL;
     observe(t->a, WS_STATS_STORE_OK, ws_clock_now(t->a->loop) - c->started);
+    if (c->rows)
+        return c->rows->push(c->rows, L);
     return lb_pg_push_rows(L, t->a, c->res); /* c's __gc frees res, even if this raises */
 }
 
@@ -267,12 +288,12 @@ static int start(lua_State *L, struct pg_call *c, lua_KFunction k, lua_KFunction
 {
     if (c->tx)
         return wait_answer(L, c, c->tx->conn, k);
-    c->conn = ws_pg_pool_take(c->pool);
+    c->conn = c->ops->pool_take(c->pool);
     if (c->conn) {
         gauges(c->t->a);
         return wait_answer(L, c, c->conn, k);
     }
-    c->wait = ws_pg_pool_acquire(c->pool, on_conn, c);
+    c->wait = c->ops->pool_acquire(c->pool, on_conn, c);
     return lb_task_wait(L, c->t, c->timeout, false, on_cancel, c, acquired);
 }
 
@@ -285,6 +306,7 @@ static struct pg_call *new_call(lua_State *L, struct lb_task *t, struct ws_pg_po
     memset(c, 0, sizeof(*c) + extra);
     luaL_setmetatable(L, CALL_MT);
     c->t = t;
+    c->ops = ops_of(t->a);
     c->pool = pool;
     c->timeout = timeout;
     c->started = ws_clock_now(t->a->loop);
@@ -332,7 +354,7 @@ static struct pg_client *check_client(lua_State *L)
 static int client_query(lua_State *L)
 {
     struct pg_client *cl = check_client(L);
-    return run_query(L, cl->pool, NULL, cl->timeout);
+    return run_query(L, cl->slot->pool, NULL, cl->timeout);
 }
 
 /* tx:query(sql, ...) inside client:transaction. [-0, +2|+3, e] */
@@ -367,7 +389,7 @@ static struct pg_call *control(lua_State *L, const char *sql)
 static void tx_close(struct lb_task *t, struct pg_tx *tx)
 {
     if (tx->conn)
-        ws_pg_conn_release(tx->conn);
+        tx->ops->conn_release(tx->conn);
     tx->conn = NULL;
     tx->phase = TX_OVER;
     gauges(t->a);
@@ -382,7 +404,8 @@ static int tx_ended(lua_State *L, int status, lua_KContext ctx)
     struct pg_tx *tx = lua_touserdata(L, TX_AT);
     struct pg_call *c = lua_touserdata(L, CALL_AT);
     bool ok = !t->woke && !c->failed;
-    bool rolled_back = ok && tx->committed && strcmp(PQcmdStatus(c->res), "ROLLBACK") == 0;
+    const char *tag = !ok ? "" : c->rows ? c->rows->status : PQcmdStatus(c->res);
+    bool rolled_back = ok && tx->committed && strcmp(tag, "ROLLBACK") == 0;
     if (ok)
         observe(t->a, WS_STATS_STORE_OK, ws_clock_now(t->a->loop) - c->started);
     int failed = ok ? 0 : fail(L, c);
@@ -421,7 +444,7 @@ static int tx_after(lua_State *L, int status, lua_KContext ctx)
         push_failure(L, "the transaction is aborted (a query of it did not finish)", NULL);
     }
     struct pg_call *c = control(L, tx->committed ? "COMMIT" : "ROLLBACK");
-    if (tx->conn && ws_pg_conn_ready(tx->conn))
+    if (tx->conn && tx->ops->conn_ready(tx->conn))
         return wait_answer(L, c, tx->conn, tx_ended);
     /* lost, or still cancelling an abandoned query: closing the connection rolls back */
     tx_close(t, tx);
@@ -491,15 +514,16 @@ static int client_transaction(lua_State *L)
     struct pg_tx *tx = lua_newuserdatauv(L, sizeof(*tx), 0);
     memset(tx, 0, sizeof(*tx));
     luaL_setmetatable(L, TX_MT);
-    tx->pool = cl->pool;
+    tx->ops = ops_of(t->a);
+    tx->pool = cl->slot->pool;
     tx->timeout = cl->timeout;
-    struct pg_call *c = new_call(L, t, cl->pool, cl->timeout, 0);
+    struct pg_call *c = new_call(L, t, tx->pool, cl->timeout, 0);
     c->sql = "BEGIN";
     c->tx = NULL;
     /* take or wait for a connection, then BEGIN on it as the transaction's */
-    struct ws_pg_conn *conn = ws_pg_pool_take(cl->pool);
+    struct ws_pg_conn *conn = tx->ops->pool_take(tx->pool);
     if (!conn) {
-        c->wait = ws_pg_pool_acquire(cl->pool, on_conn, c);
+        c->wait = tx->ops->pool_acquire(tx->pool, on_conn, c);
         return lb_task_wait(L, t, c->timeout, false, on_cancel, c, tx_acquired);
     }
     tx->conn = conn;
@@ -552,30 +576,33 @@ static int pg_connect(lua_State *L)
     struct pg_client opts = {.timeout = a->config.io_timeout, .pool_size = 8};
     read_opts(L, 2, &opts);
     struct lb_pg *pg = pools_of(a);
-    struct ws_pg_pool *pool = NULL;
-    for (size_t i = 0; i < pg->n && !pool; i++)
+    const struct ws_pg_ops *ops = ops_of(a);
+    struct pool_slot *slot = NULL;
+    for (size_t i = 0; i < pg->n && !slot; i++)
         if (strcmp(pg->pools[i].conninfo, conninfo) == 0)
-            pool = pg->pools[i].pool;
-    if (pool) {
-        ws_pg_pool_set_max(pool, (size_t)opts.pool_size);
+            slot = &pg->pools[i];
+    if (slot) {
+        slot->max_conns = (size_t)opts.pool_size;
+        ops->pool_set_max(slot->pool, slot->max_conns);
     } else {
         if (pg->n == MAX_POOLS)
             return push_failure(L, "too many databases (at most 16 distinct conninfo strings)",
                                 NULL);
         char err[512];
-        pool = ws_pg_pool_new(a->loop, conninfo, (size_t)opts.pool_size, opts.timeout, err,
-                              sizeof(err));
+        struct ws_pg_pool *pool = ops->pool_new(a->loop, conninfo, (size_t)opts.pool_size,
+                                                opts.timeout, err, sizeof(err));
         if (!pool)
             return push_failure(L, err, NULL);
-        char *copy = ws_xmalloc(len + 1);
-        memcpy(copy, conninfo, len + 1);
-        pg->pools[pg->n].conninfo = copy;
-        pg->pools[pg->n].pool = pool;
-        pg->n++;
+        slot = &pg->pools[pg->n++];
+        slot->conninfo = ws_xmalloc(len + 1);
+        memcpy(slot->conninfo, conninfo, len + 1);
+        slot->pool = pool;
+        slot->max_conns = (size_t)opts.pool_size;
+        slot->connect_timeout = opts.timeout;
     }
     struct pg_client *cl = push_client(L);
     *cl = opts;
-    cl->pool = pool;
+    cl->slot = slot;
     return 1;
 }
 
@@ -642,9 +669,26 @@ void lb_pg_free(struct lb_app *a)
     if (!a->pg)
         return;
     for (size_t i = 0; i < a->pg->n; i++) {
-        ws_pg_pool_free(a->pg->pools[i].pool);
+        ops_of(a)->pool_free(a->pg->pools[i].pool);
         free(a->pg->pools[i].conninfo);
     }
     free(a->pg);
     a->pg = NULL;
+}
+
+void lb_pg_set_ops(struct lb_app *a, const struct ws_pg_ops *ops)
+{
+    const struct ws_pg_ops *old = ops_of(a);
+    a->pg_ops = ops;
+    for (size_t i = 0; a->pg && i < a->pg->n; i++) {
+        struct pool_slot *s = &a->pg->pools[i];
+        old->pool_free(s->pool);
+        char err[512];
+        s->pool =
+            ops->pool_new(a->loop, s->conninfo, s->max_conns, s->connect_timeout, err, sizeof(err));
+        if (!s->pool) {
+            fprintf(stderr, "ws.pg: the stand-in refused a pool: %s\n", err);
+            abort(); /* the contract: ops make a pool for every conninfo */
+        }
+    }
 }

@@ -1198,3 +1198,161 @@ describe("ws.testing: the real server in-process", function()
     t:close()
   end)
 end)
+
+describe("ws.testing: t:on_pg answers ws.pg", function()
+  -- An app whose messages are SQL (with "|"-separated parameters) and whose answers are the
+  -- rows as JSON, or the error.
+  local APP = [[
+local db = assert(ws.pg.connect("dbname=none", {timeout = 5}))
+return {message = function(conn, data)
+  local sql, p = data:match("^([^|]*)|?(.*)$")
+  local params = {}
+  for v in p:gmatch("[^|]+") do params[#params + 1] = v == "NULL" and ws.null or tonumber(v) or v end
+  local rows, n, state = db:query(sql, table.unpack(params))
+  if not rows then return conn:send("error " .. n .. " " .. tostring(state)) end
+  local out = {}
+  for i, r in ipairs(rows) do
+    out[i] = {}
+    for k, v in pairs(r) do out[i][k] = v == ws.null and "NULL" or (math.type(v) or type(v)) .. ":" .. tostring(v) end
+  end
+  conn:send(ws.json.encode({rows = out, n = n}))
+end}]]
+
+  it("without a stand-in a query answers nil and an error naming on_pg", function()
+    local t = testing.load(APP)
+    local c = t:connect()
+    c:send("SELECT 1")
+    assert.equal("error no stand-in answers ws.pg in this test (on_pg) nil", c:next().data)
+    t:close()
+  end)
+
+  it("hands the SQL and parameters to fn; its rows reach the app exactly as given", function()
+    local t = testing.load(APP)
+    local asked = {}
+    t:on_pg(function(sql, params)
+      asked[#asked + 1] = {sql, params}
+      return {{id = 7, score = 1.5, name = "José", ok = true, gone = testing.null},
+              {id = 8, score = 2.0, name = "", ok = false, gone = "x"}}
+    end)
+    local c = t:connect()
+    c:send("SELECT * FROM t WHERE a = $1 AND b = $2 AND c = $3|42|hi|NULL")
+    local got = json.decode(c:next().data)
+    assert.same({n = 2, rows = {
+      {id = "integer:7", score = "float:1.5", name = "string:José", ok = "boolean:true", gone = "NULL"},
+      {id = "integer:8", score = "float:2.0", name = "string:", ok = "boolean:false", gone = "string:x"},
+    }}, got)
+    -- the parameters as the server would receive them: text, NULL as testing.null
+    assert.same({{"SELECT * FROM t WHERE a = $1 AND b = $2 AND c = $3", {"42", "hi", testing.null}}}, asked)
+    t:close()
+  end)
+
+  it("answers counts, empty results, errors with their SQLSTATE, and a raising fn", function()
+    local t = testing.load(APP)
+    t:on_pg(function(sql)
+      if sql:match("^DELETE") then return {}, 3 end
+      if sql:match("^UPDATE") then return end
+      if sql:match("^INSERT") then return nil, "duplicate key value", "23505" end
+      if sql:match("^BAD") then return "rows" end
+      error("the spec's stand-in broke")
+    end)
+    local c = t:connect()
+    c:send("DELETE FROM t")
+    assert.same({n = 3, rows = {}}, json.decode(c:next().data))
+    c:send("UPDATE t SET a = 1")
+    assert.same({n = 0, rows = {}}, json.decode(c:next().data))
+    c:send("INSERT INTO t VALUES (1)")
+    assert.equal("error 23505: duplicate key value 23505", c:next().data)
+    c:send("BAD")
+    assert.equal("error the stand-in answered neither rows nor nil, err nil", c:next().data)
+    c:send("SELECT")
+    assert.matches("^error .*the spec's stand%-in broke nil$", c:next().data)
+    t:close()
+  end)
+
+  it("refuses rows that are not plain data, naming what is wrong", function()
+    local t = testing.load(APP)
+    t:on_pg(function(sql)
+      if sql == "A" then return {"not a row"} end
+      return {{f = function() end}}
+    end)
+    local c = t:connect()
+    c:send("A")
+    assert.equal("error the stand-in's rows: row 1 is not a table nil", c:next().data)
+    c:send("B")
+    assert.matches("^error the stand%-in's rows: a row holds a function", c:next().data)
+    t:close()
+  end)
+
+  it("answers on the simulated clock: a delay races the query's timeout", function()
+    local t = testing.load(APP)
+    t:on_pg(function(sql)
+      local rows = {{v = sql}}
+      rows.delay = sql == "slow" and 6 or 2
+      return rows
+    end)
+    local c = t:connect()
+    c:send("quick")
+    assert.is_nil(c:next()) -- two seconds later
+    t:advance(1.9)
+    assert.is_nil(c:next())
+    t:advance(0.1)
+    assert.same({n = 1, rows = {{v = "string:quick"}}}, json.decode(c:next().data))
+    c:send("slow")
+    t:advance(5)
+    assert.equal("error timeout nil", c:next().data)
+    t:advance(2) -- the abandoned answer never arrives
+    assert.is_nil(c:next())
+    c:send("pending at the end") -- closing drops its answer and frees what it holds
+    t:close()
+  end)
+
+  it("copies nested tables, and keeps answering after a reload (the pools stay)", function()
+    local src = [[
+local db = ws.pg.connect("dbname=none")
+return {message = function(conn)
+  local rows = db:query("SELECT doc FROM t")
+  conn:send(ws.json.encode(rows[1].doc) .. " v%d")
+end}]]
+    local t = testing.load(src:format(1))
+    t:on_pg(function() return {{doc = {tags = {"a", "b"}, n = testing.null}}} end)
+    local c = t:connect()
+    c:send("x")
+    assert.same({tags = {"a", "b"}, n = json.null}, json.decode((c:next().data:gsub(" v1$", ""))))
+    assert.is_true(t:reload(src:format(2)))
+    c:send("x")
+    assert.matches(" v2$", c:next().data)
+    t:close()
+  end)
+
+  it("passes BEGIN, COMMIT and ROLLBACK to fn, which accepts them by answering nothing", function()
+    local t = testing.load([[
+local db = ws.pg.connect("dbname=none")
+return {message = function(conn, data)
+  local ok, err = db:transaction(function(tx)
+    local rows, e = tx:query("UPDATE t SET v = $1", data)
+    if not rows then return nil, e end
+    if data == "raise" then error("no") end
+    return rows, "done"
+  end)
+  conn:send(tostring(ok) .. " " .. tostring(err))
+end}]])
+    local seen = {}
+    t:on_pg(function(sql, params)
+      seen[#seen + 1] = sql .. (params[1] and " " .. params[1] or "")
+      if params[1] == "bad" then return nil, "value out of range", "22003" end
+      if sql == "UPDATE t SET v = $1" then return {}, 1 end
+    end)
+    local c = t:connect()
+    c:send("good")
+    assert.equal("table done", (c:next().data:gsub("^table: 0x%x+", "table")))
+    c:send("bad")
+    assert.equal("nil 22003: value out of range", c:next().data)
+    c:send("raise")
+    assert.same({kind = "close", code = 1011, reason = "internal error"}, c:next())
+    assert.matches("app.lua:6: no$", t:errors()[1].message) -- raised again after the ROLLBACK
+    assert.same({"BEGIN", "UPDATE t SET v = $1 good", "COMMIT",
+                 "BEGIN", "UPDATE t SET v = $1 bad", "ROLLBACK",
+                 "BEGIN", "UPDATE t SET v = $1 raise", "ROLLBACK"}, seen)
+    t:close()
+  end)
+end)
