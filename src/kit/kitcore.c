@@ -218,9 +218,15 @@ static int kit_load(lua_State *L)
     e->L = L;
     luaL_setmetatable(L, ENGINE_MT);
     int self = lua_gettop(L);
-    snprintf(e->dir, sizeof(e->dir), "/tmp/wskit.XXXXXX");
-    if (!mkdtemp(e->dir))
-        return luaL_error(L, "cannot make a temporary folder");
+    /* the app's file, its log and the unix listener: in memory (tmpfs) when the machine has
+     * one, as making and removing them on a disk file system costs more than the rest of a
+     * load */
+    snprintf(e->dir, sizeof(e->dir), "/dev/shm/wskit.XXXXXX");
+    if (!mkdtemp(e->dir)) {
+        snprintf(e->dir, sizeof(e->dir), "/tmp/wskit.XXXXXX");
+        if (!mkdtemp(e->dir))
+            return luaL_error(L, "cannot make a temporary folder");
+    }
     e->loop = ev_loop_new(EVFLAG_AUTO);
     if (!e->loop)
         return luaL_error(L, "cannot make an event loop");
