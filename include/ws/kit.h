@@ -21,6 +21,7 @@ struct kit_client {
 };
 
 struct kit_http_req;
+struct kit_redis;
 
 struct kit_engine {
     struct ev_loop *loop;
@@ -34,6 +35,7 @@ struct kit_engine {
     int spec_dir; /* while the loop runs in an app's folder: the spec's, to call it there */
     int http_fn;  /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
     struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
+    struct kit_redis *redis;       /* the in-memory Redis ws.redis reaches (kit_redis.c) */
 };
 
 /* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
@@ -65,5 +67,23 @@ void kit_http_install(struct kit_engine *e);
  * headers =, body =, delay = seconds} or nil, err. Without one a call answers nil and an error
  * naming on_http. Pops the value. [-1, +0, m] */
 void kit_http_answer_with(struct kit_engine *e, lua_State *L);
+
+/* ---- kit_redis.c: ws.redis's stand-in, an in-memory Redis per engine ---- */
+
+/* Gives e its in-memory Redis (before its app loads: pools made at load time reach it) and makes
+ * every app of the process send ws.redis to the stand-in (lb_app_standins). Until
+ * kit_redis_enable, commands fail with an error naming t:redis(); subscriptions are kept. */
+void kit_redis_attach(struct kit_engine *e);
+
+/* Frees e's Redis and what it holds (after its app is freed). No-op when there is none. */
+void kit_redis_detach(struct kit_engine *e);
+
+/* From now on e's Redis answers commands. */
+void kit_redis_enable(struct kit_engine *e);
+
+/* Runs the command of the n strings from stack index first of L at once on e's Redis and pushes
+ * its reply as ws.redis gives it (null for a nil reply), or nil and the text of an error reply.
+ * [-0, +1|+2, m] */
+int kit_redis_push_call(struct kit_engine *e, lua_State *L, int first, int n, int null);
 
 #endif

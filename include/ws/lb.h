@@ -340,6 +340,11 @@ void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
 struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
                           bool *config_error, char *err, size_t errlen);
 
+/* When set, lb_app_new calls it on each new app before its code first runs, so that a process
+ * embedding apps (the testing kit, src/kit) can put stand-ins in the ops pointers above (a
+ * connect at load time already uses them). NULL in the server. */
+extern void (*lb_app_standins)(struct lb_app *a);
+
 /* Connects the app to the running server and calls its load(state, info) hook. Returns 0, or
  * WS_E_INVAL when load failed (err filled). */
 int lb_app_attach(struct lb_app *a, struct ws_server *srv, char *err, size_t errlen);

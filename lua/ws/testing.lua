@@ -29,6 +29,7 @@ unless paused (c:pause()): then the server's send queue grows ("queued", drain, 
   t:advance(seconds)  t:now()  t:flush()  t:shutdown([reason])  t:close()
   t:reload([source_or_path]) -> true | false, err
   t:on_http(fn)   fn(req) -> {status =, headers =, body =, delay =} | nil, err
+  t:redis([command, ...]) -> reply | nil, err   an in-memory Redis answers ws.redis from now on
   t.state (ws.state)  t.ws (the app's ws)  t.config  t:eval(code)  t:log()
   t:subscribers(topic)  t:topics()  t:count()  t:get(id)  t:stats()
   t:logs([min_level]) -> {{level =, msg =, fields =}, ...}   every ws.log line
@@ -195,6 +196,18 @@ end
 --- body =}; fn returns {status =, headers =, body =, delay = seconds} or nil, err.
 function Real:on_http(fn)
   self.e:on_http(fn)
+end
+
+--- t:redis(): from now on an in-memory Redis of this test answers the app's ws.redis (every URL
+--- reaches it; without t:redis(), calls answer nil, err). t:redis(command, ...) also runs a command
+--- on it at once and returns the reply as ws.redis gives it (json.null for nil), or nil, err.
+function Real:redis(...)
+  self.e:redis()
+  if select("#", ...) > 0 then
+    local reply, err = self.e:redis_call(json.null, ...)
+    for _, c in ipairs(self.clients) do c:_read() end -- what a PUBLISH set off
+    return reply, err
+  end
 end
 
 --- t:reload([source_or_path]) -> true | false, err: a new version, as SIGHUP does: from the app's
