@@ -81,6 +81,12 @@ void kit_redis_detach(struct kit_engine *e);
 /* From now on e's Redis answers commands. */
 void kit_redis_enable(struct kit_engine *e);
 
+/* The function on top of L's stack (or nil; L NULL: none, at the end) is asked first for each
+ * command e's Redis runs for the app: fn({name, arg, ...}) returns nothing (the data answers),
+ * a reply (a string, an integer, null, a list), or nil, err (an error reply). Pops the value.
+ * [-1, +0, m] */
+void kit_redis_answer_with(struct kit_engine *e, lua_State *L);
+
 /* Runs the command of the n strings from stack index first of L at once on e's Redis and pushes
  * its reply as ws.redis gives it (null for a nil reply), or nil and the text of an error reply.
  * [-0, +1|+2, m] */

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct kit_redis_pool;
 
@@ -59,6 +60,7 @@ struct kit_redis {
     struct kit_engine *e;
     struct kit_rdb *data;
     bool enabled;
+    int fn; /* the spec's t:on_redis function (a registry ref), or LUA_NOREF */
     struct kit_redis_req *head, *tail;     /* requests, oldest first */
     struct kit_redis_msg *msgs, *msgs_end; /* messages, oldest first */
     struct kit_redis_pool *pools;
@@ -353,6 +355,7 @@ void kit_redis_attach(struct kit_engine *e)
     ev_init(&db->tick, on_tick);
     db->e = e;
     db->data = kit_rdb_new(publish, db);
+    db->fn = LUA_NOREF;
     db->next = all;
     all = db;
     e->redis = db;
@@ -372,6 +375,7 @@ void kit_redis_detach(struct kit_engine *e)
     while (*at != db)
         at = &(*at)->next;
     *at = db->next;
+    kit_redis_answer_with(e, NULL);
     kit_rdb_free(db->data);
     free(db);
     e->redis = NULL;
@@ -380,6 +384,97 @@ void kit_redis_detach(struct kit_engine *e)
 void kit_redis_enable(struct kit_engine *e)
 {
     e->redis->enabled = true;
+}
+
+/* Makes v from the stand-in's reply at idx of L: a string, an integer, null (a nil reply), a list
+ * (an array; {false, message} in it an error). Anything else becomes an error reply naming it. */
+static void read_reply(lua_State *L, int idx, int depth, struct ws_redis_value *v)
+{
+    int type = lua_type(L, idx);
+    if (type == LUA_TNUMBER && lua_isinteger(L, idx)) {
+        kit_rdb_int(v, (long long)lua_tointeger(L, idx));
+    } else if (type == LUA_TSTRING || type == LUA_TNUMBER) {
+        size_t n;
+        const char *p = lua_tolstring(L, idx, &n);
+        kit_rdb_reply(v, WS_REDIS_STRING, p, n);
+    } else if (type == LUA_TLIGHTUSERDATA) {
+        v->kind = WS_REDIS_NIL; /* json.null, ws.null */
+    } else if (type == LUA_TTABLE && depth < 32 && lua_checkstack(L, 4)) {
+        lua_rawgeti(L, idx, 1);
+        bool error = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        if (error) {
+            lua_rawgeti(L, idx, 2);
+            size_t n = 0;
+            const char *p = lua_isstring(L, -1) ? lua_tolstring(L, -1, &n) : "ERR";
+            kit_rdb_reply(v, WS_REDIS_ERROR, p, n ? n : strlen(p));
+            lua_pop(L, 1);
+            return;
+        }
+        size_t n = (size_t)lua_rawlen(L, idx);
+        struct ws_redis_value *el = kit_rdb_array(v, n);
+        for (size_t i = 0; i < n; i++) {
+            lua_rawgeti(L, idx, (lua_Integer)i + 1);
+            read_reply(L, lua_gettop(L), depth + 1, &el[i]);
+            lua_pop(L, 1);
+        }
+    } else {
+        kit_rdb_error(v, "ERR on_redis answered a %s", luaL_typename(L, idx));
+    }
+}
+
+/* The spec's t:on_redis function, asked from the loop: fn(command) with command = {name, arg,
+ * ...} returns nothing (the data answers), a reply, or nil, err (an error reply). */
+static bool ask_spec(void *ud, size_t argc, const struct kit_rstr *argv, struct ws_redis_value *out)
+{
+    struct kit_redis *db = ud;
+    struct kit_engine *e = db->e;
+    lua_State *L = e->L;
+    if (!L || !lua_checkstack(L, 8))
+        return false;
+    int top = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, db->fn);
+    lua_createtable(L, (int)argc, 0);
+    for (size_t i = 0; i < argc; i++) {
+        lua_pushlstring(L, argv[i].p, argv[i].n);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    bool moved = e->spec_dir >= 0 && fchdir(e->spec_dir) == 0; /* the spec's code, its folder */
+    int rc = lua_pcall(L, 1, LUA_MULTRET, 0);
+    if (moved)
+        (void)!chdir(e->dir);
+    bool answered = true;
+    if (rc != LUA_OK) {
+        const char *msg = lua_isstring(L, -1) ? lua_tostring(L, -1) : "the stand-in failed";
+        kit_rdb_error(out, "ERR on_redis: %s", msg);
+    } else if (lua_gettop(L) == top) {
+        answered = false; /* nothing: the data answers */
+    } else if (lua_isnil(L, top + 1)) {
+        const char *msg = lua_isstring(L, top + 2) ? lua_tostring(L, top + 2) : "ERR";
+        kit_rdb_reply(out, WS_REDIS_ERROR, msg, strlen(msg));
+    } else {
+        read_reply(L, top + 1, 0, out);
+    }
+    lua_settop(L, top);
+    return answered;
+}
+
+void kit_redis_answer_with(struct kit_engine *e, lua_State *L)
+{
+    struct kit_redis *db = e->redis;
+    lua_State *owner = L ? L : e->L;
+    if (owner)
+        luaL_unref(owner, LUA_REGISTRYINDEX, db->fn);
+    db->fn = LUA_NOREF;
+    kit_rdb_answer_with(db->data, NULL, NULL);
+    if (!L)
+        return;
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    db->fn = luaL_ref(L, LUA_REGISTRYINDEX);
+    kit_rdb_answer_with(db->data, ask_spec, db);
 }
 
 /* Pushes v as ws.redis does: strings, integers, null, lists, an error inside a list as {false,
@@ -424,7 +519,10 @@ int kit_redis_push_call(struct kit_engine *e, lua_State *L, int first, int n, in
         argv[i] = lua_tolstring(L, first + i, &argvlen[i]);
     struct ws_redis_result res = {.ok = true, .n = 1};
     res.values = ws_xcalloc(1, sizeof(*res.values));
+    kit_rdb_answer_with(db->data, NULL, NULL); /* the spec reaches the data itself */
     kit_rdb_run(db->data, now_ms(db), 1, &n, argv, argvlen, res.values);
+    if (db->fn != LUA_NOREF)
+        kit_rdb_answer_with(db->data, ask_spec, db);
     lua_pop(L, 2);
     int pushed = 1;
     if (res.values[0].kind == WS_REDIS_ERROR) {

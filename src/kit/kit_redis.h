@@ -30,6 +30,17 @@ void kit_rdb_free(struct kit_rdb *db);
 void kit_rdb_run(struct kit_rdb *db, long long now_ms, size_t ncmds, const int *argc,
                  const char *const *argv, const size_t *argvlen, struct ws_redis_value *out);
 
+struct kit_rstr;
+
+/* Asked for each command run before the data (argv[0] the name): true when it made the reply in
+ * out, false to let the data answer. */
+typedef bool (*kit_rdb_answer_fn)(void *ud, size_t argc, const struct kit_rstr *argv,
+                                  struct ws_redis_value *out);
+
+/* From now on answer (NULL: none) is asked first, with ud. Inside MULTI the commands are still
+ * checked against the ones the data knows. */
+void kit_rdb_answer_with(struct kit_rdb *db, kit_rdb_answer_fn answer, void *ud);
+
 /* ---- for the command files (kit_redis_db.c, kit_redis_types.c) ---- */
 
 enum kit_rtype { KIT_R_STRING, KIT_R_HASH, KIT_R_LIST, KIT_R_SET };

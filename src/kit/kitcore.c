@@ -105,6 +105,18 @@ static int engine_redis(lua_State *L)
     return 0;
 }
 
+/* e:on_redis(fn): fn(command) is asked first for each command the app sends (see
+ * kit_redis_answer_with); nil: none. */
+static int engine_on_redis(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    kit_redis_answer_with(e, L);
+    return 0;
+}
+
 /* e:redis_call(null, command, ...) -> reply | nil, err: runs a command on the in-memory Redis at
  * once, for the spec (null stands for a nil reply). */
 static int engine_redis_call(lua_State *L)
@@ -648,6 +660,7 @@ int luaopen_ws_kitcore(lua_State *L)
         {"on_http", engine_on_http},
         {"redis", engine_redis},
         {"redis_call", engine_redis_call},
+        {"on_redis", engine_on_redis},
         {"reload", engine_reload},
         {"eval", engine_eval},
         {"log", engine_log},

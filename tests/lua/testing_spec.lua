@@ -1356,6 +1356,35 @@ describe("ws.testing: the in-memory Redis (t:redis)", function()
     t:close()
   end)
 
+  it("lets the spec answer commands first (t:on_redis), the data answering the rest", function()
+    local t = testing.load(APP)
+    t:redis()
+    t:redis("SET", "k", "stored")
+    local asked = {}
+    t:on_redis(function(cmd)
+      asked[#asked + 1] = table.concat(cmd, " ")
+      if cmd[1] == "ZADD" then return 1 end
+      if cmd[1] == "ZRANGE" then return {"a", null, {false, "ERR inner"}} end
+      if cmd[1] == "INCR" then return nil, "LOADING Redis is loading the dataset in memory" end
+      if cmd[1] == "BOOM" then error("spec failure", 0) end
+      if cmd[1] == "FN" then return print end
+    end)
+    local c = t:connect()
+    assert.equal(1, (call(c, "ZADD", "z", "1", "a")))
+    assert.same({"a", null, {false, "ERR inner"}}, (call(c, "ZRANGE", "z", "0", "-1")))
+    assert.equal("stored", (call(c, "GET", "k"))) -- nothing returned: the data answers
+    assert.same({nil, "LOADING Redis is loading the dataset in memory"}, {call(c, "INCR", "n")})
+    assert.same({nil, "ERR on_redis: spec failure"}, {call(c, "BOOM")})
+    assert.same({nil, "ERR on_redis answered a function"}, {call(c, "FN")})
+    assert.same({1, "stored"}, (call(c, "pipeline", {"ZADD", "z", "2", "b"}, {"GET", "k"})))
+    assert.equal("stored", t:redis("GET", "k")) -- the spec's own calls reach the data
+    assert.same({"ZADD z 1 a", "ZRANGE z 0 -1", "GET k", "INCR n", "BOOM", "FN", "ZADD z 2 b",
+                 "GET k"}, asked)
+    t:on_redis(nil)
+    assert.matches("^ERR unknown command 'ZADD'", select(2, call(c, "ZADD", "z", "1", "a")))
+    t:close()
+  end)
+
   it("delivers PUBLISH to the app's subscriptions, from the app or the spec", function()
     local t = testing.load([[
       local R = assert(ws.redis.connect("redis://cache.test"))
