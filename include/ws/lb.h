@@ -45,6 +45,7 @@ struct lb_wsclient;
 struct lb_pg;
 struct lb_redis;
 struct ws_redis_ops;
+struct ws_redis_value;
 
 struct lb_app {
     lua_State *L;
@@ -322,6 +323,11 @@ void lb_redis_cancel_subs(struct lb_app *a, uint64_t keep_generation);
 /* Closes every pool (after the state: no call refers to one any more); requests still in flight
  * are dropped without a callback. */
 void lb_redis_free(struct lb_app *a);
+
+/* Pushes a Redis reply as ws.redis gives it: strings for bulk and status replies, integers, the
+ * value at stack index null for nil, arrays as sequences, an error as {false, message}.
+ * [-0, +1, m] */
+void lb_redis_push_reply(lua_State *L, const struct ws_redis_value *v, int null);
 
 /* ---- lb_ws ---- */
 

@@ -477,39 +477,6 @@ void kit_redis_answer_with(struct kit_engine *e, lua_State *L)
     kit_rdb_answer_with(db->data, ask_spec, db);
 }
 
-/* Pushes v as ws.redis does: strings, integers, null, lists, an error inside a list as {false,
- * message}. [-0, +1, m] */
-static void push_value(lua_State *L, const struct ws_redis_value *v, int null)
-{
-    luaL_checkstack(L, 3, "redis reply nested too deep");
-    switch (v->kind) {
-    case WS_REDIS_STRING:
-    case WS_REDIS_STATUS:
-        lua_pushlstring(L, v->str, v->len);
-        break;
-    case WS_REDIS_INTEGER:
-        lua_pushinteger(L, (lua_Integer)v->integer);
-        break;
-    case WS_REDIS_NIL:
-        lua_pushvalue(L, null);
-        break;
-    case WS_REDIS_ERROR:
-        lua_createtable(L, 2, 0);
-        lua_pushboolean(L, 0);
-        lua_rawseti(L, -2, 1);
-        lua_pushlstring(L, v->str, v->len);
-        lua_rawseti(L, -2, 2);
-        break;
-    case WS_REDIS_ARRAY:
-        lua_createtable(L, (int)v->len, 0);
-        for (size_t i = 0; i < v->len; i++) {
-            push_value(L, &v->elements[i], null);
-            lua_rawseti(L, -2, (lua_Integer)i + 1);
-        }
-        break;
-    }
-}
-
 int kit_redis_push_call(struct kit_engine *e, lua_State *L, int first, int n, int null)
 {
     struct kit_redis *db = e->redis;
@@ -530,7 +497,8 @@ int kit_redis_push_call(struct kit_engine *e, lua_State *L, int first, int n, in
         lua_pushlstring(L, res.values[0].str, res.values[0].len);
         pushed = 2;
     } else {
-        push_value(L, &res.values[0], null); /* may raise: res would leak, for want of memory */
+        lb_redis_push_reply(L, &res.values[0],
+                            null); /* may raise: res would leak, for want of memory */
     }
     ws_redis_result_free(&res);
     return pushed;

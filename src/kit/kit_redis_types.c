@@ -10,6 +10,61 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- shared ---- */
+
+/* HDEL and SREM: removes the fields (step 2) or members (step 1) named after the key. */
+static void remove_named(struct kit_rcmd *c, enum kit_rtype type, size_t step)
+{
+    bool bad;
+    struct kit_rkey *k = kit_rdb_find_typed(c, 1, type, &bad);
+    if (bad)
+        return;
+    long long n = 0;
+    for (size_t i = 2; k && i < c->argc; i++) {
+        size_t at = kit_rdb_find_item(k, &c->argv[i], step);
+        if (at != SIZE_MAX) {
+            kit_rdb_remove(k, at, step);
+            n++;
+        }
+    }
+    kit_rdb_drop_if_empty(c, k);
+    kit_rdb_int(c->out, n);
+}
+
+/* HLEN, LLEN, SCARD: the items, per entry (a hash's are field and value). */
+static void count(struct kit_rcmd *c, enum kit_rtype type, size_t per)
+{
+    bool bad;
+    struct kit_rkey *k = kit_rdb_find_typed(c, 1, type, &bad);
+    if (!bad)
+        kit_rdb_int(c->out, k ? (long long)(k->n / per) : 0);
+}
+
+static void c_hdel(struct kit_rcmd *c)
+{
+    remove_named(c, KIT_R_HASH, 2);
+}
+
+static void c_srem(struct kit_rcmd *c)
+{
+    remove_named(c, KIT_R_SET, 1);
+}
+
+static void c_hlen(struct kit_rcmd *c)
+{
+    count(c, KIT_R_HASH, 2);
+}
+
+static void c_llen(struct kit_rcmd *c)
+{
+    count(c, KIT_R_LIST, 1);
+}
+
+static void c_scard(struct kit_rcmd *c)
+{
+    count(c, KIT_R_SET, 1);
+}
+
 /* ---- hashes ---- */
 
 static void c_hset(struct kit_rcmd *c)
@@ -54,24 +109,6 @@ static void c_hget(struct kit_rcmd *c)
         c->out->kind = WS_REDIS_NIL;
 }
 
-static void c_hdel(struct kit_rcmd *c)
-{
-    bool bad;
-    struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_HASH, &bad);
-    if (bad)
-        return;
-    long long n = 0;
-    for (size_t i = 2; k && i < c->argc; i++) {
-        size_t at = kit_rdb_find_item(k, &c->argv[i], 2);
-        if (at != SIZE_MAX) {
-            kit_rdb_remove(k, at, 2);
-            n++;
-        }
-    }
-    kit_rdb_drop_if_empty(c, k);
-    kit_rdb_int(c->out, n);
-}
-
 static void c_hgetall(struct kit_rcmd *c)
 {
     bool bad;
@@ -82,14 +119,6 @@ static void c_hgetall(struct kit_rcmd *c)
     struct ws_redis_value *el = kit_rdb_array(c->out, n);
     for (size_t i = 0; i < n; i++)
         kit_rdb_reply(&el[i], WS_REDIS_STRING, k->items[i].p, k->items[i].n);
-}
-
-static void c_hlen(struct kit_rcmd *c)
-{
-    bool bad;
-    struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_HASH, &bad);
-    if (!bad)
-        kit_rdb_int(c->out, k ? (long long)k->n / 2 : 0);
 }
 
 static void c_hincrby(struct kit_rcmd *c)
@@ -181,11 +210,19 @@ static void c_rpop(struct kit_rcmd *c)
     pop(c, false);
 }
 
-/* start..stop of a list of n as Redis reads them (negative from the end, clamped); false when
- * the range is empty. */
-static bool range(long long start, long long stop, size_t n, size_t *from, size_t *to)
+/* The list of LRANGE and LTRIM (argv[1]) and the part start..stop (argv[2], argv[3]) picks as
+ * Redis reads them: negative from the end, clamped. Returns -1 with the reply made (not an
+ * integer, the wrong type), 0 when the part is empty (*k NULL when there is no list), 1 else. */
+static int list_part(struct kit_rcmd *c, struct kit_rkey **k, size_t *from, size_t *to)
 {
-    long long len = (long long)n;
+    long long start, stop;
+    bool bad;
+    if (!kit_rdb_arg_ll(c, 2, &start) || !kit_rdb_arg_ll(c, 3, &stop))
+        return -1;
+    *k = kit_rdb_find_typed(c, 1, KIT_R_LIST, &bad);
+    if (bad)
+        return -1;
+    long long len = *k ? (long long)(*k)->n : 0;
     if (start < 0)
         start = len + start < 0 ? 0 : len + start;
     if (stop < 0)
@@ -193,42 +230,32 @@ static bool range(long long start, long long stop, size_t n, size_t *from, size_
     if (stop >= len)
         stop = len - 1;
     if (start > stop || start >= len)
-        return false;
+        return 0;
     *from = (size_t)start;
     *to = (size_t)stop;
-    return true;
+    return 1;
 }
 
 static void c_lrange(struct kit_rcmd *c)
 {
-    long long start, stop;
-    if (!kit_rdb_arg_ll(c, 2, &start) || !kit_rdb_arg_ll(c, 3, &stop))
+    struct kit_rkey *k;
+    size_t from = 0, to = 0;
+    int part = list_part(c, &k, &from, &to);
+    if (part < 0)
         return;
-    bool bad;
-    struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_LIST, &bad);
-    if (bad)
-        return;
-    size_t from, to;
-    if (!k || !range(start, stop, k->n, &from, &to)) {
-        kit_rdb_array(c->out, 0);
-        return;
-    }
-    struct ws_redis_value *el = kit_rdb_array(c->out, to - from + 1);
-    for (size_t i = from; i <= to; i++)
+    struct ws_redis_value *el = kit_rdb_array(c->out, part ? to - from + 1 : 0);
+    for (size_t i = from; part && i <= to; i++)
         kit_rdb_reply(&el[i - from], WS_REDIS_STRING, k->items[i].p, k->items[i].n);
 }
 
 static void c_ltrim(struct kit_rcmd *c)
 {
-    long long start, stop;
-    if (!kit_rdb_arg_ll(c, 2, &start) || !kit_rdb_arg_ll(c, 3, &stop))
+    struct kit_rkey *k;
+    size_t from = 0, to = 0;
+    int part = list_part(c, &k, &from, &to);
+    if (part < 0)
         return;
-    bool bad;
-    struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_LIST, &bad);
-    if (bad)
-        return;
-    size_t from, to;
-    if (k && range(start, stop, k->n, &from, &to)) {
+    if (part) {
         kit_rdb_remove(k, to + 1, k->n - to - 1);
         kit_rdb_remove(k, 0, from);
     } else if (k) {
@@ -236,14 +263,6 @@ static void c_ltrim(struct kit_rcmd *c)
     }
     kit_rdb_drop_if_empty(c, k);
     kit_rdb_ok(c->out);
-}
-
-static void c_llen(struct kit_rcmd *c)
-{
-    bool bad;
-    struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_LIST, &bad);
-    if (!bad)
-        kit_rdb_int(c->out, k ? (long long)k->n : 0);
 }
 
 /* ---- sets ---- */
@@ -262,24 +281,6 @@ static void c_sadd(struct kit_rcmd *c)
             kit_rdb_insert(k, k->n, c->argv[i].p, c->argv[i].n);
             n++;
         }
-    kit_rdb_int(c->out, n);
-}
-
-static void c_srem(struct kit_rcmd *c)
-{
-    bool bad;
-    struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_SET, &bad);
-    if (bad)
-        return;
-    long long n = 0;
-    for (size_t i = 2; k && i < c->argc; i++) {
-        size_t at = kit_rdb_find_item(k, &c->argv[i], 1);
-        if (at != SIZE_MAX) {
-            kit_rdb_remove(k, at, 1);
-            n++;
-        }
-    }
-    kit_rdb_drop_if_empty(c, k);
     kit_rdb_int(c->out, n);
 }
 
@@ -303,14 +304,6 @@ static void c_sismember(struct kit_rcmd *c)
     struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_SET, &bad);
     if (!bad)
         kit_rdb_int(c->out, k && kit_rdb_find_item(k, &c->argv[2], 1) != SIZE_MAX);
-}
-
-static void c_scard(struct kit_rcmd *c)
-{
-    bool bad;
-    struct kit_rkey *k = kit_rdb_find_typed(c, 1, KIT_R_SET, &bad);
-    if (!bad)
-        kit_rdb_int(c->out, k ? (long long)k->n : 0);
 }
 
 const struct kit_rdb_command kit_rdb_aggregates[] = {
