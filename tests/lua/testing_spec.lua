@@ -1385,6 +1385,26 @@ describe("ws.testing: the in-memory Redis (t:redis)", function()
     t:close()
   end)
 
+  it("keeps its data across a reload; only the new version's subscriptions hear PUBLISH", function()
+    local source = [[
+      local R = assert(ws.redis.connect("redis://cache.test"))
+      R:subscribe("news", function(_, msg) ws.broadcast("%s " .. msg) end)
+      return {message = function(conn) conn:send("n=" .. R:call("INCR", "n")) end}]]
+    local t = testing.load(source:format("v1"))
+    t:redis()
+    local c = t:connect()
+    c:send("x")
+    assert.equal("n=1", c:next().data)
+    assert.equal(1, t:redis("PUBLISH", "news", "a"))
+    assert.equal("v1 a", c:next().data)
+    assert.is_true(t:reload(source:format("v2")))
+    c:send("x")
+    assert.equal("n=2", c:next().data)
+    assert.equal(1, t:redis("PUBLISH", "news", "b"))
+    assert.same({{kind = "text", data = "v2 b"}}, c:received())
+    t:close()
+  end)
+
   it("delivers PUBLISH to the app's subscriptions, from the app or the spec", function()
     local t = testing.load([[
       local R = assert(ws.redis.connect("redis://cache.test"))
