@@ -162,26 +162,56 @@ static void c_decrby(struct kit_rcmd *c)
         incr_by(c, -by);
 }
 
+/* EXPIRE/PEXPIRE key time [NX|XX|GT|LT ...] as Redis 7 (expire.c expireGenericCommand): the
+ * options first, then the time; no expiry counts as infinite for GT and LT. */
 static void expire_in(struct kit_rcmd *c, long long scale)
 {
+    bool nx = false, xx = false, gt = false, lt = false;
+    for (size_t i = 3; i < c->argc; i++) {
+        const struct kit_rstr *a = &c->argv[i];
+        if (kit_rdb_is(a, "NX")) {
+            nx = true;
+        } else if (kit_rdb_is(a, "XX")) {
+            xx = true;
+        } else if (kit_rdb_is(a, "GT")) {
+            gt = true;
+        } else if (kit_rdb_is(a, "LT")) {
+            lt = true;
+        } else {
+            kit_rdb_error(c->out, "ERR Unsupported option %.*s", (int)a->n, a->p);
+            return;
+        }
+    }
+    if (nx && (xx || gt || lt)) {
+        kit_rdb_error(c->out,
+                      "ERR NX and XX, GT or LT options at the same time are not compatible");
+        return;
+    }
+    if (gt && lt) {
+        kit_rdb_error(c->out, "ERR GT and LT options at the same time are not compatible");
+        return;
+    }
     long long v;
     if (!kit_rdb_arg_ll(c, 2, &v))
         return;
-    if (c->argc > 3) {
-        kit_rdb_error(c->out, "ERR Unsupported option %.*s", (int)c->argv[3].n, c->argv[3].p);
-        return;
-    }
     if (v > LLONG_MAX / scale - c->now || v < (LLONG_MIN + c->now) / scale) {
         kit_rdb_error(c->out, "ERR invalid expire time in '%s' command",
                       scale == 1000 ? "expire" : "pexpire");
         return;
     }
+    long long when = c->now + v * scale;
     struct kit_rkey *k = kit_rdb_find(c, &c->argv[1]);
-    if (k && v <= 0)
-        kit_rdb_delete(c, k); /* a time in the past deletes the key */
-    else if (k)
-        k->expire_ms = c->now + v * scale;
-    kit_rdb_int(c->out, k != NULL);
+    long long cur = k ? k->expire_ms : 0;
+    if (!k || (nx && cur) || (xx && !cur) || (gt && (!cur || when <= cur)) ||
+        (lt && cur && when >= cur)) {
+        kit_rdb_int(c->out, 0);
+        return;
+    }
+    if (when <= c->now)
+        kit_rdb_delete(c, k); /* a time already past deletes the key */
+    else
+        k->expire_ms = when;
+    kit_rdb_int(c->out, 1);
 }
 
 static void c_expire(struct kit_rcmd *c)

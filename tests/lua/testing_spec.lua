@@ -1274,6 +1274,11 @@ describe("ws.testing: the in-memory Redis (t:redis)", function()
     assert.equal("v", t:redis("SET", "k", "w", "GET"))
     assert.equal(1, t:redis("EXPIRE", "k", 3))
     assert.equal(0, t:redis("EXPIRE", "missing", 3))
+    assert.equal(0, t:redis("EXPIRE", "k", 9, "NX")) -- it has one
+    assert.equal(0, t:redis("EXPIRE", "k", 2, "GT"))
+    assert.equal(3, t:redis("TTL", "k"))
+    assert.same({nil, "ERR GT and LT options at the same time are not compatible"},
+                {t:redis("EXPIRE", "k", 2, "GT", "LT")})
     t:advance(3)
     assert.equal(1, t:redis("EXISTS", "k")) -- Redis: expired once the time is past
     t:advance(0.001)
