@@ -259,6 +259,37 @@ describe("chat", function()
       assert.equal(55, joined.history[50].id)
     end)
 
+    it("are kept in Redis when the server has one: ids from INCR, replayed to newcomers", function()
+      local r = testing.load(APP, {now = NOW, config = {redis = "redis://chat.test:6379"}})
+      r:redis() -- an in-memory Redis for this test answers ws.redis
+      -- what another node (or an earlier run) left there
+      local earlier = {type = "message", room = "lobby", id = 7, nick = "old", text = "before", ts = 1}
+      r:redis("RPUSH", "chat:room:lobby:history", json.encode(earlier))
+      r:redis("SET", "chat:last_id", "7")
+      local a = connect(r)
+      send(a, {type = "join", room = "lobby", nick = "ann"})
+      local joined = a:next_json()
+      assert.same({earlier}, joined.history)
+      for i = 1, 55 do
+        send(a, {type = "say", text = "m" .. i})
+        r:advance(0.5)
+      end
+      assert.equal("62", r:redis("GET", "chat:last_id"))
+      assert.equal(50, r:redis("LLEN", "chat:room:lobby:history")) -- RPUSH then LTRIM
+      local c = assert(r:connect())
+      assert.equal("redis", c:next_json().scope)
+      send(c, {type = "join", room = "lobby", nick = "bea"})
+      joined = c:next_json()
+      assert.equal("joined", joined.type)
+      assert.equal(50, #joined.history)
+      assert.equal("m6", joined.history[1].text)
+      assert.equal(13, joined.history[1].id)
+      assert.equal("m55", joined.history[50].text)
+      assert.equal(62, joined.history[50].id)
+      assert.same({}, r:errors())
+      r:close()
+    end)
+
     it("are kept per room in ws.state without Redis, the last 50 of each", function()
       local a = member(t, "lobby", "ann")
       local b = member(t, "other", "bea", {a})

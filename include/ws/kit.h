@@ -1,8 +1,9 @@
 /* The parts of ws.kitcore (src/kit), the real server in-process for Lua specs: the engine (the
  * server and its app on a loop with a simulated clock, clients on in-memory connections) and the
- * stand-ins that answer for outside services, one file each (kit_http.c: ws.http). A stand-in
- * replaces the client's ops table in struct lb_app and asks a function of the spec's, in the
- * spec's Lua state, always from the loop and on the simulated clock. */
+ * stand-ins that answer for outside services, one file each (kit_http.c: ws.http; kit_pg.c:
+ * ws.pg; kit_redis.c: ws.redis, an in-memory Redis). A stand-in replaces the client's ops table in struct lb_app and
+ * asks a function of the spec's, in the spec's Lua state, always from the loop and on the
+ * simulated clock. */
 #ifndef WS_KIT_H
 #define WS_KIT_H
 
@@ -21,6 +22,7 @@ struct kit_client {
 };
 
 struct kit_http_req;
+struct kit_redis;
 
 struct kit_engine {
     struct ev_loop *loop;
@@ -35,6 +37,7 @@ struct kit_engine {
     int http_fn;  /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
     struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
     int pg_fn;                     /* the spec's ws.pg stand-in (a registry ref), or LUA_NOREF */
+    struct kit_redis *redis;       /* the in-memory Redis ws.redis reaches (kit_redis.c) */
 };
 
 /* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
@@ -82,5 +85,29 @@ void kit_pg_install(struct kit_engine *e);
  * nothing (no rows), or nil, err [, sqlstate]. Without one a query answers nil and an error
  * naming on_pg. Pops the value. [-1, +0, m] */
 void kit_pg_answer_with(struct kit_engine *e, lua_State *L);
+
+/* ---- kit_redis.c: ws.redis's stand-in, an in-memory Redis per engine ---- */
+
+/* Gives e its in-memory Redis (before its app loads: pools made at load time reach it) and makes
+ * every app of the process send ws.redis to the stand-in (lb_app_standins). Until
+ * kit_redis_enable, commands fail with an error naming t:redis(); subscriptions are kept. */
+void kit_redis_attach(struct kit_engine *e);
+
+/* Frees e's Redis and what it holds (after its app is freed). No-op when there is none. */
+void kit_redis_detach(struct kit_engine *e);
+
+/* From now on e's Redis answers commands. */
+void kit_redis_enable(struct kit_engine *e);
+
+/* The function on top of L's stack (or nil; L NULL: none, at the end) is asked first for each
+ * command e's Redis runs for the app: fn({name, arg, ...}) returns nothing (the data answers),
+ * a reply (a string, an integer, null, a list), or nil, err (an error reply). Pops the value.
+ * [-1, +0, m] */
+void kit_redis_answer_with(struct kit_engine *e, lua_State *L);
+
+/* Runs the command of the n strings from stack index first of L at once on e's Redis and pushes
+ * its reply as ws.redis gives it (null for a nil reply), or nil and the text of an error reply.
+ * [-0, +1|+2, m] */
+int kit_redis_push_call(struct kit_engine *e, lua_State *L, int first, int n, int null);
 
 #endif

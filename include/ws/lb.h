@@ -46,6 +46,7 @@ struct lb_pg;
 struct ws_pg_ops;
 struct lb_redis;
 struct ws_redis_ops;
+struct ws_redis_value;
 
 struct lb_app {
     lua_State *L;
@@ -330,6 +331,11 @@ void lb_redis_cancel_subs(struct lb_app *a, uint64_t keep_generation);
  * are dropped without a callback. */
 void lb_redis_free(struct lb_app *a);
 
+/* Pushes a Redis reply as ws.redis gives it: strings for bulk and status replies, integers, the
+ * value at stack index null for nil, arrays as sequences, an error as {false, message}.
+ * [-0, +1, m] */
+void lb_redis_push_reply(lua_State *L, const struct ws_redis_value *v, int null);
+
 /* ---- lb_ws ---- */
 
 /* Creates the ws module, sets the global and package.loaded.ws. [-0, +0, m] */
@@ -346,6 +352,11 @@ void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
  * the problem). */
 struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
                           bool *config_error, char *err, size_t errlen);
+
+/* When set, lb_app_new calls it on each new app before its code first runs, so that a process
+ * embedding apps (the testing kit, src/kit) can put stand-ins in the ops pointers above (a
+ * connect at load time already uses them). NULL in the server. */
+extern void (*lb_app_standins)(struct lb_app *a);
 
 /* Connects the app to the running server and calls its load(state, info) hook. Returns 0, or
  * WS_E_INVAL when load failed (err filled). */

@@ -30,6 +30,8 @@ unless paused (c:pause()): then the server's send queue grows ("queued", drain, 
   t:reload([source_or_path]) -> true | false, err
   t:on_http(fn)   fn(req) -> {status =, headers =, body =, delay =} | nil, err
   t:on_pg(fn)     fn(sql, params) -> rows [, count] (rows.delay =) | nothing | nil, err [, sqlstate]
+  t:redis([command, ...]) -> reply | nil, err   an in-memory Redis answers ws.redis from now on
+  t:on_redis(fn)  fn({name, arg, ...}) -> nothing (the data answers) | reply | nil, err
   t.state (ws.state)  t.ws (the app's ws)  t.config  t:eval(code)  t:log()
   t:subscribers(topic)  t:topics()  t:count()  t:get(id)  t:stats()
   t:logs([min_level]) -> {{level =, msg =, fields =}, ...}   every ws.log line
@@ -205,6 +207,25 @@ end
 --- nil, err [, sqlstate]. nil: no stand-in (queries answer nil, err).
 function Real:on_pg(fn)
   self.e:on_pg(fn)
+end
+
+--- t:redis(): from now on an in-memory Redis of this test answers the app's ws.redis (every URL
+--- reaches it; without t:redis(), calls answer nil, err). t:redis(command, ...) also runs a command
+--- on it at once and returns the reply as ws.redis gives it (json.null for nil), or nil, err.
+function Real:redis(...)
+  self.e:redis()
+  if select("#", ...) > 0 then
+    local reply, err = self.e:redis_call(json.null, ...)
+    for _, c in ipairs(self.clients) do c:_read() end -- what a PUBLISH set off
+    return reply, err
+  end
+end
+
+--- t:on_redis(fn): fn({name, arg, ...}) is asked first for each command the app sends to the
+--- in-memory Redis (t:redis()): nothing lets the data answer, a reply (string, integer, json.null,
+--- list) or nil, err (an error reply) answers instead. nil: none.
+function Real:on_redis(fn)
+  self.e:on_redis(fn)
 end
 
 --- t:reload([source_or_path]) -> true | false, err: a new version, as SIGHUP does: from the app's

@@ -109,6 +109,41 @@ static int engine_on_pg(lua_State *L)
     return 0;
 }
 
+/* e:redis(): from now on the engine's in-memory Redis answers ws.redis (without it, calls answer
+ * nil, err). */
+static int engine_redis(lua_State *L)
+{
+    kit_redis_enable(check_engine(L));
+    return 0;
+}
+
+/* e:on_redis(fn): fn(command) is asked first for each command the app sends (see
+ * kit_redis_answer_with); nil: none. */
+static int engine_on_redis(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    kit_redis_answer_with(e, L);
+    return 0;
+}
+
+/* e:redis_call(null, command, ...) -> reply | nil, err: runs a command on the in-memory Redis at
+ * once, for the spec (null stands for a nil reply). */
+static int engine_redis_call(lua_State *L)
+{
+    struct kit_engine *e = check_engine(L);
+    int n = lua_gettop(L) - 2;
+    luaL_argcheck(L, n >= 1, 3, "a command");
+    for (int i = 3; i <= lua_gettop(L); i++)
+        luaL_argexpected(L, lua_type(L, i) == LUA_TSTRING || lua_type(L, i) == LUA_TNUMBER, i,
+                         "string or number");
+    int pushed = kit_redis_push_call(e, L, 3, n, 2);
+    kit_settle(e); /* what PUBLISH sent is delivered */
+    return pushed;
+}
+
 static size_t live_engines; /* engines with a loop: the budget watchdog runs while there are */
 
 static void free_engine(struct kit_engine *e)
@@ -119,6 +154,7 @@ static void free_engine(struct kit_engine *e)
     lb_app_free(e->app);
     kit_http_answer_with(e, NULL);
     kit_pg_answer_with(e, NULL);
+    kit_redis_detach(e);
     for (size_t i = 0; i < e->nclients; i++)
         ws_mempipe_release(e->clients[i].pipe);
     free(e->clients);
@@ -240,6 +276,7 @@ static int kit_load(lua_State *L)
     if (lua_istable(L, 2) && lua_getfield(L, 2, "now") != LUA_TNIL)
         now = luaL_checknumber(L, -1);
     ws_clock_simulate(e->loop, now);
+    kit_redis_attach(e); /* before the app: a pool made at load time reaches the stand-in */
 
     char path[192], logpath[128], addr[128], err[1024] = "";
     const char *file = app;
@@ -646,6 +683,9 @@ int luaopen_ws_kitcore(lua_State *L)
         {"next_timer", engine_next_timer},
         {"on_http", engine_on_http},
         {"on_pg", engine_on_pg},
+        {"redis", engine_redis},
+        {"redis_call", engine_redis_call},
+        {"on_redis", engine_on_redis},
         {"reload", engine_reload},
         {"eval", engine_eval},
         {"log", engine_log},

@@ -37,6 +37,8 @@ static int init_app(lua_State *L)
     return 0;
 }
 
+void (*lb_app_standins)(struct lb_app *a);
+
 struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct ws_config *cli,
                           bool *config_error, char *err, size_t errlen)
 {
@@ -51,6 +53,8 @@ struct lb_app *lb_app_new(struct ev_loop *loop, const char *path, const struct w
     a->handler_timeout = cli->handler_timeout;
     a->app_ref = a->http_ref = a->conns_ref = a->state_ref = a->ws_ref = LUA_NOREF;
     a->http_ops = &ws_http_client_libcurl;
+    if (lb_app_standins)
+        lb_app_standins(a);
     for (int i = 0; i < LB_HANDLER_COUNT; i++)
         a->handlers[i] = LUA_NOREF;
     ev_idle_init(&a->reload_idle, on_reload_idle);

@@ -115,10 +115,7 @@ static void log_failure(struct lb_task *t, const struct redis_call *c, const cha
     ws_log_end(&l);
 }
 
-/* Pushes v: strings for bulk and status replies, integers, ws.null (at null) for nil, arrays
- * as sequences, and an error inside an array or a pipeline as {false, message}.
- * [-0, +1, m] */
-static void push_value(lua_State *L, const struct ws_redis_value *v, int null)
+void lb_redis_push_reply(lua_State *L, const struct ws_redis_value *v, int null)
 {
     luaL_checkstack(L, 3, "redis reply nested too deep");
     switch (v->kind) {
@@ -142,7 +139,7 @@ static void push_value(lua_State *L, const struct ws_redis_value *v, int null)
     case WS_REDIS_ARRAY:
         lua_createtable(L, v->len > INT32_MAX ? INT32_MAX : (int)v->len, 0);
         for (size_t i = 0; i < v->len; i++) {
-            push_value(L, &v->elements[i], null);
+            lb_redis_push_reply(L, &v->elements[i], null);
             lua_rawseti(L, -2, (lua_Integer)i + 1);
         }
         break;
@@ -188,11 +185,11 @@ static int call_done(lua_State *L, int status, lua_KContext ctx)
     if (c->pipeline) {
         lua_createtable(L, (int)c->res.n, 0);
         for (size_t i = 0; i < c->res.n; i++) {
-            push_value(L, &c->res.values[i], null);
+            lb_redis_push_reply(L, &c->res.values[i], null);
             lua_rawseti(L, -2, (lua_Integer)i + 1);
         }
     } else {
-        push_value(L, &c->res.values[0], null);
+        lb_redis_push_reply(L, &c->res.values[0], null);
     }
     ws_redis_result_free(&c->res);
     return 1;

@@ -1356,3 +1356,244 @@ end}]])
     t:close()
   end)
 end)
+
+describe("ws.testing: the in-memory Redis (t:redis)", function()
+  local json = require "ws.json"
+  local null = json.null
+
+  -- An app whose message runs the Redis command it is sent (a JSON list) and answers the reply.
+  local APP = [[
+    local R = assert(ws.redis.connect("redis://cache.test:6379/0"))
+    return {message = function(conn, data)
+      local cmd = ws.json.decode(data)
+      local reply, err
+      if cmd[1] == "pipeline" then
+        reply, err = R:pipeline(function(p)
+          for i = 2, #cmd do p:call(table.unpack(cmd[i])) end
+        end)
+      else
+        reply, err = R:call(table.unpack(cmd))
+      end
+      conn:send(ws.json.encode({reply = reply, err = err}))
+    end}]]
+
+  local function call(c, ...)
+    c:send(json.encode({...}))
+    local m = assert(c:next_json(), "no answer")
+    return m.reply, m.err
+  end
+
+  it("answers nothing until the spec asks for it: nil and an error naming t:redis()", function()
+    local t = testing.load(APP)
+    local c = t:connect()
+    local reply, err = call(c, "PING")
+    assert.is_nil(reply)
+    assert.equal("no stand-in answers ws.redis in this test (t:redis())", err)
+    t:redis()
+    assert.equal("PONG", (call(c, "PING")))
+    t:close()
+  end)
+
+  it("answers from the loop with Redis's reply shapes", function()
+    local t = testing.load([[
+      local R = assert(ws.redis.connect("redis://cache.test"))
+      return {message = function(conn)
+        ws.state.order = {}
+        ws.after(0, function() table.insert(ws.state.order, "timer") end)
+        local r = R:call("INCR", "n")
+        table.insert(ws.state.order, "reply " .. r)
+      end}]])
+    t:redis()
+    local c = t:connect()
+    c:send("go")
+    assert.same({"timer", "reply 1"}, t.state.order) -- the reply came later, from the loop
+    assert.equal("1", t:redis("GET", "n"))
+    t:close()
+  end)
+
+  it("keeps strings, counters and expiries on the simulated clock", function()
+    local t = testing.load(APP)
+    t:redis()
+    local c = t:connect()
+    assert.equal("OK", (call(c, "SET", "k", "v", "EX", "10")))
+    assert.equal("v", (call(c, "GET", "k")))
+    assert.equal(null, t:redis("GET", "nothing"))
+    assert.equal(10, (call(c, "TTL", "k")))
+    t:advance(4)
+    assert.equal(6, (call(c, "TTL", "k")))
+    assert.equal(6000, t:redis("PTTL", "k"))
+    t:advance(6.5)
+    assert.equal(null, t:redis("GET", "k"))
+    assert.equal(-2, t:redis("TTL", "k"))
+    assert.equal("OK", t:redis("SET", "k", "v"))
+    assert.equal(-1, t:redis("TTL", "k"))
+    assert.equal(null, t:redis("SET", "k", "w", "NX"))
+    assert.equal(null, t:redis("SET", "other", "w", "XX"))
+    assert.equal("v", t:redis("SET", "k", "w", "GET"))
+    assert.equal(1, t:redis("EXPIRE", "k", 3))
+    assert.equal(0, t:redis("EXPIRE", "missing", 3))
+    assert.equal(0, t:redis("EXPIRE", "k", 9, "NX")) -- it has one
+    assert.equal(0, t:redis("EXPIRE", "k", 2, "GT"))
+    assert.equal(3, t:redis("TTL", "k"))
+    assert.same({nil, "ERR GT and LT options at the same time are not compatible"},
+                {t:redis("EXPIRE", "k", 2, "GT", "LT")})
+    t:advance(3)
+    assert.equal(1, t:redis("EXISTS", "k")) -- Redis: expired once the time is past
+    t:advance(0.001)
+    assert.equal(0, t:redis("EXISTS", "k"))
+    assert.equal(1, t:redis("INCR", "n"))
+    assert.equal(11, t:redis("INCRBY", "n", 10))
+    assert.equal(10, t:redis("DECR", "n"))
+    t:redis("SET", "s", "x")
+    assert.same({"10", null, "x"}, t:redis("MGET", "n", "none", "s"))
+    assert.equal(2, t:redis("DEL", "n", "s", "none"))
+    t:redis("SET", "k2", "abc")
+    assert.same({nil, "ERR value is not an integer or out of range"}, {t:redis("INCR", "k2")})
+    assert.same({nil, "ERR invalid expire time in 'set' command"}, {t:redis("SET", "a", "b", "EX", 0)})
+    assert.same({nil, "ERR syntax error"}, {t:redis("SET", "a", "b", "NX", "XX")})
+    t:redis("SET", "big", "9223372036854775807")
+    assert.same({nil, "ERR increment or decrement would overflow"}, {t:redis("INCR", "big")})
+    t:close()
+  end)
+
+  it("keeps hashes, lists and sets, and refuses the wrong type as Redis does", function()
+    local t = testing.load(APP)
+    t:redis()
+    local c = t:connect()
+    assert.equal(2, (call(c, "HSET", "h", "a", "1", "b", "2")))
+    assert.equal(0, t:redis("HSET", "h", "a", "3"))
+    assert.equal("3", t:redis("HGET", "h", "a"))
+    assert.equal(13, t:redis("HINCRBY", "h", "a", 10))
+    assert.same({"a", "13", "b", "2"}, (call(c, "HGETALL", "h")))
+    assert.equal(1, t:redis("HDEL", "h", "b", "zz"))
+    t:redis("HSET", "h", "t", "x")
+    assert.same({nil, "ERR hash value is not an integer"}, {t:redis("HINCRBY", "h", "t", 1)})
+    assert.equal(1, t:redis("HDEL", "h", "t"))
+    assert.equal(3, (call(c, "RPUSH", "l", "a", "b", "c")))
+    assert.equal(5, t:redis("LPUSH", "l", "y", "z"))
+    assert.same({"z", "y", "a", "b", "c"}, t:redis("LRANGE", "l", 0, -1))
+    assert.same({"b", "c"}, (call(c, "LRANGE", "l", -2, 100)))
+    assert.same({}, t:redis("LRANGE", "l", 7, 9))
+    assert.equal("OK", t:redis("LTRIM", "l", 1, -2))
+    assert.same({"y", "a", "b"}, t:redis("LRANGE", "l", 0, -1))
+    assert.equal("y", t:redis("LPOP", "l"))
+    assert.equal("b", t:redis("RPOP", "l"))
+    assert.equal(1, t:redis("LLEN", "l"))
+    assert.equal("a", t:redis("LPOP", "l"))
+    assert.equal(0, t:redis("EXISTS", "l")) -- an empty list is no key
+    assert.equal(null, t:redis("LPOP", "l"))
+    assert.equal(2, t:redis("SADD", "s", "b", "a", "b"))
+    assert.equal(1, t:redis("SISMEMBER", "s", "a"))
+    assert.equal(0, t:redis("SISMEMBER", "s", "c"))
+    assert.same({"a", "b"}, (call(c, "SMEMBERS", "s")))
+    assert.equal(1, t:redis("SREM", "s", "a", "c"))
+    assert.same({"h", "s"}, t:redis("KEYS", "[hs]"))
+    assert.same({"h", "s"}, t:redis("KEYS", "*"))
+    assert.same({"h", "s"}, t:redis("KEYS", "?"))
+    assert.same({"s"}, t:redis("KEYS", "s*"))
+    local wrong = "WRONGTYPE Operation against a key holding the wrong kind of value"
+    assert.same({nil, wrong}, {call(c, "GET", "h")})
+    assert.same({nil, wrong}, {t:redis("LPUSH", "s", "x")})
+    assert.same({nil, wrong}, {t:redis("HGET", "s", "x")})
+    assert.same({nil, "ERR unknown command 'NOPE', with args beginning with: 'a' "},
+                {call(c, "NOPE", "a")})
+    assert.same({nil, "ERR wrong number of arguments for 'get' command"}, {t:redis("GET")})
+    assert.equal("OK", t:redis("FLUSHALL"))
+    assert.same({}, t:redis("KEYS", "*"))
+    t:close()
+  end)
+
+  it("runs MULTI ... EXEC and pipelines in one go", function()
+    local t = testing.load(APP)
+    t:redis()
+    local c = t:connect()
+    local replies = call(c, "pipeline", {"MULTI"}, {"INCR", "n"}, {"INCR", "n"}, {"EXEC"},
+                         {"GET", "n"}, {"HGET", "n", "f"})
+    local wrong = "WRONGTYPE Operation against a key holding the wrong kind of value"
+    assert.same({"OK", "QUEUED", "QUEUED", {1, 2}, "2", {false, wrong}}, replies)
+    replies = call(c, "pipeline", {"MULTI"}, {"INCR", "n"}, {"NOPE"}, {"EXEC"})
+    assert.equal("OK", replies[1])
+    assert.equal("QUEUED", replies[2])
+    assert.same({false, "EXECABORT Transaction discarded because of previous errors."}, replies[4])
+    assert.equal("2", t:redis("GET", "n"))
+    t:close()
+  end)
+
+  it("lets the spec answer commands first (t:on_redis), the data answering the rest", function()
+    local t = testing.load(APP)
+    t:redis()
+    t:redis("SET", "k", "stored")
+    local asked = {}
+    t:on_redis(function(cmd)
+      asked[#asked + 1] = table.concat(cmd, " ")
+      if cmd[1] == "ZADD" then return 1 end
+      if cmd[1] == "ZRANGE" then return {"a", null, {false, "ERR inner"}} end
+      if cmd[1] == "INCR" then return nil, "LOADING Redis is loading the dataset in memory" end
+      if cmd[1] == "BOOM" then error("spec failure", 0) end
+      if cmd[1] == "FN" then return print end
+    end)
+    local c = t:connect()
+    assert.equal(1, (call(c, "ZADD", "z", "1", "a")))
+    assert.same({"a", null, {false, "ERR inner"}}, (call(c, "ZRANGE", "z", "0", "-1")))
+    assert.equal("stored", (call(c, "GET", "k"))) -- nothing returned: the data answers
+    assert.same({nil, "LOADING Redis is loading the dataset in memory"}, {call(c, "INCR", "n")})
+    assert.same({nil, "ERR on_redis: spec failure"}, {call(c, "BOOM")})
+    assert.same({nil, "ERR on_redis answered a function"}, {call(c, "FN")})
+    assert.same({1, "stored"}, (call(c, "pipeline", {"ZADD", "z", "2", "b"}, {"GET", "k"})))
+    assert.equal("stored", t:redis("GET", "k")) -- the spec's own calls reach the data
+    assert.same({"ZADD z 1 a", "ZRANGE z 0 -1", "GET k", "INCR n", "BOOM", "FN", "ZADD z 2 b",
+                 "GET k"}, asked)
+    t:on_redis(nil)
+    assert.matches("^ERR unknown command 'ZADD'", select(2, call(c, "ZADD", "z", "1", "a")))
+    t:close()
+  end)
+
+  it("keeps its data across a reload; only the new version's subscriptions hear PUBLISH", function()
+    local source = [[
+      local R = assert(ws.redis.connect("redis://cache.test"))
+      R:subscribe("news", function(_, msg) ws.broadcast("%s " .. msg) end)
+      return {message = function(conn) conn:send("n=" .. R:call("INCR", "n")) end}]]
+    local t = testing.load(source:format("v1"))
+    t:redis()
+    local c = t:connect()
+    c:send("x")
+    assert.equal("n=1", c:next().data)
+    assert.equal(1, t:redis("PUBLISH", "news", "a"))
+    assert.equal("v1 a", c:next().data)
+    assert.is_true(t:reload(source:format("v2")))
+    c:send("x")
+    assert.equal("n=2", c:next().data)
+    assert.equal(1, t:redis("PUBLISH", "news", "b"))
+    assert.same({{kind = "text", data = "v2 b"}}, c:received())
+    t:close()
+  end)
+
+  it("delivers PUBLISH to the app's subscriptions, from the app or the spec", function()
+    local t = testing.load([[
+      local R = assert(ws.redis.connect("redis://cache.test"))
+      local sub = R:subscribe("news", function(channel, msg)
+        ws.broadcast(channel .. ": " .. msg)
+      end)
+      return {message = function(conn, data)
+        if data == "stop" then return sub:unsubscribe() end
+        conn:send("receivers " .. R:call("PUBLISH", "news", data))
+      end}]])
+    t:redis()
+    local a, b = t:connect(), t:connect()
+    a:send("hello")
+    assert.same({"news: hello", "receivers 1"}, (function()
+      local out = {}
+      for _, m in ipairs(a:received()) do out[#out + 1] = m.data end
+      table.sort(out)
+      return out
+    end)())
+    assert.same({kind = "text", data = "news: hello"}, b:next())
+    assert.equal(1, t:redis("PUBLISH", "news", "from the spec"))
+    assert.same({kind = "text", data = "news: from the spec"}, b:next())
+    assert.equal(0, t:redis("PUBLISH", "elsewhere", "x"))
+    a:send("stop")
+    assert.equal(0, t:redis("PUBLISH", "news", "gone"))
+    assert.is_nil(b:next())
+    t:close()
+  end)
+end)
