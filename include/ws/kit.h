@@ -1,9 +1,9 @@
 /* The parts of ws.kitcore (src/kit), the real server in-process for Lua specs: the engine (the
  * server and its app on a loop with a simulated clock, clients on in-memory connections) and the
  * stand-ins that answer for outside services, one file each (kit_http.c: ws.http; kit_pg.c:
- * ws.pg; kit_redis.c: ws.redis, an in-memory Redis). A stand-in replaces the client's ops table in struct lb_app and
- * asks a function of the spec's, in the spec's Lua state, always from the loop and on the
- * simulated clock. */
+ * ws.pg; kit_redis.c: ws.redis, an in-memory Redis). A stand-in replaces the client's ops table in
+ * struct lb_app and asks a function of the spec's, in the spec's Lua state, always from the loop
+ * and on the simulated clock. */
 #ifndef WS_KIT_H
 #define WS_KIT_H
 

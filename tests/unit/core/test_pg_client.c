@@ -9,6 +9,7 @@
 
 #include <cmocka.h>
 
+#include "testkit.h"
 #include "ws/pg_client.h"
 
 #include <arpa/inet.h>
@@ -18,19 +19,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-/* A listening socket on 127.0.0.1; *port gets its port. */
-static int listen_any(int *port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    socklen_t len = sizeof(sa);
-    getsockname(fd, (struct sockaddr *)&sa, &len);
-    *port = ntohs(sa.sin_port);
-    return fd;
-}
 
 struct got {
     int calls;
@@ -86,7 +74,7 @@ static void test_refused_port_fails_the_waiter_from_the_loop(void **state)
 {
     (void)state;
     int port;
-    int fd = listen_any(&port);
+    int fd = testkit_listen_tcp(&port);
     close(fd); /* nobody listens there now */
     char conninfo[128], err[256];
     snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1 port=%d user=x dbname=x sslmode=disable",
@@ -118,7 +106,7 @@ static void test_silent_server_times_out_and_a_waiter_can_leave(void **state)
 {
     (void)state;
     int port;
-    int fd = listen_any(&port); /* accepted by the kernel, never answered */
+    int fd = testkit_listen_tcp(&port); /* accepted by the kernel, never answered */
     char conninfo[128], err[256];
     snprintf(conninfo, sizeof(conninfo), "host=127.0.0.1 port=%d user=x dbname=x sslmode=disable",
              port);
@@ -187,7 +175,7 @@ static void test_login_refused_names_the_reason(void **state)
 {
     (void)state;
     int port;
-    int fd = listen_any(&port);
+    int fd = testkit_listen_tcp(&port);
     struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
     ev_io srv;
     ev_io_init(&srv, on_login, fd, EV_READ);
