@@ -1711,4 +1711,36 @@ describe("ws.testing upstream stand-ins (t:upstream)", function()
                  c:next().data)
     t:close()
   end)
+  it("drives the callback style: messages, a drop, then the app's reconnect", function()
+    local t = testing.load([[
+      ws.state.events = {}
+      local function note(s) table.insert(ws.state.events, s) end
+      ws.connect("ws://feed.test/live", {
+        reconnect = true, reconnect_delay = 1, reconnect_max_delay = 1,
+        open = function(cl) note("open"); cl:send("subscribe") end,
+        message = function(cl, data) note("message " .. data); ws.broadcast(data) end,
+        close = function(cl, code, reason) note("close " .. code) end,
+      })
+      return {}]])
+    -- the first attempt ran before the spec declared the upstream: it failed at once, without
+    -- the network, and the app retries on the simulated clock
+    local up = t:upstream("ws://feed.test/live")
+    assert.equal(0, up.connections)
+    assert.same({"close 1006"}, t.state.events)
+    local c = t:connect()
+    t:advance(1)
+    assert.equal(1, up.connections)
+    assert.same({kind = "text", data = "subscribe"}, up:next())
+    up:send("a")
+    up:send("b")
+    assert.same({{kind = "text", data = "a"}, {kind = "text", data = "b"}}, c:received())
+    assert.is_true(up:drop())
+    assert.same({"close 1006", "open", "message a", "message b", "close 1006"}, t.state.events)
+    t:advance(1)
+    assert.equal(2, up.connections)
+    assert.same({kind = "text", data = "subscribe"}, up:next())
+    up:send("c")
+    assert.same({kind = "text", data = "c"}, c:next())
+    t:close()
+  end)
 end)
