@@ -1709,6 +1709,11 @@ describe("ws.testing upstream stand-ins (t:upstream)", function()
     c:send("connect ws://127.0.0.1:1/")
     assert.equal("failed no stand-in for ws://127.0.0.1:1/ in this test (t:upstream) nil nil",
                  c:next().data)
+    t:upstream("wss://secure.test/") -- no TLS in the kit: the stand-in answers in the clear
+    c:send("connect wss://secure.test/")
+    assert.equal("open nil", c:next().data)
+    c:send("connect wss://secure.test:8443/")
+    assert.matches("^failed no stand%-in for wss://secure.test:8443/", c:next().data)
     t:close()
   end)
   it("drives the callback style: messages, a drop, then the app's reconnect", function()
