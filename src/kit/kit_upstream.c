@@ -142,7 +142,11 @@ static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
     (void)loop;
     (void)revents;
     struct kit_up_conn *c = (struct kit_up_conn *)w;
-    if (c->state == UC_ANSWERING)
+    if (c->state != UC_ANSWERING)
+        return;
+    if (ws_mempipe_ended(c->pipe)) /* the app gave up waiting (its timeout) */
+        c->state = UC_DONE;
+    else
         answer(c);
 }
 

@@ -1696,6 +1696,8 @@ describe("ws.testing upstream stand-ins (t:upstream)", function()
     t:advance(0.2)
     assert.equal("failed timeout nil nil", c:next().data)
     assert.is_true(t:now() - before < 3.2)
+    t:advance(10) -- the late answer finds no one: nothing to report
+    assert.is_nil(up:next())
     up:accept({delay = 1})
     c:send("connect ws://feed.test/")
     t:advance(1)
