@@ -37,12 +37,14 @@ struct kit_engine {
     lua_State *L; /* the spec's thread in the engine call running now */
     int spec_dir; /* while the loop runs in an app's folder: the spec's, to call it there */
     int http_fn;  /* the spec's ws.http stand-in (a registry ref), or LUA_NOREF */
-    struct kit_http_req *requests;  /* ws.http calls the stand-in has not answered yet */
-    int pg_fn;                      /* the spec's ws.pg stand-in (a registry ref), or LUA_NOREF */
-    struct kit_redis *redis;        /* the in-memory Redis ws.redis reaches (kit_redis.c) */
-    struct kit_upstream *upstreams; /* ws.connect's stand-ins, newest first (kit_upstream.c) */
+    struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
+    int pg_fn;                     /* the spec's ws.pg stand-in (a registry ref), or LUA_NOREF */
+    struct kit_redis *redis;       /* the in-memory Redis ws.redis reaches (kit_redis.c) */
+
+    /* ws.connect's stand-ins (kit_upstream.c), newest first, and how the app reaches them */
+    struct kit_upstream *upstreams;
     lua_Integer nupstreams;
-    struct ws_client_net net; /* how the app's ws.connect reaches them */
+    struct ws_client_net net;
 };
 
 /* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
