@@ -276,6 +276,7 @@ end
 
 --- up:refuse(status [, body [, {delay =}]]): answer later handshakes with status and body.
 function Upstream:refuse(status, body, o)
+  assert(status ~= 101, "ws.testing: up:refuse takes a status 200-599 (up:accept answers 101)")
   self.t.e:upstream_answer(self.id, status, body or "", o and o.delay)
 end
 
