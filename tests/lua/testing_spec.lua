@@ -1606,7 +1606,8 @@ describe("ws.testing upstream stand-ins (t:upstream)", function()
     return {message = function(conn, data)
       local cmd, arg = data:match("^(%S+)%s*(.*)$")
       if cmd == "connect" then
-        local opts = {protocols = {"v1", "v2"}, headers = {["X-Token"] = "t1"}, timeout = 3}
+        local opts = {protocols = {"v1", "v2"}, headers = {["X-Token"] = "t1"}, timeout = 3,
+                      compression = true}
         local cl, err, status, body = ws.connect(arg, opts)
         if not cl then
           return conn:send(string.format("failed %s %s %s", err, tostring(status), tostring(body)))
@@ -1642,6 +1643,8 @@ describe("ws.testing upstream stand-ins (t:upstream)", function()
     assert.equal("t1", req.headers["x-token"])
     assert.equal("v1, v2", req.headers["sec-websocket-protocol"])
     assert.equal("feed.test", req.headers["host"])
+    -- offered, not taken: the stand-in answers without extensions, so frames go uncompressed
+    assert.matches("^permessage%-deflate", req.headers["sec-websocket-extensions"])
     c:send("send hello")
     assert.equal("sent", c:next().data)
     assert.same({kind = "text", data = "hello"}, up:next())
