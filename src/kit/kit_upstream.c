@@ -111,30 +111,30 @@ static void answer(struct kit_up_conn *c)
     char out[4096];
     size_t n = 0;
     struct ws_handshake hs;
-    if (ws_http_parse((const char *)c->head.data, c->head.len, MAX_HEAD_BYTES, &scanned, &req) <
-            0 ||
-        ws_handshake_check(&req, &hs) < 0) {
-        const char *why = "not a WebSocket upgrade";
-        n = ws_handshake_error_response(out, sizeof out, 400, why, strlen(why), NULL);
-    } else if (up->status != 101) {
+    bool upgrade = ws_http_parse((const char *)c->head.data, c->head.len, MAX_HEAD_BYTES, &scanned,
+                                 &req) >= 0 &&
+                   ws_handshake_check(&req, &hs) == 0;
+    if (upgrade && up->status == 101)
+        n = ws_handshake_response(out, sizeof out, &hs, up->protocol, strlen(up->protocol), NULL);
+    else if (upgrade)
         n = ws_handshake_error_response(out, sizeof out, up->status, up->body, strlen(up->body),
                                         NULL);
-    } else {
-        n = ws_handshake_response(out, sizeof out, &hs, up->protocol, strlen(up->protocol), NULL);
-    }
-    if (n == 0) { /* a status or subprotocol the proto code cannot write */
+    else
+        n = ws_handshake_error_response(out, sizeof out, 400, "not a WebSocket upgrade", 23, NULL);
+    bool accepted = upgrade && up->status == 101 && n > 0;
+    if (n == 0) { /* a subprotocol or body the proto code cannot write */
         const char *why = "the stand-in's answer cannot be written";
         n = ws_handshake_error_response(out, sizeof out, 500, why, strlen(why), NULL);
     }
     ws_mempipe_send(c->pipe, out, n);
-    if (n > 12 && memcmp(out + 9, "101", 3) == 0) {
-        c->state = UC_OPEN;
-        ws_session_init(&c->session, MAX_MESSAGE_BYTES);
-        c->session_ready = true;
-    } else {
-        conn_end(c);
-    }
     ws_buf_reset(&c->head);
+    if (!accepted) {
+        conn_end(c);
+        return;
+    }
+    c->state = UC_OPEN;
+    ws_session_init(&c->session, MAX_MESSAGE_BYTES);
+    c->session_ready = true;
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)

@@ -1690,6 +1690,14 @@ describe("ws.testing upstream stand-ins (t:upstream)", function()
     c:send("connect ws://feed.test/")
     assert.equal("failed the server refused the upgrade with status 403 403 no entry",
                  c:next().data)
+    up:accept({protocol = "v3"}) -- one the app did not offer: its client refuses the answer
+    c:send("connect ws://feed.test/")
+    assert.matches("^failed .*protocol", c:next().data)
+    assert.same({kind = "close", code = 1006, reason = ""}, up:next()) -- it let go at once
+    up:accept({protocol = "not a token"}) -- no such answer can be written: 500 says so
+    c:send("connect ws://feed.test/")
+    assert.equal("failed the server refused the upgrade with status 500 500 the stand-in's "
+                 .. "answer cannot be written", c:next().data)
     up:accept({delay = 10})
     local before = t:now()
     c:send("connect ws://feed.test/")
