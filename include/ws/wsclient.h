@@ -74,7 +74,8 @@ struct ws_client_ops {
 };
 
 /* Starts connecting; ops->open or ops->end runs later from the loop. Returns the client, or NULL
- * with err filled (a bad URL (ws_url_parse) or header, no thread or socket for the lookup). The
+ * with err filled (a bad URL (ws_url_parse) or header, no thread or socket for the lookup, or
+ * o->net refused the URL). The
  * caller frees it with ws_client_free, after ops->end or to abort it (no callback runs then). */
 struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client_opts *o,
                                     const struct ws_client_ops *ops, void *ud, char *err,

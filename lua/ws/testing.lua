@@ -241,8 +241,7 @@ local Upstream = {}
 function Real:upstream(url)
   self.upstreams = self.upstreams or {}
   local id = self.e:upstream(url)
-  self.upstreams[id] = self.upstreams[id] or setmetatable({t = self, id = id, url = url,
-                                                           queue = {}}, Upstream)
+  self.upstreams[id] = self.upstreams[id] or setmetatable({t = self, id = id, url = url}, Upstream)
   return self.upstreams[id]
 end
 

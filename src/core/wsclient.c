@@ -698,7 +698,7 @@ struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client
     char host[256];
     bare_host(&url, host); /* the lookup wants the address without its brackets */
     c->state = ST_CONNECTING;
-    if (o->net) {
+    if (o->net) { /* no lookup, TCP or TLS: the transport it gives is ready */
         const struct ws_transport_ops *tops = NULL;
         void *ts = NULL;
         int fd = o->net->open(o->net->ud, o->url, &tops, &ts, err, errlen);
