@@ -10,6 +10,7 @@
 #include "ws/lb.h"
 #include "ws/mempipe.h"
 #include "ws/server.h"
+#include "ws/wsclient.h"
 
 #include <ev.h>
 #include <lua.h>
@@ -23,6 +24,7 @@ struct kit_client {
 
 struct kit_http_req;
 struct kit_redis;
+struct kit_upstream;
 
 struct kit_engine {
     struct ev_loop *loop;
@@ -38,6 +40,11 @@ struct kit_engine {
     struct kit_http_req *requests; /* ws.http calls the stand-in has not answered yet */
     int pg_fn;                     /* the spec's ws.pg stand-in (a registry ref), or LUA_NOREF */
     struct kit_redis *redis;       /* the in-memory Redis ws.redis reaches (kit_redis.c) */
+
+    /* ws.connect's stand-ins (kit_upstream.c), newest first, and how the app reaches them */
+    struct kit_upstream *upstreams;
+    lua_Integer nupstreams;
+    struct ws_client_net net;
 };
 
 /* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
@@ -109,5 +116,36 @@ void kit_redis_answer_with(struct kit_engine *e, lua_State *L);
  * its reply as ws.redis gives it (null for a nil reply), or nil and the text of an error reply.
  * [-0, +1|+2, m] */
 int kit_redis_push_call(struct kit_engine *e, lua_State *L, int first, int n, int null);
+
+/* ---- kit_upstream.c: ws.connect's stand-in, upstream servers declared by URL ---- */
+
+/* Makes e's app connect ws.connect to e's upstreams instead of the network (before it serves):
+ * a URL without one fails at once with an error naming t:upstream. */
+void kit_upstream_install(struct kit_engine *e);
+
+/* Answers what the app's clients wrote to the upstreams since the last call (kit_settle's
+ * rounds). */
+void kit_upstream_pump(struct kit_engine *e);
+
+/* Bytes moved on the upstreams' pipes so far (kit_settle's "did anything happen"). */
+uint64_t kit_upstream_moved(const struct kit_engine *e);
+
+/* Frees e's upstreams and their connections (after its app is freed). */
+void kit_upstream_free(struct kit_engine *e);
+
+/* The engine's methods (stack: engine, then the arguments):
+ *   upstream(url) -> id: declares the upstream for url (the same id when it exists);
+ *   upstream_answer(id, status, protocol|body, delay): 101 accepts with the subprotocol, another
+ *     status refuses with body, delay seconds after the request;
+ *   upstream_send(id, data, binary) -> true | nil, err: a message on the newest connection;
+ *   upstream_close(id, code, reason) and drop (no close frame) -> true | nil, err;
+ *   upstream_next(id) -> {kind =, data =} | {kind = "close", code =, reason =} | nothing;
+ *   upstream_state(id) -> {connections =, open =, request = the last request's head}. */
+int kit_upstream_add(lua_State *L, struct kit_engine *e);
+int kit_upstream_answer(lua_State *L, struct kit_engine *e);
+int kit_upstream_send(lua_State *L, struct kit_engine *e);
+int kit_upstream_close(lua_State *L, struct kit_engine *e, bool drop);
+int kit_upstream_next(lua_State *L, struct kit_engine *e);
+int kit_upstream_state(lua_State *L, struct kit_engine *e);
 
 #endif

@@ -44,6 +44,7 @@ struct ws_http_client_ops;
 struct lb_wsclient;
 struct lb_pg;
 struct ws_pg_ops;
+struct ws_client_net;
 struct lb_redis;
 struct ws_redis_ops;
 struct ws_redis_value;
@@ -93,6 +94,8 @@ struct lb_app {
     struct ws_http_client *http; /* ws.http's client, made on first use */
     const struct ws_http_client_ops *http_ops; /* its calls: libcurl's, or a stand-in's */
     struct lb_wsclient *wsclients;             /* ws.connect's clients that are not collected yet */
+    const struct ws_client_net *wsclient_net;  /* where they connect: NULL (the network), or a
+                                                  stand-in's */
     struct lb_pg *pg;                          /* ws.pg's pools, made on first use */
     const struct ws_pg_ops *pg_ops;            /* their calls: libpq's (NULL), or a stand-in's */
     struct lb_redis *redis; /* ws.redis's pools and subscriptions, made on first use */

@@ -14,6 +14,20 @@
 #include <stdint.h>
 
 struct ws_client;
+struct ws_transport_ops;
+
+/* Where connections come from instead of the network (the testing kit's stand-in for upstream
+ * servers): no lookup, no TCP, no TLS; the same handshake, frames and session on top. */
+struct ws_client_net {
+    /* Runs inside ws_client_connect for url: returns a descriptor for the client's watcher with
+     * the transport that moves its bytes (*tops, *ts; the client owns both from now on), or -1
+     * with err filled (ws_client_connect then fails with it). */
+    int (*open)(void *ud, const char *url, const struct ws_transport_ops **tops, void **ts,
+                char *err, size_t errlen);
+    /* Right after the client took fd: the watcher the transport makes ready. */
+    void (*attach)(void *ud, void *ts, struct ev_loop *loop, ev_io *io);
+    void *ud;
+};
 
 /* One connection. Every pointer is read during ws_client_connect only (copied). */
 struct ws_client_opts {
@@ -30,6 +44,7 @@ struct ws_client_opts {
     const char *ca_file;       /* PEM CA bundle for wss (NULL: the system's) */
     bool insecure;             /* wss without certificate verification */
     struct ws_stats *stats;    /* counted here when not NULL (/metrics) */
+    const struct ws_client_net *net; /* NULL: the network (lookup, TCP, TLS) */
 };
 
 /* How a client ended: once, through ops->end. */
@@ -59,7 +74,8 @@ struct ws_client_ops {
 };
 
 /* Starts connecting; ops->open or ops->end runs later from the loop. Returns the client, or NULL
- * with err filled (a bad URL (ws_url_parse) or header, no thread or socket for the lookup). The
+ * with err filled (a bad URL (ws_url_parse) or header, no thread or socket for the lookup, or
+ * o->net refused the URL). The
  * caller frees it with ws_client_free, after ops->end or to abort it (no callback runs then). */
 struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client_opts *o,
                                     const struct ws_client_ops *ops, void *ud, char *err,

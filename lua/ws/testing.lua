@@ -32,6 +32,12 @@ unless paused (c:pause()): then the server's send queue grows ("queued", drain, 
   t:on_pg(fn)     fn(sql, params) -> rows [, count] (rows.delay =) | nothing | nil, err [, sqlstate]
   t:redis([command, ...]) -> reply | nil, err   an in-memory Redis answers ws.redis from now on
   t:on_redis(fn)  fn({name, arg, ...}) -> nothing (the data answers) | reply | nil, err
+  t:upstream(url) -> up   a stand-in server for the app's ws.connect(url) (others fail at once)
+      up:accept([{protocol =, delay =}])  up:refuse(status [, body [, {delay =}]])
+      up:send(text)  up:send_binary(bytes) -> true | nil, err   up:close([code [, reason]])
+      up:drop()  up:next() -> {kind = "text"|"binary", data =} | {kind = "close", code =,
+      reason =} | nil   up:received()  up:is_open()  up.connections
+      up.request -> {method =, path =, headers =} (the last handshake; names lower-cased)
   t.state (ws.state)  t.ws (the app's ws)  t.config  t:eval(code)  t:log()
   t:subscribers(topic)  t:topics()  t:count()  t:get(id)  t:stats()
   t:logs([min_level]) -> {{level =, msg =, fields =}, ...}   every ws.log line
@@ -226,6 +232,85 @@ end
 --- list) or nil, err (an error reply) answers instead. nil: none.
 function Real:on_redis(fn)
   self.e:on_redis(fn)
+end
+
+local Upstream = {}
+
+--- t:upstream(url) -> up: from now on the app's ws.connect(url) (the URL exactly as given)
+--- reaches this stand-in server instead of the network; it accepts unless told otherwise.
+function Real:upstream(url)
+  self.upstreams = self.upstreams or {}
+  local id = self.e:upstream(url)
+  self.upstreams[id] = self.upstreams[id] or setmetatable({t = self, id = id, url = url}, Upstream)
+  return self.upstreams[id]
+end
+
+function Upstream.__index(up, k)
+  if k == "request" or k == "connections" then
+    local st = up.t.e:upstream_state(up.id)
+    if k == "connections" then return st.connections end
+    if not st.request then return nil end
+    local method, path = st.request:match("^(%S+) (%S+)")
+    local headers = {}
+    for name, value in st.request:gmatch("\r\n([^:\r\n]+):[ \t]*([^\r\n]*)") do
+      headers[name:lower()] = value
+    end
+    return {method = method, path = path, headers = headers}
+  end
+  return Upstream[k]
+end
+
+-- After the upstream acted: the browsers read what the app did about it.
+function Upstream:_settled(...)
+  for _, c in ipairs(self.t.clients) do c:_read() end
+  return ...
+end
+
+--- up:accept([{protocol =, delay =}]): answer later handshakes with 101 (picking protocol),
+--- delay seconds (simulated) after the request.
+function Upstream:accept(o)
+  o = o or {}
+  self.t.e:upstream_answer(self.id, 101, o.protocol or "", o.delay)
+end
+
+--- up:refuse(status [, body [, {delay =}]]): answer later handshakes with status and body.
+function Upstream:refuse(status, body, o)
+  assert(status ~= 101, "ws.testing: up:refuse takes a status 200-599 (up:accept answers 101)")
+  self.t.e:upstream_answer(self.id, status, body or "", o and o.delay)
+end
+
+function Upstream:send(text)
+  return self:_settled(self.t.e:upstream_send(self.id, text, false))
+end
+
+function Upstream:send_binary(bytes)
+  return self:_settled(self.t.e:upstream_send(self.id, bytes, true))
+end
+
+--- up:close([code [, reason]]): a close frame, then the upstream ends the connection.
+function Upstream:close(code, reason)
+  return self:_settled(self.t.e:upstream_close(self.id, code, reason))
+end
+
+--- up:drop(): ends the connection without a close frame (the app sees 1006).
+function Upstream:drop()
+  return self:_settled(self.t.e:upstream_drop(self.id))
+end
+
+function Upstream:is_open()
+  return self.t.e:upstream_state(self.id).open
+end
+
+--- up:next() -> what the app sent next: {kind = "text"|"binary", data =}, or {kind = "close",
+--- code =, reason =} (1006: the app let the connection go without one), or nil.
+function Upstream:next()
+  return self.t.e:upstream_next(self.id)
+end
+
+function Upstream:received()
+  local out = {}
+  for ev in function() return self.t.e:upstream_next(self.id) end do out[#out + 1] = ev end
+  return out
 end
 
 --- t:reload([source_or_path]) -> true | false, err: a new version, as SIGHUP does: from the app's

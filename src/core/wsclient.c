@@ -698,6 +698,23 @@ struct ws_client *ws_client_connect(struct ev_loop *loop, const struct ws_client
     char host[256];
     bare_host(&url, host); /* the lookup wants the address without its brackets */
     c->state = ST_CONNECTING;
+    if (o->net) { /* no lookup, TCP or TLS: the transport it gives is ready */
+        const struct ws_transport_ops *tops = NULL;
+        void *ts = NULL;
+        int fd = o->net->open(o->net->ud, o->url, &tops, &ts, err, errlen);
+        if (fd < 0) {
+            c->state = ST_ENDED;
+            ws_client_free(c);
+            return NULL;
+        }
+        ws_wire_init(&c->wire, loop, fd, tops, ts, on_wire, c);
+        c->wired = true;
+        o->net->attach(o->net->ud, ts, loop, &c->wire.io);
+        c->state = ST_SECURING;
+        ev_feed_event(loop, &c->wire.io, EV_WRITE); /* from the loop, never from in here */
+        ws_timer_start(loop, &c->timer, o->timeout, 0);
+        return c;
+    }
     c->dial = ws_dial_start(loop, host, url.port, on_dialled, c);
     if (!c->dial) {
         snprintf(err, errlen, "cannot start the name lookup: %s", strerror(errno));

@@ -42,7 +42,7 @@ static uint64_t moved(const struct kit_engine *e)
     uint64_t n = 0;
     for (size_t i = 0; i < e->nclients; i++)
         n += ws_mempipe_moved(e->clients[i].pipe);
-    return n;
+    return n + kit_upstream_moved(e);
 }
 
 /* An app given as source is loaded, and reloaded, from its own folder under its bare name, so
@@ -77,6 +77,7 @@ void kit_settle(struct kit_engine *e)
     int quiet = 0;
     for (int i = 0; i < SETTLE_ROUNDS && quiet < 2; i++) {
         uint64_t before = moved(e);
+        kit_upstream_pump(e);
         ev_run(e->loop, EVRUN_NOWAIT);
         size_t fired = ws_clock_advance(e->loop, 0);
         quiet = fired == 0 && moved(e) == before ? quiet + 1 : 0;
@@ -144,6 +145,42 @@ static int engine_redis_call(lua_State *L)
     return pushed;
 }
 
+/* e:upstream(url) and the upstream_* methods: see kit_upstream_add in ws/kit.h. */
+static int engine_upstream(lua_State *L)
+{
+    return kit_upstream_add(L, check_engine(L));
+}
+
+static int engine_upstream_answer(lua_State *L)
+{
+    return kit_upstream_answer(L, check_engine(L));
+}
+
+static int engine_upstream_send(lua_State *L)
+{
+    return kit_upstream_send(L, check_engine(L));
+}
+
+static int engine_upstream_close(lua_State *L)
+{
+    return kit_upstream_close(L, check_engine(L), false);
+}
+
+static int engine_upstream_drop(lua_State *L)
+{
+    return kit_upstream_close(L, check_engine(L), true);
+}
+
+static int engine_upstream_next(lua_State *L)
+{
+    return kit_upstream_next(L, check_engine(L));
+}
+
+static int engine_upstream_state(lua_State *L)
+{
+    return kit_upstream_state(L, check_engine(L));
+}
+
 static size_t live_engines; /* engines with a loop: the budget watchdog runs while there are */
 
 static void free_engine(struct kit_engine *e)
@@ -155,6 +192,7 @@ static void free_engine(struct kit_engine *e)
     kit_http_answer_with(e, NULL);
     kit_pg_answer_with(e, NULL);
     kit_redis_detach(e);
+    kit_upstream_free(e);
     for (size_t i = 0; i < e->nclients; i++)
         ws_mempipe_release(e->clients[i].pipe);
     free(e->clients);
@@ -314,6 +352,8 @@ static int kit_load(lua_State *L)
         e->app->status_pid = -1;
     if (e->app) /* and ws.pg */
         kit_pg_install(e);
+    if (e->app) /* and ws.connect */
+        kit_upstream_install(e);
     if (e->app)
         e->srv = ws_server_new(e->loop, &e->app->config, &lb_app_ops, e->app, err, sizeof(err));
     if (e->srv) {
@@ -686,6 +726,13 @@ int luaopen_ws_kitcore(lua_State *L)
         {"redis", engine_redis},
         {"redis_call", engine_redis_call},
         {"on_redis", engine_on_redis},
+        {"upstream", engine_upstream},
+        {"upstream_answer", engine_upstream_answer},
+        {"upstream_send", engine_upstream_send},
+        {"upstream_close", engine_upstream_close},
+        {"upstream_drop", engine_upstream_drop},
+        {"upstream_next", engine_upstream_next},
+        {"upstream_state", engine_upstream_state},
         {"reload", engine_reload},
         {"eval", engine_eval},
         {"log", engine_log},

@@ -235,6 +235,7 @@ static bool start(struct lb_wsclient *cl)
         .ca_file = cl->ca_file,
         .insecure = cl->insecure,
         .stats = a->srv ? a->srv->env.stats : NULL,
+        .net = a->wsclient_net,
     };
     cl->opened = false;
     cl->c = ws_client_connect(a->loop, &o, &client_ops, cl, cl->err, sizeof cl->err);

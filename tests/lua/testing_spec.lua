@@ -1597,3 +1597,168 @@ describe("ws.testing: the in-memory Redis (t:redis)", function()
     t:close()
   end)
 end)
+
+describe("ws.testing upstream stand-ins (t:upstream)", function()
+  local testing = require "ws.testing"
+
+  -- A handler that relays between its client and an upstream, waiting for each step.
+  local relay = [[
+    return {message = function(conn, data)
+      local cmd, arg = data:match("^(%S+)%s*(.*)$")
+      if cmd == "connect" then
+        local opts = {protocols = {"v1", "v2"}, headers = {["X-Token"] = "t1"}, timeout = 3,
+                      compression = true}
+        local cl, err, status, body = ws.connect(arg, opts)
+        if not cl then
+          return conn:send(string.format("failed %s %s %s", err, tostring(status), tostring(body)))
+        end
+        ws.state.cl = cl
+        return conn:send("open " .. tostring(cl.protocol))
+      elseif cmd == "send" then
+        return conn:send(tostring(ws.state.cl:send(arg)))
+      elseif cmd == "receive" then
+        local got, kind, code, reason = ws.state.cl:receive(2)
+        return conn:send(string.format("%s %s %s %s", tostring(got), tostring(kind),
+                                       tostring(code), tostring(reason)))
+      elseif cmd == "close" then
+        ws.state.cl:close(4000, "bye")
+        local got, kind, code, reason = ws.state.cl:receive(2)
+        return conn:send(string.format("closed %s %s %s", tostring(kind), tostring(code),
+                                       tostring(reason)))
+      end
+    end}]]
+
+  it("answers a waiting ws.connect, both ways, on the real client code", function()
+    local t = testing.load(relay)
+    local up = t:upstream("ws://feed.test/v1?x=1")
+    up:accept({protocol = "v2"})
+    local c = t:connect()
+    c:send("connect ws://feed.test/v1?x=1")
+    assert.equal("open v2", c:next().data)
+    assert.is_true(up:is_open())
+    assert.equal(1, up.connections)
+    local req = up.request
+    assert.equal("GET", req.method)
+    assert.equal("/v1?x=1", req.path)
+    assert.equal("t1", req.headers["x-token"])
+    assert.equal("v1, v2", req.headers["sec-websocket-protocol"])
+    assert.equal("feed.test", req.headers["host"])
+    -- offered, not taken: the stand-in answers without extensions, so frames go uncompressed
+    assert.matches("^permessage%-deflate", req.headers["sec-websocket-extensions"])
+    c:send("send hello")
+    assert.equal("sent", c:next().data)
+    assert.same({kind = "text", data = "hello"}, up:next())
+    assert.is_nil(up:next())
+    assert.is_true(up:send("tick 1"))
+    assert.is_true(up:send_binary("\0\1"))
+    c:send("receive")
+    assert.equal("tick 1 text nil nil", c:next().data)
+    c:send("receive")
+    assert.equal("\0\1 binary nil nil", c:next().data)
+    c:send("close")
+    assert.equal("closed closed 4000 ", c:next().data) -- the upstream's echo: the code alone
+    assert.same({kind = "close", code = 4000, reason = "bye"}, up:next())
+    assert.is_false(up:is_open())
+    assert.same({nil, "the upstream has no open connection"}, {up:send("late")})
+    t:close()
+  end)
+
+  it("passes the upstream's close code and a dropped connection's 1006 to the app", function()
+    local t = testing.load(relay)
+    local up = t:upstream("ws://feed.test/")
+    local c = t:connect()
+    c:send("connect ws://feed.test/")
+    assert.equal("open nil", c:next().data)
+    assert.is_true(up:close(4001, "maintenance"))
+    c:send("receive")
+    assert.equal("nil closed 4001 maintenance", c:next().data)
+    assert.same({kind = "close", code = 4001, reason = ""}, up:next()) -- the app's echo
+    c:send("connect ws://feed.test/")
+    assert.equal("open nil", c:next().data)
+    assert.equal(2, up.connections)
+    assert.is_true(up:drop())
+    c:send("receive")
+    assert.matches("^nil closed 1006 ", c:next().data)
+    t:close()
+  end)
+
+  it("refuses with a status and body, and times out on the simulated clock", function()
+    local t = testing.load(relay)
+    local up = t:upstream("ws://feed.test/")
+    up:refuse(403, "no entry")
+    local c = t:connect()
+    c:send("connect ws://feed.test/")
+    assert.equal("failed the server refused the upgrade with status 403 403 no entry",
+                 c:next().data)
+    up:accept({protocol = "v3"}) -- one the app did not offer: its client refuses the answer
+    c:send("connect ws://feed.test/")
+    assert.matches("^failed .*protocol", c:next().data)
+    assert.same({kind = "close", code = 1006, reason = ""}, up:next()) -- it let go at once
+    up:accept({protocol = "not a token"}) -- no such answer can be written: 500 says so
+    c:send("connect ws://feed.test/")
+    assert.equal("failed the server refused the upgrade with status 500 500 the stand-in's "
+                 .. "answer cannot be written", c:next().data)
+    up:accept({delay = 10})
+    local before = t:now()
+    c:send("connect ws://feed.test/")
+    assert.is_nil(c:next())
+    t:advance(2.9)
+    assert.is_nil(c:next())
+    t:advance(0.2)
+    assert.equal("failed timeout nil nil", c:next().data)
+    assert.is_true(t:now() - before < 3.2)
+    t:advance(10) -- the late answer finds no one: nothing to report
+    assert.is_nil(up:next())
+    up:accept({delay = 1})
+    c:send("connect ws://feed.test/")
+    t:advance(1)
+    assert.equal("open nil", c:next().data)
+    t:close()
+  end)
+
+  it("never reaches the network: a URL without a stand-in fails at once naming t:upstream", function()
+    local t = testing.load(relay)
+    local c = t:connect()
+    c:send("connect ws://127.0.0.1:1/")
+    assert.equal("failed no stand-in for ws://127.0.0.1:1/ in this test (t:upstream) nil nil",
+                 c:next().data)
+    t:upstream("wss://secure.test/") -- no TLS in the kit: the stand-in answers in the clear
+    c:send("connect wss://secure.test/")
+    assert.equal("open nil", c:next().data)
+    c:send("connect wss://secure.test:8443/")
+    assert.matches("^failed no stand%-in for wss://secure.test:8443/", c:next().data)
+    t:close()
+  end)
+  it("drives the callback style: messages, a drop, then the app's reconnect", function()
+    local t = testing.load([[
+      ws.state.events = {}
+      local function note(s) table.insert(ws.state.events, s) end
+      ws.connect("ws://feed.test/live", {
+        reconnect = true, reconnect_delay = 1, reconnect_max_delay = 1,
+        open = function(cl) note("open"); cl:send("subscribe") end,
+        message = function(cl, data) note("message " .. data); ws.broadcast(data) end,
+        close = function(cl, code, reason) note("close " .. code) end,
+      })
+      return {}]])
+    -- the first attempt ran before the spec declared the upstream: it failed at once, without
+    -- the network, and the app retries on the simulated clock
+    local up = t:upstream("ws://feed.test/live")
+    assert.equal(0, up.connections)
+    assert.same({"close 1006"}, t.state.events)
+    local c = t:connect()
+    t:advance(1)
+    assert.equal(1, up.connections)
+    assert.same({kind = "text", data = "subscribe"}, up:next())
+    up:send("a")
+    up:send("b")
+    assert.same({{kind = "text", data = "a"}, {kind = "text", data = "b"}}, c:received())
+    assert.is_true(up:drop())
+    assert.same({"close 1006", "open", "message a", "message b", "close 1006"}, t.state.events)
+    t:advance(1)
+    assert.equal(2, up.connections)
+    assert.same({kind = "text", data = "subscribe"}, up:next())
+    up:send("c")
+    assert.same({kind = "text", data = "c"}, c:next())
+    t:close()
+  end)
+end)
