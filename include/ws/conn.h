@@ -58,7 +58,7 @@ struct ws_conn {
     enum ws_conn_state state;
     ev_timer timer; /* the one timer: handshake, ping, pong, idle and close deadlines */
     struct ws_session session;
-    struct ws_request request;        /* the HTTP request while CONNECTING, then empty */
+    struct ws_request *request;       /* the HTTP request while CONNECTING, then NULL */
     struct ws_heartbeat_clocks clock; /* what the timeouts are measured from */
     union {
         struct sockaddr sa;
