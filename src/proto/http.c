@@ -46,25 +46,27 @@ static int scan(const char *buf, size_t from, size_t to, size_t *head_len)
     /* a CR that ended the bytes of an earlier call */
     if (i > 0 && i < to && buf[i - 1] == '\r' && buf[i] != '\n')
         return WS_E_HTTP_BAD;
+    /* a line at a time, with memchr and strnlen rather than a test per byte */
     while (i < to) {
-        char c = buf[i];
-        if (c != '\n' && c != '\r' && c != '\0') {
-            i++;
-            continue;
-        }
-        /* RFC 9112 §2.2: NUL never belongs in a head; a bare CR is invalid. */
-        if (c == '\0' || (c == '\r' && i + 1 < to && buf[i + 1] != '\n'))
+        const char *nl = memchr(buf + i, '\n', to - i);
+        size_t end = nl ? (size_t)(nl - buf) : to; /* the line's bytes before its LF */
+        /* RFC 9112 §2.2: NUL never belongs in a head; a bare CR is invalid: a CR is only
+         * allowed right before the LF (or as the last byte so far) */
+        if (strnlen(buf + i, end - i) != end - i)
             return WS_E_HTTP_BAD;
-        if (c == '\n') {
-            /* RFC 9112 §2.2: we accept only CRLF line endings, not a bare LF. */
-            if (i == 0 || buf[i - 1] != '\r')
-                return WS_E_HTTP_BAD;
-            if (i >= 3 && buf[i - 3] == '\r' && buf[i - 2] == '\n') {
-                *head_len = i + 1;
-                return 0;
-            }
+        const char *cr = end > i ? memchr(buf + i, '\r', end - i) : NULL;
+        if (cr && (size_t)(cr - buf) != end - 1)
+            return WS_E_HTTP_BAD;
+        if (!nl)
+            return 0;
+        /* RFC 9112 §2.2: we accept only CRLF line endings, not a bare LF. */
+        if (end == 0 || buf[end - 1] != '\r')
+            return WS_E_HTTP_BAD;
+        if (end >= 3 && buf[end - 3] == '\r' && buf[end - 2] == '\n') {
+            *head_len = end + 1;
+            return 0;
         }
-        i++;
+        i = end + 1;
     }
     return 0;
 }
@@ -238,7 +240,8 @@ static bool span_ieq_n(struct ws_span span, const char *s, size_t n)
     if (span.n != n)
         return false;
     for (size_t i = 0; i < n; i++) {
-        if (lower((unsigned char)span.p[i]) != lower((unsigned char)s[i]))
+        unsigned char a = (unsigned char)span.p[i], b = (unsigned char)s[i];
+        if (a != b && lower(a) != lower(b)) /* names mostly come in the case asked for */
             return false;
     }
     return true;
