@@ -217,6 +217,8 @@ struct bench {
     uint64_t last_progress_ns, t_open_ns, t_win_ns, t_end_ns, t_all_open_ns;
     double cpu_client0, cpu_client1, cpu_server0, cpu_server1, cpu_machine0, cpu_machine1;
     long rss_before_kb, rss_after_kb;
+    long anon_before_kb, anon_after_kb; /* RssAnon: without the code pages a first handshake
+                                         * maps in (libcrypto), which do not grow with N */
     struct hist hist;
     ev_timer warmup_timer, end_timer, watchdog;
     ev_prepare prepare;
@@ -281,19 +283,26 @@ static double cpu_machine_s(void)
 }
 
 /* VmRSS of PID in KiB (proc(5)); -1 if unknown. */
-static long rss_proc_kb(long pid)
+/* A field of /proc/PID/status in kB (VmRSS, RssAnon), -1 when unreadable. */
+static long proc_status_kb(long pid, const char *field)
 {
     char path[64], line[256];
     long kb = -1;
+    size_t n = strlen(field);
     snprintf(path, sizeof path, "/proc/%ld/status", pid);
     FILE *f = fopen(path, "r");
     if (!f)
         return -1;
     while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+        if (strncmp(line, field, n) == 0 && line[n] == ':' && sscanf(line + n + 1, "%ld", &kb) == 1)
             break;
     fclose(f);
     return kb;
+}
+
+static long rss_proc_kb(long pid)
+{
+    return proc_status_kb(pid, "VmRSS");
 }
 
 /* ---- histogram ---- */
@@ -2025,6 +2034,11 @@ static void report(struct bench *b, const char *why)
             printf(",\"rss_per_conn_bytes\":%.1f", (double)delta * 1024.0 / (double)b->opened);
         else
             printf(",\"rss_per_conn_bytes\":null");
+        if (b->anon_before_kb >= 0 && b->anon_after_kb >= 0 && b->opened)
+            printf(",\"anon_per_conn_bytes\":%.1f",
+                   (double)(b->anon_after_kb - b->anon_before_kb) * 1024.0 / (double)b->opened);
+        else
+            printf(",\"anon_per_conn_bytes\":null");
     }
     printf("}\n");
     fflush(stdout);
@@ -2046,8 +2060,10 @@ static void finish(struct bench *b, const char *why)
     b->finished = true;
     b->running = false;
     window_end(b);
-    if (b->o.mode == MODE_IDLE && b->o.server_pid > 0)
+    if (b->o.mode == MODE_IDLE && b->o.server_pid > 0) {
         b->rss_after_kb = rss_proc_kb(b->o.server_pid);
+        b->anon_after_kb = proc_status_kb(b->o.server_pid, "RssAnon");
+    }
     report(b, why);
     ev_break(b->loop, EVBREAK_ALL);
 }
@@ -2526,12 +2542,14 @@ int main(int argc, char **argv)
     }
     if (b->o.server_pid > 0) {
         b->rss_before_kb = rss_proc_kb(b->o.server_pid);
+        b->anon_before_kb = proc_status_kb(b->o.server_pid, "RssAnon");
         if (cpu_proc_s(b->o.server_pid) < 0) {
             fprintf(stderr, "wsbench: no process %ld to measure\n", b->o.server_pid);
             return 2;
         }
     } else {
         b->rss_before_kb = b->rss_after_kb = -1;
+        b->anon_before_kb = b->anon_after_kb = -1;
     }
 
     ev_prepare_init(&b->prepare, on_prepare);

@@ -40,14 +40,15 @@ enum ws_close_state {
 struct ws_session {
     struct ws_frame_decoder dec;
     struct ws_utf8 utf8;
-    struct ws_buf msg;          /* the message being assembled (empty when zero-copy) */
     uint8_t msg_opcode;         /* WS_OP_TEXT/BINARY while a message is in progress, else 0 */
     bool msg_compressed;        /* the message in progress had RSV1 (RFC 7692 §6) */
+    bool msg_done;              /* msg holds a message handed out by the last event */
+    uint8_t ctl_len;            /* bytes of ctl gathered */
+    struct ws_buf msg;          /* the message being assembled (empty when zero-copy) */
     struct ws_deflate *deflate; /* permessage-deflate when negotiated, else NULL (borrowed) */
     uint64_t msg_len;           /* bytes of the message so far */
-    bool msg_done;              /* msg holds a message handed out by the last event */
-    uint8_t ctl[WS_FRAME_MAX_CONTROL_PAYLOAD]; /* a control frame split across reads */
-    uint8_t ctl_len;
+    uint8_t *ctl; /* a control frame split across reads (WS_FRAME_MAX_CONTROL_PAYLOAD bytes,
+                   * made by the first one, else NULL) */
     size_t max_message_bytes;
     enum ws_close_state close_state;
     int err; /* sticky */
@@ -64,7 +65,7 @@ void ws_session_set_deflate(struct ws_session *s, struct ws_deflate *d);
  * masked (WS_E_MASKED otherwise). Everything else is the same in both roles. */
 void ws_session_set_client(struct ws_session *s);
 
-/* Frees the message buffer; the session may be initialised again. */
+/* Frees the message and control-frame buffers; the session may be initialised again. */
 void ws_session_reset(struct ws_session *s);
 
 /* Decodes from data[0..len) (unmasking in place). Sets *used to the bytes consumed and returns:

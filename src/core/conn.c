@@ -92,7 +92,8 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     c->state = WS_CONN_CONNECTING;
     c->clock.started = c->clock.last_read = c->clock.last_message = ws_clock_now(env->loop);
     ws_session_init(&c->session, (size_t)env->cfg.max_message_size);
-    ws_request_init(&c->request);
+    c->request = ws_xmalloc(sizeof(*c->request));
+    ws_request_init(c->request);
     ws_wire_init(&c->wire, env->loop, fd, transport, transport_state, on_io, c);
     ev_init(&c->timer, on_timer);
     c->timer.data = c;
@@ -345,6 +346,16 @@ void ws_conn_flush(struct ws_conn *c)
 
 static void process_frames(struct ws_conn *c, uint8_t *data, size_t len);
 
+/* The request reader is needed only while CONNECTING: an open connection holds none. */
+static void free_request(struct ws_conn *c)
+{
+    if (c->request) {
+        ws_request_reset(c->request);
+        free(c->request);
+        c->request = NULL;
+    }
+}
+
 /* Sends the front's answer to req (NULL: unreadable), then closes: the one response a plain
  * request gets. */
 static void answer(struct ws_conn *c, const struct ws_front_reply *r,
@@ -362,7 +373,7 @@ static void answer(struct ws_conn *c, const struct ws_front_reply *r,
     }
     ws_outq_append(&c->wire.out, &c->env->pool, r->response.data, r->response.len);
     ws_connlog_access(c, r->status, r->reason[0] ? r->reason : NULL, req, r->response.len);
-    ws_request_reset(&c->request);
+    free_request(c);
     set_state(c, WS_CONN_CLOSING);
     rearm(c);
     want_flush(c);
@@ -391,9 +402,9 @@ static void open_ws(struct ws_conn *c, struct ws_front_reply *r, const struct ws
     if (env->ops->open)
         env->ops->open(env->app, c);
     /* SPEC §3: bytes after the head in the same read are the first frame bytes */
-    size_t rest = c->request.in.len - req->head_len;
+    size_t rest = c->request->in.len - req->head_len;
     if (rest && c->state != WS_CONN_CLOSED)
-        process_frames(c, c->request.in.data + req->head_len, rest);
+        process_frames(c, c->request->in.data + req->head_len, rest);
 }
 
 /* Answers a request that could not be read: the status that goes with err. req is its head
@@ -417,7 +428,7 @@ static void carry_out(struct ws_conn *c, struct ws_front_reply *r,
             ws_handshake_is_upgrade(req) ? WS_CONN_DECIDING_UPGRADE : WS_CONN_DECIDING_HTTP;
     } else if (r->action == WS_FRONT_UPGRADE) {
         open_ws(c, r, req);
-        ws_request_reset(&c->request);
+        free_request(c);
     } else {
         answer(c, r, req);
     }
@@ -442,8 +453,8 @@ static void while_deciding(struct ws_conn *c, const uint8_t *data, size_t n)
 {
     if (c->deciding != WS_CONN_DECIDING_UPGRADE)
         return;
-    ws_buf_append(&c->request.in, data, n);
-    if (c->request.in.len - c->request.head_len > WS_ENV_READ_BYTES)
+    ws_buf_append(&c->request->in, data, n);
+    if (c->request->in.len - c->request->head_len > WS_ENV_READ_BYTES)
         ws_conn_hold_reading(c, true);
 }
 
@@ -460,7 +471,7 @@ static bool decided(struct ws_conn *c, enum ws_conn_decision was)
 void ws_conn_upgrade_decided(struct ws_conn *c, struct ws_upgrade_reply *app)
 {
     struct ws_http_request req;
-    if (!decided(c, WS_CONN_DECIDING_UPGRADE) || !ws_request_head(&c->request, &req)) {
+    if (!decided(c, WS_CONN_DECIDING_UPGRADE) || !ws_request_head(c->request, &req)) {
         free(app->body);
         free(app->headers);
         free(app->protocol);
@@ -474,7 +485,7 @@ void ws_conn_upgrade_decided(struct ws_conn *c, struct ws_upgrade_reply *app)
 void ws_conn_http_answered(struct ws_conn *c, struct ws_http_reply *app)
 {
     struct ws_http_request req;
-    if (!decided(c, WS_CONN_DECIDING_HTTP) || !ws_request_complete(&c->request, &req)) {
+    if (!decided(c, WS_CONN_DECIDING_HTTP) || !ws_request_complete(c->request, &req)) {
         free(app->body);
         free(app->headers);
         free(app->content_type);
@@ -511,10 +522,10 @@ static void on_request_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
     const struct ws_request_limits lim = {(size_t)cfg(c)->max_header_size,
                                           (size_t)cfg(c)->max_body_size, REQUEST_READ_BYTES};
     struct ws_http_request req;
-    int rc = ws_request_feed(&c->request, data, len, &lim, &req);
+    int rc = ws_request_feed(c->request, data, len, &lim, &req);
     if (rc == WS_E_AGAIN)
         return;
-    bool head = rc == 0 || ws_request_head(&c->request, &req);
+    bool head = rc == 0 || ws_request_head(c->request, &req);
     if (head && !c->path)
         c->path = ws_xstrndup(req.target.p, req.target.n);
     if (rc < 0)
@@ -762,7 +773,7 @@ void ws_conn_destroy(struct ws_conn *c)
         ws_env_ip_count(c->env, &c->peer.sa, -1);
     ws_registry_remove(&env->conns, &c->node);
     ws_session_reset(&c->session);
-    ws_request_reset(&c->request);
+    free_request(c);
     ws_wire_free(&c->wire, &env->pool);
     if (c->deflate) {
         ws_deflate_reset(c->deflate);

@@ -20,27 +20,30 @@
 /* RFC 6455 §1.3: the GUID appended to the key before hashing. */
 static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 #define GUID_LEN (sizeof guid - 1)
-#define KEY_INLINE_MAX 128
+
+/* SHA-1 of a then b. OpenSSL 3's SHA1() fetches the algorithm and makes a context on every call:
+ * for a 60-byte input that costs twice the digest itself, so the algorithm and one context are
+ * kept (per thread) and the context is reset for each digest. */
+static void sha1_of(const void *a, size_t a_len, const void *b, size_t b_len,
+                    unsigned char digest[SHA_DIGEST_LENGTH])
+{
+    static _Thread_local EVP_MD *md;
+    static _Thread_local EVP_MD_CTX *ctx;
+    if (!md)
+        md = EVP_MD_fetch(NULL, "SHA1", NULL);
+    if (!ctx)
+        ctx = EVP_MD_CTX_new();
+    if (!md || !ctx || !EVP_DigestInit_ex2(ctx, md, NULL) || !EVP_DigestUpdate(ctx, a, a_len) ||
+        !EVP_DigestUpdate(ctx, b, b_len) || !EVP_DigestFinal_ex(ctx, digest, NULL)) {
+        fprintf(stderr, "wsserver: SHA-1 failed\n");
+        abort();
+    }
+}
 
 void ws_handshake_accept_key(const char *key, size_t key_len, char out[WS_HANDSHAKE_ACCEPT_LEN + 1])
 {
     unsigned char digest[SHA_DIGEST_LENGTH];
-    if (key_len <= KEY_INLINE_MAX) {
-        unsigned char joined[KEY_INLINE_MAX + GUID_LEN];
-        memcpy(joined, key, key_len);
-        memcpy(joined + key_len, guid, GUID_LEN);
-        SHA1(joined, key_len + GUID_LEN, digest);
-    } else {
-        /* Never a valid key (those are 24 bytes), but the function is total. */
-        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-        if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) ||
-            !EVP_DigestUpdate(ctx, key, key_len) || !EVP_DigestUpdate(ctx, guid, GUID_LEN) ||
-            !EVP_DigestFinal_ex(ctx, digest, NULL)) {
-            fprintf(stderr, "wsserver: SHA-1 failed\n");
-            abort();
-        }
-        EVP_MD_CTX_free(ctx);
-    }
+    sha1_of(key, key_len, guid, GUID_LEN, digest);
     /* EVP_EncodeBlock writes 4 * ceil(20 / 3) = 28 characters and a NUL. */
     EVP_EncodeBlock((unsigned char *)out, digest, SHA_DIGEST_LENGTH);
 }

@@ -11,12 +11,19 @@
 #include <string.h>
 
 /* RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
- * "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+ * "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA. A table: names are read a byte at a time. */
+#define TCHAR_RANGE(a, b) [a... b] = true
+static const bool tchar[256] = {
+    TCHAR_RANGE('0', '9'), TCHAR_RANGE('a', 'z'), TCHAR_RANGE('A', 'Z'), ['!'] = true,
+    ['#'] = true,          ['$'] = true,          ['%'] = true,          ['&'] = true,
+    ['\''] = true,         ['*'] = true,          ['+'] = true,          ['-'] = true,
+    ['.'] = true,          ['^'] = true,          ['_'] = true,          ['`'] = true,
+    ['|'] = true,          ['~'] = true,
+};
+
 bool ws_http_is_tchar(unsigned char c)
 {
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
-        return true;
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+    return tchar[c];
 }
 
 static bool is_ows(char c)
@@ -35,20 +42,31 @@ static unsigned char lower(unsigned char c)
 static int scan(const char *buf, size_t from, size_t to, size_t *head_len)
 {
     *head_len = 0;
-    for (size_t i = from; i < to; i++) {
-        char c = buf[i];
-        /* RFC 9112 §2.2: NUL never belongs in a head; a bare CR is invalid. */
-        if (c == '\0' || (i > 0 && buf[i - 1] == '\r' && c != '\n'))
+    size_t i = from;
+    /* a CR that ended the bytes of an earlier call */
+    if (i > 0 && i < to && buf[i - 1] == '\r' && buf[i] != '\n')
+        return WS_E_HTTP_BAD;
+    /* a line at a time, with memchr and strnlen rather than a test per byte */
+    while (i < to) {
+        const char *nl = memchr(buf + i, '\n', to - i);
+        size_t end = nl ? (size_t)(nl - buf) : to; /* the line's bytes before its LF */
+        /* RFC 9112 §2.2: NUL never belongs in a head; a bare CR is invalid: a CR is only
+         * allowed right before the LF (or as the last byte so far) */
+        if (strnlen(buf + i, end - i) != end - i)
             return WS_E_HTTP_BAD;
-        if (c != '\n')
-            continue;
+        const char *cr = end > i ? memchr(buf + i, '\r', end - i) : NULL;
+        if (cr && (size_t)(cr - buf) != end - 1)
+            return WS_E_HTTP_BAD;
+        if (!nl)
+            return 0;
         /* RFC 9112 §2.2: we accept only CRLF line endings, not a bare LF. */
-        if (i == 0 || buf[i - 1] != '\r')
+        if (end == 0 || buf[end - 1] != '\r')
             return WS_E_HTTP_BAD;
-        if (i >= 3 && buf[i - 3] == '\r' && buf[i - 2] == '\n') {
-            *head_len = i + 1;
+        if (end >= 3 && buf[end - 3] == '\r' && buf[end - 2] == '\n') {
+            *head_len = end + 1;
             return 0;
         }
+        i = end + 1;
     }
     return 0;
 }
@@ -57,7 +75,7 @@ static int scan(const char *buf, size_t from, size_t to, size_t *head_len)
 static int parse_request_line(const char *p, const char *eol, struct ws_http_request *req)
 {
     const char *s = p;
-    while (p < eol && ws_http_is_tchar((unsigned char)*p))
+    while (p < eol && tchar[(unsigned char)*p])
         p++;
     if (p == s || p == eol || *p != ' ')
         return WS_E_HTTP_BAD;
@@ -91,7 +109,7 @@ static int parse_field(const char *p, const char *eol, struct ws_http_header *h)
     if (is_ows(*p))
         return WS_E_HTTP_BAD;
     const char *s = p;
-    while (p < eol && ws_http_is_tchar((unsigned char)*p))
+    while (p < eol && tchar[(unsigned char)*p])
         p++;
     /* RFC 9112 §5.1: no whitespace between the name and the colon. */
     if (p == s || p == eol || *p != ':')
@@ -177,7 +195,7 @@ static int parse(const char *buf, size_t len, size_t max_head_bytes, size_t *sca
     if (len == 0)
         return WS_E_AGAIN;
     /* Fail fast on bytes that cannot start a request line (e.g. TLS sent to a plain port). */
-    if (!ws_http_is_tchar((unsigned char)buf[0]))
+    if (!tchar[(unsigned char)buf[0]])
         return WS_E_HTTP_BAD;
 
     /* Bytes before *scanned were checked by earlier calls. scan() looks back up to 3 bytes from
@@ -196,7 +214,10 @@ static int parse(const char *buf, size_t len, size_t max_head_bytes, size_t *sca
         return WS_E_AGAIN;
     }
 
-    memset(req, 0, sizeof *req);
+    /* the fields, not the 64 header slots: only the first nheaders are read */
+    req->method = req->target = req->body = (struct ws_span){NULL, 0};
+    req->version_minor = req->status = 0;
+    req->nheaders = 0;
     req->head_len = head_len;
     return parse_head(buf, req->head_len, response, req);
 }
@@ -213,22 +234,30 @@ int ws_http_parse_response(const char *buf, size_t len, size_t max_head_bytes, s
     return parse(buf, len, max_head_bytes, scanned, true, resp);
 }
 
-bool ws_span_ieq(struct ws_span span, const char *s)
+/* span equals s[0..n) but for ASCII case: the length decides most comparisons at once. */
+static bool span_ieq_n(struct ws_span span, const char *s, size_t n)
 {
-    size_t n = strlen(s);
     if (span.n != n)
         return false;
     for (size_t i = 0; i < n; i++) {
-        if (lower((unsigned char)span.p[i]) != lower((unsigned char)s[i]))
+        unsigned char a = (unsigned char)span.p[i], b = (unsigned char)s[i];
+        if (a != b && lower(a) != lower(b)) /* names mostly come in the case asked for */
             return false;
     }
     return true;
 }
 
+bool ws_span_ieq(struct ws_span span, const char *s)
+{
+    return span_ieq_n(span, s, strlen(s));
+}
+
+/* The lookups below measure name once, not once per field. */
 const struct ws_span *ws_http_header(const struct ws_http_request *req, const char *name)
 {
+    size_t n = strlen(name);
     for (size_t i = 0; i < req->nheaders; i++) {
-        if (ws_span_ieq(req->headers[i].name, name))
+        if (span_ieq_n(req->headers[i].name, name, n))
             return &req->headers[i].value;
     }
     return NULL;
@@ -236,9 +265,10 @@ const struct ws_span *ws_http_header(const struct ws_http_request *req, const ch
 
 size_t ws_http_header_count(const struct ws_http_request *req, const char *name)
 {
+    size_t n = strlen(name);
     size_t count = 0;
     for (size_t i = 0; i < req->nheaders; i++) {
-        if (ws_span_ieq(req->headers[i].name, name))
+        if (span_ieq_n(req->headers[i].name, name, n))
             count++;
     }
     return count;
@@ -274,8 +304,9 @@ bool ws_http_header_has_token(const struct ws_http_request *req, const char *nam
                               const char *token)
 {
     /* RFC 9110 §5.3: repeated fields combine into one comma-separated list. */
+    size_t n = strlen(name);
     for (size_t i = 0; i < req->nheaders; i++) {
-        if (!ws_span_ieq(req->headers[i].name, name))
+        if (!span_ieq_n(req->headers[i].name, name, n))
             continue;
         struct ws_span list = req->headers[i].value;
         struct ws_span t;

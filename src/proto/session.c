@@ -6,6 +6,7 @@
 #include "ws/err.h"
 
 #include <assert.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A finished message buffer larger than this is freed rather than kept for the next message,
@@ -26,6 +27,7 @@ void ws_session_init(struct ws_session *s, size_t max_message_bytes)
     s->deflate = NULL;
     s->msg_len = 0;
     s->msg_done = false;
+    s->ctl = NULL;
     s->ctl_len = 0;
     s->max_message_bytes = max_message_bytes;
     s->close_state = WS_CLOSE_NONE;
@@ -48,6 +50,9 @@ void ws_session_reset(struct ws_session *s)
 {
     ws_buf_reset(&s->msg);
     s->msg_done = false;
+    free(s->ctl);
+    s->ctl = NULL;
+    s->ctl_len = 0;
 }
 
 /* Drops the message handed out by the previous event; its pointers were valid until now. */
@@ -202,8 +207,11 @@ static int on_control(struct ws_session *s, const struct ws_frame_event *fe,
     const uint8_t *p = fe->data;
     size_t n = fe->len;
     if (!fe->last || s->ctl_len > 0) {
-        /* split across calls: the earlier spans' buffers are gone, keep a copy */
-        assert(s->ctl_len + fe->len <= sizeof s->ctl); /* the decoder enforces 125 */
+        /* split across calls: the earlier spans' buffers are gone, keep a copy (its buffer is
+         * made by the first split one: a connection that never gets one holds none) */
+        assert(s->ctl_len + fe->len <= WS_FRAME_MAX_CONTROL_PAYLOAD); /* the decoder's limit */
+        if (!s->ctl)
+            s->ctl = ws_xmalloc(WS_FRAME_MAX_CONTROL_PAYLOAD);
         if (fe->len > 0)
             memcpy(s->ctl + s->ctl_len, fe->data, fe->len);
         s->ctl_len = (uint8_t)(s->ctl_len + fe->len);

@@ -443,6 +443,8 @@ static void test_bad_bytes_split(void **state)
         "GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n",
         "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\rX: b\r\n\r\n",
+        "GET / HTTP/1.1\r\n\r\r\n",
     };
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
         size_t len = strlen(bad[k]);
@@ -454,6 +456,13 @@ static void test_bad_bytes_split(void **state)
         /* And calling again gives the same answer. */
         assert_int_equal(ws_http_parse(bad[k], len, MAX_HEAD, &scanned, &req), WS_E_HTTP_BAD);
     }
+    /* A NUL in a later line is refused in the call that brings it, whatever came before. */
+    static const char nul[] = "GET / HTTP/1.1\r\nHost: a\r\nX: \0b\r\n\r\n";
+    size_t at = strlen(nul); /* the NUL's offset */
+    size_t scanned = 0;
+    for (size_t n = 1; n <= at; n++)
+        assert_int_equal(ws_http_parse(nul, n, MAX_HEAD, &scanned, &req), WS_E_AGAIN);
+    assert_int_equal(ws_http_parse(nul, at + 1, MAX_HEAD, &scanned, &req), WS_E_HTTP_BAD);
 }
 
 static void test_pipelined(void **state)
