@@ -45,8 +45,8 @@ void ws_front_upgrade_decided(struct ws_env *env, const struct ws_http_request *
                               struct ws_upgrade_reply *app, struct ws_front_reply *reply);
 
 /* The answer to a plain request req whose app route answered later (app: freed here). */
-void ws_front_http_answered(struct ws_env *env, const struct ws_http_request *req,
-                            struct ws_http_reply *app, struct ws_front_reply *reply);
+void ws_front_http_answered(const struct ws_http_request *req, struct ws_http_reply *app,
+                            struct ws_front_reply *reply);
 
 /* The metrics listener (metrics_listen): /metrics and /healthz only, never an upgrade. */
 void ws_front_handle_ops(struct ws_env *env, const struct ws_http_request *req,

@@ -492,7 +492,7 @@ void ws_conn_http_answered(struct ws_conn *c, struct ws_http_reply *app)
         return;
     }
     struct ws_front_reply r;
-    ws_front_http_answered(c->env, &req, app, &r);
+    ws_front_http_answered(&req, app, &r);
     carry_out(c, &r, &req);
 }
 

@@ -281,10 +281,9 @@ void ws_front_upgrade_decided(struct ws_env *env, const struct ws_http_request *
     upgrade_decided(env, req, &hs, app, r);
 }
 
-void ws_front_http_answered(struct ws_env *env, const struct ws_http_request *req,
-                            struct ws_http_reply *app, struct ws_front_reply *r)
+void ws_front_http_answered(const struct ws_http_request *req, struct ws_http_reply *app,
+                            struct ws_front_reply *r)
 {
-    (void)env;
     memset(r, 0, sizeof(*r));
     ws_buf_init(&r->response);
     answer_app(req, app, r);
