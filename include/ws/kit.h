@@ -27,6 +27,7 @@ struct kit_redis;
 struct kit_upstream;
 
 struct kit_engine {
+    struct kit_engine *next; /* the process's engines (kit_engine_of) */
     struct ev_loop *loop;
     struct lb_app *app;
     struct ws_server *srv;
@@ -73,8 +74,14 @@ void kit_value_in(lua_State *from, int idx, lua_State *L, int map, struct kit_en
 /* Registers the handles' metatable in L. [-0, +0, m] */
 void kit_value_open(lua_State *L);
 
-/* Makes e's app send its ws.http calls to the stand-in (before the app serves). */
-void kit_http_install(struct kit_engine *e);
+/* The engine whose loop is loop (a stand-in's pool is made knowing only its loop), or NULL. */
+struct kit_engine *kit_engine_of(struct ev_loop *loop);
+
+/* The stand-ins are installed on an app by kitcore.c before the app's code first runs (the
+ * lb_app_standins hook), so what its chunk and load() make reaches them too. */
+
+/* Makes e's app a send its ws.http calls to the stand-in. */
+void kit_http_install(struct kit_engine *e, struct lb_app *a);
 
 /* The function on top of L's stack (or nil; L NULL: none, at the end) answers the app's ws.http
  * calls from now on: fn(req) with req = {method =, url =, headers =, body =} returns {status =,
@@ -82,9 +89,8 @@ void kit_http_install(struct kit_engine *e);
  * naming on_http. Pops the value. [-1, +0, m] */
 void kit_http_answer_with(struct kit_engine *e, lua_State *L);
 
-/* Makes e's app send its ws.pg calls to the stand-in (after the app loaded, before it serves):
- * the pools its chunk made are made again on it. */
-void kit_pg_install(struct kit_engine *e);
+/* Makes the app a send its ws.pg calls to the stand-in of the engine its pools' loop belongs to. */
+void kit_pg_install(struct lb_app *a);
 
 /* The function on top of L's stack (or nil; L NULL: none, at the end) answers the app's ws.pg
  * queries from now on: fn(sql, params) with params the values as the server would receive them
@@ -95,10 +101,12 @@ void kit_pg_answer_with(struct kit_engine *e, lua_State *L);
 
 /* ---- kit_redis.c: ws.redis's stand-in, an in-memory Redis per engine ---- */
 
-/* Gives e its in-memory Redis (before its app loads: pools made at load time reach it) and makes
- * every app of the process send ws.redis to the stand-in (lb_app_standins). Until
- * kit_redis_enable, commands fail with an error naming t:redis(); subscriptions are kept. */
+/* Gives e its in-memory Redis (before its app loads). Until kit_redis_enable, commands fail
+ * with an error naming t:redis(); subscriptions are kept. */
 void kit_redis_attach(struct kit_engine *e);
+
+/* Makes the app a send its ws.redis calls to the in-memory Redis of its loop's engine. */
+void kit_redis_install(struct lb_app *a);
 
 /* Frees e's Redis and what it holds (after its app is freed). No-op when there is none. */
 void kit_redis_detach(struct kit_engine *e);
@@ -119,9 +127,9 @@ int kit_redis_push_call(struct kit_engine *e, lua_State *L, int first, int n, in
 
 /* ---- kit_upstream.c: ws.connect's stand-in, upstream servers declared by URL ---- */
 
-/* Makes e's app connect ws.connect to e's upstreams instead of the network (before it serves):
- * a URL without one fails at once with an error naming t:upstream. */
-void kit_upstream_install(struct kit_engine *e);
+/* Makes the app a connect ws.connect to e's upstreams instead of the network: a URL without one
+ * fails at once with an error naming t:upstream. */
+void kit_upstream_install(struct kit_engine *e, struct lb_app *a);
 
 /* Answers what the app's clients wrote to the upstreams since the last call (kit_settle's
  * rounds). */

@@ -300,11 +300,6 @@ void lb_pg_open(lua_State *L);
 /* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
 void lb_pg_free(struct lb_app *a);
 
-/* Sends ws.pg's calls through ops (a stand-in's, whose pool_new makes a pool for any conninfo)
- * from now on: the pools made so far, by the app's chunk (which cannot wait, so none has a
- * connection yet), are made again on ops, and the clients on them follow. */
-void lb_pg_set_ops(struct lb_app *a, const struct ws_pg_ops *ops);
-
 /* ---- lb_pg_types ---- */
 
 struct pg_result; /* libpq's PGresult */

@@ -234,10 +234,10 @@ static const struct ws_http_client_ops standin_ops = {
     standin_free,
 };
 
-void kit_http_install(struct kit_engine *e)
+void kit_http_install(struct kit_engine *e, struct lb_app *a)
 {
-    e->app->http = (struct ws_http_client *)e;
-    e->app->http_ops = &standin_ops;
+    a->http = (struct ws_http_client *)e;
+    a->http_ops = &standin_ops;
 }
 
 void kit_http_answer_with(struct kit_engine *e, lua_State *L)

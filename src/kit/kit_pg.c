@@ -54,18 +54,6 @@ struct ws_pg_wait {
     void *ud;
 };
 
-/* The engines with the stand-in installed, to find a pool's by its loop. */
-static struct kit_engine **engines;
-static size_t nengines;
-
-static struct kit_engine *engine_of(struct ev_loop *loop)
-{
-    for (size_t i = 0; i < nengines; i++)
-        if (engines[i]->loop == loop)
-            return engines[i];
-    return NULL;
-}
-
 static void rows_free(struct ws_pg_rows *base)
 {
     struct kit_pg_rows *r = (struct kit_pg_rows *)base;
@@ -293,7 +281,7 @@ static struct ws_pg_pool *standin_pool_new(struct ev_loop *loop, const char *con
     (void)conninfo;
     (void)max_conns;
     (void)connect_timeout;
-    struct kit_engine *e = engine_of(loop);
+    struct kit_engine *e = kit_engine_of(loop);
     if (!e) {
         snprintf(err, errlen, "no engine runs this loop");
         return NULL;
@@ -430,11 +418,9 @@ static const struct ws_pg_ops standin_ops = {
     standin_conn_release, standin_pool_in_use,  /* open */ standin_pool_in_use,
 };
 
-void kit_pg_install(struct kit_engine *e)
+void kit_pg_install(struct lb_app *a)
 {
-    engines = ws_xrealloc(engines, (nengines + 1) * sizeof(*engines));
-    engines[nengines++] = e;
-    lb_pg_set_ops(e->app, &standin_ops);
+    a->pg_ops = &standin_ops;
 }
 
 void kit_pg_answer_with(struct kit_engine *e, lua_State *L)
@@ -443,16 +429,8 @@ void kit_pg_answer_with(struct kit_engine *e, lua_State *L)
     if (owner)
         luaL_unref(owner, LUA_REGISTRYINDEX, e->pg_fn);
     e->pg_fn = LUA_NOREF;
-    if (!L) {
-        for (size_t i = 0; i < nengines; i++)
-            if (engines[i] == e)
-                engines[i] = engines[--nengines];
-        if (nengines == 0) {
-            free(engines);
-            engines = NULL;
-        }
+    if (!L)
         return;
-    }
     if (lua_isnil(L, -1))
         lua_pop(L, 1);
     else

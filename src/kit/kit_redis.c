@@ -64,10 +64,7 @@ struct kit_redis {
     struct kit_redis_req *head, *tail;     /* requests, oldest first */
     struct kit_redis_msg *msgs, *msgs_end; /* messages, oldest first */
     struct kit_redis_pool *pools;
-    struct kit_redis *next; /* the engines' Redis, found by their loop */
 };
-
-static struct kit_redis *all; /* every engine's Redis: a pool is made knowing only its loop */
 
 static char *copy(const char *p, size_t n)
 {
@@ -291,9 +288,8 @@ static struct ws_redis *standin_create(struct ev_loop *loop, const struct ws_red
     (void)addr;
     (void)pool;
     (void)connect_timeout;
-    struct kit_redis *db = all;
-    while (db && db->e->loop != loop)
-        db = db->next;
+    struct kit_engine *e = kit_engine_of(loop);
+    struct kit_redis *db = e ? e->redis : NULL;
     if (!db) /* an engine always has one before its app loads */
         abort();
     struct kit_redis_pool *p = ws_xcalloc(1, sizeof(*p));
@@ -342,7 +338,7 @@ static const struct ws_redis_ops standin_ops = {
     standin_subscribe, standin_unsubscribe, standin_open,    standin_busy,
 };
 
-static void standins(struct lb_app *a)
+void kit_redis_install(struct lb_app *a)
 {
     a->redis_ops = &standin_ops;
 }
@@ -356,10 +352,7 @@ void kit_redis_attach(struct kit_engine *e)
     db->e = e;
     db->data = kit_rdb_new(publish, db);
     db->fn = LUA_NOREF;
-    db->next = all;
-    all = db;
     e->redis = db;
-    lb_app_standins = standins;
 }
 
 void kit_redis_detach(struct kit_engine *e)
@@ -371,10 +364,6 @@ void kit_redis_detach(struct kit_engine *e)
         standin_free((struct ws_redis *)db->pools);
     drop_msgs(db, NULL);
     ws_timer_stop(e->loop, &db->tick);
-    struct kit_redis **at = &all;
-    while (*at != db)
-        at = &(*at)->next;
-    *at = db->next;
     kit_redis_answer_with(e, NULL);
     kit_rdb_free(db->data);
     free(db);

@@ -270,12 +270,12 @@ static void net_attach(void *ud, void *ts, struct ev_loop *loop, ev_io *io)
     ws_mempipe_attach(ts, loop, io);
 }
 
-void kit_upstream_install(struct kit_engine *e)
+void kit_upstream_install(struct kit_engine *e, struct lb_app *a)
 {
     e->net.open = net_open;
     e->net.attach = net_attach;
     e->net.ud = e;
-    e->app->wsclient_net = &e->net;
+    a->wsclient_net = &e->net;
 }
 
 void kit_upstream_free(struct kit_engine *e)

@@ -181,7 +181,29 @@ static int engine_upstream_state(lua_State *L)
     return kit_upstream_state(L, check_engine(L));
 }
 
-static size_t live_engines; /* engines with a loop: the budget watchdog runs while there are */
+static struct kit_engine *engines; /* engines with a loop; the budget watchdog runs while any */
+static struct kit_engine *loading; /* the engine whose app lb_app_new is making */
+
+struct kit_engine *kit_engine_of(struct ev_loop *loop)
+{
+    struct kit_engine *e = engines;
+    while (e && e->loop != loop)
+        e = e->next;
+    return e;
+}
+
+/* lb_app_standins: every outside service of the app being made answers from the spec, from
+ * before its code first runs (what its chunk and load() make reaches the stand-ins too). */
+static void install_standins(struct lb_app *a)
+{
+    if (!loading)
+        return;
+    kit_http_install(loading, a);
+    kit_pg_install(a);
+    kit_redis_install(a);
+    kit_upstream_install(loading, a);
+    a->status_pid = -1; /* nobody runs wsserver --reload against a spec */
+}
 
 static void free_engine(struct kit_engine *e)
 {
@@ -199,7 +221,11 @@ static void free_engine(struct kit_engine *e)
     ws_clock_unsimulate(e->loop);
     ev_loop_destroy(e->loop);
     e->loop = NULL;
-    if (--live_engines == 0)
+    struct kit_engine **at = &engines;
+    while (*at != e)
+        at = &(*at)->next;
+    *at = e->next;
+    if (!engines)
         lb_budget_stop(); /* before this module may be unloaded */
     char p[128];
     const char *const files[] = {e->name, "s", "log"};
@@ -304,7 +330,8 @@ static int kit_load(lua_State *L)
     e->loop = ev_loop_new(EVFLAG_AUTO);
     if (!e->loop)
         return luaL_error(L, "cannot make an event loop");
-    live_engines++;
+    e->next = engines;
+    engines = e;
     /* the app finds the shipped library (ws.rooms, ...) where the spec does */
     if (!getenv("WSSERVER_LUA_PATH") && lua_getglobal(L, "package") == LUA_TTABLE &&
         lua_getfield(L, -1, "path") == LUA_TSTRING)
@@ -314,7 +341,7 @@ static int kit_load(lua_State *L)
     if (lua_istable(L, 2) && lua_getfield(L, 2, "now") != LUA_TNIL)
         now = luaL_checknumber(L, -1);
     ws_clock_simulate(e->loop, now);
-    kit_redis_attach(e); /* before the app: a pool made at load time reaches the stand-in */
+    kit_redis_attach(e); /* before the app: install_standins sends it there */
 
     char path[192], logpath[128], addr[128], err[1024] = "";
     const char *file = app;
@@ -343,17 +370,11 @@ static int kit_load(lua_State *L)
         rc = read_config(L, 2, &cli, err, sizeof(err));
     bool config_error = false;
     int cwd = in_app_dir(e);
+    loading = e; /* the kit never reaches the network: install_standins */
     if (rc == 0)
         e->app = lb_app_new(e->loop, file, &cli, &config_error, err, sizeof(err));
+    loading = NULL;
     ws_config_free(&cli);
-    if (e->app) /* the kit never reaches the network: the spec answers ws.http */
-        kit_http_install(e);
-    if (e->app) /* nobody runs wsserver --reload against a spec */
-        e->app->status_pid = -1;
-    if (e->app) /* and ws.pg */
-        kit_pg_install(e);
-    if (e->app) /* and ws.connect */
-        kit_upstream_install(e);
     if (e->app)
         e->srv = ws_server_new(e->loop, &e->app->config, &lb_app_ops, e->app, err, sizeof(err));
     if (e->srv) {
@@ -709,6 +730,7 @@ int luaopen_ws_kitcore(lua_State *L);
 
 int luaopen_ws_kitcore(lua_State *L)
 {
+    lb_app_standins = install_standins;
     static const luaL_Reg methods[] = {
         {"connect", engine_connect},
         {"write", engine_write},

@@ -23,12 +23,10 @@
 #define MAX_POOL_SIZE 1000
 #define MAX_PARAMS 65535 /* the protocol's Bind message counts them in 16 bits */
 
-/* One pool of the app: what made it, so that lb_pg_set_ops can make it again. */
+/* One pool of the app and the conninfo that made it. */
 struct pool_slot {
     char *conninfo;
     struct ws_pg_pool *pool;
-    size_t max_conns;
-    double connect_timeout;
 };
 
 /* The app's pools, one per conninfo, alive until the app is freed: a reload keeps them (its
@@ -582,8 +580,7 @@ static int pg_connect(lua_State *L)
         if (strcmp(pg->pools[i].conninfo, conninfo) == 0)
             slot = &pg->pools[i];
     if (slot) {
-        slot->max_conns = (size_t)opts.pool_size;
-        ops->pool_set_max(slot->pool, slot->max_conns);
+        ops->pool_set_max(slot->pool, (size_t)opts.pool_size);
     } else {
         if (pg->n == MAX_POOLS)
             return push_failure(L, "too many databases (at most 16 distinct conninfo strings)",
@@ -597,8 +594,6 @@ static int pg_connect(lua_State *L)
         slot->conninfo = ws_xmalloc(len + 1);
         memcpy(slot->conninfo, conninfo, len + 1);
         slot->pool = pool;
-        slot->max_conns = (size_t)opts.pool_size;
-        slot->connect_timeout = opts.timeout;
     }
     struct pg_client *cl = push_client(L);
     *cl = opts;
@@ -674,21 +669,4 @@ void lb_pg_free(struct lb_app *a)
     }
     free(a->pg);
     a->pg = NULL;
-}
-
-void lb_pg_set_ops(struct lb_app *a, const struct ws_pg_ops *ops)
-{
-    const struct ws_pg_ops *old = ops_of(a);
-    a->pg_ops = ops;
-    for (size_t i = 0; a->pg && i < a->pg->n; i++) {
-        struct pool_slot *s = &a->pg->pools[i];
-        old->pool_free(s->pool);
-        char err[512];
-        s->pool =
-            ops->pool_new(a->loop, s->conninfo, s->max_conns, s->connect_timeout, err, sizeof(err));
-        if (!s->pool) {
-            fprintf(stderr, "ws.pg: the stand-in refused a pool: %s\n", err);
-            abort(); /* the contract: ops make a pool for every conninfo */
-        }
-    }
 }
