@@ -58,6 +58,9 @@ struct lb_app {
     char *path;              /* app.lua */
     char *dir;               /* its folder */
     size_t mem, mem_limit;
+    unsigned gc_cycles, gc_paced; /* GC cycles ended, and the count the pause was set at */
+    size_t gc_live;               /* the heap as the last cycle ended (~ its live part) */
+    bool gc_app_tuned;            /* the app set the collector's mode or parameters */
     double handler_timeout;
     double deadline; /* monotonic seconds; the running handler's budget ends here */
     int depth;       /* lb_call and lb_protect nesting */
