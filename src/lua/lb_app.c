@@ -542,7 +542,7 @@ static void dispatch_message(struct lb_app *a, struct ws_conn *c, const uint8_t 
     lua_State *co = t->co;
     /* Fast path, the steady state: the conn userdata exists and the heap has room for the
      * message, so the pushes below cannot raise outside a protected call (a coroutine of the
-     * pool has an empty stack of LUA_MINSTACK slots). */
+     * pool holds only its LB_TASK_BASE values, with room for LUA_MINSTACK more). */
     if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096) {
         lb_push_ref(co, a->handlers[LB_MESSAGE]);
         if (lb_conn_push_existing(co, c, true)) {
