@@ -51,6 +51,7 @@ static const uint8_t next_state[9 * 16] = {
 // clang-format on
 
 #define HIGH_BITS 0x8080808080808080ull
+#define SHORT_ASCII_BYTES 256 /* ws_utf8_validate checks up to this many for ASCII first */
 
 void ws_utf8_init(struct ws_utf8 *v)
 {
@@ -108,6 +109,23 @@ int ws_utf8_validate(const uint8_t *p, size_t n)
 {
     struct ws_utf8 v;
 
+    if (n <= SHORT_ASCII_BYTES) {
+        /* a short string (most messages): all ASCII in one pass of words, without the DFA */
+        uint64_t any = 0, w;
+        if (n >= 8) {
+            for (size_t i = 0; i + 8 <= n; i += 8) {
+                memcpy(&w, p + i, 8);
+                any |= w;
+            }
+            memcpy(&w, p + n - 8, 8); /* the tail, overlapping the last word */
+            any |= w;
+        } else {
+            for (size_t i = 0; i < n; i++)
+                any |= p[i];
+        }
+        if (!(any & HIGH_BITS))
+            return 0;
+    }
     ws_utf8_init(&v);
     if (ws_utf8_feed(&v, p, n) < 0 || !ws_utf8_complete(&v))
         return WS_E_UTF8;
