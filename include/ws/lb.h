@@ -218,13 +218,21 @@ struct lb_task {
     lb_task_cancel_fn cancel; /* stops the wait's own work, or NULL */
     void *wait_ud;            /* the wait's own state */
     double wait_started;      /* ev_now when the wait began */
+    uint64_t generation;      /* the app version whose message handler is at LB_TASK_MESSAGE */
     struct lb_task *prev, *next; /* a->waiting, or a->idle */
 };
 
-/* A pooled coroutine keeps three values at the bottom of its stack, under every call it runs, so
- * the message path pushes them without a registry lookup: the connections table and the message
- * kinds "text" and "binary". Its stack is "empty" at LB_TASK_BASE. */
-enum { LB_TASK_CONNS = 1, LB_TASK_TEXT, LB_TASK_BINARY, LB_TASK_BASE = LB_TASK_BINARY };
+/* A pooled coroutine keeps four values at the bottom of its stack, under every call it runs, so
+ * the message path pushes them without a registry lookup: the connections table, the message
+ * kinds "text" and "binary", and the app's message handler (or nil) of the generation in
+ * t->generation. Its stack is "empty" at LB_TASK_BASE. */
+enum {
+    LB_TASK_CONNS = 1,
+    LB_TASK_TEXT,
+    LB_TASK_BINARY,
+    LB_TASK_MESSAGE,
+    LB_TASK_BASE = LB_TASK_MESSAGE
+};
 
 /* A task from the pool with its coroutine empty; NULL when the heap is full. */
 struct lb_task *lb_task_new(struct lb_app *a);
@@ -258,6 +266,10 @@ void lb_task_cancel_all(struct lb_app *a, const char *why);
 
 /* Frees the tasks (waiting ones never resume) before the state closes. */
 void lb_task_free_all(struct lb_app *a);
+
+/* A reload committed: the pool's coroutines hold the old version's message handler, so they go
+ * (the old version can be collected); new ones are made as needed. */
+void lb_task_drop_idle(struct lb_app *a);
 
 /* ---- lb_conn ---- */
 

@@ -661,7 +661,9 @@ static void on_read(struct ws_conn *c)
     /* Stop reading from a peer whose replies pile up, until they drain (TCP pushes back). */
     if (c->wire.out.bytes > (size_t)cfg(c)->max_buffered / 2 && c->state == WS_CONN_OPEN)
         c->wire.reading_paused = true;
-    want_flush(c); /* the loop's flush pass writes what this read's messages queued */
+    /* write now: the queue's chunk goes back to the pool for the next connection's replies
+     * (waiting for the loop's flush pass would hold one chunk per connection read meanwhile) */
+    ws_conn_flush(c);
 }
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)

@@ -544,7 +544,7 @@ static void dispatch_message(struct lb_app *a, struct ws_conn *c, const uint8_t 
      * message, so the pushes below cannot raise outside a protected call (a coroutine of the
      * pool holds only its LB_TASK_BASE values, with room for LUA_MINSTACK more). */
     if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096) {
-        lb_push_ref(co, a->handlers[LB_MESSAGE]);
+        lua_pushvalue(co, LB_TASK_MESSAGE);
         if (lb_conn_push_existing(co, c, true)) {
             push_message(co, data, len, binary, true);
             enum lb_task_result r = lb_task_start(t, 3, "message", c->node.id);

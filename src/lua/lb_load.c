@@ -624,6 +624,7 @@ int lb_app_reload(struct lb_app *a, const char *trigger)
         a->handlers[i] = v.handlers[i];
     }
     a->generation++;
+    lb_task_drop_idle(a);
     a->attempts++;
     if (a->srv)
         a->srv->env.stats->reloads_ok++;

@@ -30,10 +30,12 @@ static int new_thread(lua_State *L)
     struct lb_task *t = lua_touserdata(L, 1);
     t->co = lua_newthread(L);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    /* the stack's base (LB_TASK_CONNS, LB_TASK_TEXT, LB_TASK_BINARY) */
+    /* the stack's base (LB_TASK_CONNS, LB_TASK_TEXT, LB_TASK_BINARY, LB_TASK_MESSAGE) */
     lb_push_ref(t->co, t->a->conns_ref);
     lb_push_ref(t->co, t->a->kind_refs[0]);
     lb_push_ref(t->co, t->a->kind_refs[1]);
+    lb_push_ref(t->co, t->a->handlers[LB_MESSAGE]);
+    t->generation = t->a->generation;
     return 0;
 }
 
@@ -75,7 +77,8 @@ static void recycle(struct lb_task *t)
     t->ud = NULL;
     t->cancel = NULL;
     t->wait_ud = NULL;
-    if (a->nidle >= POOL_MAX || a->closing || t->broken) {
+    /* a task that began before a reload holds the old version's handler: not reused */
+    if (a->nidle >= POOL_MAX || a->closing || t->broken || t->generation != a->generation) {
         luaL_unref(a->L, LUA_REGISTRYINDEX, t->ref);
         free(t);
         return;
@@ -83,6 +86,17 @@ static void recycle(struct lb_task *t)
     t->next = a->idle;
     a->idle = t;
     a->nidle++;
+}
+
+void lb_task_drop_idle(struct lb_app *a)
+{
+    while (a->idle) {
+        struct lb_task *t = a->idle;
+        a->idle = t->next;
+        luaL_unref(a->L, LUA_REGISTRYINDEX, t->ref);
+        free(t);
+    }
+    a->nidle = 0;
 }
 
 /* The text and traceback of the error that ended a coroutine, built by lb_protect on the main
