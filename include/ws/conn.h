@@ -54,20 +54,19 @@ struct ws_conn {
     struct ws_registry_node node; /* node.id is the connection id */
     struct ws_subscriber sub;     /* topics */
     struct ws_env *env;
-    struct ws_wire wire; /* the socket, its transport, watcher and send queue */
-    ev_timer timer;      /* the one timer: handshake, ping, pong, idle and close deadlines */
-    struct ws_session session;
-    struct ws_request *request;       /* the HTTP request while CONNECTING, then NULL */
+    struct ws_wire wire;        /* the socket, its transport, watcher and send queue */
+    ev_timer timer;             /* the one timer: handshake, ping, pong, idle and close deadlines */
+    struct ws_session session;  /* session.deflate: permessage-deflate when negotiated (owned) */
+    struct ws_request *request; /* the HTTP request while CONNECTING, then NULL */
     struct ws_heartbeat_clocks clock; /* what the timeouts are measured from */
     union {
         struct sockaddr sa;
         struct sockaddr_in in4;
         struct sockaddr_in6 in6;
     } peer;
-    uint32_t messages_in;       /* next to the 28-byte address: no padding */
-    char *path;                 /* request target (owned) */
-    char *protocol;             /* chosen subprotocol (owned) or NULL */
-    struct ws_deflate *deflate; /* permessage-deflate state when negotiated (owned) */
+    uint32_t messages_in; /* next to the 28-byte address: no padding */
+    char *path;           /* request target (owned unless it is "/", which is shared) */
+    char *protocol;       /* chosen subprotocol (owned) or NULL */
     enum ws_conn_state state;
     uint16_t close_code; /* code to report to the app's close callback */
     uint8_t closed_by;   /* enum ws_conn_closer */

@@ -18,11 +18,10 @@ struct ws_topic {
     struct ws_topic *next_same_hash;
     struct ws_subscriber **subs; /* owned array, unordered */
     size_t nsubs, cap;
-    struct ws_map index; /* subscriber id -> position in subs + 1 */
+    struct ws_map index; /* subscriber address -> position in subs + 1 */
 };
 
 struct ws_subscriber {
-    uint64_t id;              /* unique among live subscribers */
     struct ws_topic **topics; /* owned array of this subscriber's topics */
     uint32_t ntopics, cap;
 };

@@ -28,6 +28,9 @@
  * (WS_ENV_READ_BYTES), so a large frame usually arrives whole and is not assembled by a copy. */
 #define REQUEST_READ_BYTES 65536
 
+/* The path of most requests, shared instead of copied (c->path is never written through). */
+static char root_path[] = "/";
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void kill_conn(struct ws_conn *c, int code, const char *reason);
 static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
@@ -85,7 +88,6 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     struct ws_conn *c = ws_xcalloc(1, sizeof(*c));
     c->env = env;
     c->node.id = ++env->next_id;
-    c->sub.id = c->node.id;
     if (salen > sizeof(c->peer))
         salen = sizeof(c->peer);
     memcpy(&c->peer, sa, salen);
@@ -239,10 +241,10 @@ int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len
     c->messages_out++;
     uint8_t rsv = 0;
     struct ws_buf *z = &c->env->zbuf;
-    if (c->deflate && ws_deflate_should_compress(c->deflate, len)) {
+    if (c->session.deflate && ws_deflate_should_compress(c->session.deflate, len)) {
         /* RFC 7692 §7.2.1: the payload compressed, RSV1 on the first frame only */
         z->len = 0;
-        ws_deflate_compress(c->deflate, data, len, z);
+        ws_deflate_compress(c->session.deflate, data, len, z);
         data = z->data;
         len = z->len;
         rsv = WS_FRAME_RSV1;
@@ -277,8 +279,8 @@ int ws_conn_send_set(struct ws_conn *c, struct ws_frameset *set)
     size_t frag = (size_t)cfg(c)->fragment_size;
     if (frag && set->len > frag) /* fragmented: framed per connection */
         return ws_conn_send(c, set->opcode, set->data, set->len);
-    if (c->deflate && ws_deflate_should_compress(c->deflate, set->len)) {
-        int bits = ws_deflate_broadcast_bits(c->deflate);
+    if (c->session.deflate && ws_deflate_should_compress(c->session.deflate, set->len)) {
+        int bits = ws_deflate_broadcast_bits(c->session.deflate);
         if (!bits) /* its own compressor with context: this connection's own encoding */
             return ws_conn_send(c, set->opcode, set->data, set->len);
         return ws_conn_send_shared(c, ws_frameset_deflated(set, bits), true);
@@ -387,9 +389,9 @@ static void open_ws(struct ws_conn *c, struct ws_front_reply *r, const struct ws
     c->protocol = r->protocol;
     r->protocol = NULL;
     if (r->deflate) {
-        c->deflate = ws_xcalloc(1, sizeof(*c->deflate));
-        ws_deflate_init(c->deflate, &r->params, env->deflate_shared);
-        ws_session_set_deflate(&c->session, c->deflate);
+        struct ws_deflate *d = ws_xcalloc(1, sizeof(*d)); /* owned through the session */
+        ws_deflate_init(d, &r->params, env->deflate_shared);
+        ws_session_set_deflate(&c->session, d);
     }
     set_state(c, WS_CONN_OPEN);
     env->nupgraded++;
@@ -527,7 +529,9 @@ static void on_request_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
         return;
     bool head = rc == 0 || ws_request_head(c->request, &req);
     if (head && !c->path)
-        c->path = ws_xstrndup(req.target.p, req.target.n);
+        c->path = req.target.n == 1 && req.target.p[0] == '/'
+                      ? root_path
+                      : ws_xstrndup(req.target.p, req.target.n);
     if (rc < 0)
         refuse_request(c, rc, head ? &req : NULL);
     else if (forwarded(c, &req))
@@ -775,11 +779,12 @@ void ws_conn_destroy(struct ws_conn *c)
     ws_session_reset(&c->session);
     free_request(c);
     ws_wire_free(&c->wire, &env->pool);
-    if (c->deflate) {
-        ws_deflate_reset(c->deflate);
-        free(c->deflate);
+    if (c->session.deflate) {
+        ws_deflate_reset(c->session.deflate);
+        free(c->session.deflate);
     }
-    free(c->path);
+    if (c->path != root_path)
+        free(c->path);
     free(c->protocol);
     free(c->close_reason);
     free(c);

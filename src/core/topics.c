@@ -1,11 +1,18 @@
-/* Topic sets. Each topic keeps an unordered array of subscribers plus an id -> position index, so
- * removal is a swap with the last element. Topics exist only while they have subscribers. */
+/* Topic sets. Each topic keeps an unordered array of subscribers plus a subscriber -> position
+ * index, so removal is a swap with the last element. Topics exist only while they have subscribers.
+ */
 #include "ws/topics.h"
 
 #include "ws/buf.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+/* A subscriber's key in a topic's index: its address, unique among live subscribers. */
+static uint64_t key(const struct ws_subscriber *s)
+{
+    return (uint64_t)(uintptr_t)s;
+}
 
 void ws_topics_init(struct ws_topics *t)
 {
@@ -69,7 +76,7 @@ static void destroy(struct ws_topics *t, struct ws_topic *topic)
 
 bool ws_topics_has(const struct ws_topic *topic, const struct ws_subscriber *s)
 {
-    return topic && ws_map_get(&topic->index, s->id) != NULL;
+    return topic && ws_map_get(&topic->index, key(s)) != NULL;
 }
 
 int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char *name, size_t len)
@@ -84,7 +91,7 @@ int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char
         topic->subs = ws_xrealloc(topic->subs, topic->cap * sizeof(*topic->subs));
     }
     topic->subs[topic->nsubs++] = s;
-    ws_map_put(&topic->index, s->id, (void *)(uintptr_t)topic->nsubs);
+    ws_map_put(&topic->index, key(s), (void *)(uintptr_t)topic->nsubs);
     if (s->ntopics == s->cap) {
         s->cap = s->cap ? s->cap * 2 : 2;
         s->topics = ws_xrealloc(s->topics, s->cap * sizeof(*s->topics));
@@ -96,11 +103,11 @@ int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char
 /* Takes s out of topic's set (not out of s's own list). */
 static void remove_member(struct ws_topics *t, struct ws_topic *topic, struct ws_subscriber *s)
 {
-    size_t pos = (uintptr_t)ws_map_del(&topic->index, s->id) - 1;
+    size_t pos = (uintptr_t)ws_map_del(&topic->index, key(s)) - 1;
     struct ws_subscriber *last = topic->subs[--topic->nsubs];
     if (last != s) {
         topic->subs[pos] = last;
-        ws_map_put(&topic->index, last->id, (void *)(uintptr_t)(pos + 1));
+        ws_map_put(&topic->index, key(last), (void *)(uintptr_t)(pos + 1));
     }
     if (topic->nsubs == 0)
         destroy(t, topic);
