@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,7 +34,6 @@ static char root_path[] = "/";
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void kill_conn(struct ws_conn *c, int code, const char *reason);
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void rearm(struct ws_conn *c);
 
 static const struct ws_config *cfg(const struct ws_conn *c)
@@ -97,8 +97,6 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     c->request = ws_xmalloc(sizeof(*c->request));
     ws_request_init(c->request);
     ws_wire_init(&c->wire, env->loop, fd, transport, transport_state, on_io, c);
-    ev_init(&c->timer, on_timer);
-    c->timer.data = c;
     ws_registry_add(&env->conns, &c->node);
     env->stats->connections_total++;
     rearm(c);
@@ -137,7 +135,7 @@ static void kill_conn(struct ws_conn *c, int code, const char *reason)
             c->close_reason = ws_xstrndup(reason, strlen(reason));
     }
     set_state(c, WS_CONN_CLOSED);
-    ws_timer_stop(c->env->loop, &c->timer);
+    ws_deadline_clear(&c->env->deadlines, &c->deadline);
     ws_wire_close(&c->wire, c->env->loop, &c->env->pool);
     c->next_dead = c->env->dead_head;
     c->env->dead_head = c;
@@ -712,22 +710,19 @@ static const enum ws_heartbeat_phase phases[] = {
 
 static void rearm(struct ws_conn *c)
 {
-    struct ev_loop *loop = c->env->loop;
-    ws_timer_stop(loop, &c->timer);
-    if (c->state == WS_CONN_CLOSED)
-        return;
-    ev_tstamp at = ws_heartbeat_next(phases[c->state], &c->clock, cfg(c));
-    if (!at)
-        return;
-    ev_tstamp in = at - ws_clock_now(loop);
-    ws_timer_start(loop, &c->timer, in > 0.001 ? in : 0.001, 0);
+    struct ws_deadlines *ds = &c->env->deadlines;
+    ev_tstamp at =
+        c->state == WS_CONN_CLOSED ? 0 : ws_heartbeat_next(phases[c->state], &c->clock, cfg(c));
+    if (at)
+        ws_deadline_set(ds, &c->deadline, at);
+    else
+        ws_deadline_clear(ds, &c->deadline);
 }
 
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+void ws_conn_deadline_due(struct ws_deadlines *ds, struct ws_deadline *d)
 {
-    (void)revents;
-    struct ws_conn *c = w->data;
-    ev_tstamp now = ws_clock_now(loop);
+    struct ws_conn *c = (struct ws_conn *)((char *)d - offsetof(struct ws_conn, deadline));
+    ev_tstamp now = ws_clock_now(ds->loop);
     enum ws_conn_state state = c->state;
     const struct ws_heartbeat_rule *r;
     while (c->state == state &&
