@@ -101,6 +101,91 @@ void *ws_map_del(struct ws_map *m, uint64_t key)
     return value;
 }
 
+/* ---- ws_keyset: the same table with the key read from the record ---- */
+
+static uint64_t key_of(const void *rec)
+{
+    uint64_t k;
+    memcpy(&k, rec, sizeof(k));
+    return k;
+}
+
+void ws_keyset_init(struct ws_keyset *s)
+{
+    s->slots = NULL;
+    s->cap = 0;
+    s->count = 0;
+}
+
+void ws_keyset_free(struct ws_keyset *s)
+{
+    free(s->slots);
+    ws_keyset_init(s);
+}
+
+static size_t keyset_find(const struct ws_keyset *s, uint64_t key)
+{
+    size_t mask = s->cap - 1;
+    size_t i = (size_t)mix(key) & mask;
+    while (s->slots[i] && key_of(s->slots[i]) != key)
+        i = (i + 1) & mask;
+    return i;
+}
+
+void *ws_keyset_get(const struct ws_keyset *s, uint64_t key)
+{
+    return s->cap ? s->slots[keyset_find(s, key)] : NULL;
+}
+
+static void keyset_resize(struct ws_keyset *s, size_t cap)
+{
+    void **old = s->slots;
+    size_t old_cap = s->cap;
+    s->slots = ws_xcalloc(cap, sizeof(*s->slots));
+    s->cap = cap;
+    for (size_t i = 0; i < old_cap; i++)
+        if (old[i])
+            s->slots[keyset_find(s, key_of(old[i]))] = old[i];
+    free(old);
+}
+
+void ws_keyset_add(struct ws_keyset *s, void *rec)
+{
+    assert(rec);
+    if ((s->count + 1) * 4 > s->cap * 3)
+        keyset_resize(s, s->cap ? s->cap * 2 : 8);
+    size_t i = keyset_find(s, key_of(rec));
+    assert(!s->slots[i]);
+    s->slots[i] = rec;
+    s->count++;
+}
+
+void *ws_keyset_del(struct ws_keyset *s, uint64_t key)
+{
+    if (!s->cap)
+        return NULL;
+    size_t mask = s->cap - 1;
+    size_t i = keyset_find(s, key);
+    void *rec = s->slots[i];
+    if (!rec)
+        return NULL;
+    size_t hole = i; /* backward shift, as in ws_map_del */
+    for (size_t j = (i + 1) & mask; s->slots[j]; j = (j + 1) & mask) {
+        size_t home = (size_t)mix(key_of(s->slots[j])) & mask;
+        if (((j - home) & mask) >= ((j - hole) & mask)) {
+            s->slots[hole] = s->slots[j];
+            hole = j;
+        }
+    }
+    s->slots[hole] = NULL;
+    s->count--;
+    if (s->count == 0)
+        ws_keyset_free(s);
+    else if (s->cap > 64 && s->count * 8 < s->cap)
+        keyset_resize(s, s->cap / 2);
+    return rec;
+}
+
 static uint64_t seed(void)
 {
     static uint64_t s;
