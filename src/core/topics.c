@@ -92,11 +92,16 @@ int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char
     }
     topic->subs[topic->nsubs++] = s;
     ws_map_put(&topic->index, key(s), (void *)(uintptr_t)topic->nsubs);
-    if (s->ntopics == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 2;
-        s->topics = ws_xrealloc(s->topics, s->cap * sizeof(*s->topics));
+    struct ws_sublist *l = s->list;
+    if (!l || l->n == l->cap) {
+        uint32_t cap = l ? l->cap * 2 : 2;
+        l = ws_xrealloc(l, sizeof(*l) + cap * sizeof(l->topics[0]));
+        if (!s->list)
+            l->n = 0;
+        l->cap = cap;
+        s->list = l;
     }
-    s->topics[s->ntopics++] = topic;
+    l->topics[l->n++] = topic;
     return 1;
 }
 
@@ -119,11 +124,12 @@ int ws_topics_unsubscribe(struct ws_topics *t, struct ws_subscriber *s, const ch
     struct ws_topic *topic = ws_topics_find(t, name, len);
     if (!ws_topics_has(topic, s))
         return 0;
-    for (uint32_t i = 0; i < s->ntopics; i++) {
-        if (s->topics[i] == topic) {
+    struct ws_sublist *l = s->list; /* not NULL: s is subscribed to topic */
+    for (uint32_t i = 0; i < l->n; i++) {
+        if (l->topics[i] == topic) {
             /* keep the subscriber's own order: conn:topics() lists them as subscribed */
-            memmove(&s->topics[i], &s->topics[i + 1], (s->ntopics - i - 1) * sizeof(*s->topics));
-            s->ntopics--;
+            memmove(&l->topics[i], &l->topics[i + 1], (l->n - i - 1) * sizeof(l->topics[0]));
+            l->n--;
             break;
         }
     }
@@ -133,9 +139,8 @@ int ws_topics_unsubscribe(struct ws_topics *t, struct ws_subscriber *s, const ch
 
 void ws_topics_leave_all(struct ws_topics *t, struct ws_subscriber *s)
 {
-    for (uint32_t i = 0; i < s->ntopics; i++)
-        remove_member(t, s->topics[i], s);
-    free(s->topics);
-    s->topics = NULL;
-    s->ntopics = s->cap = 0;
+    for (uint32_t i = 0; i < ws_subscriber_count(s); i++)
+        remove_member(t, s->list->topics[i], s);
+    free(s->list);
+    s->list = NULL;
 }

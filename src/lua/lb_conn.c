@@ -241,10 +241,11 @@ static int conn_unsubscribe(lua_State *L)
 static int conn_topics(lua_State *L)
 {
     struct ws_conn *c = lb_conn_check(L, 1);
-    uint32_t n = c ? c->sub.ntopics : 0;
+    uint32_t n = c ? ws_subscriber_count(&c->sub) : 0;
     lua_createtable(L, (int)n, 0);
     for (uint32_t i = 0; i < n; i++) {
-        lua_pushlstring(L, c->sub.topics[i]->name, c->sub.topics[i]->len);
+        const struct ws_topic *t = ws_subscriber_topic(&c->sub, i);
+        lua_pushlstring(L, t->name, t->len);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;
