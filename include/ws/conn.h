@@ -69,23 +69,25 @@ struct ws_conn {
     uint32_t messages_in; /* next to the 28-byte address: no padding */
     char *path;           /* request target (owned unless it is "/", which is shared) */
     char *protocol;       /* chosen subprotocol (owned) or NULL */
-    /* the small fields packed in 16 bytes, no padding */
-    uint8_t state;     /* enum ws_conn_state */
-    uint8_t closed_by; /* enum ws_conn_closer */
-    uint8_t deciding;  /* enum ws_conn_decision */
-    bool in_flush_list;
-    uint16_t close_code; /* code to report to the app's close callback */
-    bool opened;         /* open() was called: close() is owed */
-    bool ops_port;       /* accepted on metrics_listen: served by ws_front_handle_ops */
     uint32_t messages_out;
-    bool above_low;  /* queue went above the low-water mark: drain() is owed */
-    bool ip_counted; /* counted in the per-IP table */
-    bool held;       /* CLOSED, kept for the app (ops->hold) until ws_conn_unhold */
+    uint16_t close_code; /* code to report to the app's close callback */
+    /* the small enums and flags in the 16 bits left before the next pointer */
+    unsigned state : 2;     /* enum ws_conn_state */
+    unsigned closed_by : 2; /* enum ws_conn_closer */
+    unsigned deciding : 2;  /* enum ws_conn_decision */
+    bool in_flush_list : 1;
+    bool opened : 1;     /* open() was called: close() is owed */
+    bool ops_port : 1;   /* accepted on metrics_listen: served by ws_front_handle_ops */
+    bool above_low : 1;  /* queue went above the low-water mark: drain() is owed */
+    bool ip_counted : 1; /* counted in the per-IP table */
+    bool held : 1;       /* CLOSED, kept for the app (ops->hold) until ws_conn_unhold */
     uint64_t bytes_in, bytes_out;
-    char *close_reason;         /* owned, may be NULL */
-    struct ws_conn *next_flush; /* env->flush_head list */
-    struct ws_conn *next_dead;  /* env->dead_head list */
-    void *app_state;            /* the app's own per-connection state; the core never touches it */
+    char *close_reason;             /* owned, may be NULL */
+    union {                         /* never both: a closed connection is in no flush list */
+        struct ws_conn *next_flush; /* env->flush_head list, while in_flush_list */
+        struct ws_conn *next_dead;  /* env->dead_head list, once CLOSED */
+    };
+    void *app_state; /* the app's own per-connection state; the core never touches it */
 };
 
 /* Sends one message (WS_OP_TEXT / WS_OP_BINARY) or control frame. Returns WS_CONN_SENT or

@@ -41,10 +41,11 @@ static const struct ws_config *cfg(const struct ws_conn *c)
     return &c->env->cfg;
 }
 
-/* Queues c for this iteration's flush pass (ws_conn_run_pending). */
+/* Queues c for this iteration's flush pass (ws_conn_run_pending); a closed connection has
+ * nothing to flush. */
 static void want_flush(struct ws_conn *c)
 {
-    if (c->in_flush_list)
+    if (c->in_flush_list || c->state == WS_CONN_CLOSED)
         return;
     c->in_flush_list = true;
     c->next_flush = c->env->flush_head;
@@ -137,6 +138,15 @@ static void kill_conn(struct ws_conn *c, int code, const char *reason)
     set_state(c, WS_CONN_CLOSED);
     ws_deadline_clear(&c->env->deadlines, &c->deadline);
     ws_wire_close(&c->wire, c->env->loop, &c->env->pool);
+    if (c->in_flush_list) {
+        /* out of the flush list (a closed connection has nothing to flush): next_dead takes
+         * next_flush's place */
+        struct ws_conn **p = &c->env->flush_head;
+        while (*p != c)
+            p = &(*p)->next_flush;
+        *p = c->next_flush;
+        c->in_flush_list = false;
+    }
     c->next_dead = c->env->dead_head;
     c->env->dead_head = c;
 }
@@ -799,14 +809,7 @@ void ws_conn_run_pending(struct ws_env *env)
         while (env->dead_head) {
             struct ws_conn *c = env->dead_head;
             env->dead_head = c->next_dead;
-            if (c->in_flush_list) {
-                /* unlink from the flush list before freeing */
-                struct ws_conn **p = &env->flush_head;
-                while (*p != c)
-                    p = &(*p)->next_flush;
-                *p = c->next_flush;
-                c->in_flush_list = false;
-            }
+            assert(!c->in_flush_list); /* kill_conn took it out */
             /* SPEC §4a: a handler still running for c finishes first; close comes after it */
             if (!env->stopped && (c->opened || c->deciding) && env->ops->hold &&
                 env->ops->hold(env->app, c)) {
