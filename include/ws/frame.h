@@ -80,6 +80,20 @@ void ws_frame_decoder_init(struct ws_frame_decoder *d, bool require_mask, uint8_
 int ws_frame_decode(struct ws_frame_decoder *d, uint8_t *data, size_t len, size_t *used,
                     struct ws_frame_event *ev);
 
+/* The common case in one step: when the decoder is between frames and data starts with a whole
+ * unfragmented text or binary frame with a 7-bit length of at most max, no RSV bit and masked as
+ * the role requires, unmasks its payload in place, sets *opcode, *payload and *plen and returns the
+ * frame's size; otherwise returns 0 and changes nothing (ws_frame_decode takes it). The decoder
+ * stays between frames: the answer is the one ws_frame_decode's events would give. */
+size_t ws_frame_take_whole(const struct ws_frame_decoder *d, uint8_t *data, size_t len, size_t max,
+                           uint8_t *opcode, uint8_t **payload, size_t *plen);
+
+/* True when the decoder is between frames (no header byte gathered, no payload pending). */
+static inline bool ws_frame_between(const struct ws_frame_decoder *d)
+{
+    return d->state == WS_FRAME_STATE_HEADER && d->hdr_len == 0;
+}
+
 /* Writes a frame header for a payload of len bytes into out; returns its size (2..14). mask is
  * NULL for server frames (never masked, RFC 6455 §5.1). */
 size_t ws_frame_encode_header(uint8_t out[WS_FRAME_MAX_HEADER], bool fin, uint8_t rsv,

@@ -58,6 +58,9 @@ struct lb_app {
     char *path;              /* app.lua */
     char *dir;               /* its folder */
     size_t mem, mem_limit;
+    unsigned gc_cycles, gc_paced; /* GC cycles ended, and the count the pause was set at */
+    size_t gc_live;               /* the heap as the last cycle ended (~ its live part) */
+    bool gc_app_tuned;            /* the app set the collector's mode or parameters */
     double handler_timeout;
     double deadline; /* monotonic seconds; the running handler's budget ends here */
     int depth;       /* lb_call and lb_protect nesting */
@@ -218,6 +221,11 @@ struct lb_task {
     struct lb_task *prev, *next; /* a->waiting, or a->idle */
 };
 
+/* A pooled coroutine keeps three values at the bottom of its stack, under every call it runs, so
+ * the message path pushes them without a registry lookup: the connections table and the message
+ * kinds "text" and "binary". Its stack is "empty" at LB_TASK_BASE. */
+enum { LB_TASK_CONNS = 1, LB_TASK_TEXT, LB_TASK_BINARY, LB_TASK_BASE = LB_TASK_BINARY };
+
 /* A task from the pool with its coroutine empty; NULL when the heap is full. */
 struct lb_task *lb_task_new(struct lb_app *a);
 
@@ -260,8 +268,9 @@ void lb_conn_open(lua_State *L);
 void lb_conn_push(lua_State *L, struct ws_conn *c);
 
 /* Pushes c's userdata onto L when it exists already and returns true; pushes nothing and
- * returns false otherwise. Never allocates. [-0, +0|+1, -] */
-bool lb_conn_push_existing(lua_State *L, struct ws_conn *c);
+ * returns false otherwise. Never allocates. co_task: L is a pooled task's coroutine, whose
+ * stack holds the connections table (LB_TASK_CONNS). [-0, +0|+1, -] */
+bool lb_conn_push_existing(lua_State *L, struct ws_conn *c, bool co_task);
 
 /* The connection is going away: the userdata becomes a stale handle. [-0, +0, -] */
 void lb_conn_release(struct lb_app *a, struct ws_conn *c);

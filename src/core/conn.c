@@ -592,7 +592,7 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
                 break; /* RFC 6455 §1.4: data after our close frame is discarded */
             env->stats->messages_in++;
             c->messages_in++;
-            c->clock.last_message = ws_clock_now(env->loop);
+            c->clock.last_message = c->clock.last_read; /* set by this read */
             if (env->ops->message)
                 env->ops->message(env->app, c, ev.data, ev.len, ev.opcode == WS_OP_BINARY);
             break;
@@ -673,7 +673,7 @@ static void on_read(struct ws_conn *c)
     /* Stop reading from a peer whose replies pile up, until they drain (TCP pushes back). */
     if (c->wire.out.bytes > (size_t)cfg(c)->max_buffered / 2 && c->state == WS_CONN_OPEN)
         c->wire.reading_paused = true;
-    ws_conn_flush(c);
+    want_flush(c); /* the loop's flush pass writes what this read's messages queued */
 }
 
 static void on_io(struct ev_loop *loop, ev_io *w, int revents)

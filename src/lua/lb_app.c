@@ -507,10 +507,15 @@ static void on_open(void *app, struct ws_conn *c)
 
 /* message(conn, data, kind) [-0, +0, e] */
 /* Pushes message(conn, data, kind)'s last two arguments. [-0, +2, m] */
-static void push_message(lua_State *L, const uint8_t *data, size_t len, bool binary)
+/* co_task: L is a pooled task's coroutine at its top level, whose stack's base holds the kinds
+ * (else they come from the registry); made once either way, no hashing per message. */
+static void push_message(lua_State *L, const uint8_t *data, size_t len, bool binary, bool co_task)
 {
     lua_pushlstring(L, (const char *)data, len);
-    lb_push_ref(L, lb_app_of(L)->kind_refs[binary]); /* made once: no hashing per message */
+    if (co_task)
+        lua_pushvalue(L, binary ? LB_TASK_BINARY : LB_TASK_TEXT);
+    else
+        lb_push_ref(L, lb_app_of(L)->kind_refs[binary]);
 }
 
 static int call_message(lua_State *L)
@@ -518,7 +523,7 @@ static int call_message(lua_State *L)
     struct event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_MESSAGE]);
     lb_conn_push(L, e->c);
-    push_message(L, e->data, e->len, e->binary);
+    push_message(L, e->data, e->len, e->binary, false);
     lua_callk(L, 3, 0, 0, handler_done);
     return 0;
 }
@@ -537,16 +542,16 @@ static void dispatch_message(struct lb_app *a, struct ws_conn *c, const uint8_t 
     lua_State *co = t->co;
     /* Fast path, the steady state: the conn userdata exists and the heap has room for the
      * message, so the pushes below cannot raise outside a protected call (a coroutine of the
-     * pool has an empty stack of LUA_MINSTACK slots). */
+     * pool holds only its LB_TASK_BASE values, with room for LUA_MINSTACK more). */
     if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096) {
         lb_push_ref(co, a->handlers[LB_MESSAGE]);
-        if (lb_conn_push_existing(co, c)) {
-            push_message(co, data, len, binary);
+        if (lb_conn_push_existing(co, c, true)) {
+            push_message(co, data, len, binary, true);
             enum lb_task_result r = lb_task_start(t, 3, "message", c->node.id);
             settle(a, c, r, t, "message");
             return;
         }
-        lua_settop(co, 0);
+        lua_settop(co, LB_TASK_BASE);
     }
     struct event e = {.a = a, .c = c, .data = data, .len = len, .binary = binary};
     struct lb_task *waiting = NULL;

@@ -52,7 +52,7 @@ struct ws_conn *lb_conn_check(lua_State *L, int idx)
 void lb_conn_push(lua_State *L, struct ws_conn *c)
 {
     struct lb_app *a = lb_app_of(L);
-    if (lb_conn_push_existing(L, c))
+    if (lb_conn_push_existing(L, c, false))
         return;
     struct lb_box *box = lua_newuserdatauv(L, sizeof(*box), 1);
     box->mt = a->conn_mt;
@@ -64,15 +64,20 @@ void lb_conn_push(lua_State *L, struct ws_conn *c)
     lua_pop(L, 1);
 }
 
-bool lb_conn_push_existing(lua_State *L, struct ws_conn *c)
+bool lb_conn_push_existing(lua_State *L, struct ws_conn *c, bool co_task)
 {
-    struct lb_app *a = lb_app_of(L);
-    lb_push_ref(L, a->conns_ref);
+    if (co_task) {
+        if (lua_rawgeti(L, LB_TASK_CONNS, (lua_Integer)c->node.id) != LUA_TNIL)
+            return true;
+        lua_pop(L, 1);
+        return false;
+    }
+    lb_push_ref(L, lb_app_of(L)->conns_ref);
     if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TNIL) {
         lua_pop(L, 2);
         return false;
     }
-    lua_remove(L, -2);
+    lua_replace(L, -2);
     return true;
 }
 

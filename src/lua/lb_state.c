@@ -174,6 +174,49 @@ static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
+/* GC pacing. Lua starts a collection cycle once the heap reaches pause % of what the last cycle
+ * left (200: twice the live heap) and each cycle marks the whole live heap. A small heap then
+ * collects every few hundred KiB allocated: with 64 KiB messages, a whole cycle every few
+ * messages. Like Go's minimum heap target, the next cycle waits until the heap has grown by at
+ * least GC_MIN_GROWTH, 1 MiB (at most a quarter of the memory cap), the pause capped at
+ * GC_PAUSE_MAX; a heap over that size keeps Lua's default. A sentinel's __gc counts the cycles
+ * (lua_gc does nothing inside a finalizer); the pause is set after the handler in which a cycle
+ * ended. */
+#define GC_MIN_GROWTH ((size_t)1 << 20)
+#define GC_PAUSE_DEFAULT 200
+#define GC_PAUSE_MAX 1000
+#define GC_SENTINEL_MT "wsserver.gc_sentinel"
+
+static void gc_new_sentinel(lua_State *L)
+{
+    lua_newuserdatauv(L, 0, 0);
+    luaL_setmetatable(L, GC_SENTINEL_MT);
+    lua_pop(L, 1); /* garbage at once: its __gc runs when this cycle ends */
+}
+
+static int gc_sentinel(lua_State *L)
+{
+    struct lb_app *a = lb_app_of(L);
+    a->gc_cycles++;
+    a->gc_live = a->mem; /* finalizers run once the cycle has swept */
+    gc_new_sentinel(L);  /* for the next cycle (none once the state closes) */
+    return 0;
+}
+
+static void gc_pace(struct lb_app *a)
+{
+    a->gc_paced = a->gc_cycles;
+    if (a->gc_app_tuned)
+        return;
+    size_t live = a->gc_live > 1 ? a->gc_live : 1, growth = a->mem_limit / 4;
+    if (growth > GC_MIN_GROWTH)
+        growth = GC_MIN_GROWTH;
+    size_t pause = live >= growth ? GC_PAUSE_DEFAULT : 100 + 100 * growth / live;
+    if (pause < GC_PAUSE_DEFAULT)
+        pause = GC_PAUSE_DEFAULT;
+    lua_gc(a->L, LUA_GCINC, (int)(pause < GC_PAUSE_MAX ? pause : GC_PAUSE_MAX), 0, 0);
+}
+
 /* SPEC §4: a handler running longer than handler_timeout is interrupted and treated as an
  * error. Once over budget every hook call raises again, so a pcall loop cannot swallow it. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
@@ -274,6 +317,22 @@ static int resume_as(lua_State *L, lua_State *co, int nargs)
     return lua_gettop(L) - base;
 }
 
+/* collectgarbage(opt, ...): the standard one (upvalue 1); an app that sets the collector's mode
+ * or parameters itself keeps them (no pacing from then on). [-?, +?, e] */
+static int guarded_collectgarbage(lua_State *L)
+{
+    static const char *const tuning[] = {"incremental", "generational", "setpause", "setstepmul",
+                                         NULL};
+    const char *opt = luaL_optstring(L, 1, "collect");
+    for (int i = 0; tuning[i]; i++)
+        if (strcmp(opt, tuning[i]) == 0)
+            lb_app_of(L)->gc_app_tuned = true;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
 /* coroutine.resume(co, ...): the standard one (upvalue 1), run as co. [-?, +?, e] */
 static int guarded_resume(lua_State *L)
 {
@@ -359,6 +418,8 @@ void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run)
         return;
     }
     run_end(a, co, run->prev);
+    if (a->gc_cycles != a->gc_paced)
+        gc_pace(a);
     if (a->srv && run->started)
         ws_stats_observe_handler(a->srv->env.stats, mono_now() - run->started);
 }
@@ -539,6 +600,9 @@ static int open_state(lua_State *L)
     lua_getglobal(L, "xpcall");
     lua_pushcclosure(L, guarded_xpcall, 1);
     lua_setglobal(L, "xpcall");
+    lua_getglobal(L, "collectgarbage");
+    lua_pushcclosure(L, guarded_collectgarbage, 1);
+    lua_setglobal(L, "collectgarbage");
     /* the budget is a hook: an app that could replace it could loop the loop forever */
     lua_getglobal(L, "debug");
     lua_pushcfunction(L, refuse_sethook);
@@ -557,6 +621,11 @@ static int open_state(lua_State *L)
     lua_pushcclosure(L, guarded_wrap, 1);
     lua_setfield(L, -2, "wrap");
     lua_pop(L, 1);
+    luaL_newmetatable(L, GC_SENTINEL_MT);
+    lua_pushcfunction(L, gc_sentinel);
+    lua_setfield(L, -2, "__gc");
+    lua_pop(L, 1);
+    gc_new_sentinel(L);
     set_paths(a);
     return 0;
 }

@@ -30,6 +30,10 @@ static int new_thread(lua_State *L)
     struct lb_task *t = lua_touserdata(L, 1);
     t->co = lua_newthread(L);
     t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    /* the stack's base (LB_TASK_CONNS, LB_TASK_TEXT, LB_TASK_BINARY) */
+    lb_push_ref(t->co, t->a->conns_ref);
+    lb_push_ref(t->co, t->a->kind_refs[0]);
+    lb_push_ref(t->co, t->a->kind_refs[1]);
     return 0;
 }
 
@@ -139,7 +143,7 @@ static enum lb_task_result resume(struct lb_task *t, int nargs)
     if (rc == LUA_YIELD && t->waiting)
         return LB_TASK_WAITING;
     if (rc == LUA_OK) {
-        lua_settop(t->co, 0);
+        lua_settop(t->co, LB_TASK_BASE);
         return LB_TASK_DONE;
     }
     if (rc == LUA_YIELD)

@@ -298,7 +298,7 @@ static void pump(struct lb_wsclient *cl)
         int nargs = 1;
         if (it->kind == ITEM_TEXT || it->kind == ITEM_BINARY) {
             lua_pushlstring(t->co, (const char *)it->data, it->len);
-            lua_pushstring(t->co, it->kind == ITEM_TEXT ? "text" : "binary");
+            lua_pushvalue(t->co, it->kind == ITEM_TEXT ? LB_TASK_TEXT : LB_TASK_BINARY);
             nargs = 3;
         } else if (it->kind == ITEM_CLOSE) {
             lua_pushinteger(t->co, it->code);

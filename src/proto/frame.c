@@ -215,6 +215,27 @@ int ws_frame_decode(struct ws_frame_decoder *d, uint8_t *data, size_t len, size_
     return WS_E_INVAL;
 }
 
+size_t ws_frame_take_whole(const struct ws_frame_decoder *d, uint8_t *data, size_t len, size_t max,
+                           uint8_t *opcode, uint8_t **payload, size_t *plen)
+{
+    if (len < 2 || !ws_frame_between(d))
+        return 0;
+    /* FIN set, RSV clear, opcode text or binary (RFC 6455 §5.2): 0x81 or 0x82 */
+    uint8_t b0 = data[0], b1 = data[1];
+    if (b0 != (0x80 | WS_OP_TEXT) && b0 != (0x80 | WS_OP_BINARY))
+        return 0;
+    bool masked = b1 & 0x80;
+    size_t n = b1 & 0x7F, hlen = masked ? 6 : 2;
+    if (masked != d->require_mask || n > 125 || n > max || len < hlen + n)
+        return 0;
+    if (masked)
+        ws_frame_mask(data + hlen, n, data + 2, 0);
+    *opcode = b0 & 0x0F;
+    *payload = data + hlen;
+    *plen = n;
+    return hlen + n;
+}
+
 size_t ws_frame_encode_header(uint8_t out[WS_FRAME_MAX_HEADER], bool fin, uint8_t rsv,
                               uint8_t opcode, uint64_t len, const uint8_t *mask)
 {
@@ -266,9 +287,16 @@ void ws_frame_mask(uint8_t *p, size_t n, const uint8_t mask[4], uint64_t offset)
     /* RFC 6455 §5.3: byte i is XORed with mask[i % 4]; 16 and 8 are multiples of 4, so one vector
      * (one word) of mask rotated to the current position serves every one. memcpy keeps the
      * loads well-defined. */
-    for (size_t i = 0; i < 4; i++)
-        m4[i] = mask[(k + i) & 3];
-    memcpy(&m32, m4, 4);
+    memcpy(&m32, mask, 4);
+    if (k) {
+        unsigned r = 8 * (unsigned)k; /* the word's first byte becomes mask[k] */
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        m32 = m32 << r | m32 >> (32 - r);
+#else
+        m32 = m32 >> r | m32 << (32 - r);
+#endif
+    }
+    memcpy(m4, &m32, 4);
     m = (uint64_t)m32 << 32 | m32;
     if (n >= 16) {
         uint64_t m2[2] = {m, m};

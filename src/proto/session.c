@@ -252,6 +252,26 @@ int ws_session_feed(struct ws_session *s, uint8_t *data, size_t len, size_t *use
     }
     if (s->msg_done)
         release_msg(s);
+    if (!s->msg_opcode && ws_frame_between(&s->dec)) {
+        /* between messages: nothing to read yet, or (the common case) a whole small frame */
+        uint8_t op, *p;
+        size_t n;
+        if (!len)
+            return WS_E_AGAIN;
+        size_t took = ws_frame_take_whole(&s->dec, data, len, s->max_message_bytes, &op, &p, &n);
+        if (took) {
+            *used = took;
+            /* RFC 6455 §8.1 */
+            if (op == WS_OP_TEXT && ws_utf8_validate(p, n) < 0)
+                return s->err = WS_E_UTF8;
+            ev->type = WS_SESSION_MESSAGE;
+            ev->opcode = op;
+            ev->code = 0;
+            ev->data = p;
+            ev->len = n;
+            return 0;
+        }
+    }
 
     size_t off = 0;
     for (;;) {

@@ -1762,3 +1762,50 @@ describe("ws.testing upstream stand-ins (t:upstream)", function()
     t:close()
   end)
 end)
+
+describe("ws.testing: the app's Lua heap", function()
+  -- The app counts garbage-collection cycles with a finalizer that re-arms itself each cycle;
+  -- each step of its loop leaves 128 KiB of garbage (string.rep's result and the concatenation).
+  local GARBAGE = [[
+local cycles = 0
+local function sentinel()
+  setmetatable({}, {__gc = function() cycles = cycles + 1; sentinel() end})
+end
+sentinel()
+return {
+  message = function(conn, data)
+    local before, peak = cycles, 0
+    for i = 1, tonumber(data) do
+      local s = string.rep("x", 65536 - 8) .. string.format("%08d", i)
+      peak = math.max(peak, collectgarbage("count"))
+    end
+    conn:send(string.format("%d %d", cycles - before, peak // 1))
+  end,
+}
+]]
+
+  it("collects a small heap once it grew by about 1 MiB, not at twice its live size", function()
+    local t = load(GARBAGE)
+    local c = t:connect()
+    c:send("16") -- cycles end during this handler: the pause is set after it
+    c:next()
+    c:send("160") -- 20 MiB of garbage
+    local cycles, peak = c:next().data:match("^(%d+) (%d+)$")
+    cycles, peak = tonumber(cycles), tonumber(peak)
+    -- at Lua's default pause (twice a live heap of ~150 KiB) it is a cycle per step: 160
+    assert.is_true(cycles >= 10 and cycles <= 40, "cycles: " .. cycles)
+    assert.is_true(peak < 2048, "peak: " .. peak .. " KiB")
+    t:close()
+  end)
+
+  it("leaves the collector alone once the app sets it itself", function()
+    local t = load('collectgarbage("incremental", 200)\n' .. GARBAGE)
+    local c = t:connect()
+    c:send("16")
+    c:next()
+    c:send("160")
+    local cycles = tonumber(c:next().data:match("^(%d+) "))
+    assert.is_true(cycles >= 120, "cycles: " .. cycles)
+    t:close()
+  end)
+end)

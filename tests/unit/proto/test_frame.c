@@ -1,6 +1,7 @@
 /* Unit tests for the frame decoder and header encoder: the RFC 6455 §5.7 examples, each §5.2
  * violation at the byte that reveals it, encode/decode round trips, identical results for every
- * split of a stream, and the word-at-a-time mask against a byte loop. */
+ * split of a stream, the word-at-a-time mask against a byte loop, and the one-step path for a
+ * whole short data frame. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -653,6 +654,80 @@ static void test_mask_against_naive(void **state)
     free(ref);
 }
 
+/* Writes a masked (or, mask NULL, unmasked) frame of payload p into out; returns its size. */
+static size_t make_frame(uint8_t *out, uint8_t b0, const uint8_t *mask, const uint8_t *p, size_t n)
+{
+    size_t h = ws_frame_encode_header(out, b0 & 0x80, (b0 >> 4) & 7, b0 & 0xF, n, mask);
+    memcpy(out + h, p, n);
+    if (mask)
+        ws_frame_mask(out + h, n, mask, 0);
+    return h + n;
+}
+
+static void test_take_whole(void **state)
+{
+    static const uint8_t mask[4] = {0x37, 0xfa, 0x21, 0x3d};
+    uint8_t text[200], f[300], *payload;
+    uint8_t opcode;
+    size_t plen;
+    struct ws_frame_decoder server, client;
+    (void)state;
+
+    for (size_t k = 0; k < sizeof text; k++)
+        text[k] = (uint8_t)('a' + k % 26);
+    ws_frame_decoder_init(&server, true, 0);
+    ws_frame_decoder_init(&client, false, 0);
+    /* whole text and binary frames up to 125 bytes, with bytes after them: taken, unmasked */
+    for (size_t n = 0; n <= 125; n++) {
+        size_t len = make_frame(f, 0x80 | WS_OP_TEXT, mask, text, n);
+        f[len] = 0x81; /* the next frame's first byte */
+        assert_int_equal(ws_frame_take_whole(&server, f, len + 1, 1000, &opcode, &payload, &plen),
+                         len);
+        assert_int_equal(opcode, WS_OP_TEXT);
+        assert_int_equal(plen, n);
+        assert_ptr_equal(payload, f + 6);
+        assert_memory_equal(payload, text, n);
+        len = make_frame(f, 0x80 | WS_OP_BINARY, NULL, text, n);
+        assert_int_equal(ws_frame_take_whole(&client, f, len, 1000, &opcode, &payload, &plen), len);
+        assert_int_equal(opcode, WS_OP_BINARY);
+        assert_memory_equal(payload, text, n);
+    }
+    /* everything else is left to the decoder, untouched */
+    static const struct {
+        uint8_t b0;
+        size_t n;
+        bool masked;
+        size_t cut, max;
+    } no[] = {
+        {0x00 | WS_OP_TEXT, 10, true, 0, 1000},  /* not FIN: a fragment */
+        {0x80 | WS_OP_PING, 10, true, 0, 1000},  /* control */
+        {0xC0 | WS_OP_TEXT, 10, true, 0, 1000},  /* RSV1 (compressed) */
+        {0x80 | 0x3, 10, true, 0, 1000},         /* reserved opcode */
+        {0x80 | WS_OP_TEXT, 126, true, 0, 1000}, /* a 16-bit length */
+        {0x80 | WS_OP_TEXT, 10, true, 1, 1000},  /* the last byte not there yet */
+        {0x80 | WS_OP_TEXT, 10, false, 0, 1000}, /* unmasked, to a server */
+        {0x80 | WS_OP_TEXT, 10, true, 0, 9},     /* over the message limit */
+    };
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++) {
+        size_t len = make_frame(f, no[i].b0, no[i].masked ? mask : NULL, text, no[i].n);
+        uint8_t copy[300];
+        memcpy(copy, f, len);
+        assert_int_equal(
+            ws_frame_take_whole(&server, f, len - no[i].cut, no[i].max, &opcode, &payload, &plen),
+            0);
+        assert_memory_equal(f, copy, len);
+    }
+    size_t len = make_frame(f, 0x80 | WS_OP_TEXT, mask, text, 10);
+    assert_int_equal(ws_frame_take_whole(&client, f, len, 1000, &opcode, &payload, &plen), 0);
+    assert_int_equal(ws_frame_take_whole(&server, f, 1, 1000, &opcode, &payload, &plen), 0);
+    /* a decoder inside a frame is not between frames */
+    struct ws_frame_event ev;
+    size_t used;
+    assert_int_equal(ws_frame_decode(&server, f, 6, &used, &ev), 0);
+    assert_int_equal(ev.type, WS_FRAME_HEADER);
+    assert_int_equal(ws_frame_take_whole(&server, f, len, 1000, &opcode, &payload, &plen), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -660,7 +735,7 @@ int main(void)
         cmocka_unit_test(test_accepted_edges),        cmocka_unit_test(test_is_control),
         cmocka_unit_test(test_encode_decode_lengths), cmocka_unit_test(test_empty),
         cmocka_unit_test(test_every_split),           cmocka_unit_test(test_split_large),
-        cmocka_unit_test(test_mask_against_naive),
+        cmocka_unit_test(test_mask_against_naive),    cmocka_unit_test(test_take_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
