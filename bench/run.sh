@@ -76,7 +76,8 @@ fi
 # a tls: listener, certificate from scripts/gen-test-cert.sh); echo-deflate, broadcast-deflate
 # (--compression on); sleep0 (echo after one ws.sleep(0): the cost of one wait); http-get (echo
 # after one ws.http.get to a local keep-alive upstream, bench/node/upstream.js on wsbench's
-# CPU); publish (broadcast through a topic: ws.publish against ws.broadcast). The echo
+# CPU); publish (broadcast through a topic: ws.publish against ws.broadcast); idle-keep (echo
+# whose open handler keeps each connection's Lua object: idle memory with the Lua side). The echo
 # rows at 10, 100 and 1000 connections feed bench/plot.py. A new app: a line in app_file.
 SCENARIOS=(
     "echo-c10|echo|echo -c 10 -s 32 -d 1|||"
@@ -90,6 +91,7 @@ SCENARIOS=(
     "broadcast-json1k|broadcast|broadcast -c 1000 -s 1024 --json -d 16||wsserver|"
     "connect|echo|connect -c 50|||"
     "idle-10000|idle|idle -c 10000 -w 1 -t 1|||"
+    "idle-keep-10000|idle-keep|idle -c 10000 -w 1 -t 1||wsserver|idle-10000"
     "tls-echo-c100-d16|echo-tls|echo -c 100 -s 32 -d 16 --tls||wsserver|echo-c100-d16"
     "tls-echo-64k|echo-tls|echo -c 10 -s 65536 -b -d 1 --tls||wsserver|echo-64k"
     "tls-connect|echo-tls|connect -c 50 --tls||wsserver|connect"
@@ -101,7 +103,7 @@ SCENARIOS=(
     "publish-1000|publish|broadcast -c 1000 -s 32 -d 16||wsserver|broadcast-1000"
 )
 # Server app groups in the order they run; variants right after the group of their reference rows.
-APPS=(echo echo-tls echo-deflate sleep0 http-get broadcast broadcast-deflate publish idle)
+APPS=(echo echo-tls echo-deflate sleep0 http-get broadcast broadcast-deflate publish idle idle-keep)
 CHAT_NAME=chat-2000
 CHAT_DURATION=${BENCH_CHAT_DURATION:-10}
 
@@ -112,6 +114,7 @@ app_file() {
     publish) echo publish ;;
     sleep0) echo sleep0 ;;
     http-get) echo http_get ;;
+    idle-keep) echo idle_keep ;;
     *) echo echo ;;
     esac
 }
@@ -246,7 +249,8 @@ head = f"  run {sys.argv[2]} {sys.argv[3]:8} {sys.argv[4]:18}"
 if r is None:
     print(head, "no result"); sys.exit()
 if r["mode"] == "idle":
-    v = f'{r["rss_per_conn_bytes"] or 0:10.0f} B/conn  ({r["open"]} open)'
+    v = (f'{r["rss_per_conn_bytes"] or 0:10.0f} B/conn  (RssAnon {r["anon_per_conn_bytes"] or 0:.0f},'
+         f' slope {r.get("rss_slope_bytes") or 0:.0f}/{r.get("anon_slope_bytes") or 0:.0f}; {r["open"]} open)')
 else:
     v = f'{r["msgs_per_s"]:10.0f} msg/s'
 if r.get("deflate"):
@@ -431,6 +435,9 @@ for line in open(scen_path):
             "client_cpu_pct": med([r["client_cpu_pct"] for r in ok]),
             "client_cpu_us_per_msg": med([r["client_cpu_us_per_msg"] for r in ok]),
             "other_cpu_pct": med([r.get("other_cpu_pct") for r in ok]),
+            "anon_per_conn_bytes": med([r.get("anon_per_conn_bytes") for r in ok]),
+            "rss_slope_bytes": med([r.get("rss_slope_bytes") for r in ok]),
+            "anon_slope_bytes": med([r.get("anon_slope_bytes") for r in ok]),
             "errors": sum(r["errors"]["total"] for r in ok),
             "failed_runs": sum(1 for r in rs if not r["result"] or not r["server_alive"]),
         }
@@ -546,6 +553,19 @@ if uws_rows:
     print_table(rows, 2)
     print("ratio: wsserver/uws of the rate (idle: of the memory per connection); cpu ratio: wsserver's")
     print("  server CPU per message over uws's (above 1: wsserver spends more).")
+
+idle_rows = [(s["name"], impl, s[impl]) for s in scenarios if s["args"].startswith("idle")
+             for impl in "$IMPLS".split() if s.get(impl)]
+if idle_rows:
+    print()
+    print("idle memory per connection (bytes; after one warm-up connection; medians):")
+    rows = [("scenario", "impl", "VmRSS", "RssAnon", "VmRSS slope", "RssAnon slope", "errors")]
+    for name, impl, v in idle_rows:
+        rows.append((name, impl, f(v["value"]), f(v.get("anon_per_conn_bytes")),
+                     f(v.get("rss_slope_bytes")), f(v.get("anon_slope_bytes")), str(v["errors"])))
+    print_table(rows, 2)
+    print("slope: from half the connections to all of them (what one more connection costs);")
+    print("  idle-keep-10000: the app keeps each connection's Lua object (bench/apps/idle_keep.lua).")
 
 variants = [s for s in scenarios if "ref" in s]
 if variants:

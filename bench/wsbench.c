@@ -216,15 +216,21 @@ struct bench {
     ev_timer chat_tick, drain_timer;
     uint64_t last_progress_ns, t_open_ns, t_win_ns, t_end_ns, t_all_open_ns;
     double cpu_client0, cpu_client1, cpu_server0, cpu_server1, cpu_machine0, cpu_machine1;
-    long rss_before_kb, rss_after_kb;
-    long anon_before_kb, anon_after_kb; /* RssAnon: without the code pages a first handshake
-                                         * maps in (libcrypto), which do not grow with N */
+    /* idle: the server's memory after the warm-up cycle (before), at half the connections
+     * (mid) and at all of them (after); VmRSS, and RssAnon without the code pages a first
+     * handshake maps in (libcrypto), which do not grow with N */
+    long rss_before_kb, rss_mid_kb, rss_after_kb;
+    long anon_before_kb, anon_mid_kb, anon_after_kb;
+    unsigned opened_mid;
+    struct conn *warm; /* idle: one connect-upgrade-close cycle before the baseline */
+    bool warming, mid_taken;
     struct hist hist;
     ev_timer warmup_timer, end_timer, watchdog;
     ev_prepare prepare;
 };
 
 static void conn_start(struct bench *b, struct conn *c);
+static void warm_done(struct bench *b);
 static void finish(struct bench *b, const char *why);
 static int flush(struct conn *c);
 static void pub_send_more(struct bench *b);
@@ -1542,7 +1548,7 @@ static void on_open(struct conn *c, uint64_t t)
     b->opening--;
     b->opened++;
     progress(b, t);
-    if (b->o.mode == MODE_IDLE || (b->measuring && b->o.mode == MODE_CONNECT))
+    if ((b->o.mode == MODE_IDLE && c != b->warm) || (b->measuring && b->o.mode == MODE_CONNECT))
         hist_add(&b->hist, t - c->t_connect_ns);
     switch (c->role) {
     case ROLE_SUB: {
@@ -1698,7 +1704,9 @@ static void on_eof(struct conn *c, uint64_t t)
         b->recv_total++;
         progress(b, t);
         conn_kill(c);
-        if (b->running && !b->finished)
+        if (c == b->warm)
+            warm_done(b);
+        else if (b->running && !b->finished)
             conn_start(b, c);
     } else {
         conn_fail(c, ERR_CLOSED, "connection closed by the server");
@@ -1871,17 +1879,46 @@ static void conn_start(struct bench *b, struct conn *c)
     }
 }
 
-/* Opens connections, at most --open-rate handshakes at a time. */
+/* Opens connections, at most --open-rate handshakes at a time. Idle mode opens half of them,
+ * samples the server's memory, then opens the rest. */
 static void open_more(struct bench *b)
 {
-    while (b->next_open < b->nconns && b->opening < b->o.open_rate && !b->finished)
+    if (b->warming)
+        return;
+    unsigned upto = b->o.mode == MODE_IDLE && !b->mid_taken ? b->nconns / 2 : b->nconns;
+    while (b->next_open < upto && b->opening < b->o.open_rate && !b->finished)
         conn_start(b, &b->conns[b->next_open++]);
+    if (upto < b->nconns && b->next_open == upto && b->opening == 0 && !b->finished) {
+        b->mid_taken = true;
+        b->opened_mid = b->opened;
+        if (b->o.server_pid > 0) {
+            b->rss_mid_kb = rss_proc_kb(b->o.server_pid);
+            b->anon_mid_kb = proc_status_kb(b->o.server_pid, "RssAnon");
+        }
+        open_more(b);
+        return;
+    }
     if (b->o.mode == MODE_IDLE && !b->running && b->next_open == b->nconns && b->opening == 0) {
         b->t_all_open_ns = now_ns();
         run_start(b);
     }
     if (b->o.mode == MODE_ECHO && !b->running && b->next_open == b->nconns && b->opening == 0)
         run_start(b);
+}
+
+/* Idle mode's warm-up cycle is over: what the first handshake pages in (libcrypto's code and
+ * tables, the first chunks of each size) is in the baseline, not counted per connection. */
+static void warm_done(struct bench *b)
+{
+    b->warming = false;
+    b->opened = 0;
+    if (b->o.server_pid > 0) {
+        usleep(50000); /* the server frees the closed connection on its next loop pass */
+        b->rss_before_kb = rss_proc_kb(b->o.server_pid);
+        b->anon_before_kb = proc_status_kb(b->o.server_pid, "RssAnon");
+    }
+    b->t_open_ns = now_ns();
+    open_more(b);
 }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
@@ -2039,6 +2076,21 @@ static void report(struct bench *b, const char *why)
                    (double)(b->anon_after_kb - b->anon_before_kb) * 1024.0 / (double)b->opened);
         else
             printf(",\"anon_per_conn_bytes\":null");
+        /* The slope from half to all the connections: what one more connection costs, free of
+         * any one-time cost the baseline missed. */
+        unsigned added = b->opened - b->opened_mid;
+        printf(",\"open_mid\":%u,\"rss_mid_kb\":%ld,\"anon_mid_kb\":%ld", b->opened_mid,
+               b->rss_mid_kb, b->anon_mid_kb);
+        if (b->rss_mid_kb >= 0 && b->rss_after_kb >= 0 && added)
+            printf(",\"rss_slope_bytes\":%.1f",
+                   (double)(b->rss_after_kb - b->rss_mid_kb) * 1024.0 / (double)added);
+        else
+            printf(",\"rss_slope_bytes\":null");
+        if (b->anon_mid_kb >= 0 && b->anon_after_kb >= 0 && added)
+            printf(",\"anon_slope_bytes\":%.1f",
+                   (double)(b->anon_after_kb - b->anon_mid_kb) * 1024.0 / (double)added);
+        else
+            printf(",\"anon_slope_bytes\":null");
     }
     printf("}\n");
     fflush(stdout);
@@ -2098,6 +2150,8 @@ static void usage(FILE *f)
            "  -w, --warmup S         traffic before the window (default 1; idle: settle time)\n"
            "  -n, --messages N       echo: stop after N replies in all (no warm-up)\n"
            "      --server-pid PID   read the server's CPU time (and RSS for idle) from /proc\n"
+           "                         (idle: after one connect-upgrade-close warm-up cycle, at\n"
+           "                         half the connections and at all; per connection and slope)\n"
            "      --verify full|sample  check every byte of each reply (default) or 128 bytes\n"
            "      --open-rate N      handshakes in progress at most (default 200)\n"
            "      --stall S          give up after S seconds without progress (default 3)\n"
@@ -2498,8 +2552,10 @@ int main(int argc, char **argv)
     }
 
     b->nconns = b->o.conns + (b->o.mode == MODE_BROADCAST ? 1 : 0);
-    b->conns = xcalloc(b->nconns, sizeof *b->conns);
-    for (unsigned i = 0; i < b->nconns; i++) {
+    /* idle: one more, the warm-up cycle, outside the nconns counted */
+    unsigned nalloc = b->nconns + (b->o.mode == MODE_IDLE ? 1 : 0);
+    b->conns = xcalloc(nalloc, sizeof *b->conns);
+    for (unsigned i = 0; i < nalloc; i++) {
         struct conn *c = &b->conns[i];
         c->b = b;
         c->fd = -1;
@@ -2516,7 +2572,7 @@ int main(int argc, char **argv)
             c->q_cap = c->role == ROLE_PUB ? b->o.depth : 1;
             break;
         case MODE_IDLE:
-            c->role = ROLE_IDLE;
+            c->role = i == b->nconns ? ROLE_CYCLE : ROLE_IDLE;
             c->q_cap = 1;
             break;
         case MODE_CONNECT:
@@ -2543,13 +2599,14 @@ int main(int argc, char **argv)
     if (b->o.server_pid > 0) {
         b->rss_before_kb = rss_proc_kb(b->o.server_pid);
         b->anon_before_kb = proc_status_kb(b->o.server_pid, "RssAnon");
+        b->rss_mid_kb = b->anon_mid_kb = -1;
         if (cpu_proc_s(b->o.server_pid) < 0) {
             fprintf(stderr, "wsbench: no process %ld to measure\n", b->o.server_pid);
             return 2;
         }
     } else {
-        b->rss_before_kb = b->rss_after_kb = -1;
-        b->anon_before_kb = b->anon_after_kb = -1;
+        b->rss_before_kb = b->rss_mid_kb = b->rss_after_kb = -1;
+        b->anon_before_kb = b->anon_mid_kb = b->anon_after_kb = -1;
     }
 
     ev_prepare_init(&b->prepare, on_prepare);
@@ -2564,6 +2621,10 @@ int main(int argc, char **argv)
         run_start(b);
         for (unsigned i = 0; i < b->nconns; i++)
             conn_start(b, &b->conns[b->next_open++]);
+    } else if (b->o.mode == MODE_IDLE) {
+        b->warm = &b->conns[b->nconns];
+        b->warming = true;
+        conn_start(b, b->warm);
     } else {
         b->t_open_ns = now_ns();
         open_more(b);

@@ -8,6 +8,7 @@
 
 #include "ws/app.h"
 #include "ws/buf.h"
+#include "ws/deadlines.h"
 #include "ws/deflate.h"
 #include "ws/env.h"
 #include "ws/frameset.h"
@@ -54,35 +55,38 @@ struct ws_conn {
     struct ws_registry_node node; /* node.id is the connection id */
     struct ws_subscriber sub;     /* topics */
     struct ws_env *env;
-    struct ws_wire wire; /* the socket, its transport, watcher and send queue */
-    ev_timer timer;      /* the one timer: handshake, ping, pong, idle and close deadlines */
-    struct ws_session session;
-    struct ws_request *request;       /* the HTTP request while CONNECTING, then NULL */
+    struct ws_wire wire;         /* the socket, its transport, watcher and send queue */
+    struct ws_deadline deadline; /* the one deadline (env->deadlines): handshake, ping, pong,
+                                  * idle or close, whichever is first */
+    struct ws_session session;   /* session.deflate: permessage-deflate when negotiated (owned) */
+    struct ws_request *request;  /* the HTTP request while CONNECTING, then NULL */
     struct ws_heartbeat_clocks clock; /* what the timeouts are measured from */
     union {
         struct sockaddr sa;
         struct sockaddr_in in4;
         struct sockaddr_in6 in6;
     } peer;
-    uint32_t messages_in;       /* next to the 28-byte address: no padding */
-    char *path;                 /* request target (owned) */
-    char *protocol;             /* chosen subprotocol (owned) or NULL */
-    struct ws_deflate *deflate; /* permessage-deflate state when negotiated (owned) */
-    enum ws_conn_state state;
-    uint16_t close_code; /* code to report to the app's close callback */
-    uint8_t closed_by;   /* enum ws_conn_closer */
-    uint8_t deciding;    /* enum ws_conn_decision */
+    uint32_t messages_in; /* next to the 28-byte address: no padding */
+    char *path;           /* request target (owned unless it is "/", which is shared) */
+    char *protocol;       /* chosen subprotocol (owned) or NULL */
     uint32_t messages_out;
+    uint16_t close_code; /* code to report to the app's close callback */
+    /* the small enums and flags in the 16 bits left before the next pointer */
+    unsigned state : 2;     /* enum ws_conn_state */
+    unsigned closed_by : 2; /* enum ws_conn_closer */
+    unsigned deciding : 2;  /* enum ws_conn_decision */
+    bool in_flush_list : 1;
+    bool opened : 1;     /* open() was called: close() is owed */
+    bool ops_port : 1;   /* accepted on metrics_listen: served by ws_front_handle_ops */
+    bool above_low : 1;  /* queue went above the low-water mark: drain() is owed */
+    bool ip_counted : 1; /* counted in the per-IP table */
+    bool held : 1;       /* CLOSED, kept for the app (ops->hold) until ws_conn_unhold */
     uint64_t bytes_in, bytes_out;
-    char *close_reason;         /* owned, may be NULL */
-    struct ws_conn *next_flush; /* env->flush_head list */
-    struct ws_conn *next_dead;  /* env->dead_head list */
-    bool in_flush_list;
-    bool opened;     /* open() was called: close() is owed */
-    bool ops_port;   /* accepted on metrics_listen: served by ws_front_handle_ops */
-    bool above_low;  /* queue went above the low-water mark: drain() is owed */
-    bool ip_counted; /* counted in the per-IP table */
-    bool held;       /* CLOSED, kept for the app (ops->hold) until ws_conn_unhold */
+    char *close_reason;             /* owned, may be NULL */
+    union {                         /* never both: a closed connection is in no flush list */
+        struct ws_conn *next_flush; /* env->flush_head list, while in_flush_list */
+        struct ws_conn *next_dead;  /* env->dead_head list, once CLOSED */
+    };
     void *app_state; /* the app's own per-connection state; the core never touches it */
 };
 
@@ -138,6 +142,9 @@ void ws_conn_flush(struct ws_conn *c);
 
 /* Reports the close to the app and frees c, which must be CLOSED. */
 void ws_conn_destroy(struct ws_conn *c);
+
+/* env->deadlines' callback: c's deadline fell due (a timeout, or a ping to send). */
+void ws_conn_deadline_due(struct ws_deadlines *ds, struct ws_deadline *d);
 
 /* Re-reads limits and timers from env's current configuration (after a reload). */
 void ws_conn_apply_config(struct ws_conn *c);

@@ -9,6 +9,7 @@
 #include "ws/buf.h"
 #include "ws/cidr.h"
 #include "ws/config.h"
+#include "ws/deadlines.h"
 #include "ws/deflate.h"
 #include "ws/map.h"
 #include "ws/outq.h"
@@ -126,10 +127,11 @@ struct ws_env {
     size_t ntrusted;
     const struct ws_app_ops *ops;
     void *app;
-    struct ws_registry conns; /* every connection, by id in arrival order */
-    size_t nopen;             /* WebSocket connections in OPEN: what ws.count() says */
-    size_t nupgraded;         /* after a 101 and not yet freed (OPEN or closing): for limits */
-    struct ws_map per_ip;     /* address hash -> count */
+    struct ws_registry conns;      /* every connection, by id in arrival order */
+    struct ws_deadlines deadlines; /* every connection's deadline, on one timer */
+    size_t nopen;                  /* WebSocket connections in OPEN: what ws.count() says */
+    size_t nupgraded;              /* after a 101 and not yet freed (OPEN or closing): for limits */
+    struct ws_map per_ip;          /* address hash -> count */
     struct ws_topics topics;
     struct ws_deflate_config deflate_cfg;
     struct ws_deflate_shared *deflate_shared; /* with compression on */

@@ -15,11 +15,15 @@ enum ws_heartbeat_phase {
 
 /* A connection's clocks, in the loop's seconds; 0 means never. */
 struct ws_heartbeat_clocks {
-    double started;       /* accepted at */
-    double last_read;     /* any bytes from the peer */
-    double last_message;  /* last data message */
-    double ping_sent;     /* the outstanding ping, 0 when none */
-    double closing_since; /* entered CLOSING */
+    double started;   /* accepted at */
+    double last_read; /* any bytes from the peer */
+    double ping_sent; /* the outstanding ping, 0 when none */
+    /* never needed at once: the idle rule runs only while open, the close deadline only while
+     * closing, and a message is counted only while open */
+    union {
+        double last_message;  /* last data message (open) */
+        double closing_since; /* entered CLOSING (closing) */
+    };
 };
 
 enum ws_heartbeat_action {

@@ -9,12 +9,12 @@
 #include <stdint.h>
 
 struct ws_registry_node {
-    uint64_t id;
+    uint64_t id; /* first: the key of the registry's ws_keyset */
     struct ws_registry_node *prev, *next;
 };
 
 struct ws_registry {
-    struct ws_map by_id;
+    struct ws_keyset by_id;
     struct ws_registry_node *head, *tail;
     size_t count;
 };

@@ -18,14 +18,30 @@ struct ws_topic {
     struct ws_topic *next_same_hash;
     struct ws_subscriber **subs; /* owned array, unordered */
     size_t nsubs, cap;
-    struct ws_map index; /* subscriber id -> position in subs + 1 */
+    struct ws_map index; /* subscriber address -> position in subs + 1 */
+};
+
+/* A subscriber's topics in subscription order: one allocation, made by its first subscription. */
+struct ws_sublist {
+    uint32_t n, cap;
+    struct ws_topic *topics[];
 };
 
 struct ws_subscriber {
-    uint64_t id;              /* unique among live subscribers */
-    struct ws_topic **topics; /* owned array of this subscriber's topics */
-    uint32_t ntopics, cap;
+    struct ws_sublist *list; /* owned; NULL while subscribed to nothing */
 };
+
+/* The number of topics s is subscribed to. */
+static inline uint32_t ws_subscriber_count(const struct ws_subscriber *s)
+{
+    return s->list ? s->list->n : 0;
+}
+
+/* s's i-th topic in subscription order (i < ws_subscriber_count(s)). */
+static inline struct ws_topic *ws_subscriber_topic(const struct ws_subscriber *s, uint32_t i)
+{
+    return s->list->topics[i];
+}
 
 /* Told when a topic gets its first subscriber (created) or loses its last (before it is freed). */
 typedef void (*ws_topics_change_fn)(void *ctx, const struct ws_topic *topic, bool created);

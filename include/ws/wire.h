@@ -14,10 +14,9 @@
 #include <sys/types.h>
 
 struct ws_wire {
-    int fd; /* -1 once closed */
     const struct ws_transport_ops *transport;
     void *transport_state; /* owned */
-    ev_io io;
+    ev_io io;              /* io.fd is the socket, -1 once closed */
     struct ws_outq out;
     bool secured;        /* the transport's own handshake (TLS) is done */
     bool reading_paused; /* the owner stopped reading (back-pressure) */
@@ -38,7 +37,7 @@ void ws_wire_rewatch(struct ws_wire *w, struct ev_loop *loop, int events);
  * it runs after every write and nearly always finds nothing to change. */
 static inline void ws_wire_watch(struct ws_wire *w, struct ev_loop *loop, bool want_write)
 {
-    if (w->fd < 0)
+    if (w->io.fd < 0)
         return;
     int events = (w->reading_paused || w->reading_held ? 0 : EV_READ) | (want_write ? EV_WRITE : 0);
     if (events != (w->io.events & (EV_READ | EV_WRITE)) || !ev_is_active(&w->io))

@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,9 +29,11 @@
  * (WS_ENV_READ_BYTES), so a large frame usually arrives whole and is not assembled by a copy. */
 #define REQUEST_READ_BYTES 65536
 
+/* The path of most requests, shared instead of copied (c->path is never written through). */
+static char root_path[] = "/";
+
 static void on_io(struct ev_loop *loop, ev_io *w, int revents);
 static void kill_conn(struct ws_conn *c, int code, const char *reason);
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents);
 static void rearm(struct ws_conn *c);
 
 static const struct ws_config *cfg(const struct ws_conn *c)
@@ -38,10 +41,11 @@ static const struct ws_config *cfg(const struct ws_conn *c)
     return &c->env->cfg;
 }
 
-/* Queues c for this iteration's flush pass (ws_conn_run_pending). */
+/* Queues c for this iteration's flush pass (ws_conn_run_pending); a closed connection has
+ * nothing to flush. */
 static void want_flush(struct ws_conn *c)
 {
-    if (c->in_flush_list)
+    if (c->in_flush_list || c->state == WS_CONN_CLOSED)
         return;
     c->in_flush_list = true;
     c->next_flush = c->env->flush_head;
@@ -85,7 +89,6 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     struct ws_conn *c = ws_xcalloc(1, sizeof(*c));
     c->env = env;
     c->node.id = ++env->next_id;
-    c->sub.id = c->node.id;
     if (salen > sizeof(c->peer))
         salen = sizeof(c->peer);
     memcpy(&c->peer, sa, salen);
@@ -95,8 +98,6 @@ struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *s
     c->request = ws_xmalloc(sizeof(*c->request));
     ws_request_init(c->request);
     ws_wire_init(&c->wire, env->loop, fd, transport, transport_state, on_io, c);
-    ev_init(&c->timer, on_timer);
-    c->timer.data = c;
     ws_registry_add(&env->conns, &c->node);
     env->stats->connections_total++;
     rearm(c);
@@ -135,8 +136,17 @@ static void kill_conn(struct ws_conn *c, int code, const char *reason)
             c->close_reason = ws_xstrndup(reason, strlen(reason));
     }
     set_state(c, WS_CONN_CLOSED);
-    ws_timer_stop(c->env->loop, &c->timer);
+    ws_deadline_clear(&c->env->deadlines, &c->deadline);
     ws_wire_close(&c->wire, c->env->loop, &c->env->pool);
+    if (c->in_flush_list) {
+        /* out of the flush list (a closed connection has nothing to flush): next_dead takes
+         * next_flush's place */
+        struct ws_conn **p = &c->env->flush_head;
+        while (*p != c)
+            p = &(*p)->next_flush;
+        *p = c->next_flush;
+        c->in_flush_list = false;
+    }
     c->next_dead = c->env->dead_head;
     c->env->dead_head = c;
 }
@@ -239,10 +249,10 @@ int ws_conn_send(struct ws_conn *c, uint8_t opcode, const void *data, size_t len
     c->messages_out++;
     uint8_t rsv = 0;
     struct ws_buf *z = &c->env->zbuf;
-    if (c->deflate && ws_deflate_should_compress(c->deflate, len)) {
+    if (c->session.deflate && ws_deflate_should_compress(c->session.deflate, len)) {
         /* RFC 7692 §7.2.1: the payload compressed, RSV1 on the first frame only */
         z->len = 0;
-        ws_deflate_compress(c->deflate, data, len, z);
+        ws_deflate_compress(c->session.deflate, data, len, z);
         data = z->data;
         len = z->len;
         rsv = WS_FRAME_RSV1;
@@ -277,8 +287,8 @@ int ws_conn_send_set(struct ws_conn *c, struct ws_frameset *set)
     size_t frag = (size_t)cfg(c)->fragment_size;
     if (frag && set->len > frag) /* fragmented: framed per connection */
         return ws_conn_send(c, set->opcode, set->data, set->len);
-    if (c->deflate && ws_deflate_should_compress(c->deflate, set->len)) {
-        int bits = ws_deflate_broadcast_bits(c->deflate);
+    if (c->session.deflate && ws_deflate_should_compress(c->session.deflate, set->len)) {
+        int bits = ws_deflate_broadcast_bits(c->session.deflate);
         if (!bits) /* its own compressor with context: this connection's own encoding */
             return ws_conn_send(c, set->opcode, set->data, set->len);
         return ws_conn_send_shared(c, ws_frameset_deflated(set, bits), true);
@@ -387,9 +397,9 @@ static void open_ws(struct ws_conn *c, struct ws_front_reply *r, const struct ws
     c->protocol = r->protocol;
     r->protocol = NULL;
     if (r->deflate) {
-        c->deflate = ws_xcalloc(1, sizeof(*c->deflate));
-        ws_deflate_init(c->deflate, &r->params, env->deflate_shared);
-        ws_session_set_deflate(&c->session, c->deflate);
+        struct ws_deflate *d = ws_xcalloc(1, sizeof(*d)); /* owned through the session */
+        ws_deflate_init(d, &r->params, env->deflate_shared);
+        ws_session_set_deflate(&c->session, d);
     }
     set_state(c, WS_CONN_OPEN);
     env->nupgraded++;
@@ -527,7 +537,9 @@ static void on_request_bytes(struct ws_conn *c, const uint8_t *data, size_t len)
         return;
     bool head = rc == 0 || ws_request_head(c->request, &req);
     if (head && !c->path)
-        c->path = ws_xstrndup(req.target.p, req.target.n);
+        c->path = req.target.n == 1 && req.target.p[0] == '/'
+                      ? root_path
+                      : ws_xstrndup(req.target.p, req.target.n);
     if (rc < 0)
         refuse_request(c, rc, head ? &req : NULL);
     else if (forwarded(c, &req))
@@ -710,22 +722,19 @@ static const enum ws_heartbeat_phase phases[] = {
 
 static void rearm(struct ws_conn *c)
 {
-    struct ev_loop *loop = c->env->loop;
-    ws_timer_stop(loop, &c->timer);
-    if (c->state == WS_CONN_CLOSED)
-        return;
-    ev_tstamp at = ws_heartbeat_next(phases[c->state], &c->clock, cfg(c));
-    if (!at)
-        return;
-    ev_tstamp in = at - ws_clock_now(loop);
-    ws_timer_start(loop, &c->timer, in > 0.001 ? in : 0.001, 0);
+    struct ws_deadlines *ds = &c->env->deadlines;
+    ev_tstamp at =
+        c->state == WS_CONN_CLOSED ? 0 : ws_heartbeat_next(phases[c->state], &c->clock, cfg(c));
+    if (at)
+        ws_deadline_set(ds, &c->deadline, at);
+    else
+        ws_deadline_clear(ds, &c->deadline);
 }
 
-static void on_timer(struct ev_loop *loop, ev_timer *w, int revents)
+void ws_conn_deadline_due(struct ws_deadlines *ds, struct ws_deadline *d)
 {
-    (void)revents;
-    struct ws_conn *c = w->data;
-    ev_tstamp now = ws_clock_now(loop);
+    struct ws_conn *c = (struct ws_conn *)((char *)d - offsetof(struct ws_conn, deadline));
+    ev_tstamp now = ws_clock_now(ds->loop);
     enum ws_conn_state state = c->state;
     const struct ws_heartbeat_rule *r;
     while (c->state == state &&
@@ -777,11 +786,12 @@ void ws_conn_destroy(struct ws_conn *c)
     ws_session_reset(&c->session);
     free_request(c);
     ws_wire_free(&c->wire, &env->pool);
-    if (c->deflate) {
-        ws_deflate_reset(c->deflate);
-        free(c->deflate);
+    if (c->session.deflate) {
+        ws_deflate_reset(c->session.deflate);
+        free(c->session.deflate);
     }
-    free(c->path);
+    if (c->path != root_path)
+        free(c->path);
     free(c->protocol);
     free(c->close_reason);
     free(c);
@@ -801,14 +811,7 @@ void ws_conn_run_pending(struct ws_env *env)
         while (env->dead_head) {
             struct ws_conn *c = env->dead_head;
             env->dead_head = c->next_dead;
-            if (c->in_flush_list) {
-                /* unlink from the flush list before freeing */
-                struct ws_conn **p = &env->flush_head;
-                while (*p != c)
-                    p = &(*p)->next_flush;
-                *p = c->next_flush;
-                c->in_flush_list = false;
-            }
+            assert(!c->in_flush_list); /* kill_conn took it out */
             /* SPEC §4a: a handler still running for c finishes first; close comes after it */
             if (!env->stopped && (c->opened || c->deciding) && env->ops->hold &&
                 env->ops->hold(env->app, c)) {

@@ -2,6 +2,8 @@
  * only: the connections (conn.c) and the server (server.c) do the work. */
 #include "ws/env.h"
 
+#include "ws/conn.h"
+
 #include "ws/buf.h"
 
 #include <netinet/in.h>
@@ -81,6 +83,7 @@ void ws_env_init(struct ws_env *env, struct ev_loop *loop, const struct ws_confi
     env->app = app;
     env->stats = &env->own_stats;
     ws_registry_init(&env->conns);
+    ws_deadlines_init(&env->deadlines, loop, ws_conn_deadline_due);
     ws_topics_init(&env->topics);
     ws_map_init(&env->per_ip);
     ws_chunk_pool_init(&env->pool, POOL_CHUNKS);
@@ -112,6 +115,7 @@ void ws_env_parse_trusted(struct ws_env *env)
 void ws_env_free(struct ws_env *env)
 {
     ws_registry_free(&env->conns);
+    ws_deadlines_free(&env->deadlines);
     env->topics.on_change = NULL;
     ws_topics_free(&env->topics);
     ws_map_free(&env->per_ip);

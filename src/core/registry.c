@@ -1,26 +1,26 @@
-/* Registry: a hash map for lookups plus an intrusive list for ordered iteration. */
+/* Registry: a hash set of the nodes (keyed by their id) for lookups plus an intrusive list for
+ * ordered iteration. */
 #include "ws/registry.h"
 
 #include <assert.h>
 
 void ws_registry_init(struct ws_registry *r)
 {
-    ws_map_init(&r->by_id);
+    ws_keyset_init(&r->by_id);
     r->head = r->tail = NULL;
     r->count = 0;
 }
 
 void ws_registry_free(struct ws_registry *r)
 {
-    ws_map_free(&r->by_id);
+    ws_keyset_free(&r->by_id);
     r->head = r->tail = NULL;
     r->count = 0;
 }
 
 void ws_registry_add(struct ws_registry *r, struct ws_registry_node *node)
 {
-    assert(!ws_map_get(&r->by_id, node->id));
-    ws_map_put(&r->by_id, node->id, node);
+    ws_keyset_add(&r->by_id, node);
     node->next = NULL;
     node->prev = r->tail;
     if (r->tail)
@@ -33,7 +33,7 @@ void ws_registry_add(struct ws_registry *r, struct ws_registry_node *node)
 
 void ws_registry_remove(struct ws_registry *r, struct ws_registry_node *node)
 {
-    void *removed = ws_map_del(&r->by_id, node->id);
+    void *removed = ws_keyset_del(&r->by_id, node->id);
     assert(removed == node);
     (void)removed;
     if (node->prev)
@@ -50,5 +50,5 @@ void ws_registry_remove(struct ws_registry *r, struct ws_registry_node *node)
 
 struct ws_registry_node *ws_registry_get(const struct ws_registry *r, uint64_t id)
 {
-    return ws_map_get(&r->by_id, id);
+    return ws_keyset_get(&r->by_id, id);
 }

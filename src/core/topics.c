@@ -1,11 +1,18 @@
-/* Topic sets. Each topic keeps an unordered array of subscribers plus an id -> position index, so
- * removal is a swap with the last element. Topics exist only while they have subscribers. */
+/* Topic sets. Each topic keeps an unordered array of subscribers plus a subscriber -> position
+ * index, so removal is a swap with the last element. Topics exist only while they have subscribers.
+ */
 #include "ws/topics.h"
 
 #include "ws/buf.h"
 
 #include <stdlib.h>
 #include <string.h>
+
+/* A subscriber's key in a topic's index: its address, unique among live subscribers. */
+static uint64_t key(const struct ws_subscriber *s)
+{
+    return (uint64_t)(uintptr_t)s;
+}
 
 void ws_topics_init(struct ws_topics *t)
 {
@@ -69,7 +76,7 @@ static void destroy(struct ws_topics *t, struct ws_topic *topic)
 
 bool ws_topics_has(const struct ws_topic *topic, const struct ws_subscriber *s)
 {
-    return topic && ws_map_get(&topic->index, s->id) != NULL;
+    return topic && ws_map_get(&topic->index, key(s)) != NULL;
 }
 
 int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char *name, size_t len)
@@ -84,23 +91,28 @@ int ws_topics_subscribe(struct ws_topics *t, struct ws_subscriber *s, const char
         topic->subs = ws_xrealloc(topic->subs, topic->cap * sizeof(*topic->subs));
     }
     topic->subs[topic->nsubs++] = s;
-    ws_map_put(&topic->index, s->id, (void *)(uintptr_t)topic->nsubs);
-    if (s->ntopics == s->cap) {
-        s->cap = s->cap ? s->cap * 2 : 2;
-        s->topics = ws_xrealloc(s->topics, s->cap * sizeof(*s->topics));
+    ws_map_put(&topic->index, key(s), (void *)(uintptr_t)topic->nsubs);
+    struct ws_sublist *l = s->list;
+    if (!l || l->n == l->cap) {
+        uint32_t cap = l ? l->cap * 2 : 2;
+        l = ws_xrealloc(l, sizeof(*l) + cap * sizeof(l->topics[0]));
+        if (!s->list)
+            l->n = 0;
+        l->cap = cap;
+        s->list = l;
     }
-    s->topics[s->ntopics++] = topic;
+    l->topics[l->n++] = topic;
     return 1;
 }
 
 /* Takes s out of topic's set (not out of s's own list). */
 static void remove_member(struct ws_topics *t, struct ws_topic *topic, struct ws_subscriber *s)
 {
-    size_t pos = (uintptr_t)ws_map_del(&topic->index, s->id) - 1;
+    size_t pos = (uintptr_t)ws_map_del(&topic->index, key(s)) - 1;
     struct ws_subscriber *last = topic->subs[--topic->nsubs];
     if (last != s) {
         topic->subs[pos] = last;
-        ws_map_put(&topic->index, last->id, (void *)(uintptr_t)(pos + 1));
+        ws_map_put(&topic->index, key(last), (void *)(uintptr_t)(pos + 1));
     }
     if (topic->nsubs == 0)
         destroy(t, topic);
@@ -112,11 +124,12 @@ int ws_topics_unsubscribe(struct ws_topics *t, struct ws_subscriber *s, const ch
     struct ws_topic *topic = ws_topics_find(t, name, len);
     if (!ws_topics_has(topic, s))
         return 0;
-    for (uint32_t i = 0; i < s->ntopics; i++) {
-        if (s->topics[i] == topic) {
+    struct ws_sublist *l = s->list; /* not NULL: s is subscribed to topic */
+    for (uint32_t i = 0; i < l->n; i++) {
+        if (l->topics[i] == topic) {
             /* keep the subscriber's own order: conn:topics() lists them as subscribed */
-            memmove(&s->topics[i], &s->topics[i + 1], (s->ntopics - i - 1) * sizeof(*s->topics));
-            s->ntopics--;
+            memmove(&l->topics[i], &l->topics[i + 1], (l->n - i - 1) * sizeof(l->topics[0]));
+            l->n--;
             break;
         }
     }
@@ -126,9 +139,8 @@ int ws_topics_unsubscribe(struct ws_topics *t, struct ws_subscriber *s, const ch
 
 void ws_topics_leave_all(struct ws_topics *t, struct ws_subscriber *s)
 {
-    for (uint32_t i = 0; i < s->ntopics; i++)
-        remove_member(t, s->topics[i], s);
-    free(s->topics);
-    s->topics = NULL;
-    s->ntopics = s->cap = 0;
+    for (uint32_t i = 0; i < ws_subscriber_count(s); i++)
+        remove_member(t, s->list->topics[i], s);
+    free(s->list);
+    s->list = NULL;
 }

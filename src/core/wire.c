@@ -13,7 +13,6 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
                   const struct ws_transport_ops *transport, void *transport_state,
                   void (*cb)(struct ev_loop *loop, ev_io *io, int revents), void *data)
 {
-    w->fd = fd;
     w->transport = transport;
     w->transport_state = transport_state;
     ws_outq_init(&w->out);
@@ -26,7 +25,7 @@ void ws_wire_init(struct ws_wire *w, struct ev_loop *loop, int fd,
 void ws_wire_rewatch(struct ws_wire *w, struct ev_loop *loop, int events)
 {
     ev_io_stop(loop, &w->io);
-    ev_io_set(&w->io, w->fd, events);
+    ev_io_set(&w->io, w->io.fd, events);
     if (events)
         ev_io_start(loop, &w->io);
 }
@@ -50,7 +49,7 @@ int ws_wire_secure(struct ws_wire *w, struct ev_loop *loop)
 
 ssize_t ws_wire_read(struct ws_wire *w, struct ev_loop *loop, uint8_t *buf, size_t cap)
 {
-    ssize_t n = w->transport->read(w->transport_state, w->fd, buf, cap);
+    ssize_t n = w->transport->read(w->transport_state, w->io.fd, buf, cap);
     if (n == WS_E_WANT_WRITE) {
         ws_wire_watch(w, loop, true);
         return WS_E_AGAIN;
@@ -67,7 +66,7 @@ void ws_wire_write(struct ws_wire *w, struct ws_chunk_pool *pool, const uint8_t 
                    const uint8_t *data, size_t len, uint64_t *bytes_out)
 {
     struct iovec iov[2] = {{(void *)hdr, hlen}, {(void *)data, len}};
-    ssize_t n = w->secured ? w->transport->writev(w->transport_state, w->fd, iov, 2) : 0;
+    ssize_t n = w->secured ? w->transport->writev(w->transport_state, w->io.fd, iov, 2) : 0;
     size_t done = n > 0 ? (size_t)n : 0;
     *bytes_out += done;
     if (done < hlen) {
@@ -85,7 +84,7 @@ int ws_wire_flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool 
     while (w->out.bytes && !w->wr_shut) {
         struct iovec iov[IOV_BATCH];
         int n = ws_outq_iov(&w->out, iov, IOV_BATCH);
-        ssize_t written = w->transport->writev(w->transport_state, w->fd, iov, n);
+        ssize_t written = w->transport->writev(w->transport_state, w->io.fd, iov, n);
         if (written == WS_E_AGAIN) {
             ws_wire_watch(w, loop, true);
             return WS_E_AGAIN;
@@ -102,21 +101,21 @@ int ws_wire_flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool 
 
 void ws_wire_shutdown(struct ws_wire *w)
 {
-    w->transport->shutdown(w->transport_state, w->fd);
+    w->transport->shutdown(w->transport_state, w->io.fd);
     w->wr_shut = true;
 }
 
 void ws_wire_close(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool)
 {
     ev_io_stop(loop, &w->io);
-    close(w->fd);
-    w->fd = -1;
+    close(w->io.fd);
+    ev_io_set(&w->io, -1, 0);
     ws_outq_clear(&w->out, pool);
 }
 
 void ws_wire_free(struct ws_wire *w, struct ws_chunk_pool *pool)
 {
-    assert(w->fd < 0);
+    assert(w->io.fd < 0);
     ws_outq_clear(&w->out, pool);
     w->transport->free(w->transport_state);
 }

@@ -115,7 +115,7 @@ static void stop_io(struct ws_client *c)
         c->dial = NULL;
     }
     ws_timer_stop(c->loop, &c->timer);
-    if (c->wired && c->wire.fd >= 0)
+    if (c->wired && c->wire.io.fd >= 0)
         ws_wire_close(&c->wire, c->loop, &c->pool);
 }
 

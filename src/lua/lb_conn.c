@@ -15,11 +15,23 @@
 
 #define CONN_MT "wsserver.conn"
 
+/* 16 bytes, so the userdata with its user value fits an 80-byte heap chunk (96 with the id
+ * kept beside the pointer): the id of a gone connection takes the pointer's place, tagged. */
 struct lb_box {
-    const void *mt;    /* the conn metatable's address: marks the box as ours */
-    struct ws_conn *c; /* NULL once the connection is gone */
-    uint64_t id;
+    const void *mt; /* the conn metatable's address: marks the box as ours */
+    uintptr_t v;    /* the struct ws_conn *, or (id << 1) | 1 once the connection is gone */
 };
+
+/* The box's connection, NULL once it is gone. */
+static struct ws_conn *box_conn(const struct lb_box *box)
+{
+    return box->v & 1 ? NULL : (struct ws_conn *)box->v;
+}
+
+static uint64_t box_id(const struct lb_box *box)
+{
+    return box->v & 1 ? (uint64_t)(box->v >> 1) : box_conn(box)->node.id;
+}
 
 static struct lb_box *check_box(lua_State *L, int idx)
 {
@@ -34,7 +46,7 @@ static struct lb_box *check_box(lua_State *L, int idx)
 
 struct ws_conn *lb_conn_check(lua_State *L, int idx)
 {
-    return check_box(L, idx)->c;
+    return box_conn(check_box(L, idx));
 }
 
 void lb_conn_push(lua_State *L, struct ws_conn *c)
@@ -44,8 +56,7 @@ void lb_conn_push(lua_State *L, struct ws_conn *c)
         return;
     struct lb_box *box = lua_newuserdatauv(L, sizeof(*box), 1);
     box->mt = a->conn_mt;
-    box->c = c;
-    box->id = c->node.id;
+    box->v = (uintptr_t)c;
     luaL_setmetatable(L, CONN_MT);
     lb_push_ref(L, a->conns_ref);
     lua_pushvalue(L, -2);
@@ -76,7 +87,7 @@ void lb_conn_release(struct lb_app *a, struct ws_conn *c)
     lb_push_ref(L, a->conns_ref);
     if (lua_rawgeti(L, -1, (lua_Integer)c->node.id) == LUA_TUSERDATA) {
         struct lb_box *box = lua_touserdata(L, -1);
-        box->c = NULL;
+        box->v = (uintptr_t)(c->node.id << 1) | 1;
         /* clearing a key that exists never allocates, so this needs no protected call */
         lua_pushnil(L);
         lua_rawseti(L, -3, (lua_Integer)c->node.id);
@@ -246,10 +257,11 @@ static int conn_unsubscribe(lua_State *L)
 static int conn_topics(lua_State *L)
 {
     struct ws_conn *c = lb_conn_check(L, 1);
-    uint32_t n = c ? c->sub.ntopics : 0;
+    uint32_t n = c ? ws_subscriber_count(&c->sub) : 0;
     lua_createtable(L, (int)n, 0);
     for (uint32_t i = 0; i < n; i++) {
-        lua_pushlstring(L, c->sub.topics[i]->name, c->sub.topics[i]->len);
+        const struct ws_topic *t = ws_subscriber_topic(&c->sub, i);
+        lua_pushlstring(L, t->name, t->len);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;
@@ -308,9 +320,9 @@ static int conn_index(lua_State *L)
     if (lua_type(L, 2) != LUA_TSTRING)
         return 0;
     const char *key = lua_tostring(L, 2);
-    struct ws_conn *c = box->c;
+    struct ws_conn *c = box_conn(box);
     if (strcmp(key, "id") == 0) {
-        lua_pushinteger(L, (lua_Integer)box->id);
+        lua_pushinteger(L, (lua_Integer)box_id(box));
     } else if (strcmp(key, "data") == 0) {
         push_data(L, 1);
     } else if (strcmp(key, "peer") == 0) {
@@ -359,7 +371,7 @@ static int conn_newindex(lua_State *L)
 static int conn_tostring(lua_State *L)
 {
     struct lb_box *box = check_box(L, 1);
-    lua_pushfstring(L, "conn %I%s", (lua_Integer)box->id, box->c ? "" : " (closed)");
+    lua_pushfstring(L, "conn %I%s", (lua_Integer)box_id(box), box_conn(box) ? "" : " (closed)");
     return 1;
 }
 
@@ -367,7 +379,7 @@ static int conn_tostring(lua_State *L)
 static int conn_eq(lua_State *L)
 {
     struct lb_box *x = luaL_testudata(L, 1, CONN_MT), *y = luaL_testudata(L, 2, CONN_MT);
-    lua_pushboolean(L, x && y && x->id == y->id);
+    lua_pushboolean(L, x && y && box_id(x) == box_id(y));
     return 1;
 }
 

@@ -269,8 +269,8 @@ static int ws_topics(lua_State *L)
     lua_Integer i = 0;
     for (struct ws_registry_node *node = srv->env.conns.head; node; node = node->next) {
         struct ws_conn *c = (struct ws_conn *)node;
-        for (uint32_t k = 0; k < c->sub.ntopics; k++) {
-            struct ws_topic *t = c->sub.topics[k];
+        for (uint32_t k = 0; k < ws_subscriber_count(&c->sub); k++) {
+            struct ws_topic *t = ws_subscriber_topic(&c->sub, k);
             lua_pushlstring(L, t->name, t->len);
             if (lua_rawget(L, -2) == LUA_TNIL) {
                 lua_pop(L, 1);

@@ -1,6 +1,7 @@
 /* Unit tests for the hash map (src/core/map.c): put/get/del with replacement, growth and shrinking,
  * probe runs that collide and wrap around the end of the table under every order of deletion, a
- * long random run against a plain array, and the byte hash's sensitivity to content and length. */
+ * long random run against a plain array (the map, and the keyset that reads its keys from the
+ * records), and the byte hash's sensitivity to content and length. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -227,6 +228,61 @@ static void test_random_against_array(void **state)
     ws_map_free(&m);
 }
 
+/* The keyset under the same kind of churn, records keyed by their first member: membership
+ * against a plain array, the count, growth and shrinking (the table emptied frees its slots). */
+static void test_keyset_random_against_array(void **state)
+{
+    (void)state;
+    enum { KEYS = 512, ROUNDS = 200000 };
+    static struct rec {
+        uint64_t key;
+        int other;
+    } recs[KEYS];
+    static bool in[KEYS];
+    memset(in, 0, sizeof(in));
+    for (uint64_t i = 0; i < KEYS; i++)
+        recs[i].key = i * 0x10000 + 3; /* sparse: homes collide often */
+    struct ws_keyset s;
+    ws_keyset_init(&s);
+    assert_null(ws_keyset_get(&s, 3));
+    assert_null(ws_keyset_del(&s, 3));
+    srand(11);
+    size_t count = 0, max_cap = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        uint64_t idx = (uint64_t)rand() % KEYS;
+        int op = rand() % 10;
+        bool filling = (round / 20000) % 2 == 0;
+        if (op < (filling ? 6 : 3)) {
+            if (!in[idx]) {
+                ws_keyset_add(&s, &recs[idx]);
+                in[idx] = true;
+                count++;
+            }
+        } else if (op < 8) {
+            assert_ptr_equal(ws_keyset_del(&s, recs[idx].key), in[idx] ? &recs[idx] : NULL);
+            if (in[idx])
+                count--;
+            in[idx] = false;
+        } else {
+            assert_ptr_equal(ws_keyset_get(&s, recs[idx].key), in[idx] ? &recs[idx] : NULL);
+        }
+        assert_int_equal(s.count, count);
+        assert_true(s.count * 4 <= s.cap * 3);
+        if (s.cap > max_cap)
+            max_cap = s.cap;
+        if (round % 5000 == 0)
+            for (uint64_t i = 0; i < KEYS; i++)
+                assert_ptr_equal(ws_keyset_get(&s, recs[i].key), in[i] ? &recs[i] : NULL);
+    }
+    assert_true(max_cap >= 512);
+    for (uint64_t i = 0; i < KEYS; i++)
+        if (in[i])
+            assert_ptr_equal(ws_keyset_del(&s, recs[i].key), &recs[i]);
+    assert_int_equal(s.count, 0);
+    assert_null(s.slots);
+    ws_keyset_free(&s);
+}
+
 static void test_hash_bytes(void **state)
 {
     (void)state;
@@ -278,6 +334,7 @@ int main(void)
         cmocka_unit_test(test_collisions_wrap_every_delete_order),
         cmocka_unit_test(test_absent_key_in_a_run),
         cmocka_unit_test(test_random_against_array),
+        cmocka_unit_test(test_keyset_random_against_array),
         cmocka_unit_test(test_hash_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -151,7 +151,7 @@ static uint8_t *pattern(size_t len)
 static void test_init_watches_reads(void **state)
 {
     (void)state;
-    assert_int_equal(wire.fd, fd);
+    assert_int_equal(wire.io.fd, fd);
     assert_ptr_equal(wire.transport, &ws_transport_plain);
     assert_ptr_equal(wire.io.data, &marker);
     assert_int_equal(wire.io.fd, fd);
@@ -399,7 +399,7 @@ static void test_close(void **state)
 
     ws_wire_close(&wire, loop, &pool);
     wire_open = false;
-    assert_int_equal(wire.fd, -1);
+    assert_int_equal(wire.io.fd, -1);
     assert_false(ev_is_active(&wire.io));
     assert_int_equal(wire.out.bytes, 0);
     assert_int_equal(pool.queued, 0);

@@ -24,7 +24,7 @@ static struct testapp_event *record(struct testapp *a, enum testapp_kind kind, s
     if (c) {
         e->conn = c->node.id;
         e->state = c->state;
-        e->ntopics = c->sub.ntopics;
+        e->ntopics = ws_subscriber_count(&c->sub);
     }
     return e;
 }

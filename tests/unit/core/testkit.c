@@ -244,7 +244,7 @@ void testclient_close(struct testclient *cl)
 void testclient_shrink(struct testclient *cl)
 {
     int small = 4096;
-    assert_int_equal(setsockopt(cl->conn->wire.fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)),
+    assert_int_equal(setsockopt(cl->conn->wire.io.fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)),
                      0);
     assert_int_equal(setsockopt(cl->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
 }
