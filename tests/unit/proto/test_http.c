@@ -282,6 +282,74 @@ static void test_repeated_headers(void **state)
     assert_span(req.headers[3].value, "third");
 }
 
+/* Every known field found where ws_http_header finds it, and counted alike. */
+static void assert_fields_agree(void)
+{
+    for (int f = 0; f < WS_HTTP_FIELDS; f++) {
+        const char *name = ws_http_field_name((enum ws_http_field)f);
+        assert_ptr_equal(ws_http_field(&req, (enum ws_http_field)f), ws_http_header(&req, name));
+        assert_int_equal(ws_http_field_count(&req, (enum ws_http_field)f),
+                         ws_http_header_count(&req, name));
+    }
+}
+
+static void test_known_fields(void **state)
+{
+    (void)state;
+    assert_int_equal(parse(simple), 0);
+    assert_fields_agree();
+    assert_span(*ws_http_field(&req, WS_HTTP_SEC_WEBSOCKET_KEY), "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_int_equal(ws_http_field_count(&req, WS_HTTP_HOST), 1);
+    assert_null(ws_http_field(&req, WS_HTTP_ORIGIN));
+
+    /* any case; names of the same length that are not known; repeats */
+    assert_int_equal(parse("GET / HTTP/1.1\r\n"
+                           "hOST: a\r\n"
+                           "Hist: x\r\n"
+                           "Origim: x\r\n"
+                           "CONNECTION: keep-alive\r\n"
+                           "Connectiom: x\r\n"
+                           "User-Agenz: x\r\n"
+                           "user-agent: ua\r\n"
+                           "sec-websocket-kez: x\r\n"
+                           "Transfer-Encodinh: x\r\n"
+                           "transfer-encoding: chunked\r\n"
+                           "Content-Lengti: 1\r\n"
+                           "X-Forwarded-Fox: x\r\n"
+                           "x-forwarded-for: 10.0.0.1\r\n"
+                           "Sec-WebSocket-Versiom: 1\r\n"
+                           "Sec-WebSocket-Protocoi: x\r\n"
+                           "Sec-WebSocket-Extensiont: x\r\n"
+                           "Host: b\r\n"
+                           "connection: Upgrade\r\n"
+                           "Upgrades: websocket\r\n"
+                           "\r\n"),
+                     0);
+    assert_fields_agree();
+    assert_int_equal(ws_http_field_count(&req, WS_HTTP_HOST), 2);
+    assert_span(*ws_http_field(&req, WS_HTTP_HOST), "a");
+    assert_span(*ws_http_field(&req, WS_HTTP_USER_AGENT), "ua");
+    assert_span(*ws_http_field(&req, WS_HTTP_TRANSFER_ENCODING), "chunked");
+    assert_span(*ws_http_field(&req, WS_HTTP_X_FORWARDED_FOR), "10.0.0.1");
+    assert_null(ws_http_field(&req, WS_HTTP_ORIGIN));
+    assert_null(ws_http_field(&req, WS_HTTP_UPGRADE));
+    assert_null(ws_http_field(&req, WS_HTTP_SEC_WEBSOCKET_KEY));
+    assert_null(ws_http_field(&req, WS_HTTP_CONTENT_LENGTH));
+    /* the list spans the repeated fields, and only them */
+    assert_true(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "upgrade"));
+    assert_true(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "Keep-Alive"));
+    assert_false(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "x"));
+    assert_false(ws_http_field_has_token(&req, WS_HTTP_UPGRADE, "websocket"));
+
+    /* a later parse into the same request forgets the earlier fields */
+    assert_int_equal(parse("GET / HTTP/1.1\r\nOrigin: o\r\n\r\n"), 0);
+    assert_fields_agree();
+    assert_null(ws_http_field(&req, WS_HTTP_HOST));
+    assert_int_equal(ws_http_field_count(&req, WS_HTTP_CONNECTION), 0);
+    assert_false(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "upgrade"));
+    assert_span(*ws_http_field(&req, WS_HTTP_ORIGIN), "o");
+}
+
 static void test_too_many_headers(void **state)
 {
     (void)state;
@@ -621,6 +689,7 @@ int main(void)
         cmocka_unit_test(test_bad_fields),
         cmocka_unit_test(test_case_insensitive_names),
         cmocka_unit_test(test_repeated_headers),
+        cmocka_unit_test(test_known_fields),
         cmocka_unit_test(test_too_many_headers),
         cmocka_unit_test(test_size_cap),
         cmocka_unit_test(test_size_cap_incremental),
