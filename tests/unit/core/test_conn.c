@@ -82,6 +82,19 @@ static int hang_up(struct testkit *k, struct testclient *cl)
     return e->code;
 }
 
+/* The server has closed cl's connection by itself (the client has not hung up): it is gone after
+ * the sweep. Returns its close event; the client side is closed. */
+static const struct testapp_event *closed_by_server(struct testkit *k, struct testclient *cl)
+{
+    uint64_t id = cl->id;
+    testkit_pump(k);
+    assert_null(testkit_conn(k, id));
+    const struct testapp_event *e = testapp_find(&k->app, TA_CLOSE, id);
+    assert_non_null(e);
+    testclient_close(cl);
+    return e;
+}
+
 static void test_handshake_accepts_with_protocol(void **state)
 {
     struct testkit *k = start(state);
@@ -295,13 +308,9 @@ static void test_client_close_echoed_then_tcp_closed(void **state)
     assert_true(testclient_wait_eof(k, &cl));
     assert_int_equal(cl.in.len, 0);
     uint64_t id = cl.id;
-    testkit_pump(k);
-    assert_null(testkit_conn(k, id));
-    const struct testapp_event *e = testapp_find(&k->app, TA_CLOSE, id);
-    assert_non_null(e);
+    const struct testapp_event *e = closed_by_server(k, &cl);
     assert_int_equal(e->code, 4001);
     assert_string_equal(e->data, "done");
-    testclient_close(&cl);
     assert_int_equal(k->env->stats->closes_by_code[4001], 1);
     assert_true(testapp_index(&k->app, TA_CLOSE, id) < testapp_index(&k->app, TA_RELEASE, id));
 }
@@ -695,13 +704,7 @@ static void test_graceful_close_in_callback(void **state)
     assert_int_equal(cl.in.len, 0);
     assert_int_equal(testapp_count(&k->app, TA_MESSAGE, cl.id), 1);
     /* the peer's reply completes the handshake: the socket closes without waiting for its FIN */
-    uint64_t id = cl.id;
-    testkit_pump(k);
-    assert_null(testkit_conn(k, id));
-    const struct testapp_event *e = testapp_find(&k->app, TA_CLOSE, id);
-    assert_non_null(e);
-    assert_int_equal(e->code, 4000);
-    testclient_close(&cl);
+    assert_int_equal(closed_by_server(k, &cl)->code, 4000);
 }
 
 static void test_topics_attached_during_close(void **state)
