@@ -235,6 +235,30 @@ static void test_field_values(void **state)
     assert_header("G", "\"q\" ; x=1");
 }
 
+/* Every byte value at every place of a value long enough to be checked a word at a time: the
+ * controls but HTAB, and DEL, are refused; everything else is kept. */
+static void test_field_value_bytes(void **state)
+{
+    (void)state;
+    static const char head[] = "GET / HTTP/1.1\r\nX: ";
+    static const char tail[] = "\r\n\r\n";
+    char buf[sizeof head + 24 + sizeof tail];
+    for (int c = 0; c < 256; c++) {
+        bool bad = (c < 0x20 && c != '\t') || c == 0x7f;
+        for (size_t at = 1; at < 23; at++) { /* inside: not whitespace to strip */
+            char *value = buf + sizeof head - 1;
+            memcpy(buf, head, sizeof head - 1);
+            memset(value, 'v', 24);
+            value[at] = (char)c;
+            memcpy(value + 24, tail, sizeof tail - 1);
+            size_t n = sizeof head - 1 + 24 + sizeof tail - 1;
+            assert_int_equal(parse_n(buf, n, MAX_HEAD), bad ? WS_E_HTTP_BAD : 0);
+            if (!bad)
+                assert_int_equal(req.headers[0].value.n, 24);
+        }
+    }
+}
+
 static void test_bad_fields(void **state)
 {
     (void)state;
@@ -686,6 +710,7 @@ int main(void)
         cmocka_unit_test(test_bare_cr),
         cmocka_unit_test(test_obs_fold),
         cmocka_unit_test(test_field_values),
+        cmocka_unit_test(test_field_value_bytes),
         cmocka_unit_test(test_bad_fields),
         cmocka_unit_test(test_case_insensitive_names),
         cmocka_unit_test(test_repeated_headers),
