@@ -33,7 +33,8 @@ struct ws_handshake {
  * set, or a WS_E_* with hs->status and hs->reason: WS_E_HTTP_METHOD (405, not GET),
  * WS_E_HANDSHAKE (400: not HTTP/1.1+, malformed, missing or repeated headers, bad key) or
  * WS_E_WS_VERSION (426, Sec-WebSocket-Version other than 13). Also parses permessage-deflate offers
- * (invalid offers are skipped, not fatal). hs may point into req's buffer. */
+ * (invalid offers are skipped, not fatal). hs may point into req's buffer. req comes from
+ * ws_http_parse (it finds the fields through ws_http_field). */
 int ws_handshake_check(const struct ws_http_request *req, struct ws_handshake *hs);
 
 /* Parses every Sec-WebSocket-Extensions field of msg (a request or a response; RFC 6455 §9.1):
@@ -44,7 +45,7 @@ size_t ws_handshake_extensions(const struct ws_http_request *msg, struct ws_defl
                                size_t max, size_t *noffers);
 
 /* True when req asks for a WebSocket upgrade at all (Upgrade: websocket present), so a plain
- * GET can be routed elsewhere. */
+ * GET can be routed elsewhere. req comes from ws_http_parse. */
 bool ws_handshake_is_upgrade(const struct ws_http_request *req);
 
 /* Writes base64(SHA-1(key + GUID)) and a NUL into out (RFC 6455 §4.2.2 step 5.4). */
@@ -52,11 +53,13 @@ void ws_handshake_accept_key(const char *key, size_t key_len,
                              char out[WS_HANDSHAKE_ACCEPT_LEN + 1]);
 
 /* Picks the subprotocol: the first of supported[0..n) (server preference order) that the client
- * offered in any Sec-WebSocket-Protocol field. Returns its index, or -1 when none matches. */
+ * offered in any Sec-WebSocket-Protocol field. Returns its index, or -1 when none matches. req
+ * comes from ws_http_parse. */
 int ws_handshake_select_protocol(const struct ws_http_request *req, const char *const *supported,
                                  size_t n);
 
-/* True when the client offered protocol (exact, case-sensitive match, RFC 6455 §4.1). */
+/* True when the client offered protocol (exact, case-sensitive match, RFC 6455 §4.1). req comes
+ * from ws_http_parse. */
 bool ws_handshake_offers_protocol(const struct ws_http_request *req, const char *protocol,
                                   size_t len);
 

@@ -22,6 +22,24 @@ struct ws_http_header {
     struct ws_span value; /* surrounding whitespace stripped */
 };
 
+/* The fields the server looks at on every request: the parser notes where each one is, so that
+ * ws_http_field and its kin find them without comparing names. */
+enum ws_http_field {
+    WS_HTTP_HOST,
+    WS_HTTP_UPGRADE,
+    WS_HTTP_CONNECTION,
+    WS_HTTP_SEC_WEBSOCKET_KEY,
+    WS_HTTP_SEC_WEBSOCKET_VERSION,
+    WS_HTTP_SEC_WEBSOCKET_PROTOCOL,
+    WS_HTTP_SEC_WEBSOCKET_EXTENSIONS,
+    WS_HTTP_ORIGIN,
+    WS_HTTP_USER_AGENT,
+    WS_HTTP_X_FORWARDED_FOR,
+    WS_HTTP_CONTENT_LENGTH,
+    WS_HTTP_TRANSFER_ENCODING,
+    WS_HTTP_FIELDS /* how many */
+};
+
 struct ws_http_request {
     struct ws_span method;
     struct ws_span target; /* request-target as sent: path and query */
@@ -31,6 +49,10 @@ struct ws_http_request {
     size_t nheaders;
     size_t head_len;     /* bytes of the head including the final CRLF CRLF */
     struct ws_span body; /* the body, once the caller has read it (the parser leaves it empty) */
+    /* per enum ws_http_field, set by the parser: 1 + the index of the first such field in
+     * headers (0: none), and how many there are */
+    uint8_t field_first[WS_HTTP_FIELDS];
+    uint8_t field_count[WS_HTTP_FIELDS];
 };
 
 /* Parses a response head (RFC 9112 §4: status-line, then fields) at buf[0..len) like
@@ -70,7 +92,8 @@ int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *sc
 /* How req's body is framed (RFC 9112 §6.1-6.3): Transfer-Encoding chunked, a Content-Length, or
  * none. WS_E_HTTP_BAD for a Content-Length that is not a number or that repeats with different
  * values, for both Transfer-Encoding and Content-Length (a request smuggling vector, §6.1), and
- * for a transfer coding other than chunked alone. */
+ * for a transfer coding other than chunked alone. req comes from ws_http_parse or
+ * ws_http_parse_response. */
 int ws_http_framing(const struct ws_http_request *req, struct ws_http_framing *out);
 
 void ws_http_chunked_init(struct ws_http_chunked *d);
@@ -93,6 +116,21 @@ size_t ws_http_header_count(const struct ws_http_request *req, const char *name)
 /* True when any field named name holds token in its comma-separated list (case-insensitive). */
 bool ws_http_header_has_token(const struct ws_http_request *req, const char *name,
                               const char *token);
+
+/* The known fields of a request filled by ws_http_parse or ws_http_parse_response (not one put
+ * together by hand: use ws_http_header there). The value of the first field f, or NULL. */
+const struct ws_span *ws_http_field(const struct ws_http_request *req, enum ws_http_field f);
+
+/* The name of f as it is usually written ("Sec-WebSocket-Key"). */
+const char *ws_http_field_name(enum ws_http_field f);
+
+/* Number of fields f in a parsed request. */
+size_t ws_http_field_count(const struct ws_http_request *req, enum ws_http_field f);
+
+/* True when any field f of a parsed request holds token in its comma-separated list
+ * (case-insensitive). */
+bool ws_http_field_has_token(const struct ws_http_request *req, enum ws_http_field f,
+                             const char *token);
 
 /* Iterates a comma-separated list: takes the next element off *list (trimmed of whitespace,
  * empty elements skipped) into *token. False when the list is exhausted. */

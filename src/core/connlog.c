@@ -70,7 +70,7 @@ void ws_connlog_access(struct ws_conn *c, int status, const char *reason,
     ws_log_str(&l, "path", path, strcspn(path, "?"));
     if (reason)
         ws_log_cstr(&l, "reason", reason);
-    const struct ws_span *ua = req ? ws_http_header(req, "User-Agent") : NULL;
+    const struct ws_span *ua = req ? ws_http_field(req, WS_HTTP_USER_AGENT) : NULL;
     if (ua)
         ws_log_str(&l, "ua", ua->p, ua->n);
     ws_log_u64(&l, "bytes_in", c->bytes_in);

@@ -223,8 +223,10 @@ static bool origin_matches(const char *pattern, struct ws_span origin)
 static bool origin_allowed(const struct ws_env *env, const struct ws_http_request *req)
 {
     const struct ws_string_list *allowed = &env->cfg.allowed_origins;
-    const struct ws_span *origin = ws_http_header(req, "Origin");
-    if (!allowed->n || !origin)
+    if (!allowed->n)
+        return true;
+    const struct ws_span *origin = ws_http_field(req, WS_HTTP_ORIGIN);
+    if (!origin)
         return true;
     for (size_t i = 0; i < allowed->n; i++)
         if (origin_matches(allowed->items[i], *origin))
@@ -402,7 +404,7 @@ static bool forwarded_for(struct ws_span element, struct ws_span *node)
 static size_t collect_hops(const struct ws_http_request *req, struct ws_span *hops)
 {
     size_t n = 0;
-    bool xff = ws_http_header(req, "X-Forwarded-For") != NULL;
+    bool xff = ws_http_field(req, WS_HTTP_X_FORWARDED_FOR) != NULL;
     for (size_t i = 0; i < req->nheaders; i++) {
         const struct ws_http_header *h = &req->headers[i];
         if (!ws_span_ieq(h->name, xff ? "X-Forwarded-For" : "Forwarded"))

@@ -115,6 +115,9 @@ static int open_tcp(const char *addr, bool reuseport, char *err, size_t errlen)
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
         if (ai->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+        /* frames go out as they are made (no Nagle); an accepted socket inherits the option
+         * from its listener, which saves a system call per connection */
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
             break;
         saved = errno;
@@ -237,10 +240,6 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents)
             srv->env.conns.count >= (size_t)srv->env.cfg.max_connections + ACCEPT_HEADROOM) {
             close(fd);
             continue;
-        }
-        if (ss.ss_family != AF_UNIX) {
-            int one = 1;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
         void *tls = l->tls ? ws_tls_session_new(srv->tls, fd) : NULL;
         if (l->tls && !tls) {

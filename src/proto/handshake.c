@@ -286,56 +286,57 @@ int ws_handshake_check(const struct ws_http_request *req, struct ws_handshake *h
         return reject(hs, WS_E_HANDSHAKE, 400, "HTTP/1.1 required");
 
     /* RFC 6455 §4.2.1 item 2, RFC 9112 §3.2: exactly one Host field. */
-    size_t hosts = ws_http_header_count(req, "Host");
+    size_t hosts = ws_http_field_count(req, WS_HTTP_HOST);
     if (hosts == 0)
         return reject(hs, WS_E_HANDSHAKE, 400, "missing Host header");
     if (hosts > 1)
         return reject(hs, WS_E_HANDSHAKE, 400, "duplicate Host header");
 
     /* RFC 6455 §4.2.1 item 3: Upgrade contains "websocket", case-insensitively. */
-    if (!ws_http_header(req, "Upgrade"))
+    if (!ws_http_field(req, WS_HTTP_UPGRADE))
         return reject(hs, WS_E_HANDSHAKE, 400, "missing Upgrade header");
-    if (!ws_http_header_has_token(req, "Upgrade", "websocket"))
+    if (!ws_http_field_has_token(req, WS_HTTP_UPGRADE, "websocket"))
         return reject(hs, WS_E_HANDSHAKE, 400, "Upgrade header must contain websocket");
 
     /* RFC 6455 §4.2.1 item 4: Connection contains the token "Upgrade", case-insensitively. */
-    if (!ws_http_header(req, "Connection"))
+    if (!ws_http_field(req, WS_HTTP_CONNECTION))
         return reject(hs, WS_E_HANDSHAKE, 400, "missing Connection header");
-    if (!ws_http_header_has_token(req, "Connection", "upgrade"))
+    if (!ws_http_field_has_token(req, WS_HTTP_CONNECTION, "upgrade"))
         return reject(hs, WS_E_HANDSHAKE, 400, "Connection header must contain upgrade");
 
     /* RFC 6455 §4.2.1 item 6: Sec-WebSocket-Version is 13; §4.4: any other version gets 426
      * with the versions we support (added by ws_handshake_error_response). */
-    size_t versions = ws_http_header_count(req, "Sec-WebSocket-Version");
+    size_t versions = ws_http_field_count(req, WS_HTTP_SEC_WEBSOCKET_VERSION);
     if (versions == 0)
         return reject(hs, WS_E_HANDSHAKE, 400, "missing Sec-WebSocket-Version header");
     if (versions > 1)
         return reject(hs, WS_E_HANDSHAKE, 400, "duplicate Sec-WebSocket-Version header");
-    const struct ws_span *version = ws_http_header(req, "Sec-WebSocket-Version");
+    const struct ws_span *version = ws_http_field(req, WS_HTTP_SEC_WEBSOCKET_VERSION);
     if (!(version->n == 2 && memcmp(version->p, "13", 2) == 0))
         return reject(hs, WS_E_WS_VERSION, 426, "unsupported Sec-WebSocket-Version (only 13)");
 
     /* RFC 6455 §4.2.1 item 5 and §11.3.1: one Sec-WebSocket-Key, base64 of 16 bytes. The same
      * key on several connections is fine (SPEC §6). */
-    size_t keys = ws_http_header_count(req, "Sec-WebSocket-Key");
+    size_t keys = ws_http_field_count(req, WS_HTTP_SEC_WEBSOCKET_KEY);
     if (keys == 0)
         return reject(hs, WS_E_HANDSHAKE, 400, "missing Sec-WebSocket-Key header");
     if (keys > 1)
         return reject(hs, WS_E_HANDSHAKE, 400, "duplicate Sec-WebSocket-Key header");
-    const struct ws_span *key = ws_http_header(req, "Sec-WebSocket-Key");
+    const struct ws_span *key = ws_http_field(req, WS_HTTP_SEC_WEBSOCKET_KEY);
     if (!key_valid(*key))
         return reject(hs, WS_E_HANDSHAKE, 400, "Sec-WebSocket-Key must be base64 of 16 bytes");
 
     hs->key = *key;
     ws_handshake_accept_key(key->p, key->n, hs->accept);
-    ws_handshake_extensions(req, hs->offers, WS_HANDSHAKE_MAX_OFFERS, &hs->noffers);
+    if (ws_http_field_count(req, WS_HTTP_SEC_WEBSOCKET_EXTENSIONS))
+        ws_handshake_extensions(req, hs->offers, WS_HANDSHAKE_MAX_OFFERS, &hs->noffers);
     hs->status = 101;
     return 0;
 }
 
 bool ws_handshake_is_upgrade(const struct ws_http_request *req)
 {
-    return ws_http_header_has_token(req, "Upgrade", "websocket");
+    return ws_http_field_has_token(req, WS_HTTP_UPGRADE, "websocket");
 }
 
 /* --- subprotocols (RFC 6455 §4.2.2 step 5.4 /subprotocol/) ---------------------------------- */
@@ -343,6 +344,8 @@ bool ws_handshake_is_upgrade(const struct ws_http_request *req)
 bool ws_handshake_offers_protocol(const struct ws_http_request *req, const char *protocol,
                                   size_t len)
 {
+    if (!ws_http_field_count(req, WS_HTTP_SEC_WEBSOCKET_PROTOCOL))
+        return false;
     for (size_t i = 0; i < req->nheaders; i++) {
         if (!ws_span_ieq(req->headers[i].name, "Sec-WebSocket-Protocol"))
             continue;

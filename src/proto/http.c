@@ -102,6 +102,130 @@ static int parse_request_line(const char *p, const char *eol, struct ws_http_req
     return 0;
 }
 
+/* The names of enum ws_http_field, as they are usually written. */
+static const struct {
+    const char *name;
+    size_t len;
+} known[WS_HTTP_FIELDS] = {
+#define F(id, s) [id] = {s, sizeof(s) - 1}
+    F(WS_HTTP_HOST, "Host"),
+    F(WS_HTTP_UPGRADE, "Upgrade"),
+    F(WS_HTTP_CONNECTION, "Connection"),
+    F(WS_HTTP_SEC_WEBSOCKET_KEY, "Sec-WebSocket-Key"),
+    F(WS_HTTP_SEC_WEBSOCKET_VERSION, "Sec-WebSocket-Version"),
+    F(WS_HTTP_SEC_WEBSOCKET_PROTOCOL, "Sec-WebSocket-Protocol"),
+    F(WS_HTTP_SEC_WEBSOCKET_EXTENSIONS, "Sec-WebSocket-Extensions"),
+    F(WS_HTTP_ORIGIN, "Origin"),
+    F(WS_HTTP_USER_AGENT, "User-Agent"),
+    F(WS_HTTP_X_FORWARDED_FOR, "X-Forwarded-For"),
+    F(WS_HTTP_CONTENT_LENGTH, "Content-Length"),
+    F(WS_HTTP_TRANSFER_ENCODING, "Transfer-Encoding"),
+#undef F
+};
+
+static uint64_t load8(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static uint32_t load4(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+/* name[0..n) equals the known name k but for ASCII case, a word at a time. name holds tchars
+ * only (parse_field checked them) and k letters and '-' only: with bit 0x20 set in both, no
+ * other tchar becomes a letter or '-', so the folded bytes are equal exactly when the names
+ * are. */
+static bool known_ieq(const char *name, const char *k, size_t n)
+{
+    const uint64_t fold8 = 0x2020202020202020u;
+    const uint32_t fold4 = 0x20202020u;
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            if ((load8(name + i) | fold8) != (load8(k + i) | fold8))
+                return false;
+        return (load8(name + n - 8) | fold8) == (load8(k + n - 8) | fold8);
+    }
+    if (n >= 4)
+        return (load4(name) | fold4) == (load4(k) | fold4) &&
+               (load4(name + n - 4) | fold4) == (load4(k + n - 4) | fold4);
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)name[i] | 0x20) != ((unsigned char)k[i] | 0x20))
+            return false;
+    return true;
+}
+
+/* Which known field name is, or WS_HTTP_FIELDS: its length (and for two lengths its first
+ * letter) leaves one candidate, and one comparison decides. */
+static int classify(struct ws_span name)
+{
+    int f;
+    switch (name.n) {
+    case 4:
+        f = WS_HTTP_HOST;
+        break;
+    case 6:
+        f = WS_HTTP_ORIGIN;
+        break;
+    case 7:
+        f = WS_HTTP_UPGRADE;
+        break;
+    case 10:
+        f = lower((unsigned char)name.p[0]) == 'c' ? WS_HTTP_CONNECTION : WS_HTTP_USER_AGENT;
+        break;
+    case 14:
+        f = WS_HTTP_CONTENT_LENGTH;
+        break;
+    case 15:
+        f = WS_HTTP_X_FORWARDED_FOR;
+        break;
+    case 17:
+        f = lower((unsigned char)name.p[0]) == 's' ? WS_HTTP_SEC_WEBSOCKET_KEY
+                                                   : WS_HTTP_TRANSFER_ENCODING;
+        break;
+    case 21:
+        f = WS_HTTP_SEC_WEBSOCKET_VERSION;
+        break;
+    case 22:
+        f = WS_HTTP_SEC_WEBSOCKET_PROTOCOL;
+        break;
+    case 24:
+        f = WS_HTTP_SEC_WEBSOCKET_EXTENSIONS;
+        break;
+    default:
+        return WS_HTTP_FIELDS;
+    }
+    assert(known[f].len == name.n);
+    return known_ieq(name.p, known[f].name, name.n) ? f : WS_HTTP_FIELDS;
+}
+
+/* True when p[0..n) holds a control character other than HTAB or a DEL (RFC 9110 §5.5: CR, LF
+ * and NUL are invalid in a field value), 8 bytes at a time: a word with no byte below 0x20 and
+ * none equal to 0x7f passes at once (the tests are exact for "some byte is"); from a word that
+ * has one, often a HTAB, the bytes are looked at one by one. */
+static bool has_ctl(const char *p, size_t n)
+{
+    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t v = load8(p + i);
+        uint64_t del = v ^ (ones * 0x7f);
+        if ((((v - ones * 0x20) & ~v) | ((del - ones) & ~del)) & highs)
+            break;
+    }
+    for (; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return true;
+    }
+    return false;
+}
+
 /* RFC 9112 §5: field-line = field-name ":" OWS field-value OWS */
 static int parse_field(const char *p, const char *eol, struct ws_http_header *h)
 {
@@ -124,11 +248,8 @@ static int parse_field(const char *p, const char *eol, struct ws_http_header *h)
         e--;
     /* RFC 9110 §5.5: field-value is VCHAR / obs-text / SP / HTAB; CR, LF, NUL and other
      * controls are invalid. */
-    for (const char *q = p; q < e; q++) {
-        unsigned char c = (unsigned char)*q;
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return WS_E_HTTP_BAD;
-    }
+    if (has_ctl(p, (size_t)(e - p)))
+        return WS_E_HTTP_BAD;
     h->value = (struct ws_span){p, (size_t)(e - p)};
     return 0;
 }
@@ -179,7 +300,10 @@ static int parse_head(const char *buf, size_t head_len, bool response, struct ws
             int rc = parse_field(p, eol, &req->headers[req->nheaders]);
             if (rc < 0)
                 return rc;
+            int f = classify(req->headers[req->nheaders].name);
             req->nheaders++;
+            if (f < WS_HTTP_FIELDS && req->field_count[f]++ == 0)
+                req->field_first[f] = (uint8_t)req->nheaders;
         }
         p = eol + 2;
     }
@@ -218,6 +342,8 @@ static int parse(const char *buf, size_t len, size_t max_head_bytes, size_t *sca
     req->method = req->target = req->body = (struct ws_span){NULL, 0};
     req->version_minor = req->status = 0;
     req->nheaders = 0;
+    memset(req->field_first, 0, sizeof req->field_first);
+    memset(req->field_count, 0, sizeof req->field_count);
     req->head_len = head_len;
     return parse_head(buf, req->head_len, response, req);
 }
@@ -312,6 +438,50 @@ bool ws_http_header_has_token(const struct ws_http_request *req, const char *nam
         struct ws_span t;
         while (ws_http_next_token(&list, &t)) {
             if (ws_span_ieq(t, token))
+                return true;
+        }
+    }
+    return false;
+}
+
+const struct ws_span *ws_http_field(const struct ws_http_request *req, enum ws_http_field f)
+{
+    assert(f < WS_HTTP_FIELDS);
+    return req->field_first[f] ? &req->headers[req->field_first[f] - 1].value : NULL;
+}
+
+const char *ws_http_field_name(enum ws_http_field f)
+{
+    assert(f < WS_HTTP_FIELDS);
+    return known[f].name;
+}
+
+size_t ws_http_field_count(const struct ws_http_request *req, enum ws_http_field f)
+{
+    assert(f < WS_HTTP_FIELDS);
+    return req->field_count[f];
+}
+
+bool ws_http_field_has_token(const struct ws_http_request *req, enum ws_http_field f,
+                             const char *token)
+{
+    assert(f < WS_HTTP_FIELDS);
+    size_t left = req->field_count[f];
+    size_t tn = strlen(token);
+    /* RFC 9110 §5.3: repeated fields combine into one comma-separated list; the later ones
+     * are found by name, from the first on */
+    for (size_t i = req->field_first[f] ? req->field_first[f] - 1u : req->nheaders;
+         left && i < req->nheaders; i++) {
+        if (i + 1 != req->field_first[f] &&
+            !span_ieq_n(req->headers[i].name, known[f].name, known[f].len))
+            continue;
+        left--;
+        struct ws_span list = req->headers[i].value;
+        if (span_ieq_n(list, token, tn)) /* the usual case: the token alone */
+            return true;
+        struct ws_span t;
+        while (ws_http_next_token(&list, &t)) {
+            if (span_ieq_n(t, token, tn))
                 return true;
         }
     }
@@ -419,6 +589,8 @@ int ws_http_framing(const struct ws_http_request *req, struct ws_http_framing *o
     bool te = false, cl = false;
     size_t codings = 0;
     bool last_chunked = false;
+    if (!req->field_count[WS_HTTP_TRANSFER_ENCODING] && !req->field_count[WS_HTTP_CONTENT_LENGTH])
+        return 0; /* no body: nearly every GET */
     for (size_t i = 0; i < req->nheaders; i++) {
         const struct ws_http_header *h = &req->headers[i];
         if (ws_span_ieq(h->name, "Transfer-Encoding")) {

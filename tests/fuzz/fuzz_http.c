@@ -172,6 +172,14 @@ static void check_request(const char *buf, size_t len, const struct ws_http_requ
         check_tokens(req, h);
     }
     FUZZ_CHECK(p == buf + head - 2);
+
+    /* The known fields' slots agree with the lookups by name. */
+    for (int f = 0; f < WS_HTTP_FIELDS; f++) {
+        const char *name = ws_http_field_name((enum ws_http_field)f);
+        FUZZ_CHECK(ws_http_field(req, (enum ws_http_field)f) == ws_http_header(req, name));
+        FUZZ_CHECK(ws_http_field_count(req, (enum ws_http_field)f) ==
+                   ws_http_header_count(req, name));
+    }
 }
 
 /* The parse's result, relative to its buffer so results from different copies compare. */

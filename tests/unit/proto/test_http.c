@@ -235,6 +235,30 @@ static void test_field_values(void **state)
     assert_header("G", "\"q\" ; x=1");
 }
 
+/* Every byte value at every place of a value long enough to be checked a word at a time: the
+ * controls but HTAB, and DEL, are refused; everything else is kept. */
+static void test_field_value_bytes(void **state)
+{
+    (void)state;
+    static const char head[] = "GET / HTTP/1.1\r\nX: ";
+    static const char tail[] = "\r\n\r\n";
+    char buf[sizeof head + 24 + sizeof tail];
+    for (int c = 0; c < 256; c++) {
+        bool bad = (c < 0x20 && c != '\t') || c == 0x7f;
+        for (size_t at = 1; at < 23; at++) { /* inside: not whitespace to strip */
+            char *value = buf + sizeof head - 1;
+            memcpy(buf, head, sizeof head - 1);
+            memset(value, 'v', 24);
+            value[at] = (char)c;
+            memcpy(value + 24, tail, sizeof tail - 1);
+            size_t n = sizeof head - 1 + 24 + sizeof tail - 1;
+            assert_int_equal(parse_n(buf, n, MAX_HEAD), bad ? WS_E_HTTP_BAD : 0);
+            if (!bad)
+                assert_int_equal(req.headers[0].value.n, 24);
+        }
+    }
+}
+
 static void test_bad_fields(void **state)
 {
     (void)state;
@@ -280,6 +304,74 @@ static void test_repeated_headers(void **state)
     assert_header("X-A", "first");
     assert_span(req.headers[2].value, "second");
     assert_span(req.headers[3].value, "third");
+}
+
+/* Every known field found where ws_http_header finds it, and counted alike. */
+static void assert_fields_agree(void)
+{
+    for (int f = 0; f < WS_HTTP_FIELDS; f++) {
+        const char *name = ws_http_field_name((enum ws_http_field)f);
+        assert_ptr_equal(ws_http_field(&req, (enum ws_http_field)f), ws_http_header(&req, name));
+        assert_int_equal(ws_http_field_count(&req, (enum ws_http_field)f),
+                         ws_http_header_count(&req, name));
+    }
+}
+
+static void test_known_fields(void **state)
+{
+    (void)state;
+    assert_int_equal(parse(simple), 0);
+    assert_fields_agree();
+    assert_span(*ws_http_field(&req, WS_HTTP_SEC_WEBSOCKET_KEY), "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_int_equal(ws_http_field_count(&req, WS_HTTP_HOST), 1);
+    assert_null(ws_http_field(&req, WS_HTTP_ORIGIN));
+
+    /* any case; names of the same length that are not known; repeats */
+    assert_int_equal(parse("GET / HTTP/1.1\r\n"
+                           "hOST: a\r\n"
+                           "Hist: x\r\n"
+                           "Origim: x\r\n"
+                           "CONNECTION: keep-alive\r\n"
+                           "Connectiom: x\r\n"
+                           "User-Agenz: x\r\n"
+                           "user-agent: ua\r\n"
+                           "sec-websocket-kez: x\r\n"
+                           "Transfer-Encodinh: x\r\n"
+                           "transfer-encoding: chunked\r\n"
+                           "Content-Lengti: 1\r\n"
+                           "X-Forwarded-Fox: x\r\n"
+                           "x-forwarded-for: 10.0.0.1\r\n"
+                           "Sec-WebSocket-Versiom: 1\r\n"
+                           "Sec-WebSocket-Protocoi: x\r\n"
+                           "Sec-WebSocket-Extensiont: x\r\n"
+                           "Host: b\r\n"
+                           "connection: Upgrade\r\n"
+                           "Upgrades: websocket\r\n"
+                           "\r\n"),
+                     0);
+    assert_fields_agree();
+    assert_int_equal(ws_http_field_count(&req, WS_HTTP_HOST), 2);
+    assert_span(*ws_http_field(&req, WS_HTTP_HOST), "a");
+    assert_span(*ws_http_field(&req, WS_HTTP_USER_AGENT), "ua");
+    assert_span(*ws_http_field(&req, WS_HTTP_TRANSFER_ENCODING), "chunked");
+    assert_span(*ws_http_field(&req, WS_HTTP_X_FORWARDED_FOR), "10.0.0.1");
+    assert_null(ws_http_field(&req, WS_HTTP_ORIGIN));
+    assert_null(ws_http_field(&req, WS_HTTP_UPGRADE));
+    assert_null(ws_http_field(&req, WS_HTTP_SEC_WEBSOCKET_KEY));
+    assert_null(ws_http_field(&req, WS_HTTP_CONTENT_LENGTH));
+    /* the list spans the repeated fields, and only them */
+    assert_true(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "upgrade"));
+    assert_true(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "Keep-Alive"));
+    assert_false(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "x"));
+    assert_false(ws_http_field_has_token(&req, WS_HTTP_UPGRADE, "websocket"));
+
+    /* a later parse into the same request forgets the earlier fields */
+    assert_int_equal(parse("GET / HTTP/1.1\r\nOrigin: o\r\n\r\n"), 0);
+    assert_fields_agree();
+    assert_null(ws_http_field(&req, WS_HTTP_HOST));
+    assert_int_equal(ws_http_field_count(&req, WS_HTTP_CONNECTION), 0);
+    assert_false(ws_http_field_has_token(&req, WS_HTTP_CONNECTION, "upgrade"));
+    assert_span(*ws_http_field(&req, WS_HTTP_ORIGIN), "o");
 }
 
 static void test_too_many_headers(void **state)
@@ -618,9 +710,11 @@ int main(void)
         cmocka_unit_test(test_bare_cr),
         cmocka_unit_test(test_obs_fold),
         cmocka_unit_test(test_field_values),
+        cmocka_unit_test(test_field_value_bytes),
         cmocka_unit_test(test_bad_fields),
         cmocka_unit_test(test_case_insensitive_names),
         cmocka_unit_test(test_repeated_headers),
+        cmocka_unit_test(test_known_fields),
         cmocka_unit_test(test_too_many_headers),
         cmocka_unit_test(test_size_cap),
         cmocka_unit_test(test_size_cap_incremental),
