@@ -67,12 +67,6 @@ void ws_wire_write(struct ws_wire *w, struct ws_chunk_pool *pool, const uint8_t 
 int ws_wire_flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
                   uint64_t *bytes_out);
 
-/* ws_wire_flush for the socket's last bytes: the caller closes the wire once this returns 0,
- * and the transport may hold the bytes back to send them with the close (plain TCP: with the
- * FIN, in one segment). */
-int ws_wire_flush_last(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
-                       uint64_t *bytes_out);
-
 /* Ends our sending side (TLS close_notify, then FIN); reading goes on. */
 void ws_wire_shutdown(struct ws_wire *w);
 
