@@ -25,6 +25,10 @@ struct ws_transport_ops {
     /* Ends our sending side (TLS close_notify, then TCP FIN). */
     void (*shutdown)(void *t, int fd);
     void (*free)(void *t);
+    /* Optional (NULL: writev serves): writes from iov as writev does, the last bytes before the
+     * socket is half-closed; they may be held back so that the shutdown sends them with the FIN
+     * in one segment. */
+    ssize_t (*writev_last)(void *t, int fd, const struct iovec *iov, int n);
 };
 
 extern const struct ws_transport_ops ws_transport_plain;

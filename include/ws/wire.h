@@ -67,6 +67,12 @@ void ws_wire_write(struct ws_wire *w, struct ws_chunk_pool *pool, const uint8_t 
 int ws_wire_flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
                   uint64_t *bytes_out);
 
+/* ws_wire_flush for the socket's last bytes: once this returns 0 the caller half-closes the
+ * wire (ws_wire_shutdown), which sends what the transport held back with the FIN (plain TCP:
+ * one segment), then closes it. */
+int ws_wire_flush_last(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
+                       uint64_t *bytes_out);
+
 /* Ends our sending side (TLS close_notify, then FIN); reading goes on. */
 void ws_wire_shutdown(struct ws_wire *w);
 

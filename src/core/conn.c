@@ -317,15 +317,16 @@ int ws_conn_ping(struct ws_conn *c, const void *payload, size_t len)
     return ws_conn_send(c, WS_OP_PING, payload, len);
 }
 
-/* Both close frames have passed and ours is out (RFC 6455 §7.1.1: the server then closes the
- * TCP connection first): a plain socket closes at once instead of half-closing and reading
- * until the peer's FIN, which saves three system calls and a wake-up per connection. The peer
- * sends nothing after its close frame (§5.5.1); one that does gets a reset, after our close
- * frame, which has left already (so it is not sent with MSG_MORE to go with the FIN: a reset
- * would discard it). TLS still waits: the peer's close_notify may follow. */
-static bool handshake_closed(const struct ws_conn *c)
+/* Both close frames have passed (RFC 6455 §7.1.1: once ours is out, the server closes the TCP
+ * connection first): a plain socket then closes at once instead of reading until the peer's
+ * FIN, which saves two system calls and a wake-up per connection. Our last frame is written with
+ * MSG_MORE (ws_wire_flush_last) and the half-close sends it with the FIN in one segment before
+ * the close(): a peer that sent something after its close frame (§5.5.1 forbids it) makes that
+ * close() a reset, which would discard a frame still held back, but not one already sent. TLS
+ * still waits: the peer's close_notify may follow. */
+static bool closes_at_once(const struct ws_conn *c)
 {
-    return c->opened && c->session.close_state == WS_CLOSE_DONE && c->wire.out.bytes == 0 &&
+    return c->opened && c->session.close_state == WS_CLOSE_DONE &&
            c->wire.transport == &ws_transport_plain;
 }
 
@@ -341,7 +342,9 @@ void ws_conn_flush(struct ws_conn *c)
         !c->wire.reading_paused && !(c->wire.io.events & EV_WRITE) && ev_is_active(&c->wire.io))
         return;
     uint64_t before = c->bytes_out;
-    int rc = ws_wire_flush(&c->wire, env->loop, &env->pool, &c->bytes_out);
+    bool last = c->state == WS_CONN_CLOSING && closes_at_once(c);
+    int rc = last ? ws_wire_flush_last(&c->wire, env->loop, &env->pool, &c->bytes_out)
+                  : ws_wire_flush(&c->wire, env->loop, &env->pool, &c->bytes_out);
     env->stats->bytes_out += c->bytes_out - before;
     if (rc == WS_E_AGAIN)
         return;
@@ -358,7 +361,8 @@ void ws_conn_flush(struct ws_conn *c)
             env->ops->drain(env->app, c);
     }
     if (c->state == WS_CONN_CLOSING && !c->wire.wr_shut && c->wire.out.bytes == 0) {
-        if (handshake_closed(c)) {
+        if (last) {
+            ws_wire_shutdown(&c->wire); /* the held frame and the FIN, in one segment */
             kill_conn(c, 1006, NULL);
             return;
         }
@@ -585,7 +589,7 @@ static void on_peer_close(struct ws_conn *c, const struct ws_session_event *ev)
      * done, so start_close keeps the peer's code as the one reported */
     if (c->state == WS_CONN_OPEN)
         start_close(c, ev->code == 1005 ? 0 : ev->code, NULL, 0);
-    else if (c->state == WS_CONN_CLOSING && handshake_closed(c))
+    else if (c->state == WS_CONN_CLOSING && closes_at_once(c) && c->wire.out.bytes == 0)
         kill_conn(c, 1006, NULL); /* the reply to our close: done */
 }
 

@@ -78,13 +78,15 @@ void ws_wire_write(struct ws_wire *w, struct ws_chunk_pool *pool, const uint8_t 
     ws_outq_append(&w->out, pool, data + done, len - done);
 }
 
-int ws_wire_flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
-                  uint64_t *bytes_out)
+static int flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
+                 uint64_t *bytes_out, bool last)
 {
+    ssize_t (*write)(void *, int, const struct iovec *, int) =
+        last && w->transport->writev_last ? w->transport->writev_last : w->transport->writev;
     while (w->out.bytes && !w->wr_shut) {
         struct iovec iov[IOV_BATCH];
         int n = ws_outq_iov(&w->out, iov, IOV_BATCH);
-        ssize_t written = w->transport->writev(w->transport_state, w->io.fd, iov, n);
+        ssize_t written = write(w->transport_state, w->io.fd, iov, n);
         if (written == WS_E_AGAIN) {
             ws_wire_watch(w, loop, true);
             return WS_E_AGAIN;
@@ -97,6 +99,18 @@ int ws_wire_flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool 
     if (w->out.bytes && w->wr_shut)
         ws_outq_clear(&w->out, pool);
     return 0;
+}
+
+int ws_wire_flush(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
+                  uint64_t *bytes_out)
+{
+    return flush(w, loop, pool, bytes_out, false);
+}
+
+int ws_wire_flush_last(struct ws_wire *w, struct ev_loop *loop, struct ws_chunk_pool *pool,
+                       uint64_t *bytes_out)
+{
+    return flush(w, loop, pool, bytes_out, true);
 }
 
 void ws_wire_shutdown(struct ws_wire *w)
