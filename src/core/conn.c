@@ -306,7 +306,6 @@ int ws_conn_send_shared(struct ws_conn *c, struct ws_shared *frame, bool is_data
             return rc;
         c->env->stats->messages_out++;
         c->messages_out++;
-        c->messages_out++;
     }
     ws_outq_append_shared(&c->wire.out, &c->env->pool, frame);
     return sent_result(c);

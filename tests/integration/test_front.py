@@ -201,6 +201,39 @@ def test_trusted_proxies_are_validated(tmp_path):
     assert "trusted_proxies" in out.stderr and "10.0.0.0/33" in out.stderr
 
 
+def test_close_line_counts_each_broadcast_and_publish_once(wsserver_factory):
+    app = """
+    return {
+      open = function(conn) conn:subscribe("news") end,
+      message = function(conn, data)
+        if data == "b" then ws.broadcast("to all") else ws.publish("news", "to news") end
+      end,
+    }
+    """
+    server = wsserver_factory(app_source=app, args=["--log-format", "json"])
+    resp, sock, rest = wsraw.handshake(server.port, wsraw.build_request())
+    assert resp.status == 101
+    for data in (b"b", b"b", b"p"):
+        sock.sendall(wsraw.encode_frame(wsraw.OP_TEXT, data))
+    got = b""
+    sock.settimeout(5)
+    while got.count(b"to ") < 3:
+        got += sock.recv(4096)
+    sock.sendall(wsraw.encode_frame(wsraw.OP_CLOSE, wsraw.close_payload(1000, b"")))
+    while sock.recv(4096):
+        pass
+    sock.close()
+
+    def close_record():
+        for line in server.log().splitlines():
+            if '"event":"close"' in line:
+                return json.loads(line)
+        return None
+
+    record = wait_for(close_record, what="the close line")
+    assert record["messages_in"] == 3 and record["messages_out"] == 3
+
+
 def wsraw_binary():
     from conftest import BINARY
     return BINARY
