@@ -153,4 +153,51 @@ void ws_conn_apply_config(struct ws_conn *c);
  * frees every closed one, until neither list has anything left. */
 void ws_conn_run_pending(struct ws_env *env);
 
+/* ---- Within the module: conn.c (life, frames in, timeouts), conn_out.c (frames out, flushing)
+ * and conn_http.c (the HTTP phase) call each other through these; nothing else does. ---- */
+
+/* Reads of a connection still sending its request are at most this long, and a request may hold
+ * this much past its limits (the bytes of one read); an open connection reads the whole buffer
+ * (WS_ENV_READ_BYTES), so a large frame usually arrives whole and is not assembled by a copy. */
+#define WS_CONN_REQUEST_READ_BYTES 65536
+
+static inline const struct ws_config *ws_conn_cfg(const struct ws_conn *c)
+{
+    return &c->env->cfg;
+}
+
+/* Moves c to state to; an illegal transition is a bug (asserted). */
+void ws_conn_set_state(struct ws_conn *c, enum ws_conn_state to);
+
+/* Sets c's one deadline from its state and clocks (none once CLOSED). */
+void ws_conn_rearm(struct ws_conn *c);
+
+/* Counts c against max_connections_per_ip; false when that is one too many. */
+bool ws_conn_take_ip_slot(struct ws_conn *c);
+
+/* Feeds bytes from an open (or closing) connection to its session and acts on each event. */
+void ws_conn_process_frames(struct ws_conn *c, uint8_t *data, size_t len);
+
+/* Queues c for this iteration's flush pass; a closed connection has nothing to flush. */
+void ws_conn_want_flush(struct ws_conn *c);
+
+/* Queues one frame as it is (no back-pressure check). */
+void ws_conn_queue_frame(struct ws_conn *c, uint8_t opcode, bool fin, uint8_t rsv, const void *data,
+                         size_t len);
+
+/* Queues our close frame and enters CLOSING: nothing is sent after it. */
+void ws_conn_start_close(struct ws_conn *c, int code, const char *reason, size_t len);
+
+/* Both close frames have passed on a plain socket: it closes once our last frame is out. */
+bool ws_conn_closes_at_once(const struct ws_conn *c);
+
+/* Request bytes from a CONNECTING connection: read under the limits, then decided. */
+void ws_conn_read_request(struct ws_conn *c, const uint8_t *data, size_t len);
+
+/* Bytes that come while the app decides on the request. */
+void ws_conn_while_deciding(struct ws_conn *c, const uint8_t *data, size_t n);
+
+/* Frees what the HTTP phase left: the request reader and the path. */
+void ws_conn_free_http(struct ws_conn *c);
+
 #endif
