@@ -3,9 +3,9 @@
  * fragmentation, our close frame, and writing the queue out with the half-close at the end. */
 #include "ws/conn.h"
 
+#include "ws/connlog.h"
 #include "ws/err.h"
 #include "ws/frame.h"
-#include "ws/connlog.h"
 
 #include <stdlib.h>
 #include <string.h>
