@@ -29,6 +29,9 @@ struct ws_transport_ops {
      * socket is half-closed; they may be held back so that the shutdown sends them with the FIN
      * in one segment. */
     ssize_t (*writev_last)(void *t, int fd, const struct iovec *iov, int n);
+    /* Nothing of the peer's can follow its close frame at this layer (no TLS close_notify): the
+     * server closes as soon as both close frames have passed. */
+    bool close_at_once;
 };
 
 extern const struct ws_transport_ops ws_transport_plain;

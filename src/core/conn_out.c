@@ -194,11 +194,11 @@ int ws_conn_ping(struct ws_conn *c, const void *payload, size_t len)
  * MSG_MORE (ws_wire_flush_last) and the half-close sends it with the FIN in one segment before
  * the close(): a peer that sent something after its close frame (§5.5.1 forbids it) makes that
  * close() a reset, which would discard a frame still held back, but not one already sent. TLS
- * still waits: the peer's close_notify may follow. */
+ * still waits: the peer's close_notify may follow. The kit's in-memory transport closes at once
+ * like a plain socket, so its close events come when the real server's do. */
 bool ws_conn_closes_at_once(const struct ws_conn *c)
 {
-    return c->opened && c->session.close_state == WS_CLOSE_DONE &&
-           c->wire.transport == &ws_transport_plain;
+    return c->opened && c->session.close_state == WS_CLOSE_DONE && c->wire.transport->close_at_once;
 }
 
 void ws_conn_flush(struct ws_conn *c)

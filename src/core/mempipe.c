@@ -191,5 +191,5 @@ static void mem_free(void *t)
 }
 
 const struct ws_transport_ops ws_transport_memory = {
-    mem_handshake, mem_read, mem_writev, mem_pending, mem_shutdown, mem_free, NULL,
+    mem_handshake, mem_read, mem_writev, mem_pending, mem_shutdown, mem_free, NULL, true,
 };

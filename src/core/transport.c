@@ -83,7 +83,7 @@ static void plain_free(void *t)
 
 const struct ws_transport_ops ws_transport_plain = {
     plain_handshake, plain_read, plain_writev,      plain_pending,
-    plain_shutdown,  plain_free, plain_writev_last,
+    plain_shutdown,  plain_free, plain_writev_last, true,
 };
 
 /* ---- TLS ---- */
@@ -325,5 +325,5 @@ static void tls_free(void *t)
 }
 
 const struct ws_transport_ops ws_transport_tls = {
-    tls_handshake, tls_read, tls_writev, tls_pending, tls_shutdown, tls_free, NULL,
+    tls_handshake, tls_read, tls_writev, tls_pending, tls_shutdown, tls_free, NULL, false,
 };
