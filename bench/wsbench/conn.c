@@ -1,6 +1,6 @@
-/* One connection on the loop: the non-blocking connect, the libev callback that takes it through
- * TLS, the handshake and open traffic, reading (plain or TLS) and the end of the stream. What is
- * read goes to handshake.c or parser.c; writing is output.c's. */
+/* One connection's life on the loop: the non-blocking connect, the libev callback that takes it
+ * through TLS, the handshake and open traffic, reading (plain or TLS), its end (killed, or failed
+ * with the error counted). What is read goes to handshake.c or parser.c; writing is output.c's. */
 #include "wsbench.h"
 
 #include <errno.h>
@@ -9,8 +9,63 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <openssl/x509v3.h>
+
+const char *const ERR_NAMES[] = {
+#define X(id, name) name,
+    WB_ERRORS(X)
+#undef X
+};
+
+void wb_err_add(struct bench *b, enum wb_err e, struct conn *c, const char *what)
+{
+    if (b->errors[e]++ < 5)
+        fprintf(stderr, "wsbench: %s error on connection %ld: %s\n", ERR_NAMES[e],
+                c ? (long)(c - b->conns) : -1L, what);
+}
+
+void wb_conn_kill(struct conn *c)
+{
+    struct bench *b = c->b;
+    if (c->ssl) { /* no close_notify: the server closes first, or we are giving up */
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    c->tout_len = c->tout_off = 0;
+    c->read_wants_write = false;
+    if (c->inf)
+        inflateReset(c->inf);
+    c->zmsg_len = 0;
+    c->zstream = false;
+    if (c->fd >= 0) {
+        ev_io_stop(b->loop, &c->io);
+        close(c->fd);
+        c->fd = -1;
+    }
+    if (c->state == CS_CONNECTING || c->state == CS_TLS || c->state == CS_HANDSHAKE)
+        b->opening--;
+    c->state = CS_DEAD;
+    c->events = 0;
+    c->raw_len = 0;
+    c->q_len = 0;
+    c->q_off = 0;
+    if (c->role == ROLE_SUB && c->subscribed) {
+        b->subs_live--;
+        c->subscribed = false;
+        wb_pub_send_more(b); /* fewer acknowledgements are now enough */
+    }
+}
+
+void wb_conn_fail(struct conn *c, enum wb_err e, const char *what)
+{
+    struct bench *b = c->b;
+    wb_err_add(b, e, c, what);
+    wb_conn_kill(c);
+    if (c->role == ROLE_CYCLE && b->running && !b->finished)
+        wb_conn_start(b, c);
+}
 
 /* The server ended the stream (FIN, or TLS close_notify). */
 static void on_eof(struct conn *c, uint64_t t)

@@ -1,19 +1,11 @@
-/* A connection's output and its end: the raw buffer (request, control frames), the queue of data
- * messages written with sendmsg, errors counted, a connection killed or failed (and restarted in
- * connect mode). Writing through TLS is tls.c's. */
+/* A connection's output: the watcher's events, the raw buffer (request, control frames) and the
+ * queue of data messages, written with one sendmsg per batch. Writing through TLS is tls.c's;
+ * a failed write ends the connection through conn.c. */
 #include "wsbench.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
-
-const char *const ERR_NAMES[] = {
-#define X(id, name) name,
-    WB_ERRORS(X)
-#undef X
-};
 
 void wb_io_want(struct conn *c, int events)
 {
@@ -23,54 +15,6 @@ void wb_io_want(struct conn *c, int events)
     ev_io_set(&c->io, c->fd, events);
     ev_io_start(c->b->loop, &c->io);
     c->events = events;
-}
-
-void wb_err_add(struct bench *b, enum wb_err e, struct conn *c, const char *what)
-{
-    if (b->errors[e]++ < 5)
-        fprintf(stderr, "wsbench: %s error on connection %ld: %s\n", ERR_NAMES[e],
-                c ? (long)(c - b->conns) : -1L, what);
-}
-
-void wb_conn_kill(struct conn *c)
-{
-    struct bench *b = c->b;
-    if (c->ssl) { /* no close_notify: the server closes first, or we are giving up */
-        SSL_free(c->ssl);
-        c->ssl = NULL;
-    }
-    c->tout_len = c->tout_off = 0;
-    c->read_wants_write = false;
-    if (c->inf)
-        inflateReset(c->inf);
-    c->zmsg_len = 0;
-    c->zstream = false;
-    if (c->fd >= 0) {
-        ev_io_stop(b->loop, &c->io);
-        close(c->fd);
-        c->fd = -1;
-    }
-    if (c->state == CS_CONNECTING || c->state == CS_TLS || c->state == CS_HANDSHAKE)
-        b->opening--;
-    c->state = CS_DEAD;
-    c->events = 0;
-    c->raw_len = 0;
-    c->q_len = 0;
-    c->q_off = 0;
-    if (c->role == ROLE_SUB && c->subscribed) {
-        b->subs_live--;
-        c->subscribed = false;
-        wb_pub_send_more(b); /* fewer acknowledgements are now enough */
-    }
-}
-
-void wb_conn_fail(struct conn *c, enum wb_err e, const char *what)
-{
-    struct bench *b = c->b;
-    wb_err_add(b, e, c, what);
-    wb_conn_kill(c);
-    if (c->role == ROLE_CYCLE && b->running && !b->finished)
-        wb_conn_start(b, c);
 }
 
 bool wb_raw_append(struct conn *c, const void *data, size_t len)

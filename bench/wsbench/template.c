@@ -8,6 +8,7 @@
 #include <string.h>
 
 static const char HEX[] = "0123456789abcdef";
+
 /* RFC 6455 §5.3: the client masks every frame; the key is fixed so payloads are masked once. */
 static const uint8_t MASK[4] = {0x37, 0xfa, 0x21, 0x3d};
 

@@ -50,7 +50,7 @@ enum wb_err {
 #undef X
         ERR_COUNT
 };
-extern const char *const ERR_NAMES[]; /* by enum wb_err (output.c) */
+extern const char *const ERR_NAMES[]; /* by enum wb_err (conn.c) */
 
 enum role { ROLE_ECHO, ROLE_SUB, ROLE_PUB, ROLE_IDLE, ROLE_CYCLE, ROLE_CHAT };
 enum conn_state { CS_NONE, CS_CONNECTING, CS_TLS, CS_HANDSHAKE, CS_OPEN, CS_DEAD };
@@ -285,18 +285,6 @@ void wb_build_templates(struct bench *b);
 /* Watches C's socket for EVENTS (EV_READ, EV_WRITE) from now on. */
 void wb_io_want(struct conn *c, int events);
 
-/* Counts one error of kind E; the first five of each kind are printed on stderr with WHAT
- * (C may be NULL: no connection). */
-void wb_err_add(struct bench *b, enum wb_err e, struct conn *c, const char *what);
-
-/* Closes C and forgets its state and queues; a subscriber's departure may let the publisher go
- * on. Restarts nothing. */
-void wb_conn_kill(struct conn *c);
-
-/* Counts error E (WHAT) and kills C; a connect-mode cycle is started again while the run goes
- * on. */
-void wb_conn_fail(struct conn *c, enum wb_err e, const char *what);
-
 /* Appends bytes to C's raw buffer; false when they do not fit. */
 bool wb_raw_append(struct conn *c, const void *data, size_t len);
 
@@ -381,6 +369,18 @@ int wb_handshake_input(struct conn *c, const uint8_t *data, size_t len, uint64_t
 void wb_compute_accept(char out[32]);
 
 /* ---- conn.c ---- */
+
+/* Counts one error of kind E; the first five of each kind are printed on stderr with WHAT
+ * (C may be NULL: no connection). */
+void wb_err_add(struct bench *b, enum wb_err e, struct conn *c, const char *what);
+
+/* Closes C and forgets its state and queues; a subscriber's departure may let the publisher go
+ * on. Restarts nothing. */
+void wb_conn_kill(struct conn *c);
+
+/* Counts error E (WHAT) and kills C; a connect-mode cycle is started again while the run goes
+ * on. */
+void wb_conn_fail(struct conn *c, enum wb_err e, const char *what);
 
 /* Starts (or restarts, in connect mode) connection C: non-blocking connect, request queued. */
 void wb_conn_start(struct bench *b, struct conn *c);
