@@ -215,9 +215,11 @@ fuzz-net:
 	$(PYTHON) tests/fuzz/netfuzz.py --binary build/san/wsserver --seconds $(SECONDS)
 
 # Benchmarks: bench/wsbench is our load generator (C, libev); bench/run.sh drives the scenarios.
-$(BUILD)/wsbench: bench/wsbench.c
+WSBENCH_SRC = $(wildcard bench/wsbench/*.c)
+WSBENCH_HDR = $(wildcard bench/wsbench/*.h)
+$(BUILD)/wsbench: $(WSBENCH_SRC) $(WSBENCH_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< -lev -lssl -lcrypto -lz -lm
+	$(CC) $(ALL_CFLAGS) -o $@ $(WSBENCH_SRC) -lev -lssl -lcrypto -lz -lm
 
 bench: all $(BUILD)/wsbench
 	WSSERVER=$(abspath $(BUILD)/wsserver) WSBENCH=$(abspath $(BUILD)/wsbench) bash bench/run.sh
@@ -226,7 +228,7 @@ bench-count: all $(BUILD)/wsbench
 	WSSERVER=$(abspath $(BUILD)/wsserver) WSBENCH=$(abspath $(BUILD)/wsbench) bash bench/count.sh
 
 FORMAT_FILES = $(wildcard src/*.c src/*/*.c include/ws/*.h tests/unit/*/*.c tests/unit/*/*.h \
-               bench/*.c tests/fuzz/*.c)
+               bench/*.c $(WSBENCH_SRC) $(WSBENCH_HDR) tests/fuzz/*.c)
 
 format:
 	clang-format -i $(FORMAT_FILES)
