@@ -1,10 +1,8 @@
 /* ws.kitcore: the real server in-process for Lua specs (a C module for lua5.4, loaded through
- * package.cpath). An engine is the real core, the real lb_* bindings and the app's own Lua state
- * on a loop with a simulated clock; its clients are in-memory connections (mempipe), so their
- * bytes go through the real handshake, frame and session code. It speaks bytes and frames only:
- * what the server does and answers is the server's own code, never re-implemented here. This file
- * is the module's face (the engine's methods, frames for the spec); an engine's making, settling
- * and freeing are kit_engine.c's. */
+ * package.cpath). This is the module's face: an engine's methods, its clients on in-memory
+ * connections (mempipe) whose bytes go through the real handshake, frame and session code, and
+ * frames for the spec. What the server answers is its own code, never re-implemented here; an
+ * engine's making, settling and freeing are kit_engine.c's. */
 #include "ws/kit.h"
 
 #include "ws/clock.h"

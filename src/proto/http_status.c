@@ -1,6 +1,5 @@
-/* HTTP status codes' reason phrases (RFC 9110 §15, RFC 6585 for 429, 431), for the status lines
- * we write. A code outside the table is "Unknown"; the phrase of a response we read is never
- * looked at (http.c drops it). Pure. */
+/* HTTP status codes' reason phrases, for the status lines we write. A code outside the table is
+ * "Unknown"; the phrase of a response we read is never looked at (http.c drops it). Pure. */
 #include "ws/http.h"
 
 const char *ws_http_reason(int status)
