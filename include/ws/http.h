@@ -1,7 +1,8 @@
-/* Bounded HTTP/1.1 request-head parser (RFC 9112 §2-5): finds the end of the head across split
- * reads, then parses the request line and header fields into spans of the caller's buffer. It
- * never allocates. For a body, it says how the body is framed (RFC 9112 §6) and decodes the
- * chunked coding in place; reading the bytes is the caller's. */
+/* Bounded HTTP/1.1 request-head parser (RFC 9112 §2-5, http.c): finds the end of the head across
+ * split reads, then parses the request line and header fields into spans of the caller's buffer.
+ * It never allocates. For a body, http_body.c says how the body is framed (RFC 9112 §6) and
+ * decodes the chunked coding in place; reading the bytes is the caller's. http_status.c names
+ * the status codes. */
 #ifndef WS_HTTP_H
 #define WS_HTTP_H
 
@@ -62,22 +63,6 @@ struct ws_http_request {
 int ws_http_parse_response(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
                            struct ws_http_request *resp);
 
-/* How a request's body is framed. */
-struct ws_http_framing {
-    bool chunked;    /* Transfer-Encoding: chunked (the length is not known in advance) */
-    uint64_t length; /* Content-Length, or 0 */
-};
-
-/* State of the in-place chunked decoder; zero it (or ws_http_chunked_init) before the body. */
-struct ws_http_chunked {
-    int state;
-    uint64_t remaining; /* bytes left in the current chunk, or the size being read */
-    unsigned digits;    /* hex digits of the size so far */
-    uint64_t total;     /* bytes of the coding consumed, over every call */
-    size_t in;          /* bytes of the buffer consumed */
-    size_t out;         /* decoded bytes at the front of the buffer */
-};
-
 /* Parses the request head at buf[0..len). *scanned carries how far an earlier call already
  * searched for the end of the head (start it at 0), so feeding a head one byte at a time costs
  * linear time. Returns:
@@ -88,24 +73,6 @@ struct ws_http_chunked {
  *   WS_E_HTTP_VERSION    not HTTP/1.x (505). */
 int ws_http_parse(const char *buf, size_t len, size_t max_head_bytes, size_t *scanned,
                   struct ws_http_request *req);
-
-/* How req's body is framed (RFC 9112 §6.1-6.3): Transfer-Encoding chunked, a Content-Length, or
- * none. WS_E_HTTP_BAD for a Content-Length that is not a number or that repeats with different
- * values, for both Transfer-Encoding and Content-Length (a request smuggling vector, §6.1), and
- * for a transfer coding other than chunked alone. req comes from ws_http_parse or
- * ws_http_parse_response. */
-int ws_http_framing(const struct ws_http_request *req, struct ws_http_framing *out);
-
-void ws_http_chunked_init(struct ws_http_chunked *d);
-
-/* Decodes the chunked body in buf[0..len) in place (RFC 9112 §7.1): the data of the chunks moves
- * to the front of buf, d->out bytes of it so far; call again with the same buf after appending
- * more bytes. Chunk extensions and trailer fields are skipped. Returns 0 when the last chunk and
- * the trailer are done (d->in bytes of buf were the body; anything after is not), WS_E_AGAIN for
- * more, WS_E_HTTP_BAD for a malformed coding, WS_E_HTTP_BODY_TOO_LARGE once the data would
- * exceed max_bytes or the coding (sizes, extensions, trailers) passes 8 × max_bytes + 64 KiB.
- * Every byte given is consumed unless it completes or fails: on WS_E_AGAIN, d->in == len. */
-int ws_http_chunked_decode(struct ws_http_chunked *d, uint8_t *buf, size_t len, uint64_t max_bytes);
 
 /* The value of the first field named name (case-insensitive), or NULL. */
 const struct ws_span *ws_http_header(const struct ws_http_request *req, const char *name);
@@ -142,8 +109,46 @@ bool ws_span_ieq(struct ws_span span, const char *s);
 /* True when c may appear in a token (RFC 9110 §5.6.2 tchar): method, field name, list element. */
 bool ws_http_is_tchar(unsigned char c);
 
+/* ---- http_body.c: a body's framing and the in-place chunked decoder ---- */
+
+/* How a request's body is framed. */
+struct ws_http_framing {
+    bool chunked;    /* Transfer-Encoding: chunked (the length is not known in advance) */
+    uint64_t length; /* Content-Length, or 0 */
+};
+
+/* State of the in-place chunked decoder; zero it (or ws_http_chunked_init) before the body. */
+struct ws_http_chunked {
+    int state;
+    uint64_t remaining; /* bytes left in the current chunk, or the size being read */
+    unsigned digits;    /* hex digits of the size so far */
+    uint64_t total;     /* bytes of the coding consumed, over every call */
+    size_t in;          /* bytes of the buffer consumed */
+    size_t out;         /* decoded bytes at the front of the buffer */
+};
+
+/* How req's body is framed (RFC 9112 §6.1-6.3): Transfer-Encoding chunked, a Content-Length, or
+ * none. WS_E_HTTP_BAD for a Content-Length that is not a number or that repeats with different
+ * values, for both Transfer-Encoding and Content-Length (a request smuggling vector, §6.1), and
+ * for a transfer coding other than chunked alone. req comes from ws_http_parse or
+ * ws_http_parse_response. */
+int ws_http_framing(const struct ws_http_request *req, struct ws_http_framing *out);
+
+void ws_http_chunked_init(struct ws_http_chunked *d);
+
+/* Decodes the chunked body in buf[0..len) in place (RFC 9112 §7.1): the data of the chunks moves
+ * to the front of buf, d->out bytes of it so far; call again with the same buf after appending
+ * more bytes. Chunk extensions and trailer fields are skipped. Returns 0 when the last chunk and
+ * the trailer are done (d->in bytes of buf were the body; anything after is not), WS_E_AGAIN for
+ * more, WS_E_HTTP_BAD for a malformed coding, WS_E_HTTP_BODY_TOO_LARGE once the data would
+ * exceed max_bytes or the coding (sizes, extensions, trailers) passes 8 × max_bytes + 64 KiB.
+ * Every byte given is consumed unless it completes or fails: on WS_E_AGAIN, d->in == len. */
+int ws_http_chunked_decode(struct ws_http_chunked *d, uint8_t *buf, size_t len, uint64_t max_bytes);
+
 /* The value of hex digit c (0-9, a-f, A-F), or -1. */
 int ws_http_hexval(int c);
+
+/* ---- http_status.c: reason phrases ---- */
 
 /* Reason phrase for an HTTP status ("Bad Request"), "Unknown" for others. */
 const char *ws_http_reason(int status);

@@ -48,8 +48,37 @@ struct kit_engine {
     struct ws_client_net net;
 };
 
+/* ---- kit_engine.c: an engine's life: made from an app, settled, freed ---- */
+
+/* The metatable of an engine's userdata (kitcore.c fills it, kit_load sets it). */
+#define KIT_ENGINE_MT "ws.kitcore.engine"
+
+/* kitcore.load(path_or_source [, {config = {name = value}, now = seconds, name = file}]) ->
+ * engine, or nil, err, log when the server refuses the app (the log holds its reason). */
+int kit_load(lua_State *L);
+
 /* Runs e's loop without waiting until nothing moves: what the last input set off is done. */
 void kit_settle(struct kit_engine *e);
+
+/* The engine whose loop is loop (a stand-in's pool is made knowing only its loop), or NULL. */
+struct kit_engine *kit_engine_of(struct ev_loop *loop);
+
+/* lb_app_standins (kitcore.c sets the hook): the outside services of the app kit_load is making
+ * answer from the spec. Does nothing for an app made otherwise. */
+void kit_install_standins(struct lb_app *a);
+
+/* When e's app was given as source: goes into its folder (loads and reloads run there) and
+ * returns the descriptor of the folder to go back to; -1 otherwise or when it cannot. */
+int kit_in_app_dir(const struct kit_engine *e);
+
+/* Goes back to cwd from kit_in_app_dir and closes it; -1 is a no-op. */
+void kit_back_from_app_dir(int cwd);
+
+/* Frees what e holds (server, app, stand-ins, clients, loop, its folder), not e itself (a Lua
+ * userdata). No-op when e is already freed. */
+void kit_free_engine(struct kit_engine *e);
+
+/* ---- kit_value.c: data copied and handles between the spec's state and the app's ---- */
 
 /* Where kit_value_out copies to: the spec's state, a table there of the tables copied so far (by
  * address), the engine's userdata there (its first user value caches the handles). */
@@ -74,10 +103,9 @@ void kit_value_in(lua_State *from, int idx, lua_State *L, int map, struct kit_en
 /* Registers the handles' metatable in L. [-0, +0, m] */
 void kit_value_open(lua_State *L);
 
-/* The engine whose loop is loop (a stand-in's pool is made knowing only its loop), or NULL. */
-struct kit_engine *kit_engine_of(struct ev_loop *loop);
+/* ---- kit_http.c, kit_pg.c: ws.http's and ws.pg's stand-ins ---- */
 
-/* The stand-ins are installed on an app by kitcore.c before the app's code first runs (the
+/* The stand-ins are installed on an app by kit_engine.c before the app's code first runs (the
  * lb_app_standins hook), so what its chunk and load() make reaches them too. */
 
 /* Makes e's app a send its ws.http calls to the stand-in. */
