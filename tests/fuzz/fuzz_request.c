@@ -1,5 +1,5 @@
 /* Fuzz target for reading a whole request (src/proto/request.c: head, framing, body, the chunked
- * decoder in src/proto/http.c). Input: a control byte (the split size), a second (the body
+ * decoder in src/proto/http_body.c). Input: a control byte (the split size), a second (the body
  * limit), then the request bytes. Checks that:
  *   - feeding the bytes in reads of the largest size (the slack) and in chunks of the chosen
  *     size gives the same result and, on success, the same head length and body bytes;

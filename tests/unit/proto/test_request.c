@@ -1,5 +1,5 @@
 /* Unit tests for reading one request (src/proto/request.c) and the body framing and chunked
- * decoder under it (src/proto/http.c): Content-Length and chunked bodies split at every byte,
+ * decoder under it (src/proto/http_body.c): Content-Length and chunked bodies split at every byte,
  * extensions and trailers skipped, the limits (head, body, the coding's own bytes), request
  * smuggling shapes refused, and an upgrade's first frame bytes kept. */
 #include <setjmp.h>
