@@ -120,7 +120,7 @@ void ws_client_set_stats(struct ws_client *c, struct ws_stats *stats);
 void ws_client_free(struct ws_client *c);
 
 /* ---- internal: shared by wsclient.c, wsclient_frames.c and wsclient_handshake.c only ---- */
-/* Not a contract for other modules: they see struct ws_client as opaque and use the calls above.
+/* Not a contract: other modules treat struct ws_client as opaque and use the calls above only.
  * wsclient.c: the client's life (connect, the socket, the timer, the end, free);
  * wsclient_handshake.c: the server's answer to the upgrade; wsclient_frames.c: the open
  * connection (frames out, the session's events in, the closing handshake). */
