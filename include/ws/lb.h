@@ -4,6 +4,8 @@
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
  *   lb_http   ws.http: outbound HTTP requests that wait
+ *   lb_wsclient_events  ws.connect's clients: the core's events queued for the app, reconnects
+ *   lb_wsclient_opts  ws.connect's options read and checked
  *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
  *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
  *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
@@ -18,6 +20,7 @@
 
 #include "ws/app.h"
 #include "ws/config.h"
+#include "ws/frame.h"
 
 #include <ev.h>
 #include <lua.h>
@@ -305,6 +308,8 @@ void lb_http_open(lua_State *L);
 /* Registers the client metatable and pushes the ws.connect function. [-0, +1, m] */
 void lb_wsclient_open(lua_State *L);
 
+/* ---- lb_wsclient_events ---- */
+
 /* A reload (keep_generation: the version now running): clients with callbacks that an older
  * version started close with 1001 and do not reconnect. keep_generation 0 (the state closes):
  * every connection is dropped at once. */
@@ -312,6 +317,93 @@ void lb_wsclient_cancel(struct lb_app *a, uint64_t keep_generation);
 
 /* A shutdown: every client closes with 1001 and none reconnects. */
 void lb_wsclient_shutdown(struct lb_app *a);
+
+/* The rest of this section and the next are shared by lb_wsclient.c, lb_wsclient_events.c and
+ * lb_wsclient_opts.c only: the userdata ws.connect returns, and the calls between its files. */
+
+#define LB_WSCLIENT_MAX_PROTOCOLS 16
+#define LB_WSCLIENT_MAX_HEADERS 64
+
+enum { LB_WSCLIENT_FN_OPEN, LB_WSCLIENT_FN_MESSAGE, LB_WSCLIENT_FN_CLOSE, LB_WSCLIENT_FN_COUNT };
+
+struct lb_wsclient_item; /* one queued event (lb_wsclient_events.c) */
+
+/* The userdata ws.connect returns (the metatable "wsserver.wsclient"). */
+struct lb_wsclient {
+    struct lb_app *a;
+    struct ws_client *c; /* the connection now, or NULL */
+    int self_ref;        /* event style: anchors the userdata while it may still call back */
+    int fn_ref[LB_WSCLIENT_FN_COUNT];
+    bool event;              /* callbacks instead of cl:receive */
+    bool reconnect;          /* event style: connect again after an end */
+    bool app_closed;         /* cl:close, a reload or a shutdown: no reconnect */
+    bool opened;             /* the current connection completed its handshake */
+    bool pumping;            /* pump() is on the C stack */
+    struct lb_task *waiter;  /* a task waiting in ws.connect or cl:receive */
+    struct lb_task *running; /* event style: a callback that waits; later events queue */
+    struct lb_wsclient_item *head, *tail;
+    size_t queued; /* bytes of queued messages */
+    /* how the last connection ended */
+    int code;
+    char reason[WS_FRAME_MAX_CONTROL_PAYLOAD + 1];
+    size_t reason_len;
+    char err[400];
+    int status;
+    char *body;
+    size_t body_len;
+    char protocol[128];
+    /* the options, kept for reconnecting */
+    char *url;
+    char *protocols[LB_WSCLIENT_MAX_PROTOCOLS];
+    size_t nprotocols;
+    char *headers[LB_WSCLIENT_MAX_HEADERS];
+    size_t nheaders;
+    char *ca_file;
+    bool insecure, compression;
+    double timeout;
+    size_t max_message_bytes;
+    double delay, min_delay, max_delay; /* reconnect back-off */
+    uint64_t rng;                       /* its jitter */
+    ev_timer retry;
+    uint64_t generation;
+    struct lb_wsclient *prev, *next; /* the app's clients */
+};
+
+/* Takes the oldest queued event off cl's queue (the caller frees it with free()), resuming the
+ * socket's reads once the queue is down to half its cap; NULL when the queue is empty. */
+struct lb_wsclient_item *lb_wsclient_pop_item(struct lb_wsclient *cl);
+
+/* Pushes the next queued message (data, kind), dropping the open and close events before it,
+ * or the end (nil, "closed", code, reason), or nothing when neither is there. Returns how many
+ * values it pushed. [-0, +0|+2|+4, m] */
+int lb_wsclient_deliver(lua_State *L, struct lb_wsclient *cl);
+
+/* Lets the userdata go (unrefs its anchor) once nothing can call back any more: no connection,
+ * no retry timer, no queued event, no callback running. Last thing its callers do: the collector
+ * may free cl at the next allocation. */
+void lb_wsclient_maybe_release(struct lb_wsclient *cl);
+
+/* Connects with the kept options (cl->c). Returns false with cl->err filled. */
+bool lb_wsclient_start(struct lb_wsclient *cl);
+
+/* cl->retry's callback (w->data is cl): the event style's (re)connect, from the loop; a failure
+ * to start is reported like any failed attempt (the close callback, then a retry if asked). */
+void lb_wsclient_on_retry(struct ev_loop *loop, ev_timer *w, int revents);
+
+/* Ends cl for good: no reconnect; an open connection starts its closing handshake with code
+ * and reason, one still connecting that nobody waits for is dropped (1006). */
+void lb_wsclient_shut(struct lb_wsclient *cl, int code, const char *reason, size_t len);
+
+/* ---- lb_wsclient_opts ---- */
+
+/* Reads a timeout in seconds at idx (nil or none: the app's io_timeout); raises naming what
+ * unless it is a finite number > 0. [-0, +0, v] */
+double lb_wsclient_opt_timeout(lua_State *L, int idx, const char *what);
+
+/* Reads ws.connect's opts (at stack index 2; nil for none) into cl over the app's defaults:
+ * timeouts, sizes, TLS, compression, reconnect delays, subprotocols, headers (copied) and the
+ * callbacks (registry references; any makes cl event style). Raises for misuse. [-0, +0, v] */
+void lb_wsclient_read_opts(lua_State *L, struct lb_wsclient *cl);
 
 /* ---- lb_pg ---- */
 

@@ -5,8 +5,13 @@
 #ifndef WS_WSCLIENT_H
 #define WS_WSCLIENT_H
 
+#include "ws/buf.h"
+#include "ws/deflate.h"
 #include "ws/env.h"
 #include "ws/handshake_client.h"
+#include "ws/http.h"
+#include "ws/session.h"
+#include "ws/wire.h"
 
 #include <ev.h>
 #include <stdbool.h>
@@ -113,5 +118,106 @@ void ws_client_set_stats(struct ws_client *c, struct ws_stats *stats);
 /* Aborts (no callback runs; an open connection is dropped without a close frame) and frees c;
  * NULL is a no-op. From inside a callback the free happens when the callback returns. */
 void ws_client_free(struct ws_client *c);
+
+/* ---- internal: shared by wsclient.c, wsclient_frames.c and wsclient_handshake.c only ---- */
+/* Not a contract: other modules treat struct ws_client as opaque and use the calls above only.
+ * wsclient.c: the client's life (connect, the socket, the timer, the end, free);
+ * wsclient_handshake.c: the server's answer to the upgrade; wsclient_frames.c: the open
+ * connection (frames out, the session's events in, the closing handshake). */
+
+struct ws_dial;
+
+#define WS_CLIENT_READ_BYTES 16384
+
+enum ws_client_state {
+    WS_CLIENT_CONNECTING,
+    WS_CLIENT_SECURING,
+    WS_CLIENT_HANDSHAKE,
+    WS_CLIENT_BODY, /* the server refused: reading its answer's body */
+    WS_CLIENT_OPEN,
+    WS_CLIENT_CLOSING, /* a close frame went out or came in: waiting for the server to close TCP */
+    WS_CLIENT_ENDED,
+};
+
+struct ws_client {
+    struct ev_loop *loop;
+    enum ws_client_state state;
+    const struct ws_client_ops *ops;
+    void *ud;
+    struct ws_url url;
+    char log_url[256]; /* scheme, host and path, never the query */
+    char *protocols[16];
+    size_t nprotocols;
+    char *request; /* the upgrade request, sent once connected */
+    size_t request_len;
+    char key[WS_HANDSHAKE_KEY_LEN + 1];
+    char *ca_file;
+    bool insecure, compression;
+    double timeout, close_timeout;
+    size_t max_message_bytes, max_buffered_bytes;
+    struct ws_stats *stats;
+    struct ws_dial *dial; /* while connecting */
+    struct ws_wire wire;
+    bool wired;
+    struct ws_chunk_pool pool;
+    ev_timer timer;
+    struct ws_buf head; /* the answer's head (then the refusal's body after it) */
+    size_t scanned;
+    struct ws_http_request resp;
+    struct ws_http_framing framing;
+    struct ws_http_chunked chunked;
+    size_t body_at; /* where the body starts in head */
+    char protocol[128];
+    struct ws_session session;
+    bool session_ready;
+    struct ws_deflate deflate;
+    bool deflate_on;
+    struct ws_buf tx, zbuf;
+    bool close_sent, close_received;
+    int end_code; /* the code ops->end reports */
+    char end_reason[WS_FRAME_MAX_CONTROL_PAYLOAD];
+    size_t end_reason_len;
+    const char *end_err;
+    int depth;         /* callbacks running */
+    bool free_pending; /* ws_client_free from inside a callback */
+    uint8_t rbuf[WS_CLIENT_READ_BYTES];
+};
+
+/* wsclient.c */
+
+/* Counts one connection attempt's result into c->stats (when set). */
+void ws_client_count_result(struct ws_client *c, enum ws_stats_wsclient_result r);
+
+/* Ends the client with e (e->opened is filled here): everything stops, the end is logged and
+ * counted, then ops->end runs last (it may free c). A no-op once c ended. */
+void ws_client_finish(struct ws_client *c, struct ws_client_end *e);
+
+/* ws_client_finish for a failure before the connection opened (err: why). */
+void ws_client_fail(struct ws_client *c, const char *err, bool timed_out);
+
+/* wsclient_handshake.c */
+
+/* Handshake bytes arrived (the answer's head, or a refusal's body after it). A 101 that passes
+ * the checks opens c: the session is set up, ops->open runs, frames behind the head are fed. Any
+ * other status is a refusal whose body is read until complete (ws_client_refused); an answer
+ * that is not HTTP/1.1 or fails the checks ends c (ws_client_fail). Returns false when c ended
+ * or is being freed (the caller stops at once). */
+bool ws_client_handshake_bytes(struct ws_client *c, const uint8_t *p, size_t n);
+
+/* Ends a client the server refused (status other than 101) with the status and the body read so
+ * far; err, when not NULL, replaces the default "refused the upgrade with status N". */
+void ws_client_refused(struct ws_client *c, const char *err);
+
+/* wsclient_frames.c */
+
+/* Records the code, reason (cut to fit; copied) and err (not copied: a static string or one
+ * that outlives c) that ops->end will report for an open connection. */
+void ws_client_set_end(struct ws_client *c, int code, const char *reason, size_t len,
+                       const char *err);
+
+/* Feeds bytes read to the session and acts on its events (messages to ops->message, pings
+ * answered, the closing handshake). Returns false once c ended or is being freed (the caller
+ * stops at once). */
+bool ws_client_feed(struct ws_client *c, uint8_t *p, size_t n);
 
 #endif
