@@ -4,21 +4,13 @@
  * nothing of what runs on one. */
 #include "ws/redis_dial.h"
 
+#include "redis_hiredis.h"
+
 #include "ws/clock.h"
 #include "ws/err.h"
 
 #include <stdio.h>
 #include <string.h>
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#pragma GCC diagnostic ignored "-Wmissing-prototypes"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#pragma GCC diagnostic ignored "-Wshadow"
-#include <hiredis/adapters/libev.h>
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-#pragma GCC diagnostic pop
 
 static int copy_part(char *out, size_t cap, const char *p, size_t n)
 {

@@ -6,18 +6,11 @@
 
 #include "ws/redis_client.h"
 
+#include "redis_hiredis.h"
+
 #include <ev.h>
 #include <stdbool.h>
 #include <stddef.h>
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#pragma GCC diagnostic ignored "-Wmissing-prototypes"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#pragma GCC diagnostic ignored "-Wshadow"
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-#pragma GCC diagnostic pop
 
 struct rconn;
 

@@ -2,18 +2,12 @@
  * callbacks, and freed. It reads no connection and knows nothing of who asked. */
 #include "ws/redis_reply.h"
 
+#include "redis_hiredis.h"
+
 #include "ws/buf.h"
 
 #include <stdlib.h>
 #include <string.h>
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#pragma GCC diagnostic ignored "-Wmissing-prototypes"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#pragma GCC diagnostic ignored "-Wshadow"
-#include <hiredis/hiredis.h>
-#pragma GCC diagnostic pop
 
 void ws_redis_value_copy(struct ws_redis_value *v, const redisReply *r)
 {
