@@ -1,9 +1,11 @@
-/* A PostgreSQL connection pool on the server's libev loop: libpq's asynchronous API (connecting
- * with PQconnectStart/PQconnectPoll, queries with PQsendQueryParams and prepared statements
- * cached per connection), each connection's socket watched by an ev_io. Callback-based; knows
- * nothing of Lua or of who waits. Results are libpq's PGresult, handed to the callback. */
+/* A PostgreSQL connection pool on the server's libev loop: connections made on demand with
+ * libpq's asynchronous API (PQconnectStart/PQconnectPoll) up to a cap, handed to callers at once
+ * or to waiters in line. What a connection does once handed out is pg_conn.h's. Callback-based;
+ * knows nothing of Lua or of who waits. */
 #ifndef WS_PG_CLIENT_H
 #define WS_PG_CLIENT_H
+
+#include "ws/pg_conn.h"
 
 #include <ev.h>
 #include <libpq-fe.h>
@@ -13,27 +15,9 @@
 struct ws_pg_pool;
 struct ws_pg_conn;
 struct ws_pg_wait;
-struct lua_State;
 
 /* A connection for a waiter, or NULL with err set (connecting failed). Runs from the loop. */
 typedef void (*ws_pg_conn_fn)(void *ud, struct ws_pg_conn *c, const char *err);
-
-/* A result made by a stand-in in place of libpq's PGresult (the testing kit answers queries
- * itself): rows it pushes onto a Lua state of the layer above, which this layer does not know. */
-struct ws_pg_rows {
-    /* Pushes the rows (an array of tables keyed by column name) and the affected row count onto
-     * L and returns 2. [-0, +2, m] */
-    int (*push)(struct ws_pg_rows *rows, struct lua_State *L);
-    void (*free)(struct ws_pg_rows *rows);
-    const char *status; /* the command tag, as PQcmdStatus gives it */
-};
-
-/* A query's end. res: its result (PGRES_TUPLES_OK or PGRES_COMMAND_OK), owned by the callback
- * (PQclear); or rows: a stand-in's, owned by the callback too (rows->free). Else err says why:
- * the server's message, with sqlstate its SQLSTATE code ("" when the failure is not the server's
- * answer: the connection was lost). Runs from the loop. */
-typedef void (*ws_pg_result_fn)(void *ud, PGresult *res, struct ws_pg_rows *rows, const char *err,
-                                const char *sqlstate);
 
 /* A pool of at most max_conns connections to conninfo (a libpq keyword/value string or URI),
  * made on demand; connect_timeout bounds each connection attempt and the draining of a
@@ -58,23 +42,6 @@ struct ws_pg_wait *ws_pg_pool_acquire(struct ws_pg_pool *p, ws_pg_conn_fn done, 
 
 /* Leaves the queue; done does not run. w is freed. */
 void ws_pg_pool_acquire_cancel(struct ws_pg_wait *w);
-
-/* Sends sql with n parameters (values[i] NULL: SQL NULL; lengths and formats as
- * PQsendQueryParams reads them: format 1 sends the bytes as they are) on c, which must be idle.
- * prepare: through a statement prepared on c, kept for the next time (at most 64 per
- * connection). The values are copied. done runs from the loop. Returns 0, or -1 with err filled
- * (c is busy or lost; nothing was sent). */
-int ws_pg_conn_query(struct ws_pg_conn *c, const char *sql, int n, const char *const *values,
-                     const int *lengths, const int *formats, bool prepare, ws_pg_result_fn done,
-                     void *ud, char *err, size_t errlen);
-
-/* Abandons c's query in flight: its callback does not run; the server is asked to cancel it
- * and its answer is drained before c takes another query (c stays the caller's). Returns true
- * when a query was in flight. */
-bool ws_pg_conn_abandon(struct ws_pg_conn *c);
-
-/* Whether c can take a query now (not cancelling, not lost). */
-bool ws_pg_conn_ready(const struct ws_pg_conn *c);
 
 /* Hands c back to the pool. A query in flight is abandoned first; a connection that is lost, in
  * a transaction, or over the cap is closed instead of reused. */

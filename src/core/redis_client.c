@@ -5,9 +5,10 @@
  * failed attempt. No timeouts of its own but the connect timeout: whoever waits sets them. */
 #include "ws/redis_client.h"
 
+#include "redis_pool.h"
+
 #include "ws/buf.h"
 #include "ws/clock.h"
-#include "ws/err.h"
 #include "ws/log.h"
 
 #include <stdio.h>
@@ -15,195 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#pragma GCC diagnostic ignored "-Wmissing-prototypes"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#pragma GCC diagnostic ignored "-Wshadow"
-#include <hiredis/adapters/libev.h>
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-#pragma GCC diagnostic pop
-
 #define MAX_INFLIGHT 64 /* requests sent on one connection and not answered yet */
-
-/* ---- addresses ---- */
-
-static int copy_part(char *out, size_t cap, const char *p, size_t n)
-{
-    if (n >= cap)
-        return WS_E_INVAL;
-    memcpy(out, p, n);
-    out[n] = 0;
-    return 0;
-}
-
-static int parse_number(const char *p, size_t n, long lo, long hi, int *out)
-{
-    if (n == 0 || n > 5)
-        return WS_E_INVAL;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return WS_E_INVAL;
-        v = v * 10 + (p[i] - '0');
-    }
-    if (v < lo || v > hi)
-        return WS_E_INVAL;
-    *out = (int)v;
-    return 0;
-}
-
-int ws_redis_parse_url(const char *url, struct ws_redis_addr *addr)
-{
-    memset(addr, 0, sizeof(*addr));
-    addr->port = 6379;
-    if (strncmp(url, "unix:", 5) == 0) {
-        const char *p = url + 5;
-        while (p[0] == '/' && p[1] == '/')
-            p++; /* unix:///run/redis.sock */
-        size_t n = strcspn(p, "?");
-        if (n == 0 || p[0] != '/' || copy_part(addr->path, sizeof(addr->path), p, n) < 0)
-            return WS_E_INVAL;
-        if (p[n] == '?') {
-            const char *q = p + n + 1;
-            if (strncmp(q, "db=", 3) != 0 ||
-                parse_number(q + 3, strlen(q + 3), 0, 65535, &addr->db) < 0)
-                return WS_E_INVAL;
-        }
-        return 0;
-    }
-    if (strncmp(url, "redis://", 8) == 0)
-        url += 8;
-    const char *at = strrchr(url, '@');
-    if (at) {
-        const char *colon = memchr(url, ':', (size_t)(at - url));
-        if (!colon)
-            return WS_E_INVAL; /* "user@" without a password */
-        if (copy_part(addr->user, sizeof(addr->user), url, (size_t)(colon - url)) < 0 ||
-            copy_part(addr->password, sizeof(addr->password), colon + 1, (size_t)(at - colon - 1)) <
-                0)
-            return WS_E_INVAL;
-        url = at + 1;
-    }
-    const char *end = url + strcspn(url, "/");
-    const char *colon = memchr(url, ':', (size_t)(end - url));
-    size_t hlen = (size_t)((colon ? colon : end) - url);
-    if (hlen == 0 || copy_part(addr->host, sizeof(addr->host), url, hlen) < 0)
-        return WS_E_INVAL;
-    if (colon && parse_number(colon + 1, (size_t)(end - colon - 1), 1, 65535, &addr->port) < 0)
-        return WS_E_INVAL;
-    if (*end == '/' && end[1] && parse_number(end + 1, strlen(end + 1), 0, 65535, &addr->db) < 0)
-        return WS_E_INVAL;
-    return 0;
-}
-
-void ws_redis_addr_name(const struct ws_redis_addr *addr, char *out, size_t cap)
-{
-    if (addr->path[0])
-        snprintf(out, cap, "%s", addr->path);
-    else
-        snprintf(out, cap, "%s:%d", addr->host, addr->port);
-}
-
-struct redisAsyncContext *ws_redis_connect(struct ev_loop *loop, const struct ws_redis_addr *addr,
-                                           ws_redis_setup_fn setup, void *privdata, int *nsetup,
-                                           char *err, size_t errlen)
-{
-    char name[300];
-    ws_redis_addr_name(addr, name, sizeof(name));
-    *nsetup = 0;
-    redisAsyncContext *ac = addr->path[0] ? redisAsyncConnectUnix(addr->path)
-                                          : redisAsyncConnect(addr->host, addr->port);
-    if (!ac) {
-        snprintf(err, errlen, "redis %s: out of memory", name);
-        return NULL;
-    }
-    if (ac->err) {
-        snprintf(err, errlen, "redis %s: %s", name, ac->errstr);
-        redisAsyncFree(ac);
-        return NULL;
-    }
-    redisLibevAttach(loop, ac);
-    /* queued now, written first once connected: nothing else runs before them */
-    if (addr->password[0]) {
-        if (addr->user[0])
-            redisAsyncCommand(ac, setup, privdata, "AUTH %s %s", addr->user, addr->password);
-        else
-            redisAsyncCommand(ac, setup, privdata, "AUTH %s", addr->password);
-        (*nsetup)++;
-    }
-    if (addr->db > 0) {
-        redisAsyncCommand(ac, setup, privdata, "SELECT %d", addr->db);
-        (*nsetup)++;
-    }
-    return ac;
-}
-
-static double next_backoff(double *backoff)
-{
-    double now = *backoff;
-    *backoff = now * 2 > WS_REDIS_BACKOFF_MAX ? WS_REDIS_BACKOFF_MAX : now * 2;
-    return now;
-}
-
-void ws_redis_retry_later(struct ev_loop *loop, ev_timer *t, double *backoff)
-{
-    if (ev_is_active(t))
-        return;
-    ws_timer_start(loop, t, next_backoff(backoff), 0);
-}
-
-/* ---- replies ---- */
-
-static void copy_value(struct ws_redis_value *v, const redisReply *r)
-{
-    memset(v, 0, sizeof(*v));
-    switch (r->type) {
-    case REDIS_REPLY_STRING:
-    case REDIS_REPLY_STATUS:
-    case REDIS_REPLY_ERROR:
-        v->kind = r->type == REDIS_REPLY_STRING   ? WS_REDIS_STRING
-                  : r->type == REDIS_REPLY_STATUS ? WS_REDIS_STATUS
-                                                  : WS_REDIS_ERROR;
-        v->len = (size_t)r->len;
-        v->str = ws_xstrndup(r->str ? r->str : "", v->len);
-        break;
-    case REDIS_REPLY_INTEGER:
-        v->kind = WS_REDIS_INTEGER;
-        v->integer = r->integer;
-        break;
-    case REDIS_REPLY_ARRAY:
-        v->kind = WS_REDIS_ARRAY;
-        v->len = r->elements;
-        v->elements = v->len ? ws_xcalloc(v->len, sizeof(*v->elements)) : NULL;
-        for (size_t i = 0; i < v->len; i++)
-            copy_value(&v->elements[i], r->element[i]);
-        break;
-    default:
-        v->kind = WS_REDIS_NIL;
-        break;
-    }
-}
-
-static void free_value(struct ws_redis_value *v)
-{
-    for (size_t i = 0; i < v->len && v->elements; i++)
-        free_value(&v->elements[i]);
-    free(v->elements);
-    free(v->str);
-}
-
-void ws_redis_result_free(struct ws_redis_result *res)
-{
-    for (size_t i = 0; i < res->n && res->values; i++)
-        free_value(&res->values[i]);
-    free(res->values);
-    res->values = NULL;
-    res->n = 0;
-}
-
-/* ---- the pool ---- */
 
 struct rconn {
     struct ws_redis *r;
@@ -237,38 +50,6 @@ struct ws_redis_req {
     double sent_at;
 };
 
-struct ws_redis_sub {
-    struct ws_redis *r;
-    char *channel;
-    size_t len;
-    ws_redis_message_fn fn; /* NULL: unsubscribed during a delivery, freed after it */
-    void *ud;
-    struct ws_redis_sub *next;
-};
-
-struct ws_redis {
-    struct ev_loop *loop;
-    struct ws_redis_addr addr;
-    char name[300];
-    size_t pool;
-    double connect_timeout;
-    struct rconn *conns; /* open or opening */
-    size_t nconns;
-    struct ws_redis_req *queue, *queue_tail;
-    size_t nqueued;
-    double retry_at; /* ws_clock_now before which no new connection is tried */
-    double backoff;
-    char last_err[512];
-    ev_timer flush; /* answers the queue after a failed attempt, from the loop */
-    /* subscriptions */
-    redisAsyncContext *sub;
-    bool sub_up;
-    ev_timer sub_retry;
-    double sub_backoff;
-    struct ws_redis_sub *subs;
-    int delivering; /* > 0 while fns run: unsubscribe only marks */
-};
-
 static void pump(struct ws_redis *r);
 
 static void enqueue(struct ws_redis *r, struct ws_redis_req *q)
@@ -298,8 +79,6 @@ static void unqueue(struct ws_redis *r, struct ws_redis_req *q)
     q->queued = false;
     r->nqueued--;
 }
-
-static void on_sub_retry(struct ev_loop *loop, ev_timer *w, int revents);
 
 static void req_free(struct ws_redis_req *q)
 {
@@ -364,7 +143,7 @@ static void connect_failed(struct ws_redis *r, const char *why)
 {
     snprintf(r->last_err, sizeof(r->last_err), "redis %.200s: %.200s", r->name, why);
     ws_log_msg(WS_LOG_WARN, "redis_connect_failed", r->last_err);
-    r->retry_at = ws_clock_now(r->loop) + next_backoff(&r->backoff);
+    r->retry_at = ws_clock_now(r->loop) + ws_redis_next_backoff(&r->backoff);
     if (!ev_is_active(&r->flush)) {
         ws_timer_start(r->loop, &r->flush, 0, 0);
     }
@@ -393,7 +172,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct ws_redis_req *q = privdata;
     if (reply) {
-        copy_value(&q->res.values[q->replies], reply);
+        ws_redis_value_copy(&q->res.values[q->replies], reply);
     } else {
         char why[256];
         snprintf(why, sizeof(why), "redis %.200s: %.40s", q->r->name,
@@ -605,9 +384,8 @@ struct ws_redis *ws_redis_new(struct ev_loop *loop, const struct ws_redis_addr *
     ws_redis_addr_name(addr, r->name, sizeof(r->name));
     r->pool = pool < 1 ? 1 : pool > WS_REDIS_MAX_POOL ? WS_REDIS_MAX_POOL : pool;
     r->connect_timeout = connect_timeout > 0 ? connect_timeout : 10;
-    r->backoff = r->sub_backoff = WS_REDIS_BACKOFF_MIN;
-    ev_init(&r->sub_retry, on_sub_retry);
-    r->sub_retry.data = r;
+    r->backoff = WS_REDIS_BACKOFF_MIN;
+    ws_redis_sub_setup(r);
     ev_init(&r->flush, on_flush);
     r->flush.data = r;
     return r;
@@ -696,151 +474,6 @@ size_t ws_redis_busy(const struct ws_redis *r)
     return n;
 }
 
-/* ---- subscriptions ---- */
-
-static void sub_connect(struct ws_redis *r);
-
-static void sub_schedule(struct ws_redis *r)
-{
-    if (r->subs)
-        ws_redis_retry_later(r->loop, &r->sub_retry, &r->sub_backoff);
-}
-
-static void on_sub_retry(struct ev_loop *loop, ev_timer *w, int revents)
-{
-    (void)loop;
-    (void)revents;
-    sub_connect(w->data);
-}
-
-static bool channel_used(struct ws_redis *r, const char *ch, size_t len, const void *except)
-{
-    for (struct ws_redis_sub *s = r->subs; s; s = s->next)
-        if (s != except && s->fn && s->len == len && memcmp(s->channel, ch, len) == 0)
-            return true;
-    return false;
-}
-
-static void sweep_subs(struct ws_redis *r)
-{
-    for (struct ws_redis_sub **p = &r->subs; *p;) {
-        struct ws_redis_sub *s = *p;
-        if (s->fn) {
-            p = &s->next;
-            continue;
-        }
-        *p = s->next;
-        free(s->channel);
-        free(s);
-    }
-}
-
-static void on_sub_message(redisAsyncContext *ac, void *reply_, void *privdata)
-{
-    (void)privdata;
-    struct ws_redis *r = ac->data;
-    redisReply *reply = reply_;
-    if (!r || !reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 3)
-        return;
-    redisReply *type = reply->element[0], *ch = reply->element[1], *msg = reply->element[2];
-    if (type->type != REDIS_REPLY_STRING || strcmp(type->str, "message") != 0 ||
-        ch->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING)
-        return;
-    r->delivering++;
-    for (struct ws_redis_sub *s = r->subs; s; s = s->next)
-        if (s->fn && s->len == (size_t)ch->len && memcmp(s->channel, ch->str, s->len) == 0)
-            s->fn(s->ud, ch->str, (size_t)ch->len, msg->str, (size_t)msg->len);
-    if (--r->delivering == 0)
-        sweep_subs(r);
-}
-
-static void send_sub(struct ws_redis *r, const char *verb, const char *ch, size_t len)
-{
-    if (r->sub_up)
-        redisAsyncCommand(r->sub, on_sub_message, NULL, "%s %b", verb, ch, len);
-}
-
-static void on_sub_connect(const redisAsyncContext *ac, int status)
-{
-    struct ws_redis *r = ac->data;
-    if (!r)
-        return;
-    if (status != REDIS_OK) {
-        char why[300];
-        snprintf(why, sizeof(why), "redis %.200s: %.90s", r->name, ac->errstr);
-        ws_log_msg(WS_LOG_WARN, "redis_connect_failed", why);
-        r->sub = NULL;
-        sub_schedule(r);
-        return;
-    }
-    r->sub_up = true;
-    r->sub_backoff = WS_REDIS_BACKOFF_MIN;
-    /* every subscription again (Redis ignores a channel subscribed twice) */
-    for (struct ws_redis_sub *s = r->subs; s; s = s->next)
-        if (s->fn)
-            send_sub(r, "SUBSCRIBE", s->channel, s->len);
-}
-
-static void on_sub_disconnect(const redisAsyncContext *ac, int status)
-{
-    (void)status;
-    struct ws_redis *r = ac->data;
-    if (!r)
-        return;
-    r->sub = NULL;
-    r->sub_up = false;
-    ws_log_msg(WS_LOG_WARN, "redis_disconnected", r->name);
-    sub_schedule(r);
-}
-
-static void sub_connect(struct ws_redis *r)
-{
-    if (r->sub || !r->subs)
-        return;
-    char err[256];
-    int nsetup = 0;
-    r->sub = ws_redis_connect(r->loop, &r->addr, NULL, NULL, &nsetup, err, sizeof(err));
-    if (!r->sub) {
-        ws_log_msg(WS_LOG_WARN, "redis_connect_failed", err);
-        sub_schedule(r);
-        return;
-    }
-    r->sub->data = r;
-    redisAsyncSetConnectCallback(r->sub, on_sub_connect);
-    redisAsyncSetDisconnectCallback(r->sub, on_sub_disconnect);
-}
-
-struct ws_redis_sub *ws_redis_subscribe(struct ws_redis *r, const char *channel, size_t len,
-                                        ws_redis_message_fn fn, void *ud)
-{
-    struct ws_redis_sub *s = ws_xcalloc(1, sizeof(*s));
-    s->r = r;
-    s->channel = ws_xstrndup(channel, len);
-    s->len = len;
-    s->fn = fn;
-    s->ud = ud;
-    bool used = channel_used(r, channel, len, NULL);
-    s->next = r->subs;
-    r->subs = s;
-    if (!r->sub) {
-        if (!ev_is_active(&r->sub_retry))
-            sub_connect(r);
-    } else if (!used) {
-        send_sub(r, "SUBSCRIBE", channel, len);
-    }
-    return s;
-}
-
-void ws_redis_unsubscribe(struct ws_redis_sub *s)
-{
-    struct ws_redis *r = s->r;
-    s->fn = NULL;
-    if (!channel_used(r, s->channel, s->len, s))
-        send_sub(r, "UNSUBSCRIBE", s->channel, s->len);
-    if (!r->delivering)
-        sweep_subs(r);
-}
-
 void ws_redis_free(struct ws_redis *r)
 {
     if (!r)
@@ -855,15 +488,8 @@ void ws_redis_free(struct ws_redis *r)
             q->done = NULL;
     while (r->conns)
         drop_conn(r->conns, true);
-    ws_timer_stop(r->loop, &r->sub_retry);
+    ws_redis_sub_close_all(r);
     ws_timer_stop(r->loop, &r->flush);
-    if (r->sub) {
-        r->sub->data = NULL;
-        redisAsyncFree(r->sub);
-    }
-    for (struct ws_redis_sub *s = r->subs; s; s = s->next)
-        s->fn = NULL;
-    sweep_subs(r);
     free(r);
 }
 

@@ -1,7 +1,7 @@
-/* Unit tests for the PostgreSQL pool (pg_client.c) on a real libev loop without a database: a
- * conninfo that does not parse, a refused port, a server that never answers (the connect
- * timeout, a waiter that leaves), and a fake server that refuses the login. Queries against a
- * real server are tests/integration/test_pg.py's. */
+/* Unit tests for the PostgreSQL pool (pg_client.c, connecting in pg_conn.c) on a real libev loop
+ * without a database: a conninfo that does not parse, a refused port, a server that never answers
+ * (the connect timeout, a waiter that leaves), and a fake server that refuses the login. Queries
+ * against a real server are tests/integration/test_pg.py's. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>

@@ -1,7 +1,7 @@
-/* Unit tests for the pooled Redis client (redis_client.c) on a real libev loop: URL parsing, a
- * refused port (answered from the loop, then at once while backing off), and replies of every
- * kind copied out of hiredis from a canned server in the test. Real Redis: the integration
- * tests (tests/integration/test_redis_client.py). */
+/* Unit tests for the pooled Redis client (redis_client.c) on a real libev loop: a refused port
+ * (answered from the loop, then at once while backing off), and replies of every kind copied out
+ * of hiredis (redis_reply.c) from a canned server in the test. URL parsing: test_redis_dial.c.
+ * Real Redis: the integration tests (tests/integration/test_redis_client.py). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +11,6 @@
 
 #include "testkit.h"
 
-#include "ws/err.h"
 #include "ws/redis_client.h"
 
 #include <arpa/inet.h>
@@ -21,44 +20,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-static void test_parse_url(void **state)
-{
-    (void)state;
-    struct ws_redis_addr a;
-    assert_int_equal(ws_redis_parse_url("redis://127.0.0.1:6380/2", &a), 0);
-    assert_string_equal(a.host, "127.0.0.1");
-    assert_int_equal(a.port, 6380);
-    assert_int_equal(a.db, 2);
-    assert_string_equal(a.password, "");
-    /* the last '@' ends the password, the first ':' starts it */
-    assert_int_equal(ws_redis_parse_url("redis://:p@ss:w@h", &a), 0);
-    assert_string_equal(a.user, "");
-    assert_string_equal(a.password, "p@ss:w");
-    assert_string_equal(a.host, "h");
-    assert_int_equal(a.port, 6379);
-    assert_int_equal(ws_redis_parse_url("redis://app:pw@h:1/", &a), 0);
-    assert_string_equal(a.user, "app");
-    assert_int_equal(a.db, 0);
-    assert_int_equal(ws_redis_parse_url("localhost:7000", &a), 0);
-    assert_int_equal(a.port, 7000);
-    assert_int_equal(ws_redis_parse_url("unix:/run/redis.sock?db=4", &a), 0);
-    assert_string_equal(a.path, "/run/redis.sock");
-    assert_int_equal(a.db, 4);
-    assert_string_equal(a.host, "");
-    assert_int_equal(ws_redis_parse_url("unix:///tmp/r.sock", &a), 0);
-    assert_string_equal(a.path, "/tmp/r.sock");
-    char name[300];
-    ws_redis_addr_name(&a, name, sizeof(name));
-    assert_string_equal(name, "/tmp/r.sock");
-    static const char *const bad[] = {
-        "redis://",         "redis://h:0",   "redis://h:65536", "redis://h:x", "redis://h:1/x",
-        "redis://h/99999a", "redis://u@h",   "unix:",           "unix:rel",    "unix:/s?db=",
-        "unix:/s?x=1",      "redis://:1234", "redis://h:-1",
-    };
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        assert_int_equal(ws_redis_parse_url(bad[i], &a), WS_E_INVAL);
-}
 
 struct outcome {
     int calls;
@@ -216,7 +177,6 @@ static void test_replies_of_every_kind(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_url),
         cmocka_unit_test(test_refused_then_backing_off),
         cmocka_unit_test(test_replies_of_every_kind),
     };
