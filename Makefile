@@ -227,7 +227,7 @@ bench: all $(BUILD)/wsbench
 bench-count: all $(BUILD)/wsbench
 	WSSERVER=$(abspath $(BUILD)/wsserver) WSBENCH=$(abspath $(BUILD)/wsbench) bash bench/count.sh
 
-FORMAT_FILES = $(wildcard src/*.c src/*/*.c include/ws/*.h tests/unit/*/*.c tests/unit/*/*.h \
+FORMAT_FILES = $(wildcard src/*.c src/*/*.c src/*/*.h include/ws/*.h tests/unit/*/*.c tests/unit/*/*.h \
                bench/*.c $(WSBENCH_SRC) $(WSBENCH_HDR) tests/fuzz/*.c)
 
 format:
