@@ -1,6 +1,8 @@
 /* The Lua application layer: one Lua 5.4 state per process running app.lua, implementing
  * struct ws_app_ops on top of it. Its files depend one way, each only on those before it:
- *   lb_state  the VM (heap cap, handler time budget, lb_call) and shared helpers
+ *   lb_state  the VM (heap cap, handler time budget, lb_call); its pieces lb_watchdog (interrupting
+ *             a run that overruns), lb_gc (GC pacing), lb_guard (the guarded standard functions)
+ *   lb_fields HTTP fields as Lua values: query and cookie pairs, header lines
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
  *   lb_http   ws.http: outbound HTTP requests that wait
@@ -24,6 +26,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
 enum lb_handler {
     LB_UPGRADE,
@@ -133,11 +137,6 @@ const char *lb_error_text(lua_State *L, int idx);
  * keeps it in a->last_error and counts it. */
 void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg);
 
-/* Stops this process's budget watchdog (its CPU timer and SIGPROF handler), for when no app is
- * left and the code of its handler may go away (the testing kit's module is unloaded); the next
- * state started (lb_state_open) starts it again. */
-void lb_budget_stop(void);
-
 /* A handler run's budget, between lb_budget_begin and lb_budget_end. */
 struct lb_run {
     double started;  /* monotonic seconds, 0 when nested */
@@ -174,6 +173,74 @@ void lb_lib_path(char *out, size_t cap);
 /* Asks for a reload between two loop iterations (safe from inside a handler): starts the idle
  * watcher lb_app_new set up. */
 void lb_app_request_reload(struct lb_app *a);
+
+/* The rest of this section, and the lb_watchdog, lb_gc and lb_guard sections below, are
+ * internal to the VM's files: lb_state and its pieces. */
+
+/* Monotonic seconds: the budget's clock (real time, never the loop's clock). */
+static inline double lb_mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Makes co the running thread of a nested run (a coroutine resumed, a call inside lb_protect);
+ * returns the one before. A hook armed in this run goes with it. */
+lua_State *lb_run_on(lua_State *co);
+
+/* Back to prev after co ran (NULL: the run is over); an armed hook goes back with it. */
+void lb_run_off(lua_State *co, lua_State *prev);
+
+/* ---- lb_watchdog ---- */
+
+/* Stops this process's budget watchdog (its CPU timer and SIGPROF handler), for when no app is
+ * left and the code of its handler may go away (the testing kit's module is unloaded); the next
+ * state started (lb_state_open) starts it again. */
+void lb_budget_stop(void);
+
+/* Internal (lb_state's pieces): the watchdog's state, process-wide (one loop thread per
+ * process). lb_state's run bookkeeping says which run is on; the SIGPROF tick reads it. */
+struct lb_watchdog {
+    lua_State *volatile running;  /* the thread of the run in progress, or NULL between runs */
+    volatile unsigned long seq;   /* bumped when a run starts */
+    volatile unsigned long seen;  /* seq at the latest tick */
+    volatile unsigned long armed; /* seq of the run a hook was armed in */
+    pid_t pid;                    /* the process whose timer ticks */
+    timer_t timer;
+};
+extern struct lb_watchdog lb_watchdog;
+
+/* Starts this process's watchdog timer and its SIGPROF handler (once per process: a forked
+ * worker starts its own). Returns 0, or -1 with errno. */
+int lb_watchdog_start(void);
+
+/* The count hook the watchdog arms. SPEC §4: a handler running longer than handler_timeout is
+ * interrupted and treated as an error: past the deadline it raises, and from then on at every
+ * instruction, so a pcall loop cannot swallow it. A hook armed in a run that is over removes
+ * itself. [-0, +0, v] */
+void lb_budget_hook(lua_State *L, lua_Debug *ar);
+
+/* ---- lb_gc ---- */
+
+/* Internal (lb_state's pieces). Sets up GC pacing on a new state: the sentinel whose __gc counts
+ * the collector's cycles, and collectgarbage wrapped (an app that tunes the collector itself
+ * keeps its settings). [-0, +0, m] */
+void lb_gc_open(lua_State *L);
+
+/* After a handler in which a cycle ended: sets the collector's pause from the heap that cycle
+ * left (a small heap waits for some growth first), unless the app tuned the collector itself. */
+void lb_gc_pace(struct lb_app *a);
+
+/* ---- lb_guard ---- */
+
+/* Internal (lb_state's pieces). Replaces xpcall (its message handler guarded), coroutine.yield,
+ * isyieldable, resume and wrap (a handler's own coroutine is the main thread to the app; the
+ * watchdog follows the coroutine that runs) and debug.sethook (refused) in a new state's
+ * standard library. [-0, +0, m] */
+void lb_guard_open(lua_State *L);
+
+/* ---- lb_fields ---- */
 
 /* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
  * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
