@@ -1,8 +1,10 @@
 /* The Lua application layer: one Lua 5.4 state per process running app.lua, implementing
  * struct ws_app_ops on top of it. Its files depend one way, each only on those before it:
- *   lb_state  the VM (heap cap, handler time budget, lb_call); its pieces lb_watchdog (interrupting
- *             a run that overruns), lb_gc (GC pacing), lb_guard (the guarded standard functions)
  *   lb_fields HTTP fields as Lua values: query and cookie pairs, header lines
+ *   lb_watchdog  the budget's watchdog: a count hook armed only in a run that overruns
+ *   lb_gc     GC pacing
+ *   lb_guard  the standard functions guarded for the budget and the tasks (xpcall, coroutine)
+ *   lb_state  the VM (heap cap, handler time budget, lb_call)
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
  *   lb_http   ws.http: outbound HTTP requests that wait
@@ -11,8 +13,7 @@
  *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
- *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers, a connection's
- *             events in order behind a handler that waits
+ *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
  *   lb_front  upgrade(req) and the app.http routes (lb_app's upgrade and http entries)
  *   lb_redis  ws.redis: pooled Redis clients whose calls wait, subscriptions
  * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
@@ -113,10 +114,89 @@ struct lb_app {
     const struct ws_redis_ops *redis_ops; /* their calls: hiredis's (NULL), or a stand-in's */
 };
 
-/* ---- lb_state ---- */
-
 /* The app whose state L is. */
-struct lb_app *lb_app_of(lua_State *L);
+static inline struct lb_app *lb_app_of(lua_State *L)
+{
+    return *(struct lb_app **)lua_getextraspace(L);
+}
+
+/* ---- lb_fields ---- */
+
+/* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
+ * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
+void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
+
+/* With a header name at -2 and its value at -1 (a lua_next pair of an opts.headers table),
+ * pushes and returns "Name: value", or raises naming api: the name must be a token, the value a
+ * string or number without CR, LF or NUL (RFC 9110 §5.5). [-0, +1, v] */
+const char *lb_push_header_line(lua_State *L, const char *api);
+
+/* ---- lb_watchdog ---- */
+
+/* Stops this process's budget watchdog (its CPU timer and SIGPROF handler), for when no app is
+ * left and the code of its handler may go away (the testing kit's module is unloaded); the next
+ * state started (lb_state_open) starts it again. */
+void lb_budget_stop(void);
+
+/* The rest of this section, and the lb_gc and lb_guard sections, are internal to the VM:
+ * lb_state and its pieces below it. */
+
+/* Monotonic seconds: the budget's clock (real time, never the loop's clock). */
+static inline double lb_mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The watchdog's state, process-wide (one loop thread per process): lb_state's run bookkeeping
+ * and lb_run_on/off say which run is on and on which thread; the SIGPROF tick reads it. */
+struct lb_watchdog {
+    lua_State *volatile running;  /* the thread of the run in progress, or NULL between runs */
+    volatile unsigned long seq;   /* bumped when a run starts */
+    volatile unsigned long seen;  /* seq at the latest tick */
+    volatile unsigned long armed; /* seq of the run a hook was armed in */
+    pid_t pid;                    /* the process whose timer ticks */
+    timer_t timer;
+};
+extern struct lb_watchdog lb_watchdog;
+
+/* Starts this process's watchdog timer and its SIGPROF handler (once per process: a forked
+ * worker starts its own). Returns 0, or -1 with errno. */
+int lb_watchdog_start(void);
+
+/* Makes co the running thread of a nested run (a coroutine resumed, a call inside lb_protect);
+ * returns the one before. A hook armed in this run goes with it. */
+lua_State *lb_run_on(lua_State *co);
+
+/* Back to prev after co ran (NULL: the run is over); an armed hook goes back with it. */
+void lb_run_off(lua_State *co, lua_State *prev);
+
+/* The count hook the watchdog arms. SPEC §4: a handler running longer than handler_timeout is
+ * interrupted and treated as an error: past the deadline it raises, and from then on at every
+ * instruction, so a pcall loop cannot swallow it. A hook armed in a run that is over removes
+ * itself. [-0, +0, v] */
+void lb_budget_hook(lua_State *L, lua_Debug *ar);
+
+/* ---- lb_gc ---- */
+
+/* Sets up GC pacing on a new state: the sentinel whose __gc counts the collector's cycles, and
+ * collectgarbage wrapped (an app that tunes the collector itself keeps its settings).
+ * [-0, +0, m] */
+void lb_gc_open(lua_State *L);
+
+/* After a handler in which a cycle ended: sets the collector's pause from the heap that cycle
+ * left (a small heap waits for some growth first), unless the app tuned the collector itself. */
+void lb_gc_pace(struct lb_app *a);
+
+/* ---- lb_guard ---- */
+
+/* Replaces xpcall (its message handler guarded), coroutine.yield, isyieldable, resume and wrap
+ * (a handler's own coroutine is the main thread to the app; the watchdog follows the coroutine
+ * that runs) and debug.sethook (refused) in a new state's standard library. [-0, +0, m] */
+void lb_guard_open(lua_State *L);
+
+/* ---- lb_state ---- */
 
 /* Creates a->L: the capped allocator, a panic handler that logs (an error outside any protected
  * call would be our bug), Lua warnings to the log, the standard libraries, the budget's
@@ -177,83 +257,6 @@ void lb_lib_path(char *out, size_t cap);
 /* Asks for a reload between two loop iterations (safe from inside a handler): starts the idle
  * watcher lb_app_new set up. */
 void lb_app_request_reload(struct lb_app *a);
-
-/* The rest of this section, and the lb_watchdog, lb_gc and lb_guard sections below, are
- * internal to the VM's files: lb_state and its pieces. */
-
-/* Monotonic seconds: the budget's clock (real time, never the loop's clock). */
-static inline double lb_mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* Makes co the running thread of a nested run (a coroutine resumed, a call inside lb_protect);
- * returns the one before. A hook armed in this run goes with it. */
-lua_State *lb_run_on(lua_State *co);
-
-/* Back to prev after co ran (NULL: the run is over); an armed hook goes back with it. */
-void lb_run_off(lua_State *co, lua_State *prev);
-
-/* ---- lb_watchdog ---- */
-
-/* Stops this process's budget watchdog (its CPU timer and SIGPROF handler), for when no app is
- * left and the code of its handler may go away (the testing kit's module is unloaded); the next
- * state started (lb_state_open) starts it again. */
-void lb_budget_stop(void);
-
-/* Internal (lb_state's pieces): the watchdog's state, process-wide (one loop thread per
- * process). lb_state's run bookkeeping says which run is on; the SIGPROF tick reads it. */
-struct lb_watchdog {
-    lua_State *volatile running;  /* the thread of the run in progress, or NULL between runs */
-    volatile unsigned long seq;   /* bumped when a run starts */
-    volatile unsigned long seen;  /* seq at the latest tick */
-    volatile unsigned long armed; /* seq of the run a hook was armed in */
-    pid_t pid;                    /* the process whose timer ticks */
-    timer_t timer;
-};
-extern struct lb_watchdog lb_watchdog;
-
-/* Starts this process's watchdog timer and its SIGPROF handler (once per process: a forked
- * worker starts its own). Returns 0, or -1 with errno. */
-int lb_watchdog_start(void);
-
-/* The count hook the watchdog arms. SPEC §4: a handler running longer than handler_timeout is
- * interrupted and treated as an error: past the deadline it raises, and from then on at every
- * instruction, so a pcall loop cannot swallow it. A hook armed in a run that is over removes
- * itself. [-0, +0, v] */
-void lb_budget_hook(lua_State *L, lua_Debug *ar);
-
-/* ---- lb_gc ---- */
-
-/* Internal (lb_state's pieces). Sets up GC pacing on a new state: the sentinel whose __gc counts
- * the collector's cycles, and collectgarbage wrapped (an app that tunes the collector itself
- * keeps its settings). [-0, +0, m] */
-void lb_gc_open(lua_State *L);
-
-/* After a handler in which a cycle ended: sets the collector's pause from the heap that cycle
- * left (a small heap waits for some growth first), unless the app tuned the collector itself. */
-void lb_gc_pace(struct lb_app *a);
-
-/* ---- lb_guard ---- */
-
-/* Internal (lb_state's pieces). Replaces xpcall (its message handler guarded), coroutine.yield,
- * isyieldable, resume and wrap (a handler's own coroutine is the main thread to the app; the
- * watchdog follows the coroutine that runs) and debug.sethook (refused) in a new state's
- * standard library. [-0, +0, m] */
-void lb_guard_open(lua_State *L);
-
-/* ---- lb_fields ---- */
-
-/* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
- * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
-void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
-
-/* With a header name at -2 and its value at -1 (a lua_next pair of an opts.headers table),
- * pushes and returns "Name: value", or raises naming api: the name must be a token, the value a
- * string or number without CR, LF or NUL (RFC 9110 §5.5). [-0, +1, v] */
-const char *lb_push_header_line(lua_State *L, const char *api);
 
 /* ---- lb_task ---- */
 

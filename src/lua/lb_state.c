@@ -1,8 +1,7 @@
 /* The Lua VM: a capped allocator, the handler time budget's bookkeeping (each run's deadline and
  * thread; lb_watchdog interrupts a run that overruns), lb_call() for handlers, lb_protect() for
- * the rest of our work on the state, a panic handler and Lua warnings that log. The bottom of the
- * Lua layer: it calls no other lb_* file but its own pieces (lb_watchdog, lb_gc, lb_guard);
- * loading the app is lb_load's job. */
+ * the rest of our work on the state, a panic handler and Lua warnings that log. It calls only its
+ * pieces below it (lb_guard, lb_gc, lb_watchdog); loading the app is lb_load's job. */
 #include "ws/lb.h"
 
 #include "ws/err.h"
@@ -19,24 +18,6 @@
 #include <unistd.h>
 
 #define TRACEBACK_INDEX 1 /* stack slot of the message handler of calls from the loop */
-
-lua_State *lb_run_on(lua_State *co)
-{
-    lua_State *prev = lb_watchdog.running;
-    lb_watchdog.running = co;
-    if (prev && prev != co && lua_gethook(prev) == lb_budget_hook &&
-        lb_watchdog.armed == lb_watchdog.seq)
-        lua_sethook(co, lb_budget_hook, LUA_MASKCOUNT, lua_gethookcount(prev));
-    return prev;
-}
-
-void lb_run_off(lua_State *co, lua_State *prev)
-{
-    lb_watchdog.running = prev;
-    if (prev && prev != co && lua_gethook(co) == lb_budget_hook &&
-        lb_watchdog.armed == lb_watchdog.seq)
-        lua_sethook(prev, lb_budget_hook, LUA_MASKCOUNT, lua_gethookcount(co));
-}
 
 /* A fresh run starts on co; returns the thread that ran before (a run inside lb_protect). */
 static lua_State *run_start(lua_State *co)
@@ -59,11 +40,6 @@ static void run_end(struct lb_app *a, lua_State *co, lua_State *prev)
     }
     a->hooked = NULL;
     a->timed_out = false;
-}
-
-struct lb_app *lb_app_of(lua_State *L)
-{
-    return *(struct lb_app **)lua_getextraspace(L);
 }
 
 void lb_push_ref(lua_State *L, int ref)

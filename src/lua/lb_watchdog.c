@@ -1,7 +1,8 @@
 /* The handler budget's watchdog: a timer on the loop thread's CPU clock that arms a count hook
- * on the thread of a run that computes too long, and that hook, which raises once the run's
- * budget is spent. It keeps no deadline of its own: lb_state's run bookkeeping (lb_budget_begin,
- * lb_protect) says which run is on and when its budget ends. */
+ * on the thread of a run that computes too long, that hook, which raises once the run's budget
+ * is spent, and an armed hook passed on between the threads of a nested run. It keeps no
+ * deadline of its own: lb_state's run bookkeeping (lb_budget_begin, lb_protect) says when a run
+ * starts and ends and when its budget does. */
 #include "ws/lb.h"
 
 #include <lauxlib.h>
@@ -21,6 +22,24 @@
  * which thread runs: no clock read, no hook. An idle server's thread uses no CPU: no ticks.
  * Process-wide (one loop thread per process); a forked worker starts its own. */
 struct lb_watchdog lb_watchdog;
+
+lua_State *lb_run_on(lua_State *co)
+{
+    lua_State *prev = lb_watchdog.running;
+    lb_watchdog.running = co;
+    if (prev && prev != co && lua_gethook(prev) == lb_budget_hook &&
+        lb_watchdog.armed == lb_watchdog.seq)
+        lua_sethook(co, lb_budget_hook, LUA_MASKCOUNT, lua_gethookcount(prev));
+    return prev;
+}
+
+void lb_run_off(lua_State *co, lua_State *prev)
+{
+    lb_watchdog.running = prev;
+    if (prev && prev != co && lua_gethook(co) == lb_budget_hook &&
+        lb_watchdog.armed == lb_watchdog.seq)
+        lua_sethook(prev, lb_budget_hook, LUA_MASKCOUNT, lua_gethookcount(co));
+}
 
 /* SIGPROF, delivered to the loop thread only. lua_sethook is safe in a signal handler. */
 static void on_tick(int sig)
