@@ -7,6 +7,7 @@
  *   lb_state  the VM (heap cap, handler time budget, lb_call)
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
+ *   lb_front  the Lua side of upgrade(req) and the app.http routes: requests in, answers out
  *   lb_http   ws.http: outbound HTTP requests that wait
  *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
  *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
@@ -14,7 +15,6 @@
  *   lb_ws     the `ws` module and its timers
  *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
- *   lb_front  upgrade(req) and the app.http routes (lb_app's upgrade and http entries)
  *   lb_redis  ws.redis: pooled Redis clients whose calls wait, subscriptions
  * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
  * reload): nothing a Lua value does can raise outside a protected call. */
@@ -26,7 +26,6 @@
 #include "ws/config.h"
 
 #include <ev.h>
-#include <lauxlib.h>
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -369,6 +368,74 @@ struct ws_conn *lb_conn_check(lua_State *L, int idx);
  * instead. [-0, +0, v] */
 void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint);
 
+/* ---- lb_front ---- */
+
+/* This section is internal to the event dispatch: lb_front and lb_app, which runs its handlers. */
+
+/* One event for a handler's task. Building a handler's arguments and reading its results
+ * allocate Lua memory and may run metamethods, so they run inside the task too: at the heap cap
+ * (SPEC §4) an allocation failure fails that call instead of aborting the process from an
+ * unprotected context. The event lives on the caller's stack: a task reads it only before its
+ * first wait. */
+struct lb_event {
+    struct lb_app *a;
+    struct ws_conn *c;
+    const struct ws_http_request *req;
+    const uint8_t *data;
+    size_t len;
+    int code;
+    bool binary;
+    const char *text;                 /* close reason, shutdown reason, failed handler's name */
+    struct ws_upgrade_reply *upgrade; /* upgrade: the decision */
+    struct ws_http_reply *http;       /* http: the answer */
+    struct ws_buf headers;            /* http: extra header lines being built */
+    bool routed;                      /* http: a route matched */
+};
+
+/* Where an upgrade or http handler that waited builds its answer (SPEC §4a: the 101, the
+ * refusal or the route's response goes out when it returns). */
+struct lb_decision {
+    bool is_http;
+    struct ws_upgrade_reply upgrade;
+    struct ws_http_reply http;
+    struct ws_buf headers; /* http: extra header lines being built */
+};
+
+struct lb_pending; /* an event queued behind a waiting handler (lb_app) */
+
+/* A connection's handlers in order: the task waiting for it and what came meanwhile. Made when
+ * one of its handlers first waits (c->app_state), freed with the connection. */
+struct lb_connq {
+    struct lb_app *a;
+    struct ws_conn *c;    /* NULL once the connection is freed */
+    struct lb_task *task; /* the handler waiting, or NULL */
+    const char *what;     /* its name */
+    struct lb_pending *head, *tail;
+    size_t bytes;                 /* message bytes queued */
+    struct lb_decision *decision; /* an upgrade or http handler waiting, or NULL */
+};
+
+/* upgrade(req) as a task's function, its struct lb_event the only (light userdata) argument:
+ * pushes the request as a table, calls the app's upgrade handler and reads its decision into
+ * e->upgrade, or, once it has waited, into its connection's decision (the task's ud is that
+ * connection's struct lb_connq). [-0, +0, e] */
+int lb_front_call_upgrade(lua_State *L);
+
+/* The app.http route matching e->req, the same way: e->routed tells whether one matched; its
+ * answer goes into e->http and e->headers, or, once it has waited, into its connection's
+ * decision. A status, body or headers of the wrong type raise (the route's error). [-0, +0, e] */
+int lb_front_call_http(lua_State *L);
+
+/* Empties an upgrade reply (frees what it owns) and makes it a 500 refusal. */
+void lb_front_fail_upgrade(struct ws_upgrade_reply *reply);
+
+/* Empties a route's reply and its header lines being built, and makes it a 500 answer. */
+void lb_front_fail_http(struct ws_http_reply *reply, struct ws_buf *headers);
+
+/* Frees the answer of a waiting handler that will never go out (its connection is freed); NULL
+ * is a no-op. */
+void lb_decision_free(struct lb_decision *d);
+
 /* ---- lb_http ---- */
 
 /* Pushes the ws.http table (request, get, post) and registers its metatables. [-0, +1, m] */
@@ -478,81 +545,5 @@ void lb_app_free(struct lb_app *a);
 
 /* The ops table the server calls. */
 extern const struct ws_app_ops lb_app_ops;
-
-/* The rest of this section, and the lb_front section below, are internal to the event dispatch:
- * lb_app and lb_front. */
-
-/* One event for a handler's task. Building a handler's arguments and reading its results
- * allocate Lua memory and may run metamethods, so they run inside the task too: at the heap cap
- * (SPEC §4) an allocation failure fails that call instead of aborting the process from an
- * unprotected context. The event lives on the caller's stack: a task reads it only before its
- * first wait. */
-struct lb_event {
-    struct lb_app *a;
-    struct ws_conn *c;
-    const struct ws_http_request *req;
-    const uint8_t *data;
-    size_t len;
-    int code;
-    bool binary;
-    const char *text;                 /* close reason, shutdown reason, failed handler's name */
-    struct ws_upgrade_reply *upgrade; /* upgrade: the decision */
-    struct ws_http_reply *http;       /* http: the answer */
-    struct ws_buf headers;            /* http: extra header lines being built */
-    bool routed;                      /* http: a route matched */
-};
-
-struct lb_pending;  /* an event queued behind a waiting handler (lb_app) */
-struct lb_decision; /* the answer of an upgrade or http handler that waits (lb_front) */
-
-/* A connection's handlers in order: the task waiting for it and what came meanwhile. Made when
- * one of its handlers first waits (c->app_state), freed with the connection. */
-struct lb_connq {
-    struct lb_app *a;
-    struct ws_conn *c;    /* NULL once the connection is freed */
-    struct lb_task *task; /* the handler waiting, or NULL */
-    const char *what;     /* its name */
-    struct lb_pending *head, *tail;
-    size_t bytes;                 /* message bytes queued */
-    struct lb_decision *decision; /* an upgrade or http handler waiting, or NULL */
-};
-
-static inline bool lb_has_handler(struct lb_app *a, enum lb_handler h)
-{
-    return a->handlers[h] != LUA_NOREF;
-}
-
-/* Runs fn with the event as its only (light userdata) argument in task t (or a new one; when
- * none can be made the failure is reported and the result is FAILED). Pushing a light C function
- * and a light userdata never allocates; a fresh coroutine has LUA_MINSTACK slots. can_wait false:
- * waiting calls raise. *waiting (when not NULL) gets the task when it waits, else NULL. */
-enum lb_task_result lb_app_run_in(struct lb_app *a, struct lb_task *t, lua_CFunction fn,
-                                  struct lb_event *e, const char *what, bool can_wait,
-                                  struct lb_task **waiting);
-
-/* c's queue (c->app_state), made on first use. */
-struct lb_connq *lb_app_queue_of(struct lb_app *a, struct ws_conn *c);
-
-/* Runs the events that queued behind q's waiting handler, in order, until one of them waits.
- * Once nothing is left, a connection held since it closed is let go: its close comes next. */
-void lb_app_drain_queue(struct lb_connq *q);
-
-/* ---- lb_front ---- */
-
-/* lb_app_ops.upgrade: runs the app's upgrade(req), if any, and reads its decision into reply (a
- * handler error: a 500 refusal); one that waits marks reply pending and decides when it
- * returns. */
-void lb_front_upgrade(void *app, struct ws_conn *c, const struct ws_http_request *req,
-                      struct ws_upgrade_reply *reply);
-
-/* lb_app_ops.http: runs the app.http route matching req, if any, into reply (a route's error:
- * 500). Returns false when no route matched (the core answers); a route that waits marks reply
- * pending and answers when it returns. */
-bool lb_front_http(void *app, struct ws_conn *c, const struct ws_http_request *req,
-                   struct ws_http_reply *reply);
-
-/* Frees a waiting handler's answer that will never go out (its connection is freed); NULL is a
- * no-op. */
-void lb_decision_free(struct lb_decision *d);
 
 #endif

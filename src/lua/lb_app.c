@@ -1,7 +1,7 @@
 /* Event dispatch: struct ws_app_ops implemented by calling the app's Lua handlers, each event
  * run as a task, a connection's events kept in order behind a handler that waits. A handler
- * error closes only its own connection with 1011 (after app.error, if defined, has seen it). The
- * upgrade and http entries are lb_front's. */
+ * error closes only its own connection with 1011 (after app.error, if defined, has seen it); an
+ * error in upgrade answers 500. The Lua side of upgrade and the http routes is lb_front's. */
 #include "ws/lb.h"
 
 #include "ws/buf.h"
@@ -22,7 +22,15 @@ struct lb_pending {
     uint8_t data[];
 };
 
-enum lb_task_result lb_app_run_in(struct lb_app *a, struct lb_task *t, lua_CFunction fn,
+static bool has_handler(struct lb_app *a, enum lb_handler h)
+{
+    return a->handlers[h] != LUA_NOREF;
+}
+
+/* Runs fn with the event as its only (light userdata) argument in task t (or a new one).
+ * Pushing a light C function and a light userdata never allocates; a fresh coroutine has
+ * LUA_MINSTACK slots. *waiting gets the task when it waits. */
+static enum lb_task_result run_in(struct lb_app *a, struct lb_task *t, lua_CFunction fn,
                                   struct lb_event *e, const char *what, bool can_wait,
                                   struct lb_task **waiting)
 {
@@ -46,7 +54,7 @@ enum lb_task_result lb_app_run_in(struct lb_app *a, struct lb_task *t, lua_CFunc
 static enum lb_task_result run(struct lb_app *a, lua_CFunction fn, struct lb_event *e,
                                const char *what)
 {
-    return lb_app_run_in(a, NULL, fn, e, what, true, NULL);
+    return run_in(a, NULL, fn, e, what, true, NULL);
 }
 
 /* The continuation of a handler called with lua_callk: it waited and returned. */
@@ -73,7 +81,7 @@ static int call_error(lua_State *L)
  * logged. Then closes the connection with 1011. */
 static void handler_failed(struct lb_app *a, struct ws_conn *c, const char *what)
 {
-    if (lb_has_handler(a, LB_ERROR)) {
+    if (has_handler(a, LB_ERROR)) {
         struct lb_event e = {.a = a, .c = c, .text = what};
         run(a, call_error, &e, "error");
     }
@@ -81,6 +89,8 @@ static void handler_failed(struct lb_app *a, struct ws_conn *c, const char *what
 }
 
 /* ---- per-connection order (SPEC §4a) ---- */
+
+static void drain_queue(struct lb_connq *q);
 
 /* Message bytes a waiting handler may have queued before its connection stops reading. */
 static size_t pending_limit(const struct ws_conn *c)
@@ -90,7 +100,7 @@ static size_t pending_limit(const struct ws_conn *c)
                                   : 2 * (size_t)cfg->max_message_size;
 }
 
-struct lb_connq *lb_app_queue_of(struct lb_app *a, struct ws_conn *c)
+static struct lb_connq *queue_of(struct lb_app *a, struct ws_conn *c)
 {
     struct lb_connq *q = c->app_state;
     if (!q) {
@@ -112,7 +122,7 @@ static bool busy(const struct ws_conn *c)
 static void enqueue(struct lb_app *a, struct ws_conn *c, enum lb_handler kind, const uint8_t *data,
                     size_t len, bool binary)
 {
-    struct lb_connq *q = lb_app_queue_of(a, c);
+    struct lb_connq *q = queue_of(a, c);
     struct lb_pending *p = ws_xmalloc(sizeof(*p) + len);
     p->next = NULL;
     p->kind = kind;
@@ -136,7 +146,7 @@ static void on_conn_task_done(struct lb_app *a, void *ud, bool failed)
     q->task = NULL;
     if (failed && q->c)
         handler_failed(a, q->c, q->what);
-    lb_app_drain_queue(q);
+    drain_queue(q);
 }
 
 /* After a connection's handler ran: a failure closes the connection; a wait makes later events
@@ -147,7 +157,7 @@ static void settle(struct lb_app *a, struct ws_conn *c, enum lb_task_result r, s
     if (r == LB_TASK_FAILED) {
         handler_failed(a, c, what);
     } else if (r == LB_TASK_WAITING) {
-        struct lb_connq *q = lb_app_queue_of(a, c);
+        struct lb_connq *q = queue_of(a, c);
         q->task = t;
         q->what = what;
         t->done = on_conn_task_done;
@@ -159,8 +169,65 @@ static void settle(struct lb_app *a, struct ws_conn *c, enum lb_task_result r, s
 static void call_conn(struct lb_app *a, lua_CFunction fn, struct lb_event *e, const char *what)
 {
     struct lb_task *t = NULL;
-    enum lb_task_result r = lb_app_run_in(a, NULL, fn, e, what, true, &t);
+    enum lb_task_result r = run_in(a, NULL, fn, e, what, true, &t);
     settle(a, e->c, r, t, what);
+}
+
+/* ---- upgrade and http: answers that wait ---- */
+
+/* An upgrade or http handler that waited returned (or raised): its answer goes out. */
+static void on_decision_done(struct lb_app *a, void *ud, bool failed)
+{
+    struct lb_connq *q = ud;
+    struct lb_decision *d = q->decision;
+    q->decision = NULL;
+    q->task = NULL;
+    if (d->is_http) {
+        if (failed)
+            lb_front_fail_http(&d->http, &d->headers);
+        else
+            d->http.headers = (char *)d->headers.data;
+        ws_conn_http_answered(q->c, &d->http);
+    } else {
+        if (failed)
+            lb_front_fail_upgrade(&d->upgrade);
+        ws_conn_upgrade_decided(q->c, &d->upgrade);
+    }
+    free(d);
+    drain_queue(q); /* open may have begun waiting; a held connection is let go */
+    (void)a;
+}
+
+/* An upgrade or http handler t waits: its connection's request waits for it. */
+static struct lb_decision *defer(struct lb_app *a, struct ws_conn *c, struct lb_task *t,
+                                 const char *what)
+{
+    struct lb_connq *q = queue_of(a, c);
+    struct lb_decision *d = ws_xcalloc(1, sizeof(*d));
+    ws_buf_init(&d->headers);
+    q->decision = d;
+    q->task = t;
+    q->what = what;
+    t->done = on_decision_done;
+    t->ud = q;
+    return d;
+}
+
+static void on_upgrade(void *app, struct ws_conn *c, const struct ws_http_request *req,
+                       struct ws_upgrade_reply *reply)
+{
+    struct lb_app *a = app;
+    if (!has_handler(a, LB_UPGRADE))
+        return;
+    struct lb_event e = {.a = a, .c = c, .req = req, .upgrade = reply};
+    struct lb_task *t = NULL;
+    enum lb_task_result r = run_in(a, NULL, lb_front_call_upgrade, &e, "upgrade", true, &t);
+    if (r == LB_TASK_WAITING) {
+        defer(a, c, t, "upgrade");
+        reply->pending = true;
+    } else if (r == LB_TASK_FAILED) {
+        lb_front_fail_upgrade(reply);
+    }
 }
 
 /* open(conn) [-0, +0, e] */
@@ -176,7 +243,7 @@ static int call_open(lua_State *L)
 static void on_open(void *app, struct ws_conn *c)
 {
     struct lb_app *a = app;
-    if (!lb_has_handler(a, LB_OPEN))
+    if (!has_handler(a, LB_OPEN))
         return;
     struct lb_event e = {.a = a, .c = c};
     call_conn(a, call_open, &e, "open");
@@ -232,14 +299,14 @@ static void dispatch_message(struct lb_app *a, struct ws_conn *c, const uint8_t 
     }
     struct lb_event e = {.a = a, .c = c, .data = data, .len = len, .binary = binary};
     struct lb_task *waiting = NULL;
-    enum lb_task_result r = lb_app_run_in(a, t, call_message, &e, "message", true, &waiting);
+    enum lb_task_result r = run_in(a, t, call_message, &e, "message", true, &waiting);
     settle(a, c, r, waiting, "message");
 }
 
 static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t len, bool binary)
 {
     struct lb_app *a = app;
-    if (!lb_has_handler(a, LB_MESSAGE))
+    if (!has_handler(a, LB_MESSAGE))
         return;
     if (busy(c)) /* SPEC §4a: after the handler that waits, in arrival order */
         enqueue(a, c, LB_MESSAGE, data, len, binary);
@@ -262,7 +329,7 @@ static int call_close(lua_State *L)
 static void on_close(void *app, struct ws_conn *c, int code, const uint8_t *reason, size_t len)
 {
     struct lb_app *a = app;
-    if (!lb_has_handler(a, LB_CLOSE))
+    if (!has_handler(a, LB_CLOSE))
         return;
     struct lb_event e = {.a = a, .c = c, .code = code, .data = reason, .len = len};
     /* close may wait: the connection is freed meanwhile and its handle goes stale */
@@ -282,7 +349,7 @@ static int call_drain(lua_State *L)
 static void on_drain(void *app, struct ws_conn *c)
 {
     struct lb_app *a = app;
-    if (!lb_has_handler(a, LB_DRAIN))
+    if (!has_handler(a, LB_DRAIN))
         return;
     if (busy(c)) {
         enqueue(a, c, LB_DRAIN, NULL, 0, false);
@@ -292,7 +359,9 @@ static void on_drain(void *app, struct ws_conn *c)
     call_conn(a, call_drain, &e, "drain");
 }
 
-void lb_app_drain_queue(struct lb_connq *q)
+/* Runs the events that queued behind q's waiting handler, in order, until one of them waits.
+ * Once nothing is left, a connection held since it closed is let go: its close comes next. */
+static void drain_queue(struct lb_connq *q)
 {
     struct lb_app *a = q->a;
     while (!q->task && q->head && q->c) {
@@ -307,15 +376,15 @@ void lb_app_drain_queue(struct lb_connq *q)
         /* a connection that closed meanwhile: its handlers still run, in order, but cannot
          * wait any more (a shutdown lets them: it waits for handlers) */
         const char *gone = c->held && !c->env->draining ? "closed" : NULL;
-        if (p->kind == LB_MESSAGE && lb_has_handler(a, LB_MESSAGE)) {
+        if (p->kind == LB_MESSAGE && has_handler(a, LB_MESSAGE)) {
             dispatch_message(a, c, p->data, p->len, p->binary, gone);
-        } else if (p->kind == LB_DRAIN && lb_has_handler(a, LB_DRAIN)) {
+        } else if (p->kind == LB_DRAIN && has_handler(a, LB_DRAIN)) {
             struct lb_event e = {.a = a, .c = c};
             struct lb_task *t = lb_task_new(a);
             if (t)
                 t->gone = gone;
             struct lb_task *waiting = NULL;
-            enum lb_task_result r = lb_app_run_in(a, t, call_drain, &e, "drain", true, &waiting);
+            enum lb_task_result r = run_in(a, t, call_drain, &e, "drain", true, &waiting);
             settle(a, c, r, waiting, "drain");
         }
         free(p);
@@ -350,6 +419,30 @@ static void on_cancel(void *app, const char *reason)
     lb_wsclient_shutdown(app);
 }
 
+static bool on_http(void *app, struct ws_conn *c, const struct ws_http_request *req,
+                    struct ws_http_reply *reply)
+{
+    struct lb_app *a = app;
+    if (a->http_ref == LUA_NOREF)
+        return false;
+    struct lb_event e = {.a = a, .c = c, .req = req, .http = reply};
+    ws_buf_init(&e.headers);
+    struct lb_task *t = NULL;
+    enum lb_task_result r = run_in(a, NULL, lb_front_call_http, &e, "http", true, &t);
+    if (r == LB_TASK_WAITING) {
+        defer(a, c, t, "http")->is_http = true;
+        reply->pending = true;
+        return true;
+    }
+    if (r == LB_TASK_FAILED) {
+        /* the route (or a routing metamethod) failed */
+        lb_front_fail_http(reply, &e.headers);
+        return true;
+    }
+    reply->headers = (char *)e.headers.data;
+    return e.routed;
+}
+
 /* shutdown(reason) [-0, +0, e] */
 static int call_shutdown(lua_State *L)
 {
@@ -364,7 +457,7 @@ static void on_shutdown(void *app, const char *reason)
 {
     struct lb_app *a = app;
     ws_notify_stopping(); /* whatever began it: a signal or ws.shutdown() */
-    if (!lb_has_handler(a, LB_SHUTDOWN))
+    if (!has_handler(a, LB_SHUTDOWN))
         return;
     struct lb_event e = {.a = a, .text = reason};
     run(a, call_shutdown, &e, "shutdown");
@@ -410,12 +503,12 @@ static void on_release(void *app, struct ws_conn *c)
 }
 
 const struct ws_app_ops lb_app_ops = {
-    .upgrade = lb_front_upgrade,
+    .upgrade = on_upgrade,
     .open = on_open,
     .message = on_message,
     .close = on_close,
     .drain = on_drain,
-    .http = lb_front_http,
+    .http = on_http,
     .serves_http = serves_http,
     .memory = memory,
     .shutdown = on_shutdown,

@@ -1,11 +1,11 @@
-/* The app's HTTP side: upgrade(req) and the app.http routes. The request as a Lua table, the
- * handler's results read into the core's upgrade or HTTP reply (an error answers 500), and the
- * answer of a handler that waits held until it returns. What the core's front decides (limits,
- * refusals, built-in endpoints, static files) never reaches it. */
+/* The Lua side of the app's HTTP handlers, upgrade(req) and the app.http routes: the request as
+ * a table, the route's lookup, the handler's results read into the core's upgrade or HTTP reply,
+ * a failed one's 500. Running them as tasks and holding the answer of one that waits is lb_app's
+ * part; what the core's front decides (limits, refusals, built-in endpoints, static files) never
+ * reaches either. */
 #include "ws/lb.h"
 
 #include "ws/buf.h"
-#include "ws/conn.h"
 #include "ws/connlog.h"
 #include "ws/handshake.h"
 
@@ -13,15 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-
-/* Where an upgrade or http handler that waited builds its answer (SPEC §4a: the 101, the
- * refusal or the route's response goes out when it returns). */
-struct lb_decision {
-    bool is_http;
-    struct ws_upgrade_reply upgrade;
-    struct ws_http_reply http;
-    struct ws_buf headers; /* http: extra header lines being built */
-};
 
 /* ---- upgrade: the request as a table ---- */
 
@@ -193,7 +184,7 @@ static int upgrade_returned(lua_State *L, int status, lua_KContext ctx)
 }
 
 /* upgrade(req) [-0, +0, e] */
-static int call_upgrade(lua_State *L)
+int lb_front_call_upgrade(lua_State *L)
 {
     struct lb_event *e = lua_touserdata(L, 1);
     lb_push_ref(L, e->a->handlers[LB_UPGRADE]);
@@ -221,13 +212,13 @@ static void clear_http(struct ws_http_reply *reply, struct ws_buf *headers)
     memset(reply, 0, sizeof(*reply));
 }
 
-static void fail_upgrade(struct ws_upgrade_reply *reply)
+void lb_front_fail_upgrade(struct ws_upgrade_reply *reply)
 {
     clear_upgrade(reply);
     reply->status = 500;
 }
 
-static void fail_http(struct ws_http_reply *reply, struct ws_buf *headers)
+void lb_front_fail_http(struct ws_http_reply *reply, struct ws_buf *headers)
 {
     clear_http(reply, headers);
     reply->status = 500;
@@ -235,60 +226,7 @@ static void fail_http(struct ws_http_reply *reply, struct ws_buf *headers)
     reply->body_len = strlen(reply->body);
 }
 
-/* An upgrade or http handler that waited returned (or raised): its answer goes out. */
-static void on_decision_done(struct lb_app *a, void *ud, bool failed)
-{
-    struct lb_connq *q = ud;
-    struct lb_decision *d = q->decision;
-    q->decision = NULL;
-    q->task = NULL;
-    if (d->is_http) {
-        if (failed)
-            fail_http(&d->http, &d->headers);
-        else
-            d->http.headers = (char *)d->headers.data;
-        ws_conn_http_answered(q->c, &d->http);
-    } else {
-        if (failed)
-            fail_upgrade(&d->upgrade);
-        ws_conn_upgrade_decided(q->c, &d->upgrade);
-    }
-    free(d);
-    lb_app_drain_queue(q); /* open may have begun waiting; a held connection is let go */
-    (void)a;
-}
-
-/* An upgrade or http handler t waits: its connection's request waits for it. */
-static struct lb_decision *defer(struct lb_app *a, struct ws_conn *c, struct lb_task *t,
-                                 const char *what)
-{
-    struct lb_connq *q = lb_app_queue_of(a, c);
-    struct lb_decision *d = ws_xcalloc(1, sizeof(*d));
-    ws_buf_init(&d->headers);
-    q->decision = d;
-    q->task = t;
-    q->what = what;
-    t->done = on_decision_done;
-    t->ud = q;
-    return d;
-}
-
-void lb_front_upgrade(void *app, struct ws_conn *c, const struct ws_http_request *req,
-                      struct ws_upgrade_reply *reply)
-{
-    struct lb_app *a = app;
-    if (!lb_has_handler(a, LB_UPGRADE))
-        return;
-    struct lb_event e = {.a = a, .c = c, .req = req, .upgrade = reply};
-    struct lb_task *t = NULL;
-    enum lb_task_result r = lb_app_run_in(a, NULL, call_upgrade, &e, "upgrade", true, &t);
-    if (r == LB_TASK_WAITING) {
-        defer(a, c, t, "upgrade");
-        reply->pending = true;
-    } else if (r == LB_TASK_FAILED) {
-        fail_upgrade(reply);
-    }
-}
+/* ---- http: app.http routes ---- */
 
 /* Reads a route's results (status, body, headers: the top three, its key below them) into
  * reply. [-0, +0, e] */
@@ -330,7 +268,7 @@ static int http_returned(lua_State *L, int status, lua_KContext ctx)
  * number from 100 to 599, a body that is not a string (or nil) and headers that are not a table
  * (or nil) are the route's bug: raised here, so they are logged as its error and answered 500.
  * [-0, +0, e] */
-static int call_http(lua_State *L)
+int lb_front_call_http(lua_State *L)
 {
     struct lb_event *e = lua_touserdata(L, 1);
     struct lb_app *a = e->a;
@@ -354,30 +292,6 @@ static int call_http(lua_State *L)
     lua_callk(L, 1, 3, 0, http_returned);
     http_results(L, e->http, &e->headers);
     return 0;
-}
-
-bool lb_front_http(void *app, struct ws_conn *c, const struct ws_http_request *req,
-                   struct ws_http_reply *reply)
-{
-    struct lb_app *a = app;
-    if (a->http_ref == LUA_NOREF)
-        return false;
-    struct lb_event e = {.a = a, .c = c, .req = req, .http = reply};
-    ws_buf_init(&e.headers);
-    struct lb_task *t = NULL;
-    enum lb_task_result r = lb_app_run_in(a, NULL, call_http, &e, "http", true, &t);
-    if (r == LB_TASK_WAITING) {
-        defer(a, c, t, "http")->is_http = true;
-        reply->pending = true;
-        return true;
-    }
-    if (r == LB_TASK_FAILED) {
-        /* the route (or a routing metamethod) failed */
-        fail_http(reply, &e.headers);
-        return true;
-    }
-    reply->headers = (char *)e.headers.data;
-    return e.routed;
 }
 
 void lb_decision_free(struct lb_decision *d)

@@ -19,7 +19,9 @@
 
 #define TRACEBACK_INDEX 1 /* stack slot of the message handler of calls from the loop */
 
-/* A fresh run starts on co; returns the thread that ran before (a run inside lb_protect). */
+/* A fresh run starts on co; returns the thread that ran before (a run inside lb_protect). This
+ * and run_end write lb_watchdog's state here rather than in lb_watchdog.c: every handler run
+ * passes through them, from lb_budget_begin and lb_budget_end in this file. */
 static lua_State *run_start(lua_State *co)
 {
     lua_State *prev = lb_watchdog.running;
