@@ -1,8 +1,13 @@
 /* The Lua application layer: one Lua 5.4 state per process running app.lua, implementing
  * struct ws_app_ops on top of it. Its files depend one way, each only on those before it:
- *   lb_state  the VM (heap cap, handler time budget, lb_call) and shared helpers
+ *   lb_fields HTTP fields as Lua values: query and cookie pairs, header lines
+ *   lb_watchdog  the budget's watchdog: a count hook armed only in a run that overruns
+ *   lb_gc     GC pacing
+ *   lb_guard  the standard functions guarded for the budget and the tasks (xpcall, coroutine)
+ *   lb_state  the VM (heap cap, handler time budget, lb_call)
  *   lb_task   handlers as coroutines on the loop: the pool, waiting, waking, cancelling
  *   lb_conn   the conn userdata
+ *   lb_front  the Lua side of upgrade(req) and the app.http routes: requests in, answers out
  *   lb_http   ws.http: outbound HTTP requests that wait
  *   lb_wsclient_events  ws.connect's clients: the core's events queued for the app, reconnects
  *   lb_wsclient_opts  ws.connect's options read and checked
@@ -19,6 +24,7 @@
 #define WS_LB_H
 
 #include "ws/app.h"
+#include "ws/buf.h"
 #include "ws/config.h"
 #include "ws/frame.h"
 
@@ -27,6 +33,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
 
 enum lb_handler {
     LB_UPGRADE,
@@ -108,10 +116,89 @@ struct lb_app {
     const struct ws_redis_ops *redis_ops; /* their calls: hiredis's (NULL), or a stand-in's */
 };
 
-/* ---- lb_state ---- */
-
 /* The app whose state L is. */
-struct lb_app *lb_app_of(lua_State *L);
+static inline struct lb_app *lb_app_of(lua_State *L)
+{
+    return *(struct lb_app **)lua_getextraspace(L);
+}
+
+/* ---- lb_fields ---- */
+
+/* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
+ * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
+void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
+
+/* With a header name at -2 and its value at -1 (a lua_next pair of an opts.headers table),
+ * pushes and returns "Name: value", or raises naming api: the name must be a token, the value a
+ * string or number without CR, LF or NUL (RFC 9110 §5.5). [-0, +1, v] */
+const char *lb_push_header_line(lua_State *L, const char *api);
+
+/* ---- lb_watchdog ---- */
+
+/* Stops this process's budget watchdog (its CPU timer and SIGPROF handler), for when no app is
+ * left and the code of its handler may go away (the testing kit's module is unloaded); the next
+ * state started (lb_state_open) starts it again. */
+void lb_budget_stop(void);
+
+/* The rest of this section, and the lb_gc and lb_guard sections, are internal to the VM:
+ * lb_state and its pieces below it. */
+
+/* Monotonic seconds: the budget's clock (real time, never the loop's clock). */
+static inline double lb_mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The watchdog's state, process-wide (one loop thread per process): lb_state's run bookkeeping
+ * and lb_run_on/off say which run is on and on which thread; the SIGPROF tick reads it. */
+struct lb_watchdog {
+    lua_State *volatile running;  /* the thread of the run in progress, or NULL between runs */
+    volatile unsigned long seq;   /* bumped when a run starts */
+    volatile unsigned long seen;  /* seq at the latest tick */
+    volatile unsigned long armed; /* seq of the run a hook was armed in */
+    pid_t pid;                    /* the process whose timer ticks */
+    timer_t timer;
+};
+extern struct lb_watchdog lb_watchdog;
+
+/* Starts this process's watchdog timer and its SIGPROF handler (once per process: a forked
+ * worker starts its own). Returns 0, or -1 with errno. */
+int lb_watchdog_start(void);
+
+/* Makes co the running thread of a nested run (a coroutine resumed, a call inside lb_protect);
+ * returns the one before. A hook armed in this run goes with it. */
+lua_State *lb_run_on(lua_State *co);
+
+/* Back to prev after co ran (NULL: the run is over); an armed hook goes back with it. */
+void lb_run_off(lua_State *co, lua_State *prev);
+
+/* The count hook the watchdog arms. SPEC §4: a handler running longer than handler_timeout is
+ * interrupted and treated as an error: past the deadline it raises, and from then on at every
+ * instruction, so a pcall loop cannot swallow it. A hook armed in a run that is over removes
+ * itself. [-0, +0, v] */
+void lb_budget_hook(lua_State *L, lua_Debug *ar);
+
+/* ---- lb_gc ---- */
+
+/* Sets up GC pacing on a new state: the sentinel whose __gc counts the collector's cycles, and
+ * collectgarbage wrapped (an app that tunes the collector itself keeps its settings).
+ * [-0, +0, m] */
+void lb_gc_open(lua_State *L);
+
+/* After a handler in which a cycle ended: sets the collector's pause from the heap that cycle
+ * left (a small heap waits for some growth first), unless the app tuned the collector itself. */
+void lb_gc_pace(struct lb_app *a);
+
+/* ---- lb_guard ---- */
+
+/* Replaces xpcall (its message handler guarded), coroutine.yield, isyieldable, resume and wrap
+ * (a handler's own coroutine is the main thread to the app; the watchdog follows the coroutine
+ * that runs) and debug.sethook (refused) in a new state's standard library. [-0, +0, m] */
+void lb_guard_open(lua_State *L);
+
+/* ---- lb_state ---- */
 
 /* Creates a->L: the capped allocator, a panic handler that logs (an error outside any protected
  * call would be our bug), Lua warnings to the log, the standard libraries, the budget's
@@ -135,11 +222,6 @@ const char *lb_error_text(lua_State *L, int idx);
 /* Logs a handler's error (handler what, connection conn when not 0, msg with its traceback),
  * keeps it in a->last_error and counts it. */
 void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg);
-
-/* Stops this process's budget watchdog (its CPU timer and SIGPROF handler), for when no app is
- * left and the code of its handler may go away (the testing kit's module is unloaded); the next
- * state started (lb_state_open) starts it again. */
-void lb_budget_stop(void);
 
 /* A handler run's budget, between lb_budget_begin and lb_budget_end. */
 struct lb_run {
@@ -177,15 +259,6 @@ void lb_lib_path(char *out, size_t cap);
 /* Asks for a reload between two loop iterations (safe from inside a handler): starts the idle
  * watcher lb_app_new set up. */
 void lb_app_request_reload(struct lb_app *a);
-
-/* Pushes the key=value pairs of s[0..n) split on sep as a table, values form-decoded when
- * decode ('+' and %XX; the first of repeated keys wins). [-0, +1, m] */
-void lb_push_pairs(lua_State *L, const char *s, size_t n, char sep, bool decode);
-
-/* With a header name at -2 and its value at -1 (a lua_next pair of an opts.headers table),
- * pushes and returns "Name: value", or raises naming api: the name must be a token, the value a
- * string or number without CR, LF or NUL (RFC 9110 §5.5). [-0, +1, v] */
-const char *lb_push_header_line(lua_State *L, const char *api);
 
 /* ---- lb_task ---- */
 
@@ -297,6 +370,74 @@ struct ws_conn *lb_conn_check(lua_State *L, int idx);
 /* Raises unless a text message is valid UTF-8 (RFC 6455 §5.6); hint says how to send binary
  * instead. [-0, +0, v] */
 void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint);
+
+/* ---- lb_front ---- */
+
+/* This section is internal to the event dispatch: lb_front and lb_app, which runs its handlers. */
+
+/* One event for a handler's task. Building a handler's arguments and reading its results
+ * allocate Lua memory and may run metamethods, so they run inside the task too: at the heap cap
+ * (SPEC §4) an allocation failure fails that call instead of aborting the process from an
+ * unprotected context. The event lives on the caller's stack: a task reads it only before its
+ * first wait. */
+struct lb_event {
+    struct lb_app *a;
+    struct ws_conn *c;
+    const struct ws_http_request *req;
+    const uint8_t *data;
+    size_t len;
+    int code;
+    bool binary;
+    const char *text;                 /* close reason, shutdown reason, failed handler's name */
+    struct ws_upgrade_reply *upgrade; /* upgrade: the decision */
+    struct ws_http_reply *http;       /* http: the answer */
+    struct ws_buf headers;            /* http: extra header lines being built */
+    bool routed;                      /* http: a route matched */
+};
+
+/* Where an upgrade or http handler that waited builds its answer (SPEC §4a: the 101, the
+ * refusal or the route's response goes out when it returns). */
+struct lb_decision {
+    bool is_http;
+    struct ws_upgrade_reply upgrade;
+    struct ws_http_reply http;
+    struct ws_buf headers; /* http: extra header lines being built */
+};
+
+struct lb_pending; /* an event queued behind a waiting handler (lb_app) */
+
+/* A connection's handlers in order: the task waiting for it and what came meanwhile. Made when
+ * one of its handlers first waits (c->app_state), freed with the connection. */
+struct lb_connq {
+    struct lb_app *a;
+    struct ws_conn *c;    /* NULL once the connection is freed */
+    struct lb_task *task; /* the handler waiting, or NULL */
+    const char *what;     /* its name */
+    struct lb_pending *head, *tail;
+    size_t bytes;                 /* message bytes queued */
+    struct lb_decision *decision; /* an upgrade or http handler waiting, or NULL */
+};
+
+/* upgrade(req) as a task's function, its struct lb_event the only (light userdata) argument:
+ * pushes the request as a table, calls the app's upgrade handler and reads its decision into
+ * e->upgrade, or, once it has waited, into its connection's decision (the task's ud is that
+ * connection's struct lb_connq). [-0, +0, e] */
+int lb_front_call_upgrade(lua_State *L);
+
+/* The app.http route matching e->req, the same way: e->routed tells whether one matched; its
+ * answer goes into e->http and e->headers, or, once it has waited, into its connection's
+ * decision. A status, body or headers of the wrong type raise (the route's error). [-0, +0, e] */
+int lb_front_call_http(lua_State *L);
+
+/* Empties an upgrade reply (frees what it owns) and makes it a 500 refusal. */
+void lb_front_fail_upgrade(struct ws_upgrade_reply *reply);
+
+/* Empties a route's reply and its header lines being built, and makes it a 500 answer. */
+void lb_front_fail_http(struct ws_http_reply *reply, struct ws_buf *headers);
+
+/* Frees the answer of a waiting handler that will never go out (its connection is freed); NULL
+ * is a no-op. */
+void lb_decision_free(struct lb_decision *d);
 
 /* ---- lb_http ---- */
 
