@@ -10,19 +10,11 @@
 #include "ws/map.h"
 #include "ws/redis_client.h"
 
+#include "redis_hiredis.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wstrict-prototypes"
-#pragma GCC diagnostic ignored "-Wmissing-prototypes"
-#pragma GCC diagnostic ignored "-Wunused-parameter"
-#pragma GCC diagnostic ignored "-Wshadow"
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
-#include <hiredis/sds.h>
-#pragma GCC diagnostic pop
 
 #define CHANNEL_ALL "wsserver:all"
 #define CHANNEL_TOPIC "wsserver:t:"

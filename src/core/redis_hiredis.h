@@ -11,6 +11,7 @@
 #include <hiredis/adapters/libev.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <hiredis/sds.h>
 #pragma GCC diagnostic pop
 
 #endif

@@ -224,19 +224,21 @@ def test_close_line_counts_each_broadcast_and_publish_once(wsserver_factory):
         pass
     sock.close()
 
-    def close_record():
-        for line in server.log().splitlines():
-            if '"event":"close"' in line:
-                return json.loads(line)
-        return None
-
-    record = wait_for(close_record, what="the close line")
+    record = wait_for(lambda: close_record(server), what="the close line")
     assert record["messages_in"] == 3 and record["messages_out"] == 3
 
 
 def wsraw_binary():
     from conftest import BINARY
     return BINARY
+
+
+def close_record(server):
+    """The server's first close line (JSON logs), or None."""
+    for line in server.log().splitlines():
+        if '"event":"close"' in line:
+            return json.loads(line)
+    return None
 
 
 def test_access_and_close_lines_say_what_an_operator_needs(wsserver_factory):
@@ -252,13 +254,7 @@ def test_access_and_close_lines_say_what_an_operator_needs(wsserver_factory):
         pass
     sock.close()
 
-    def close_record():
-        for line in server.log().splitlines():
-            if '"event":"close"' in line:
-                return json.loads(line)
-        return None
-
-    record = wait_for(close_record, what="the close line")
+    record = wait_for(lambda: close_record(server), what="the close line")
     assert record["level"] == "info"
     assert record["code"] == 4001 and record["reason"] == "bye" and record["by"] == "peer"
     assert record["messages_in"] == 3 and record["messages_out"] == 3
