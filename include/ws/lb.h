@@ -15,7 +15,9 @@
  *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
  *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
  *   lb_ws     the `ws` module and its timers
- *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
+ *   lb_validate  a new version's checks: its app table, config table and routes
+ *   lb_status    the status file of the latest reload, for `wsserver --reload`
+ *   lb_load   loading and reloading the app (built aside, load() hook, swapped in)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
  *   lb_redis  ws.redis: pooled Redis clients whose calls wait, subscriptions
  * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
@@ -596,6 +598,45 @@ void lb_ws_open(struct lb_app *a);
 /* Cancels the timers of generations older than generation (all when generation is 0). */
 void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
 
+/* ---- lb_validate ---- */
+
+/* The app table fields that hold handlers, by enum lb_handler. */
+extern const char *const lb_handler_names[LB_HANDLER_COUNT];
+
+/* Checks the returned app table: every known field has the right type, unknown ones are
+ * refused (a typo like "mesage" would otherwise be silently ignored). Returns 0, or WS_E_INVAL
+ * with err filled. [-0, +0, m] */
+int lb_validate_app(lua_State *L, int idx, char *err, size_t errlen);
+
+/* Merges the config table at t into cfg. Every value must have its option's type: a string
+ * where a number belongs ("20" for ping_interval) is refused, like a number for a string.
+ * Returns 0, or a negative WS_E_* with err filled (cfg then holds what was merged before).
+ * [-0, +0, e] (a __len or __tostring metamethod may raise) */
+int lb_validate_config(lua_State *L, int t, struct ws_config *cfg, char *err, size_t errlen);
+
+/* Checks the keys of the app.http table at idx (its own keys: a metamethod that dispatches
+ * cannot be listed): each is "METHOD /path" (an upper-case method, one space, a path starting
+ * with '/' without spaces or a query) holding a function, and none is a built-in path.
+ * Returns 0, or WS_E_INVAL with err filled. [-0, +0, -] */
+int lb_validate_routes(lua_State *L, int idx, char *err, size_t errlen);
+
+/* ---- lb_status ---- */
+
+/* The places the result of the latest reload of process pid may be written ("wsserver --reload"
+ * reads it): candidate which (0, 1, ...) is wsserver-<pid>.status in, in order, the pidfile's
+ * folder (when pidfile is not NULL), $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), /tmp.
+ * Returns 0, or WS_E_INVAL when there is no candidate which (or it does not fit in cap). The
+ * server writes to the first folder that lets it and to /tmp too; the reader looks in each. */
+int lb_status_path(char *out, size_t cap, const char *pidfile, long pid, int which);
+
+/* Publishes the latest reload result of a (ok, or the reason why) for "wsserver --reload" in the
+ * first folder of lb_status_path that lets us write (the pidfile's or the runtime folder: a
+ * private /tmp, as systemd's PrivateTmp= gives, is invisible to a --reload run from outside),
+ * and in /tmp too, where `--reload PID` without the pidfile looks. Nothing when a->status_pid
+ * is negative; a result that is ok while the TLS files failed to reload is written as failed.
+ * Failures to write are ignored. */
+void lb_status_write(struct lb_app *a, bool ok, const char *why);
+
 /* ---- lb_load ---- */
 
 /* Creates the Lua state, loads and runs the app at path and merges its config table over cli
@@ -622,13 +663,6 @@ int lb_app_check(struct lb_app *a, char *err, size_t errlen);
  * under protection: any failure, an error a metamethod raises included, keeps the running
  * version and is logged with its reason. Returns 0 or WS_E_INVAL. */
 int lb_app_reload(struct lb_app *a, const char *trigger);
-
-/* The places the result of the latest reload of process pid may be written ("wsserver --reload"
- * reads it): candidate which (0, 1, ...) is wsserver-<pid>.status in, in order, the pidfile's
- * folder (when pidfile is not NULL), $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), /tmp.
- * Returns 0, or WS_E_INVAL when there is no candidate which (or it does not fit in cap). The
- * server writes to the first folder that lets it and to /tmp too; the reader looks in each. */
-int lb_status_path(char *out, size_t cap, const char *pidfile, long pid, int which);
 
 /* Closes the Lua state; NULL is a no-op. */
 void lb_app_free(struct lb_app *a);
