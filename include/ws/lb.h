@@ -13,7 +13,9 @@
  *   lb_wsclient_opts  ws.connect's options read and checked
  *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
  *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
- *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
+ *   lb_pg_query  ws.pg's queries and transactions that wait (on lb_pg's pools, whose gauges
+ *             they update)
+ *   lb_pg     ws.pg: PostgreSQL pools and clients
  *   lb_ws     the `ws` module and its timers
  *   lb_validate  a new version's checks: its app table, config table and routes
  *   lb_status    the status file of the latest reload, for `wsserver --reload`
@@ -57,6 +59,8 @@ struct ws_http_client_ops;
 struct lb_wsclient;
 struct lb_pg;
 struct ws_pg_ops;
+struct ws_pg_pool;
+struct luaL_Reg;
 struct ws_client_net;
 struct lb_redis;
 struct ws_redis_ops;
@@ -556,6 +560,13 @@ void lb_pg_open(lua_State *L);
 /* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
 void lb_pg_free(struct lb_app *a);
 
+/* The calls of a's pools: libpq's, or the stand-in's in a->pg_ops. */
+const struct ws_pg_ops *lb_pg_ops(const struct lb_app *a);
+
+/* Sets the pool gauges of /metrics: connections open and handed out, all of a's pools together
+ * (nothing without a server or a pool). */
+void lb_pg_gauges(struct lb_app *a);
+
 /* ---- lb_pg_types ---- */
 
 struct pg_result; /* libpq's PGresult */
@@ -571,6 +582,31 @@ void lb_pg_params(lua_State *L, struct lb_app *a, int idx, int n, const char **v
 /* Pushes the rows of res (tables keyed by column name, values by column type, NULL as ws.null)
  * and the affected row count; returns 2. [-0, +2, e] */
 int lb_pg_push_rows(lua_State *L, struct lb_app *a, struct pg_result *res);
+
+/* ---- lb_pg_query ---- */
+
+/* client:query(sql, ...) on pool, the client (argument 1) checked by the caller: sends the
+ * statement with its parameters and waits up to timeout seconds in all for a connection and the
+ * answer. Returns rows, count or nil, err [, sqlstate]; raises for misuse (a NUL in the SQL, too
+ * many parameters, a value SQL has no form for, a handler that cannot wait). [-0, +2|+3, e] */
+int lb_pg_query(lua_State *L, struct ws_pg_pool *pool, double timeout);
+
+/* client:transaction(fn) on pool, the client (argument 1) checked by the caller: fn(tx) runs
+ * between BEGIN and COMMIT on one connection; it rolls back when fn raises (the error goes on),
+ * returns nil (or false) and an error, or a query of it was abandoned. Returns fn's results
+ * (true when none) or nil, err; waits, timeout seconds for each statement. [-0, +?, e] */
+int lb_pg_transaction(lua_State *L, struct ws_pg_pool *pool, double timeout);
+
+/* Pushes nil, why [, sqlstate] and returns how many. [-0, +2|+3, m] */
+int lb_pg_push_failure(lua_State *L, const char *why, const char *sqlstate);
+
+/* Pushes a new locked metatable called name: methods (or NULL) as its __index, gc (or NULL) as
+ * its __gc. [-0, +1, m] */
+void lb_pg_metatable(lua_State *L, const char *name, const struct luaL_Reg *methods,
+                     lua_CFunction gc);
+
+/* Registers the metatables of transactions and of statements' waits. [-0, +0, m] */
+void lb_pg_query_open(lua_State *L);
 
 /* ---- lb_redis ---- */
 
