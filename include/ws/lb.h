@@ -13,10 +13,10 @@
  *   lb_wsclient_opts  ws.connect's options read and checked
  *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
  *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
- *   lb_pg_query  ws.pg's queries and transactions that wait (on lb_pg's pools, whose gauges
- *             they update)
+ *   lb_pg_query  ws.pg's queries and transactions that wait (updating lb_pg's pool gauges)
  *   lb_pg     ws.pg: PostgreSQL pools and clients
- *   lb_ws     the `ws` module and its timers
+ *   lb_timer  ws.after and ws.every: timers tied to the app version that started them
+ *   lb_ws     the `ws` module
  *   lb_validate  a new version's checks: its app table, config table and routes
  *   lb_status    the status file of the latest reload, for `wsserver --reload`
  *   lb_load   loading and reloading the app (built aside, load() hook, swapped in)
@@ -626,13 +626,20 @@ void lb_redis_free(struct lb_app *a);
  * [-0, +1, m] */
 void lb_redis_push_reply(lua_State *L, const struct ws_redis_value *v, int null);
 
+/* ---- lb_timer ---- */
+
+/* Registers the timer metatable and sets after and every (ws.after, ws.every) in the table at
+ * the top. [-0, +0, m] */
+void lb_timer_open(lua_State *L);
+
+/* Cancels the timers of generations other than generation (all when generation is 0), and with
+ * them those generations' ws.connect callbacks and Redis subscriptions. */
+void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
+
 /* ---- lb_ws ---- */
 
 /* Creates the ws module, sets the global and package.loaded.ws. [-0, +0, m] */
 void lb_ws_open(struct lb_app *a);
-
-/* Cancels the timers of generations older than generation (all when generation is 0). */
-void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
 
 /* ---- lb_validate ---- */
 
