@@ -13,7 +13,7 @@
  *   lb_wsclient_opts  ws.connect's options read and checked
  *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
  *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
- *   lb_pg_query  ws.pg's queries and transactions that wait (updating lb_pg's pool gauges)
+ *   lb_pg_query  ws.pg's queries and transactions that wait, the pools' gauges
  *   lb_pg     ws.pg: PostgreSQL pools and clients
  *   lb_timer  ws.after and ws.every: timers tied to the app version that started them
  *   lb_ws     the `ws` module
@@ -560,13 +560,6 @@ void lb_pg_open(lua_State *L);
 /* Closes ws.pg's pools; after the state is closed (nothing refers to a connection any more). */
 void lb_pg_free(struct lb_app *a);
 
-/* The calls of a's pools: libpq's, or the stand-in's in a->pg_ops. */
-const struct ws_pg_ops *lb_pg_ops(const struct lb_app *a);
-
-/* Sets the pool gauges of /metrics: connections open and handed out, all of a's pools together
- * (nothing without a server or a pool). */
-void lb_pg_gauges(struct lb_app *a);
-
 /* ---- lb_pg_types ---- */
 
 struct pg_result; /* libpq's PGresult */
@@ -584,6 +577,31 @@ void lb_pg_params(lua_State *L, struct lb_app *a, int idx, int n, const char **v
 int lb_pg_push_rows(lua_State *L, struct lb_app *a, struct pg_result *res);
 
 /* ---- lb_pg_query ---- */
+
+/* This section is shared by lb_pg.c and lb_pg_query.c only: the app's pools (made by lb_pg.c,
+ * their gauges kept by lb_pg_query.c), and the calls lb_pg.c's clients make. */
+
+#define LB_PG_MAX_POOLS 16
+
+/* One pool of the app and the conninfo that made it. */
+struct lb_pg_slot {
+    char *conninfo;
+    struct ws_pg_pool *pool;
+};
+
+/* The app's pools, one per conninfo, alive until the app is freed: a reload keeps them (its
+ * connect finds the same pool), so no client outlives its connections. */
+struct lb_pg {
+    struct lb_pg_slot pools[LB_PG_MAX_POOLS];
+    size_t n;
+};
+
+/* The calls of a's pools: libpq's, or the stand-in's in a->pg_ops. */
+const struct ws_pg_ops *lb_pg_ops(const struct lb_app *a);
+
+/* Sets the pool gauges of /metrics: connections open and handed out, all of a's pools together
+ * (nothing without a server or a pool). */
+void lb_pg_gauges(struct lb_app *a);
 
 /* client:query(sql, ...) on pool, the client (argument 1) checked by the caller: sends the
  * statement with its parameters and waits up to timeout seconds in all for a connection and the

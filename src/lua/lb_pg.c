@@ -13,53 +13,19 @@
 #include <string.h>
 
 #define CLIENT_MT "wsserver.pg_client"
-#define MAX_POOLS 16
 #define MAX_POOL_SIZE 1000
 
-/* One pool of the app and the conninfo that made it. */
-struct pool_slot {
-    char *conninfo;
-    struct ws_pg_pool *pool;
-};
-
-/* The app's pools, one per conninfo, alive until the app is freed: a reload keeps them (its
- * connect finds the same pool), so no client outlives its connections. */
-struct lb_pg {
-    struct pool_slot pools[MAX_POOLS];
-    size_t n;
-};
-
 struct pg_client {
-    struct pool_slot *slot; /* its pool, in the app's lb_pg */
+    struct lb_pg_slot *slot; /* its pool, in the app's lb_pg */
     double timeout;
     int pool_size;
 };
-
-const struct ws_pg_ops *lb_pg_ops(const struct lb_app *a)
-{
-    return a->pg_ops ? a->pg_ops : &ws_pg_libpq;
-}
 
 static struct lb_pg *pools_of(struct lb_app *a)
 {
     if (!a->pg)
         a->pg = ws_xcalloc(1, sizeof(*a->pg));
     return a->pg;
-}
-
-void lb_pg_gauges(struct lb_app *a)
-{
-    struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
-    if (!st || !a->pg)
-        return;
-    const struct ws_pg_ops *ops = lb_pg_ops(a);
-    uint64_t open = 0, in_use = 0;
-    for (size_t i = 0; i < a->pg->n; i++) {
-        open += ops->pool_open(a->pg->pools[i].pool);
-        in_use += ops->pool_in_use(a->pg->pools[i].pool);
-    }
-    st->stores[WS_STATS_STORE_POSTGRES].pool_open = open;
-    st->stores[WS_STATS_STORE_POSTGRES].pool_in_use = in_use;
 }
 
 static struct pg_client *check_client(lua_State *L)
@@ -128,14 +94,14 @@ static int pg_connect(lua_State *L)
     read_opts(L, 2, &opts);
     struct lb_pg *pg = pools_of(a);
     const struct ws_pg_ops *ops = lb_pg_ops(a);
-    struct pool_slot *slot = NULL;
+    struct lb_pg_slot *slot = NULL;
     for (size_t i = 0; i < pg->n && !slot; i++)
         if (strcmp(pg->pools[i].conninfo, conninfo) == 0)
             slot = &pg->pools[i];
     if (slot) {
         ops->pool_set_max(slot->pool, (size_t)opts.pool_size);
     } else {
-        if (pg->n == MAX_POOLS)
+        if (pg->n == LB_PG_MAX_POOLS)
             return lb_pg_push_failure(
                 L, "too many databases (at most 16 distinct conninfo strings)", NULL);
         char err[512];

@@ -1,7 +1,7 @@
 /* ws.pg's statements: client:query(sql, ...) and client:transaction(fn) wait (SPEC §4a) for a
- * connection of the client's pool and for the answer. Parameters always travel apart from the
- * SQL text; what goes wrong with the server comes back as nil, message (and the SQLSTATE). The
- * pools and the clients are lb_pg.c's, the values both ways lb_pg_types.c's. */
+ * connection of the client's pool and for the answer, counted in the pools' gauges. Parameters
+ * always travel apart from the SQL text; what goes wrong with the server comes back as nil,
+ * message (and the SQLSTATE). Making pools and clients is lb_pg.c's, values lb_pg_types.c's. */
 #include "ws/lb.h"
 
 #include "ws/clock.h"
@@ -53,6 +53,26 @@ struct pg_call {
     const char **values;
     int *lengths, *formats;
 };
+
+const struct ws_pg_ops *lb_pg_ops(const struct lb_app *a)
+{
+    return a->pg_ops ? a->pg_ops : &ws_pg_libpq;
+}
+
+void lb_pg_gauges(struct lb_app *a)
+{
+    struct ws_stats *st = a->srv ? a->srv->env.stats : NULL;
+    if (!st || !a->pg)
+        return;
+    const struct ws_pg_ops *ops = lb_pg_ops(a);
+    uint64_t open = 0, in_use = 0;
+    for (size_t i = 0; i < a->pg->n; i++) {
+        open += ops->pool_open(a->pg->pools[i].pool);
+        in_use += ops->pool_in_use(a->pg->pools[i].pool);
+    }
+    st->stores[WS_STATS_STORE_POSTGRES].pool_open = open;
+    st->stores[WS_STATS_STORE_POSTGRES].pool_in_use = in_use;
+}
 
 static void observe(struct lb_app *a, enum ws_stats_store_result r, double seconds)
 {
