@@ -13,9 +13,13 @@
  *   lb_wsclient_opts  ws.connect's options read and checked
  *   lb_wsclient  ws.connect: outbound WebSocket connections (waiting or with callbacks)
  *   lb_pg_types  ws.pg's values: Lua parameters in, result rows out
- *   lb_pg     ws.pg: PostgreSQL queries and transactions that wait
- *   lb_ws     the `ws` module and its timers
- *   lb_load   loading and reloading the app (validation, config, load() hook, status file)
+ *   lb_pg_query  ws.pg's queries and transactions that wait, the pools' gauges
+ *   lb_pg     ws.pg: PostgreSQL pools and clients
+ *   lb_timer  ws.after and ws.every: timers tied to the app version that started them
+ *   lb_ws     the `ws` module
+ *   lb_validate  a new version's checks: its app table, config table and routes
+ *   lb_status    the status file of the latest reload, for `wsserver --reload`
+ *   lb_load   loading and reloading the app (built aside, load() hook, swapped in)
  *   lb_app    the event dispatch: struct ws_app_ops over the app's handlers
  *   lb_redis  ws.redis: pooled Redis clients whose calls wait, subscriptions
  * C calls Lua only through lb_call() (handlers) and lb_protect() (loading, validation,
@@ -55,6 +59,8 @@ struct ws_http_client_ops;
 struct lb_wsclient;
 struct lb_pg;
 struct ws_pg_ops;
+struct ws_pg_pool;
+struct luaL_Reg;
 struct ws_client_net;
 struct lb_redis;
 struct ws_redis_ops;
@@ -570,6 +576,56 @@ void lb_pg_params(lua_State *L, struct lb_app *a, int idx, int n, const char **v
  * and the affected row count; returns 2. [-0, +2, e] */
 int lb_pg_push_rows(lua_State *L, struct lb_app *a, struct pg_result *res);
 
+/* ---- lb_pg_query ---- */
+
+/* This section is shared by lb_pg.c and lb_pg_query.c only: the app's pools (made by lb_pg.c,
+ * their gauges kept by lb_pg_query.c), and the calls lb_pg.c's clients make. */
+
+#define LB_PG_MAX_POOLS 16
+
+/* One pool of the app and the conninfo that made it. */
+struct lb_pg_slot {
+    char *conninfo;
+    struct ws_pg_pool *pool;
+};
+
+/* The app's pools, one per conninfo, alive until the app is freed: a reload keeps them (its
+ * connect finds the same pool), so no client outlives its connections. */
+struct lb_pg {
+    struct lb_pg_slot pools[LB_PG_MAX_POOLS];
+    size_t n;
+};
+
+/* The calls of a's pools: libpq's, or the stand-in's in a->pg_ops. */
+const struct ws_pg_ops *lb_pg_ops(const struct lb_app *a);
+
+/* Sets the pool gauges of /metrics: connections open and handed out, all of a's pools together
+ * (nothing without a server or a pool). */
+void lb_pg_gauges(struct lb_app *a);
+
+/* client:query(sql, ...) on pool, the client (argument 1) checked by the caller: sends the
+ * statement with its parameters and waits up to timeout seconds in all for a connection and the
+ * answer. Returns rows, count or nil, err [, sqlstate]; raises for misuse (a NUL in the SQL, too
+ * many parameters, a value SQL has no form for, a handler that cannot wait). [-0, +2|+3, e] */
+int lb_pg_query(lua_State *L, struct ws_pg_pool *pool, double timeout);
+
+/* client:transaction(fn) on pool, the client (argument 1) checked by the caller: fn(tx) runs
+ * between BEGIN and COMMIT on one connection; it rolls back when fn raises (the error goes on),
+ * returns nil (or false) and an error, or a query of it was abandoned. Returns fn's results
+ * (true when none) or nil, err; waits, timeout seconds for each statement. [-0, +?, e] */
+int lb_pg_transaction(lua_State *L, struct ws_pg_pool *pool, double timeout);
+
+/* Pushes nil, why [, sqlstate] and returns how many. [-0, +2|+3, m] */
+int lb_pg_push_failure(lua_State *L, const char *why, const char *sqlstate);
+
+/* Pushes a new locked metatable called name: methods (or NULL) as its __index, gc (or NULL) as
+ * its __gc. [-0, +1, m] */
+void lb_pg_metatable(lua_State *L, const char *name, const struct luaL_Reg *methods,
+                     lua_CFunction gc);
+
+/* Registers the metatables of transactions and of statements' waits. [-0, +0, m] */
+void lb_pg_query_open(lua_State *L);
+
 /* ---- lb_redis ---- */
 
 /* Pushes the ws.redis table (connect, url) and registers its metatables. [-0, +1, m] */
@@ -588,13 +644,59 @@ void lb_redis_free(struct lb_app *a);
  * [-0, +1, m] */
 void lb_redis_push_reply(lua_State *L, const struct ws_redis_value *v, int null);
 
+/* ---- lb_timer ---- */
+
+/* Registers the timer metatable and sets after and every (ws.after, ws.every) in the table at
+ * the top. [-0, +0, m] */
+void lb_timer_open(lua_State *L);
+
+/* Cancels the timers of generations other than generation (all when generation is 0), and with
+ * them those generations' ws.connect callbacks and Redis subscriptions. */
+void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
+
 /* ---- lb_ws ---- */
 
 /* Creates the ws module, sets the global and package.loaded.ws. [-0, +0, m] */
 void lb_ws_open(struct lb_app *a);
 
-/* Cancels the timers of generations older than generation (all when generation is 0). */
-void lb_ws_cancel_timers(struct lb_app *a, uint64_t generation);
+/* ---- lb_validate ---- */
+
+/* The app table fields that hold handlers, by enum lb_handler. */
+extern const char *const lb_handler_names[LB_HANDLER_COUNT];
+
+/* Checks the returned app table: every known field has the right type, unknown ones are
+ * refused (a typo like "mesage" would otherwise be silently ignored). Returns 0, or WS_E_INVAL
+ * with err filled. [-0, +0, m] */
+int lb_validate_app(lua_State *L, int idx, char *err, size_t errlen);
+
+/* Merges the config table at t into cfg. Every value must have its option's type: a string
+ * where a number belongs ("20" for ping_interval) is refused, like a number for a string.
+ * Returns 0, or a negative WS_E_* with err filled (cfg then holds what was merged before).
+ * [-0, +0, e] (a __len or __tostring metamethod may raise) */
+int lb_validate_config(lua_State *L, int t, struct ws_config *cfg, char *err, size_t errlen);
+
+/* Checks the keys of the app.http table at idx (its own keys: a metamethod that dispatches
+ * cannot be listed): each is "METHOD /path" (an upper-case method, one space, a path starting
+ * with '/' without spaces or a query) holding a function, and none is a built-in path.
+ * Returns 0, or WS_E_INVAL with err filled. [-0, +0, -] */
+int lb_validate_routes(lua_State *L, int idx, char *err, size_t errlen);
+
+/* ---- lb_status ---- */
+
+/* The places the result of the latest reload of process pid may be written ("wsserver --reload"
+ * reads it): candidate which (0, 1, ...) is wsserver-<pid>.status in, in order, the pidfile's
+ * folder (when pidfile is not NULL), $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), /tmp.
+ * Returns 0, or WS_E_INVAL when there is no candidate which (or it does not fit in cap). The
+ * server writes to the first folder that lets it and to /tmp too; the reader looks in each. */
+int lb_status_path(char *out, size_t cap, const char *pidfile, long pid, int which);
+
+/* Publishes the latest reload result of a (ok, or the reason why) for "wsserver --reload" in the
+ * first folder of lb_status_path that lets us write (the pidfile's or the runtime folder: a
+ * private /tmp, as systemd's PrivateTmp= gives, is invisible to a --reload run from outside),
+ * and in /tmp too, where `--reload PID` without the pidfile looks. Nothing when a->status_pid
+ * is negative; a result that is ok while the TLS files failed to reload is written as failed.
+ * Failures to write are ignored. */
+void lb_status_write(struct lb_app *a, bool ok, const char *why);
 
 /* ---- lb_load ---- */
 
@@ -622,13 +724,6 @@ int lb_app_check(struct lb_app *a, char *err, size_t errlen);
  * under protection: any failure, an error a metamethod raises included, keeps the running
  * version and is logged with its reason. Returns 0 or WS_E_INVAL. */
 int lb_app_reload(struct lb_app *a, const char *trigger);
-
-/* The places the result of the latest reload of process pid may be written ("wsserver --reload"
- * reads it): candidate which (0, 1, ...) is wsserver-<pid>.status in, in order, the pidfile's
- * folder (when pidfile is not NULL), $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=), /tmp.
- * Returns 0, or WS_E_INVAL when there is no candidate which (or it does not fit in cap). The
- * server writes to the first folder that lets it and to /tmp too; the reader looks in each. */
-int lb_status_path(char *out, size_t cap, const char *pidfile, long pid, int which);
 
 /* Closes the Lua state; NULL is a no-op. */
 void lb_app_free(struct lb_app *a);

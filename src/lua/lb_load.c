@@ -1,7 +1,7 @@
 /* Loading and reloading app.lua: a reload builds the whole new version aside (compiled, run in a
  * fresh environment, validated, its config applied and its load() hook passed) and swaps it in
- * only then; any failure leaves the running version serving. Reload results go to a status file
- * for `wsserver --reload`. */
+ * only then; any failure leaves the running version serving. The checks themselves are
+ * lb_validate.c's; the status file that `wsserver --reload` reads is lb_status.c's. */
 #include "ws/lb.h"
 
 #include "ws/buf.h"
@@ -17,11 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-/* The app table fields that hold handlers, by enum lb_handler. */
-static const char *const handler_names[LB_HANDLER_COUNT] = {
-    "upgrade", "open", "message", "close", "drain", "shutdown", "load", "error",
-};
 
 static void on_reload_idle(struct ev_loop *loop, ev_idle *w, int revents);
 
@@ -107,224 +102,9 @@ void lb_app_free(struct lb_app *a)
     free(a);
 }
 
-/* Checks the returned app table: every known field has the right type, unknown ones are
- * refused (a typo like "mesage" would otherwise be silently ignored). [-0, +0, m] */
-static int validate(lua_State *L, int idx, char *err, size_t errlen)
-{
-    if (!lua_istable(L, idx)) {
-        snprintf(err, errlen, "the app must return a table, got %s", luaL_typename(L, idx));
-        return WS_E_INVAL;
-    }
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : NULL;
-        const char *want = NULL;
-        bool known = false;
-        if (key && (strcmp(key, "config") == 0 || strcmp(key, "http") == 0)) {
-            known = true;
-            want = lua_istable(L, -1) ? NULL : "a table";
-        }
-        for (int i = 0; key && !known && i < LB_HANDLER_COUNT; i++) {
-            if (strcmp(key, handler_names[i]) == 0) {
-                known = true;
-                want = lua_isfunction(L, -1) ? NULL : "a function";
-            }
-        }
-        if (!known) {
-            snprintf(err, errlen,
-                     "unknown app field '%s' (known: config, http, upgrade, open, "
-                     "message, close, drain, shutdown, load, error)",
-                     key ? key : luaL_typename(L, -2));
-            lua_pop(L, 2);
-            return WS_E_INVAL;
-        }
-        if (want) {
-            snprintf(err, errlen, "app.%s must be %s, got %s", key, want, luaL_typename(L, -1));
-            lua_pop(L, 2);
-            return WS_E_INVAL;
-        }
-        lua_pop(L, 1);
-    }
-    return 0;
-}
-
-/* Merges the config table at idx into cfg. Every value must have its option's type: a string
- * where a number belongs ("20" for ping_interval) is refused, like a number for a string.
- * [-0, +0, e] (a __len or __tostring metamethod may raise) */
-static int apply_config(lua_State *L, int t, struct ws_config *cfg, char *err, size_t errlen)
-{
-    int rc = 0;
-    lua_pushnil(L);
-    while (rc == 0 && lua_next(L, t)) {
-        const struct ws_option *opt =
-            lua_type(L, -2) == LUA_TSTRING ? ws_config_find(lua_tostring(L, -2), false) : NULL;
-        int type = lua_type(L, -1);
-        bool number_opt = opt && (opt->type == WS_OPT_INT || opt->type == WS_OPT_SECONDS);
-        if (!opt) {
-            snprintf(err, errlen, "unknown config key '%s'", luaL_tolstring(L, -2, NULL));
-            lua_pop(L, 1);
-            rc = WS_E_INVAL;
-        } else if (type == LUA_TNUMBER) {
-            rc = ws_config_set_number(cfg, opt, lua_tonumber(L, -1), err, errlen);
-        } else if (type == LUA_TBOOLEAN) {
-            rc = ws_config_set_bool(cfg, opt, lua_toboolean(L, -1), err, errlen);
-        } else if (type == LUA_TSTRING && number_opt &&
-                   !(strcmp(opt->name, "workers") == 0 &&
-                     strcmp(lua_tostring(L, -1), "auto") == 0)) {
-            rc = ws_config_wrong_type(opt, "string", err, errlen);
-        } else if (type == LUA_TSTRING) {
-            if (opt->type == WS_OPT_LIST)
-                ws_config_clear_list(cfg, opt);
-            rc = ws_config_set(cfg, opt, lua_tostring(L, -1), false, err, errlen);
-        } else if (type == LUA_TTABLE && opt->type == WS_OPT_LIST) {
-            ws_config_clear_list(cfg, opt);
-            lua_Integer n = luaL_len(L, -1);
-            for (lua_Integer i = 1; rc == 0 && i <= n; i++) {
-                lua_rawgeti(L, -1, i);
-                if (lua_type(L, -1) != LUA_TSTRING) {
-                    snprintf(err, errlen, "invalid value for %s: a list of strings", opt->name);
-                    rc = WS_E_INVAL;
-                } else {
-                    rc = ws_config_set(cfg, opt, lua_tostring(L, -1), false, err, errlen);
-                }
-                lua_pop(L, 1);
-            }
-        } else {
-            rc = ws_config_wrong_type(opt, luaL_typename(L, -1), err, errlen);
-        }
-        lua_pop(L, 1);
-    }
-    if (rc != 0)
-        lua_pop(L, 1); /* the key lua_next left */
-    return rc;
-}
-
-/* The paths the server answers itself, before any app route. */
-static bool builtin_path(const char *path, size_t n)
-{
-    return (n == 8 && memcmp(path, "/healthz", 8) == 0) ||
-           (n == 8 && memcmp(path, "/metrics", 8) == 0);
-}
-
-/* Checks the keys of the app.http table at idx (its own keys: a metamethod that dispatches
- * cannot be listed): each is "METHOD /path" (an upper-case method, one space, a path starting
- * with '/' without spaces or a query) holding a function, and none is a built-in path.
- * [-0, +0, -] */
-static int check_routes(lua_State *L, int idx, char *err, size_t errlen)
-{
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        const char *why = NULL;
-        size_t n = 0;
-        const char *key = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &n) : NULL;
-        size_t m = key ? strspn(key, "ABCDEFGHIJKLMNOPQRSTUVWXYZ") : 0;
-        const char *path = key ? key + m + 1 : NULL;
-        size_t plen = key && m < n ? n - m - 1 : 0;
-        if (!key) {
-            snprintf(err, errlen, "app.http keys must be strings like \"GET /path\", got a %s",
-                     luaL_typename(L, -2));
-            lua_pop(L, 2);
-            return WS_E_INVAL;
-        }
-        if (m == 0 || m >= n || key[m] != ' ' || plen == 0 || path[0] != '/')
-            why = "must be \"METHOD /path\" (e.g. \"GET /count\")";
-        for (size_t i = 0; !why && i < plen; i++)
-            if ((unsigned char)path[i] <= ' ' || path[i] == '?' || path[i] == '#' ||
-                path[i] == 0x7f)
-                why = "must be \"METHOD /path\" with a path of its own (no spaces, no query)";
-        if (!why && builtin_path(path, plen))
-            why = "is a path the server answers itself (/healthz, /metrics): pick another path";
-        if (!why && !lua_isfunction(L, -1)) {
-            snprintf(err, errlen, "app.http[\"%.100s\"] must be a function, got %s", key,
-                     luaL_typename(L, -1));
-            lua_pop(L, 2);
-            return WS_E_INVAL;
-        }
-        if (why) {
-            snprintf(err, errlen, "app.http key \"%.100s\" %s", key, why);
-            lua_pop(L, 2);
-            return WS_E_INVAL;
-        }
-        lua_pop(L, 1);
-    }
-    return 0;
-}
-
-int lb_status_path(char *out, size_t cap, const char *pidfile, long pid, int which)
-{
-    const char *dirs[3];
-    int lens[3], n = 0;
-    const char *slash = pidfile ? strrchr(pidfile, '/') : NULL;
-    if (pidfile) {
-        dirs[n] = slash ? pidfile : ".";
-        lens[n++] = slash ? (int)(slash - pidfile) : 1;
-    }
-    const char *runtime = getenv("RUNTIME_DIRECTORY"); /* systemd: "a:b" for several folders */
-    if (runtime && *runtime) {
-        dirs[n] = runtime;
-        lens[n++] = (int)strcspn(runtime, ":");
-    }
-    dirs[n] = "/tmp";
-    lens[n++] = 4;
-    if (which < 0 || which >= n)
-        return WS_E_INVAL;
-    int k = snprintf(out, cap, "%.*s/wsserver-%ld.status", lens[which], dirs[which], pid);
-    return k < 0 || (size_t)k >= cap ? WS_E_INVAL : 0;
-}
-
-/* Writes line to path through a temporary file renamed into place, so a reader never sees half
- * a line and a planted symlink is replaced, not followed. False when the folder refuses. */
-static bool put_status(const char *path, const char *line, size_t n)
-{
-    char tmp[PATH_MAX + 8];
-    snprintf(tmp, sizeof(tmp), "%s.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
-        return false;
-    bool written = write(fd, line, n) == (ssize_t)n;
-    close(fd);
-    if (written && rename(tmp, path) == 0)
-        return true;
-    unlink(tmp);
-    return false;
-}
-
-/* Publishes the latest reload result for "wsserver --reload" in the first folder of
- * lb_status_path that lets us write (the pidfile's or the runtime folder: a private /tmp, as
- * systemd's PrivateTmp= gives, is invisible to a --reload run from outside), and in /tmp too,
- * where `--reload PID` without the pidfile looks. */
-static void write_status(struct lb_app *a, bool ok, const char *why)
-{
-    if (a->status_pid < 0)
-        return;
-    if (ok && a->srv && a->srv->reload_error[0]) {
-        ok = false; /* the app took over, but the TLS files did not: the operator must know */
-        why = a->srv->reload_error;
-    }
-    char line[700];
-    int n = snprintf(line, sizeof(line), "attempt=%llu result=%s generation=%llu%s%s\n",
-                     (unsigned long long)a->attempts, ok ? "ok" : "failed",
-                     (unsigned long long)a->generation, why ? " error=" : "", why ? why : "");
-    if (n >= (int)sizeof(line)) {
-        n = (int)sizeof(line) - 1; /* a long error is cut; the line still ends the same way */
-        line[n - 1] = '\n';
-    }
-    for (int i = 0; i < n - 1; i++)
-        if (line[i] == '\n')
-            line[i] = ' ';
-    char path[PATH_MAX], next[PATH_MAX];
-    long pid = a->status_pid ? a->status_pid : (long)getpid();
-    bool done = false;
-    for (int i = 0; lb_status_path(path, sizeof(path), a->config.pidfile, pid, i) == 0; i++) {
-        bool last = lb_status_path(next, sizeof(next), a->config.pidfile, pid, i + 1) < 0;
-        if (!done || last)
-            done = put_status(path, line, (size_t)n) || done;
-    }
-}
-
 static void log_reload(struct lb_app *a, const char *trigger, bool ok, const char *why)
 {
-    write_status(a, ok, why);
+    lb_status_write(a, ok, why);
     struct ws_log_line l;
     ws_log_begin(&l, ok ? WS_LOG_INFO : WS_LOG_ERROR, ok ? "app_loaded" : "app_load_failed");
     ws_log_cstr(&l, "file", a->path);
@@ -493,7 +273,7 @@ static int build_version(lua_State *L)
     }
     int app_idx = lua_gettop(L);
     v->stage = "checking the app table";
-    if (validate(L, app_idx, v->err, sizeof(v->err)) < 0)
+    if (lb_validate_app(L, app_idx, v->err, sizeof(v->err)) < 0)
         return 0;
     lua_pushvalue(L, app_idx);
     keep(L, &v->app_ref);
@@ -510,7 +290,7 @@ static int build_version(lua_State *L)
         return 0;
     }
     if (lua_istable(L, -1) &&
-        (apply_config(L, lua_gettop(L), &v->next, v->err, sizeof(v->err)) < 0 ||
+        (lb_validate_config(L, lua_gettop(L), &v->next, v->err, sizeof(v->err)) < 0 ||
          ws_config_validate(&v->next, v->err, sizeof(v->err)) < 0)) {
         v->config_error = true;
         return 0;
@@ -524,7 +304,7 @@ static int build_version(lua_State *L)
         return 0;
     }
     if (lua_istable(L, -1)) {
-        if (check_routes(L, lua_gettop(L), v->err, sizeof(v->err)) < 0)
+        if (lb_validate_routes(L, lua_gettop(L), v->err, sizeof(v->err)) < 0)
             return 0;
         keep(L, &v->http_ref);
     } else {
@@ -534,13 +314,13 @@ static int build_version(lua_State *L)
     /* handlers are read once, here: a table whose __index answers them works, one whose
      * __index raises is refused now instead of failing later */
     for (int i = 0; i < LB_HANDLER_COUNT; i++) {
-        v->field = handler_names[i];
-        lua_getfield(L, app_idx, handler_names[i]);
+        v->field = lb_handler_names[i];
+        lua_getfield(L, app_idx, lb_handler_names[i]);
         if (lua_isnil(L, -1)) {
             lua_pop(L, 1);
         } else if (!lua_isfunction(L, -1)) {
-            snprintf(v->err, sizeof(v->err), "app.%s must be a function, got %s", handler_names[i],
-                     luaL_typename(L, -1));
+            snprintf(v->err, sizeof(v->err), "app.%s must be a function, got %s",
+                     lb_handler_names[i], luaL_typename(L, -1));
             return 0;
         } else {
             keep(L, &v->handlers[i]);

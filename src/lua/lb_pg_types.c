@@ -1,5 +1,6 @@
 /* ws.pg's values both ways: Lua parameters to the text (or binary) form PostgreSQL reads, and
- * result rows to Lua tables by column type. No waiting and no connections: lb_pg.c's. */
+ * result rows to Lua tables by column type. No waiting and no connections: those are
+ * lb_pg_query.c's and lb_pg.c's. */
 #include "ws/lb.h"
 
 #include "ws/utf8.h"
