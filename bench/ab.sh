@@ -2,7 +2,8 @@
 # A/B of wsserver builds on one wsbench scenario: server CPU per message (per cycle in connect
 # mode). Each binary in turn, round after round, so that the load of a shared machine falls on
 # all of them alike; the summary gives each binary's median and its median same-round ratio to
-# the first binary. Usage: bench/ab.sh BASE_BINARY OTHER_BINARY...
+# the first binary. Usage: bench/ab.sh BASE_BINARY OTHER_BINARY... A binary written uws:PATH is
+# a uWebSockets EchoServer build (docs/performance.md), started with its port in $PORT.
 # Environment: WSBENCH (build/wsbench), AB_ROUNDS (5), AB_DURATION (3 s), AB_WARMUP (1 s),
 # AB_ARGS (the wsbench mode and options: "connect -c 50"), AB_APP (bench/apps/echo.lua),
 # AB_SERVER_CPU (0), AB_CLIENT_CPU (1), AB_NICE (e.g. -10, as root), AB_OUT (the rows as JSON
@@ -29,15 +30,20 @@ source "$ROOT/bench/lib.sh"
 export WSSERVER_LUA_PATH="$ROOT/lua/?.lua;$ROOT/lua/?/init.lua"
 # copies, so that a rebuild during the run changes nothing
 for i in $(seq $#); do
-    cp "${!i}" "$TMP/wsserver-$i"
+    cp "${!i#uws:}" "$TMP/wsserver-$i"
 done
 ROWS=$TMP/rows.jsonl
 : >"$ROWS"
 for round in $(seq "$ROUNDS"); do
     for i in $(seq $#); do
         port=$(free_port)
-        "${NICE[@]}" taskset -c "${AB_SERVER_CPU:-0}" "$TMP/wsserver-$i" -l "127.0.0.1:$port" \
-            --max-connections 20000 --log-level warn "$APP" >>"$TMP/server.log" 2>&1 &
+        if [[ ${!i} == uws:* ]]; then
+            PORT=$port "${NICE[@]}" taskset -c "${AB_SERVER_CPU:-0}" "$TMP/wsserver-$i" \
+                >>"$TMP/server.log" 2>&1 &
+        else
+            "${NICE[@]}" taskset -c "${AB_SERVER_CPU:-0}" "$TMP/wsserver-$i" -l "127.0.0.1:$port" \
+                --max-connections 20000 --log-level warn "$APP" >>"$TMP/server.log" 2>&1 &
+        fi
         SPID=$!
         for _ in $(seq 100); do
             [[ -n $(ss -Htln "sport = :$port" 2>/dev/null) ]] && break
