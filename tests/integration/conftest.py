@@ -21,7 +21,7 @@ EXAMPLES = ROOT / "examples"
 
 
 class Server:
-    def __init__(self, app, args, cwd, env=None):
+    def __init__(self, app, args, cwd, env=None, ready=True):
         self.port = wsraw.free_port()
         self.host = "127.0.0.1"
         self.url = f"ws://{self.host}:{self.port}/"
@@ -31,7 +31,8 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=self.logfile, stderr=subprocess.STDOUT, cwd=cwd,
                                      env=None if env is None else {**os.environ, **env})
         self.pid = self.proc.pid
-        self._wait_ready()
+        if ready:  # an app that runs to its end may exit before anyone sees it listen
+            self._wait_ready()
 
     def _wait_ready(self, timeout=10.0):
         try:
@@ -74,11 +75,11 @@ def _deadline(request):
 def wsserver_factory(tmp_path):
     started = []
 
-    def start(app=EXAMPLES / "echo.lua", args=(), app_source=None, env=None):
+    def start(app=EXAMPLES / "echo.lua", args=(), app_source=None, env=None, ready=True):
         if app_source is not None:
             app = tmp_path / f"app{len(started)}.lua"
             app.write_text(app_source)
-        server = Server(app, list(args), cwd=str(ROOT), env=env)
+        server = Server(app, list(args), cwd=str(ROOT), env=env, ready=ready)
         started.append(server)
         return server
 
