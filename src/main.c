@@ -9,6 +9,7 @@
 #include "ws/master.h"
 #include "ws/metrics.h"
 #include "ws/notify.h"
+#include "ws/proc.h"
 #include "ws/redis_client.h"
 #include "ws/server.h"
 #include "ws/transport.h"
@@ -16,7 +17,6 @@
 
 #include <ctype.h>
 #include <limits.h>
-#include <grp.h>
 #include <pwd.h>
 #include <errno.h>
 #include <ev.h>
@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -119,16 +118,6 @@ static int bad_usage(const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\n(see wsserver --help)\n");
     return 2;
-}
-
-/* Raises the open-file limit to the hard limit: every connection is a descriptor. */
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
 }
 
 /* Level, format and destination of the log; open_file false keeps the lines on stderr
@@ -271,52 +260,6 @@ static void on_usr1(struct ev_loop *loop, ev_signal *w, int revents)
     ws_log_reopen();
 }
 
-/* Drops root after the listeners are open (ports below 1024, a TLS key only root may read). */
-static int drop_privileges(const char *user, char *err, size_t errlen)
-{
-    struct passwd *pw = getpwnam(user);
-    if (!pw) {
-        snprintf(err, errlen, "--user %s: no such user", user);
-        return -1;
-    }
-    if (setgroups(0, NULL) < 0 && errno != EPERM) {
-        snprintf(err, errlen, "--user %s: setgroups: %s", user, strerror(errno));
-        return -1;
-    }
-    if (setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0) {
-        snprintf(err, errlen, "--user %s: %s", user, strerror(errno));
-        return -1;
-    }
-    if (pw->pw_uid != 0 && setuid(0) == 0) {
-        snprintf(err, errlen, "--user %s: could regain root", user);
-        return -1;
-    }
-    return 0;
-}
-
-/* Removes the pidfile; says so when it cannot (after --user, its folder may not be writable). */
-static void remove_pidfile(const char *path)
-{
-    if (path && unlink(path) < 0 && errno != ENOENT) {
-        struct ws_log_line l;
-        ws_log_begin(&l, WS_LOG_WARN, "pidfile_left");
-        ws_log_cstr(&l, "file", path);
-        ws_log_cstr(&l, "error", strerror(errno));
-        ws_log_end(&l);
-    }
-}
-
-static void write_pidfile(const char *path)
-{
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        ws_log_msg(WS_LOG_WARN, "pidfile", strerror(errno));
-        return;
-    }
-    fprintf(f, "%ld\n", (long)getpid());
-    fclose(f);
-}
-
 static int parse_args(int argc, char **argv, struct ws_config *cfg, struct args *args)
 {
     char err[256];
@@ -441,7 +384,7 @@ static int serve(struct start *st, int index, int hub_fd)
      * it), and before dropping privileges: /run may be root's */
     char *pidfile = app->config.pidfile && !st->master ? strdup(app->config.pidfile) : NULL;
     if (pidfile)
-        write_pidfile(pidfile);
+        ws_proc_write_pidfile(pidfile);
     srv->worker = index;
     ws_metrics_attach(srv, st->board, index, WS_VERSION);
     /* connection ids stay unique across the workers of a node (and below 2^53 for JSON) */
@@ -453,7 +396,7 @@ static int serve(struct start *st, int index, int hub_fd)
             fprintf(stderr, "wsserver: %s\n", err);
             ws_metrics_detach(srv);
             ws_server_free(srv);
-            remove_pidfile(pidfile);
+            ws_proc_remove_pidfile(pidfile);
             free(pidfile);
             lb_app_free(app);
             return 2;
@@ -466,7 +409,7 @@ static int serve(struct start *st, int index, int hub_fd)
     if (bus)
         ws_server_set_bus(srv, bus);
     struct ws_watch *watch = NULL;
-    if (app->config.user && drop_privileges(app->config.user, err, sizeof(err)) < 0) {
+    if (app->config.user && ws_proc_drop_privileges(app->config.user, err, sizeof(err)) < 0) {
         fprintf(stderr, "wsserver: %s\n", err);
     } else if (lb_app_attach(app, srv, err, sizeof(err)) < 0) {
         fprintf(stderr, "wsserver: %s\n", err);
@@ -491,7 +434,7 @@ static int serve(struct start *st, int index, int hub_fd)
     ws_watch_free(watch);
     ws_metrics_detach(srv);
     ws_server_free(srv);
-    remove_pidfile(pidfile);
+    ws_proc_remove_pidfile(pidfile);
     free(pidfile);
     lb_app_free(app);
     ws_log_msg(WS_LOG_INFO, "exit", "bye");
@@ -525,7 +468,7 @@ int main(int argc, char **argv)
         ws_config_free(&st.cli);
         return 1;
     }
-    raise_nofile();
+    ws_proc_raise_nofile();
 
     /* Load once here: --check, and the settings that decide how many processes to run. */
     struct ev_loop *probe = ev_loop_new(EVFLAG_AUTO);
@@ -586,11 +529,11 @@ int main(int argc, char **argv)
     } else if (workers > 1) {
         st.master = getpid();
         if (pidfile)
-            write_pidfile(pidfile);
+            ws_proc_write_pidfile(pidfile);
         st.board = ws_metrics_board_new(workers); /* every worker's /metrics shows them all */
         code = ws_master_run(workers, shutdown_timeout, worker_main, &st);
         ws_metrics_board_free(st.board);
-        remove_pidfile(pidfile);
+        ws_proc_remove_pidfile(pidfile);
         char status[PATH_MAX]; /* the workers wrote it */
         for (int i = 0; lb_status_path(status, sizeof(status), pidfile, getpid(), i) == 0; i++)
             unlink(status);
