@@ -116,6 +116,38 @@ int ws_conn_ping(struct ws_conn *c, const void *payload, size_t len);
 /* Bytes in the send queue. */
 size_t ws_conn_buffered(const struct ws_conn *c);
 
+/* One message taken by ws_conn_next_message; data is valid until the read's next message. */
+struct ws_message {
+    const uint8_t *data;
+    size_t len;
+    bool binary;
+};
+
+/* Inside ops->message: takes the next message of the same read when it is the next thing c's
+ * peer sent, so the app may run it at once (counted as delivered, as ops->message is). False
+ * when there is none, or a frame of another kind comes first (a ping, the close, an error):
+ * that and everything after it go through the ops as usual, in order. */
+bool ws_conn_next_message(struct ws_conn *c, struct ws_message *m);
+
+/* A read being handled (env->feed): the bytes not yet fed to the session, and an event that
+ * ws_conn_next_message took from them but left for the ops, in order. */
+struct ws_feed {
+    struct ws_conn *c;
+    uint8_t *data;
+    size_t len;
+    bool held; /* rc and ev hold the next event */
+    int rc;
+    struct ws_session_event ev;
+};
+
+/* Inside ops->message: true when c's read holds more after this message (maybe a message for
+ * ws_conn_next_message), false when the message was the read's last. */
+static inline bool ws_conn_reading_more(const struct ws_conn *c)
+{
+    const struct ws_feed *f = c->env->feed;
+    return f && f->c == c && (f->len || f->held);
+}
+
 /* A new accepted socket with its transport (state owned by the conn), registered in env. It may
  * be refused at once (per-address limit): it is then already CLOSED and queued for freeing. */
 struct ws_conn *ws_conn_new(struct ws_env *env, int fd, const struct sockaddr *sa, socklen_t salen,

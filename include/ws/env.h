@@ -119,6 +119,7 @@ void ws_stats_count_close(struct ws_stats *st, int code);
 void ws_stats_count_refusal(struct ws_stats *st, int status);
 
 struct ws_conn;
+struct ws_feed;
 
 struct ws_env {
     struct ev_loop *loop;
@@ -137,7 +138,8 @@ struct ws_env {
     struct ws_deflate_shared *deflate_shared; /* with compression on */
     struct ws_buf zbuf;                       /* compression scratch */
     struct ws_chunk_pool pool;
-    uint8_t *rbuf; /* shared read buffer, WS_ENV_READ_BYTES */
+    uint8_t *rbuf;        /* shared read buffer, WS_ENV_READ_BYTES */
+    struct ws_feed *feed; /* the read whose frames are being handled (conn.c), or NULL */
     uint64_t next_id;
     struct ws_conn *flush_head; /* written to in this iteration */
     struct ws_conn *dead_head;  /* closed, to be freed */

@@ -243,6 +243,10 @@ void lb_budget_begin(struct lb_app *a, lua_State *co, struct lb_run *run);
 /* Closes the budget lb_budget_begin opened for co and records the run's latency. */
 void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run);
 
+/* lb_budget_end then lb_budget_begin: the run on co goes on with another handler call (the next
+ * message of the same read), a run with a budget of its own. */
+void lb_budget_next(struct lb_app *a, lua_State *co, struct lb_run *run);
+
 /* lb_call_for without a connection. */
 int lb_call(struct lb_app *a, int nargs, int nres, const char *what);
 
@@ -301,6 +305,7 @@ struct lb_task {
     void *wait_ud;            /* the wait's own state */
     double wait_started;      /* ev_now when the wait began */
     uint64_t generation;      /* the app version whose message handler is at LB_TASK_MESSAGE */
+    struct lb_run run;        /* the budget of its run now (resumed, or lb_budget_next) */
     struct lb_task *prev, *next; /* a->waiting, or a->idle */
 };
 

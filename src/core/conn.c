@@ -147,28 +147,53 @@ static void on_peer_close(struct ws_conn *c, const struct ws_session_event *ev)
         ws_conn_abort(c, 1006, NULL); /* the reply to our close: done */
 }
 
+/* Takes the read's next event: the held one, or one fed from its bytes. */
+static int next_event(struct ws_feed *f, struct ws_session_event *ev)
+{
+    if (f->held) {
+        f->held = false;
+        *ev = f->ev;
+        return f->rc;
+    }
+    size_t used = 0;
+    int rc = ws_session_feed(&f->c->session, f->data, f->len, &used, ev);
+    f->data += used;
+    f->len -= used;
+    return rc;
+}
+
+/* A message from an open connection reaches the app: counted, and its time noted. */
+static void count_message(struct ws_conn *c)
+{
+    c->env->stats->messages_in++;
+    c->messages_in++;
+    c->clock.last_message = c->clock.last_read; /* set by this read */
+}
+
 static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
 {
     struct ws_env *env = c->env;
+    struct ws_feed f; /* its ev is set only with held */
+    f.c = c;
+    f.data = data;
+    f.len = len;
+    f.held = false;
+    struct ws_feed *outer = env->feed; /* another connection's, when an app wrote into this one */
+    env->feed = &f;
     for (;;) {
-        size_t used = 0;
         struct ws_session_event ev;
-        int rc = ws_session_feed(&c->session, data, len, &used, &ev);
-        data += used;
-        len -= used;
+        int rc = next_event(&f, &ev);
         if (rc == WS_E_AGAIN)
-            return;
+            break;
         if (rc < 0) {
             fail(c, rc);
-            return;
+            break;
         }
         switch (ev.type) {
         case WS_SESSION_MESSAGE:
             if (c->state != WS_CONN_OPEN)
                 break; /* RFC 6455 §1.4: data after our close frame is discarded */
-            env->stats->messages_in++;
-            c->messages_in++;
-            c->clock.last_message = c->clock.last_read; /* set by this read */
+            count_message(c);
             if (env->ops->message)
                 env->ops->message(env->app, c, ev.data, ev.len, ev.opcode == WS_OP_BINARY);
             break;
@@ -185,8 +210,29 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
             break;
         }
         if (c->state == WS_CONN_CLOSED)
-            return;
+            break;
     }
+    env->feed = outer;
+}
+
+bool ws_conn_next_message(struct ws_conn *c, struct ws_message *m)
+{
+    struct ws_feed *f = c->env->feed;
+    if (!f || f->c != c || f->held || !f->len || c->state != WS_CONN_OPEN)
+        return false;
+    struct ws_session_event ev;
+    int rc = next_event(f, &ev);
+    if (rc != 0 || ev.type != WS_SESSION_MESSAGE) {
+        f->held = true;
+        f->rc = rc;
+        f->ev = ev;
+        return false;
+    }
+    count_message(c);
+    m->data = ev.data;
+    m->len = ev.len;
+    m->binary = ev.opcode == WS_OP_BINARY;
+    return true;
 }
 
 /* the hot path (on_bytes) calls process_frames, which the compiler inlines there */

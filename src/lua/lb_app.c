@@ -272,7 +272,29 @@ static int call_message(lua_State *L)
     return 0;
 }
 
-/* Runs message(conn, data, kind) for c now. */
+/* A pooled task's function for a read's messages: message(conn, data, kind), then each further
+ * message of the same read the core hands over (ws_conn_next_message), in one resume, each call
+ * a run with a budget of its own. The first that waits ends it: the messages after it come
+ * through on_message and queue behind it. Arguments: c (light), the handler, conn, and the
+ * first call (handler, conn, data, kind). [-0, +0, e] */
+static int run_messages(lua_State *L)
+{
+    struct ws_conn *c = lua_touserdata(L, 1);
+    struct lb_app *a = lb_app_of(L);
+    struct lb_task *t = a->current;
+    for (;;) {
+        lua_callk(L, 3, 0, 0, handler_done);
+        struct ws_message m;
+        if (t->generation != a->generation || busy(c) || !ws_conn_next_message(c, &m))
+            return 0;
+        lb_budget_next(a, L, &t->run);
+        lua_pushvalue(L, 2);
+        lua_pushvalue(L, 3);
+        push_message(L, m.data, m.len, m.binary, false);
+    }
+}
+
+/* Runs message(conn, data, kind) for c now, and the messages that follow it in the same read. */
 static void dispatch_message(struct lb_app *a, struct ws_conn *c, const uint8_t *data, size_t len,
                              bool binary, const char *gone)
 {
@@ -288,10 +310,22 @@ static void dispatch_message(struct lb_app *a, struct ws_conn *c, const uint8_t 
      * message, so the pushes below cannot raise outside a protected call (a coroutine of the
      * pool holds only its LB_TASK_BASE values, with room for LUA_MINSTACK more). */
     if (a->mem < a->mem_limit && a->mem_limit - a->mem > len + 4096) {
+        /* more messages may follow in this read: run them in this resume (run_messages) */
+        bool more = ws_conn_reading_more(c);
+        int nargs = 3;
+        if (more) {
+            lua_pushcfunction(co, run_messages);
+            lua_pushlightuserdata(co, c);
+            nargs = 7;
+        }
         lua_pushvalue(co, LB_TASK_MESSAGE);
         if (lb_conn_push_existing(co, c, true)) {
+            if (more) {
+                lua_pushvalue(co, -2);
+                lua_pushvalue(co, -2);
+            }
             push_message(co, data, len, binary, true);
-            enum lb_task_result r = lb_task_start(t, 3, "message", c->node.id);
+            enum lb_task_result r = lb_task_start(t, nargs, "message", c->node.id);
             settle(a, c, r, t, "message");
             return;
         }

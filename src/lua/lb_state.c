@@ -92,36 +92,60 @@ const char *lb_error_text(lua_State *L, int idx)
                                            : "(error object is not a string)";
 }
 
+/* A fresh budget for the outermost run on co, from now. */
+static inline void open_budget(struct lb_app *a, lua_State *co, struct lb_run *run, double now)
+{
+    run->started = now;
+    a->deadline = now + a->handler_timeout;
+    a->timed_out = false;
+    /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
+     * Lua's emergency collection, so garbage could fail a handler that would fit */
+    if (a->mem > a->mem_limit / 10 * 9)
+        lua_gc(a->L, LUA_GCCOLLECT);
+    run->prev = run_start(co);
+}
+
+/* The outermost run on co is over: hooks off, the collector paced, its time (to now, or to the
+ * clock when now is 0) recorded when it had a budget of its own. */
+static inline void close_budget(struct lb_app *a, lua_State *co, const struct lb_run *run,
+                                double now)
+{
+    run_end(a, co, run->prev);
+    if (a->gc_cycles != a->gc_paced)
+        lb_gc_pace(a);
+    if (a->srv && run->started)
+        ws_stats_observe_handler(a->srv->env.stats, (now ? now : lb_mono_now()) - run->started);
+}
+
 void lb_budget_begin(struct lb_app *a, lua_State *co, struct lb_run *run)
 {
     run->started = 0;
-    if (a->depth == a->base_depth) {
-        run->started = lb_mono_now();
-        a->deadline = run->started + a->handler_timeout;
-        a->timed_out = false;
-        /* near the cap, collect first: luaL_Buffer (string.rep, table.concat) allocates without
-         * Lua's emergency collection, so garbage could fail a handler that would fit */
-        if (a->mem > a->mem_limit / 10 * 9)
-            lua_gc(a->L, LUA_GCCOLLECT);
-        run->prev = run_start(co);
-    } else {
+    if (a->depth == a->base_depth)
+        open_budget(a, co, run, lb_mono_now());
+    else
         run->prev = lb_run_on(co);
-    }
     a->depth++;
 }
 
 void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run)
 {
     a->depth--;
-    if (a->depth != a->base_depth) {
+    if (a->depth != a->base_depth)
         lb_run_off(co, run->prev);
+    else
+        close_budget(a, co, run, 0);
+}
+
+void lb_budget_next(struct lb_app *a, lua_State *co, struct lb_run *run)
+{
+    if (a->depth - 1 != a->base_depth || !run->started) {
+        lb_budget_end(a, co, run);
+        lb_budget_begin(a, co, run);
         return;
     }
-    run_end(a, co, run->prev);
-    if (a->gc_cycles != a->gc_paced)
-        lb_gc_pace(a);
-    if (a->srv && run->started)
-        ws_stats_observe_handler(a->srv->env.stats, lb_mono_now() - run->started);
+    double now = lb_mono_now();
+    close_budget(a, co, run, now);
+    open_budget(a, co, run, now);
 }
 
 void lb_report_error(struct lb_app *a, const char *what, uint64_t conn, const char *msg)

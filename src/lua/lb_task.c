@@ -148,11 +148,10 @@ static enum lb_task_result resume(struct lb_task *t, int nargs)
     struct lb_task *outer = a->current;
     lua_State *from = outer ? outer->co : a->L;
     a->current = t;
-    struct lb_run run;
-    lb_budget_begin(a, t->co, &run);
+    lb_budget_begin(a, t->co, &t->run);
     int nres = 0;
     int rc = lua_resume(t->co, from, nargs, &nres);
-    lb_budget_end(a, t->co, &run);
+    lb_budget_end(a, t->co, &t->run);
     a->current = outer;
     if (rc == LUA_YIELD && t->waiting)
         return LB_TASK_WAITING;

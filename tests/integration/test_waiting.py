@@ -266,6 +266,90 @@ return {
     assert "handler exceeded handler_timeout" in server.log()
 
 
+ONE_READ_APP = """
+return {
+  config = {handler_timeout = 0.25},
+  message = function(conn, data, kind)
+    if data == "ran" then conn:send(table.concat(ws.state.ran or {}, ",")); return end
+    if data == "errors" then conn:send(tostring(ws.state.errors)); return end
+    local ran = ws.state.ran or {}; ran[#ran + 1] = data; ws.state.ran = ran
+    if data == "spin" then local t = os.clock(); while os.clock() - t < 0.15 do end end
+    if data == "wait" then ws.sleep(0.05) end
+    if data == "boom" then error("boom in one read") end
+    if data == "close" then conn:close(4000, "asked") end
+    conn:send(data, kind)
+  end,
+  error = function(message, conn) ws.state.errors = (ws.state.errors or 0) + 1 end,
+}
+"""
+
+
+def handler_calls(port):
+    from test_metrics import scrape, value
+    return value(scrape(port)[0], "wsserver_handler_duration_seconds_count")
+
+
+def test_messages_of_one_read_run_in_order_each_a_run_with_its_own_budget(wsserver_factory):
+    """Many frames in one TCP write: the messages run one after another (the server may run
+    them in one go), each a run with handler_timeout of its own, so three 0.15 s handlers in
+    one read under a 0.25 s budget all finish; a ping between them is answered in its place, a
+    handler that waits holds the rest behind it, and conn:close stops the read's messages."""
+    ops = wsraw.free_port()
+    server = wsserver_factory(app_source=ONE_READ_APP,
+                              args=["--metrics-listen", f"127.0.0.1:{ops}"])
+
+    def frames(*names, op=wsraw.OP_TEXT):
+        return b"".join(wsraw.encode_frame(op, n) for n in names)
+
+    burst = (frames(b"a", b"spin", b"spin", b"spin") + frames(b"p", op=wsraw.OP_PING) +
+             frames(b"wait", b"b") + frames(b"c", op=wsraw.OP_BINARY))
+    # the same burst in the request's own write too: its frames are read with the request head
+    for first in (False, True):
+        before = handler_calls(ops)
+        client = wsraw.connect(server.port, first_bytes=burst if first else b"")
+        if not first:
+            client.send_raw(burst)
+        for n in (b"a", b"spin", b"spin", b"spin"):
+            client.expect_message(wsraw.OP_TEXT, n)
+        client.expect_pong(b"p")
+        client.expect_message(wsraw.OP_TEXT, b"wait")
+        client.expect_message(wsraw.OP_TEXT, b"b")
+        client.expect_message(wsraw.OP_BINARY, b"c")
+        client.send_raw(frames(b"x", b"close", b"never"))
+        client.expect_message(wsraw.OP_TEXT, b"x")
+        client.expect_close(4000)  # "close" sends nothing after conn:close
+        client.close()
+        # a run per message, two for the one that waited; "never" came after our close frame
+        wait_for(lambda: handler_calls(ops) - before == 10, timeout=STEP)
+    client = wsraw.connect(server.port)
+    client.send_text("ran")
+    client.expect_message(wsraw.OP_TEXT, b",".join([b"a,spin,spin,spin,wait,b,c,x,close"] * 2))
+    client.close()
+    assert "handler_timeout" not in server.log()
+
+
+def test_an_error_ends_the_messages_of_its_read_there(wsserver_factory):
+    """A handler error in the middle of one read's messages closes the connection with 1011
+    after app.error saw it once; the messages before it were answered, the ones after it do
+    not run, and another connection is untouched."""
+    server = wsserver_factory(app_source=ONE_READ_APP)
+    other = wsraw.connect(server.port)
+    client = wsraw.connect(server.port)
+    client.send_raw(b"".join(wsraw.encode_frame(wsraw.OP_TEXT, n) for n in
+                             (b"one", b"two", b"boom", b"three", b"four")))
+    client.expect_message(wsraw.OP_TEXT, b"one")
+    client.expect_message(wsraw.OP_TEXT, b"two")
+    client.expect_close(1011)
+    client.close()
+    other.send_text("ran")
+    other.expect_message(wsraw.OP_TEXT, b"one,two,boom")
+    other.send_text("errors")
+    other.expect_message(wsraw.OP_TEXT, b"1")
+    other.close()
+    log = server.log()
+    assert log.count("boom in one read") == 1, log
+
+
 def test_waiting_in_load_is_refused_with_a_clear_error(tmp_path):
     app = tmp_path / "app.lua"
     app.write_text("return { load = function() ws.sleep(1) end }\n")
