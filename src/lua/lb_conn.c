@@ -133,6 +133,11 @@ static uint8_t check_kind(lua_State *L, int idx)
     static const char *const kinds[] = {"text", "binary", NULL};
     size_t n;
     const char *s = lua_tolstring(L, idx, &n);
+    const char *const *made = lb_app_of(L)->kinds;
+    if (s == made[0])
+        return WS_OP_TEXT; /* the kind a message handler was given, passed on */
+    if (s == made[1])
+        return WS_OP_BINARY;
     if (s && n == 4 && memcmp(s, "text", 4) == 0)
         return WS_OP_TEXT; /* the common cases without luaL_checkoption's string walk */
     if (s && n == 6 && memcmp(s, "binary", 6) == 0)
@@ -386,9 +391,9 @@ static int conn_eq(lua_State *L)
 void lb_conn_open(lua_State *L)
 {
     struct lb_app *a = lb_app_of(L);
-    lua_pushliteral(L, "text");
+    a->kinds[0] = lua_pushliteral(L, "text");
     a->kind_refs[0] = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pushliteral(L, "binary");
+    a->kinds[1] = lua_pushliteral(L, "binary");
     a->kind_refs[1] = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_newmetatable(L, CONN_MT);
     a->conn_mt = lua_topointer(L, -1);

@@ -118,6 +118,37 @@ describe("ws.kitcore", function()
     e:close()
   end)
 
+  it("runs the messages of one read in order, a ping in its place, an error ending them", function()
+    local e = assert(kitcore.load([[
+      return {message = function(conn, data)
+        if data == "boom" then error("boom in one read") end
+        if data == "wait" then ws.sleep(1) end
+        conn:send("echo:" .. data)
+      end}
+    ]], {now = 0}))
+    local c = client(e)
+    local function frames(...)
+      local out = {}
+      for i, data in ipairs({...}) do out[i] = kitcore.frame(TEXT, data) end
+      return table.concat(out)
+    end
+    c.e:write(c.n, frames("a", "b") .. kitcore.frame(PING, "p") .. frames("wait", "c"))
+    assert.same({TEXT, "echo:a"}, {next_frame(c)})
+    assert.same({TEXT, "echo:b"}, {next_frame(c)})
+    assert.same({10, "p"}, {next_frame(c)})
+    assert.is_nil(next_frame(c)) -- "c" waits behind "wait"
+    e:advance(1)
+    assert.same({TEXT, "echo:wait"}, {next_frame(c)})
+    assert.same({TEXT, "echo:c"}, {next_frame(c)})
+    c.e:write(c.n, frames("d", "boom", "never"))
+    assert.same({TEXT, "echo:d"}, {next_frame(c)})
+    local op, payload = next_frame(c)
+    assert.equal(CLOSE, op)
+    assert.equal(1011, close_code(payload))
+    assert.is_nil(next_frame(c))
+    e:close()
+  end)
+
   it("pushes back on a client that does not read: queued, drain, as the server does", function()
     local e = assert(kitcore.load([[
       ws.state.results = {}
