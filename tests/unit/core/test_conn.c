@@ -270,6 +270,65 @@ static void test_fragmented_message_with_ping_between(void **state)
     testclient_close(&cl);
 }
 
+static void test_next_message_takes_the_rest_of_a_read(void **state)
+{
+    struct testkit *k = start(state);
+    k->app.act.echo = true;
+    k->app.act.pull = true;
+    struct testclient cl;
+    testclient_open(k, &cl);
+
+    /* one write: the app takes what follows a message up to a frame of another kind */
+    struct ws_buf b;
+    ws_buf_init(&b);
+    testclient_add_frame(&b, true, WS_OP_TEXT, "a", 1);
+    testclient_add_frame(&b, true, WS_OP_TEXT, "b", 1);
+    testclient_add_frame(&b, true, WS_OP_PING, "p", 1);
+    testclient_add_frame(&b, true, WS_OP_BINARY, "c", 1);
+    testclient_add_frame(&b, false, WS_OP_TEXT, "d", 1); /* assembled: from the session's buffer */
+    testclient_add_frame(&b, true, WS_OP_CONTINUATION, "e", 1);
+    testclient_add_frame(&b, true, WS_OP_TEXT, "f", 1);
+    testclient_write(k, &cl, b.data, b.len);
+    b.len = 0;
+    expect_frame(k, &cl, WS_OP_TEXT, "a");
+    expect_frame(k, &cl, WS_OP_TEXT, "b");
+    expect_frame(k, &cl, WS_OP_PONG, "p");
+    expect_frame(k, &cl, WS_OP_BINARY, "c");
+    expect_frame(k, &cl, WS_OP_TEXT, "de");
+    expect_frame(k, &cl, WS_OP_TEXT, "f");
+    static const struct {
+        const char *data;
+        bool pulled, more;
+    } want[] = {{"a", false, true},
+                {"b", true, true},
+                {"c", false, true},
+                {"de", true, true},
+                {"f", true, false}};
+    assert_int_equal(testapp_count(&k->app, TA_MESSAGE, cl.id), 5);
+    const struct testapp_event *e = &k->app.ev[testapp_index(&k->app, TA_MESSAGE, cl.id)];
+    for (size_t i = 0; i < 5; i++) {
+        assert_string_equal(e[i].data, want[i].data);
+        assert_int_equal(e[i].pulled, want[i].pulled);
+        assert_int_equal(e[i].more, want[i].more);
+    }
+    assert_true(e[2].binary);
+    assert_int_equal(k->env->stats->messages_in, 5);
+
+    /* a message alone in its read, then the close after one: nothing more to take */
+    testclient_add_frame(&b, true, WS_OP_TEXT, "g", 1);
+    testclient_add_close(&b, 1000, "");
+    testclient_write(k, &cl, b.data, b.len);
+    ws_buf_reset(&b);
+    expect_frame(k, &cl, WS_OP_TEXT, "g");
+    expect_close(k, &cl, 1000);
+    assert_int_equal(testapp_count(&k->app, TA_MESSAGE, cl.id), 6);
+    e = &k->app.ev[testapp_index(&k->app, TA_MESSAGE, cl.id)];
+    assert_false(e[5].pulled);
+    assert_true(e[5].more); /* the close frame follows in the read */
+    assert_int_equal(k->env->stats->messages_in, 6);
+    testclient_close(&cl);
+}
+
 static void test_ping_answered_with_same_payload(void **state)
 {
     struct testkit *k = start(state);
@@ -915,6 +974,7 @@ int main(void)
         cmocka_unit_test_teardown(test_first_frame_in_same_write_as_head, testkit_teardown),
         cmocka_unit_test_teardown(test_echo_text_and_binary, testkit_teardown),
         cmocka_unit_test_teardown(test_fragmented_message_with_ping_between, testkit_teardown),
+        cmocka_unit_test_teardown(test_next_message_takes_the_rest_of_a_read, testkit_teardown),
         cmocka_unit_test_teardown(test_ping_answered_with_same_payload, testkit_teardown),
         cmocka_unit_test_teardown(test_client_close_echoed_then_tcp_closed, testkit_teardown),
         cmocka_unit_test_teardown(test_empty_close_reported_as_1005, testkit_teardown),

@@ -95,14 +95,25 @@ static void on_open(void *app, struct ws_conn *c)
         ws_conn_close(c, a->act.close_on_open, "bye", 3);
 }
 
+static void take_message(struct testapp *a, struct ws_conn *c, const struct ws_message *m,
+                         bool pulled)
+{
+    struct testapp_event *e = record(a, TA_MESSAGE, c);
+    set_data(e, m->data, m->len);
+    e->binary = m->binary;
+    e->pulled = pulled;
+    e->more = ws_conn_reading_more(c);
+    if (a->act.echo)
+        app_send(a, c, m->binary ? WS_OP_BINARY : WS_OP_TEXT, m->data, m->len);
+}
+
 static void on_message(void *app, struct ws_conn *c, const uint8_t *data, size_t len, bool binary)
 {
     struct testapp *a = app;
-    struct testapp_event *e = record(a, TA_MESSAGE, c);
-    set_data(e, data, len);
-    e->binary = binary;
-    if (a->act.echo)
-        app_send(a, c, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len);
+    struct ws_message m = {.data = data, .len = len, .binary = binary};
+    take_message(a, c, &m, false);
+    while (a->act.pull && ws_conn_next_message(c, &m))
+        take_message(a, c, &m, true);
     for (size_t i = 0; i < a->act.broadcast; i++)
         ws_server_broadcast(a->srv, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len, c->node.id, NULL,
                             NULL);

@@ -32,6 +32,8 @@ struct testapp_event {
     size_t len;
     char *protocols;  /* upgrade: every Sec-WebSocket-Protocol value, joined by ", " (owned) */
     bool binary;      /* message */
+    bool pulled;      /* message: taken with ws_conn_next_message, not given by the ops */
+    bool more;        /* message: ws_conn_reading_more when it came */
     int code;         /* close; release: the code the connection ended with (0: none) */
     uint32_t ntopics; /* close, release: topics the connection was still in */
     enum ws_conn_state state; /* the connection's state during the call */
@@ -45,6 +47,7 @@ struct testapp_behaviour {
     const char *refuse_body; /* ... and this body (NULL: the status text) */
     const char *protocol;    /* upgrade: choose this subprotocol */
     bool echo;               /* message: send it back as received */
+    bool pull;               /* message: then take the read's next ones (ws_conn_next_message) */
     size_t send_on_open;     /* open: send this many text messages "m0", "m1", ... */
     const char *subscribe;   /* open: join this topic */
     int close_on_open;       /* open: ws_conn_close with this code */
