@@ -90,8 +90,7 @@ struct lb_app {
     int conns_ref;        /* id -> conn userdata */
     const void *conn_mt;  /* the conn metatable, compared by address */
     int kind_refs[2];     /* the strings "text" and "binary", made once (message's kind) */
-    const char *kinds[2]; /* their bytes: Lua interns short strings, so the same address is the
-                           * same string */
+    const char *kinds[2]; /* their bytes (short strings are interned: same address, same string) */
     int ws_ref;           /* the real ws table */
     int state_ref;        /* ws.state */
     uint64_t generation;
@@ -245,8 +244,8 @@ void lb_budget_begin(struct lb_app *a, lua_State *co, struct lb_run *run);
 /* Closes the budget lb_budget_begin opened for co and records the run's latency. */
 void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run);
 
-/* lb_budget_end then lb_budget_begin: the run on co goes on with another handler call (the next
- * message of the same read), a run with a budget of its own. */
+/* lb_budget_end then lb_budget_begin, with one clock read for both: the run on co goes on with
+ * another handler call (the next message of the same read), a run with a budget of its own. */
 void lb_budget_next(struct lb_app *a, lua_State *co, struct lb_run *run);
 
 /* lb_call_for without a connection. */
