@@ -244,8 +244,9 @@ void lb_budget_begin(struct lb_app *a, lua_State *co, struct lb_run *run);
 /* Closes the budget lb_budget_begin opened for co and records the run's latency. */
 void lb_budget_end(struct lb_app *a, lua_State *co, const struct lb_run *run);
 
-/* lb_budget_end then lb_budget_begin, with one clock read for both: the run on co goes on with
- * another handler call (the next message of the same read), a run with a budget of its own. */
+/* lb_budget_end then lb_budget_begin (at the outermost level with one clock read for both): the
+ * run on co goes on with another handler call (the next message of the same read), a run with a
+ * budget of its own. */
 void lb_budget_next(struct lb_app *a, lua_State *co, struct lb_run *run);
 
 /* lb_call_for without a connection. */

@@ -178,7 +178,7 @@ static void process_frames(struct ws_conn *c, uint8_t *data, size_t len)
     f.data = data;
     f.len = len;
     f.held = false;
-    struct ws_feed *outer = env->feed; /* another connection's, when an app wrote into this one */
+    struct ws_feed *outer = env->feed; /* kept: a read may be handled inside another's */
     env->feed = &f;
     for (;;) {
         struct ws_session_event ev;
@@ -225,7 +225,8 @@ bool ws_conn_next_message(struct ws_conn *c, struct ws_message *m)
     if (rc != 0 || ev.type != WS_SESSION_MESSAGE) {
         f->held = true;
         f->rc = rc;
-        f->ev = ev;
+        if (rc == 0)
+            f->ev = ev; /* set only with an event */
         return false;
     }
     count_message(c);
