@@ -2,7 +2,8 @@
 # A/B of wsserver builds on one wsbench scenario: server CPU per message (per cycle in connect
 # mode). Each binary in turn, round after round, so that the load of a shared machine falls on
 # all of them alike; the summary gives each binary's median and its median same-round ratio to
-# the first binary. Usage: bench/ab.sh BASE_BINARY OTHER_BINARY... A binary written uws:PATH is
+# the first binary, and the medians of the user and kernel parts (the kernel's is mostly the
+# system calls: a machine that slows one server's kernel time and not another's shows there). Usage: bench/ab.sh BASE_BINARY OTHER_BINARY... A binary written uws:PATH is
 # a uWebSockets EchoServer build (docs/performance.md), started with its port in $PORT.
 # Environment: WSBENCH (build/wsbench), AB_ROUNDS (5), AB_DURATION (3 s), AB_WARMUP (1 s),
 # AB_ARGS (the wsbench mode and options: "connect -c 50"), AB_APP (bench/apps/echo.lua),
@@ -65,7 +66,9 @@ if r is None:
     print(f'round {row["round"]} #{row["binary"]} {row["path"]}: wsbench failed')
 else:
     print(f'round {row["round"]} #{row["binary"]} {row["path"]}: '
-          f'{r.get("server_cpu_us_per_msg") or 0:.2f} us server CPU per message, '
+          f'{r.get("server_cpu_us_per_msg") or 0:.2f} us server CPU per message '
+          f'(user {r.get("server_user_us_per_msg") or 0:.2f}, '
+          f'kernel {r.get("server_sys_us_per_msg") or 0:.2f}), '
           f'{r["msgs_per_s"]:.0f}/s, server {r.get("server_cpu_pct", 0):.0f}%, '
           f'others {r.get("other_cpu_pct", 0):.0f}%, errors {r["errors"]["total"]}')
 EOF
@@ -75,13 +78,16 @@ done
 /usr/bin/python3 - "$ROWS" <<'EOF'
 import json, statistics, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-cpu = {}
+cpu, split = {}, {}
 for row in rows:
     r = row["result"]
     if r and r.get("server_cpu_us_per_msg"):
         cpu.setdefault(row["binary"], {})[row["round"]] = r["server_cpu_us_per_msg"]
+        split.setdefault(row["binary"], []).append(
+            (r.get("server_user_us_per_msg") or 0, r.get("server_sys_us_per_msg") or 0))
 base = cpu.get(1, {})
-print("binary: median us per message (all rounds) | of the base's median | median same-round ratio")
+print("binary: median us per message (all rounds) | of the base's median | median same-round ratio"
+      " | medians of its user and kernel parts")
 for b in sorted(cpu):
     paths = [row["path"] for row in rows if row["binary"] == b]
     vals = list(cpu[b].values())
@@ -92,5 +98,8 @@ for b in sorted(cpu):
         line += f' | {med / statistics.median(base.values()):.3f}'
     if ratios:
         line += f' | {statistics.median(ratios):.3f}'
+    user = statistics.median(u for u, _ in split[b])
+    kernel = statistics.median(k for _, k in split[b])
+    line += f' | user {user:.2f}, kernel {kernel:.2f}'
     print(line)
 EOF

@@ -120,7 +120,7 @@ int main(int argc, char **argv)
         b->rss_before_kb = wb_rss_proc_kb(b->o.server_pid);
         b->anon_before_kb = wb_proc_status_kb(b->o.server_pid, "RssAnon");
         b->rss_mid_kb = b->anon_mid_kb = -1;
-        if (wb_cpu_proc_s(b->o.server_pid) < 0) {
+        if (wb_cpu_proc_s(b->o.server_pid, NULL) < 0) {
             fprintf(stderr, "wsbench: no process %ld to measure\n", b->o.server_pid);
             return 2;
         }

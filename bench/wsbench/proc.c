@@ -21,7 +21,7 @@ double wb_cpu_self_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-double wb_cpu_proc_s(long pid)
+double wb_cpu_proc_s(long pid, double *user)
 {
     char path[64], buf[1024];
     unsigned long ut = 0, st = 0;
@@ -35,7 +35,10 @@ double wb_cpu_proc_s(long pid)
     const char *p = strrchr(buf, ')'); /* the command name may contain spaces */
     if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return -1;
-    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+    double tick = (double)sysconf(_SC_CLK_TCK);
+    if (user)
+        *user = (double)ut / tick;
+    return (double)(ut + st) / tick;
 }
 
 double wb_cpu_machine_s(void)

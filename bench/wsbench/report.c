@@ -55,12 +55,17 @@ void wb_report(struct bench *b, const char *why)
     printf(",\"client_cpu_s\":%.3f,\"client_cpu_pct\":%.1f", ccpu,
            win_s > 0 ? 100.0 * ccpu / win_s : 0);
     printf(",\"client_cpu_us_per_msg\":%.3f", b->win_msgs ? ccpu * 1e6 / (double)b->win_msgs : 0);
-    if (scpu >= 0)
+    if (scpu >= 0) {
         printf(",\"server_pid\":%ld,\"server_cpu_s\":%.3f,\"server_cpu_pct\":%.1f,"
                "\"server_cpu_us_per_msg\":%.3f",
                o->server_pid, scpu, win_s > 0 ? 100.0 * scpu / win_s : 0,
                b->win_msgs ? scpu * 1e6 / (double)b->win_msgs : 0);
-    else
+        /* split into user and kernel time: the kernel's share is mostly the system calls */
+        double user = b->user_server1 - b->user_server0;
+        printf(",\"server_user_us_per_msg\":%.3f,\"server_sys_us_per_msg\":%.3f",
+               b->win_msgs ? user * 1e6 / (double)b->win_msgs : 0,
+               b->win_msgs ? (scpu - user) * 1e6 / (double)b->win_msgs : 0);
+    } else
         printf(",\"server_cpu_s\":null,\"server_cpu_us_per_msg\":null");
     if (win_s > 0 && b->cpu_machine0 >= 0 && b->cpu_machine1 >= 0) {
         /* 100 = one CPU busy; "other" is what neither wsbench nor the server used */

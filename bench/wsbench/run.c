@@ -21,7 +21,7 @@ static void window_begin(struct bench *b)
     b->measuring = b->measured = true;
     b->t_win_ns = wb_now_ns();
     b->cpu_client0 = wb_cpu_self_s();
-    b->cpu_server0 = b->o.server_pid > 0 ? wb_cpu_proc_s(b->o.server_pid) : -1;
+    b->cpu_server0 = b->o.server_pid > 0 ? wb_cpu_proc_s(b->o.server_pid, &b->user_server0) : -1;
     b->cpu_machine0 = wb_cpu_machine_s();
 }
 
@@ -32,7 +32,7 @@ void wb_window_end(struct bench *b)
     b->measuring = false;
     b->t_end_ns = wb_now_ns();
     b->cpu_client1 = wb_cpu_self_s();
-    b->cpu_server1 = b->o.server_pid > 0 ? wb_cpu_proc_s(b->o.server_pid) : -1;
+    b->cpu_server1 = b->o.server_pid > 0 ? wb_cpu_proc_s(b->o.server_pid, &b->user_server1) : -1;
     b->cpu_machine1 = wb_cpu_machine_s();
 }
 

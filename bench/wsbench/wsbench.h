@@ -194,6 +194,7 @@ struct bench {
     ev_timer chat_tick, drain_timer;
     uint64_t last_progress_ns, t_open_ns, t_win_ns, t_end_ns, t_all_open_ns;
     double cpu_client0, cpu_client1, cpu_server0, cpu_server1, cpu_machine0, cpu_machine1;
+    double user_server0, user_server1; /* the utime part of cpu_server0/1 */
     /* idle: the server's memory after the warm-up cycle (before), at half the connections
      * (mid) and at all of them (after); VmRSS, and RssAnon without the code pages a first
      * handshake maps in (libcrypto), which do not grow with N */
@@ -234,8 +235,9 @@ uint64_t wb_now_ns(void);
 /* CPU seconds this process used so far. */
 double wb_cpu_self_s(void);
 
-/* utime + stime of every thread of PID (proc(5): fields 14 and 15, in clock ticks); -1 if gone. */
-double wb_cpu_proc_s(long pid);
+/* utime + stime of every thread of PID (proc(5): fields 14 and 15, in clock ticks), in seconds;
+ * -1 if gone. *user (when not NULL) gets the utime part. */
+double wb_cpu_proc_s(long pid, double *user);
 
 /* Busy CPU seconds of the whole machine, all CPUs (proc(5) /proc/stat: all but idle and iowait):
  * the share of neither wsbench nor the server tells how noisy the machine was. */
