@@ -426,8 +426,22 @@ static int tx_not_begun(lua_State *L, struct lb_task *t, struct pg_tx *tx, struc
     return n;
 }
 
-/* BEGIN came back: fn(tx) runs, protected, and may wait. [-0, +?, e] */
-static int tx_begun(lua_State *L, int status, lua_KContext ctx)
+static int tx_starting(lua_State *L, int status, lua_KContext ctx);
+
+/* BEGIN goes out on conn, the transaction's connection from now. [-0, +?, e] */
+static int tx_begin(lua_State *L, struct lb_task *t, struct pg_tx *tx, struct pg_call *c,
+                    struct ws_pg_conn *conn)
+{
+    tx->conn = conn;
+    c->conn = NULL; /* the transaction holds it */
+    c->tx = tx;
+    lb_pg_gauges(t->a);
+    return wait_answer(L, c, conn, tx_starting);
+}
+
+/* A step toward fn(tx) came back: a connection (BEGIN goes out on it), or BEGIN's answer (fn(tx)
+ * runs, protected, and may wait). [-0, +?, e] */
+static int tx_starting(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
     struct lb_task *t = (struct lb_task *)ctx;
@@ -435,6 +449,8 @@ static int tx_begun(lua_State *L, int status, lua_KContext ctx)
     struct pg_call *c = lua_touserdata(L, CALL_AT);
     if (t->woke || c->failed)
         return tx_not_begun(L, t, tx, c);
+    if (!tx->conn)
+        return tx_begin(L, t, tx, c, c->conn);
     observe(t->a, WS_STATS_STORE_OK, ws_clock_now(t->a->loop) - c->started);
     call_release(c);
     tx->phase = TX_OPEN;
@@ -442,22 +458,6 @@ static int tx_begun(lua_State *L, int status, lua_KContext ctx)
     lua_pushvalue(L, 2);
     lua_pushvalue(L, TX_AT);
     return tx_after(L, lua_pcallk(L, 1, LUA_MULTRET, 0, ctx, tx_after), ctx);
-}
-
-/* A connection came for the transaction: BEGIN. [-0, +?, e] */
-static int tx_acquired(lua_State *L, int status, lua_KContext ctx)
-{
-    (void)status;
-    struct lb_task *t = (struct lb_task *)ctx;
-    struct pg_tx *tx = lua_touserdata(L, TX_AT);
-    struct pg_call *c = lua_touserdata(L, CALL_AT);
-    if (t->woke || c->failed)
-        return tx_not_begun(L, t, tx, c);
-    tx->conn = c->conn; /* the transaction holds it now */
-    c->conn = NULL;
-    c->tx = tx;
-    lb_pg_gauges(t->a);
-    return wait_answer(L, c, tx->conn, tx_begun);
 }
 
 int lb_pg_transaction(lua_State *L, struct ws_pg_pool *pool, double timeout)
@@ -480,12 +480,9 @@ int lb_pg_transaction(lua_State *L, struct ws_pg_pool *pool, double timeout)
     struct ws_pg_conn *conn = tx->ops->pool_take(tx->pool);
     if (!conn) {
         c->wait = tx->ops->pool_acquire(tx->pool, on_conn, c);
-        return lb_task_wait(L, t, c->timeout, false, on_cancel, c, tx_acquired);
+        return lb_task_wait(L, t, c->timeout, false, on_cancel, c, tx_starting);
     }
-    tx->conn = conn;
-    c->tx = tx;
-    lb_pg_gauges(t->a);
-    return wait_answer(L, c, conn, tx_begun);
+    return tx_begin(L, t, tx, c, conn);
 }
 
 void lb_pg_metatable(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction gc)
