@@ -17,6 +17,10 @@ LDLIBS = -lev $(shell pkg-config --libs $(LUA_PKG) 2>/dev/null || echo -llua5.4)
 ALL_CFLAGS += $(shell pkg-config --cflags libpq 2>/dev/null || echo -I/usr/include/postgresql)
 LDLIBS += $(shell pkg-config --libs libpq 2>/dev/null || echo -lpq) -lpthread
 LDFLAGS ?=
+# The server binary is optimized across files (link-time optimization): the layers' objects carry
+# LTO bytecode beside ordinary code, so the unit tests link them without it. -fno-plt calls Lua,
+# libev and libc through the GOT, without a PLT stub per call. `make OPT=` builds without both.
+OPT ?= -flto=auto -ffat-lto-objects -fno-plt
 
 # Three layers, each its own library; dependencies point down only (main -> lua -> core -> proto):
 #   src/proto  pure protocol modules: no I/O, no libev, no Lua
@@ -51,7 +55,7 @@ all: $(BUILD)/wsserver $(BUILD)/wsserver.1 check-layers
 
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(OPT) -c $< -o $@
 
 $(PROTO_LIB): $(call obj,$(PROTO_SRC))
 $(CORE_LIB): $(call obj,$(CORE_SRC))
@@ -61,7 +65,7 @@ $(LIBS):
 	ar rcs $@ $^
 
 $(BUILD)/wsserver: $(BUILD)/obj/main.o $(LIBS)
-	$(CC) $(SAN) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) $(CFLAGS) $(SAN) $(OPT) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # ws.kitcore (src/kit): the real core, bindings and app state in-process for Lua specs, a C module
 # for lua5.4 (package.cpath "$(BUILD)/lua/?.so"); every layer built again as position-independent
@@ -93,7 +97,7 @@ check-layers: $(LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_SUPPORT) $(LIBS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -Itests/unit/core -Wno-missing-prototypes -o $@ $< \
+	$(CC) $(ALL_CFLAGS) -fno-lto -Itests/unit/core -Wno-missing-prototypes -o $@ $< \
 	    $(call unit_libs,$<) $(LDFLAGS) $(LDLIBS) -lcmocka
 
 # The man page: docs/wsserver.1.in with the entries of the option table (wsserver --help-man).
