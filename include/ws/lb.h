@@ -86,13 +86,14 @@ struct lb_app {
     char last_error[1024]; /* the latest handler error, with its traceback */
     int app_ref;           /* the app table */
     int handlers[LB_HANDLER_COUNT];
-    int http_ref;         /* app.http routes table or LUA_NOREF */
-    int conns_ref;        /* id -> conn userdata */
-    const void *conn_mt;  /* the conn metatable, compared by address */
-    int kind_refs[2];     /* the strings "text" and "binary", made once (message's kind) */
-    const char *kinds[2]; /* their bytes (short strings are interned: same address, same string) */
-    int ws_ref;           /* the real ws table */
-    int state_ref;        /* ws.state */
+    int http_ref;          /* app.http routes table or LUA_NOREF */
+    int conns_ref;         /* id -> conn userdata */
+    const void *conn_mt;   /* the conn metatable, compared by address */
+    int kind_refs[2];      /* the strings "text" and "binary", made once (message's kind) */
+    const char *kinds[2];  /* their bytes (short strings are interned: same address, same string) */
+    const char *send_name; /* the bytes of the interned "send", the key of conn:send */
+    int ws_ref;            /* the real ws table */
+    int state_ref;         /* ws.state */
     uint64_t generation;
     bool loading;      /* a new version's chunk or load() is running */
     int in_load;       /* load() is running (also at start and for --check) */

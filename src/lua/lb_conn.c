@@ -313,18 +313,22 @@ static void push_data(lua_State *L, int idx)
     }
 }
 
-/* __index: fields, then methods. [-0, +1, v] */
+/* __index: conn:send, the other methods, then fields. [-0, +1, v] */
 static int conn_index(lua_State *L)
 {
-    /* hot path (conn:send on every message): one raw lookup in the methods table */
+    if (lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    /* hot path (conn:send on every message): the interned "send", compared by address */
+    const char *key = lua_tostring(L, 2);
+    if (key == lb_app_of(L)->send_name) {
+        lua_pushvalue(L, lua_upvalueindex(2));
+        return 1;
+    }
     lua_pushvalue(L, 2);
     if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL)
         return 1;
     lua_pop(L, 1);
     struct lb_box *box = lua_touserdata(L, 1); /* this metatable's __index: always a conn */
-    if (lua_type(L, 2) != LUA_TSTRING)
-        return 0;
-    const char *key = lua_tostring(L, 2);
     struct ws_conn *c = box_conn(box);
     if (strcmp(key, "id") == 0) {
         lua_pushinteger(L, (lua_Integer)box_id(box));
@@ -400,7 +404,10 @@ void lb_conn_open(lua_State *L)
     luaL_newlibtable(L, methods);
     lua_pushliteral(L, "sent");
     luaL_setfuncs(L, methods, 1);
-    lua_pushcclosure(L, conn_index, 1);
+    /* upvalues: the methods, and conn:send (the methods table keeps its name alive) */
+    a->send_name = lua_pushliteral(L, "send");
+    lua_rawget(L, -2);
+    lua_pushcclosure(L, conn_index, 2);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, conn_newindex);
     lua_setfield(L, -2, "__newindex");
