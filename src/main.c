@@ -456,8 +456,10 @@ int main(int argc, char **argv)
     ws_config_init(&st.cli);
     struct args args = {0};
     int rc = parse_args(argc, argv, &st.cli, &args);
-    if (rc)
+    if (rc) {
+        ws_config_free(&st.cli);
         return rc;
+    }
     if (args.reload) {
         ws_config_free(&st.cli);
         return reload_running(args.reload);
