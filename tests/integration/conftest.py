@@ -20,6 +20,30 @@ BINARY = os.environ.get("WSSERVER", str(ROOT / "build" / "wsserver"))
 EXAMPLES = ROOT / "examples"
 
 
+def under_asan(pid):
+    """Whether process pid is an ASan build (`make asan`), whose redzones and quarantine of freed
+    memory make its RSS mean nothing."""
+    with open(f"/proc/{pid}/maps") as f:
+        return "libasan" in f.read()
+
+
+def skip_rss_under_asan(pid):
+    """Skips a test that is about the RSS of process pid when it is an ASan build."""
+    if under_asan(pid):
+        pytest.skip("RSS means nothing under ASan (redzones, quarantine)")
+
+
+def asan_preload(library):
+    """The environment a process needs to load library when library is an ASan build (`make
+    asan`): ASan's runtime must be the process's first library, and Debian's lua5.4, which runs
+    the kit and `wsserver --test`, does not link it. Empty for any other build."""
+    out = subprocess.run(["ldd", str(library)], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "libasan" in line and "=>" in line:
+            return {"LD_PRELOAD": line.split("=>")[1].split()[0]}
+    return {}
+
+
 class Server:
     def __init__(self, app, args, cwd, env=None, ready=True):
         self.port = wsraw.free_port()

@@ -34,6 +34,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 
 import wsclient
 import wsraw
+from conftest import skip_rss_under_asan
 from wsclient import run
 from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT
 
@@ -1416,9 +1417,7 @@ def _rss_per_connection(server, offer, n, message):
 def test_memory_per_connection(wsserver_factory, mode, offer, low, high):
     args = ON + (["--compression-context-takeover"] if mode == "takeover" else [])
     server = wsserver_factory(args=args)
-    with open(f"/proc/{server.pid}/maps") as f:
-        if "libasan" in f.read():
-            pytest.skip("RSS per connection means nothing under ASan (redzones, quarantine)")
+    skip_rss_under_asan(server.pid)
     message = text_of(100000).encode()  # fills every window, frees the message buffer after
     per = _rss_per_connection(server, offer, 300, message)
     print(f"{mode} {offer}: {per / 1024:.1f} KiB per connection")

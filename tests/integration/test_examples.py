@@ -3,6 +3,7 @@ driven by real clients (Python websockets, and raw sockets for refused handshake
 import asyncio
 import http.server
 import json
+import os
 import signal
 import subprocess
 import threading
@@ -12,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
 import wsraw
-from conftest import BINARY, EXAMPLES
+from conftest import BINARY, EXAMPLES, asan_preload
 from wsclient import run, connect
 
 STEP = 10.0
@@ -431,7 +432,7 @@ def test_rooms_survive_a_reload(wsserver_factory):
 
 def run_specs(cwd, *args):
     return subprocess.run([BINARY, "--test", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env={**os.environ, **asan_preload(BINARY)})
 
 
 def test_wsserver_test_runs_the_chat_specs():

@@ -33,6 +33,7 @@ import time
 import pytest
 
 import wsraw
+from conftest import asan_preload
 from wsclient import terminate
 from wsraw import free_port
 
@@ -356,7 +357,8 @@ def shutil_copy(src, dst):
 
 def kit_env(**extra):
     """The environment a kit process needs: ws.kitcore on LUA_CPATH (make kit)."""
-    return dict(os.environ, LUA_CPATH=f"{KITCORE}/?.so;;", **extra)
+    return dict(os.environ, LUA_CPATH=f"{KITCORE}/?.so;;",
+                **asan_preload(KITCORE / "ws" / "kitcore.so"), **extra)
 
 
 def run_kit(scenario_path, scenario, app_path):

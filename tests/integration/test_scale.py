@@ -37,6 +37,7 @@ import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed
+from conftest import skip_rss_under_asan
 from wsclient import STEP, run, wait_for, wait_for_async
 from wsclient import connect as ws_connect
 from wsraw import free_port
@@ -959,6 +960,7 @@ def test_stalled_redis_does_not_grow_memory_without_bound(cluster):
     async def scenario():
         [c] = await open_clients(m, 1, "s")
         pid = m.worker_pids()[c.worker]
+        skip_rss_under_asan(pid)
         before = rss_mb(pid)
         r.proc.send_signal(signal.SIGSTOP)
         try:
