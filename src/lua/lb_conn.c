@@ -138,6 +138,8 @@ static uint8_t check_kind(lua_State *L, int idx)
         return WS_OP_TEXT; /* the kind a message handler was given, passed on */
     if (s == made[1])
         return WS_OP_BINARY;
+    if (!s && lua_isnoneornil(L, idx))
+        return WS_OP_TEXT; /* the default, conn:send(data) */
     if (s && n == 4 && memcmp(s, "text", 4) == 0)
         return WS_OP_TEXT; /* the common cases without luaL_checkoption's string walk */
     if (s && n == 6 && memcmp(s, "binary", 6) == 0)
