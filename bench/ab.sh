@@ -3,7 +3,8 @@
 # mode). Each binary in turn, round after round, so that the load of a shared machine falls on
 # all of them alike; the summary gives each binary's median and its median same-round ratio to
 # the first binary, and the medians of the user and kernel parts (the kernel's is mostly the
-# system calls: a machine that slows one server's kernel time and not another's shows there). Usage: bench/ab.sh BASE_BINARY OTHER_BINARY... A binary written uws:PATH is
+# system calls: a machine that slows one server's kernel time and not another's shows there).
+# Usage: bench/ab.sh BASE_BINARY OTHER_BINARY... A binary written uws:PATH is
 # a uWebSockets EchoServer build (docs/performance.md), started with its port in $PORT.
 # Environment: WSBENCH (build/wsbench), AB_ROUNDS (5), AB_DURATION (3 s), AB_WARMUP (1 s),
 # AB_ARGS (the wsbench mode and options: "connect -c 50"), AB_APP (bench/apps/echo.lua),

@@ -381,6 +381,10 @@ void lb_conn_release(struct lb_app *a, struct ws_conn *c);
  * idx is not a conn. [-0, +0, v] */
 struct ws_conn *lb_conn_check(lua_State *L, int idx);
 
+/* A message kind argument: "text" (the default when absent or nil) or "binary", as the opcode;
+ * raises on anything else. [-0, +0, v] */
+uint8_t lb_check_kind(lua_State *L, int idx);
+
 /* Raises unless a text message is valid UTF-8 (RFC 6455 §5.6); hint says how to send binary
  * instead. [-0, +0, v] */
 void lb_check_text(lua_State *L, uint8_t opcode, const char *data, size_t len, const char *hint);

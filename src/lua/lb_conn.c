@@ -127,23 +127,19 @@ static int push_send_result(lua_State *L, int rc)
     return 2;
 }
 
-/* Reads a message kind argument: "text" (default) or "binary". */
-static uint8_t check_kind(lua_State *L, int idx)
+uint8_t lb_check_kind(lua_State *L, int idx)
 {
     static const char *const kinds[] = {"text", "binary", NULL};
-    size_t n;
-    const char *s = lua_tolstring(L, idx, &n);
+    /* short strings are interned, so any string "text" or "binary" is one of the app's two, and
+     * compared by address (luaL_checkoption's string walk is left for the errors) */
+    const char *s = lua_tostring(L, idx);
     const char *const *made = lb_app_of(L)->kinds;
     if (s == made[0])
-        return WS_OP_TEXT; /* the kind a message handler was given, passed on */
+        return WS_OP_TEXT;
     if (s == made[1])
         return WS_OP_BINARY;
     if (!s && lua_isnoneornil(L, idx))
         return WS_OP_TEXT; /* the default, conn:send(data) */
-    if (s && n == 4 && memcmp(s, "text", 4) == 0)
-        return WS_OP_TEXT; /* the common cases without luaL_checkoption's string walk */
-    if (s && n == 6 && memcmp(s, "binary", 6) == 0)
-        return WS_OP_BINARY;
     return luaL_checkoption(L, idx, "text", kinds) ? WS_OP_BINARY : WS_OP_TEXT;
 }
 
@@ -158,7 +154,7 @@ static int conn_send(lua_State *L)
 {
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    uint8_t opcode = check_kind(L, 3);
+    uint8_t opcode = lb_check_kind(L, 3);
     lb_check_text(L, opcode, data, len, "send it as \"binary\"");
     struct ws_conn *c;
     if (!open_or_fail(L, &c))
@@ -280,7 +276,7 @@ static int conn_publish(lua_State *L)
     size_t tlen, len;
     const char *topic = luaL_checklstring(L, 2, &tlen);
     const char *data = luaL_checklstring(L, 3, &len);
-    uint8_t opcode = check_kind(L, 4);
+    uint8_t opcode = lb_check_kind(L, 4);
     lb_check_text(L, opcode, data, len, "send it as \"binary\"");
     struct ws_conn *c;
     if (!open_or_fail(L, &c))

@@ -110,10 +110,9 @@ static int client_send(lua_State *L)
     struct lb_wsclient *cl = check_client(L);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    const char *kind = luaL_optstring(L, 3, "text");
-    bool binary = strcmp(kind, "binary") == 0;
-    luaL_argcheck(L, binary || strcmp(kind, "text") == 0, 3, "\"text\" or \"binary\"");
-    lb_check_text(L, binary ? WS_OP_BINARY : WS_OP_TEXT, data, len, "send it as \"binary\"");
+    uint8_t opcode = lb_check_kind(L, 3);
+    bool binary = opcode == WS_OP_BINARY;
+    lb_check_text(L, opcode, data, len, "send it as \"binary\"");
     int rc = cl->c ? ws_client_send(cl->c, data, len, binary) : WS_E_CLOSED;
     if (rc == 0) {
         lua_pushstring(L, ws_client_buffered(cl->c) ? "queued" : "sent");
